@@ -1,0 +1,184 @@
+//! Wire types of the blox REST API. The entity shapes come from `blox-model` (they are Blox v0.3's
+//! `TaskDetail` and `ContainerInstanceDetail`); this crate adds the envelopes v0.3 wrapped them in
+//! (`{metadata, entity}`, `{items}`), pagination, errors and the operational endpoints' bodies.
+//!
+//! The server writes list and stream bodies by splicing stored entity JSON into these envelopes
+//! rather than through serde (see `blox-server`'s `render`); a test there keeps the two identical.
+
+use blox_model::{ContainerInstance, Task};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Where an entity is in the change log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    /// The store's sequence number of the entity's last change, as a decimal string (v0.3 served the
+    /// etcd revision here). Streams resume after it with `?entityVersion=`.
+    pub entity_version: String,
+    /// Set on stream records of entities that were removed (ECS no longer lists them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// A task with its metadata (v0.3 `Task`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskRecord {
+    pub metadata: Metadata,
+    pub entity: Task,
+}
+
+/// A container instance with its metadata (v0.3 `ContainerInstance`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceRecord {
+    pub metadata: Metadata,
+    pub entity: ContainerInstance,
+}
+
+/// A page of tasks (v0.3 `Tasks`, plus `nextToken`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tasks {
+    pub items: Vec<TaskRecord>,
+    /// Present when `maxResults` cut the list; pass it back as `nextToken` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// A page of container instances (v0.3 `ContainerInstances`, plus `nextToken`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Instances {
+    pub items: Vec<InstanceRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// Every error answer: a stable machine-readable `code`, a sentence for people, and the request field
+/// at fault when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// A message that could not be applied, parked for an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    pub received_at: String,
+    pub reason: String,
+    /// The message body exactly as received.
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetters {
+    pub items: Vec<DeadLetter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// `/healthz`: the process is alive and serving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// `/readyz`: whether the first full reconcile pass has completed, and how the last one went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    pub ready: bool,
+    /// Completed reconcile passes since start.
+    pub reconcile_passes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pass_completed_at: Option<String>,
+    /// Clusters whose last reconcile failed, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_clusters: Vec<ClusterFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterFailure {
+    pub cluster: String,
+    pub reason: String,
+}
+
+/// An error line ending a stream (the connection closes after it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StreamError {
+    pub error: ErrorBody,
+}
+
+/// Query of `GET /v1/tasks`. Every parameter is optional; unknown or repeated ones are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct TaskQuery {
+    /// A task `lastStatus`, case-insensitive: pending, running, stopped, or any other ECS lifecycle
+    /// status (provisioning, activating, deactivating, stopping, deprovisioning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// A cluster name or ARN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Exact `startedBy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// Page size, 1 to 10,000. Without it every match is returned, as in Blox v0.3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_results: Option<u32>,
+    /// `nextToken` of the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// Query of `GET /v1/instances`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct InstanceQuery {
+    /// An instance `status`, case-insensitive: active, draining, inactive (or registering,
+    /// registration_failed, deregistering).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// A cluster name or ARN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_results: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// Query of the stream endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Replay every change after this entityVersion, then go live. Without it, only changes from now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity_version: Option<u64>,
+    /// Only this cluster (name or ARN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+/// Query of paged operational listings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_results: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}

@@ -1,0 +1,112 @@
+//! The AWS boundary of blox. Two traits describe what the rest of blox needs from AWS, so that the
+//! server can run against the real SDK, a built-in simulator, or a fake in unit tests:
+//!
+//! - [`EcsReader`]: the List/Describe calls of the reconciler (ECS is the truth);
+//! - [`EventSource`]: a queue of ECS events (SQS), received in batches and deleted only when the caller
+//!   says their effects are committed.
+//!
+//! The SDK implementations are [`SdkEcs`] and [`SqsSource`]; [`sdk_config`] loads the standard AWS
+//! configuration chain (region, credentials, `AWS_ENDPOINT_URL*` overrides for emulators).
+
+use async_trait::async_trait;
+use blox_model::{ContainerInstance, Task};
+use thiserror::Error;
+
+mod config;
+mod ecs;
+mod sqs;
+
+pub use config::{ConfigError, sdk_config};
+pub use ecs::SdkEcs;
+pub use sqs::{SqsOptions, SqsSource};
+
+/// ECS limits that shape the calls.
+pub const DESCRIBE_BATCH: usize = 100;
+
+/// Which tasks a ListTasks call asks for. ECS lists only `Running` unless asked for `Stopped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DesiredStatus {
+    Running,
+    Stopped,
+}
+
+/// An ECS call that failed after the SDK's own retries.
+#[derive(Debug, Error)]
+#[error("ECS {operation} failed{}: {kind}", cluster.as_deref().map(|c| format!(" for cluster {c}")).unwrap_or_default())]
+pub struct EcsError {
+    pub operation: &'static str,
+    pub cluster: Option<String>,
+    pub kind: EcsErrorKind,
+}
+
+#[derive(Debug, Error)]
+pub enum EcsErrorKind {
+    /// Throttled even after the SDK's retries with back-off.
+    #[error("throttled")]
+    Throttled,
+    #[error("cluster not found")]
+    ClusterNotFound,
+    /// A describe answered but a returned item could not be used (e.g. a malformed ARN).
+    #[error("unusable answer: {0}")]
+    Invalid(String),
+    /// Any other service or transport error, with its code when AWS gave one.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The read side of ECS that the reconciler uses. Every list call follows all pages; describe calls
+/// take at most [`DESCRIBE_BATCH`] ARNs and return what ECS described (ARNs ECS reports as missing
+/// are simply absent from the result).
+#[async_trait]
+pub trait EcsReader: Send + Sync + 'static {
+    /// ARNs of every cluster of the account and region.
+    async fn list_clusters(&self) -> Result<Vec<String>, EcsError>;
+    /// ARNs of the cluster's container instances (ECS's default: every status but INACTIVE).
+    async fn list_container_instances(&self, cluster: &str) -> Result<Vec<String>, EcsError>;
+    async fn describe_container_instances(
+        &self,
+        cluster: &str,
+        arns: &[String],
+    ) -> Result<Vec<ContainerInstance>, EcsError>;
+    /// ARNs of the cluster's tasks with the given desired status.
+    async fn list_tasks(&self, cluster: &str, desired: DesiredStatus) -> Result<Vec<String>, EcsError>;
+    async fn describe_tasks(&self, cluster: &str, arns: &[String]) -> Result<Vec<Task>, EcsError>;
+}
+
+/// A message of the event queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The queue's id for the message (SQS MessageId).
+    pub id: String,
+    /// What deletes it (SQS ReceiptHandle).
+    pub receipt: String,
+    pub body: String,
+    /// When the queue received it (SQS SentTimestamp), milliseconds since the Unix epoch.
+    pub sent_at_ms: Option<u64>,
+}
+
+/// Approximate depth of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    pub visible: u64,
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Error)]
+#[error("event source {operation} failed: {message}")]
+pub struct SourceError {
+    pub operation: &'static str,
+    pub message: String,
+}
+
+/// A queue of ECS events. Several `receive` calls may be in flight at once.
+#[async_trait]
+pub trait EventSource: Send + Sync + 'static {
+    /// Waits (long poll) for up to `max` messages (at most 10 for SQS); may return none.
+    async fn receive(&self, max: usize) -> Result<Vec<Message>, SourceError>;
+    /// Deletes messages by receipt, batching as the queue allows. Call only after their effects are
+    /// durably committed. Returns the receipts that could not be deleted (they will be redelivered and
+    /// re-applied, which the version rule makes harmless).
+    async fn delete(&self, receipts: &[String]) -> Result<Vec<String>, SourceError>;
+    async fn depth(&self) -> Result<QueueDepth, SourceError>;
+}

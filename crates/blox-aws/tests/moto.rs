@@ -1,0 +1,543 @@
+//! blox-aws against moto: every test starts its own moto server (fresh state, < 3 s), so tests run in
+//! parallel without sharing names or state.
+
+use std::collections::{BTreeSet, HashSet};
+use std::process::Command;
+
+use blox_aws::{
+    ConfigError, DESCRIBE_BATCH, DesiredStatus, EcsErrorKind, EcsReader, EventSource, Message, QueueDepth,
+    SdkEcs, SqsOptions, SqsSource, sdk_config,
+};
+use blox_model::{EcsEvent, Task};
+use blox_testkit::{EcsFixture, EventFeed, Moto};
+
+/// Short long-polls: moto answers at once when messages are there, and an empty poll should not
+/// stall a test for 20 s.
+const OPTIONS: SqsOptions = SqsOptions {
+    wait_time_seconds: 1,
+    visibility_timeout_seconds: 60,
+};
+
+async fn moto() -> (Moto, EcsFixture, SdkEcs) {
+    let moto = Moto::start().await.expect("moto starts");
+    let fixture = EcsFixture::new(&moto).await;
+    let ecs = SdkEcs::new(&moto.sdk_config().await);
+    (moto, fixture, ecs)
+}
+
+fn set(items: &[String]) -> BTreeSet<String> {
+    items.iter().cloned().collect()
+}
+
+async fn describe_all_tasks(ecs: &SdkEcs, cluster: &str, arns: &[String]) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    for chunk in arns.chunks(DESCRIBE_BATCH) {
+        tasks.extend(ecs.describe_tasks(cluster, chunk).await.expect("describe tasks"));
+    }
+    tasks
+}
+
+#[tokio::test]
+async fn ecs_lists_and_describes_more_than_a_page_of_tasks() {
+    let (_moto, fx, ecs) = moto().await;
+    let cluster_arn = fx.create_cluster("paging").await.unwrap();
+    let task_def = fx.register_task_definition("web").await.unwrap();
+    let instances = fx.register_instances("paging", 12).await.unwrap();
+    // 10 tasks on each of the 12 instances: 120 tasks, more than one describe batch.
+    let placements: Vec<String> = instances
+        .iter()
+        .flat_map(|i| std::iter::repeat_n(i.clone(), 10))
+        .collect();
+    let started = fx
+        .start_tasks("paging", &task_def, &placements, Some("suite"))
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 120);
+
+    assert!(ecs.list_clusters().await.unwrap().contains(&cluster_arn));
+    assert_eq!(
+        set(&ecs.list_container_instances("paging").await.unwrap()),
+        set(&instances)
+    );
+    let running = ecs.list_tasks("paging", DesiredStatus::Running).await.unwrap();
+    assert_eq!(set(&running), set(&started));
+
+    let tasks = describe_all_tasks(&ecs, "paging", &running).await;
+    assert_eq!(tasks.len(), 120);
+    assert_eq!(
+        tasks.iter().map(|t| t.task_arn.clone()).collect::<BTreeSet<_>>(),
+        set(&started)
+    );
+    let instance_set = set(&instances);
+    for task in &tasks {
+        assert_eq!(task.cluster_arn, cluster_arn);
+        assert!(
+            instance_set.contains(task.container_instance_arn.as_deref().unwrap_or("")),
+            "{task:?}"
+        );
+        assert_eq!(task.task_definition_arn, task_def);
+        assert_eq!(
+            (task.desired_status.as_str(), task.last_status.as_str()),
+            ("RUNNING", "RUNNING")
+        );
+        assert_eq!(task.started_by.as_deref(), Some("suite"));
+        assert_eq!(task.version, 0, "moto has no version");
+        assert_eq!(task.launch_type, None, "moto's empty launchType is absent");
+        assert_eq!(task.containers.len(), 1);
+        assert_eq!(task.containers[0].name, "app");
+        assert!(task.containers[0].container_arn.starts_with("arn:aws:ecs:"));
+        task.validate().expect("a described task is valid");
+    }
+    // The state manager is set to keep tasks RUNNING: a second describe still says RUNNING.
+    let again = ecs.describe_tasks("paging", &running[..5]).await.unwrap();
+    assert!(again.iter().all(|t| t.last_status == "RUNNING"), "{again:?}");
+
+    let described = ecs
+        .describe_container_instances("paging", &instances)
+        .await
+        .unwrap();
+    assert_eq!(described.len(), 12);
+    for instance in &described {
+        assert_eq!(instance.cluster_arn, cluster_arn);
+        assert_eq!(instance.status, "ACTIVE");
+        assert!(instance.agent_connected);
+        assert!(
+            instance
+                .ec2_instance_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("i-")),
+            "{instance:?}"
+        );
+        assert_eq!(instance.running_tasks_count, Some(10));
+        assert_eq!(instance.pending_tasks_count, Some(0));
+        assert_eq!(instance.version, 0);
+        let cpu = instance
+            .registered_resources
+            .iter()
+            .find(|r| r.name == "CPU")
+            .expect("CPU");
+        assert_eq!((cpu.kind.as_str(), cpu.value.as_str()), ("INTEGER", "4096"));
+        let ports = instance
+            .registered_resources
+            .iter()
+            .find(|r| r.name == "PORTS")
+            .expect("PORTS");
+        assert_eq!(ports.kind, "STRINGSET");
+        assert!(ports.value.split(',').any(|p| p == "22"), "{ports:?}");
+        let remaining_cpu = instance
+            .remaining_resources
+            .iter()
+            .find(|r| r.name == "CPU")
+            .expect("CPU");
+        assert_eq!(remaining_cpu.value, (4096 - 10 * 128).to_string());
+        assert!(
+            instance.attributes.iter().any(|a| a.name == "ecs.instance-type"),
+            "{:?}",
+            instance.attributes
+        );
+        instance.validate().expect("a described instance is valid");
+    }
+}
+
+#[tokio::test]
+async fn ecs_lists_stopped_tasks_and_describes_why() {
+    let (_moto, fx, ecs) = moto().await;
+    fx.create_cluster("stopping").await.unwrap();
+    let task_def = fx.register_task_definition("worker").await.unwrap();
+    let instances = fx.register_instances("stopping", 2).await.unwrap();
+    let tasks = fx
+        .start_tasks("stopping", &task_def, &instances, None)
+        .await
+        .unwrap();
+    fx.stop_task("stopping", &tasks[0], "scaled in").await.unwrap();
+
+    let stopped = ecs.list_tasks("stopping", DesiredStatus::Stopped).await.unwrap();
+    assert_eq!(stopped, vec![tasks[0].clone()]);
+    let running = ecs.list_tasks("stopping", DesiredStatus::Running).await.unwrap();
+    assert_eq!(running, vec![tasks[1].clone()]);
+
+    let described = ecs.describe_tasks("stopping", &stopped).await.unwrap();
+    assert_eq!(described.len(), 1);
+    assert_eq!(described[0].desired_status, "STOPPED");
+    assert_eq!(described[0].last_status, "STOPPED");
+    assert_eq!(described[0].stopped_reason.as_deref(), Some("scaled in"));
+    assert_eq!(described[0].started_by, None);
+
+    // Draining shows in the instance's status.
+    fx.drain("stopping", &instances[..1]).await.unwrap();
+    let described = ecs
+        .describe_container_instances("stopping", &instances[..1])
+        .await
+        .unwrap();
+    assert_eq!(described[0].status, "DRAINING");
+}
+
+#[tokio::test]
+async fn ecs_describe_of_unknown_arns_returns_nothing() {
+    let (_moto, fx, ecs) = moto().await;
+    let cluster_arn = fx.create_cluster("gone").await.unwrap();
+    // moto answers HTTP 500 (KeyError) to a describe of instances in a cluster that never had one.
+    fx.register_instances("gone", 1).await.unwrap();
+    let prefix = cluster_arn.replace(":cluster/gone", "");
+    let task = format!("{prefix}:task/gone/0123456789abcdef0123456789abcdef");
+    let instance = format!("{prefix}:container-instance/gone/0123456789abcdef0123456789abcdef");
+    assert!(ecs.describe_tasks("gone", &[task]).await.unwrap().is_empty());
+    assert!(
+        ecs.describe_container_instances("gone", &[instance])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(ecs.describe_tasks("gone", &[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ecs_unknown_cluster_is_cluster_not_found() {
+    let (_moto, _fx, ecs) = moto().await;
+    let err = ecs
+        .list_tasks("no-such-cluster", DesiredStatus::Running)
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, EcsErrorKind::ClusterNotFound), "{err}");
+    assert_eq!(err.operation, "ListTasks");
+    assert_eq!(err.cluster.as_deref(), Some("no-such-cluster"));
+    assert_eq!(
+        err.to_string(),
+        "ECS ListTasks failed for cluster no-such-cluster: cluster not found"
+    );
+}
+
+#[tokio::test]
+async fn ecs_unreachable_endpoint_is_other_with_the_cause() {
+    // A port nothing listens on (moto's, after it is stopped): a transport error, no AWS code.
+    let moto = Moto::start().await.unwrap();
+    let config = moto.sdk_config().await;
+    drop(moto);
+    let config = config
+        .into_builder()
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .build();
+    let err = SdkEcs::new(&config).list_clusters().await.unwrap_err();
+    let EcsErrorKind::Other(message) = &err.kind else {
+        panic!("{err:?}")
+    };
+    assert!(
+        message.contains("dispatch failure") || message.contains("connect"),
+        "{message}"
+    );
+}
+
+/// Every built event parses back into exactly what moto described (with the feed's version).
+#[tokio::test]
+async fn events_of_described_entities_round_trip_through_sqs() {
+    let (moto, fx, ecs) = moto().await;
+    fx.create_cluster("feed").await.unwrap();
+    let task_def = fx.register_task_definition("feed").await.unwrap();
+    let instances = fx.register_instances("feed", 3).await.unwrap();
+    let tasks = fx
+        .start_tasks("feed", &task_def, &instances, Some("feeder"))
+        .await
+        .unwrap();
+    let queue_url = fx.create_queue("feed-events").await.unwrap();
+    let feed = EventFeed::new(&moto, &queue_url).await;
+
+    let sent_tasks = feed.publish_tasks("feed", &tasks).await.unwrap();
+    let again = feed.publish_tasks("feed", &tasks[..1]).await.unwrap();
+    let sent_instances = feed.publish_instances("feed", &instances).await.unwrap();
+    assert_eq!(
+        sent_instances.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        vec![1, 1, 1]
+    );
+    assert!(sent_tasks.iter().all(|(_, v)| *v == 1));
+    assert_eq!(again, vec![(tasks[0].clone(), 2)]);
+    assert_eq!(feed.version_of(&tasks[0]), Some(2));
+
+    let source = SqsSource::new(&moto.sdk_config().await, "feed-events", OPTIONS)
+        .await
+        .unwrap();
+    let messages = receive_n(&source, 7).await;
+    let described_tasks = ecs.describe_tasks("feed", &tasks).await.unwrap();
+    let described_instances = ecs
+        .describe_container_instances("feed", &instances)
+        .await
+        .unwrap();
+    for message in &messages {
+        match EcsEvent::parse(&message.body).unwrap_or_else(|e| panic!("{e}: {}", message.body)) {
+            EcsEvent::Task { cluster, task } => {
+                assert_eq!(cluster.as_str(), "feed");
+                let described = described_tasks
+                    .iter()
+                    .find(|t| t.task_arn == task.task_arn)
+                    .unwrap();
+                assert!(task.version == 1 || task.version == 2);
+                assert_eq!(
+                    task,
+                    Task {
+                        version: task.version,
+                        ..described.clone()
+                    }
+                );
+            }
+            EcsEvent::ContainerInstance { cluster, instance } => {
+                assert_eq!(cluster.as_str(), "feed");
+                let described = described_instances
+                    .iter()
+                    .find(|i| i.container_instance_arn == instance.container_instance_arn)
+                    .unwrap();
+                assert_eq!(
+                    instance,
+                    blox_model::ContainerInstance {
+                        version: 1,
+                        ..described.clone()
+                    }
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(source.delete(&receipts(&messages)).await.unwrap().is_empty());
+}
+
+/// Receives until `n` messages arrived (each receive asks for up to 10).
+async fn receive_n(source: &SqsSource, n: usize) -> Vec<Message> {
+    let mut messages = Vec::new();
+    // Bounded: each empty receive is a 1 s long poll, so a lost message fails the test in ~20 s.
+    for _ in 0..(n + 20) {
+        if messages.len() >= n {
+            break;
+        }
+        let batch = source.receive(n - messages.len()).await.expect("receive");
+        assert!(batch.len() <= 10);
+        messages.extend(batch);
+    }
+    assert_eq!(messages.len(), n, "received {} of {n} messages", messages.len());
+    messages
+}
+
+fn receipts(messages: &[Message]) -> Vec<String> {
+    messages.iter().map(|m| m.receipt.clone()).collect()
+}
+
+async fn send_receive_delete(queue_name: &str, open_by_url: bool) {
+    let (moto, fx, _ecs) = moto().await;
+    let url = fx.create_queue(queue_name).await.unwrap();
+    let bodies: Vec<String> = (0..25).map(|i| format!("{{\"n\":{i}}}")).collect();
+    fx.send_messages(&url, &bodies).await.unwrap();
+
+    let queue = if open_by_url {
+        url.clone()
+    } else {
+        queue_name.to_owned()
+    };
+    let source = SqsSource::new(&moto.sdk_config().await, &queue, OPTIONS)
+        .await
+        .unwrap();
+    assert_eq!(source.queue_url(), url);
+    assert_eq!(
+        source.depth().await.unwrap(),
+        QueueDepth {
+            visible: 25,
+            in_flight: 0
+        }
+    );
+
+    assert!(source.receive(0).await.unwrap().is_empty());
+    let first = source.receive(50).await.unwrap();
+    assert!(!first.is_empty() && first.len() <= 10, "{}", first.len());
+    let mut messages = first;
+    messages.extend(receive_n(&source, 25 - messages.len()).await);
+    let got: HashSet<&str> = messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(got, bodies.iter().map(String::as_str).collect::<HashSet<_>>());
+    assert_eq!(
+        messages
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect::<HashSet<_>>()
+            .len(),
+        25
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.sent_at_ms.is_some_and(|t| t > 1_600_000_000_000)),
+        "SentTimestamp"
+    );
+    assert_eq!(
+        source.depth().await.unwrap(),
+        QueueDepth {
+            visible: 0,
+            in_flight: 25
+        }
+    );
+
+    assert_eq!(
+        source.delete(&receipts(&messages)).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        source.depth().await.unwrap(),
+        QueueDepth {
+            visible: 0,
+            in_flight: 0
+        }
+    );
+    assert!(source.receive(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqs_by_name_receives_and_deletes_25_messages() {
+    send_receive_delete("events-by-name", false).await;
+}
+
+#[tokio::test]
+async fn sqs_by_url_receives_and_deletes_25_messages() {
+    send_receive_delete("events-by-url", true).await;
+}
+
+#[tokio::test]
+async fn sqs_reports_the_receipts_it_could_not_delete() {
+    let (moto, fx, _ecs) = moto().await;
+    let url = fx.create_queue("events-bad-receipts").await.unwrap();
+    let bodies: Vec<String> = (0..12).map(|i| format!("m{i}")).collect();
+    fx.send_messages(&url, &bodies).await.unwrap();
+    let source = SqsSource::new(&moto.sdk_config().await, &url, OPTIONS)
+        .await
+        .unwrap();
+    let messages = receive_n(&source, 12).await;
+
+    // Bogus receipts interleaved with good ones, across two batches of 10, plus a duplicate.
+    let mut receipts = receipts(&messages);
+    let bogus = vec!["bogus-a".to_owned(), "bogus-b".to_owned(), "bogus-c".to_owned()];
+    receipts.insert(3, bogus[0].clone());
+    receipts.insert(10, bogus[1].clone());
+    receipts.push(bogus[2].clone());
+    receipts.push(receipts[0].clone());
+    let failed = source.delete(&receipts).await.unwrap();
+    assert_eq!(failed, bogus);
+    assert_eq!(source.depth().await.unwrap(), QueueDepth::default());
+    assert!(source.delete(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqs_unknown_queue_name_fails_to_open() {
+    let moto = Moto::start().await.unwrap();
+    let err = SqsSource::new(&moto.sdk_config().await, "no-such-queue", OPTIONS)
+        .await
+        .unwrap_err();
+    assert_eq!(err.operation, "GetQueueUrl");
+    assert!(
+        err.message.contains("NonExistentQueue") || err.message.contains("QueueDoesNotExist"),
+        "{err}"
+    );
+
+    let bad = SqsOptions {
+        wait_time_seconds: 25,
+        ..SqsOptions::default()
+    };
+    assert!(SqsSource::new(&moto.sdk_config().await, "x", bad).await.is_err());
+    assert_eq!(
+        SqsOptions::default(),
+        SqsOptions {
+            wait_time_seconds: 20,
+            visibility_timeout_seconds: 60
+        }
+    );
+}
+
+// `sdk_config` reads the process environment, which a test must not change in-process (other tests
+// run concurrently). So these tests run this test binary again, with a controlled environment, to
+// execute one `#[ignore]`d child test.
+
+const CHILD_ENV: &str = "BLOX_AWS_TEST_CHILD";
+
+fn run_child(test: &str, env: &[(String, String)]) {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut command = Command::new(exe);
+    command.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"]);
+    for key in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_ECS",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    ] {
+        command.env_remove(key);
+    }
+    command
+        .env(CHILD_ENV, "1")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let output = command.output().expect("run child test");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        output.status.success(),
+        "child {test} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("1 passed"), "child {test} did not run:\n{stdout}");
+}
+
+fn is_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+#[tokio::test]
+async fn config_honours_service_specific_endpoints() {
+    let moto = Moto::start().await.unwrap();
+    let fx = EcsFixture::new(&moto).await;
+    fx.create_cluster("via-env").await.unwrap();
+    fx.create_queue("via-env").await.unwrap();
+    let mut env: Vec<(String, String)> = moto
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+        .collect();
+    // The global endpoint points nowhere; only the per-service variables lead to moto.
+    env.push(("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:9".into()));
+    env.push(("AWS_ENDPOINT_URL_ECS".into(), moto.endpoint()));
+    env.push(("AWS_ENDPOINT_URL_SQS".into(), moto.endpoint()));
+    run_child("child_uses_service_endpoints", &env);
+}
+
+#[tokio::test]
+#[ignore = "run by config_honours_service_specific_endpoints in a child process"]
+async fn child_uses_service_endpoints() {
+    if !is_child() {
+        return;
+    }
+    let config = sdk_config().await.expect("region from AWS_REGION");
+    let clusters = SdkEcs::new(&config)
+        .list_clusters()
+        .await
+        .expect("ECS via AWS_ENDPOINT_URL_ECS");
+    assert!(
+        clusters.iter().any(|c| c.ends_with(":cluster/via-env")),
+        "{clusters:?}"
+    );
+    let source = SqsSource::new(&config, "via-env", OPTIONS)
+        .await
+        .expect("SQS via AWS_ENDPOINT_URL_SQS");
+    assert_eq!(source.depth().await.unwrap(), QueueDepth::default());
+}
+
+#[tokio::test]
+async fn config_without_a_region_is_an_error() {
+    run_child(
+        "child_has_no_region",
+        &[("AWS_EC2_METADATA_DISABLED".into(), "true".into())],
+    );
+}
+
+#[tokio::test]
+#[ignore = "run by config_without_a_region_is_an_error in a child process"]
+async fn child_has_no_region() {
+    if !is_child() {
+        return;
+    }
+    let err = sdk_config().await.expect_err("no region");
+    assert!(matches!(err, ConfigError::MissingRegion));
+    assert!(err.to_string().contains("AWS_REGION"));
+}

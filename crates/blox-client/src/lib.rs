@@ -1,0 +1,210 @@
+//! A typed client of the blox REST API.
+
+use blox_api::{
+    DeadLetters, ErrorBody, InstanceQuery, InstanceRecord, Instances, PageQuery, Readiness, StreamQuery,
+    TaskQuery, TaskRecord, Tasks,
+};
+use bytes::{Buf as _, BytesMut};
+use futures::{Stream, StreamExt as _};
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot reach blox at {endpoint}: {source}")]
+    Transport {
+        endpoint: String,
+        source: reqwest::Error,
+    },
+    /// The server answered with an error body.
+    #[error("{status}: {} ({})", body.message, body.code)]
+    Api { status: u16, body: ErrorBody },
+    #[error("unexpected answer ({status}): {message}")]
+    Unexpected { status: u16, message: String },
+    /// A stream ended with an error line.
+    #[error("stream ended: {} ({})", .0.message, .0.code)]
+    Stream(ErrorBody),
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(endpoint: impl Into<String>) -> Client {
+        Client {
+            endpoint: endpoint.into().trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub async fn list_tasks(&self, query: &TaskQuery) -> Result<Tasks, ClientError> {
+        self.get_json("/v1/tasks", query).await
+    }
+
+    pub async fn get_task(&self, cluster: &str, arn: &str) -> Result<TaskRecord, ClientError> {
+        self.get_json(&format!("/v1/tasks/{}/{}", encode(cluster), encode(arn)), &())
+            .await
+    }
+
+    pub async fn list_instances(&self, query: &InstanceQuery) -> Result<Instances, ClientError> {
+        self.get_json("/v1/instances", query).await
+    }
+
+    pub async fn get_instance(&self, cluster: &str, arn: &str) -> Result<InstanceRecord, ClientError> {
+        self.get_json(&format!("/v1/instances/{}/{}", encode(cluster), encode(arn)), &())
+            .await
+    }
+
+    pub async fn dead_letters(&self, query: &PageQuery) -> Result<DeadLetters, ClientError> {
+        self.get_json("/v1/dead-letters", query).await
+    }
+
+    pub async fn readiness(&self) -> Result<Readiness, ClientError> {
+        let response = self.send(self.http.get(self.url("/readyz"))).await?;
+        let status = response.status().as_u16();
+        response.json().await.map_err(|e| ClientError::Unexpected {
+            status,
+            message: e.to_string(),
+        })
+    }
+
+    /// Task changes, replayed after `entityVersion` and then live. Ends on an error line or when the
+    /// server closes the connection.
+    pub async fn stream_tasks(
+        &self,
+        query: &StreamQuery,
+    ) -> Result<impl Stream<Item = Result<TaskRecord, ClientError>> + use<>, ClientError> {
+        self.stream("/v1/stream/tasks", query).await
+    }
+
+    pub async fn stream_instances(
+        &self,
+        query: &StreamQuery,
+    ) -> Result<impl Stream<Item = Result<InstanceRecord, ClientError>> + use<>, ClientError> {
+        self.stream("/v1/stream/instances", query).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        request.send().await.map_err(|source| ClientError::Transport {
+            endpoint: self.endpoint.clone(),
+            source,
+        })
+    }
+
+    async fn get_json<Q: serde::Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T, ClientError> {
+        let response = self.send(self.http.get(self.url(path)).query(query)).await?;
+        let response = check(response).await?;
+        let status = response.status().as_u16();
+        response.json().await.map_err(|e| ClientError::Unexpected {
+            status,
+            message: e.to_string(),
+        })
+    }
+
+    async fn stream<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &StreamQuery,
+    ) -> Result<impl Stream<Item = Result<T, ClientError>> + use<T>, ClientError> {
+        let response = check(self.send(self.http.get(self.url(path)).query(query)).await?).await?;
+        let endpoint = self.endpoint.clone();
+        let chunks = response.bytes_stream();
+        let lines = futures::stream::unfold(
+            (chunks, BytesMut::new(), false),
+            move |(mut chunks, mut buffer, mut done)| {
+                let endpoint = endpoint.clone();
+                async move {
+                    loop {
+                        if done {
+                            return None;
+                        }
+                        if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                            let line = buffer.split_to(end + 1);
+                            let line = &line[..end];
+                            // Empty lines are the server's heartbeats.
+                            if line.iter().all(u8::is_ascii_whitespace) {
+                                continue;
+                            }
+                            let item = parse_line::<T>(line);
+                            if item.is_err() {
+                                done = true;
+                            }
+                            return Some((item, (chunks, buffer, done)));
+                        }
+                        match chunks.next().await {
+                            Some(Ok(bytes)) => buffer.extend_from_slice(bytes.chunk()),
+                            Some(Err(source)) => {
+                                done = true;
+                                return Some((
+                                    Err(ClientError::Transport {
+                                        endpoint: endpoint.clone(),
+                                        source,
+                                    }),
+                                    (chunks, buffer, done),
+                                ));
+                            }
+                            None => return None,
+                        }
+                    }
+                }
+            },
+        );
+        Ok(lines)
+    }
+}
+
+fn parse_line<T: DeserializeOwned>(line: &[u8]) -> Result<T, ClientError> {
+    match serde_json::from_slice::<T>(line) {
+        Ok(item) => Ok(item),
+        Err(e) => match serde_json::from_slice::<blox_api::StreamError>(line) {
+            Ok(end) => Err(ClientError::Stream(end.error)),
+            Err(_) => Err(ClientError::Unexpected {
+                status: 200,
+                message: format!("bad stream line: {e}"),
+            }),
+        },
+    }
+}
+
+async fn check(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => Err(ClientError::Api { status, body }),
+        Err(_) => Err(ClientError::Unexpected {
+            status,
+            message: text,
+        }),
+    }
+}
+
+/// Percent-encodes a path segment (ARNs hold ':' and '/').
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,366 @@
+//! The ECS entities blox mirrors, in the shape Blox v0.3 served them (its JSON field names are our API
+//! contract, so these types serialise to exactly that shape; fields v0.3 did not have are optional and
+//! additive). Events and ECS Describe results are both converted into these.
+
+use serde::{Deserialize, Serialize};
+
+use crate::arn::{ArnError, ClusterName, ResourceArn};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+/// An ECS task (v0.3 `TaskDetail`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    #[serde(rename = "clusterARN", alias = "clusterArn")]
+    pub cluster_arn: String,
+    /// Absent for tasks that run on no container instance (Fargate).
+    #[serde(
+        rename = "containerInstanceARN",
+        alias = "containerInstanceArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_instance_arn: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    pub desired_status: String,
+    pub last_status: String,
+    #[serde(default)]
+    pub overrides: Overrides,
+    #[serde(rename = "taskARN", alias = "taskArn")]
+    pub task_arn: String,
+    #[serde(rename = "taskDefinitionARN", alias = "taskDefinitionArn")]
+    pub task_definition_arn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_type: Option<String>,
+    /// ECS's per-resource version; 0 when ECS did not say (moto never does).
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(rename = "containerARN", alias = "containerArn")]
+    pub container_arn: String,
+    pub last_status: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_bindings: Vec<NetworkBinding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkBinding {
+    #[serde(rename = "bindIP", alias = "bindIp")]
+    pub bind_ip: String,
+    pub container_port: i64,
+    pub host_port: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Overrides {
+    #[serde(default)]
+    pub container_overrides: Vec<ContainerOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_role_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverride {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environment: Vec<EnvironmentVariable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EnvironmentVariable {
+    pub name: String,
+    pub value: String,
+}
+
+/// An ECS container instance (v0.3 `ContainerInstanceDetail`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerInstance {
+    pub agent_connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_update_status: Option<String>,
+    #[serde(default)]
+    pub attributes: Vec<Attribute>,
+    #[serde(rename = "clusterARN", alias = "clusterArn")]
+    pub cluster_arn: String,
+    #[serde(rename = "containerInstanceARN", alias = "containerInstanceArn")]
+    pub container_instance_arn: String,
+    #[serde(
+        rename = "EC2InstanceID",
+        alias = "ec2InstanceId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ec2_instance_id: Option<String>,
+    #[serde(default)]
+    pub registered_resources: Vec<Resource>,
+    #[serde(default)]
+    pub remaining_resources: Vec<Resource>,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    #[serde(default)]
+    pub version_info: VersionInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_tasks_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_tasks_count: Option<i64>,
+    /// ECS's per-resource version; 0 when ECS did not say (moto never does).
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Attribute {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// A registered or remaining resource; `value` is rendered from ECS's typed value as v0.3 did:
+/// integers as decimal strings, doubles with two decimals, string sets comma-joined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(from = "ResourceRepr")]
+pub struct Resource {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+}
+
+impl Resource {
+    /// Renders an ECS resource the way v0.3 did (`handler/api/v1/translate.go`).
+    pub fn from_ecs(
+        name: &str,
+        kind: &str,
+        integer: Option<i64>,
+        long: Option<i64>,
+        double: Option<f64>,
+        string_set: &[String],
+    ) -> Resource {
+        let value = match kind {
+            "INTEGER" => integer.or(long).unwrap_or_default().to_string(),
+            "LONG" => long.or(integer).unwrap_or_default().to_string(),
+            "DOUBLE" => format!("{:.2}", double.unwrap_or_default()),
+            "STRINGSET" => string_set.join(","),
+            _ => integer
+                .or(long)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| string_set.join(",")),
+        };
+        Resource {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            value,
+        }
+    }
+}
+
+/// Either our rendered shape (`value`) or ECS's typed one (`integerValue`, `longValue`, ...).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceRepr {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    value: Option<String>,
+    integer_value: Option<i64>,
+    long_value: Option<i64>,
+    double_value: Option<f64>,
+    #[serde(default)]
+    string_set_value: Vec<String>,
+}
+
+impl From<ResourceRepr> for Resource {
+    fn from(r: ResourceRepr) -> Resource {
+        match r.value {
+            Some(value) => Resource {
+                name: r.name,
+                kind: r.kind,
+                value,
+            },
+            None => Resource::from_ecs(
+                &r.name,
+                &r.kind,
+                r.integer_value,
+                r.long_value,
+                r.double_value,
+                &r.string_set_value,
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_version: Option<String>,
+}
+
+/// Task `lastStatus` values ECS documents (task lifecycle), for validating filters.
+pub const TASK_STATUSES: &[&str] = &[
+    "PROVISIONING",
+    "PENDING",
+    "ACTIVATING",
+    "RUNNING",
+    "DEACTIVATING",
+    "STOPPING",
+    "DEPROVISIONING",
+    "STOPPED",
+    "DELETED",
+];
+
+/// Container instance `status` values ECS documents.
+pub const INSTANCE_STATUSES: &[&str] = &[
+    "REGISTERING",
+    "REGISTRATION_FAILED",
+    "ACTIVE",
+    "DRAINING",
+    "DEREGISTERING",
+    "INACTIVE",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_values_render_as_v03() {
+        let check = |kind, i, l, d, s: &[&str], want: &str| {
+            let set: Vec<String> = s.iter().map(|x| x.to_string()).collect();
+            assert_eq!(Resource::from_ecs("r", kind, i, l, d, &set).value, want, "{kind}");
+        };
+        check("INTEGER", Some(4096), None, None, &[], "4096");
+        check("LONG", None, Some(7482), None, &[], "7482");
+        check("DOUBLE", None, None, Some(0.5), &[], "0.50");
+        check("STRINGSET", None, None, None, &["22", "2376"], "22,2376");
+        check("STRINGSET", None, None, None, &[], "");
+    }
+}
+
+impl Task {
+    /// The cluster this task belongs to, from its cluster ARN.
+    pub fn cluster(&self) -> Result<ClusterName, ArnError> {
+        ClusterName::from_arn(&self.cluster_arn)
+    }
+
+    /// Checks the identifiers ECS gave: a cluster ARN, a task ARN (whose cluster, in the long format,
+    /// must be that cluster), and a container-instance ARN when there is one.
+    pub fn validate(&self) -> Result<ClusterName, FieldError> {
+        let cluster = self.cluster().map_err(|e| FieldError::new("clusterArn", e))?;
+        let task = ResourceArn::task(&self.task_arn).map_err(|e| FieldError::new("taskArn", e))?;
+        check_same_cluster("taskArn", &task, &cluster)?;
+        if let Some(arn) = &self.container_instance_arn {
+            let instance = ResourceArn::container_instance(arn)
+                .map_err(|e| FieldError::new("containerInstanceArn", e))?;
+            check_same_cluster("containerInstanceArn", &instance, &cluster)?;
+        }
+        require_status("lastStatus", &self.last_status)?;
+        require_status("desiredStatus", &self.desired_status)?;
+        Ok(cluster)
+    }
+}
+
+impl ContainerInstance {
+    pub fn cluster(&self) -> Result<ClusterName, ArnError> {
+        ClusterName::from_arn(&self.cluster_arn)
+    }
+
+    /// Checks the cluster and container-instance ARNs and the status.
+    pub fn validate(&self) -> Result<ClusterName, FieldError> {
+        let cluster = self.cluster().map_err(|e| FieldError::new("clusterArn", e))?;
+        let instance = ResourceArn::container_instance(&self.container_instance_arn)
+            .map_err(|e| FieldError::new("containerInstanceArn", e))?;
+        check_same_cluster("containerInstanceArn", &instance, &cluster)?;
+        require_status("status", &self.status)?;
+        Ok(cluster)
+    }
+}
+
+/// A field of an ECS resource that is not what ECS would send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, reason: impl ToString) -> FieldError {
+        FieldError {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+fn check_same_cluster(
+    field: &'static str,
+    arn: &ResourceArn,
+    cluster: &ClusterName,
+) -> Result<(), FieldError> {
+    match &arn.cluster {
+        Some(c) if c != cluster => Err(FieldError::new(
+            field,
+            format!("names cluster \"{c}\" but clusterArn names \"{cluster}\""),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn require_status(field: &'static str, value: &str) -> Result<(), FieldError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+        return Err(FieldError::new(field, format!("{value:?} is not an ECS status")));
+    }
+    Ok(())
+}

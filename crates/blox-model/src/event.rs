@@ -1,0 +1,237 @@
+//! ECS events as EventBridge delivers them (to SQS, unwrapped): the envelope and the two detail types
+//! blox consumes. Unknown fields are ignored, as AWS asks of consumers; unknown detail types are
+//! reported as [`EcsEvent::Other`] so that the caller can count and drop them.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use crate::arn::ClusterName;
+use crate::entity::{ContainerInstance, FieldError, Task};
+
+pub const TASK_STATE_CHANGE: &str = "ECS Task State Change";
+pub const CONTAINER_INSTANCE_STATE_CHANGE: &str = "ECS Container Instance State Change";
+
+/// An event, parsed and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EcsEvent {
+    Task {
+        cluster: ClusterName,
+        task: Task,
+    },
+    ContainerInstance {
+        cluster: ClusterName,
+        instance: ContainerInstance,
+    },
+    /// Another ECS detail type (deployment, service action, ...), which blox does not mirror.
+    Other {
+        detail_type: String,
+    },
+}
+
+/// Why a message is not an ECS event blox can apply. The message is parked, never retried.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EventError {
+    #[error("not a JSON EventBridge envelope: {0}")]
+    Envelope(String),
+    #[error("detail of {detail_type:?} does not parse: {reason}")]
+    Detail { detail_type: String, reason: String },
+    #[error("detail.version is missing: events cannot be ordered without it")]
+    MissingVersion,
+    #[error("detail.version must be a non-negative integer")]
+    BadVersion,
+    #[error("detail.{0}")]
+    Field(#[from] FieldError),
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "detail-type")]
+    detail_type: String,
+    #[serde(borrow)]
+    detail: &'a RawValue,
+}
+
+/// Reads only `detail.version`, skipping the rest of the detail.
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: Option<serde_json::Value>,
+}
+
+impl EcsEvent {
+    /// Parses an SQS message body holding one EventBridge event.
+    pub fn parse(body: &str) -> Result<EcsEvent, EventError> {
+        let envelope: Envelope<'_> =
+            serde_json::from_str(body).map_err(|e| EventError::Envelope(e.to_string()))?;
+        let detail = envelope.detail.get();
+        let detail_error = |e: serde_json::Error| EventError::Detail {
+            detail_type: envelope.detail_type.clone(),
+            reason: e.to_string(),
+        };
+        match envelope.detail_type.as_str() {
+            TASK_STATE_CHANGE => {
+                let version = detail_version(detail)?;
+                let mut task: Task = serde_json::from_str(detail).map_err(detail_error)?;
+                task.version = version;
+                let cluster = task.validate()?;
+                Ok(EcsEvent::Task { cluster, task })
+            }
+            CONTAINER_INSTANCE_STATE_CHANGE => {
+                let version = detail_version(detail)?;
+                let mut instance: ContainerInstance = serde_json::from_str(detail).map_err(detail_error)?;
+                instance.version = version;
+                let cluster = instance.validate()?;
+                Ok(EcsEvent::ContainerInstance { cluster, instance })
+            }
+            other => Ok(EcsEvent::Other {
+                detail_type: other.to_owned(),
+            }),
+        }
+    }
+}
+
+fn detail_version(detail: &str) -> Result<u64, EventError> {
+    let probe: VersionProbe = serde_json::from_str(detail)
+        .map_err(|_| EventError::Envelope("detail is not a JSON object".to_owned()))?;
+    match probe.version {
+        None | Some(serde_json::Value::Null) => Err(EventError::MissingVersion),
+        Some(version) => version.as_u64().ok_or(EventError::BadVersion),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASK: &str = r#"{
+      "version": "0", "id": "9bcdac79-b31f-4d3d-9410-fbd727c29fab", "detail-type": "ECS Task State Change",
+      "source": "aws.ecs", "account": "111122223333", "time": "2016-12-06T16:41:06Z", "region": "us-east-1",
+      "resources": ["arn:aws:ecs:us-east-1:111122223333:task/b99d40b3-5176-4f71-9a52-9dbd6f1cebef"],
+      "detail": {
+        "clusterArn": "arn:aws:ecs:us-east-1:111122223333:cluster/default",
+        "containerInstanceArn": "arn:aws:ecs:us-east-1:111122223333:container-instance/b54a2a04-046f-4331-9d74-3f6d7f6ca315",
+        "containers": [{"containerArn": "arn:aws:ecs:us-east-1:111122223333:container/3305bea1-bd16-4217-803d-3e0482170a17",
+          "exitCode": 1, "lastStatus": "STOPPED", "name": "xray",
+          "taskArn": "arn:aws:ecs:us-east-1:111122223333:task/b99d40b3-5176-4f71-9a52-9dbd6f1cebef",
+          "networkBindings": [{"bindIP": "0.0.0.0", "containerPort": 80, "hostPort": 8080, "protocol": "tcp"}]}],
+        "createdAt": "2016-12-06T16:41:05.702Z", "desiredStatus": "RUNNING", "lastStatus": "RUNNING",
+        "overrides": {"containerOverrides": [{"name": "xray", "command": ["run"], "environment": [{"name": "A", "value": "1"}]}]},
+        "startedAt": "2016-12-06T16:41:06.8Z", "startedBy": "ecs-svc/9223370556150183303",
+        "updatedAt": "2016-12-06T16:41:06.975Z",
+        "taskArn": "arn:aws:ecs:us-east-1:111122223333:task/b99d40b3-5176-4f71-9a52-9dbd6f1cebef",
+        "taskDefinitionArn": "arn:aws:ecs:us-east-1:111122223333:task-definition/xray:2",
+        "version": 4, "launchType": "EC2", "someNewField": {"x": 1}
+      }
+    }"#;
+
+    const INSTANCE: &str = r#"{
+      "version": "0", "id": "8952ba83-7be2-4ab5-9c32-6687532d15a2", "detail-type": "ECS Container Instance State Change",
+      "source": "aws.ecs", "account": "111122223333", "time": "2016-12-06T16:41:06Z", "region": "us-east-1",
+      "resources": ["arn:aws:ecs:us-east-1:111122223333:container-instance/default/b54a2a04046f43319d743f6d7f6ca315"],
+      "detail": {
+        "agentConnected": true,
+        "attributes": [{"name": "com.amazonaws.ecs.capability.logging-driver.syslog"}, {"name": "ecs.instance-type", "value": "t2.micro"}],
+        "clusterArn": "arn:aws:ecs:us-east-1:111122223333:cluster/default",
+        "containerInstanceArn": "arn:aws:ecs:us-east-1:111122223333:container-instance/default/b54a2a04046f43319d743f6d7f6ca315",
+        "ec2InstanceId": "i-f3a8506b",
+        "registeredResources": [{"name": "CPU", "type": "INTEGER", "integerValue": 2048},
+          {"name": "PORTS", "type": "STRINGSET", "stringSetValue": ["22", "2376"]}],
+        "remainingResources": [{"name": "MEMORY", "type": "INTEGER", "integerValue": 3767}],
+        "status": "ACTIVE", "version": 14801,
+        "versionInfo": {"agentHash": "aebcbca", "agentVersion": "1.13.0", "dockerVersion": "DockerVersion: 1.11.2"},
+        "updatedAt": "2016-12-06T16:41:06.991Z"
+      }
+    }"#;
+
+    #[test]
+    fn task_event_parses_into_the_v03_shape() {
+        let EcsEvent::Task { cluster, task } = EcsEvent::parse(TASK).unwrap() else {
+            panic!("not a task")
+        };
+        assert_eq!(cluster.as_str(), "default");
+        assert_eq!(task.version, 4);
+        insta::assert_json_snapshot!(task);
+    }
+
+    #[test]
+    fn instance_event_parses_into_the_v03_shape() {
+        let EcsEvent::ContainerInstance { cluster, instance } = EcsEvent::parse(INSTANCE).unwrap() else {
+            panic!("not an instance")
+        };
+        assert_eq!(cluster.as_str(), "default");
+        assert_eq!(instance.version, 14801);
+        insta::assert_json_snapshot!(instance);
+    }
+
+    fn check_rejected(body: &str, want: &str) {
+        let err = EcsEvent::parse(body).unwrap_err().to_string();
+        assert!(err.contains(want), "{err:?} should mention {want:?}");
+    }
+
+    fn task_with(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(TASK).unwrap();
+        edit(&mut v);
+        v.to_string()
+    }
+
+    #[test]
+    fn malformed_events_say_why() {
+        check_rejected("not json", "not a JSON EventBridge envelope");
+        check_rejected("{}", "missing field `detail-type`");
+        check_rejected(
+            r#"{"detail-type":"ECS Task State Change"}"#,
+            "missing field `detail`",
+        );
+        check_rejected(
+            r#"{"detail-type":"ECS Task State Change","detail":[]}"#,
+            "not a JSON object",
+        );
+        check_rejected(
+            &task_with(|v| drop(v["detail"].as_object_mut().unwrap().remove("version"))),
+            "detail.version is missing",
+        );
+        check_rejected(
+            &task_with(|v| v["detail"]["version"] = "4".into()),
+            "non-negative integer",
+        );
+        check_rejected(
+            &task_with(|v| v["detail"]["version"] = (-1).into()),
+            "non-negative integer",
+        );
+        check_rejected(
+            &task_with(|v| drop(v["detail"].as_object_mut().unwrap().remove("taskArn"))),
+            "missing field `taskARN`",
+        );
+        check_rejected(
+            &task_with(|v| v["detail"]["taskArn"] = "nope".into()),
+            "detail.taskArn",
+        );
+        check_rejected(
+            &task_with(|v| {
+                v["detail"]["clusterArn"] = "arn:aws:ecs:us-east-1:111122223333:cluster/bad name".into()
+            }),
+            "detail.clusterArn",
+        );
+        check_rejected(
+            &task_with(|v| {
+                v["detail"]["taskArn"] = "arn:aws:ecs:us-east-1:111122223333:task/other/abc".into()
+            }),
+            "names cluster \"other\"",
+        );
+        check_rejected(
+            &task_with(|v| v["detail"]["lastStatus"] = "".into()),
+            "detail.lastStatus",
+        );
+    }
+
+    #[test]
+    fn other_detail_types_are_reported_not_rejected() {
+        let body = r#"{"detail-type":"ECS Service Action","source":"aws.ecs","detail":{"eventName":"SERVICE_STEADY_STATE"}}"#;
+        assert_eq!(
+            EcsEvent::parse(body).unwrap(),
+            EcsEvent::Other {
+                detail_type: "ECS Service Action".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! The REST API: Blox v0.3's cluster-state paths and JSON, fixed (structured errors, pagination,
+//! long ARNs and every partition, draining filter, deletions in streams), plus operational endpoints.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use blox_api::{
+    DeadLetter, DeadLetters, ErrorBody, Health, InstanceRecord, Instances, Readiness, TaskRecord, Tasks,
+};
+use blox_model::{ClusterName, INSTANCE_STATUSES, ResourceArn, TASK_STATUSES};
+use blox_store::{Filter, Key, Kind, PageRequest, Store};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::query::{Params, encode_token, parse_cluster};
+use crate::reconcile::ReadinessState;
+use crate::render;
+use crate::stream::{self, StreamOptions};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub readiness: Arc<ReadinessState>,
+    pub metrics: PrometheusHandle,
+    pub stream: StreamOptions,
+}
+
+/// Pages read from the store at a time when a listing asks for everything.
+const UNBOUNDED_LIST_PAGE: usize = 1_000;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "blox",
+        description = "ECS cluster state mirrored from ECS events, with Blox v0.3's API. \
+                       Errors are JSON {code, message, field}.",
+    ),
+    paths(
+        list_tasks,
+        get_task,
+        list_instances,
+        get_instance,
+        stream::stream_tasks,
+        stream::stream_instances,
+        list_dead_letters,
+        delete_dead_letter,
+        healthz,
+        readyz,
+        metrics
+    ),
+    components(schemas(
+        Tasks,
+        TaskRecord,
+        Instances,
+        InstanceRecord,
+        ErrorBody,
+        DeadLetters,
+        DeadLetter,
+        Health,
+        Readiness,
+        blox_api::StreamError
+    ))
+)]
+pub struct ApiDoc;
+
+const TASK_PARAMS: &[&str] = &["status", "cluster", "startedBy", "maxResults", "nextToken"];
+const INSTANCE_PARAMS: &[&str] = &["status", "cluster", "maxResults", "nextToken"];
+
+/// List tasks, optionally filtered by status, cluster and startedBy.
+#[utoipa::path(get, path = "/v1/tasks", tag = "cluster state", params(blox_api::TaskQuery),
+    responses((status = 200, body = Tasks), (status = 400, body = ErrorBody)))]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), TASK_PARAMS)?;
+    let filter = Filter {
+        cluster: params.cluster()?.map(|c| c.name),
+        status: params.status(TASK_STATUSES)?,
+        started_by: params.started_by()?,
+    };
+    list(&state, Kind::Task, filter, &params).await
+}
+
+/// List container instances, optionally filtered by status (including draining) and cluster.
+#[utoipa::path(get, path = "/v1/instances", tag = "cluster state", params(blox_api::InstanceQuery),
+    responses((status = 200, body = Instances), (status = 400, body = ErrorBody)))]
+pub async fn list_instances(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), INSTANCE_PARAMS)?;
+    let filter = Filter {
+        cluster: params.cluster()?.map(|c| c.name),
+        status: params.status(INSTANCE_STATUSES)?,
+        started_by: None,
+    };
+    list(&state, Kind::Instance, filter, &params).await
+}
+
+async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> Result<Response, ApiError> {
+    let limit = params.max_results()?;
+    let after = params.next_token()?;
+    let page_size = limit.unwrap_or(UNBOUNDED_LIST_PAGE);
+    // The first page is read before answering so that a store failure is a proper 500.
+    let first = state
+        .store
+        .list(
+            kind,
+            &filter,
+            PageRequest {
+                after,
+                limit: Some(page_size),
+            },
+        )
+        .await?;
+    let mut out = render::LIST_START.to_vec();
+    for (i, record) in first.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        render::record(&mut out, record.seq, false, &record.doc.body);
+    }
+    if limit.is_some() || first.next.is_none() {
+        let token = if limit.is_some() {
+            first.next.as_ref().map(encode_token)
+        } else {
+            None
+        };
+        render::list_end(&mut out, token.as_deref());
+        return Ok(json(out));
+    }
+    // Everything was asked for: stream the rest page by page rather than holding it all in memory.
+    let store = state.store.clone();
+    let rest = futures::stream::unfold(first.next, move |cursor| {
+        let store = store.clone();
+        let filter = filter.clone();
+        async move {
+            let cursor = cursor?;
+            let mut out = Vec::new();
+            match store
+                .list(
+                    kind,
+                    &filter,
+                    PageRequest {
+                        after: Some(cursor),
+                        limit: Some(page_size),
+                    },
+                )
+                .await
+            {
+                Ok(page) => {
+                    for record in &page.items {
+                        out.push(b',');
+                        render::record(&mut out, record.seq, false, &record.doc.body);
+                    }
+                    if page.next.is_none() {
+                        render::list_end(&mut out, None);
+                    }
+                    Some((Ok(Bytes::from(out)), page.next))
+                }
+                Err(err) => {
+                    // Too late for a status code: cut the body so the client sees it incomplete.
+                    tracing::error!(error = %err, "listing failed mid-response");
+                    Some((Err(std::io::Error::other(err.to_string())), None))
+                }
+            }
+        }
+    });
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(out)) }).chain(rest);
+    Ok(with_json_type(Response::new(Body::from_stream(body))))
+}
+
+/// Get one task by cluster (name or ARN) and task ARN (either format; slashes may be literal).
+#[utoipa::path(get, path = "/v1/tasks/{cluster}/{arn}", tag = "cluster state",
+    params(("cluster" = String, Path, description = "cluster name or ARN"), ("arn" = String, Path, description = "task ARN")),
+    responses((status = 200, body = TaskRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_task(
+    State(state): State<AppState>,
+    Path((cluster, arn)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    get(&state, Kind::Task, &cluster, &arn).await
+}
+
+/// Get one container instance by cluster (name or ARN) and container-instance ARN.
+#[utoipa::path(get, path = "/v1/instances/{cluster}/{arn}", tag = "cluster state",
+    params(("cluster" = String, Path, description = "cluster name or ARN"), ("arn" = String, Path, description = "container instance ARN")),
+    responses((status = 200, body = InstanceRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_instance(
+    State(state): State<AppState>,
+    Path((cluster, arn)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    get(&state, Kind::Instance, &cluster, &arn).await
+}
+
+async fn get(state: &AppState, kind: Kind, cluster: &str, arn: &str) -> Result<Response, ApiError> {
+    let cluster = parse_cluster("cluster", cluster)?.name;
+    let (parsed, what) = match kind {
+        Kind::Task => (ResourceArn::task(arn), "task"),
+        Kind::Instance => (ResourceArn::container_instance(arn), "container instance"),
+    };
+    let parsed =
+        parsed.map_err(|e| ApiError::bad_request("arn", "InvalidArn", format!("invalid {what} ARN: {e}")))?;
+    if let Some(named) = parsed.cluster.as_ref().filter(|named| **named != cluster) {
+        return Err(ApiError::bad_request(
+            "arn",
+            "ClusterMismatch",
+            format!("the {what} ARN names cluster {named} but the path names cluster {cluster}"),
+        ));
+    }
+    let key = Key {
+        kind,
+        cluster: cluster.clone(),
+        id: arn.to_owned(),
+    };
+    let record = state
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| not_found(what, arn, &cluster))?;
+    let mut out = Vec::with_capacity(record.doc.body.len() + 64);
+    render::record(&mut out, record.seq, false, &record.doc.body);
+    Ok(json(out))
+}
+
+fn not_found(what: &str, arn: &str, cluster: &ClusterName) -> ApiError {
+    let code = if what == "task" {
+        "TaskNotFound"
+    } else {
+        "InstanceNotFound"
+    };
+    ApiError::not_found(code, format!("{what} {arn} not found in cluster {cluster}"))
+}
+
+/// Messages that could not be applied (not JSON, not a valid ECS event), newest first.
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "operations", params(blox_api::PageQuery),
+    responses((status = 200, body = DeadLetters), (status = 400, body = ErrorBody)))]
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeadLetters>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["maxResults", "nextToken"])?;
+    let page = state
+        .store
+        .dead_letters(PageRequest {
+            after: params.next_token()?,
+            limit: params.max_results()?,
+        })
+        .await?;
+    Ok(Json(DeadLetters {
+        items: page
+            .items
+            .into_iter()
+            .map(|d| DeadLetter {
+                id: d.id.to_string(),
+                message_id: d.message_id,
+                received_at: d.received_at,
+                reason: d.reason,
+                body: d.body,
+            })
+            .collect(),
+        next_token: page.next.as_ref().map(encode_token),
+    }))
+}
+
+/// Removes a parked message once an operator has dealt with it.
+#[utoipa::path(delete, path = "/v1/dead-letters/{id}", tag = "operations",
+    params(("id" = String, Path, description = "dead letter id")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let parsed = id
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request("id", "InvalidId", format!("invalid dead letter id {id:?}")))?;
+    if state.store.remove_dead_letter(parsed).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "DeadLetterNotFound",
+            format!("dead letter {id} not found"),
+        ))
+    }
+}
+
+/// The process is alive and serving.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Ready once the first full reconcile pass has completed; 503 until then.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let readiness = state.readiness.snapshot();
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    for kind in [Kind::Task, Kind::Instance] {
+        if let Ok(n) = state.store.count(kind).await {
+            metrics::gauge!(crate::metrics::ENTITIES, "kind" => crate::kind_label(kind)).set(n as f64);
+        }
+    }
+    if let Ok(bounds) = state.store.log_bounds().await {
+        metrics::gauge!(crate::metrics::CHANGE_LOG_HEAD).set(bounds.head as f64);
+    }
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn json(body: Vec<u8>) -> Response {
+    with_json_type(Response::new(Body::from(body)))
+}
+
+fn with_json_type(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

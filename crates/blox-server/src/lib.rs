@@ -1,0 +1,146 @@
+//! The blox server: wires the store, the event source and ECS into three activities that share
+//! nothing but the store — ingestion ([`ingest`]), reconciliation ([`reconcile`]) and the REST API
+//! ([`api`], [`stream`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get};
+use blox_aws::{EcsReader, EventSource};
+use blox_store::{Kind, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use utoipa::OpenApi as _;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub mod api;
+mod clock;
+pub mod documents;
+mod error;
+pub mod ingest;
+pub mod metrics;
+mod query;
+pub mod reconcile;
+mod render;
+pub mod stream;
+
+pub use api::{ApiDoc, AppState};
+pub use ingest::{IngestOptions, Ingestor};
+pub use reconcile::{ReadinessState, ReconcileOptions, Reconciler};
+pub use stream::StreamOptions;
+
+pub(crate) fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Task => "task",
+        Kind::Instance => "instance",
+    }
+}
+
+/// The OpenAPI document, as checked in at `openapi/blox.json`.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| unreachable!("the OpenAPI document serialises: {e}"))
+}
+
+/// The HTTP application over a state. Used by [`serve`] and by in-process tests.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/tasks", get(api::list_tasks))
+        .route("/v1/tasks/{cluster}/{*arn}", get(api::get_task))
+        .route("/v1/instances", get(api::list_instances))
+        .route("/v1/instances/{cluster}/{*arn}", get(api::get_instance))
+        .route("/v1/stream/tasks", get(stream::stream_tasks))
+        .route("/v1/stream/instances", get(stream::stream_instances))
+        .route("/v1/dead-letters", get(api::list_dead_letters))
+        .route("/v1/dead-letters/{id}", delete(api::delete_dead_letter))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .with_state(state)
+        .layer(middleware::from_fn(count_requests));
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}
+
+/// Counts requests by route template and status, never by concrete path (which holds ARNs).
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    ::metrics::counter!(crate::metrics::API_REQUESTS, "route" => route.clone(), "status" => status)
+        .increment(1);
+    ::metrics::histogram!(crate::metrics::API_REQUEST_DURATION_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// What the server is connected to.
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    /// ECS for the reconciler; without it the server serves what events bring.
+    pub ecs: Option<Arc<dyn EcsReader>>,
+    /// The event queue; without it the server mirrors by reconciling only.
+    pub events: Option<Arc<dyn EventSource>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    pub reconcile: ReconcileOptions,
+    pub ingest: IngestOptions,
+    pub stream_heartbeat: Option<Duration>,
+}
+
+/// Serves until `shutdown`, then stops ingestion (committing what was received), the reconciler and
+/// the streams, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    services: Services,
+    options: ServerOptions,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let readiness = Arc::new(ReadinessState::default());
+    let mut stream = StreamOptions {
+        shutdown: shutdown.clone(),
+        ..StreamOptions::default()
+    };
+    if let Some(heartbeat) = options.stream_heartbeat {
+        stream.heartbeat = heartbeat;
+    }
+    let state = AppState {
+        store: services.store.clone(),
+        readiness: readiness.clone(),
+        metrics: metrics::handle(),
+        stream,
+    };
+
+    let background = TaskTracker::new();
+    match services.ecs {
+        Some(ecs) => {
+            let reconciler = Reconciler::new(services.store.clone(), ecs, options.reconcile, readiness);
+            background.spawn(reconciler.run(shutdown.clone()));
+        }
+        None => readiness.ready_without_reconcile(),
+    }
+    if let Some(source) = services.events {
+        let ingestor = Ingestor::new(services.store.clone(), source, options.ingest);
+        background.spawn(ingestor.run(shutdown.clone()));
+    }
+    background.close();
+
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    background.wait().await;
+    served
+}

@@ -1,0 +1,57 @@
+//! Every metric blox exports, named in one place. Labels are low-cardinality by rule: kinds, results,
+//! routes and status codes; never task or instance ARNs.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Events applied to the store (newer than what was stored). Label `kind`: task | instance.
+pub const EVENTS_APPLIED: &str = "blox_events_applied_total";
+/// Events that changed nothing (duplicate or older version). Label `kind`.
+pub const EVENTS_STALE: &str = "blox_events_stale_total";
+/// Messages parked in the dead-letter table.
+pub const EVENTS_PARKED: &str = "blox_events_parked_total";
+/// Messages dropped on purpose. Label `reason`: other_detail_type | cluster_not_allowed.
+pub const EVENTS_DROPPED: &str = "blox_events_dropped_total";
+/// Batches whose commit failed (their messages stay in the queue and come back).
+pub const INGEST_COMMIT_FAILURES: &str = "blox_ingest_commit_failures_total";
+/// Age of the oldest message of the last committed batch, from the queue's SentTimestamp.
+pub const QUEUE_LAG_SECONDS: &str = "blox_queue_lag_seconds";
+/// Approximate messages in the queue. Label `state`: visible | in_flight.
+pub const QUEUE_MESSAGES: &str = "blox_queue_messages";
+/// Reconcile runs per cluster. Label `result`: ok | error.
+pub const RECONCILE_RUNS: &str = "blox_reconcile_runs_total";
+/// Duration of full reconcile passes over every cluster.
+pub const RECONCILE_DURATION_SECONDS: &str = "blox_reconcile_duration_seconds";
+/// Drift corrected by the reconciler. Labels `kind`, `action`: upsert | delete.
+pub const RECONCILE_DRIFT: &str = "blox_reconcile_drift_corrected_total";
+/// API requests. Labels `route` (the matched route template), `status`.
+pub const API_REQUESTS: &str = "blox_api_requests_total";
+/// API request durations. Label `route`.
+pub const API_REQUEST_DURATION_SECONDS: &str = "blox_api_request_duration_seconds";
+/// Open stream connections. Label `kind`.
+pub const STREAM_CLIENTS: &str = "blox_stream_clients";
+/// Entities in the store. Label `kind`.
+pub const ENTITIES: &str = "blox_entities";
+/// Head of the change log (the latest entityVersion).
+pub const CHANGE_LOG_HEAD: &str = "blox_change_log_head";
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0,
+                ])
+                .unwrap_or_else(|e| unreachable!("static bucket list is valid: {e}"))
+                .build_recorder();
+            let handle = recorder.handle();
+            // A second server in the same process (tests) shares the first recorder.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,352 @@
+//! The reconciler. ECS is the truth and events are hints: at start and then every interval, for each
+//! cluster, list and describe every container instance and task, write what is newer through the same
+//! version rule as events, and delete what ECS no longer lists. It takes no input: every pass
+//! recomputes from ECS and the store. One failing cluster does not stop the others.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blox_api::{ClusterFailure, Readiness};
+use blox_aws::{DESCRIBE_BATCH, DesiredStatus, EcsError, EcsErrorKind, EcsReader};
+use blox_model::ClusterName;
+use blox_store::{Document, Key, Kind, Outcome, Store, StoreError, Write};
+use futures::{StreamExt as _, TryStreamExt as _};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::{clock, documents, metrics as m};
+
+#[derive(Debug, Clone)]
+pub struct ReconcileOptions {
+    pub interval: Duration,
+    /// When set, only these clusters are mirrored.
+    pub clusters: Option<Vec<ClusterName>>,
+    /// Clusters reconciled at once.
+    pub cluster_concurrency: usize,
+    /// Describe calls in flight at once per cluster.
+    pub describe_concurrency: usize,
+    /// Wait before retrying a pass that could not even list the clusters.
+    pub retry_after_failure: Duration,
+}
+
+impl Default for ReconcileOptions {
+    fn default() -> Self {
+        ReconcileOptions {
+            interval: Duration::from_secs(300),
+            clusters: None,
+            cluster_concurrency: 4,
+            describe_concurrency: 4,
+            retry_after_failure: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct ReadinessState(Mutex<Readiness>);
+
+impl ReadinessState {
+    pub fn snapshot(&self) -> Readiness {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn pass_completed(&self, failing_clusters: Vec<ClusterFailure>) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.ready = true;
+        state.reconcile_passes += 1;
+        state.last_pass_completed_at = Some(clock::now_rfc3339());
+        state.failing_clusters = failing_clusters;
+    }
+
+    /// For a server that runs no reconciler: ready at once.
+    pub fn ready_without_reconcile(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).ready = true;
+    }
+}
+
+#[derive(Debug, Error)]
+enum ClusterError {
+    #[error(transparent)]
+    Ecs(#[from] EcsError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Drift corrected in one cluster.
+#[derive(Debug, Default, Clone, Copy)]
+struct Drift {
+    upserted: u64,
+    deleted: u64,
+}
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub clusters: usize,
+    pub upserted: u64,
+    pub deleted: u64,
+    pub failures: Vec<(String, String)>,
+    /// False when the cluster list itself could not be read (nothing was reconciled).
+    pub listed: bool,
+}
+
+pub struct Reconciler {
+    store: Arc<dyn Store>,
+    ecs: Arc<dyn EcsReader>,
+    options: ReconcileOptions,
+    readiness: Arc<ReadinessState>,
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ecs: Arc<dyn EcsReader>,
+        options: ReconcileOptions,
+        readiness: Arc<ReadinessState>,
+    ) -> Reconciler {
+        Reconciler {
+            store,
+            ecs,
+            options,
+            readiness,
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let report = tokio::select! {
+                report = self.pass() => report,
+                () = shutdown.cancelled() => return,
+            };
+            let wait = if report.listed {
+                self.options.interval
+            } else {
+                self.options.retry_after_failure.min(self.options.interval)
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One full pass over every cluster.
+    pub async fn pass(&self) -> PassReport {
+        let started = tokio::time::Instant::now();
+        let mut report = PassReport::default();
+        let clusters = match self.clusters().await {
+            Ok(clusters) => clusters,
+            Err(err) => {
+                tracing::warn!(error = %err, "reconcile could not list clusters; retrying");
+                report.failures.push(("*".into(), err.to_string()));
+                return report;
+            }
+        };
+        report.listed = true;
+        report.clusters = clusters.len();
+        let results: Vec<(ClusterName, Result<Drift, ClusterError>)> = futures::stream::iter(clusters)
+            .map(|cluster| async move {
+                let result = self.reconcile_cluster(&cluster).await;
+                (cluster, result)
+            })
+            .buffer_unordered(self.options.cluster_concurrency.max(1))
+            .collect()
+            .await;
+        let mut failing = Vec::new();
+        for (cluster, result) in results {
+            match result {
+                Ok(drift) => {
+                    metrics::counter!(m::RECONCILE_RUNS, "result" => "ok").increment(1);
+                    report.upserted += drift.upserted;
+                    report.deleted += drift.deleted;
+                }
+                Err(err) => {
+                    metrics::counter!(m::RECONCILE_RUNS, "result" => "error").increment(1);
+                    tracing::warn!(cluster = %cluster, error = %err, "reconcile of cluster failed");
+                    report.failures.push((cluster.to_string(), err.to_string()));
+                    failing.push(ClusterFailure {
+                        cluster: cluster.to_string(),
+                        reason: err.to_string(),
+                    });
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        metrics::histogram!(m::RECONCILE_DURATION_SECONDS).record(elapsed.as_secs_f64());
+        tracing::info!(
+            clusters = report.clusters,
+            upserted = report.upserted,
+            deleted = report.deleted,
+            failed = report.failures.len(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "reconcile pass completed"
+        );
+        self.readiness.pass_completed(failing);
+        report
+    }
+
+    /// The clusters to reconcile: ECS's (or the allow-list), plus any the store still holds, so that
+    /// the entities of a deleted or no-longer-allowed cluster are removed too.
+    async fn clusters(&self) -> Result<BTreeSet<ClusterName>, ClusterError> {
+        let mut clusters = BTreeSet::new();
+        match &self.options.clusters {
+            Some(allowed) => clusters.extend(allowed.iter().cloned()),
+            None => {
+                for arn in self.ecs.list_clusters().await? {
+                    match ClusterName::from_arn(&arn) {
+                        Ok(name) => {
+                            clusters.insert(name);
+                        }
+                        Err(err) => {
+                            tracing::warn!(arn, error = %err, "ECS listed a cluster ARN blox cannot parse")
+                        }
+                    }
+                }
+            }
+        }
+        for kind in [Kind::Instance, Kind::Task] {
+            clusters.extend(self.store.clusters(kind).await?);
+        }
+        Ok(clusters)
+    }
+
+    fn allowed(&self, cluster: &ClusterName) -> bool {
+        self.options
+            .clusters
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(cluster))
+    }
+
+    async fn reconcile_cluster(&self, cluster: &ClusterName) -> Result<Drift, ClusterError> {
+        let mut total = Drift::default();
+        for kind in [Kind::Instance, Kind::Task] {
+            let (mut kind_upserted, mut kind_deleted) = (0, 0);
+            // Read before looking at ECS: an entity changed after this (by an event) is never deleted
+            // by this pass, even if the listing below missed it.
+            let snapshot = self.store.log_bounds().await?.head;
+            let arns = if self.allowed(cluster) {
+                self.list(cluster, kind).await?
+            } else {
+                Vec::new()
+            };
+            let mut seen = HashSet::with_capacity(arns.len());
+            // Owned chunks: borrowed ones trip the compiler's higher-ranked lifetime inference in spawn.
+            let chunks: Vec<Vec<String>> = arns.chunks(DESCRIBE_BATCH).map(<[String]>::to_vec).collect();
+            let mut described = futures::stream::iter(chunks)
+                .map(|chunk| async move { self.describe(cluster, kind, &chunk).await })
+                .buffer_unordered(self.options.describe_concurrency.max(1));
+            while let Some(docs) = described.try_next().await? {
+                seen.extend(docs.iter().map(|d| d.key.id.clone()));
+                let outcomes = self
+                    .store
+                    .apply(docs.into_iter().map(Write::Observe).collect())
+                    .await?;
+                kind_upserted += outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Written { .. }))
+                    .count() as u64;
+            }
+            let gone: Vec<Write> = self
+                .store
+                .ids(kind, cluster)
+                .await?
+                .into_iter()
+                .filter(|(id, _)| !seen.contains(id))
+                .map(|(id, _)| Write::Delete {
+                    key: Key {
+                        kind,
+                        cluster: cluster.clone(),
+                        id,
+                    },
+                    unchanged_since: snapshot,
+                })
+                .collect();
+            for batch in gone.chunks(1_000) {
+                let outcomes = self.store.apply(batch.to_vec()).await?;
+                kind_deleted += outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Deleted { .. }))
+                    .count() as u64;
+            }
+            let label = crate::kind_label(kind);
+            metrics::counter!(m::RECONCILE_DRIFT, "kind" => label, "action" => "upsert")
+                .increment(kind_upserted);
+            metrics::counter!(m::RECONCILE_DRIFT, "kind" => label, "action" => "delete")
+                .increment(kind_deleted);
+            total.upserted += kind_upserted;
+            total.deleted += kind_deleted;
+        }
+        Ok(total)
+    }
+
+    async fn list(&self, cluster: &ClusterName, kind: Kind) -> Result<Vec<String>, EcsError> {
+        let name = cluster.as_str();
+        let result = match kind {
+            Kind::Instance => self.ecs.list_container_instances(name).await,
+            Kind::Task => self.list_tasks(name).await,
+        };
+        match result {
+            // A cluster ECS does not know has nothing in it.
+            Err(EcsError {
+                kind: EcsErrorKind::ClusterNotFound,
+                ..
+            }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// ECS lists one desired status per call; stopped tasks stay visible for a while, and are kept.
+    async fn list_tasks(&self, cluster: &str) -> Result<Vec<String>, EcsError> {
+        let mut arns = self.ecs.list_tasks(cluster, DesiredStatus::Running).await?;
+        let running: HashSet<String> = arns.iter().cloned().collect();
+        let stopped = self.ecs.list_tasks(cluster, DesiredStatus::Stopped).await?;
+        arns.extend(stopped.into_iter().filter(|a| !running.contains(a)));
+        Ok(arns)
+    }
+
+    async fn describe(
+        &self,
+        cluster: &ClusterName,
+        kind: Kind,
+        arns: &[String],
+    ) -> Result<Vec<Document>, EcsError> {
+        let name = cluster.as_str();
+        let docs = match kind {
+            Kind::Instance => self
+                .ecs
+                .describe_container_instances(name, arns)
+                .await?
+                .iter()
+                .filter_map(|i| usable(cluster, i.validate(), || documents::instance(cluster.clone(), i)))
+                .collect(),
+            Kind::Task => self
+                .ecs
+                .describe_tasks(name, arns)
+                .await?
+                .iter()
+                .filter_map(|t| usable(cluster, t.validate(), || documents::task(cluster.clone(), t)))
+                .collect(),
+        };
+        Ok(docs)
+    }
+}
+
+/// Keeps a described entity only if it is valid and in the cluster it was listed in.
+fn usable(
+    cluster: &ClusterName,
+    validated: Result<ClusterName, blox_model::FieldError>,
+    document: impl FnOnce() -> Document,
+) -> Option<Document> {
+    match validated {
+        Ok(c) if c == *cluster => Some(document()),
+        Ok(other) => {
+            tracing::warn!(cluster = %cluster, other = %other, "ECS described an entity of another cluster; skipped");
+            None
+        }
+        Err(err) => {
+            tracing::warn!(cluster = %cluster, error = %err, "ECS described an entity blox cannot use; skipped");
+            None
+        }
+    }
+}

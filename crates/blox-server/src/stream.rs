@@ -1,0 +1,199 @@
+//! Change streams: newline-delimited JSON records, one per change, replayed from the change log after
+//! `entityVersion` and then live. Each client reads the log at its own pace through its own task, so a
+//! slow client only slows itself; it never holds up ingestion or other clients.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use blox_api::ErrorBody;
+use blox_model::ClusterName;
+use blox_store::{Kind, StoreError};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::error::ApiError;
+use crate::query::Params;
+use crate::render;
+
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// An empty line is sent after this much silence, so that dead connections are noticed (JSON
+    /// decoders skip whitespace between values, so v0.3 clients are unaffected).
+    pub heartbeat: Duration,
+    /// Changes read from the log per step.
+    pub batch: usize,
+    /// Chunks buffered per client before its reader waits for it.
+    pub buffer: usize,
+    /// Ends every stream on shutdown.
+    pub shutdown: CancellationToken,
+    /// Open streams right now (also exported as a metric).
+    pub open: Arc<AtomicUsize>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            heartbeat: Duration::from_secs(15),
+            batch: 512,
+            buffer: 16,
+            shutdown: CancellationToken::new(),
+            open: Arc::default(),
+        }
+    }
+}
+
+/// Stream task changes (NDJSON `TaskRecord`s; deleted ones carry `metadata.deleted`).
+#[utoipa::path(get, path = "/v1/stream/tasks", tag = "cluster state", params(blox_api::StreamQuery),
+    responses(
+        (status = 200, content_type = "application/x-ndjson", body = blox_api::TaskRecord,
+         description = "one TaskRecord per line; a final StreamError line if the stream must end"),
+        (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log")))]
+pub async fn stream_tasks(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    open(state, Kind::Task, query).await
+}
+
+/// Stream container-instance changes (NDJSON `InstanceRecord`s).
+#[utoipa::path(get, path = "/v1/stream/instances", tag = "cluster state", params(blox_api::StreamQuery),
+    responses(
+        (status = 200, content_type = "application/x-ndjson", body = blox_api::InstanceRecord,
+         description = "one InstanceRecord per line; a final StreamError line if the stream must end"),
+        (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log")))]
+pub async fn stream_instances(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    open(state, Kind::Instance, query).await
+}
+
+async fn open(state: AppState, kind: Kind, query: Option<String>) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &["entityVersion", "cluster"])?;
+    let cluster = params.cluster()?.map(|c| c.name);
+    let start = match params.entity_version()? {
+        Some(after) => {
+            // Check the resume point now, while the answer can still be a 4xx.
+            let bounds = state.store.log_bounds().await?;
+            if after < bounds.oldest_resumable {
+                let err = StoreError::Compacted {
+                    requested: after,
+                    oldest_resumable: bounds.oldest_resumable,
+                };
+                return Err(ApiError::from_log_read(err));
+            }
+            if after > bounds.head {
+                return Err(ApiError::from_log_read(StoreError::Future {
+                    requested: after,
+                    head: bounds.head,
+                }));
+            }
+            after
+        }
+        None => state.store.log_bounds().await?.head,
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(state.stream.buffer.max(1));
+    tokio::spawn(pump(state, kind, cluster, start, tx));
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// Counts open streams, whatever way the pump ends.
+struct ClientGauge(&'static str, Arc<AtomicUsize>);
+
+impl ClientGauge {
+    fn open(kind: Kind, open: Arc<AtomicUsize>) -> ClientGauge {
+        let label = crate::kind_label(kind);
+        metrics::gauge!(crate::metrics::STREAM_CLIENTS, "kind" => label).increment(1.0);
+        open.fetch_add(1, Ordering::SeqCst);
+        ClientGauge(label, open)
+    }
+}
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::STREAM_CLIENTS, "kind" => self.0).decrement(1.0);
+        self.1.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Reads the change log from `position` and sends matching records until the client goes away, the
+/// server shuts down, or the client falls behind the retained log.
+async fn pump(
+    state: AppState,
+    kind: Kind,
+    cluster: Option<ClusterName>,
+    mut position: u64,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let _gauge = ClientGauge::open(kind, state.stream.open.clone());
+    let mut head = state.store.subscribe();
+    let options = &state.stream;
+    loop {
+        // Mark the head as seen before reading, so a commit landing after the read wakes the wait below.
+        head.borrow_and_update();
+        let changes = match state.store.changes(position, options.batch).await {
+            Ok(changes) => changes,
+            Err(err) => {
+                let _ = tx.send(error_line(err)).await;
+                return;
+            }
+        };
+        if let Some(last) = changes.last() {
+            position = last.seq;
+            let mut out = Vec::new();
+            for change in changes.iter().filter(|c| c.doc.key.kind == kind) {
+                if cluster.as_ref().is_none_or(|c| *c == change.doc.key.cluster) {
+                    render::record(&mut out, change.seq, change.deleted, &change.doc.body);
+                    out.push(b'\n');
+                }
+            }
+            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(options.heartbeat) => {
+                if tx.send(Bytes::from_static(b"\n")).await.is_err() { return }
+            }
+            () = tx.closed() => return,
+            () = options.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn error_line(err: StoreError) -> Bytes {
+    let body = match err {
+        StoreError::Compacted { .. } | StoreError::Future { .. } => ApiError::from_log_read(err).body(),
+        other => {
+            tracing::error!(error = %other, "stream ended by a store error");
+            ErrorBody {
+                code: "InternalError".into(),
+                message: "the change log could not be read".into(),
+                field: None,
+            }
+        }
+    };
+    let mut line = serde_json::to_vec(&blox_api::StreamError { error: body }).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}

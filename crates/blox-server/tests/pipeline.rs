@@ -1,0 +1,590 @@
+//! Ingestion and reconciliation against in-process fakes of the queue and of ECS (the wire-level
+//! versions of these tests, against moto, live in the `blox` crate).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use blox_aws::{
+    DesiredStatus, EcsError, EcsErrorKind, EcsReader, EventSource, Message, QueueDepth, SourceError,
+};
+use blox_model::{ClusterName, ContainerInstance, Overrides, Task, VersionInfo};
+use blox_server::{IngestOptions, Ingestor, ReadinessState, ReconcileOptions, Reconciler};
+use blox_store::{
+    Change, Cursor, DeadLetter, Filter, Key, Kind, LogBounds, MemStore, Outcome, Page, PageRequest, Record,
+    Store, StoreError, StoreOptions, Write,
+};
+use blox_testkit::{instance_event, task_event, wait_until};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const ACCOUNT: &str = "123456789012";
+
+fn task(cluster: &str, id: &str, status: &str, version: u64) -> Task {
+    Task {
+        cluster_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/{cluster}"),
+        container_instance_arn: Some(format!(
+            "arn:aws:ecs:us-east-1:{ACCOUNT}:container-instance/{cluster}/i1"
+        )),
+        containers: vec![],
+        created_at: None,
+        desired_status: "RUNNING".into(),
+        last_status: status.into(),
+        overrides: Overrides::default(),
+        task_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/{cluster}/{id}"),
+        task_definition_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/agent:1"),
+        started_at: None,
+        started_by: None,
+        stopped_at: None,
+        stopped_reason: None,
+        group: None,
+        launch_type: None,
+        version,
+        updated_at: None,
+    }
+}
+
+fn instance(cluster: &str, id: &str, status: &str, version: u64) -> ContainerInstance {
+    ContainerInstance {
+        agent_connected: true,
+        agent_update_status: None,
+        attributes: vec![],
+        cluster_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/{cluster}"),
+        container_instance_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:container-instance/{cluster}/{id}"),
+        ec2_instance_id: None,
+        registered_resources: vec![],
+        remaining_resources: vec![],
+        status: status.into(),
+        status_reason: None,
+        version_info: VersionInfo::default(),
+        running_tasks_count: None,
+        pending_tasks_count: None,
+        version,
+        updated_at: None,
+    }
+}
+
+fn name(cluster: &str) -> ClusterName {
+    ClusterName::new(cluster).unwrap()
+}
+
+/// A queue in memory that remembers what was deleted.
+#[derive(Default)]
+struct FakeQueue {
+    waiting: Mutex<VecDeque<Message>>,
+    deleted: Mutex<Vec<String>>,
+}
+
+impl FakeQueue {
+    fn push(&self, bodies: impl IntoIterator<Item = String>) {
+        let mut waiting = self.waiting.lock().unwrap();
+        for body in bodies {
+            let n = waiting.len() + self.deleted.lock().unwrap().len();
+            waiting.push_back(Message {
+                id: format!("m{n}"),
+                receipt: format!("r{n}-{}", body.len()),
+                body,
+                sent_at_ms: Some(0),
+            });
+        }
+    }
+
+    fn deleted(&self) -> usize {
+        self.deleted.lock().unwrap().len()
+    }
+}
+
+#[async_trait]
+impl EventSource for FakeQueue {
+    async fn receive(&self, max: usize) -> Result<Vec<Message>, SourceError> {
+        let batch: Vec<Message> = {
+            let mut waiting = self.waiting.lock().unwrap();
+            let n = waiting.len().min(max);
+            waiting.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            // A long poll that finds nothing.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(batch)
+    }
+
+    async fn delete(&self, receipts: &[String]) -> Result<Vec<String>, SourceError> {
+        self.deleted.lock().unwrap().extend(receipts.iter().cloned());
+        Ok(Vec::new())
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, SourceError> {
+        Ok(QueueDepth {
+            visible: self.waiting.lock().unwrap().len() as u64,
+            in_flight: 0,
+        })
+    }
+}
+
+fn ingestor(store: Arc<dyn Store>, queue: Arc<FakeQueue>, clusters: Option<Vec<&str>>) -> Ingestor {
+    let options = IngestOptions {
+        clusters: clusters.map(|c| c.into_iter().map(name).collect()),
+        ..IngestOptions::default()
+    };
+    Ingestor::new(store, queue, options)
+}
+
+fn message(body: String) -> Message {
+    Message {
+        id: "m".into(),
+        receipt: format!("r-{}", body.len()),
+        body,
+        sent_at_ms: None,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_applied_and_then_deleted() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let queue = Arc::new(FakeQueue::default());
+    let ingest = ingestor(store.clone(), queue.clone(), None);
+    let report = ingest
+        .commit(vec![
+            message(task_event(&task("prod", "t1", "PENDING", 1), 1)),
+            message(task_event(&task("prod", "t1", "RUNNING", 2), 2)),
+            message(task_event(&task("prod", "t1", "PENDING", 1), 1)), // late duplicate
+            message(instance_event(&instance("prod", "i1", "ACTIVE", 7), 7)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.applied, report.stale, report.parked, report.dropped),
+        (3, 1, 0, 0)
+    );
+    assert_eq!(queue.deleted(), 4);
+    let stored = store
+        .get(&Key::task(name("prod"), task("prod", "t1", "", 0).task_arn))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((stored.doc.version, stored.doc.status.as_str()), (2, "RUNNING"));
+}
+
+#[tokio::test]
+async fn malformed_messages_are_parked_and_deleted_other_types_dropped() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let queue = Arc::new(FakeQueue::default());
+    let ingest = ingestor(store.clone(), queue.clone(), Some(vec!["prod"]));
+    let mut no_version: serde_json::Value =
+        serde_json::from_str(&task_event(&task("prod", "t2", "RUNNING", 1), 1)).unwrap();
+    no_version["detail"].as_object_mut().unwrap().remove("version");
+    let report = ingest
+        .commit(vec![
+            message("this is not json".into()),
+            message(no_version.to_string()),
+            message(r#"{"detail-type":"ECS Service Action","source":"aws.ecs","detail":{}}"#.into()),
+            message(task_event(&task("other", "t3", "RUNNING", 1), 1)), // not in --clusters
+            message(task_event(&task("prod", "t4", "RUNNING", 1), 1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.parked, report.dropped), (1, 2, 2));
+    assert_eq!(queue.deleted(), 5, "every message leaves the queue");
+    let parked = store.dead_letters(PageRequest::default()).await.unwrap().items;
+    assert_eq!(parked.len(), 2);
+    assert!(
+        parked[0].reason.contains("detail.version is missing"),
+        "{}",
+        parked[0].reason
+    );
+    assert_eq!(parked[0].body, no_version.to_string());
+    assert!(
+        parked[1].reason.contains("not a JSON EventBridge envelope"),
+        "{}",
+        parked[1].reason
+    );
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
+}
+
+/// A store whose commits fail, to show that nothing is deleted from the queue then.
+struct BrokenStore(MemStore);
+
+#[async_trait]
+impl Store for BrokenStore {
+    async fn apply(&self, _: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
+        Err(StoreError::Backend {
+            backend: "test",
+            operation: "apply",
+            message: "disk full".into(),
+        })
+    }
+    async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn list(&self, kind: Kind, filter: &Filter, page: PageRequest) -> Result<Page<Record>, StoreError> {
+        self.0.list(kind, filter, page).await
+    }
+    async fn ids(&self, kind: Kind, cluster: &ClusterName) -> Result<Vec<(String, u64)>, StoreError> {
+        self.0.ids(kind, cluster).await
+    }
+    async fn clusters(&self, kind: Kind) -> Result<Vec<ClusterName>, StoreError> {
+        self.0.clusters(kind).await
+    }
+    async fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.0.changes(after, limit).await
+    }
+    async fn log_bounds(&self) -> Result<LogBounds, StoreError> {
+        self.0.log_bounds().await
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+    async fn dead_letters(&self, page: PageRequest) -> Result<Page<DeadLetter>, StoreError> {
+        self.0.dead_letters(page).await
+    }
+    async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        self.0.remove_dead_letter(id).await
+    }
+    async fn count(&self, kind: Kind) -> Result<u64, StoreError> {
+        self.0.count(kind).await
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_deleted_when_the_commit_fails() {
+    let store = Arc::new(BrokenStore(MemStore::new(StoreOptions::default())));
+    let queue = Arc::new(FakeQueue::default());
+    let ingest = ingestor(store, queue.clone(), None);
+    let result = ingest
+        .commit(vec![
+            message(task_event(&task("prod", "t1", "RUNNING", 1), 1)),
+            message("garbage".into()),
+        ])
+        .await;
+    assert!(result.is_err());
+    assert_eq!(queue.deleted(), 0);
+}
+
+#[tokio::test]
+async fn the_running_ingestor_drains_the_queue_and_stops_cleanly() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let queue = Arc::new(FakeQueue::default());
+    queue.push((1..=250).map(|n| task_event(&task("prod", &format!("t{n}"), "RUNNING", 1), 1)));
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(ingestor(store.clone(), queue.clone(), None).run(shutdown.clone()));
+    wait_until("all 250 messages deleted", Duration::from_secs(10), || {
+        let queue = queue.clone();
+        async move { queue.deleted() == 250 }
+    })
+    .await;
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 250);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("ingestor stops on shutdown")
+        .unwrap();
+}
+
+/// ECS in memory: clusters of instances and tasks; `failing` clusters answer errors.
+#[derive(Default)]
+struct FakeEcs {
+    instances: Mutex<BTreeMap<String, Vec<ContainerInstance>>>,
+    tasks: Mutex<BTreeMap<String, Vec<Task>>>,
+    failing: Mutex<Vec<String>>,
+    listing_fails: AtomicBool,
+}
+
+impl FakeEcs {
+    fn fail(&self, cluster: &str, op: &'static str) -> Result<(), EcsError> {
+        if self.failing.lock().unwrap().iter().any(|c| c == cluster) {
+            return Err(EcsError {
+                operation: op,
+                cluster: Some(cluster.into()),
+                kind: EcsErrorKind::Throttled,
+            });
+        }
+        Ok(())
+    }
+
+    fn known(&self, cluster: &str, op: &'static str) -> Result<(), EcsError> {
+        self.fail(cluster, op)?;
+        if self.instances.lock().unwrap().contains_key(cluster)
+            || self.tasks.lock().unwrap().contains_key(cluster)
+        {
+            Ok(())
+        } else {
+            Err(EcsError {
+                operation: op,
+                cluster: Some(cluster.into()),
+                kind: EcsErrorKind::ClusterNotFound,
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl EcsReader for FakeEcs {
+    async fn list_clusters(&self) -> Result<Vec<String>, EcsError> {
+        if self.listing_fails.load(Ordering::SeqCst) {
+            return Err(EcsError {
+                operation: "ListClusters",
+                cluster: None,
+                kind: EcsErrorKind::Other("boom".into()),
+            });
+        }
+        let mut names: Vec<String> = self.instances.lock().unwrap().keys().cloned().collect();
+        names.extend(self.tasks.lock().unwrap().keys().cloned());
+        names.sort();
+        names.dedup();
+        Ok(names
+            .into_iter()
+            .map(|n| format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/{n}"))
+            .collect())
+    }
+
+    async fn list_container_instances(&self, cluster: &str) -> Result<Vec<String>, EcsError> {
+        self.known(cluster, "ListContainerInstances")?;
+        let instances = self.instances.lock().unwrap();
+        Ok(instances
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .map(|i| i.container_instance_arn.clone())
+            .collect())
+    }
+
+    async fn describe_container_instances(
+        &self,
+        cluster: &str,
+        arns: &[String],
+    ) -> Result<Vec<ContainerInstance>, EcsError> {
+        assert!(arns.len() <= 100, "ECS describes at most 100 at a time");
+        self.fail(cluster, "DescribeContainerInstances")?;
+        let instances = self.instances.lock().unwrap();
+        Ok(instances
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .filter(|i| arns.contains(&i.container_instance_arn))
+            .cloned()
+            .collect())
+    }
+
+    async fn list_tasks(&self, cluster: &str, desired: DesiredStatus) -> Result<Vec<String>, EcsError> {
+        self.known(cluster, "ListTasks")?;
+        let want = match desired {
+            DesiredStatus::Running => "RUNNING",
+            DesiredStatus::Stopped => "STOPPED",
+        };
+        let tasks = self.tasks.lock().unwrap();
+        Ok(tasks
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .filter(|t| t.desired_status == want)
+            .map(|t| t.task_arn.clone())
+            .collect())
+    }
+
+    async fn describe_tasks(&self, cluster: &str, arns: &[String]) -> Result<Vec<Task>, EcsError> {
+        assert!(arns.len() <= 100, "ECS describes at most 100 at a time");
+        self.fail(cluster, "DescribeTasks")?;
+        let tasks = self.tasks.lock().unwrap();
+        Ok(tasks
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .filter(|t| arns.contains(&t.task_arn))
+            .cloned()
+            .collect())
+    }
+}
+
+fn reconciler(
+    store: Arc<MemStore>,
+    ecs: Arc<FakeEcs>,
+    clusters: Option<Vec<&str>>,
+) -> (Reconciler, Arc<ReadinessState>) {
+    let readiness = Arc::new(ReadinessState::default());
+    let options = ReconcileOptions {
+        clusters: clusters.map(|c| c.into_iter().map(name).collect()),
+        ..ReconcileOptions::default()
+    };
+    (Reconciler::new(store, ecs, options, readiness.clone()), readiness)
+}
+
+async fn tasks_in(store: &MemStore, cluster: &str) -> Vec<(String, String, u64)> {
+    let filter = Filter {
+        cluster: Some(name(cluster)),
+        ..Filter::default()
+    };
+    let page = store
+        .list(Kind::Task, &filter, PageRequest::default())
+        .await
+        .unwrap();
+    page.items
+        .into_iter()
+        .map(|r| {
+            (
+                r.doc.key.id.rsplit('/').next().unwrap().to_owned(),
+                r.doc.status,
+                r.doc.version,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reconcile_finds_everything_in_batches_of_100_and_removes_what_ecs_no_longer_lists() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let ecs = Arc::new(FakeEcs::default());
+    ecs.instances.lock().unwrap().insert(
+        "prod".into(),
+        (0..150)
+            .map(|n| instance("prod", &format!("i{n:03}"), "ACTIVE", 1))
+            .collect(),
+    );
+    let mut tasks: Vec<Task> = (0..230)
+        .map(|n| task("prod", &format!("t{n:03}"), "RUNNING", 1))
+        .collect();
+    tasks[0].desired_status = "STOPPED".into();
+    tasks[0].last_status = "STOPPED".into();
+    ecs.tasks.lock().unwrap().insert("prod".into(), tasks);
+    let (reconciler, readiness) = reconciler(store.clone(), ecs.clone(), None);
+    assert!(!readiness.snapshot().ready);
+
+    let report = reconciler.pass().await;
+    assert_eq!(
+        (report.upserted, report.deleted, report.failures.len()),
+        (380, 0, 0)
+    );
+    assert!(readiness.snapshot().ready);
+    assert_eq!(store.count(Kind::Instance).await.unwrap(), 150);
+    assert_eq!(
+        store.count(Kind::Task).await.unwrap(),
+        230,
+        "stopped tasks ECS still lists are kept"
+    );
+
+    // Nothing changed: a second pass writes nothing (no churn in the change log).
+    let head = store.log_bounds().await.unwrap().head;
+    assert_eq!(reconciler.pass().await.upserted, 0);
+    assert_eq!(store.log_bounds().await.unwrap().head, head);
+
+    // ECS forgets an instance and a task; the next pass deletes them, and the deletions are changes.
+    ecs.instances.lock().unwrap().get_mut("prod").unwrap().remove(5);
+    ecs.tasks.lock().unwrap().get_mut("prod").unwrap().remove(7);
+    let report = reconciler.pass().await;
+    assert_eq!((report.upserted, report.deleted), (0, 2));
+    let changes = store.changes(head, 10).await.unwrap();
+    assert_eq!(changes.len(), 2);
+    assert!(changes.iter().all(|c| c.deleted));
+}
+
+#[tokio::test]
+async fn reconcile_obeys_the_version_rule() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let ecs = Arc::new(FakeEcs::default());
+    // The store already has version 5 from an event; ECS answers with an older version 4.
+    let newer = task("prod", "t1", "STOPPED", 5);
+    store
+        .apply(vec![Write::Upsert(blox_server::documents::task(
+            name("prod"),
+            &newer,
+        ))])
+        .await
+        .unwrap();
+    ecs.tasks.lock().unwrap().insert(
+        "prod".into(),
+        vec![task("prod", "t1", "RUNNING", 4), task("prod", "t2", "RUNNING", 9)],
+    );
+    let (reconciler, _) = reconciler(store.clone(), ecs.clone(), None);
+    reconciler.pass().await;
+    assert_eq!(
+        tasks_in(&store, "prod").await,
+        vec![
+            ("t1".into(), "STOPPED".into(), 5),
+            ("t2".into(), "RUNNING".into(), 9)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_cluster_does_not_stop_the_others() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let ecs = Arc::new(FakeEcs::default());
+    for cluster in ["a", "bad", "c"] {
+        ecs.tasks
+            .lock()
+            .unwrap()
+            .insert(cluster.into(), vec![task(cluster, "t1", "RUNNING", 1)]);
+    }
+    ecs.failing.lock().unwrap().push("bad".into());
+    let (reconciler, readiness) = reconciler(store.clone(), ecs.clone(), None);
+    let report = reconciler.pass().await;
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(tasks_in(&store, "a").await.len(), 1);
+    assert_eq!(tasks_in(&store, "c").await.len(), 1);
+    let ready = readiness.snapshot();
+    assert!(ready.ready, "the pass completed");
+    assert_eq!(ready.failing_clusters.len(), 1);
+    assert_eq!(ready.failing_clusters[0].cluster, "bad");
+}
+
+#[tokio::test]
+async fn clusters_gone_from_ecs_or_from_the_allow_list_are_emptied() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let ecs = Arc::new(FakeEcs::default());
+    for cluster in ["keep", "drop"] {
+        ecs.tasks
+            .lock()
+            .unwrap()
+            .insert(cluster.into(), vec![task(cluster, "t1", "RUNNING", 1)]);
+    }
+    let (everything, _) = reconciler(store.clone(), ecs.clone(), None);
+    everything.pass().await;
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 2);
+
+    let (allowed, _) = reconciler(store.clone(), ecs.clone(), Some(vec!["keep"]));
+    allowed.pass().await;
+    assert_eq!(tasks_in(&store, "drop").await.len(), 0);
+    assert_eq!(tasks_in(&store, "keep").await.len(), 1);
+
+    // The cluster is deleted in ECS: its entities go too. And without the allow-list, `drop` is
+    // mirrored again: its task comes back although its deletion left a tombstone at that version.
+    ecs.tasks.lock().unwrap().remove("keep");
+    let report = everything.pass().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(tasks_in(&store, "keep").await.len(), 0);
+    assert_eq!(
+        tasks_in(&store, "drop").await,
+        vec![("t1".into(), "RUNNING".into(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn a_pass_that_cannot_list_clusters_is_not_ready() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let ecs = Arc::new(FakeEcs::default());
+    ecs.listing_fails.store(true, Ordering::SeqCst);
+    let (reconciler, readiness) = reconciler(store, ecs, None);
+    let report = reconciler.pass().await;
+    assert!(!report.listed);
+    assert!(!readiness.snapshot().ready);
+}
+
+#[tokio::test]
+async fn cursor_type_is_opaque() {
+    // Guards the API's assumption that a foreign cursor never errors.
+    let store = MemStore::new(StoreOptions::default());
+    let page = store
+        .list(
+            Kind::Task,
+            &Filter::default(),
+            PageRequest {
+                after: Some(Cursor(vec![0xff; 3])),
+                limit: Some(5),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(page.items.is_empty());
+}

@@ -1,0 +1,512 @@
+//! Byte encodings of the store's keys and values.
+//!
+//! Keys sort the way listings must: an entity key is `[kind] cluster 0x00 id`, so that one cluster's
+//! entities are contiguous; an index key is `[kind][index] value 0x00 cluster 0x00 id`, so that one
+//! value's (and one value-and-cluster's) entries are contiguous. NUL is the separator, hence refused in
+//! the strings keys are made of.
+//!
+//! Values start with a format byte, then fixed-width integers (u64 big-endian), length-prefixed strings
+//! (u32 big-endian length) and, last, the unprefixed body. Decoding never panics: anything that does not
+//! parse is [`StoreError::Corrupt`].
+
+use blox_model::ClusterName;
+
+use crate::{Change, DeadLetter, Document, Key, Kind, StoreError};
+
+/// Format of every encoded value; bumped when a layout changes.
+const FORMAT: u8 = 1;
+
+pub(crate) fn kind_byte(kind: Kind) -> u8 {
+    match kind {
+        Kind::Task => 1,
+        Kind::Instance => 2,
+    }
+}
+
+fn kind_of(byte: u8, what: &'static str) -> Result<Kind, StoreError> {
+    match byte {
+        1 => Ok(Kind::Task),
+        2 => Ok(Kind::Instance),
+        _ => Err(StoreError::Corrupt { what }),
+    }
+}
+
+/// The secondary indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Index {
+    Status = 1,
+    StartedBy = 2,
+}
+
+pub(crate) fn has_nul(value: &str) -> bool {
+    value.as_bytes().contains(&0)
+}
+
+pub(crate) fn check_nul(field: &'static str, value: &str) -> Result<(), StoreError> {
+    if has_nul(value) {
+        Err(StoreError::InvalidValue { field })
+    } else {
+        Ok(())
+    }
+}
+
+/// `[kind] cluster 0 id`, refusing NUL in the cluster or id.
+pub(crate) fn entity_key(key: &Key) -> Result<Vec<u8>, StoreError> {
+    check_nul("cluster", key.cluster.as_str())?;
+    check_nul("id", &key.id)?;
+    let cluster = key.cluster.as_str().as_bytes();
+    let mut out = Vec::with_capacity(2 + cluster.len() + key.id.len());
+    out.push(kind_byte(key.kind));
+    out.extend_from_slice(cluster);
+    out.push(0);
+    out.extend_from_slice(key.id.as_bytes());
+    Ok(out)
+}
+
+/// The prefix of a kind's entity keys, or of one cluster's. The caller checked `cluster` for NUL.
+pub(crate) fn entity_prefix(kind: Kind, cluster: Option<&str>) -> Vec<u8> {
+    let mut out = vec![kind_byte(kind)];
+    if let Some(cluster) = cluster {
+        out.extend_from_slice(cluster.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// `[kind][index] value 0 cluster 0 id`, built from the entity key (whose tail is `cluster 0 id`).
+pub(crate) fn index_key(entity_key: &[u8], index: Index, value: &str) -> Vec<u8> {
+    let tail = entity_key.get(1..).unwrap_or_default();
+    let mut out = Vec::with_capacity(3 + value.len() + tail.len());
+    out.push(entity_key.first().copied().unwrap_or_default());
+    out.push(index as u8);
+    out.extend_from_slice(value.as_bytes());
+    out.push(0);
+    out.extend_from_slice(tail);
+    out
+}
+
+/// The prefix of one value's index entries, or of one value-and-cluster's. The caller checked for NUL.
+pub(crate) fn index_prefix(kind: Kind, index: Index, value: &str, cluster: Option<&str>) -> Vec<u8> {
+    let mut out = vec![kind_byte(kind), index as u8];
+    out.extend_from_slice(value.as_bytes());
+    out.push(0);
+    if let Some(cluster) = cluster {
+        out.extend_from_slice(cluster.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// The entity key an index key points at.
+pub(crate) fn entity_key_of_index(index_key: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let corrupt = StoreError::Corrupt { what: "index key" };
+    let (&kind, rest) = index_key
+        .split_first()
+        .ok_or(StoreError::Corrupt { what: "index key" })?;
+    let rest = rest.get(1..).ok_or(StoreError::Corrupt { what: "index key" })?;
+    let separator = rest.iter().position(|&b| b == 0).ok_or(corrupt)?;
+    let tail = &rest[separator + 1..];
+    let mut out = Vec::with_capacity(1 + tail.len());
+    out.push(kind);
+    out.extend_from_slice(tail);
+    Ok(out)
+}
+
+/// The (cluster, id) parts of an entity key, as bytes.
+pub(crate) fn split_entity_key(key: &[u8]) -> Result<(Kind, &[u8], &[u8]), StoreError> {
+    let what = "entity key";
+    let (&kind, rest) = key.split_first().ok_or(StoreError::Corrupt { what })?;
+    let separator = rest
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(StoreError::Corrupt { what })?;
+    Ok((kind_of(kind, what)?, &rest[..separator], &rest[separator + 1..]))
+}
+
+pub(crate) fn parse_entity_key(key: &[u8]) -> Result<Key, StoreError> {
+    let what = "entity key";
+    let (kind, cluster, id) = split_entity_key(key)?;
+    Ok(Key {
+        kind,
+        cluster: cluster_name(cluster, what)?,
+        id: string(id, what)?,
+    })
+}
+
+fn string(bytes: &[u8], what: &'static str) -> Result<String, StoreError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt { what })
+}
+
+pub(crate) fn cluster_name(bytes: &[u8], what: &'static str) -> Result<ClusterName, StoreError> {
+    ClusterName::new(string(bytes, what)?).map_err(|_| StoreError::Corrupt { what })
+}
+
+pub(crate) fn u64_key(value: u64) -> [u8; 8] {
+    value.to_be_bytes()
+}
+
+pub(crate) fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt { what })?;
+    Ok(u64::from_be_bytes(array))
+}
+
+fn put_str(out: &mut Vec<u8>, value: &[u8]) {
+    // Strings here are keys, statuses and short texts; a length beyond u32 cannot arise from ECS, and
+    // saturating keeps encoding total (decoding would then report corruption rather than panic).
+    out.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
+fn put_opt(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        None => out.push(0),
+        Some(value) => {
+            out.push(1);
+            put_str(out, value.as_bytes());
+        }
+    }
+}
+
+/// A cursor over an encoded value; every read checks bounds.
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], what: &'static str) -> Result<Self, StoreError> {
+        let mut reader = Reader { buf, what };
+        if reader.u8()? != FORMAT {
+            return Err(reader.corrupt());
+        }
+        Ok(reader)
+    }
+
+    fn corrupt(&self) -> StoreError {
+        StoreError::Corrupt { what: self.what }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if n > self.buf.len() {
+            return Err(self.corrupt());
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        decode_u64(self.take(8)?, self.what)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let len: [u8; 4] = self.take(4)?.try_into().map_err(|_| self.corrupt())?;
+        self.take(u32::from_be_bytes(len) as usize)
+    }
+
+    fn str(&mut self) -> Result<&'a str, StoreError> {
+        let bytes = self.bytes()?;
+        std::str::from_utf8(bytes).map_err(|_| self.corrupt())
+    }
+
+    fn opt_str(&mut self) -> Result<Option<&'a str>, StoreError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str()?)),
+            _ => Err(self.corrupt()),
+        }
+    }
+
+    fn bool(&mut self) -> Result<bool, StoreError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.corrupt()),
+        }
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// The stored fields of an entity, borrowed from its encoded value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntityView<'a> {
+    pub seq: u64,
+    pub version: u64,
+    pub status: &'a str,
+    pub started_by: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+impl<'a> EntityView<'a> {
+    pub(crate) fn of(seq: u64, doc: &'a Document) -> Self {
+        EntityView {
+            seq,
+            version: doc.version,
+            status: &doc.status,
+            started_by: doc.started_by.as_deref(),
+            body: &doc.body,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let started_by = self.started_by.map_or(0, |s| 5 + s.len());
+        let mut out = Vec::with_capacity(1 + 16 + 4 + self.status.len() + 1 + started_by + self.body.len());
+        out.push(FORMAT);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        put_str(&mut out, self.status.as_bytes());
+        put_opt(&mut out, self.started_by);
+        out.extend_from_slice(self.body);
+        out
+    }
+
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, StoreError> {
+        let mut r = Reader::new(bytes, "entity")?;
+        Ok(EntityView {
+            seq: r.u64()?,
+            version: r.u64()?,
+            status: r.str()?,
+            started_by: r.opt_str()?,
+            body: r.rest(),
+        })
+    }
+
+    /// Only the sequence number, without validating the rest.
+    pub(crate) fn decode_seq(bytes: &[u8]) -> Result<u64, StoreError> {
+        Reader::new(bytes, "entity")?.u64()
+    }
+
+    pub(crate) fn to_document(self, key: Key) -> Document {
+        Document {
+            key,
+            version: self.version,
+            status: self.status.to_owned(),
+            started_by: self.started_by.map(str::to_owned),
+            body: self.body.to_vec(),
+        }
+    }
+}
+
+/// Encodes a change from its entity key (for kind, cluster and id) and the entity's fields.
+pub(crate) fn encode_change(
+    entity_key: &[u8],
+    deleted: bool,
+    entity: &EntityView<'_>,
+) -> Result<Vec<u8>, StoreError> {
+    let (kind, cluster, id) = split_entity_key(entity_key)?;
+    let started_by = entity.started_by.map_or(0, |s| 5 + s.len());
+    let mut out = Vec::with_capacity(
+        3 + 8 + cluster.len() + id.len() + 8 + 4 + entity.status.len() + 1 + started_by + entity.body.len(),
+    );
+    out.push(FORMAT);
+    out.push(kind_byte(kind));
+    out.push(u8::from(deleted));
+    put_str(&mut out, cluster);
+    put_str(&mut out, id);
+    out.extend_from_slice(&entity.version.to_be_bytes());
+    put_str(&mut out, entity.status.as_bytes());
+    put_opt(&mut out, entity.started_by);
+    out.extend_from_slice(entity.body);
+    Ok(out)
+}
+
+/// What trimming needs of an encoded change: the entity key when it is a deletion, `None` otherwise.
+pub(crate) fn decode_deletion(bytes: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut r = Reader::new(bytes, "change")?;
+    let kind = kind_of(r.u8()?, "change")?;
+    if !r.bool()? {
+        return Ok(None);
+    }
+    let cluster = r.bytes()?;
+    let id = r.bytes()?;
+    let mut key = Vec::with_capacity(2 + cluster.len() + id.len());
+    key.push(kind_byte(kind));
+    key.extend_from_slice(cluster);
+    key.push(0);
+    key.extend_from_slice(id);
+    Ok(Some(key))
+}
+
+pub(crate) fn decode_change(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
+    let what = "change";
+    let mut r = Reader::new(bytes, what)?;
+    let kind = kind_of(r.u8()?, what)?;
+    let deleted = r.bool()?;
+    let cluster = cluster_name(r.bytes()?, what)?;
+    let id = r.str()?.to_owned();
+    let doc = Document {
+        key: Key { kind, cluster, id },
+        version: r.u64()?,
+        status: r.str()?.to_owned(),
+        started_by: r.opt_str()?.map(str::to_owned),
+        body: r.rest().to_vec(),
+    };
+    Ok(Change { seq, deleted, doc })
+}
+
+/// A tombstone: the deleted entity's version and the sequence number of its deletion.
+pub(crate) fn encode_tombstone(version: u64, seq: u64) -> [u8; 17] {
+    let mut out = [0; 17];
+    out[0] = FORMAT;
+    out[1..9].copy_from_slice(&version.to_be_bytes());
+    out[9..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<(u64, u64), StoreError> {
+    let mut r = Reader::new(bytes, "tombstone")?;
+    Ok((r.u64()?, r.u64()?))
+}
+
+pub(crate) fn encode_dead_letter(letter: &DeadLetter) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        1 + 5
+            + letter.message_id.as_ref().map_or(0, String::len)
+            + 8
+            + letter.received_at.len()
+            + letter.reason.len()
+            + letter.body.len(),
+    );
+    out.push(FORMAT);
+    put_opt(&mut out, letter.message_id.as_deref());
+    put_str(&mut out, letter.received_at.as_bytes());
+    put_str(&mut out, letter.reason.as_bytes());
+    out.extend_from_slice(letter.body.as_bytes());
+    out
+}
+
+pub(crate) fn decode_dead_letter(key: &[u8], bytes: &[u8]) -> Result<DeadLetter, StoreError> {
+    let what = "dead letter";
+    let id = decode_u64(key, what)?;
+    let mut r = Reader::new(bytes, what)?;
+    let message_id = r.opt_str()?.map(str::to_owned);
+    let received_at = r.str()?.to_owned();
+    let reason = r.str()?.to_owned();
+    let body = std::str::from_utf8(r.rest())
+        .map_err(|_| StoreError::Corrupt { what })?
+        .to_owned();
+    Ok(DeadLetter {
+        id,
+        message_id,
+        received_at,
+        reason,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> Document {
+        Document {
+            key: Key::task(
+                ClusterName::new("prod").unwrap(),
+                "arn:aws:ecs:us-east-1:123456789012:task/prod/1",
+            ),
+            version: 7,
+            status: "RUNNING".into(),
+            started_by: Some("ecs-svc/1".into()),
+            body: br#"{"lastStatus":"RUNNING"}"#.to_vec(),
+        }
+    }
+
+    /// Every strict prefix of an encoding, and a wrong format byte, decode to an error, not a panic.
+    fn check_truncations<T: std::fmt::Debug>(bytes: &[u8], decode: impl Fn(&[u8]) -> Result<T, StoreError>) {
+        assert!(decode(bytes).is_ok());
+        for len in 0..bytes.len() {
+            // The body is unprefixed, so prefixes that only cut the body still decode: that is fine.
+            let _ = decode(&bytes[..len]);
+        }
+        assert!(decode(&[]).is_err());
+        let mut wrong = bytes.to_vec();
+        wrong[0] = FORMAT + 1;
+        assert!(matches!(decode(&wrong), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn entity_round_trip() {
+        let doc = doc();
+        let bytes = EntityView::of(42, &doc).encode();
+        let view = EntityView::decode(&bytes).unwrap();
+        assert_eq!(view, EntityView::of(42, &doc));
+        assert_eq!(EntityView::decode_seq(&bytes).unwrap(), 42);
+        assert_eq!(view.to_document(doc.key.clone()), doc);
+        check_truncations(&bytes, |b| EntityView::decode(b).map(|v| v.seq));
+        // Cutting into the header is an error.
+        assert!(EntityView::decode(&bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn change_round_trip() {
+        let doc = doc();
+        let key = entity_key(&doc.key).unwrap();
+        for deleted in [false, true] {
+            let bytes = encode_change(&key, deleted, &EntityView::of(0, &doc)).unwrap();
+            assert_eq!(
+                decode_change(9, &bytes).unwrap(),
+                Change {
+                    seq: 9,
+                    deleted,
+                    doc: doc.clone()
+                }
+            );
+            assert_eq!(decode_deletion(&bytes).unwrap(), deleted.then(|| key.clone()));
+            check_truncations(&bytes, |b| decode_change(9, b));
+            check_truncations(&bytes, decode_deletion);
+        }
+    }
+
+    #[test]
+    fn keys() {
+        let doc = doc();
+        let key = entity_key(&doc.key).unwrap();
+        assert_eq!(parse_entity_key(&key).unwrap(), doc.key);
+        assert!(key.starts_with(&entity_prefix(Kind::Task, Some("prod"))));
+        assert!(key.starts_with(&entity_prefix(Kind::Task, None)));
+        let index = index_key(&key, Index::Status, "RUNNING");
+        assert!(index.starts_with(&index_prefix(Kind::Task, Index::Status, "RUNNING", Some("prod"))));
+        assert_eq!(entity_key_of_index(&index).unwrap(), key);
+        let nul = Key::task(ClusterName::new("prod").unwrap(), "a\0b");
+        assert!(matches!(
+            entity_key(&nul),
+            Err(StoreError::InvalidValue { field: "id" })
+        ));
+        for garbage in [&b""[..], b"\x01", b"\x09prod\0x", b"\x01pr od\0x", b"\x01\xff\0x"] {
+            assert!(parse_entity_key(garbage).is_err(), "{garbage:?}");
+        }
+        for garbage in [&b""[..], b"\x01", b"\x01\x01abc"] {
+            assert!(entity_key_of_index(garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn small_values_round_trip() {
+        let bytes = encode_tombstone(3, 99);
+        assert_eq!(decode_tombstone(&bytes).unwrap(), (3, 99));
+        check_truncations(&bytes, decode_tombstone);
+        assert!(decode_tombstone(&bytes[..16]).is_err());
+
+        for message_id in [None, Some("m-1".to_owned())] {
+            let letter = DeadLetter {
+                id: 5,
+                message_id,
+                received_at: "2024-01-01T00:00:00Z".into(),
+                reason: "bad json".into(),
+                body: "{".into(),
+            };
+            let bytes = encode_dead_letter(&letter);
+            assert_eq!(decode_dead_letter(&u64_key(5), &bytes).unwrap(), letter);
+            check_truncations(&bytes, |b| decode_dead_letter(&u64_key(5), b));
+            assert!(decode_dead_letter(b"short", &bytes).is_err());
+        }
+        assert!(decode_u64(b"1234567", "meta").is_err());
+    }
+}

@@ -1,0 +1,1564 @@
+//! The behaviour every [`Store`] backend must have, as one public async function per case.
+//!
+//! Each case takes a factory that makes a fresh, empty store from [`StoreOptions`], together with a
+//! guard kept alive as long as the store (a temporary directory, or `()`). The
+//! [`conformance_tests!`](crate::conformance_tests) macro expands to one `#[tokio::test]` per case, so
+//! that a failure names its case:
+//!
+//! ```ignore
+//! blox_store::conformance_tests!(|options| (blox_store::MemStore::new(options), ()));
+//! ```
+
+use blox_model::ClusterName;
+
+use crate::{
+    Cursor, DeadLetter, Document, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest, Record, Store,
+    StoreError, StoreOptions, Write,
+};
+
+/// Expands to one `#[tokio::test]` per conformance case, each calling `$make` (an expression of a type
+/// `Fn(StoreOptions) -> (impl Store, Guard)`) for its fresh store. The calling crate needs tokio with
+/// the `macros` and `rt` features.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            upsert_inserts,
+            upsert_replaces_older,
+            version_rules,
+            duplicates_within_a_batch,
+            sequence_strictly_increasing,
+            get_distinguishes_kinds_and_missing,
+            list_filters,
+            list_pagination,
+            list_foreign_cursors,
+            index_follows_changes,
+            delete_when_unchanged,
+            delete_kept_when_changed_after,
+            tombstone_blocks_stale_allows_newer,
+            observed_entity_returns_after_deletion,
+            tombstone_trimmed_with_its_deletion,
+            changes_paginate,
+            changes_compacted_and_future,
+            retention_trims_exactly,
+            subscribe_sees_head,
+            dead_letters_park_page_remove,
+            dead_letter_retention,
+            count_tracks_entities,
+            clusters_distinct_in_order,
+            ids_of_cluster,
+            nul_rejected,
+            batch_is_atomic,
+            outcomes_in_batch_order,
+            empty_batch,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                $crate::conformance::$case($make).await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------------
+
+pub fn cluster(name: &str) -> ClusterName {
+    ClusterName::new(name).expect("test cluster names are valid")
+}
+
+/// A document with every field given.
+pub fn doc(
+    kind: Kind,
+    cluster_name: &str,
+    id: &str,
+    version: u64,
+    status: &str,
+    started_by: Option<&str>,
+    body: &str,
+) -> Document {
+    Document {
+        key: Key {
+            kind,
+            cluster: cluster(cluster_name),
+            id: id.to_owned(),
+        },
+        version,
+        status: status.to_owned(),
+        started_by: started_by.map(str::to_owned),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// A task whose body tells its version and status apart.
+pub fn task(cluster_name: &str, id: &str, version: u64, status: &str) -> Document {
+    doc(
+        Kind::Task,
+        cluster_name,
+        id,
+        version,
+        status,
+        None,
+        &format!("{id}@{version}:{status}"),
+    )
+}
+
+pub fn task_key(cluster_name: &str, id: &str) -> Key {
+    Key::task(cluster(cluster_name), id)
+}
+
+pub fn letter(reason: &str) -> DeadLetter {
+    DeadLetter {
+        id: 0,
+        message_id: Some(format!("msg-{reason}")),
+        received_at: "2024-05-01T12:00:00Z".to_owned(),
+        reason: reason.to_owned(),
+        body: format!("{{\"reason\":\"{reason}\"}}"),
+    }
+}
+
+fn up(doc: &Document) -> Write {
+    Write::Upsert(doc.clone())
+}
+
+async fn apply(store: &impl Store, writes: Vec<Write>) -> Vec<Outcome> {
+    store.apply(writes).await.expect("apply")
+}
+
+async fn one(store: &impl Store, write: Write) -> Outcome {
+    let outcomes = apply(store, vec![write]).await;
+    assert_eq!(outcomes.len(), 1);
+    outcomes[0]
+}
+
+async fn get(store: &impl Store, key: &Key) -> Option<Record> {
+    store.get(key).await.expect("get")
+}
+
+async fn head(store: &impl Store) -> u64 {
+    store.log_bounds().await.expect("log_bounds").head
+}
+
+fn written(outcome: Outcome) -> u64 {
+    match outcome {
+        Outcome::Written { seq } => seq,
+        other => panic!("expected Written, got {other:?}"),
+    }
+}
+
+async fn list_all(store: &impl Store, kind: Kind, filter: &Filter) -> Vec<Record> {
+    let page = store
+        .list(kind, filter, PageRequest::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        page.next, None,
+        "an unlimited listing has no next page ({filter:?})"
+    );
+    page.items
+}
+
+/// Follows `next` with pages of `limit`, checking every page but the last is full.
+async fn list_paged(store: &impl Store, kind: Kind, filter: &Filter, limit: usize) -> Vec<Record> {
+    let mut items = Vec::new();
+    let mut after = None;
+    for _ in 0..1000 {
+        let page = store
+            .list(
+                kind,
+                filter,
+                PageRequest {
+                    after,
+                    limit: Some(limit),
+                },
+            )
+            .await
+            .expect("list");
+        assert!(
+            page.items.len() <= limit,
+            "{filter:?} limit {limit}: page too long"
+        );
+        let full = page.items.len() == limit;
+        items.extend(page.items);
+        match page.next {
+            Some(next) => {
+                assert!(full, "{filter:?} limit {limit}: next given on a short page");
+                after = Some(next);
+            }
+            None => return items,
+        }
+    }
+    panic!("{filter:?} limit {limit}: pagination does not end");
+}
+
+fn filter(cluster_name: Option<&str>, status: Option<&str>, started_by: Option<&str>) -> Filter {
+    Filter {
+        cluster: cluster_name.map(cluster),
+        status: status.map(str::to_owned),
+        started_by: started_by.map(str::to_owned),
+    }
+}
+
+fn matches(doc: &Document, kind: Kind, filter: &Filter) -> bool {
+    doc.key.kind == kind
+        && filter.cluster.as_ref().is_none_or(|c| *c == doc.key.cluster)
+        && filter.status.as_ref().is_none_or(|s| *s == doc.status)
+        && filter
+            .started_by
+            .as_ref()
+            .is_none_or(|s| Some(s) == doc.started_by.as_ref())
+}
+
+/// Entities across clusters whose names prefix one another (`c1`, `c10`), statuses that prefix one
+/// another (`RUN`, `RUNNING`), likewise `startedBy` values, and both kinds.
+fn fixture() -> Vec<Document> {
+    let t = |c: &str, id: &str, status: &str, sb: Option<&str>| {
+        doc(
+            Kind::Task,
+            c,
+            id,
+            1,
+            status,
+            sb,
+            &format!("{{\"{c}/{id}\":\"{status}\"}}"),
+        )
+    };
+    vec![
+        t("c1", "t1", "RUNNING", Some("svc-a")),
+        t("c1", "t2", "RUNNING", Some("svc-b")),
+        t("c1", "t3", "STOPPED", Some("svc-a")),
+        t("c1", "t4", "PENDING", None),
+        t("c1", "t8", "RUN", Some("svc")),
+        t("c10", "t7", "RUNNING", Some("svc-a")),
+        t("c2", "t1", "RUNNING", Some("svc-a")),
+        t("c2", "t5", "STOPPED", None),
+        t("c2", "t6", "RUNNING", Some("svc-a")),
+        t("c2", "t9", "RUNNING", Some("svc-a")),
+        t("c2", "t0", "RUNNING", Some("svc-a")),
+        doc(Kind::Instance, "c1", "i1", 1, "ACTIVE", None, "i1"),
+        doc(Kind::Instance, "c2", "i2", 1, "DRAINING", None, "i2"),
+        doc(Kind::Instance, "c2", "i3", 1, "ACTIVE", None, "i3"),
+    ]
+}
+
+/// Writes the fixture (in an order unlike key order) and returns the expected records.
+async fn load_fixture(store: &impl Store) -> Vec<Record> {
+    let docs = fixture();
+    let outcomes = apply(store, docs.iter().rev().map(up).collect()).await;
+    docs.into_iter()
+        .rev()
+        .zip(outcomes)
+        .map(|(doc, outcome)| Record {
+            seq: written(outcome),
+            doc,
+        })
+        .collect()
+}
+
+fn expected(records: &[Record], kind: Kind, filter: &Filter) -> Vec<Record> {
+    let mut out: Vec<Record> = records
+        .iter()
+        .filter(|r| matches(&r.doc, kind, filter))
+        .cloned()
+        .collect();
+    out.sort_by(|a, b| (&a.doc.key.cluster, &a.doc.key.id).cmp(&(&b.doc.key.cluster, &b.doc.key.id)));
+    out
+}
+
+/// Every filter combination over the fixture's values, plus values that match nothing.
+fn filters() -> Vec<Filter> {
+    let clusters = [None, Some("c1"), Some("c10"), Some("c2"), Some("c3")];
+    let statuses = [
+        None,
+        Some("RUNNING"),
+        Some("RUN"),
+        Some("STOPPED"),
+        Some("ACTIVE"),
+        Some("NOPE"),
+    ];
+    let started_bys = [None, Some("svc-a"), Some("svc"), Some("svc-b"), Some("nobody")];
+    let mut out = Vec::new();
+    for c in clusters {
+        for s in statuses {
+            for b in started_bys {
+                out.push(filter(c, s, b));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Upserts and the version rule
+// ---------------------------------------------------------------------------------------------------
+
+pub async fn upsert_inserts<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let d = doc(Kind::Task, "c1", "t1", 3, "PENDING", Some("svc"), "{}");
+    assert_eq!(one(&store, up(&d)).await, Outcome::Written { seq: 1 });
+    assert_eq!(
+        get(&store, &d.key).await,
+        Some(Record {
+            seq: 1,
+            doc: d.clone()
+        })
+    );
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
+    assert_eq!(head(&store).await, 1);
+}
+
+pub async fn upsert_replaces_older<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let v1 = task("c1", "t1", 1, "PENDING");
+    let v2 = doc(Kind::Task, "c1", "t1", 2, "RUNNING", Some("svc"), "v2");
+    assert_eq!(one(&store, up(&v1)).await, Outcome::Written { seq: 1 });
+    assert_eq!(one(&store, up(&v2)).await, Outcome::Written { seq: 2 });
+    assert_eq!(get(&store, &v1.key).await, Some(Record { seq: 2, doc: v2 }));
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
+}
+
+/// (stored (version, status, body), incoming (version, status, body), whether the incoming applies)
+type VersionCase = (
+    Option<(u64, &'static str, &'static str)>,
+    (u64, &'static str, &'static str),
+    bool,
+);
+
+pub async fn version_rules<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let cases: [VersionCase; 12] = [
+        (None, (0, "RUNNING", "a"), true),
+        (None, (5, "RUNNING", "a"), true),
+        (Some((3, "RUNNING", "a")), (4, "RUNNING", "b"), true),
+        (Some((3, "RUNNING", "a")), (3, "RUNNING", "b"), false),
+        (Some((3, "RUNNING", "a")), (3, "RUNNING", "a"), false),
+        (Some((3, "RUNNING", "a")), (2, "STOPPED", "b"), false),
+        // Unversioned never replaces versioned.
+        (Some((3, "RUNNING", "a")), (0, "STOPPED", "b"), false),
+        (Some((0, "RUNNING", "a")), (1, "RUNNING", "a"), true),
+        // Unversioned replaces unversioned when anything differs.
+        (Some((0, "RUNNING", "a")), (0, "RUNNING", "b"), true),
+        (Some((0, "RUNNING", "a")), (0, "STOPPED", "a"), true),
+        (Some((0, "RUNNING", "a")), (0, "RUNNING", "a"), false),
+        (Some((7, "RUNNING", "a")), (u64::MAX, "STOPPED", "b"), true),
+    ];
+    for (stored, (version, status, body), applies) in cases {
+        let (store, _guard) = make(StoreOptions::default());
+        let mut expected = None;
+        if let Some((v, s, b)) = stored {
+            let d = doc(Kind::Task, "c", "t", v, s, None, b);
+            assert_eq!(one(&store, up(&d)).await, Outcome::Written { seq: 1 });
+            expected = Some(Record { seq: 1, doc: d });
+        }
+        let head_before = head(&store).await;
+        let incoming = doc(Kind::Task, "c", "t", version, status, None, body);
+        let outcome = one(&store, up(&incoming)).await;
+        let case = format!("stored {stored:?}, incoming {version} {status} {body}");
+        if applies {
+            assert_eq!(outcome, Outcome::Written { seq: head_before + 1 }, "{case}");
+            expected = Some(Record {
+                seq: head_before + 1,
+                doc: incoming,
+            });
+        } else {
+            assert_eq!(outcome, Outcome::Stale, "{case}");
+            assert_eq!(
+                head(&store).await,
+                head_before,
+                "{case}: a stale write changes nothing"
+            );
+        }
+        assert_eq!(get(&store, &task_key("c", "t")).await, expected, "{case}");
+    }
+}
+
+pub async fn duplicates_within_a_batch<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let v1 = task("c", "t", 1, "PENDING");
+    let v2 = task("c", "t", 2, "RUNNING");
+    let outcomes = apply(&store, vec![up(&v1), up(&v1), up(&v2), up(&v1), up(&v2)]).await;
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Written { seq: 1 },
+            Outcome::Stale,
+            Outcome::Written { seq: 2 },
+            Outcome::Stale,
+            Outcome::Stale
+        ]
+    );
+    assert_eq!(get(&store, &v1.key).await, Some(Record { seq: 2, doc: v2 }));
+    assert_eq!(store.changes(0, 100).await.unwrap().len(), 2);
+}
+
+pub async fn sequence_strictly_increasing<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let mut seqs = Vec::new();
+    for batch in 0..5u64 {
+        let mut writes = vec![Write::Park(letter("x"))];
+        for i in 0..=batch {
+            writes.push(up(&task("c", &format!("t{i}"), batch + 1, "RUNNING")));
+        }
+        if batch == 3 {
+            writes.push(Write::Delete {
+                key: task_key("c", "t0"),
+                unchanged_since: u64::MAX,
+            });
+        }
+        for outcome in apply(&store, writes).await {
+            match outcome {
+                Outcome::Written { seq } | Outcome::Deleted { seq } => seqs.push(seq),
+                Outcome::Parked { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "one sequence, without gaps, across batches and write kinds"
+    );
+    assert_eq!(head(&store).await, seqs.len() as u64);
+    let logged: Vec<u64> = store
+        .changes(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(logged, expected);
+}
+
+pub async fn get_distinguishes_kinds_and_missing<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let t = task("c", "same", 1, "RUNNING");
+    let i = doc(Kind::Instance, "c", "same", 1, "ACTIVE", None, "i");
+    apply(&store, vec![up(&t), up(&i)]).await;
+    assert_eq!(get(&store, &t.key).await.map(|r| r.doc), Some(t));
+    assert_eq!(get(&store, &i.key).await.map(|r| r.doc), Some(i));
+    assert_eq!(get(&store, &task_key("c", "other")).await, None);
+    assert_eq!(get(&store, &task_key("c2", "same")).await, None);
+    assert_eq!(get(&store, &task_key("c", "sam")).await, None);
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
+    assert_eq!(store.count(Kind::Instance).await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Listings
+// ---------------------------------------------------------------------------------------------------
+
+pub async fn list_filters<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let records = load_fixture(&store).await;
+    for kind in [Kind::Task, Kind::Instance] {
+        for filter in filters() {
+            let got = list_all(&store, kind, &filter).await;
+            assert_eq!(got, expected(&records, kind, &filter), "{kind:?} {filter:?}");
+        }
+    }
+}
+
+pub async fn list_pagination<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let records = load_fixture(&store).await;
+    let mut longest = 0;
+    for kind in [Kind::Task, Kind::Instance] {
+        for filter in filters() {
+            let all = list_all(&store, kind, &filter).await;
+            longest = longest.max(all.len());
+            for limit in [1, 2, 3, all.len().max(1), all.len() + 1] {
+                assert_eq!(
+                    list_paged(&store, kind, &filter, limit).await,
+                    all,
+                    "{kind:?} {filter:?} limit {limit}"
+                );
+            }
+            // A page exactly as long as what is left has no next page.
+            let exact = store
+                .list(
+                    kind,
+                    &filter,
+                    PageRequest {
+                        after: None,
+                        limit: Some(all.len()),
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                exact,
+                Page {
+                    items: all.clone(),
+                    next: None
+                },
+                "{kind:?} {filter:?}"
+            );
+            // A zero limit returns nothing, and its cursor resumes at the start.
+            let zero = store
+                .list(
+                    kind,
+                    &filter,
+                    PageRequest {
+                        after: None,
+                        limit: Some(0),
+                    },
+                )
+                .await
+                .unwrap();
+            assert!(zero.items.is_empty());
+            assert_eq!(zero.next.is_some(), !all.is_empty(), "{kind:?} {filter:?}");
+            if let Some(next) = zero.next {
+                let rest = store
+                    .list(
+                        kind,
+                        &filter,
+                        PageRequest {
+                            after: Some(next),
+                            limit: None,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(rest.items, all);
+            }
+        }
+    }
+    assert!(
+        longest >= 7,
+        "the fixture has listings of at least 7 ({longest}); {} records",
+        records.len()
+    );
+}
+
+pub async fn list_foreign_cursors<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    load_fixture(&store).await;
+    let mut cursors: Vec<Cursor> = [
+        &b""[..],
+        b"\0",
+        b"\x01",
+        b"\x02",
+        b"\x01\x01",
+        b"\x01\x02svc-a\0",
+        b"\x01c1\0",
+        b"\x01c1\0t2",
+        b"\x01\x01RUNNING\0c2\0",
+        b"\x03",
+        b"\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+        b"not a cursor at all",
+    ]
+    .iter()
+    .map(|bytes| Cursor(bytes.to_vec()))
+    .collect();
+    // Genuine cursors of every listing, tried with every other listing.
+    let filters = filters();
+    for kind in [Kind::Task, Kind::Instance] {
+        for filter in &filters {
+            let page = store
+                .list(
+                    kind,
+                    filter,
+                    PageRequest {
+                        after: None,
+                        limit: Some(2),
+                    },
+                )
+                .await
+                .unwrap();
+            cursors.extend(page.next);
+        }
+    }
+    for kind in [Kind::Task, Kind::Instance] {
+        for filter in &filters {
+            let all = list_all(&store, kind, filter).await;
+            for cursor in &cursors {
+                let page = store
+                    .list(
+                        kind,
+                        filter,
+                        PageRequest {
+                            after: Some(cursor.clone()),
+                            limit: None,
+                        },
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind:?} {filter:?} after {cursor:?}: {e}"));
+                // Whatever the cursor, the page resumes somewhere in the listing.
+                assert!(
+                    all.ends_with(&page.items),
+                    "{kind:?} {filter:?} after {cursor:?}: not a suffix"
+                );
+            }
+            let from_start = store
+                .list(
+                    kind,
+                    filter,
+                    PageRequest {
+                        after: Some(Cursor(Vec::new())),
+                        limit: None,
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(from_start.items, all, "a cursor before the listing starts it");
+            let past_end = store
+                .list(
+                    kind,
+                    filter,
+                    PageRequest {
+                        after: Some(Cursor(vec![0xff; 4])),
+                        limit: Some(1),
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                past_end,
+                Page {
+                    items: Vec::new(),
+                    next: None
+                },
+                "a cursor after the listing ends it"
+            );
+        }
+    }
+    // Dead letters too.
+    apply(&store, vec![Write::Park(letter("a")), Write::Park(letter("b"))]).await;
+    for cursor in &cursors {
+        let page = store
+            .dead_letters(PageRequest {
+                after: Some(cursor.clone()),
+                limit: Some(1),
+            })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 1);
+    }
+}
+
+pub async fn index_follows_changes<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let ids = |records: Vec<Record>| {
+        records
+            .into_iter()
+            .map(|r| (r.doc.version, r.doc.key.id))
+            .collect::<Vec<_>>()
+    };
+    let steps: [(u64, &str, Option<&str>); 6] = [
+        (1, "PENDING", Some("a")),
+        (2, "RUNNING", Some("b")),
+        (3, "RUNNING", None),
+        (4, "RUNNING", Some("b")),
+        (5, "RUNNING", Some("b")),
+        (6, "STOPPED", Some("b")),
+    ];
+    apply(
+        &store,
+        vec![up(&doc(Kind::Task, "c", "other", 1, "RUNNING", Some("b"), "o"))],
+    )
+    .await;
+    for (version, status, started_by) in steps {
+        let d = doc(
+            Kind::Task,
+            "c",
+            "t",
+            version,
+            status,
+            started_by,
+            &format!("v{version}"),
+        );
+        one(&store, up(&d)).await;
+        for candidate in ["PENDING", "RUNNING", "STOPPED"] {
+            let mut want = Vec::new();
+            if candidate == status {
+                want.push((version, "t".to_owned()));
+            }
+            if candidate == "RUNNING" {
+                want.insert(0, (1, "other".to_owned()));
+            }
+            let got = ids(list_all(&store, Kind::Task, &filter(None, Some(candidate), None)).await);
+            assert_eq!(got, want, "status {candidate} after v{version}");
+        }
+        for candidate in ["a", "b"] {
+            let mut want = Vec::new();
+            if candidate == "b" {
+                want.push((1, "other".to_owned()));
+            }
+            if Some(candidate) == started_by {
+                want.push((version, "t".to_owned()));
+            }
+            let got = ids(list_all(&store, Kind::Task, &filter(Some("c"), None, Some(candidate))).await);
+            assert_eq!(got, want, "startedBy {candidate} after v{version}");
+        }
+    }
+    one(
+        &store,
+        Write::Delete {
+            key: task_key("c", "t"),
+            unchanged_since: u64::MAX,
+        },
+    )
+    .await;
+    assert_eq!(
+        ids(list_all(&store, Kind::Task, &filter(None, Some("STOPPED"), None)).await),
+        []
+    );
+    assert_eq!(
+        ids(list_all(&store, Kind::Task, &filter(None, None, Some("b"))).await),
+        [(1, "other".to_owned())]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Deletes and tombstones
+// ---------------------------------------------------------------------------------------------------
+
+pub async fn delete_when_unchanged<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let d = doc(Kind::Task, "c", "t", 4, "RUNNING", Some("svc"), "body");
+    let key = d.key.clone();
+    assert_eq!(one(&store, up(&d)).await, Outcome::Written { seq: 1 });
+    assert_eq!(
+        one(
+            &store,
+            Write::Delete {
+                key: key.clone(),
+                unchanged_since: 0
+            }
+        )
+        .await,
+        Outcome::Kept
+    );
+    assert!(get(&store, &key).await.is_some());
+    assert_eq!(
+        one(
+            &store,
+            Write::Delete {
+                key: key.clone(),
+                unchanged_since: 1
+            }
+        )
+        .await,
+        Outcome::Deleted { seq: 2 }
+    );
+    assert_eq!(get(&store, &key).await, None);
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 0);
+    assert_eq!(store.ids(Kind::Task, &cluster("c")).await.unwrap(), []);
+    let changes = store.changes(1, 10).await.unwrap();
+    assert_eq!(
+        changes,
+        [crate::Change {
+            seq: 2,
+            deleted: true,
+            doc: d
+        }],
+        "a deletion logs the entity as it was"
+    );
+    // Nothing left to delete.
+    assert_eq!(
+        one(
+            &store,
+            Write::Delete {
+                key: key.clone(),
+                unchanged_since: u64::MAX
+            }
+        )
+        .await,
+        Outcome::Kept
+    );
+    assert_eq!(
+        one(
+            &store,
+            Write::Delete {
+                key: task_key("c", "never"),
+                unchanged_since: 9
+            }
+        )
+        .await,
+        Outcome::Kept
+    );
+    assert_eq!(head(&store).await, 2);
+}
+
+pub async fn delete_kept_when_changed_after<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    one(&store, up(&task("c", "t", 1, "PENDING"))).await;
+    let position = head(&store).await;
+    let newer = task("c", "t", 2, "RUNNING");
+    assert_eq!(one(&store, up(&newer)).await, Outcome::Written { seq: 2 });
+    let delete = Write::Delete {
+        key: newer.key.clone(),
+        unchanged_since: position,
+    };
+    assert_eq!(one(&store, delete).await, Outcome::Kept);
+    assert_eq!(
+        get(&store, &newer.key).await,
+        Some(Record {
+            seq: 2,
+            doc: newer.clone()
+        })
+    );
+    let delete = Write::Delete {
+        key: newer.key.clone(),
+        unchanged_since: 2,
+    };
+    assert_eq!(one(&store, delete).await, Outcome::Deleted { seq: 3 });
+}
+
+/// A Describe at the deletion's version brings the entity back (ECS lists it again); an older one
+/// does not; events at that version stay blocked.
+pub async fn observed_entity_returns_after_deletion<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let key = task_key("c", "t");
+    one(&store, up(&task("c", "t", 5, "RUNNING"))).await;
+    one(
+        &store,
+        Write::Delete {
+            key: key.clone(),
+            unchanged_since: u64::MAX,
+        },
+    )
+    .await;
+    assert_eq!(
+        one(&store, up(&task("c", "t", 5, "RUNNING"))).await,
+        Outcome::Stale
+    );
+    assert_eq!(
+        one(&store, Write::Observe(task("c", "t", 4, "RUNNING"))).await,
+        Outcome::Stale
+    );
+    assert_eq!(get(&store, &key).await, None);
+    let again = task("c", "t", 5, "RUNNING");
+    assert_eq!(
+        one(&store, Write::Observe(again.clone())).await,
+        Outcome::Written { seq: 3 }
+    );
+    assert_eq!(
+        get(&store, &key).await,
+        Some(Record {
+            seq: 3,
+            doc: again.clone()
+        })
+    );
+    // Once present, Observe follows the ordinary version rule.
+    assert_eq!(one(&store, Write::Observe(again)).await, Outcome::Stale);
+    assert_eq!(
+        one(&store, Write::Observe(task("c", "t", 4, "STOPPED"))).await,
+        Outcome::Stale
+    );
+    assert_eq!(
+        one(&store, Write::Observe(task("c", "t", 6, "STOPPED"))).await,
+        Outcome::Written { seq: 4 }
+    );
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
+}
+
+pub async fn tombstone_blocks_stale_allows_newer<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let key = task_key("c", "t");
+    one(&store, up(&task("c", "t", 5, "RUNNING"))).await;
+    one(
+        &store,
+        Write::Delete {
+            key: key.clone(),
+            unchanged_since: u64::MAX,
+        },
+    )
+    .await;
+    for stale in [
+        task("c", "t", 5, "RUNNING"),
+        task("c", "t", 5, "STOPPED"),
+        task("c", "t", 4, "RUNNING"),
+        task("c", "t", 0, "RUNNING"),
+    ] {
+        assert_eq!(one(&store, up(&stale)).await, Outcome::Stale, "{stale:?}");
+        assert_eq!(get(&store, &key).await, None);
+    }
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 0);
+    let newer = task("c", "t", 6, "STOPPED");
+    assert_eq!(one(&store, up(&newer)).await, Outcome::Written { seq: 3 });
+    assert_eq!(get(&store, &key).await, Some(Record { seq: 3, doc: newer }));
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
+
+    // An unversioned entity's tombstone has version 0: an unversioned description is newer information.
+    let unversioned = task("c", "u", 0, "RUNNING");
+    one(&store, up(&unversioned)).await;
+    one(
+        &store,
+        Write::Delete {
+            key: unversioned.key.clone(),
+            unchanged_since: u64::MAX,
+        },
+    )
+    .await;
+    assert!(matches!(
+        one(&store, up(&unversioned)).await,
+        Outcome::Written { .. }
+    ));
+}
+
+pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions {
+        change_log_retention: 3,
+        ..StoreOptions::default()
+    });
+    let a = task("c", "a", 5, "RUNNING");
+    assert_eq!(one(&store, up(&a)).await, Outcome::Written { seq: 1 });
+    let delete_a = Write::Delete {
+        key: a.key.clone(),
+        unchanged_since: u64::MAX,
+    };
+    assert_eq!(one(&store, delete_a.clone()).await, Outcome::Deleted { seq: 2 });
+    one(&store, up(&task("c", "x", 1, "RUNNING"))).await;
+    one(&store, up(&task("c", "y", 1, "RUNNING"))).await;
+    // The log holds 2..=4: the deletion is retained, so is its tombstone.
+    assert_eq!(
+        store.log_bounds().await.unwrap(),
+        LogBounds {
+            oldest_resumable: 1,
+            head: 4
+        }
+    );
+    assert_eq!(one(&store, up(&a)).await, Outcome::Stale);
+    one(&store, up(&task("c", "z", 1, "RUNNING"))).await;
+    // The deletion (seq 2) is trimmed: the tombstone goes with it, and nothing blocks the old version.
+    assert_eq!(
+        store.log_bounds().await.unwrap(),
+        LogBounds {
+            oldest_resumable: 2,
+            head: 5
+        }
+    );
+    assert_eq!(one(&store, up(&a)).await, Outcome::Written { seq: 6 });
+
+    // A later deletion's tombstone survives the trimming of an earlier deletion of the same entity.
+    let b1 = task("c", "b", 1, "RUNNING");
+    let b2 = task("c", "b", 2, "RUNNING");
+    let delete_b = Write::Delete {
+        key: b1.key.clone(),
+        unchanged_since: u64::MAX,
+    };
+    let outcomes = apply(&store, vec![up(&b1), delete_b.clone(), up(&b2)]).await;
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Written { seq: 7 },
+            Outcome::Deleted { seq: 8 },
+            Outcome::Written { seq: 9 }
+        ]
+    );
+    assert_eq!(one(&store, delete_b).await, Outcome::Deleted { seq: 10 });
+    // The log holds 8..=10, then 9..=11: the first deletion of b is trimmed, the second is not.
+    one(&store, up(&task("c", "w", 1, "RUNNING"))).await;
+    assert_eq!(
+        store.log_bounds().await.unwrap(),
+        LogBounds {
+            oldest_resumable: 8,
+            head: 11
+        }
+    );
+    assert_eq!(one(&store, up(&b2)).await, Outcome::Stale);
+    assert_eq!(get(&store, &b2.key).await, None);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The change log
+// ---------------------------------------------------------------------------------------------------
+
+pub async fn changes_paginate<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let docs = [
+        task("c", "a", 1, "PENDING"),
+        doc(Kind::Instance, "c", "i", 0, "ACTIVE", None, "i"),
+        doc(Kind::Task, "c2", "b", 1, "RUNNING", Some("svc"), "b"),
+        task("c", "a", 2, "RUNNING"),
+    ];
+    apply(&store, docs[..2].iter().map(up).collect()).await;
+    apply(&store, docs[2..].iter().map(up).collect()).await;
+    one(
+        &store,
+        Write::Delete {
+            key: docs[2].key.clone(),
+            unchanged_since: u64::MAX,
+        },
+    )
+    .await;
+    let mut want: Vec<crate::Change> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| crate::Change {
+            seq: i as u64 + 1,
+            deleted: false,
+            doc: d.clone(),
+        })
+        .collect();
+    want.push(crate::Change {
+        seq: 5,
+        deleted: true,
+        doc: docs[2].clone(),
+    });
+
+    assert_eq!(store.changes(0, 100).await.unwrap(), want);
+    for limit in 1..=6 {
+        let mut got = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.changes(after, limit).await.unwrap();
+            assert!(page.len() <= limit);
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            got.extend(page);
+        }
+        assert_eq!(got, want, "limit {limit}");
+    }
+    assert_eq!(store.changes(3, 1).await.unwrap(), want[3..4]);
+    assert_eq!(store.changes(5, 10).await.unwrap(), []);
+    assert_eq!(store.changes(0, 0).await.unwrap(), []);
+}
+
+pub async fn changes_compacted_and_future<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions {
+        change_log_retention: 3,
+        ..StoreOptions::default()
+    });
+    assert_eq!(
+        store.log_bounds().await.unwrap(),
+        LogBounds {
+            oldest_resumable: 0,
+            head: 0
+        }
+    );
+    assert_eq!(store.changes(0, 10).await.unwrap(), []);
+    assert!(matches!(
+        store.changes(1, 10).await,
+        Err(StoreError::Future {
+            requested: 1,
+            head: 0
+        })
+    ));
+
+    for v in 1..=5 {
+        one(&store, up(&task("c", "t", v, "RUNNING"))).await;
+    }
+    assert_eq!(
+        store.log_bounds().await.unwrap(),
+        LogBounds {
+            oldest_resumable: 2,
+            head: 5
+        }
+    );
+    for after in [0, 1] {
+        match store.changes(after, 10).await {
+            Err(StoreError::Compacted {
+                requested,
+                oldest_resumable: 2,
+            }) => assert_eq!(requested, after),
+            other => panic!("after {after}: expected Compacted, got {other:?}"),
+        }
+    }
+    let seqs = |changes: Vec<crate::Change>| changes.iter().map(|c| c.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.changes(2, 10).await.unwrap()), [3, 4, 5]);
+    assert_eq!(seqs(store.changes(4, 10).await.unwrap()), [5]);
+    assert_eq!(seqs(store.changes(5, 10).await.unwrap()), Vec::<u64>::new());
+    assert!(matches!(
+        store.changes(6, 10).await,
+        Err(StoreError::Future {
+            requested: 6,
+            head: 5
+        })
+    ));
+    assert!(matches!(
+        store.changes(u64::MAX, 10).await,
+        Err(StoreError::Future { .. })
+    ));
+}
+
+pub async fn retention_trims_exactly<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    for retention in [1u64, 2, 5] {
+        for total in [0, 1, retention - 1, retention, retention + 1, 3 * retention + 1] {
+            for batch in [1, 2, 7] {
+                let case = format!("retention {retention}, {total} changes in batches of {batch}");
+                let (store, _guard) = make(StoreOptions {
+                    change_log_retention: retention,
+                    ..StoreOptions::default()
+                });
+                let mut written = 0u64;
+                while written < total {
+                    let n = batch.min(total - written);
+                    let writes = (0..n)
+                        .map(|i| up(&task("c", &format!("t{}", written + i), 1, "RUNNING")))
+                        .collect();
+                    apply(&store, writes).await;
+                    written += n;
+                }
+                let bounds = store.log_bounds().await.unwrap();
+                assert_eq!(
+                    bounds,
+                    LogBounds {
+                        oldest_resumable: total.saturating_sub(retention),
+                        head: total
+                    },
+                    "{case}"
+                );
+                let retained = store.changes(bounds.oldest_resumable, usize::MAX).await.unwrap();
+                let seqs: Vec<u64> = retained.iter().map(|c| c.seq).collect();
+                let want: Vec<u64> = (total.saturating_sub(retention) + 1..=total).collect();
+                assert_eq!(seqs, want, "{case}");
+                // Entities are not trimmed with the log.
+                assert_eq!(store.count(Kind::Task).await.unwrap(), total, "{case}");
+            }
+        }
+    }
+}
+
+pub async fn subscribe_sees_head<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let mut rx = store.subscribe();
+    assert_eq!(*rx.borrow_and_update(), 0);
+    apply(
+        &store,
+        vec![
+            up(&task("c", "a", 1, "RUNNING")),
+            up(&task("c", "b", 1, "RUNNING")),
+        ],
+    )
+    .await;
+    // The head is published before `apply` returns.
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), 2);
+    // Batches that change nothing in the log publish nothing.
+    apply(
+        &store,
+        vec![up(&task("c", "a", 1, "RUNNING")), Write::Park(letter("p"))],
+    )
+    .await;
+    assert!(!rx.has_changed().unwrap());
+    one(
+        &store,
+        Write::Delete {
+            key: task_key("c", "b"),
+            unchanged_since: u64::MAX,
+        },
+    )
+    .await;
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), 3);
+    // A late subscriber starts at the current head; `changed` resolves once a commit follows.
+    let mut late = store.subscribe();
+    assert_eq!(*late.borrow_and_update(), 3);
+    one(&store, up(&task("c", "a", 2, "RUNNING"))).await;
+    late.changed().await.unwrap();
+    assert_eq!(*late.borrow(), 4);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Dead letters
+// ---------------------------------------------------------------------------------------------------
+
+pub async fn dead_letters_park_page_remove<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let mut given = letter("r0");
+    given.id = 999;
+    given.message_id = None;
+    let mut writes = vec![Write::Park(given.clone())];
+    writes.extend((1..5).map(|i| Write::Park(letter(&format!("r{i}")))));
+    let outcomes = apply(&store, writes).await;
+    let ids: Vec<u64> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Parked { id } => *id,
+            other => panic!("expected Parked, got {other:?}"),
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    assert!(ids[0] >= 1 && ids[0] != 999, "the store assigns ids");
+
+    let all = store.dead_letters(PageRequest::default()).await.unwrap();
+    assert_eq!(all.next, None);
+    let listed: Vec<u64> = all.items.iter().map(|d| d.id).collect();
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(listed, newest_first);
+    assert_eq!(all.items[4], DeadLetter { id: ids[0], ..given });
+    assert_eq!(
+        all.items[0],
+        DeadLetter {
+            id: ids[4],
+            ..letter("r4")
+        }
+    );
+
+    for limit in [1, 2, 3, 5, 6] {
+        let mut got = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .dead_letters(PageRequest {
+                    after,
+                    limit: Some(limit),
+                })
+                .await
+                .unwrap();
+            assert!(page.items.len() <= limit);
+            got.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+            assert!(got.len() <= 5, "paging does not end");
+        }
+        assert_eq!(got, all.items, "limit {limit}");
+    }
+
+    assert!(store.remove_dead_letter(ids[2]).await.unwrap());
+    assert!(!store.remove_dead_letter(ids[2]).await.unwrap());
+    assert!(!store.remove_dead_letter(12345).await.unwrap());
+    let listed: Vec<u64> = store
+        .dead_letters(PageRequest::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(listed, [ids[4], ids[3], ids[1], ids[0]]);
+    // Removal does not make ids reusable; parking changes nothing in the change log.
+    let Outcome::Parked { id } = one(&store, Write::Park(letter("again"))).await else {
+        panic!("not parked")
+    };
+    assert!(id > ids[4]);
+    assert_eq!(head(&store).await, 0);
+}
+
+pub async fn dead_letter_retention<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions {
+        dead_letter_retention: 3,
+        ..StoreOptions::default()
+    });
+    let park = |n: usize, from: usize| {
+        (from..from + n)
+            .map(|i| Write::Park(letter(&format!("r{i}"))))
+            .collect()
+    };
+    apply(&store, park(2, 0)).await;
+    apply(&store, park(3, 2)).await;
+    let reasons = |page: Page<DeadLetter>| page.items.into_iter().map(|d| d.reason).collect::<Vec<_>>();
+    assert_eq!(
+        reasons(store.dead_letters(PageRequest::default()).await.unwrap()),
+        ["r4", "r3", "r2"]
+    );
+    // Removing one makes room for one more.
+    let newest = store
+        .dead_letters(PageRequest {
+            after: None,
+            limit: Some(1),
+        })
+        .await
+        .unwrap();
+    assert!(store.remove_dead_letter(newest.items[0].id).await.unwrap());
+    apply(&store, park(1, 5)).await;
+    assert_eq!(
+        reasons(store.dead_letters(PageRequest::default()).await.unwrap()),
+        ["r5", "r3", "r2"]
+    );
+    apply(&store, park(5, 6)).await;
+    assert_eq!(
+        reasons(store.dead_letters(PageRequest::default()).await.unwrap()),
+        ["r10", "r9", "r8"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Counts, clusters, ids
+// ---------------------------------------------------------------------------------------------------
+
+pub async fn count_tracks_entities<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let counts = async |store: &S| {
+        (
+            store.count(Kind::Task).await.unwrap(),
+            store.count(Kind::Instance).await.unwrap(),
+        )
+    };
+    assert_eq!(counts(&store).await, (0, 0));
+    load_fixture(&store).await;
+    assert_eq!(counts(&store).await, (11, 3));
+    // Replacements and stale writes do not count.
+    apply(
+        &store,
+        vec![
+            up(&task("c1", "t1", 9, "STOPPED")),
+            up(&task("c1", "t2", 0, "STOPPED")),
+        ],
+    )
+    .await;
+    assert_eq!(counts(&store).await, (11, 3));
+    let delete = |kind, c: &str, id: &str| Write::Delete {
+        key: Key {
+            kind,
+            cluster: cluster(c),
+            id: id.to_owned(),
+        },
+        unchanged_since: u64::MAX,
+    };
+    apply(
+        &store,
+        vec![
+            delete(Kind::Task, "c1", "t1"),
+            delete(Kind::Task, "c1", "t1"),
+            delete(Kind::Instance, "c2", "i2"),
+        ],
+    )
+    .await;
+    assert_eq!(counts(&store).await, (10, 2));
+    // Re-inserting over a tombstone counts again.
+    one(&store, up(&task("c1", "t1", 10, "RUNNING"))).await;
+    assert_eq!(counts(&store).await, (11, 2));
+}
+
+pub async fn clusters_distinct_in_order<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    assert_eq!(store.clusters(Kind::Task).await.unwrap(), []);
+    load_fixture(&store).await;
+    one(
+        &store,
+        up(&doc(Kind::Instance, "c3", "i9", 1, "ACTIVE", None, "")),
+    )
+    .await;
+    assert_eq!(
+        store.clusters(Kind::Task).await.unwrap(),
+        [cluster("c1"), cluster("c10"), cluster("c2")]
+    );
+    assert_eq!(
+        store.clusters(Kind::Instance).await.unwrap(),
+        [cluster("c1"), cluster("c2"), cluster("c3")]
+    );
+    one(
+        &store,
+        Write::Delete {
+            key: task_key("c10", "t7"),
+            unchanged_since: u64::MAX,
+        },
+    )
+    .await;
+    assert_eq!(
+        store.clusters(Kind::Task).await.unwrap(),
+        [cluster("c1"), cluster("c2")]
+    );
+}
+
+pub async fn ids_of_cluster<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let records = load_fixture(&store).await;
+    for kind in [Kind::Task, Kind::Instance] {
+        for c in ["c1", "c10", "c2", "c3"] {
+            let want: Vec<(String, u64)> = expected(&records, kind, &filter(Some(c), None, None))
+                .into_iter()
+                .map(|r| (r.doc.key.id, r.seq))
+                .collect();
+            assert_eq!(store.ids(kind, &cluster(c)).await.unwrap(), want, "{kind:?} {c}");
+        }
+    }
+    let Outcome::Written { seq } = one(&store, up(&task("c1", "t3", 2, "RUNNING"))).await else {
+        panic!()
+    };
+    let ids = store.ids(Kind::Task, &cluster("c1")).await.unwrap();
+    assert!(
+        ids.contains(&("t3".to_owned(), seq)),
+        "ids carry the last change's seq: {ids:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Invalid values and atomicity
+// ---------------------------------------------------------------------------------------------------
+
+pub async fn nul_rejected<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let invalid: [(&str, Write); 4] = [
+        ("id", up(&task("c", "a\0b", 1, "RUNNING"))),
+        ("status", up(&task("c", "t", 1, "RUN\0NING"))),
+        (
+            "started_by",
+            up(&doc(Kind::Task, "c", "t", 1, "RUNNING", Some("svc\0"), "{}")),
+        ),
+        (
+            "id",
+            Write::Delete {
+                key: task_key("c", "\0"),
+                unchanged_since: u64::MAX,
+            },
+        ),
+    ];
+    for (field, write) in invalid {
+        let (store, _guard) = make(StoreOptions::default());
+        let mut rx = store.subscribe();
+        rx.borrow_and_update();
+        let batch = vec![
+            up(&task("c", "ok", 1, "RUNNING")),
+            Write::Park(letter("p")),
+            write.clone(),
+        ];
+        match store.apply(batch).await {
+            Err(StoreError::InvalidValue { field: got }) => assert_eq!(got, field, "{write:?}"),
+            other => panic!("{write:?}: expected InvalidValue, got {other:?}"),
+        }
+        assert_eq!(get(&store, &task_key("c", "ok")).await, None, "{write:?}");
+        assert_eq!(
+            store.log_bounds().await.unwrap(),
+            LogBounds {
+                oldest_resumable: 0,
+                head: 0
+            }
+        );
+        assert_eq!(store.count(Kind::Task).await.unwrap(), 0);
+        assert_eq!(
+            store.dead_letters(PageRequest::default()).await.unwrap().items,
+            []
+        );
+        assert!(!rx.has_changed().unwrap());
+        // The next batch starts from where the failed one did.
+        assert_eq!(
+            one(&store, up(&task("c", "ok", 1, "RUNNING"))).await,
+            Outcome::Written { seq: 1 }
+        );
+    }
+    // Reads with such values find nothing rather than fail.
+    let (store, _guard) = make(StoreOptions::default());
+    load_fixture(&store).await;
+    assert_eq!(get(&store, &task_key("c1", "t1\0")).await, None);
+    for f in [
+        filter(None, Some("RUNNING\0"), None),
+        filter(None, None, Some("svc-a\0c1")),
+        filter(Some("c1"), Some("\0"), Some("\0")),
+    ] {
+        assert_eq!(list_all(&store, Kind::Task, &f).await, [], "{f:?}");
+    }
+}
+
+pub async fn batch_is_atomic<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions {
+        change_log_retention: 2,
+        dead_letter_retention: 1,
+    });
+    let a1 = doc(Kind::Task, "c", "a", 1, "PENDING", Some("x"), "a1");
+    let b1 = task("c", "b", 1, "RUNNING");
+    let d1 = task("c", "d", 1, "RUNNING");
+    apply(
+        &store,
+        vec![up(&a1), up(&b1), up(&d1), Write::Park(letter("kept"))],
+    )
+    .await;
+    one(
+        &store,
+        Write::Delete {
+            key: d1.key.clone(),
+            unchanged_since: u64::MAX,
+        },
+    )
+    .await;
+
+    let snapshot = async |store: &S| {
+        let mut tasks = Vec::new();
+        for f in filters().into_iter().chain([
+            filter(None, Some("PENDING"), None),
+            filter(None, None, Some("x")),
+            filter(None, None, Some("y")),
+        ]) {
+            tasks.push(list_all(store, Kind::Task, &f).await);
+        }
+        (
+            tasks,
+            store.log_bounds().await.unwrap(),
+            store
+                .changes(store.log_bounds().await.unwrap().oldest_resumable, 100)
+                .await
+                .unwrap(),
+            store.dead_letters(PageRequest::default()).await.unwrap(),
+            store.count(Kind::Task).await.unwrap(),
+            store.clusters(Kind::Task).await.unwrap(),
+        )
+    };
+    let before = snapshot(&store).await;
+    let batch = vec![
+        up(&doc(Kind::Task, "c", "a", 2, "STOPPED", Some("y"), "a2")),
+        Write::Delete {
+            key: b1.key.clone(),
+            unchanged_since: u64::MAX,
+        },
+        up(&task("c2", "new", 1, "RUNNING")),
+        Write::Park(letter("lost")),
+        Write::Park(letter("lost too")),
+        // Would be applied over the tombstone of d.
+        up(&task("c", "d", 2, "RUNNING")),
+        up(&task("c", "bad\0", 1, "RUNNING")),
+    ];
+    assert!(matches!(
+        store.apply(batch).await,
+        Err(StoreError::InvalidValue { field: "id" })
+    ));
+    assert_eq!(
+        snapshot(&store).await,
+        before,
+        "nothing of a failed batch is visible"
+    );
+    // The tombstone of d still blocks its old version.
+    assert_eq!(one(&store, up(&d1)).await, Outcome::Stale);
+}
+
+pub async fn outcomes_in_batch_order<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let x1 = task("c", "x", 1, "RUNNING");
+    let x2 = task("c", "x", 2, "STOPPED");
+    let outcomes = apply(
+        &store,
+        vec![
+            up(&x2),
+            Write::Park(letter("p")),
+            up(&x1),
+            Write::Delete {
+                key: x1.key.clone(),
+                unchanged_since: 0,
+            },
+            Write::Delete {
+                key: x1.key.clone(),
+                unchanged_since: 1,
+            },
+            up(&x2),
+            up(&task("c", "x", 3, "RUNNING")),
+            Write::Delete {
+                key: task_key("c", "nothing"),
+                unchanged_since: 1,
+            },
+        ],
+    )
+    .await;
+    let [first, parked, stale, kept, deleted, tombstoned, written, missing] = outcomes[..] else {
+        panic!("one outcome per write: {outcomes:?}")
+    };
+    assert_eq!(first, Outcome::Written { seq: 1 });
+    assert!(matches!(parked, Outcome::Parked { .. }));
+    assert_eq!(stale, Outcome::Stale);
+    assert_eq!(kept, Outcome::Kept, "changed (seq 1) after 0");
+    assert_eq!(
+        deleted,
+        Outcome::Deleted { seq: 2 },
+        "a write sees earlier writes of its batch"
+    );
+    assert_eq!(tombstoned, Outcome::Stale);
+    assert_eq!(written, Outcome::Written { seq: 3 });
+    assert_eq!(missing, Outcome::Kept);
+}
+
+pub async fn empty_batch<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    assert_eq!(apply(&store, Vec::new()).await, []);
+    one(&store, up(&task("c", "a", 1, "RUNNING"))).await;
+    let mut rx = store.subscribe();
+    rx.borrow_and_update();
+    assert_eq!(apply(&store, Vec::new()).await, []);
+    assert_eq!(head(&store).await, 1);
+    assert!(!rx.has_changed().unwrap());
+}

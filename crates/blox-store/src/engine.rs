@@ -1,0 +1,109 @@
+//! The ordered key-value transaction abstraction the store's logic is written against once
+//! ([`crate::kv`]), with one implementation per backend ([`crate::mem`], [`crate::redb_engine`]).
+//!
+//! Keys and values are plain byte strings, ordered lexicographically; every table is one such ordered
+//! map. A write transaction is all-or-nothing: [`Engine::write`] commits when its closure returns `Ok`
+//! and leaves no trace of the closure's writes when it returns `Err` (or panics).
+
+use std::ops::Bound;
+
+use crate::StoreError;
+
+/// The tables of the store. Every backend has exactly these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    /// entity key → encoded entity (see [`crate::codec`]).
+    Entities,
+    /// index key → empty.
+    Index,
+    /// seq (u64 BE) → encoded change.
+    Log,
+    /// entity key → (version, seq of the deletion).
+    Tombstones,
+    /// name → u64 BE: head, first retained seq, dead-letter counters, entity counts.
+    Meta,
+    /// dead-letter id (u64 BE) → encoded dead letter.
+    DeadLetters,
+}
+
+impl Table {
+    pub(crate) const ALL: [Table; 6] = [
+        Table::Entities,
+        Table::Index,
+        Table::Log,
+        Table::Tombstones,
+        Table::Meta,
+        Table::DeadLetters,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Entities => "entities",
+            Table::Index => "index",
+            Table::Log => "log",
+            Table::Tombstones => "tombstones",
+            Table::Meta => "meta",
+            Table::DeadLetters => "dead_letters",
+        }
+    }
+
+    pub(crate) fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// Iteration order of [`ReadTx::range`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// Called for each entry of a range; returns whether to go on.
+pub(crate) type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
+
+pub(crate) trait ReadTx {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Visits the entries between `start` and `end` in `direction` until `visit` returns `false`. An
+    /// empty or inverted range visits nothing (it must not panic: bounds may come from a cursor).
+    fn range(
+        &self,
+        table: Table,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        direction: Direction,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError>;
+}
+
+pub(crate) trait WriteTx: ReadTx {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError>;
+}
+
+pub(crate) trait Engine: Send + Sync + 'static {
+    /// Names the backend in errors.
+    const NAME: &'static str;
+    /// Whether transactions block on I/O, so that the store runs them on tokio's blocking pool.
+    const BLOCKING: bool;
+
+    fn read<R>(&self, f: impl FnOnce(&dyn ReadTx) -> Result<R, StoreError>) -> Result<R, StoreError>;
+
+    /// Runs `f` in one write transaction, committed (durably, for a persistent engine) iff `f` returns
+    /// `Ok`.
+    fn write<R>(&self, f: impl FnOnce(&mut dyn WriteTx) -> Result<R, StoreError>) -> Result<R, StoreError>;
+}
+
+/// Whether a range between these bounds is certainly empty. `BTreeMap::range` panics on such bounds, and
+/// they do arise from untrusted cursors.
+pub(crate) fn is_empty_range(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    match (start, end) {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s), Bound::Excluded(e))
+        | (Bound::Excluded(s), Bound::Included(e))
+        | (Bound::Excluded(s), Bound::Excluded(e)) => s >= e,
+        _ => false,
+    }
+}

@@ -1,0 +1,729 @@
+//! The store's logic, written once over [`Engine`]: how a batch of writes becomes entity, index, log,
+//! tombstone and dead-letter entries, and how listings read them back.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use blox_model::{ClusterName, supersedes};
+use tokio::sync::watch;
+
+use crate::codec::{
+    self, EntityView, Index, check_nul, decode_u64, entity_key, entity_key_of_index, has_nul, index_key,
+    u64_key,
+};
+use crate::engine::{Direction, Engine, ReadTx, Table, WriteTx};
+use crate::{
+    Change, Cursor, DeadLetter, Document, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest, Record,
+    StoreError, StoreOptions, Write,
+};
+
+/// The counters kept in the meta table. Loaded at the start of a write transaction, updated in
+/// memory while the batch applies, and written back once at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    /// Sequence number of the last change (0 before any).
+    head: u64,
+    /// Sequence number of the oldest retained change; `head + 1` when the log is empty.
+    first: u64,
+    /// Id the next parked message gets.
+    dead_letter_next: u64,
+    /// Number of parked messages.
+    dead_letter_count: u64,
+    /// Number of entities, by [`count_slot`].
+    counts: [u64; 2],
+}
+
+const META_KEYS: [&[u8]; 6] = [
+    b"head",
+    b"first",
+    b"dead_letters.next",
+    b"dead_letters.count",
+    b"count.task",
+    b"count.instance",
+];
+
+fn count_slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Task => 0,
+        Kind::Instance => 1,
+    }
+}
+
+impl Meta {
+    fn values(&self) -> [u64; 6] {
+        [
+            self.head,
+            self.first,
+            self.dead_letter_next,
+            self.dead_letter_count,
+            self.counts[0],
+            self.counts[1],
+        ]
+    }
+
+    fn load(tx: &dyn ReadTx) -> Result<Meta, StoreError> {
+        let mut values = [None; 6];
+        for (value, key) in values.iter_mut().zip(META_KEYS) {
+            *value = tx
+                .get(Table::Meta, key)?
+                .map(|bytes| decode_u64(&bytes, "meta value"))
+                .transpose()?;
+        }
+        let [head, first, dead_letter_next, dead_letter_count, tasks, instances] = values;
+        // Absent keys hold their initial values (an empty store's): a key is written once it changes.
+        let meta = Meta {
+            head: head.unwrap_or(0),
+            first: first.unwrap_or(1),
+            dead_letter_next: dead_letter_next.unwrap_or(1),
+            dead_letter_count: dead_letter_count.unwrap_or(0),
+            counts: [tasks.unwrap_or(0), instances.unwrap_or(0)],
+        };
+        if meta.first == 0 || meta.first > meta.head + 1 || meta.dead_letter_next == 0 {
+            return Err(StoreError::Corrupt { what: "meta value" });
+        }
+        Ok(meta)
+    }
+
+    /// Writes the fields that differ from `before`.
+    fn store(&self, tx: &mut dyn WriteTx, before: &Meta) -> Result<(), StoreError> {
+        for ((key, value), old) in META_KEYS.iter().zip(self.values()).zip(before.values()) {
+            if value != old {
+                tx.put(Table::Meta, key, &value.to_be_bytes())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The store over one engine. Cheap to share: everything lives behind one `Arc`.
+pub(crate) struct KvStore<E> {
+    inner: Arc<Inner<E>>,
+}
+
+struct Inner<E> {
+    engine: E,
+    options: StoreOptions,
+    head: watch::Sender<u64>,
+}
+
+impl<E: Engine> KvStore<E> {
+    /// Wraps an opened engine, reading the head that [`crate::Store::subscribe`] starts from.
+    pub(crate) fn open(engine: E, options: StoreOptions) -> Result<Self, StoreError> {
+        let head = engine.read(Meta::load)?.head;
+        Ok(Self::with_head(engine, options, head))
+    }
+
+    /// Wraps an engine known to be empty.
+    pub(crate) fn empty(engine: E, options: StoreOptions) -> Self {
+        Self::with_head(engine, options, 0)
+    }
+
+    fn with_head(engine: E, options: StoreOptions, head: u64) -> Self {
+        let (head, _) = watch::channel(head);
+        KvStore {
+            inner: Arc::new(Inner {
+                engine,
+                options,
+                head,
+            }),
+        }
+    }
+
+    pub(crate) fn options(&self) -> StoreOptions {
+        self.inner.options
+    }
+
+    /// Runs `f` on the blocking pool when the engine blocks, in place otherwise.
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner<E>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        if E::BLOCKING {
+            let inner = Arc::clone(&self.inner);
+            tokio::task::spawn_blocking(move || f(&inner))
+                .await
+                .map_err(|error| StoreError::Backend {
+                    backend: E::NAME,
+                    operation: "spawn_blocking",
+                    message: error.to_string(),
+                })?
+        } else {
+            f(&self.inner)
+        }
+    }
+
+    pub(crate) async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(move |inner| {
+            let (outcomes, before, after) = inner
+                .engine
+                .write(|tx| apply_batch(tx, &inner.options, &writes))?;
+            if after > before {
+                // Concurrent batches may finish out of order: the head only moves forward.
+                inner.head.send_if_modified(|head| {
+                    let newer = after > *head;
+                    if newer {
+                        *head = after;
+                    }
+                    newer
+                });
+            }
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    pub(crate) async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
+        let key = match entity_key(key) {
+            Ok(key) => key,
+            // Such a key cannot have been stored.
+            Err(StoreError::InvalidValue { .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        self.run(move |inner| {
+            inner.engine.read(|tx| {
+                tx.get(Table::Entities, &key)?
+                    .map(|bytes| record(&key, EntityView::decode(&bytes)?))
+                    .transpose()
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn list(
+        &self,
+        kind: Kind,
+        filter: &Filter,
+        page: PageRequest,
+    ) -> Result<Page<Record>, StoreError> {
+        let filter = filter.clone();
+        self.run(move |inner| inner.engine.read(|tx| list(tx, kind, &filter, &page)))
+            .await
+    }
+
+    pub(crate) async fn ids(
+        &self,
+        kind: Kind,
+        cluster: &ClusterName,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let prefix = codec::entity_prefix(kind, Some(cluster.as_str()));
+        self.run(move |inner| {
+            inner.engine.read(|tx| {
+                let end = prefix_end(&prefix);
+                let mut ids = Vec::new();
+                tx.range(
+                    Table::Entities,
+                    Bound::Included(&prefix),
+                    end_bound(&end),
+                    Direction::Forward,
+                    &mut |key, value| {
+                        let corrupt = || StoreError::Corrupt { what: "entity key" };
+                        let id = key.get(prefix.len()..).ok_or_else(corrupt)?;
+                        let id = std::str::from_utf8(id).map_err(|_| corrupt())?;
+                        ids.push((id.to_owned(), EntityView::decode_seq(value)?));
+                        Ok(true)
+                    },
+                )?;
+                Ok(ids)
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn clusters(&self, kind: Kind) -> Result<Vec<ClusterName>, StoreError> {
+        self.run(move |inner| inner.engine.read(|tx| clusters(tx, kind)))
+            .await
+    }
+
+    pub(crate) async fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.run(move |inner| {
+            inner.engine.read(|tx| {
+                let meta = Meta::load(tx)?;
+                let oldest_resumable = meta.first - 1;
+                if after < oldest_resumable {
+                    return Err(StoreError::Compacted {
+                        requested: after,
+                        oldest_resumable,
+                    });
+                }
+                if after > meta.head {
+                    return Err(StoreError::Future {
+                        requested: after,
+                        head: meta.head,
+                    });
+                }
+                let mut changes = Vec::with_capacity(limit.min((meta.head - after) as usize));
+                if limit == 0 {
+                    return Ok(changes);
+                }
+                let start = u64_key(after);
+                tx.range(
+                    Table::Log,
+                    Bound::Excluded(&start),
+                    Bound::Unbounded,
+                    Direction::Forward,
+                    &mut |key, value| {
+                        changes.push(codec::decode_change(decode_u64(key, "change key")?, value)?);
+                        Ok(changes.len() < limit)
+                    },
+                )?;
+                Ok(changes)
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn log_bounds(&self) -> Result<LogBounds, StoreError> {
+        self.run(move |inner| {
+            inner.engine.read(|tx| {
+                let meta = Meta::load(tx)?;
+                Ok(LogBounds {
+                    oldest_resumable: meta.first - 1,
+                    head: meta.head,
+                })
+            })
+        })
+        .await
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.head.subscribe()
+    }
+
+    pub(crate) async fn dead_letters(&self, page: PageRequest) -> Result<Page<DeadLetter>, StoreError> {
+        self.run(move |inner| inner.engine.read(|tx| dead_letters(tx, &page)))
+            .await
+    }
+
+    pub(crate) async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        self.run(move |inner| {
+            inner.engine.write(|tx| {
+                let key = u64_key(id);
+                if tx.get(Table::DeadLetters, &key)?.is_none() {
+                    return Ok(false);
+                }
+                let before = Meta::load(tx)?;
+                let mut meta = before;
+                tx.delete(Table::DeadLetters, &key)?;
+                meta.dead_letter_count = meta.dead_letter_count.saturating_sub(1);
+                meta.store(tx, &before)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn count(&self, kind: Kind) -> Result<u64, StoreError> {
+        self.run(move |inner| {
+            inner
+                .engine
+                .read(|tx| Ok(Meta::load(tx)?.counts[count_slot(kind)]))
+        })
+        .await
+    }
+}
+
+/// Applies a batch inside one write transaction; returns the outcomes and the head before and after.
+fn apply_batch(
+    tx: &mut dyn WriteTx,
+    options: &StoreOptions,
+    writes: &[Write],
+) -> Result<(Vec<Outcome>, u64, u64), StoreError> {
+    let before = Meta::load(tx)?;
+    let mut meta = before;
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for write in writes {
+        outcomes.push(match write {
+            Write::Upsert(doc) => upsert(tx, &mut meta, doc, false)?,
+            Write::Observe(doc) => upsert(tx, &mut meta, doc, true)?,
+            Write::Delete { key, unchanged_since } => delete(tx, &mut meta, key, *unchanged_since)?,
+            Write::Park(letter) => {
+                let id = meta.dead_letter_next;
+                tx.put(
+                    Table::DeadLetters,
+                    &u64_key(id),
+                    &codec::encode_dead_letter(letter),
+                )?;
+                meta.dead_letter_next += 1;
+                meta.dead_letter_count += 1;
+                Outcome::Parked { id }
+            }
+        });
+    }
+    trim_log(tx, &mut meta, options.change_log_retention.max(1))?;
+    trim_dead_letters(tx, &mut meta, options.dead_letter_retention)?;
+    meta.store(tx, &before)?;
+    Ok((outcomes, before.head, meta.head))
+}
+
+/// `observed`: the document is ECS's answer to a Describe, which proves the entity exists now.
+fn upsert(
+    tx: &mut dyn WriteTx,
+    meta: &mut Meta,
+    doc: &Document,
+    observed: bool,
+) -> Result<Outcome, StoreError> {
+    let key = entity_key(&doc.key)?;
+    check_nul("status", &doc.status)?;
+    if let Some(started_by) = &doc.started_by {
+        check_nul("started_by", started_by)?;
+    }
+    let stored_bytes = tx.get(Table::Entities, &key)?;
+    let stored = stored_bytes.as_deref().map(EntityView::decode).transpose()?;
+    match &stored {
+        Some(stored) => {
+            let identical = stored.version == doc.version
+                && stored.status == doc.status
+                && stored.started_by == doc.started_by.as_deref()
+                && stored.body == doc.body.as_slice();
+            if !supersedes(Some(stored.version), doc.version, identical) {
+                return Ok(Outcome::Stale);
+            }
+        }
+        None => {
+            // A tombstone stands for the deleted entity, whose content is gone: never identical.
+            if let Some(tombstone) = tx.get(Table::Tombstones, &key)? {
+                let (version, _) = codec::decode_tombstone(&tombstone)?;
+                // An event no newer than the deletion is a late duplicate; a Describe at the same
+                // version means ECS lists the entity again (e.g. its cluster is mirrored again).
+                let blocked = if observed {
+                    doc.version < version
+                } else {
+                    !supersedes(Some(version), doc.version, false)
+                };
+                if blocked {
+                    return Ok(Outcome::Stale);
+                }
+                tx.delete(Table::Tombstones, &key)?;
+            }
+            meta.counts[count_slot(doc.key.kind)] += 1;
+        }
+    }
+
+    let seq = meta.head + 1;
+    meta.head = seq;
+    let entity = EntityView::of(seq, doc);
+    tx.put(Table::Entities, &key, &entity.encode())?;
+    let (old_status, old_started_by) = stored.map_or((None, None), |s| (Some(s.status), s.started_by));
+    reindex(tx, &key, Index::Status, old_status, Some(&doc.status))?;
+    reindex(
+        tx,
+        &key,
+        Index::StartedBy,
+        old_started_by,
+        doc.started_by.as_deref(),
+    )?;
+    tx.put(
+        Table::Log,
+        &u64_key(seq),
+        &codec::encode_change(&key, false, &entity)?,
+    )?;
+    Ok(Outcome::Written { seq })
+}
+
+/// Moves an entity's entry in one index; nothing to do (the common case) when the value is unchanged.
+fn reindex(
+    tx: &mut dyn WriteTx,
+    key: &[u8],
+    index: Index,
+    old: Option<&str>,
+    new: Option<&str>,
+) -> Result<(), StoreError> {
+    if old == new {
+        return Ok(());
+    }
+    if let Some(old) = old {
+        tx.delete(Table::Index, &index_key(key, index, old))?;
+    }
+    if let Some(new) = new {
+        tx.put(Table::Index, &index_key(key, index, new), &[])?;
+    }
+    Ok(())
+}
+
+fn delete(
+    tx: &mut dyn WriteTx,
+    meta: &mut Meta,
+    key: &Key,
+    unchanged_since: u64,
+) -> Result<Outcome, StoreError> {
+    let entity_key = entity_key(key)?;
+    let Some(bytes) = tx.get(Table::Entities, &entity_key)? else {
+        return Ok(Outcome::Kept);
+    };
+    let stored = EntityView::decode(&bytes)?;
+    if stored.seq > unchanged_since {
+        return Ok(Outcome::Kept);
+    }
+    let seq = meta.head + 1;
+    meta.head = seq;
+    tx.delete(Table::Entities, &entity_key)?;
+    reindex(tx, &entity_key, Index::Status, Some(stored.status), None)?;
+    reindex(tx, &entity_key, Index::StartedBy, stored.started_by, None)?;
+    tx.put(
+        Table::Tombstones,
+        &entity_key,
+        &codec::encode_tombstone(stored.version, seq),
+    )?;
+    tx.put(
+        Table::Log,
+        &u64_key(seq),
+        &codec::encode_change(&entity_key, true, &stored)?,
+    )?;
+    let count = &mut meta.counts[count_slot(key.kind)];
+    *count = count.saturating_sub(1);
+    Ok(Outcome::Deleted { seq })
+}
+
+/// Drops the oldest changes beyond `retention`, and with each trimmed deletion its tombstone, unless
+/// the entity was deleted again since (then the tombstone belongs to the later deletion).
+fn trim_log(tx: &mut dyn WriteTx, meta: &mut Meta, retention: u64) -> Result<(), StoreError> {
+    let retained = meta.head + 1 - meta.first;
+    if retained <= retention {
+        return Ok(());
+    }
+    let new_first = meta.head + 1 - retention;
+    let (start, end) = (u64_key(meta.first), u64_key(new_first));
+    let mut deletions = Vec::new();
+    tx.range(
+        Table::Log,
+        Bound::Included(&start),
+        Bound::Excluded(&end),
+        Direction::Forward,
+        &mut |key, value| {
+            if let Some(entity_key) = codec::decode_deletion(value)? {
+                deletions.push((decode_u64(key, "change key")?, entity_key));
+            }
+            Ok(true)
+        },
+    )?;
+    for seq in meta.first..new_first {
+        tx.delete(Table::Log, &u64_key(seq))?;
+    }
+    for (seq, entity_key) in deletions {
+        if let Some(tombstone) = tx.get(Table::Tombstones, &entity_key)?
+            && codec::decode_tombstone(&tombstone)?.1 == seq
+        {
+            tx.delete(Table::Tombstones, &entity_key)?;
+        }
+    }
+    tracing::trace!(from = meta.first, to = new_first, "trimmed the change log");
+    meta.first = new_first;
+    Ok(())
+}
+
+fn trim_dead_letters(tx: &mut dyn WriteTx, meta: &mut Meta, retention: u64) -> Result<(), StoreError> {
+    if meta.dead_letter_count <= retention {
+        return Ok(());
+    }
+    let mut oldest = Vec::new();
+    let excess = meta.dead_letter_count - retention;
+    tx.range(
+        Table::DeadLetters,
+        Bound::Unbounded,
+        Bound::Unbounded,
+        Direction::Forward,
+        &mut |key, _| {
+            oldest.push(key.to_vec());
+            Ok((oldest.len() as u64) < excess)
+        },
+    )?;
+    for key in &oldest {
+        tx.delete(Table::DeadLetters, key)?;
+    }
+    // The count follows the table: if they ever disagreed, the table wins.
+    meta.dead_letter_count -= oldest.len() as u64;
+    if (oldest.len() as u64) < excess {
+        meta.dead_letter_count = 0;
+    }
+    Ok(())
+}
+
+fn record(entity_key: &[u8], entity: EntityView<'_>) -> Result<Record, StoreError> {
+    Ok(Record {
+        seq: entity.seq,
+        doc: entity.to_document(codec::parse_entity_key(entity_key)?),
+    })
+}
+
+/// The smallest key greater than every key starting with `prefix`; `None` when there is none.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn end_bound(end: &Option<Vec<u8>>) -> Bound<&[u8]> {
+    end.as_deref().map_or(Bound::Unbounded, Bound::Excluded)
+}
+
+fn list(
+    tx: &dyn ReadTx,
+    kind: Kind,
+    filter: &Filter,
+    page: &PageRequest,
+) -> Result<Page<Record>, StoreError> {
+    let empty = || {
+        Ok(Page {
+            items: Vec::new(),
+            next: None,
+        })
+    };
+    // A value with NUL cannot have been stored, so nothing matches it.
+    if filter.status.as_deref().is_some_and(has_nul) || filter.started_by.as_deref().is_some_and(has_nul) {
+        return empty();
+    }
+    let cluster = filter.cluster.as_ref().map(ClusterName::as_str);
+    let (table, prefix, status) = match (&filter.started_by, &filter.status) {
+        (Some(started_by), status) => (
+            Table::Index,
+            codec::index_prefix(kind, Index::StartedBy, started_by, cluster),
+            status.as_deref(),
+        ),
+        (None, Some(status)) => (
+            Table::Index,
+            codec::index_prefix(kind, Index::Status, status, cluster),
+            None,
+        ),
+        (None, None) => (Table::Entities, codec::entity_prefix(kind, cluster), None),
+    };
+    scan_page(tx, table, &prefix, page, |key, value| {
+        if table == Table::Entities {
+            return record(key, EntityView::decode(value)?).map(Some);
+        }
+        let entity_key = entity_key_of_index(key)?;
+        let bytes = tx
+            .get(Table::Entities, &entity_key)?
+            .ok_or(StoreError::Corrupt { what: "index entry" })?;
+        let entity = EntityView::decode(&bytes)?;
+        if status.is_some_and(|status| status != entity.status) {
+            return Ok(None);
+        }
+        record(&entity_key, entity).map(Some)
+    })
+}
+
+/// One page of the entries of `table` under `prefix`, in key order, each mapped by `item` (`None` skips
+/// it). The cursor is the key of the last item returned, whatever it is clamped to the prefix.
+fn scan_page<T, F: FnMut(&[u8], &[u8]) -> Result<Option<T>, StoreError>>(
+    tx: &dyn ReadTx,
+    table: Table,
+    prefix: &[u8],
+    page: &PageRequest,
+    mut item: F,
+) -> Result<Page<T>, StoreError> {
+    let after = page.after.as_ref().map(|cursor| cursor.0.as_slice());
+    let start = match after {
+        None => Bound::Included(prefix),
+        Some(after) if after.starts_with(prefix) => Bound::Excluded(after),
+        Some(after) if after < prefix => Bound::Included(prefix),
+        // Past every key of the listing.
+        Some(_) => {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+    };
+    let end = prefix_end(prefix);
+    let limit = page.limit.unwrap_or(usize::MAX);
+    let mut items = Vec::new();
+    let mut last = Vec::new();
+    let mut more = false;
+    tx.range(
+        table,
+        start,
+        end_bound(&end),
+        Direction::Forward,
+        &mut |key, value| {
+            let Some(found) = item(key, value)? else {
+                return Ok(true);
+            };
+            if items.len() == limit {
+                // One more item exists: the page is full and another follows.
+                more = true;
+                return Ok(false);
+            }
+            items.push(found);
+            last.clear();
+            last.extend_from_slice(key);
+            Ok(true)
+        },
+    )?;
+    let next = more.then(|| {
+        if items.is_empty() {
+            Cursor(after.unwrap_or_default().to_vec())
+        } else {
+            Cursor(last)
+        }
+    });
+    Ok(Page { items, next })
+}
+
+/// Distinct clusters by skip-scan: one seek per cluster, not one step per entity.
+fn clusters(tx: &dyn ReadTx, kind: Kind) -> Result<Vec<ClusterName>, StoreError> {
+    let kind_prefix = codec::entity_prefix(kind, None);
+    let end = prefix_end(&kind_prefix);
+    let mut start = kind_prefix.clone();
+    let mut clusters = Vec::new();
+    loop {
+        let mut found = None;
+        tx.range(
+            Table::Entities,
+            Bound::Included(&start),
+            end_bound(&end),
+            Direction::Forward,
+            &mut |key, _| {
+                found = Some(key.to_vec());
+                Ok(false)
+            },
+        )?;
+        let Some(key) = found else {
+            return Ok(clusters);
+        };
+        let (_, cluster, _) = codec::split_entity_key(&key)?;
+        clusters.push(codec::cluster_name(cluster, "entity key")?);
+        // Just past `[kind] cluster 0 <any id>`: the next cluster's first key.
+        start.clear();
+        start.extend_from_slice(&kind_prefix);
+        start.extend_from_slice(cluster);
+        start.push(1);
+    }
+}
+
+/// Parked messages newest first; the cursor is the id (u64 BE) of the last one returned, and any bytes
+/// given back as a cursor compare as a position in that key space.
+fn dead_letters(tx: &dyn ReadTx, page: &PageRequest) -> Result<Page<DeadLetter>, StoreError> {
+    let after = page.after.as_ref().map(|cursor| cursor.0.as_slice());
+    let end = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let limit = page.limit.unwrap_or(usize::MAX);
+    let mut items = Vec::new();
+    let mut more = false;
+    tx.range(
+        Table::DeadLetters,
+        Bound::Unbounded,
+        end,
+        Direction::Reverse,
+        &mut |key, value| {
+            if items.len() == limit {
+                more = true;
+                return Ok(false);
+            }
+            items.push(codec::decode_dead_letter(key, value)?);
+            Ok(true)
+        },
+    )?;
+    let next = more.then(|| match items.last() {
+        Some(last) => Cursor(u64_key(last.id).to_vec()),
+        // Nothing returned (a zero limit): resume where this page started, the newest end if unset.
+        None => Cursor(after.map_or_else(|| vec![u8::MAX; 9], <[u8]>::to_vec)),
+    });
+    Ok(Page { items, next })
+}

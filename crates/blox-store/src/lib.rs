@@ -1,0 +1,264 @@
+//! The store of blox: one narrow trait, [`Store`], with an embedded [redb] backend (the default) and an
+//! in-memory one (for tests), both passing the same [`conformance`] suite. The trait is shaped so that
+//! it can also be implemented on etcd (revisions, compare-and-swap, prefix watch).
+//!
+//! What it keeps:
+//! - **entities** (tasks, container instances) as versioned documents keyed by (kind, cluster, id), each
+//!   carrying the sequence number of its last change (the API's `entityVersion`);
+//! - **secondary indexes** by status and by `startedBy`, so that a filtered listing reads only matching
+//!   entries;
+//! - a **change log**: one global, strictly increasing sequence, every insert, replace and delete with
+//!   the document as it became, kept for a bounded, configurable number of changes;
+//! - **tombstones** of deleted entities (as long as their deletion is in the change log), so that a stale
+//!   event cannot resurrect what the reconciler removed;
+//! - **parked messages** (the dead-letter table): bodies that could not be applied, with the reason.
+//!
+//! Writes go through [`Store::apply`]: one durable transaction per call, which is what lets the SQS
+//! consumer delete a batch of messages only after their effects are committed.
+
+use async_trait::async_trait;
+use blox_model::ClusterName;
+use thiserror::Error;
+use tokio::sync::watch;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+mod codec;
+mod engine;
+mod kv;
+mod mem;
+mod redb_engine;
+mod stores;
+
+pub use stores::{MemStore, RedbStore};
+
+/// What kind of entity a document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Task,
+    Instance,
+}
+
+/// Identity of an entity: its kind, its cluster (name) and its id (the task or container-instance ARN).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub kind: Kind,
+    pub cluster: ClusterName,
+    pub id: String,
+}
+
+impl Key {
+    pub fn task(cluster: ClusterName, arn: impl Into<String>) -> Key {
+        Key {
+            kind: Kind::Task,
+            cluster,
+            id: arn.into(),
+        }
+    }
+
+    pub fn instance(cluster: ClusterName, arn: impl Into<String>) -> Key {
+        Key {
+            kind: Kind::Instance,
+            cluster,
+            id: arn.into(),
+        }
+    }
+}
+
+/// An entity as written: identity, ECS version, the fields that are indexed, and the body (the entity's
+/// JSON as the API serves it; the store never looks inside it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub key: Key,
+    /// ECS's per-resource version; 0 = unknown. Ordered by [`blox_model::supersedes`].
+    pub version: u64,
+    /// `lastStatus` of a task, `status` of an instance, upper case as ECS writes it. Indexed.
+    pub status: String,
+    /// `startedBy` of a task. Indexed.
+    pub started_by: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// A stored entity with the sequence number of its last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub doc: Document,
+}
+
+/// One entry of the change log. For a deletion, `doc` is the entity as it was when deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: u64,
+    pub deleted: bool,
+    pub doc: Document,
+}
+
+/// A message that could not be applied, kept for an operator to look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Assigned by the store, strictly increasing.
+    pub id: u64,
+    /// The source's id of the message (the SQS message id), when it had one.
+    pub message_id: Option<String>,
+    /// RFC 3339 time at which it was parked (given by the caller: the store reads no clock).
+    pub received_at: String,
+    pub reason: String,
+    pub body: String,
+}
+
+/// One write of a batch given to [`Store::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Insert the document, or replace the stored one when [`blox_model::supersedes`] says so (a deleted
+    /// entity's tombstone counts as stored, with the version it had). Otherwise nothing changes.
+    Upsert(Document),
+    /// An entity as ECS described it just now (the reconciler's writes). Like `Upsert`, except that a
+    /// tombstone blocks it only when the description is older than the deletion: ECS listing the
+    /// entity again proves it exists, even at the version it had when it was deleted.
+    Observe(Document),
+    /// Delete the entity if it exists and its last change is not after `unchanged_since` (a sequence
+    /// number read before the caller looked at ECS). This is how the reconciler removes what ECS no
+    /// longer lists without racing events that arrived meanwhile. Leaves a tombstone.
+    Delete { key: Key, unchanged_since: u64 },
+    /// Park a message. `id` of the given value is ignored: the store assigns it.
+    Park(DeadLetter),
+}
+
+/// What one [`Write`] did, in the order of the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Inserted or replaced; the change has this sequence number.
+    Written { seq: u64 },
+    /// Not newer than what is stored (or a tombstone): nothing changed.
+    Stale,
+    /// Deleted; the deletion has this sequence number.
+    Deleted { seq: u64 },
+    /// A delete that found nothing, or found the entity changed after `unchanged_since`.
+    Kept,
+    /// Parked with this id.
+    Parked { id: u64 },
+}
+
+/// Which entities a listing returns. All given fields must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub cluster: Option<ClusterName>,
+    /// Compared with [`Document::status`] exactly: callers upper-case.
+    pub status: Option<String>,
+    pub started_by: Option<String>,
+}
+
+/// Where a page starts and how long it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Continue after this cursor (from [`Page::next`] of the previous page with the same filter).
+    pub after: Option<Cursor>,
+    /// At most this many items; `None` for all.
+    pub limit: Option<usize>,
+}
+
+/// An opaque position in a listing. Callers may encode it (the API does, as `nextToken`), and must
+/// treat it as untrusted when it comes back: a cursor that does not belong to the listing yields a
+/// page starting at the nearest position, never an error or a panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(pub Vec<u8>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Present when there may be more items.
+    pub next: Option<Cursor>,
+}
+
+/// The retained part of the change log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    /// The oldest position a reader may resume from: changes with `seq > oldest_resumable` are all
+    /// retained.
+    pub oldest_resumable: u64,
+    /// The sequence number of the last committed change (0 before any).
+    pub head: u64,
+}
+
+/// Options common to every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How many changes the change log keeps (at least 1). Older ones are trimmed as new ones commit.
+    pub change_log_retention: u64,
+    /// How many parked messages are kept; the oldest are dropped beyond it.
+    pub dead_letter_retention: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            change_log_retention: 1_000_000,
+            dead_letter_retention: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// A reader asked for changes after `requested`, but changes up to `oldest_resumable` are gone.
+    #[error(
+        "changes after {requested} are no longer retained; the oldest resumable position is {oldest_resumable}"
+    )]
+    Compacted { requested: u64, oldest_resumable: u64 },
+    /// A reader asked for changes after a position the store has not reached.
+    #[error("position {requested} is ahead of the change log's head {head}")]
+    Future { requested: u64, head: u64 },
+    /// A key or indexed value contains a byte the store cannot encode (NUL).
+    #[error("{field} contains a NUL byte")]
+    InvalidValue { field: &'static str },
+    /// The backend failed; the batch was not committed.
+    #[error("{backend} backend failed during {operation}: {message}")]
+    Backend {
+        backend: &'static str,
+        operation: &'static str,
+        message: String,
+    },
+    /// Stored bytes did not decode (a bug or a foreign file).
+    #[error("corrupt {what} in the store")]
+    Corrupt { what: &'static str },
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies a batch in one durable transaction: when this returns `Ok`, every outcome is committed
+    /// (for redb: fsynced). On `Err`, nothing of the batch is.
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError>;
+
+    async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError>;
+
+    /// Lists entities of a kind matching `filter`, in key order of the index used, reading only
+    /// matching index entries when a filter is given.
+    async fn list(&self, kind: Kind, filter: &Filter, page: PageRequest) -> Result<Page<Record>, StoreError>;
+
+    /// Every entity of a kind in a cluster, as (id, seq of its last change): what the reconciler
+    /// compares with what ECS lists.
+    async fn ids(&self, kind: Kind, cluster: &ClusterName) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// The clusters that have at least one entity of a kind, in name order.
+    async fn clusters(&self, kind: Kind) -> Result<Vec<ClusterName>, StoreError>;
+
+    /// Up to `limit` changes with `seq > after`, oldest first.
+    async fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
+
+    async fn log_bounds(&self) -> Result<LogBounds, StoreError>;
+
+    /// The head of the change log, updated after every commit that wrote a change. Readers wait on it
+    /// instead of polling; a slow reader never holds up writers.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Parked messages, newest first.
+    async fn dead_letters(&self, page: PageRequest) -> Result<Page<DeadLetter>, StoreError>;
+
+    /// Removes a parked message; `false` when there was none with that id.
+    async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError>;
+
+    /// Number of stored entities of a kind.
+    async fn count(&self, kind: Kind) -> Result<u64, StoreError>;
+}

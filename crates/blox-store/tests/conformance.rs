@@ -1,0 +1,120 @@
+//! The conformance suite against both backends, plus what only a durable backend can show.
+
+use blox_store::conformance::{letter, task};
+use blox_store::{Kind, LogBounds, MemStore, Outcome, PageRequest, RedbStore, Store, StoreOptions, Write};
+
+mod mem {
+    blox_store::conformance_tests!(|options| (blox_store::MemStore::new(options), ()));
+}
+
+mod redb {
+    blox_store::conformance_tests!(|options| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = blox_store::RedbStore::open(&dir.path().join("blox.redb"), options).expect("open");
+        (store, dir)
+    });
+}
+
+#[tokio::test]
+async fn redb_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    // A parent directory that does not exist yet is created.
+    let path = dir.path().join("nested").join("blox.redb");
+    let options = StoreOptions {
+        change_log_retention: 3,
+        dead_letter_retention: 10,
+    };
+    let a = task("c", "a", 1, "RUNNING");
+    let (records, changes, letters) = {
+        let store = RedbStore::open(&path, options).unwrap();
+        let outcomes = store
+            .apply(vec![
+                Write::Upsert(a.clone()),
+                Write::Upsert(task("c", "b", 1, "RUNNING")),
+                Write::Upsert(task("c2", "c", 1, "STOPPED")),
+                Write::Park(letter("one")),
+                Write::Park(letter("two")),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(outcomes[4], Outcome::Parked { id: 2 });
+        store
+            .apply(vec![Write::Delete {
+                key: a.key.clone(),
+                unchanged_since: 1,
+            }])
+            .await
+            .unwrap();
+        let records = store
+            .list(Kind::Task, &Default::default(), PageRequest::default())
+            .await
+            .unwrap();
+        let changes = store.changes(1, 100).await.unwrap();
+        let letters = store.dead_letters(PageRequest::default()).await.unwrap();
+        (records, changes, letters)
+    };
+
+    let store = RedbStore::open(&path, options).unwrap();
+    assert_eq!(*store.subscribe().borrow(), 4, "the head is read back on open");
+    assert_eq!(
+        store.log_bounds().await.unwrap(),
+        LogBounds {
+            oldest_resumable: 1,
+            head: 4
+        }
+    );
+    assert_eq!(
+        store
+            .list(Kind::Task, &Default::default(), PageRequest::default())
+            .await
+            .unwrap(),
+        records
+    );
+    assert_eq!(store.changes(1, 100).await.unwrap(), changes);
+    assert_eq!(store.dead_letters(PageRequest::default()).await.unwrap(), letters);
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 2);
+    assert_eq!(store.clusters(Kind::Task).await.unwrap().len(), 2);
+    // The tombstone survived: the deleted version stays deleted.
+    assert_eq!(
+        store.apply(vec![Write::Upsert(a.clone())]).await.unwrap(),
+        [Outcome::Stale]
+    );
+    // Sequence numbers and dead-letter ids continue.
+    let outcomes = store
+        .apply(vec![
+            Write::Upsert(task("c", "d", 1, "RUNNING")),
+            Write::Park(letter("three")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::Written { seq: 5 }, Outcome::Parked { id: 3 }]);
+}
+
+#[tokio::test]
+async fn redb_file_is_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blox.redb");
+    let _store = RedbStore::open(&path, StoreOptions::default()).unwrap();
+    let error = RedbStore::open(&path, StoreOptions::default()).unwrap_err();
+    assert!(error.to_string().contains("redb"), "{error}");
+}
+
+#[tokio::test]
+async fn stores_are_shareable() {
+    // What the server does: one store behind an `Arc<dyn Store>`, used from several tasks.
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemStore::new(StoreOptions::default()));
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store
+                .apply(vec![Write::Upsert(task("c", &format!("t{i}"), 1, "RUNNING"))])
+                .await
+                .unwrap()
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    assert_eq!(store.log_bounds().await.unwrap().head, 4);
+}

@@ -1,0 +1,312 @@
+//! Creating ECS and SQS state in moto with in-process SDK clients.
+
+use anyhow::{Context, bail, ensure};
+use aws_sdk_ecs::types::{ContainerDefinition, ContainerInstanceStatus, PortMapping};
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use blox_aws::QueueDepth;
+
+use crate::moto::{Moto, REGION};
+
+/// Instances per StartTask and UpdateContainerInstancesState call (ECS's limit; moto has none).
+const ECS_BATCH: usize = 10;
+/// Entries per SendMessageBatch.
+const SQS_BATCH: usize = 10;
+/// An AMI moto knows.
+const AMI: &str = "ami-12c6146b";
+
+/// SDK clients against one [`Moto`], with the calls tests use to build ECS and SQS state.
+#[derive(Debug, Clone)]
+pub struct EcsFixture {
+    pub ecs: aws_sdk_ecs::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    endpoint: String,
+    http: reqwest::Client,
+}
+
+impl EcsFixture {
+    pub async fn new(moto: &Moto) -> EcsFixture {
+        let config = moto.sdk_config().await;
+        EcsFixture {
+            ecs: aws_sdk_ecs::Client::new(&config),
+            sqs: aws_sdk_sqs::Client::new(&config),
+            endpoint: moto.endpoint(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Creates a cluster; returns its ARN.
+    pub async fn create_cluster(&self, name: &str) -> anyhow::Result<String> {
+        let out = self
+            .ecs
+            .create_cluster()
+            .cluster_name(name)
+            .send()
+            .await
+            .context("CreateCluster")?;
+        out.cluster()
+            .and_then(|c| c.cluster_arn())
+            .map(str::to_owned)
+            .context("CreateCluster: no ARN")
+    }
+
+    /// Registers a task definition of one container `app` (port 80 mapped to 8080); returns its ARN.
+    pub async fn register_task_definition(&self, family: &str) -> anyhow::Result<String> {
+        let container = ContainerDefinition::builder()
+            .name("app")
+            .image("nginx:latest")
+            .cpu(128)
+            .memory(128)
+            .essential(true)
+            .port_mappings(PortMapping::builder().container_port(80).host_port(8080).build())
+            .build();
+        let out = self
+            .ecs
+            .register_task_definition()
+            .family(family)
+            .container_definitions(container)
+            .send()
+            .await
+            .context("RegisterTaskDefinition")?;
+        out.task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .map(str::to_owned)
+            .context("RegisterTaskDefinition: no ARN")
+    }
+
+    /// Launches `n` moto EC2 instances and registers them in the cluster; returns the container
+    /// instance ARNs. moto only accepts an identity document naming an EC2 instance it knows.
+    pub async fn register_instances(&self, cluster: &str, n: usize) -> anyhow::Result<Vec<String>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ec2_ids = self.run_ec2_instances(n).await?;
+        let mut arns = Vec::with_capacity(n);
+        for id in ec2_ids {
+            let document = serde_json::json!({
+                "instanceId": id,
+                "region": REGION,
+                "availabilityZone": format!("{REGION}a"),
+                "instanceType": "t2.micro",
+                "imageId": AMI,
+                "accountId": "123456789012",
+            });
+            let out = self
+                .ecs
+                .register_container_instance()
+                .cluster(cluster)
+                .instance_identity_document(document.to_string())
+                .send()
+                .await
+                .with_context(|| format!("RegisterContainerInstance {id}"))?;
+            let arn = out
+                .container_instance()
+                .and_then(|i| i.container_instance_arn())
+                .context("RegisterContainerInstance: no ARN")?;
+            arns.push(arn.to_owned());
+        }
+        Ok(arns)
+    }
+
+    /// EC2 RunInstances through moto's query API, to avoid compiling aws-sdk-ec2 for one call. moto
+    /// routes a request to a service by the credential scope of its Authorization header and does not
+    /// check the signature, so a dummy one does.
+    async fn run_ec2_instances(&self, n: usize) -> anyhow::Result<Vec<String>> {
+        let count = n.to_string();
+        let form = [
+            ("Action", "RunInstances"),
+            ("Version", "2016-11-15"),
+            ("ImageId", AMI),
+            ("MinCount", count.as_str()),
+            ("MaxCount", count.as_str()),
+            ("InstanceType", "t2.micro"),
+        ];
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential=testing/20240101/{REGION}/ec2/aws4_request, \
+             SignedHeaders=host, Signature=0"
+        );
+        let response = self
+            .http
+            .post(format!("{}/", self.endpoint))
+            .header("Authorization", authorization)
+            .form(&form)
+            .send()
+            .await
+            .context("EC2 RunInstances")?;
+        let status = response.status();
+        let body = response.text().await.context("EC2 RunInstances body")?;
+        ensure!(status.is_success(), "EC2 RunInstances: {status}: {body}");
+        let mut ids = xml_values(&body, "instanceId");
+        // Only the instancesSet names instance ids today; dedupe in case moto ever nests them.
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|id| seen.insert(id.clone()));
+        ensure!(
+            ids.len() == n,
+            "EC2 RunInstances returned {} instance ids, wanted {n}: {body}",
+            ids.len()
+        );
+        Ok(ids)
+    }
+
+    /// Starts one task of `task_def` on each instance (StartTask, 10 instances per call); returns the
+    /// task ARNs.
+    pub async fn start_tasks(
+        &self,
+        cluster: &str,
+        task_def: &str,
+        instances: &[String],
+        started_by: Option<&str>,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut arns = Vec::with_capacity(instances.len());
+        for chunk in instances.chunks(ECS_BATCH) {
+            let out = self
+                .ecs
+                .start_task()
+                .cluster(cluster)
+                .task_definition(task_def)
+                .set_container_instances(Some(chunk.to_vec()))
+                .set_started_by(started_by.map(str::to_owned))
+                .send()
+                .await
+                .context("StartTask")?;
+            if !out.failures().is_empty() {
+                bail!("StartTask failures: {:?}", out.failures());
+            }
+            arns.extend(out.tasks().iter().filter_map(|t| t.task_arn()).map(str::to_owned));
+        }
+        Ok(arns)
+    }
+
+    pub async fn stop_task(&self, cluster: &str, arn: &str, reason: &str) -> anyhow::Result<()> {
+        self.ecs
+            .stop_task()
+            .cluster(cluster)
+            .task(arn)
+            .reason(reason)
+            .send()
+            .await
+            .with_context(|| format!("StopTask {arn}"))?;
+        Ok(())
+    }
+
+    /// Sets the instances to DRAINING (moto does not stop their tasks).
+    pub async fn drain(&self, cluster: &str, instances: &[String]) -> anyhow::Result<()> {
+        for chunk in instances.chunks(ECS_BATCH) {
+            let out = self
+                .ecs
+                .update_container_instances_state()
+                .cluster(cluster)
+                .set_container_instances(Some(chunk.to_vec()))
+                .status(ContainerInstanceStatus::Draining)
+                .send()
+                .await
+                .context("UpdateContainerInstancesState")?;
+            if !out.failures().is_empty() {
+                bail!("UpdateContainerInstancesState failures: {:?}", out.failures());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deregisters an instance. moto removes it outright (no INACTIVE state); without `force` it
+    /// refuses an instance with running tasks.
+    pub async fn deregister(&self, cluster: &str, instance: &str, force: bool) -> anyhow::Result<()> {
+        self.ecs
+            .deregister_container_instance()
+            .cluster(cluster)
+            .container_instance(instance)
+            .force(force)
+            .send()
+            .await
+            .with_context(|| format!("DeregisterContainerInstance {instance}"))?;
+        Ok(())
+    }
+
+    /// Creates a queue; returns its URL.
+    pub async fn create_queue(&self, name: &str) -> anyhow::Result<String> {
+        let out = self
+            .sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .context("CreateQueue")?;
+        out.queue_url().map(str::to_owned).context("CreateQueue: no URL")
+    }
+
+    /// Sends the bodies in order (SendMessageBatch, 10 per call).
+    pub async fn send_messages<S: AsRef<str>>(&self, queue_url: &str, bodies: &[S]) -> anyhow::Result<()> {
+        for chunk in bodies.chunks(SQS_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body.as_ref())
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .sqs
+                .send_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .context("SendMessageBatch")?;
+            if !out.failed().is_empty() {
+                bail!("SendMessageBatch failures: {:?}", out.failed());
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue's approximate depth (visible and in flight).
+    pub async fn queue_depth(&self, queue_url: &str) -> anyhow::Result<QueueDepth> {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .context("GetQueueAttributes")?;
+        let count = |name: QueueAttributeName| -> anyhow::Result<u64> {
+            match out.attributes().and_then(|a| a.get(&name)) {
+                Some(v) => v.parse().with_context(|| format!("{name:?} = {v:?}")),
+                None => Ok(0),
+            }
+        };
+        Ok(QueueDepth {
+            visible: count(QueueAttributeName::ApproximateNumberOfMessages)?,
+            in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?,
+        })
+    }
+}
+
+/// The text of every `<tag>…</tag>` element, in order (enough XML for moto's EC2 answers).
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut values = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        values.push(after[..end].trim().to_owned());
+        rest = &after[end + close.len()..];
+    }
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_values_finds_every_element() {
+        let xml = "<a><instanceId>i-1</instanceId><x/><instanceId> i-2 </instanceId><instanceId>";
+        assert_eq!(xml_values(xml, "instanceId"), vec!["i-1", "i-2"]);
+        assert!(xml_values("<b/>", "instanceId").is_empty());
+    }
+}

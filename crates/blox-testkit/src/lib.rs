@@ -1,0 +1,20 @@
+//! Helpers for blox's integration tests (a dev-dependency only):
+//!
+//! - [`Moto`]: a private moto server (ECS, SQS, EC2 emulator) per test, killed on drop;
+//! - [`EcsFixture`]: creates clusters, instances, tasks and queues in it;
+//! - [`task_event`], [`instance_event`], [`EventFeed`]: ECS events as EventBridge delivers them, since
+//!   moto never emits any;
+//! - [`wait_until`]: the one way tests wait for something;
+//! - [`BloxProcess`]: runs the blox binary and finds the address it serves on.
+
+mod events;
+mod fixture;
+mod moto;
+mod process;
+mod wait;
+
+pub use events::{EventFeed, instance_event, task_event};
+pub use fixture::EcsFixture;
+pub use moto::{Moto, workspace_root};
+pub use process::BloxProcess;
+pub use wait::wait_until;

@@ -1,0 +1,177 @@
+//! Running the blox binary as a child process.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// What blox prints on stdout once it serves.
+const READY_PREFIX: &str = "blox listening on ";
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running blox server. Its output goes to the test's stderr (shown when the test fails) with a
+/// `[blox]` prefix. Killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct BloxProcess {
+    child: Child,
+    base_url: String,
+}
+
+impl BloxProcess {
+    /// Starts `bin` with `args` (which should include `--listen 127.0.0.1:0`) and `env` added to the
+    /// test's environment, and waits up to 30 s for its `blox listening on URL` line.
+    pub async fn start<I, S>(
+        bin: impl AsRef<Path>,
+        args: I,
+        env: &[(String, String)],
+    ) -> anyhow::Result<BloxProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let bin = bin.as_ref();
+        let mut child = Command::new(bin)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("blox stdout")?;
+        let stderr = child.stderr.take().context("blox stderr")?;
+        forward("blox", stderr);
+        let ready = watch_stdout(stdout);
+
+        match tokio::time::timeout(START_DEADLINE, ready).await {
+            Ok(Ok(base_url)) => Ok(BloxProcess { child, base_url }),
+            outcome => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                match outcome {
+                    Err(_) => bail!("blox printed no {READY_PREFIX:?} line within {START_DEADLINE:?}"),
+                    _ => bail!(
+                        "blox exited ({status:?}) before printing {READY_PREFIX:?} (see its stderr above)"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, as blox printed it (no trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `base_url` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process (SIGKILL, no chance to clean up) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `deadline` for it to exit; returns its exit
+    /// status. For tests of graceful shutdown.
+    pub async fn terminate(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            // Already gone: collect its status.
+            return self.child.wait().context("waiting for blox");
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for blox")? {
+                return Ok(status);
+            }
+            if start.elapsed() >= deadline {
+                bail!("blox did not exit within {deadline:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for BloxProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Forwards stdout to the test's stderr, reporting the URL of the ready line once.
+fn watch_stdout(stdout: impl Read + Send + 'static) -> oneshot::Receiver<String> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("[blox] {line}");
+            if let Some(url) = line.trim().strip_prefix(READY_PREFIX)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(url.trim().trim_end_matches('/').to_owned());
+            }
+        }
+    });
+    rx
+}
+
+fn forward(name: &'static str, stream: impl Read + Send + 'static) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            eprintln!("[{name}] {line}");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for blox: prints the ready line (after some noise) and stays up.
+    const FAKE: &str =
+        "echo starting; echo 'blox listening on http://127.0.0.1:4321/'; echo $FAKE_ENV; exec sleep 60";
+
+    #[tokio::test]
+    async fn finds_the_url_and_stops_the_process() {
+        let env = [("FAKE_ENV".to_owned(), "set".to_owned())];
+        let mut blox = BloxProcess::start("/bin/sh", ["-c", FAKE], &env).await.unwrap();
+        assert_eq!(blox.base_url(), "http://127.0.0.1:4321");
+        assert_eq!(blox.url("/v1/tasks"), "http://127.0.0.1:4321/v1/tasks");
+        assert!(blox.try_status().is_none());
+        let status = blox.terminate(Duration::from_secs(10)).await.unwrap();
+        assert!(!status.success());
+        blox.kill(); // harmless once exited
+    }
+
+    #[tokio::test]
+    async fn reports_a_process_that_exits_before_serving() {
+        let err = BloxProcess::start("/bin/sh", ["-c", "echo bad flag >&2; exit 2"], &[])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("exited"), "{err}");
+        let err = BloxProcess::start("/nonexistent/blox", Vec::<String>::new(), &[])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/blox"), "{err}");
+    }
+}

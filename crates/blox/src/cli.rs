@@ -1,0 +1,336 @@
+//! Client subcommands: a table by default, `--json` for scripts.
+
+use anyhow::Result;
+use blox_api::{InstanceQuery, InstanceRecord, PageQuery, StreamQuery, TaskQuery, TaskRecord};
+use blox_client::Client;
+use clap::{Args, Subcommand};
+use futures::StreamExt as _;
+
+use crate::table::{render, short_arn};
+
+#[derive(Args, Debug, Clone)]
+pub struct Endpoint {
+    /// The blox server's API.
+    #[arg(
+        long,
+        env = "BLOX_ENDPOINT",
+        default_value = "http://127.0.0.1:2000",
+        global = true
+    )]
+    endpoint: String,
+    /// Print JSON (the API's own shapes) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstancesCommand {
+    /// List container instances.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+        /// active, draining, inactive, ...
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Show one container instance.
+    Get {
+        cluster: String,
+        arn: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Follow container-instance changes.
+    Watch {
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Replay every change after this entityVersion first.
+        #[arg(long)]
+        entity_version: Option<u64>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TasksCommand {
+    /// List tasks.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+        /// pending, running, stopped, ...
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        started_by: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Show one task.
+    Get {
+        cluster: String,
+        arn: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Follow task changes.
+    Watch {
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long)]
+        entity_version: Option<u64>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLettersCommand {
+    /// List parked messages, newest first.
+    List {
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+const INSTANCE_HEADERS: &[&str] = &[
+    "CLUSTER",
+    "INSTANCE",
+    "EC2",
+    "STATUS",
+    "AGENT",
+    "RUNNING",
+    "ENTITY VERSION",
+];
+const TASK_HEADERS: &[&str] = &[
+    "CLUSTER",
+    "TASK",
+    "LAST",
+    "DESIRED",
+    "TASK DEFINITION",
+    "STARTED BY",
+    "INSTANCE",
+    "ENTITY VERSION",
+];
+
+fn instance_row(record: &InstanceRecord) -> Vec<String> {
+    let i = &record.entity;
+    vec![
+        short_arn(&i.cluster_arn),
+        short_arn(&i.container_instance_arn),
+        i.ec2_instance_id.clone().unwrap_or_default(),
+        i.status.clone(),
+        if i.agent_connected {
+            "connected"
+        } else {
+            "disconnected"
+        }
+        .into(),
+        i.running_tasks_count.map(|n| n.to_string()).unwrap_or_default(),
+        record.metadata.entity_version.clone(),
+    ]
+}
+
+fn task_row(record: &TaskRecord) -> Vec<String> {
+    let t = &record.entity;
+    vec![
+        short_arn(&t.cluster_arn),
+        short_arn(&t.task_arn),
+        t.last_status.clone(),
+        t.desired_status.clone(),
+        short_arn(&t.task_definition_arn),
+        t.started_by.clone().unwrap_or_default(),
+        t.container_instance_arn
+            .as_deref()
+            .map(short_arn)
+            .unwrap_or_default(),
+        record.metadata.entity_version.clone(),
+    ]
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn instances(command: InstancesCommand) -> Result<()> {
+    match command {
+        InstancesCommand::List {
+            cluster,
+            status,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let list = client
+                .list_instances(&InstanceQuery {
+                    cluster,
+                    status,
+                    ..InstanceQuery::default()
+                })
+                .await?;
+            if endpoint.json {
+                return print_json(&list);
+            }
+            print!(
+                "{}",
+                render(
+                    INSTANCE_HEADERS,
+                    &list.items.iter().map(instance_row).collect::<Vec<_>>()
+                )
+            );
+            Ok(())
+        }
+        InstancesCommand::Get {
+            cluster,
+            arn,
+            endpoint,
+        } => {
+            let record = Client::new(&endpoint.endpoint)
+                .get_instance(&cluster, &arn)
+                .await?;
+            if endpoint.json {
+                return print_json(&record);
+            }
+            print!("{}", render(INSTANCE_HEADERS, &[instance_row(&record)]));
+            Ok(())
+        }
+        InstancesCommand::Watch {
+            cluster,
+            entity_version,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let mut stream = Box::pin(
+                client
+                    .stream_instances(&StreamQuery {
+                        cluster,
+                        entity_version,
+                    })
+                    .await?,
+            );
+            watch(
+                &mut stream,
+                endpoint.json,
+                INSTANCE_HEADERS,
+                |r: &InstanceRecord| (r.metadata.deleted, instance_row(r)),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn tasks(command: TasksCommand) -> Result<()> {
+    match command {
+        TasksCommand::List {
+            cluster,
+            status,
+            started_by,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let list = client
+                .list_tasks(&TaskQuery {
+                    cluster,
+                    status,
+                    started_by,
+                    ..TaskQuery::default()
+                })
+                .await?;
+            if endpoint.json {
+                return print_json(&list);
+            }
+            print!(
+                "{}",
+                render(TASK_HEADERS, &list.items.iter().map(task_row).collect::<Vec<_>>())
+            );
+            Ok(())
+        }
+        TasksCommand::Get {
+            cluster,
+            arn,
+            endpoint,
+        } => {
+            let record = Client::new(&endpoint.endpoint).get_task(&cluster, &arn).await?;
+            if endpoint.json {
+                return print_json(&record);
+            }
+            print!("{}", render(TASK_HEADERS, &[task_row(&record)]));
+            Ok(())
+        }
+        TasksCommand::Watch {
+            cluster,
+            entity_version,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let mut stream = Box::pin(
+                client
+                    .stream_tasks(&StreamQuery {
+                        cluster,
+                        entity_version,
+                    })
+                    .await?,
+            );
+            watch(&mut stream, endpoint.json, TASK_HEADERS, |r: &TaskRecord| {
+                (r.metadata.deleted, task_row(r))
+            })
+            .await
+        }
+    }
+}
+
+/// Prints each change as it comes: a JSON line, or a table row prefixed with what happened.
+async fn watch<T: serde::Serialize>(
+    stream: &mut (impl futures::Stream<Item = Result<T, blox_client::ClientError>> + Unpin),
+    json: bool,
+    headers: &[&str],
+    row: impl Fn(&T) -> (bool, Vec<String>),
+) -> Result<()> {
+    let mut header: Vec<&str> = vec!["EVENT"];
+    header.extend_from_slice(headers);
+    if !json {
+        print!("{}", render(&header, &[]));
+    }
+    while let Some(item) = stream.next().await {
+        let item = item?;
+        if json {
+            println!("{}", serde_json::to_string(&item)?);
+        } else {
+            let (deleted, cells) = row(&item);
+            let mut line = vec![if deleted { "DELETED" } else { "CHANGED" }.to_owned()];
+            line.extend(cells);
+            // Widths of a live stream cannot be known in advance: tab-separate the cells.
+            println!("{}", line.join("\t"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn dead_letters(command: DeadLettersCommand) -> Result<()> {
+    match command {
+        DeadLettersCommand::List { endpoint } => {
+            let list = Client::new(&endpoint.endpoint)
+                .dead_letters(&PageQuery::default())
+                .await?;
+            if endpoint.json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .items
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.id.clone(),
+                        d.received_at.clone(),
+                        d.message_id.clone().unwrap_or_default(),
+                        d.reason.clone(),
+                    ]
+                })
+                .collect();
+            print!("{}", render(&["ID", "RECEIVED", "MESSAGE", "REASON"], &rows));
+            Ok(())
+        }
+    }
+}

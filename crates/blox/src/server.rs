@@ -1,0 +1,173 @@
+//! `blox server`: flags (each also an environment variable), wiring, and signal handling.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use blox_aws::{SdkEcs, SqsOptions, SqsSource};
+use blox_model::ClusterName;
+use blox_server::{IngestOptions, ReconcileOptions, ServerOptions, Services};
+use blox_store::{MemStore, RedbStore, Store, StoreOptions};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address of the REST API (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "BLOX_LISTEN", default_value = "127.0.0.1:2000")]
+    listen: String,
+    /// Where state is kept: `redb:PATH` (durable, the default) or `memory` (lost on exit).
+    #[arg(long, env = "BLOX_STORE", default_value = "redb:./blox-data/blox.redb")]
+    store: String,
+    /// The SQS queue of ECS events, by name or URL. Without it, blox mirrors by reconciling only.
+    #[arg(long, env = "BLOX_QUEUE")]
+    queue: Option<String>,
+    /// How long a received message stays hidden from other receivers before SQS redelivers it (it
+    /// must cover a batch's commit; after a crash, uncommitted messages come back after it).
+    #[arg(long, env = "BLOX_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    visibility_timeout: Duration,
+    /// How often to reconcile every cluster with ECS (e.g. `30s`, `5m`).
+    #[arg(long, env = "BLOX_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    reconcile_interval: Duration,
+    /// Mirror only these clusters (comma-separated names); default: every cluster of the account.
+    #[arg(long, env = "BLOX_CLUSTERS", value_delimiter = ',', value_parser = parse_cluster)]
+    clusters: Option<Vec<ClusterName>>,
+    /// How many changes the change log keeps for stream resumption.
+    #[arg(long, env = "BLOX_CHANGE_LOG_RETENTION", default_value_t = StoreOptions::default().change_log_retention)]
+    change_log_retention: u64,
+    /// Log format on stderr: `text` or `json`.
+    #[arg(long, env = "BLOX_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(value).map_err(|e| format!("{e} (write durations like 2s, 5m, 1h)"))?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+fn parse_cluster(value: &str) -> Result<ClusterName, String> {
+    ClusterName::new(value.trim()).map_err(|e| e.to_string())
+}
+
+fn init_logging(format: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => bail!("--log-format must be text or json, not {other:?}"),
+    }
+    Ok(())
+}
+
+fn open_store(spec: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
+    if spec == "memory" {
+        return Ok(Arc::new(MemStore::new(options)));
+    }
+    let Some(path) = spec.strip_prefix("redb:") else {
+        bail!("--store must be redb:PATH or memory, not {spec:?}");
+    };
+    let path = PathBuf::from(path);
+    let store = RedbStore::open(&path, options)
+        .with_context(|| format!("opening the store at {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+pub async fn run(args: ServerArgs) -> Result<()> {
+    init_logging(&args.log_format)?;
+    if args.change_log_retention == 0 {
+        bail!("--change-log-retention must be at least 1");
+    }
+    let store_options = StoreOptions {
+        change_log_retention: args.change_log_retention,
+        ..StoreOptions::default()
+    };
+    let store = open_store(&args.store, store_options)?;
+
+    let aws = blox_aws::sdk_config()
+        .await
+        .context("loading the AWS configuration")?;
+    let ecs = Arc::new(SdkEcs::new(&aws));
+    let events = match &args.queue {
+        Some(queue) => Some(Arc::new(
+            SqsSource::new(
+                &aws,
+                queue,
+                SqsOptions {
+                    visibility_timeout_seconds: i32::try_from(args.visibility_timeout.as_secs().max(1))
+                        .context("--visibility-timeout is too long")?,
+                    ..SqsOptions::default()
+                },
+            )
+            .await
+            .with_context(|| format!("opening the event queue {queue:?}"))?,
+        ) as Arc<dyn blox_aws::EventSource>),
+        None => {
+            tracing::warn!("no --queue given: changes are seen only when the reconciler runs");
+            None
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    // Tests and scripts read this line to find the port.
+    println!("blox listening on http://{address}");
+    tracing::info!(%address, store = %args.store, queue = ?args.queue, "blox server started");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let options = ServerOptions {
+        reconcile: ReconcileOptions {
+            interval: args.reconcile_interval,
+            clusters: args.clusters.clone(),
+            ..ReconcileOptions::default()
+        },
+        ingest: IngestOptions {
+            clusters: args.clusters,
+            ..IngestOptions::default()
+        },
+        stream_heartbeat: None,
+    };
+    let services = Services {
+        store,
+        ecs: Some(ecs),
+        events,
+    };
+    blox_server::serve(listener, services, options, shutdown).await?;
+    tracing::info!("blox server stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGTERM");
+                let _ = interrupt.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what blox's tests need besides Rust: a Python venv with moto (the ECS/SQS emulator the
+# wire-level tests run against). Idempotent: does nothing when it is already in place.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${BLOX_VENV:-$root/.venv}"
+
+if "$venv/bin/python" -c 'import moto.server, boto3' 2>/dev/null; then
+  exit 0
+fi
+
+if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  else
+    echo "python3 with venv support is required (apt-get install python3-venv)" >&2
+    exit 1
+  fi
+fi
+
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6' boto3
+"$venv/bin/python" -c 'import moto; print("moto", moto.__version__, "in", "'"$venv"'")'
