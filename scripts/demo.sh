@@ -28,8 +28,11 @@ curl -s -X POST "http://127.0.0.1:$port/moto-api/state-manager/set-transition" \
   -d '{"model_name":"ecs::task","transition":{"progression":"manual","times":1000000000}}' > /dev/null
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
-.venv/bin/python scripts/demo_cluster.py &
+.venv/bin/python scripts/demo_cluster.py > "$work/demo.out" &
 pids+=($!)
+# The queue must exist before blox opens it.
+for _ in $(seq 300); do grep -q '^demo:' "$work/demo.out" 2>/dev/null && break; sleep 0.1; done
+cat "$work/demo.out"
 
 listen="${BLOX_LISTEN:-127.0.0.1:2000}"
 cat <<MSG

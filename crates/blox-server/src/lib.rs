@@ -62,9 +62,15 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .fallback(unknown_route)
         .with_state(state)
         .layer(middleware::from_fn(count_requests));
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}
+
+/// Unknown paths answer JSON like every other error.
+async fn unknown_route(uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::not_found("UnknownRoute", format!("no endpoint at {}; see /openapi.json", uri.path()))
 }
 
 /// Counts requests by route template and status, never by concrete path (which holds ARNs).

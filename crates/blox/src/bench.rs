@@ -1,0 +1,450 @@
+//! `blox bench`: the cluster-state scale scenarios, run against the real code paths on this machine.
+//!
+//! 1. **load**: C clusters, I container instances and T tasks, one event each, into a fresh redb store;
+//! 2. **apply**: a batch of E further events (state changes of random tasks and instances) through
+//!    `Ingestor::commit` in batches of 1,000, as the SQS consumer commits them;
+//! 3. **get** / **list**: the API served in-process over that store, measured with an HTTP client;
+//! 4. **stream**: many `/v1/stream/tasks` clients, and the latency from committing a change to each
+//!    client reading its line;
+//! 5. **process**: `blox server` started on the store, timed until it answers a GET, and its resident
+//!    memory after serving listings of everything.
+//!
+//! Data is synthetic and seeded ([`workload`]), so that runs on the same sizes compare. Figures are
+//! printed as a table and written as JSON.
+
+mod process;
+mod report;
+mod serve;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use async_trait::async_trait;
+use blox_aws::{EventSource, Message, QueueDepth, SourceError};
+use blox_model::EcsEvent;
+use blox_server::{IngestOptions, Ingestor, documents};
+use blox_store::{Kind, RedbStore, Store, StoreOptions, Write};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use report::{Goal, Machine, Report};
+use workload::{Rng, Shape, Workload};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Tasks in the workload [default: 100000; --quick: 10000].
+    #[arg(long)]
+    tasks: Option<u64>,
+    /// Container instances [default: 10000; --quick: 1000].
+    #[arg(long)]
+    instances: Option<u64>,
+    /// Clusters the instances (and their tasks) are spread over [default: 10].
+    #[arg(long)]
+    clusters: Option<u64>,
+    /// Events of the apply-throughput batch [default: 1000000; --quick: 100000].
+    #[arg(long)]
+    events: Option<u64>,
+    /// Clients of the stream fan-out [default: 1000; --quick: 100].
+    #[arg(long)]
+    stream_clients: Option<usize>,
+    /// A small workload, for smoke tests. Sizes given explicitly still apply.
+    #[arg(long)]
+    quick: bool,
+    /// Where the store files go (the store is recreated); default: a temporary directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where the figures are written as JSON.
+    #[arg(long, default_value = "target/bench/cluster-state.json")]
+    json_out: PathBuf,
+    /// Seed of the synthetic data and of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// The sizes of a run, after `--quick` and explicit flags are combined.
+#[derive(Debug, Clone, Serialize)]
+pub struct Params {
+    pub tasks: u64,
+    pub instances: u64,
+    pub clusters: u64,
+    pub events: u64,
+    pub batch: usize,
+    pub get_requests: usize,
+    pub get_concurrency: usize,
+    pub list_requests: usize,
+    pub list_concurrency: usize,
+    pub stream_clients: usize,
+    pub stream_updates: usize,
+    pub stream_interval_ms: u64,
+    pub seed: u64,
+}
+
+impl Params {
+    fn resolve(args: &BenchArgs) -> Params {
+        let pick = |explicit: Option<u64>, full: u64, quick: u64| {
+            explicit.unwrap_or(if args.quick { quick } else { full })
+        };
+        let (get_requests, list_requests, stream_updates) = if args.quick {
+            (2_000, 50, 50)
+        } else {
+            (20_000, 200, 200)
+        };
+        Params {
+            tasks: pick(args.tasks, 100_000, 10_000).max(1),
+            instances: pick(args.instances, 10_000, 1_000).max(1),
+            clusters: pick(args.clusters, 10, 10).max(1),
+            events: pick(args.events, 1_000_000, 100_000),
+            // The ingest default: what one SQS consumer commit holds at most.
+            batch: IngestOptions::default().max_batch,
+            get_requests,
+            get_concurrency: 16,
+            list_requests,
+            list_concurrency: 4,
+            stream_clients: args
+                .stream_clients
+                .unwrap_or(if args.quick { 100 } else { 1_000 }),
+            stream_updates,
+            // 100 changes a second: a busy cluster, and slow enough that each change is its own
+            // commit and its own wake-up of every stream.
+            stream_interval_ms: 10,
+            seed: args.seed,
+        }
+    }
+}
+
+/// The event source of a benchmark: events are handed to `Ingestor::commit` directly, so there is
+/// nothing to receive, and deleting committed messages costs nothing (as if SQS answered at once).
+struct NullSource;
+
+#[async_trait]
+impl EventSource for NullSource {
+    async fn receive(&self, _max: usize) -> Result<Vec<Message>, SourceError> {
+        Ok(Vec::new())
+    }
+
+    async fn delete(&self, _receipts: &[String]) -> Result<Vec<String>, SourceError> {
+        Ok(Vec::new())
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, SourceError> {
+        Ok(QueueDepth::default())
+    }
+}
+
+/// The one clock of the benchmark: tokio's, which is the monotonic clock (time is never paused here).
+pub(crate) fn now() -> Instant {
+    Instant::now()
+}
+
+/// A latency histogram in microseconds, from 1 µs to 10 minutes.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}"))
+}
+
+pub(crate) fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A percentile of a microsecond histogram, in milliseconds.
+pub(crate) fn percentile_ms(histogram: &Histogram<u64>, percentile: f64) -> f64 {
+    histogram.value_at_percentile(percentile) as f64 / 1000.0
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    init_logging();
+    let params = Params::resolve(&args);
+    let machine = Machine::read();
+    eprintln!("blox bench on {}", machine.describe());
+    eprintln!(
+        "workload: {} clusters, {} instances, {} tasks; {} events in batches of {}; {} stream clients",
+        params.clusters, params.instances, params.tasks, params.events, params.batch, params.stream_clients
+    );
+
+    // Keeps a default temporary directory alive (and removes it) until the run ends.
+    let (dir, _temp) = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            (dir.clone(), None)
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("blox-bench-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            (temp.path().to_owned(), Some(temp))
+        }
+    };
+    let path = dir.join("cluster-state.redb");
+    if path.exists() {
+        std::fs::remove_file(&path).with_context(|| format!("removing the old {}", path.display()))?;
+    }
+
+    let mut bench = Bench {
+        workload: Workload::new(Shape {
+            clusters: params.clusters,
+            instances: params.instances,
+            tasks: params.tasks,
+            seed: params.seed,
+        }),
+        task_versions: vec![0; params.tasks as usize],
+        instance_versions: vec![0; params.instances as usize],
+        rng: Rng::new(params.seed ^ 0xbe4c_0000),
+        params,
+        report: Report::default(),
+    };
+    // The API's recorder is installed first so that ingestion pays for its metrics, as in the server.
+    let metrics = blox_server::metrics::handle();
+
+    let store = Arc::new(RedbStore::open(&path, StoreOptions::default()).context("opening the store")?);
+    let ingestor = Ingestor::new(store.clone(), Arc::new(NullSource), IngestOptions::default());
+    bench.load(&ingestor, store.as_ref()).await?;
+    bench.apply(&ingestor).await?;
+    bench.split_apply(store.as_ref()).await?;
+    drop(ingestor);
+    serve::run(&mut bench, store.clone(), metrics).await?;
+    // The server process must be able to open the file: every handle of this process must be gone.
+    release(store).await?;
+    process::run(&mut bench, &path).await?;
+
+    println!("blox bench — {}", machine.describe());
+    println!(
+        "workload: {} clusters, {} container instances, {} tasks; {} events in batches of {}",
+        bench.params.clusters,
+        bench.params.instances,
+        bench.params.tasks,
+        bench.params.events,
+        bench.params.batch
+    );
+    println!();
+    print!("{}", bench.report.table());
+    bench
+        .report
+        .write_json(&args.json_out, &machine, &bench.params)?;
+    println!("\nfigures written to {}", args.json_out.display());
+    Ok(())
+}
+
+fn init_logging() {
+    // Warnings only: a failed commit logs its reason, and nothing else should interleave the table.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Waits until this is the last handle of the store (stream tasks of the in-process server may take
+/// a moment to notice the shutdown), then drops it, which closes the redb file.
+async fn release(store: Arc<RedbStore>) -> Result<()> {
+    let deadline = now() + Duration::from_secs(30);
+    let mut store = store;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(store) => {
+                drop(store);
+                return Ok(());
+            }
+            Err(shared) if now() < deadline => {
+                store = shared;
+                // Nothing signals the last clone's drop; a short poll is enough for a one-off wait.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => bail!("the in-process server still holds the store after 30 s"),
+        }
+    }
+}
+
+pub(crate) struct Bench {
+    pub(crate) params: Params,
+    pub(crate) workload: Workload,
+    /// The version of each task's last event, so that every event is newer and applies.
+    task_versions: Vec<u64>,
+    instance_versions: Vec<u64>,
+    pub(crate) rng: Rng,
+    pub(crate) report: Report,
+}
+
+fn message(n: u64, body: String) -> Message {
+    Message {
+        id: format!("m-{n}"),
+        receipt: format!("r-{n}"),
+        body,
+        sent_at_ms: None,
+    }
+}
+
+impl Bench {
+    /// The next event of a task: its version is bumped, so ingestion applies it.
+    pub(crate) fn next_task_event(&mut self, task: u64) -> String {
+        let version = &mut self.task_versions[task as usize];
+        *version += 1;
+        self.workload.task_event(task, *version)
+    }
+
+    fn next_instance_event(&mut self, instance: u64) -> String {
+        let version = &mut self.instance_versions[instance as usize];
+        *version += 1;
+        self.workload.instance_event(instance, *version)
+    }
+
+    /// A state change of a random resource: nine in ten are tasks, as ECS sends far more task events.
+    fn random_event(&mut self) -> String {
+        if self.rng.below(10) == 0 {
+            let instance = self.rng.below(self.params.instances);
+            self.next_instance_event(instance)
+        } else {
+            let task = self.rng.below(self.params.tasks);
+            self.next_task_event(task)
+        }
+    }
+
+    /// Commits one batch through the ingest path; every event of the benchmark is newer than what is
+    /// stored, so anything but "all applied" means the benchmark measured something else.
+    async fn commit(&self, ingestor: &Ingestor, batch: Vec<Message>) -> Result<Duration> {
+        let n = batch.len();
+        let started = now();
+        let report = ingestor
+            .commit(batch)
+            .await
+            .map_err(|()| anyhow::anyhow!("a batch failed to commit (its error is logged above)"))?;
+        let elapsed = started.elapsed();
+        ensure!(
+            report.applied == n,
+            "only {} of {n} events applied: {report:?}",
+            report.applied
+        );
+        Ok(elapsed)
+    }
+
+    async fn load(&mut self, ingestor: &Ingestor, store: &dyn Store) -> Result<()> {
+        let (instances, tasks) = (self.params.instances, self.params.tasks);
+        let mut busy = Duration::ZERO;
+        let mut batch = Vec::with_capacity(self.params.batch);
+        // Instances first, as ECS registers them before it places tasks on them.
+        for n in 0..instances + tasks {
+            let body = if n < instances {
+                self.next_instance_event(n)
+            } else {
+                self.next_task_event(n - instances)
+            };
+            batch.push(message(n, body));
+            if batch.len() == self.params.batch || n + 1 == instances + tasks {
+                busy += self.commit(ingestor, std::mem::take(&mut batch)).await?;
+            }
+        }
+        ensure!(
+            store.count(Kind::Task).await? == tasks && store.count(Kind::Instance).await? == instances,
+            "the store does not hold the loaded workload"
+        );
+        let w = "load";
+        self.report.add(w, "entities loaded", (instances + tasks) as f64, "entities", None);
+        self.report.add(w, "load time (ingest commits)", busy.as_secs_f64(), "s", None);
+        self.report.add(
+            w,
+            "load rate",
+            (instances + tasks) as f64 / busy.as_secs_f64(),
+            "events/s",
+            None,
+        );
+        Ok(())
+    }
+
+    /// The headline figure: events per second through `Ingestor::commit` (parse, documents, one redb
+    /// transaction per batch). Generating the events is not timed.
+    async fn apply(&mut self, ingestor: &Ingestor) -> Result<()> {
+        let events = self.params.events;
+        let mut busy = Duration::ZERO;
+        let mut bytes = 0_u64;
+        let mut batches = histogram();
+        let mut sent = 0_u64;
+        while sent < events {
+            let n = (events - sent).min(self.params.batch as u64);
+            let batch: Vec<Message> = (0..n)
+                .map(|i| {
+                    let body = self.random_event();
+                    bytes += body.len() as u64;
+                    message(sent + i, body)
+                })
+                .collect();
+            let took = self.commit(ingestor, batch).await?;
+            batches.record(micros(took))?;
+            busy += took;
+            sent += n;
+        }
+        let w = "apply";
+        let rate = events as f64 / busy.as_secs_f64().max(1e-9);
+        self.report.add(
+            w,
+            "mean event size",
+            bytes as f64 / events.max(1) as f64,
+            "bytes",
+            None,
+        );
+        self.report.add(
+            w,
+            "apply throughput (Ingestor::commit)",
+            rate,
+            "events/s",
+            Some(Goal::AtLeast(100_000.0)),
+        );
+        self.report.add(w, "batch commit p50", percentile_ms(&batches, 50.0), "ms", None);
+        self.report.add(w, "batch commit p99", percentile_ms(&batches, 99.0), "ms", None);
+        Ok(())
+    }
+
+    /// Where apply time goes: the same kind of batches, parsed into documents on one thread (timed
+    /// alone), then written with `Store::apply` (timed alone). A tenth of the batch, at most 100k.
+    async fn split_apply(&mut self, store: &dyn Store) -> Result<()> {
+        let events = (self.params.events / 10).clamp(self.params.batch as u64, 100_000);
+        let (mut parsing, mut storing) = (Duration::ZERO, Duration::ZERO);
+        let mut sent = 0;
+        while sent < events {
+            let n = (events - sent).min(self.params.batch as u64);
+            let bodies: Vec<String> = (0..n).map(|_| self.random_event()).collect();
+            let started = now();
+            let writes = bodies
+                .iter()
+                .map(|body| match EcsEvent::parse(body) {
+                    Ok(EcsEvent::Task { cluster, task }) => Ok(Write::Upsert(documents::task(cluster, &task))),
+                    Ok(EcsEvent::ContainerInstance { cluster, instance }) => {
+                        Ok(Write::Upsert(documents::instance(cluster, &instance)))
+                    }
+                    other => bail!("a generated event did not parse as a task or instance: {other:?}"),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let parsed = now();
+            store.apply(writes).await?;
+            parsing += parsed - started;
+            storing += parsed.elapsed();
+            sent += n;
+        }
+        let w = "apply";
+        self.report.add(
+            w,
+            "parse + documents only (1 thread)",
+            events as f64 / parsing.as_secs_f64().max(1e-9),
+            "events/s",
+            None,
+        );
+        self.report.add(
+            w,
+            "Store::apply only (redb)",
+            events as f64 / storing.as_secs_f64().max(1e-9),
+            "events/s",
+            None,
+        );
+        Ok(())
+    }
+}
+
+/// The store file's size, for the report.
+pub(crate) fn file_mib(path: &Path) -> f64 {
+    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1024.0 * 1024.0))
+}
