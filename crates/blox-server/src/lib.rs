@@ -70,7 +70,10 @@ pub fn router(state: AppState) -> Router {
 
 /// Unknown paths answer JSON like every other error.
 async fn unknown_route(uri: axum::http::Uri) -> error::ApiError {
-    error::ApiError::not_found("UnknownRoute", format!("no endpoint at {}; see /openapi.json", uri.path()))
+    error::ApiError::not_found(
+        "UnknownRoute",
+        format!("no endpoint at {}; see /openapi.json", uri.path()),
+    )
 }
 
 /// Counts requests by route template and status, never by concrete path (which holds ARNs).

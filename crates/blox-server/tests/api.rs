@@ -7,65 +7,44 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use blox_model::{Attribute, ClusterName, ContainerInstance, Overrides, Resource, Task, VersionInfo};
+use blox_model::{Attribute, ClusterName, ContainerInstance, Resource, Task};
 use blox_server::{AppState, ReadinessState, StreamOptions, documents};
 use blox_store::{Key, Kind, MemStore, Store, StoreOptions, Write};
+use blox_testkit::entities::{self, ACCOUNT};
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tower::ServiceExt as _;
 
-const ACCOUNT: &str = "123456789012";
-
-fn cluster_arn(cluster: &str) -> String {
-    format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/{cluster}")
-}
-
 /// Long-format ARNs for `prod`, short ones elsewhere, so both formats are served.
 fn task_arn(cluster: &str, id: &str) -> String {
     if cluster == "prod" {
-        format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/{cluster}/{id}")
+        entities::task_arn(cluster, id)
     } else {
         format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/{id}")
     }
 }
 
-fn instance_arn(cluster: &str, id: &str) -> String {
-    format!("arn:aws:ecs:us-east-1:{ACCOUNT}:container-instance/{cluster}/{id}")
-}
-
 fn task(cluster: &str, id: &str, status: &str, started_by: Option<&str>, version: u64) -> Task {
     Task {
-        cluster_arn: cluster_arn(cluster),
-        container_instance_arn: Some(instance_arn(cluster, "i1")),
-        containers: vec![],
         created_at: Some("2026-11-25T10:00:00.000Z".into()),
         desired_status: if status == "STOPPED" { "STOPPED" } else { "RUNNING" }.into(),
         last_status: status.into(),
-        overrides: Overrides::default(),
         task_arn: task_arn(cluster, id),
-        task_definition_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/agent:3"),
-        started_at: None,
         started_by: started_by.map(String::from),
-        stopped_at: None,
-        stopped_reason: None,
-        group: None,
         launch_type: Some("EC2".into()),
         version,
-        updated_at: None,
+        ..entities::task(cluster, id)
     }
 }
 
 fn instance(cluster: &str, id: &str, status: &str, version: u64) -> ContainerInstance {
     ContainerInstance {
         agent_connected: status != "INACTIVE",
-        agent_update_status: None,
         attributes: vec![Attribute {
             name: "ecs.instance-type".into(),
             value: Some("m5.large".into()),
         }],
-        cluster_arn: cluster_arn(cluster),
-        container_instance_arn: instance_arn(cluster, id),
         ec2_instance_id: Some(format!("i-{id}")),
         registered_resources: vec![Resource {
             name: "CPU".into(),
@@ -78,12 +57,10 @@ fn instance(cluster: &str, id: &str, status: &str, version: u64) -> ContainerIns
             value: "1024".into(),
         }],
         status: status.into(),
-        status_reason: None,
-        version_info: VersionInfo::default(),
         running_tasks_count: Some(1),
         pending_tasks_count: Some(0),
         version,
-        updated_at: None,
+        ..entities::instance(cluster, id)
     }
 }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use blox_aws::{EventSource, Message, QueueDepth, SourceError};
-use blox_model::{ContainerInstance, Overrides, Task, VersionInfo};
+use blox_model::{ContainerInstance, Task};
 use blox_server::{IngestOptions, Ingestor};
 use blox_store::{Filter, Kind, MemStore, PageRequest, Store, StoreOptions};
-use blox_testkit::{instance_event, task_event};
+use blox_testkit::{entities, instance_event, task_event};
 use proptest::prelude::*;
 
 /// The queue is not involved: `commit` gets the messages directly.
@@ -32,49 +32,30 @@ const STATUSES: &[&str] = &["PROVISIONING", "PENDING", "RUNNING", "STOPPING", "S
 
 fn task(n: usize, version: u64, status: usize) -> Task {
     Task {
-        cluster_arn: format!("arn:aws:ecs:us-east-1:123456789012:cluster/c{}", n % 2),
-        container_instance_arn: None,
-        containers: vec![],
-        created_at: None,
-        desired_status: "RUNNING".into(),
         last_status: STATUSES[status].into(),
-        overrides: Overrides::default(),
-        task_arn: format!("arn:aws:ecs:us-east-1:123456789012:task/c{}/t{n}", n % 2),
-        task_definition_arn: "arn:aws:ecs:us-east-1:123456789012:task-definition/d:1".into(),
-        started_at: None,
-        started_by: (status % 2 == 0).then(|| format!("by{status}")),
-        stopped_at: None,
-        stopped_reason: None,
-        group: None,
-        launch_type: None,
+        started_by: status.is_multiple_of(2).then(|| format!("by{status}")),
         version,
         updated_at: Some(format!("2026-11-25T00:00:{version:02}.000Z")),
+        ..entities::task(&format!("c{}", n % 2), &format!("t{n}"))
     }
 }
 
 fn instance(n: usize, version: u64, status: usize) -> ContainerInstance {
     ContainerInstance {
-        agent_connected: status % 2 == 0,
-        agent_update_status: None,
-        attributes: vec![],
-        cluster_arn: "arn:aws:ecs:us-east-1:123456789012:cluster/c0".into(),
-        container_instance_arn: format!("arn:aws:ecs:us-east-1:123456789012:container-instance/c0/i{n}"),
-        ec2_instance_id: None,
-        registered_resources: vec![],
-        remaining_resources: vec![],
+        agent_connected: status.is_multiple_of(2),
         status: ["ACTIVE", "DRAINING", "INACTIVE"][status % 3].into(),
-        status_reason: None,
-        version_info: VersionInfo::default(),
         running_tasks_count: Some(status as i64),
-        pending_tasks_count: None,
         version,
-        updated_at: None,
+        ..entities::instance("c0", &format!("i{n}"))
     }
 }
 
 /// Every entity's (kind, id) → (version, status, body) after ingesting `bodies` in `batches`.
 fn ingest(bodies: &[String], batches: &[usize]) -> BTreeMap<(bool, String), (u64, String, Vec<u8>)> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let store = Arc::new(MemStore::new(StoreOptions::default()));
         let ingestor = Ingestor::new(store.clone(), Arc::new(NoQueue), IngestOptions::default());
@@ -87,14 +68,27 @@ fn ingest(bodies: &[String], batches: &[usize]) -> BTreeMap<(bool, String), (u64
             let messages = batch
                 .iter()
                 .enumerate()
-                .map(|(i, body)| Message { id: i.to_string(), receipt: i.to_string(), body: body.clone(), sent_at_ms: None })
+                .map(|(i, body)| Message {
+                    id: i.to_string(),
+                    receipt: i.to_string(),
+                    body: body.clone(),
+                    sent_at_ms: None,
+                })
                 .collect();
             ingestor.commit(messages).await.unwrap();
         }
         let mut state = BTreeMap::new();
         for kind in [Kind::Task, Kind::Instance] {
-            for record in store.list(kind, &Filter::default(), PageRequest::default()).await.unwrap().items {
-                state.insert((kind == Kind::Task, record.doc.key.id), (record.doc.version, record.doc.status, record.doc.body));
+            for record in store
+                .list(kind, &Filter::default(), PageRequest::default())
+                .await
+                .unwrap()
+                .items
+            {
+                state.insert(
+                    (kind == Kind::Task, record.doc.key.id),
+                    (record.doc.version, record.doc.status, record.doc.body),
+                );
             }
         }
         state
@@ -103,7 +97,14 @@ fn ingest(bodies: &[String], batches: &[usize]) -> BTreeMap<(bool, String), (u64
 
 /// For each of a few tasks and instances, a run of versions with a random status each.
 fn histories() -> impl Strategy<Value = Vec<(bool, usize, Vec<usize>)>> {
-    proptest::collection::vec((any::<bool>(), 0..4usize, proptest::collection::vec(0..5usize, 1..6)), 1..6)
+    proptest::collection::vec(
+        (
+            any::<bool>(),
+            0..4usize,
+            proptest::collection::vec(0..5usize, 1..6),
+        ),
+        1..6,
+    )
 }
 
 proptest! {

@@ -10,59 +10,31 @@ use async_trait::async_trait;
 use blox_aws::{
     DesiredStatus, EcsError, EcsErrorKind, EcsReader, EventSource, Message, QueueDepth, SourceError,
 };
-use blox_model::{ClusterName, ContainerInstance, Overrides, Task, VersionInfo};
+use blox_model::{ClusterName, ContainerInstance, Task};
 use blox_server::{IngestOptions, Ingestor, ReadinessState, ReconcileOptions, Reconciler};
 use blox_store::{
     Change, Cursor, DeadLetter, Filter, Key, Kind, LogBounds, MemStore, Outcome, Page, PageRequest, Record,
     Store, StoreError, StoreOptions, Write,
 };
-use blox_testkit::{instance_event, task_event, wait_until};
+use blox_testkit::{entities, instance_event, task_event, wait_until};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-const ACCOUNT: &str = "123456789012";
+use blox_testkit::entities::ACCOUNT;
 
 fn task(cluster: &str, id: &str, status: &str, version: u64) -> Task {
     Task {
-        cluster_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/{cluster}"),
-        container_instance_arn: Some(format!(
-            "arn:aws:ecs:us-east-1:{ACCOUNT}:container-instance/{cluster}/i1"
-        )),
-        containers: vec![],
-        created_at: None,
-        desired_status: "RUNNING".into(),
         last_status: status.into(),
-        overrides: Overrides::default(),
-        task_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/{cluster}/{id}"),
-        task_definition_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/agent:1"),
-        started_at: None,
-        started_by: None,
-        stopped_at: None,
-        stopped_reason: None,
-        group: None,
-        launch_type: None,
         version,
-        updated_at: None,
+        ..entities::task(cluster, id)
     }
 }
 
 fn instance(cluster: &str, id: &str, status: &str, version: u64) -> ContainerInstance {
     ContainerInstance {
-        agent_connected: true,
-        agent_update_status: None,
-        attributes: vec![],
-        cluster_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/{cluster}"),
-        container_instance_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:container-instance/{cluster}/{id}"),
-        ec2_instance_id: None,
-        registered_resources: vec![],
-        remaining_resources: vec![],
         status: status.into(),
-        status_reason: None,
-        version_info: VersionInfo::default(),
-        running_tasks_count: None,
-        pending_tasks_count: None,
         version,
-        updated_at: None,
+        ..entities::instance(cluster, id)
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`wait_until`]: the one way tests wait for something;
 //! - [`BloxProcess`]: runs the blox binary and finds the address it serves on.
 
+pub mod entities;
 mod events;
 mod fixture;
 mod moto;

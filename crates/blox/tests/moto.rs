@@ -176,6 +176,12 @@ async fn events_from_the_queue_are_served_with_filters() {
         .unwrap();
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["entity"]["status"], "DRAINING");
+
+    // SIGTERM stops it cleanly, an open stream notwithstanding.
+    let _stream = client.stream_tasks(&StreamQuery::default()).await.unwrap();
+    let mut blox = blox;
+    let status = blox.terminate(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]
