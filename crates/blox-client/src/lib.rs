@@ -11,7 +11,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("cannot reach blox at {endpoint}: {source}")]
+    #[error("cannot reach blox at {endpoint}")]
     Transport {
         endpoint: String,
         source: reqwest::Error,

@@ -23,6 +23,35 @@ pub struct Endpoint {
     json: bool,
 }
 
+/// One entity: `get CLUSTER ARN`, or `get --cluster CLUSTER --arn ARN`.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// Cluster name or ARN.
+    #[arg(value_name = "CLUSTER", required_unless_present = "cluster_flag")]
+    cluster: Option<String>,
+    #[arg(value_name = "ARN", required_unless_present = "arn_flag")]
+    arn: Option<String>,
+    #[arg(
+        long = "cluster",
+        id = "cluster_flag",
+        conflicts_with = "cluster",
+        hide = true
+    )]
+    cluster_flag: Option<String>,
+    #[arg(long = "arn", id = "arn_flag", conflicts_with = "arn", hide = true)]
+    arn_flag: Option<String>,
+}
+
+impl Target {
+    fn resolve(self) -> (String, String) {
+        // clap's required_unless_present guarantees one of each pair.
+        (
+            self.cluster.or(self.cluster_flag).unwrap_or_default(),
+            self.arn.or(self.arn_flag).unwrap_or_default(),
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum InstancesCommand {
     /// List container instances.
@@ -37,8 +66,8 @@ pub enum InstancesCommand {
     },
     /// Show one container instance.
     Get {
-        cluster: String,
-        arn: String,
+        #[command(flatten)]
+        target: Target,
         #[command(flatten)]
         endpoint: Endpoint,
     },
@@ -70,8 +99,8 @@ pub enum TasksCommand {
     },
     /// Show one task.
     Get {
-        cluster: String,
-        arn: String,
+        #[command(flatten)]
+        target: Target,
         #[command(flatten)]
         endpoint: Endpoint,
     },
@@ -182,11 +211,8 @@ pub async fn instances(command: InstancesCommand) -> Result<()> {
             );
             Ok(())
         }
-        InstancesCommand::Get {
-            cluster,
-            arn,
-            endpoint,
-        } => {
+        InstancesCommand::Get { target, endpoint } => {
+            let (cluster, arn) = target.resolve();
             let record = Client::new(&endpoint.endpoint)
                 .get_instance(&cluster, &arn)
                 .await?;
@@ -247,11 +273,8 @@ pub async fn tasks(command: TasksCommand) -> Result<()> {
             );
             Ok(())
         }
-        TasksCommand::Get {
-            cluster,
-            arn,
-            endpoint,
-        } => {
+        TasksCommand::Get { target, endpoint } => {
+            let (cluster, arn) = target.resolve();
             let record = Client::new(&endpoint.endpoint).get_task(&cluster, &arn).await?;
             if endpoint.json {
                 return print_json(&record);
