@@ -183,11 +183,9 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
 #[utoipa::path(get, path = "/v1/tasks/{cluster}/{arn}", tag = "cluster state",
     params(("cluster" = String, Path, description = "cluster name or ARN"), ("arn" = String, Path, description = "task ARN")),
     responses((status = 200, body = TaskRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_task(
-    State(state): State<AppState>,
-    Path((cluster, arn)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    get(&state, Kind::Task, &cluster, &arn).await
+pub async fn get_task(State(state): State<AppState>, Path(rest): Path<String>) -> Result<Response, ApiError> {
+    let (cluster, arn) = split_cluster_and_arn(&rest)?;
+    get(&state, Kind::Task, cluster, arn).await
 }
 
 /// Get one container instance by cluster (name or ARN) and container-instance ARN.
@@ -196,9 +194,27 @@ pub async fn get_task(
     responses((status = 200, body = InstanceRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_instance(
     State(state): State<AppState>,
-    Path((cluster, arn)): Path<(String, String)>,
+    Path(rest): Path<String>,
 ) -> Result<Response, ApiError> {
-    get(&state, Kind::Instance, &cluster, &arn).await
+    let (cluster, arn) = split_cluster_and_arn(&rest)?;
+    get(&state, Kind::Instance, cluster, arn).await
+}
+
+/// Splits `{cluster}/{arn}`, where either may hold literal slashes: a cluster ARN ends in
+/// `cluster/NAME` and task ARNs in `task/ID` or `task/CLUSTER/ID`. The entity ARN starts at the last
+/// `/arn:`; without one (a malformed ARN), at the first slash, so that the ARN gets its own error.
+fn split_cluster_and_arn(rest: &str) -> Result<(&str, &str), ApiError> {
+    let split = rest
+        .rfind("/arn:")
+        .map(|i| (&rest[..i], &rest[i + 1..]))
+        .or_else(|| rest.split_once('/'));
+    match split {
+        Some((cluster, arn)) if !cluster.is_empty() && !arn.is_empty() => Ok((cluster, arn)),
+        _ => Err(ApiError::not_found(
+            "UnknownRoute",
+            "expected a path of the form {cluster}/{arn}",
+        )),
+    }
 }
 
 async fn get(state: &AppState, kind: Kind, cluster: &str, arn: &str) -> Result<Response, ApiError> {

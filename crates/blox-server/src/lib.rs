@@ -52,9 +52,9 @@ pub fn openapi_json() -> String {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/tasks", get(api::list_tasks))
-        .route("/v1/tasks/{cluster}/{*arn}", get(api::get_task))
+        .route("/v1/tasks/{*cluster_and_arn}", get(api::get_task))
         .route("/v1/instances", get(api::list_instances))
-        .route("/v1/instances/{cluster}/{*arn}", get(api::get_instance))
+        .route("/v1/instances/{*cluster_and_arn}", get(api::get_instance))
         .route("/v1/stream/tasks", get(stream::stream_tasks))
         .route("/v1/stream/instances", get(stream::stream_instances))
         .route("/v1/dead-letters", get(api::list_dead_letters))

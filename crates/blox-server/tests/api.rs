@@ -378,6 +378,21 @@ async fn bad_input_answers_400_or_404_naming_the_field() {
             "InvalidMaxResults",
             Some("maxResults"),
         ),
+        ("/v1/task", 404, "UnknownRoute", None),
+        ("/v1/tasks/prod", 404, "UnknownRoute", None),
+        ("/v1/tasks/prod/", 404, "UnknownRoute", None),
+        (
+            "/v1/instances/arn:aws:ecs:us-east-1:123456789012:cluster/prod",
+            400,
+            "InvalidCluster",
+            Some("cluster"),
+        ),
+        (
+            "/v1/instances/prod/arn:aws:ecs:us-east-1:123456789012:cluster/prod",
+            400,
+            "InvalidArn",
+            Some("arn"),
+        ),
     ];
     for (uri, status, code, field) in cases {
         let (got_status, body) = call(&f.app, uri).await;
@@ -395,8 +410,11 @@ async fn bad_input_answers_400_or_404_naming_the_field() {
 async fn gets_accept_cluster_arns_and_encoded_arns() {
     let f = fixture().await;
     for uri in [
+        "/v1/instances/arn:aws:ecs:us-east-1:123456789012:cluster/prod/arn:aws:ecs:us-east-1:123456789012:container-instance/prod/i1",
         "/v1/tasks/prod/arn:aws:ecs:us-east-1:123456789012:task/prod/a1",
         "/v1/tasks/arn:aws:ecs:us-east-1:123456789012:cluster%2Fprod/arn:aws:ecs:us-east-1:123456789012:task/prod/a1",
+        "/v1/tasks/arn:aws:ecs:us-east-1:123456789012:cluster/prod/arn:aws:ecs:us-east-1:123456789012:task/prod/a1",
+        "/v1/tasks/arn%3Aaws%3Aecs%3Aus-east-1%3A123456789012%3Acluster%2Fprod/arn%3Aaws%3Aecs%3Aus-east-1%3A123456789012%3Atask%2Fprod%2Fa1",
         "/v1/tasks/prod/arn%3Aaws%3Aecs%3Aus-east-1%3A123456789012%3Atask%2Fprod%2Fa1",
         "/v1/tasks/dev/arn:aws:ecs:us-east-1:123456789012:task/b1",
     ] {
