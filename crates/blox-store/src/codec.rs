@@ -6,16 +6,35 @@
 //! the strings keys are made of.
 //!
 //! Values start with a format byte, then fixed-width integers (u64 big-endian), length-prefixed strings
-//! (u32 big-endian length) and, last, the unprefixed body. Decoding never panics: anything that does not
-//! parse is [`StoreError::Corrupt`].
+//! (u32 big-endian length) and, last, the body. Decoding never panics: anything that does not parse is
+//! [`StoreError::Corrupt`].
+//!
+//! Entity and change values hold the entity's JSON body; since format 2 it is stored as a [`Body`]: a
+//! tag byte, then either the JSON as given or an LZ4 block of it. Every change writes a body twice
+//! (entity and change log), so their size is most of what a batch writes. Format 1 values (plain body,
+//! no tag) are still read, so that files written before compression keep working.
 
 use blox_model::ClusterName;
 
 use crate::{Change, DeadLetter, Document, Key, Kind, StoreError};
 
-/// Format of every encoded value; bumped when a layout changes.
+/// Format of tombstones and dead letters; bumped when a layout changes.
 const FORMAT: u8 = 1;
 
+/// Format of entity and change values: 2 = tagged [`Body`]; 1 (still read) = plain body, no tag.
+const DOC_FORMAT: u8 = 2;
+const DOC_FORMAT_PLAIN: u8 = 1;
+
+/// Tags of a format-2 body.
+const BODY_PLAIN: u8 = 0;
+const BODY_LZ4: u8 = 1;
+
+/// Bodies shorter than this are stored plain: LZ4 gains little on them and a GET of one would pay
+/// for decompression anyway.
+const COMPRESS_MIN: usize = 128;
+
+/// LZ4 expands at most ~255:1; a stored length beyond that is corruption, and must not be allocated.
+const LZ4_MAX_RATIO: usize = 255;
 pub(crate) fn kind_byte(kind: Kind) -> u8 {
     match kind {
         Kind::Task => 1,
@@ -182,6 +201,36 @@ impl<'a> Reader<'a> {
         Ok(reader)
     }
 
+    /// A reader of an entity or change value, and whether its body is tagged (format 2).
+    fn new_doc(buf: &'a [u8], what: &'static str) -> Result<(Self, bool), StoreError> {
+        let mut reader = Reader { buf, what };
+        match reader.u8()? {
+            DOC_FORMAT => Ok((reader, true)),
+            DOC_FORMAT_PLAIN => Ok((reader, false)),
+            _ => Err(reader.corrupt()),
+        }
+    }
+
+    /// The body that ends a value.
+    fn body(&mut self, tagged: bool) -> Result<Body<'a>, StoreError> {
+        if !tagged {
+            return Ok(Body::Plain(self.rest()));
+        }
+        match self.u8()? {
+            BODY_PLAIN => Ok(Body::Plain(self.rest())),
+            BODY_LZ4 => {
+                let len: [u8; 4] = self.take(4)?.try_into().map_err(|_| self.corrupt())?;
+                let len = u32::from_be_bytes(len) as usize;
+                let block = self.rest();
+                if len > block.len().saturating_mul(LZ4_MAX_RATIO) {
+                    return Err(self.corrupt());
+                }
+                Ok(Body::Lz4 { len, block })
+            }
+            _ => Err(self.corrupt()),
+        }
+    }
+
     fn corrupt(&self) -> StoreError {
         StoreError::Corrupt { what: self.what }
     }
@@ -234,6 +283,84 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// An entity's JSON body as stored, borrowed from an encoded value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Body<'a> {
+    /// The JSON as given.
+    Plain(&'a [u8]),
+    /// An LZ4 block of `len` bytes of JSON.
+    Lz4 { len: usize, block: &'a [u8] },
+}
+
+impl<'a> Body<'a> {
+    /// The body to store for `plain`: `compressed` (from [`compress`]) when there is one.
+    pub(crate) fn of(plain: &'a [u8], compressed: Option<&'a [u8]>) -> Body<'a> {
+        match compressed {
+            Some(block) => Body::Lz4 {
+                len: plain.len(),
+                block,
+            },
+            None => Body::Plain(plain),
+        }
+    }
+
+    /// The JSON, decompressed if need be.
+    pub(crate) fn to_vec(self) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Body::Plain(plain) => Ok(plain.to_vec()),
+            Body::Lz4 { len, block } => {
+                let plain = lz4_flex::block::decompress(block, len)
+                    .map_err(|_| StoreError::Corrupt { what: "entity body" })?;
+                if plain.len() != len {
+                    return Err(StoreError::Corrupt { what: "entity body" });
+                }
+                Ok(plain)
+            }
+        }
+    }
+
+    /// Whether the JSON is exactly `plain`; decompresses only when the lengths agree.
+    pub(crate) fn equals(self, plain: &[u8]) -> Result<bool, StoreError> {
+        match self {
+            Body::Plain(stored) => Ok(stored == plain),
+            Body::Lz4 { len, .. } if len != plain.len() => Ok(false),
+            Body::Lz4 { .. } => Ok(self.to_vec()? == plain),
+        }
+    }
+
+    fn stored_len(self) -> usize {
+        match self {
+            Body::Plain(plain) => 1 + plain.len(),
+            Body::Lz4 { block, .. } => 5 + block.len(),
+        }
+    }
+
+    fn put(self, out: &mut Vec<u8>) {
+        match self {
+            Body::Plain(plain) => {
+                out.push(BODY_PLAIN);
+                out.extend_from_slice(plain);
+            }
+            Body::Lz4 { len, block } => {
+                out.push(BODY_LZ4);
+                // Bodies are ECS JSON documents of a few kilobytes; see `put_str` on saturation.
+                out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+                out.extend_from_slice(block);
+            }
+        }
+    }
+}
+
+/// The LZ4 block of a body, when storing it compressed is worth it: the body is long enough, and the
+/// block (with its length) is smaller.
+pub(crate) fn compress(plain: &[u8]) -> Option<Vec<u8>> {
+    if plain.len() < COMPRESS_MIN || u32::try_from(plain.len()).is_err() {
+        return None;
+    }
+    let block = lz4_flex::block::compress(plain);
+    (block.len() + 4 < plain.len()).then_some(block)
+}
+
 /// The stored fields of an entity, borrowed from its encoded value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct EntityView<'a> {
@@ -241,56 +368,58 @@ pub(crate) struct EntityView<'a> {
     pub version: u64,
     pub status: &'a str,
     pub started_by: Option<&'a str>,
-    pub body: &'a [u8],
+    pub body: Body<'a>,
 }
 
 impl<'a> EntityView<'a> {
-    pub(crate) fn of(seq: u64, doc: &'a Document) -> Self {
+    /// The fields of `doc` at `seq`, with its body as `body` (see [`Body::of`]).
+    pub(crate) fn of(seq: u64, doc: &'a Document, body: Body<'a>) -> Self {
         EntityView {
             seq,
             version: doc.version,
             status: &doc.status,
             started_by: doc.started_by.as_deref(),
-            body: &doc.body,
+            body,
         }
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
         let started_by = self.started_by.map_or(0, |s| 5 + s.len());
-        let mut out = Vec::with_capacity(1 + 16 + 4 + self.status.len() + 1 + started_by + self.body.len());
-        out.push(FORMAT);
+        let mut out =
+            Vec::with_capacity(1 + 16 + 4 + self.status.len() + 1 + started_by + self.body.stored_len());
+        out.push(DOC_FORMAT);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.version.to_be_bytes());
         put_str(&mut out, self.status.as_bytes());
         put_opt(&mut out, self.started_by);
-        out.extend_from_slice(self.body);
+        self.body.put(&mut out);
         out
     }
 
     pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, StoreError> {
-        let mut r = Reader::new(bytes, "entity")?;
+        let (mut r, tagged) = Reader::new_doc(bytes, "entity")?;
         Ok(EntityView {
             seq: r.u64()?,
             version: r.u64()?,
             status: r.str()?,
             started_by: r.opt_str()?,
-            body: r.rest(),
+            body: r.body(tagged)?,
         })
     }
 
     /// Only the sequence number, without validating the rest.
     pub(crate) fn decode_seq(bytes: &[u8]) -> Result<u64, StoreError> {
-        Reader::new(bytes, "entity")?.u64()
+        Reader::new_doc(bytes, "entity")?.0.u64()
     }
 
-    pub(crate) fn to_document(self, key: Key) -> Document {
-        Document {
+    pub(crate) fn to_document(self, key: Key) -> Result<Document, StoreError> {
+        Ok(Document {
             key,
             version: self.version,
             status: self.status.to_owned(),
             started_by: self.started_by.map(str::to_owned),
-            body: self.body.to_vec(),
-        }
+            body: self.body.to_vec()?,
+        })
     }
 }
 
@@ -303,9 +432,17 @@ pub(crate) fn encode_change(
     let (kind, cluster, id) = split_entity_key(entity_key)?;
     let started_by = entity.started_by.map_or(0, |s| 5 + s.len());
     let mut out = Vec::with_capacity(
-        3 + 8 + cluster.len() + id.len() + 8 + 4 + entity.status.len() + 1 + started_by + entity.body.len(),
+        3 + 8
+            + cluster.len()
+            + id.len()
+            + 8
+            + 4
+            + entity.status.len()
+            + 1
+            + started_by
+            + entity.body.stored_len(),
     );
-    out.push(FORMAT);
+    out.push(DOC_FORMAT);
     out.push(kind_byte(kind));
     out.push(u8::from(deleted));
     put_str(&mut out, cluster);
@@ -313,13 +450,13 @@ pub(crate) fn encode_change(
     out.extend_from_slice(&entity.version.to_be_bytes());
     put_str(&mut out, entity.status.as_bytes());
     put_opt(&mut out, entity.started_by);
-    out.extend_from_slice(entity.body);
+    entity.body.put(&mut out);
     Ok(out)
 }
 
 /// What trimming needs of an encoded change: the entity key when it is a deletion, `None` otherwise.
 pub(crate) fn decode_deletion(bytes: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut r = Reader::new(bytes, "change")?;
+    let (mut r, _) = Reader::new_doc(bytes, "change")?;
     let kind = kind_of(r.u8()?, "change")?;
     if !r.bool()? {
         return Ok(None);
@@ -336,7 +473,7 @@ pub(crate) fn decode_deletion(bytes: &[u8]) -> Result<Option<Vec<u8>>, StoreErro
 
 pub(crate) fn decode_change(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
     let what = "change";
-    let mut r = Reader::new(bytes, what)?;
+    let (mut r, tagged) = Reader::new_doc(bytes, what)?;
     let kind = kind_of(r.u8()?, what)?;
     let deleted = r.bool()?;
     let cluster = cluster_name(r.bytes()?, what)?;
@@ -346,7 +483,7 @@ pub(crate) fn decode_change(seq: u64, bytes: &[u8]) -> Result<Change, StoreError
         version: r.u64()?,
         status: r.str()?.to_owned(),
         started_by: r.opt_str()?.map(str::to_owned),
-        body: r.rest().to_vec(),
+        body: r.body(tagged)?.to_vec()?,
     };
     Ok(Change { seq, deleted, doc })
 }
@@ -418,50 +555,138 @@ mod tests {
         }
     }
 
+    /// A body LZ4 shrinks, like the JSON of a real task.
+    fn long_doc() -> Document {
+        let mut doc = doc();
+        doc.body = format!(
+            r#"{{"clusterARN":"arn:aws:ecs:us-east-1:123456789012:cluster/prod","containers":[{}],"lastStatus":"RUNNING"}}"#,
+            (0..6)
+                .map(|i| format!(r#"{{"name":"c{i}","lastStatus":"RUNNING","containerARN":"arn:aws:ecs:us-east-1:123456789012:container/prod/{i}"}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+        .into_bytes();
+        doc
+    }
+
+    /// Both bodies: one stored plain, one compressed.
+    fn docs() -> [(Document, bool); 2] {
+        [(doc(), false), (long_doc(), true)]
+    }
+
     /// Every strict prefix of an encoding, and a wrong format byte, decode to an error, not a panic.
     fn check_truncations<T: std::fmt::Debug>(bytes: &[u8], decode: impl Fn(&[u8]) -> Result<T, StoreError>) {
         assert!(decode(bytes).is_ok());
         for len in 0..bytes.len() {
-            // The body is unprefixed, so prefixes that only cut the body still decode: that is fine.
+            // A plain body is unprefixed, so prefixes that only cut it still decode: that is fine.
             let _ = decode(&bytes[..len]);
         }
         assert!(decode(&[]).is_err());
         let mut wrong = bytes.to_vec();
-        wrong[0] = FORMAT + 1;
+        wrong[0] = 0xee;
         assert!(matches!(decode(&wrong), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]
     fn entity_round_trip() {
-        let doc = doc();
-        let bytes = EntityView::of(42, &doc).encode();
-        let view = EntityView::decode(&bytes).unwrap();
-        assert_eq!(view, EntityView::of(42, &doc));
-        assert_eq!(EntityView::decode_seq(&bytes).unwrap(), 42);
-        assert_eq!(view.to_document(doc.key.clone()), doc);
-        check_truncations(&bytes, |b| EntityView::decode(b).map(|v| v.seq));
-        // Cutting into the header is an error.
-        assert!(EntityView::decode(&bytes[..10]).is_err());
+        for (doc, compresses) in docs() {
+            let compressed = compress(&doc.body);
+            assert_eq!(compressed.is_some(), compresses);
+            let body = Body::of(&doc.body, compressed.as_deref());
+            let bytes = EntityView::of(42, &doc, body).encode();
+            if compresses {
+                assert!(bytes.len() < doc.body.len());
+            }
+            let view = EntityView::decode(&bytes).unwrap();
+            assert_eq!(view, EntityView::of(42, &doc, body));
+            assert_eq!(EntityView::decode_seq(&bytes).unwrap(), 42);
+            assert_eq!(view.to_document(doc.key.clone()).unwrap(), doc);
+            assert!(view.body.equals(&doc.body).unwrap());
+            assert!(!view.body.equals(b"{}").unwrap());
+            let mut other = doc.body.clone();
+            *other.last_mut().unwrap() = b' ';
+            assert!(!view.body.equals(&other).unwrap());
+            check_truncations(&bytes, |b| EntityView::decode(b)?.to_document(doc.key.clone()));
+            // Cutting into the header is an error.
+            assert!(EntityView::decode(&bytes[..10]).is_err());
+        }
     }
 
     #[test]
     fn change_round_trip() {
-        let doc = doc();
-        let key = entity_key(&doc.key).unwrap();
-        for deleted in [false, true] {
-            let bytes = encode_change(&key, deleted, &EntityView::of(0, &doc)).unwrap();
-            assert_eq!(
-                decode_change(9, &bytes).unwrap(),
-                Change {
-                    seq: 9,
-                    deleted,
-                    doc: doc.clone()
-                }
-            );
-            assert_eq!(decode_deletion(&bytes).unwrap(), deleted.then(|| key.clone()));
-            check_truncations(&bytes, |b| decode_change(9, b));
-            check_truncations(&bytes, decode_deletion);
+        for (doc, _) in docs() {
+            let key = entity_key(&doc.key).unwrap();
+            let compressed = compress(&doc.body);
+            let entity = EntityView::of(0, &doc, Body::of(&doc.body, compressed.as_deref()));
+            for deleted in [false, true] {
+                let bytes = encode_change(&key, deleted, &entity).unwrap();
+                assert_eq!(
+                    decode_change(9, &bytes).unwrap(),
+                    Change {
+                        seq: 9,
+                        deleted,
+                        doc: doc.clone()
+                    }
+                );
+                assert_eq!(decode_deletion(&bytes).unwrap(), deleted.then(|| key.clone()));
+                check_truncations(&bytes, |b| decode_change(9, b));
+                check_truncations(&bytes, decode_deletion);
+            }
         }
+    }
+
+    /// Values written before bodies were compressed (format 1: no tag, plain body) still decode.
+    #[test]
+    fn format_1_values_decode() {
+        let doc = long_doc();
+        let mut entity = vec![1];
+        entity.extend_from_slice(&42_u64.to_be_bytes());
+        entity.extend_from_slice(&doc.version.to_be_bytes());
+        put_str(&mut entity, doc.status.as_bytes());
+        put_opt(&mut entity, doc.started_by.as_deref());
+        entity.extend_from_slice(&doc.body);
+        let view = EntityView::decode(&entity).unwrap();
+        assert_eq!(view.seq, 42);
+        assert_eq!(view.to_document(doc.key.clone()).unwrap(), doc);
+
+        let key = entity_key(&doc.key).unwrap();
+        let (_, cluster, id) = split_entity_key(&key).unwrap();
+        let mut change = vec![1, kind_byte(Kind::Task), 0];
+        put_str(&mut change, cluster);
+        put_str(&mut change, id);
+        change.extend_from_slice(&entity[9..]);
+        assert_eq!(decode_change(3, &change).unwrap().doc, doc);
+        // A deletion re-encodes a format-1 entity in the current format.
+        let bytes = encode_change(&key, true, &view).unwrap();
+        assert_eq!(bytes[0], DOC_FORMAT);
+        assert_eq!(decode_change(4, &bytes).unwrap().doc, doc);
+    }
+
+    #[test]
+    fn corrupt_compressed_bodies_are_errors() {
+        let doc = long_doc();
+        let compressed = compress(&doc.body).unwrap();
+        let bytes = EntityView::of(1, &doc, Body::of(&doc.body, Some(&compressed))).encode();
+        let body_at = bytes.len() - compressed.len() - 5;
+        assert_eq!(bytes[body_at], BODY_LZ4);
+        let decode = |bytes: &[u8]| EntityView::decode(bytes)?.to_document(doc.key.clone());
+        // A length no block could expand to is refused before anything is allocated.
+        let mut huge = bytes.clone();
+        huge[body_at + 1..body_at + 5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(decode(&huge), Err(StoreError::Corrupt { .. })));
+        // A length that disagrees with the block.
+        let mut short = bytes.clone();
+        short[body_at + 4] -= 1;
+        assert!(matches!(decode(&short), Err(StoreError::Corrupt { .. })));
+        // A damaged block, and an unknown tag.
+        let mut damaged = bytes.clone();
+        for b in &mut damaged[body_at + 5..] {
+            *b = 0xff;
+        }
+        assert!(matches!(decode(&damaged), Err(StoreError::Corrupt { .. })));
+        let mut tag = bytes;
+        tag[body_at] = 7;
+        assert!(matches!(decode(&tag), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]

@@ -86,7 +86,8 @@ pub(crate) trait WriteTx: ReadTx {
 pub(crate) trait Engine: Send + Sync + 'static {
     /// Names the backend in errors.
     const NAME: &'static str;
-    /// Whether transactions block on I/O, so that the store runs them on tokio's blocking pool.
+    /// Whether transactions block on I/O, so that the store runs them on tokio's blocking pool (all
+    /// but reads of a few entries, which cost less than the hand-off: see `KvStore::read_in_place`).
     const BLOCKING: bool;
 
     fn read<R>(&self, f: impl FnOnce(&dyn ReadTx) -> Result<R, StoreError>) -> Result<R, StoreError>;

@@ -8,8 +8,8 @@ use blox_model::{ClusterName, supersedes};
 use tokio::sync::watch;
 
 use crate::codec::{
-    self, EntityView, Index, check_nul, decode_u64, entity_key, entity_key_of_index, has_nul, index_key,
-    u64_key,
+    self, Body, EntityView, Index, check_nul, decode_u64, entity_key, entity_key_of_index, has_nul,
+    index_key, u64_key,
 };
 use crate::engine::{Direction, Engine, ReadTx, Table, WriteTx};
 use crate::{
@@ -152,6 +152,16 @@ impl<E: Engine> KvStore<E> {
         }
     }
 
+    /// Runs a read of a few entries in place, even on a blocking engine: handing it to the blocking
+    /// pool costs more than the read (a B-tree descent that redb serves from its cache, or from the OS
+    /// page cache), and requests wait on it. At worst it holds this worker for a few disk reads.
+    fn read_in_place<R>(
+        &self,
+        f: impl FnOnce(&dyn ReadTx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.inner.engine.read(f)
+    }
+
     pub(crate) async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
         if writes.is_empty() {
             return Ok(Vec::new());
@@ -182,14 +192,11 @@ impl<E: Engine> KvStore<E> {
             Err(StoreError::InvalidValue { .. }) => return Ok(None),
             Err(error) => return Err(error),
         };
-        self.run(move |inner| {
-            inner.engine.read(|tx| {
-                tx.get(Table::Entities, &key)?
-                    .map(|bytes| record(&key, EntityView::decode(&bytes)?))
-                    .transpose()
-            })
+        self.read_in_place(|tx| {
+            tx.get(Table::Entities, &key)?
+                .map(|bytes| record(&key, EntityView::decode(&bytes)?))
+                .transpose()
         })
-        .await
     }
 
     pub(crate) async fn list(
@@ -238,54 +245,35 @@ impl<E: Engine> KvStore<E> {
     }
 
     pub(crate) async fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        // Live streams ask from one or two changes behind the head, once per commit and per client:
+        // those few entries are read in place; a backlog goes to the blocking pool.
+        let in_place = self.read_in_place(|tx| {
+            let head = check_position(tx, after)?;
+            if head - after > CHANGES_IN_PLACE {
+                return Ok(None);
+            }
+            read_changes(tx, after, limit, head).map(Some)
+        })?;
+        if let Some(changes) = in_place {
+            return Ok(changes);
+        }
         self.run(move |inner| {
             inner.engine.read(|tx| {
-                let meta = Meta::load(tx)?;
-                let oldest_resumable = meta.first - 1;
-                if after < oldest_resumable {
-                    return Err(StoreError::Compacted {
-                        requested: after,
-                        oldest_resumable,
-                    });
-                }
-                if after > meta.head {
-                    return Err(StoreError::Future {
-                        requested: after,
-                        head: meta.head,
-                    });
-                }
-                let mut changes = Vec::with_capacity(limit.min((meta.head - after) as usize));
-                if limit == 0 {
-                    return Ok(changes);
-                }
-                let start = u64_key(after);
-                tx.range(
-                    Table::Log,
-                    Bound::Excluded(&start),
-                    Bound::Unbounded,
-                    Direction::Forward,
-                    &mut |key, value| {
-                        changes.push(codec::decode_change(decode_u64(key, "change key")?, value)?);
-                        Ok(changes.len() < limit)
-                    },
-                )?;
-                Ok(changes)
+                let head = check_position(tx, after)?;
+                read_changes(tx, after, limit, head)
             })
         })
         .await
     }
 
     pub(crate) async fn log_bounds(&self) -> Result<LogBounds, StoreError> {
-        self.run(move |inner| {
-            inner.engine.read(|tx| {
-                let meta = Meta::load(tx)?;
-                Ok(LogBounds {
-                    oldest_resumable: meta.first - 1,
-                    head: meta.head,
-                })
+        self.read_in_place(|tx| {
+            let meta = Meta::load(tx)?;
+            Ok(LogBounds {
+                oldest_resumable: meta.first - 1,
+                head: meta.head,
             })
         })
-        .await
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -316,13 +304,50 @@ impl<E: Engine> KvStore<E> {
     }
 
     pub(crate) async fn count(&self, kind: Kind) -> Result<u64, StoreError> {
-        self.run(move |inner| {
-            inner
-                .engine
-                .read(|tx| Ok(Meta::load(tx)?.counts[count_slot(kind)]))
-        })
-        .await
+        self.read_in_place(|tx| Ok(Meta::load(tx)?.counts[count_slot(kind)]))
     }
+}
+
+/// At most this many changes are read in place (see [`KvStore::changes`]).
+const CHANGES_IN_PLACE: u64 = 16;
+
+/// Checks that the change log can be read after `after`; returns its head.
+fn check_position(tx: &dyn ReadTx, after: u64) -> Result<u64, StoreError> {
+    let meta = Meta::load(tx)?;
+    let oldest_resumable = meta.first - 1;
+    if after < oldest_resumable {
+        return Err(StoreError::Compacted {
+            requested: after,
+            oldest_resumable,
+        });
+    }
+    if after > meta.head {
+        return Err(StoreError::Future {
+            requested: after,
+            head: meta.head,
+        });
+    }
+    Ok(meta.head)
+}
+
+/// Up to `limit` changes after `after`, which [`check_position`] accepted with this `head`.
+fn read_changes(tx: &dyn ReadTx, after: u64, limit: usize, head: u64) -> Result<Vec<Change>, StoreError> {
+    let mut changes = Vec::with_capacity(limit.min((head - after) as usize));
+    if limit == 0 {
+        return Ok(changes);
+    }
+    let start = u64_key(after);
+    tx.range(
+        Table::Log,
+        Bound::Excluded(&start),
+        Bound::Unbounded,
+        Direction::Forward,
+        &mut |key, value| {
+            changes.push(codec::decode_change(decode_u64(key, "change key")?, value)?);
+            Ok(changes.len() < limit)
+        },
+    )?;
+    Ok(changes)
 }
 
 /// Applies a batch inside one write transaction; returns the outcomes and the head before and after.
@@ -377,7 +402,7 @@ fn upsert(
             let identical = stored.version == doc.version
                 && stored.status == doc.status
                 && stored.started_by == doc.started_by.as_deref()
-                && stored.body == doc.body.as_slice();
+                && stored.body.equals(&doc.body)?;
             if !supersedes(Some(stored.version), doc.version, identical) {
                 return Ok(Outcome::Stale);
             }
@@ -404,7 +429,9 @@ fn upsert(
 
     let seq = meta.head + 1;
     meta.head = seq;
-    let entity = EntityView::of(seq, doc);
+    // Compressed once, for both the entity and its change.
+    let compressed = codec::compress(&doc.body);
+    let entity = EntityView::of(seq, doc, Body::of(&doc.body, compressed.as_deref()));
     tx.put(Table::Entities, &key, &entity.encode())?;
     let (old_status, old_started_by) = stored.map_or((None, None), |s| (Some(s.status), s.started_by));
     reindex(tx, &key, Index::Status, old_status, Some(&doc.status))?;
@@ -544,7 +571,7 @@ fn trim_dead_letters(tx: &mut dyn WriteTx, meta: &mut Meta, retention: u64) -> R
 fn record(entity_key: &[u8], entity: EntityView<'_>) -> Result<Record, StoreError> {
     Ok(Record {
         seq: entity.seq,
-        doc: entity.to_document(codec::parse_entity_key(entity_key)?),
+        doc: entity.to_document(codec::parse_entity_key(entity_key)?)?,
     })
 }
 
@@ -726,4 +753,76 @@ fn dead_letters(tx: &dyn ReadTx, page: &PageRequest) -> Result<Page<DeadLetter>,
         None => Cursor(after.map_or_else(|| vec![u8::MAX; 9], <[u8]>::to_vec)),
     });
     Ok(Page { items, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::MemEngine;
+    use crate::redb_engine::RedbEngine;
+
+    fn doc(n: u64) -> Document {
+        Document {
+            key: Key::task(ClusterName::new("c").unwrap(), format!("t{}", n % 7)),
+            version: n,
+            status: "RUNNING".into(),
+            started_by: None,
+            body: format!(r#"{{"n":{n},"padding":"{}"}}"#, "x".repeat(200)).into_bytes(),
+        }
+    }
+
+    /// A live stream's read (a few changes, in place) and a backlog's (on the blocking pool) return
+    /// the same changes, and both check the resume point.
+    async fn in_place_and_backlog_reads_agree<E: Engine>(store: KvStore<E>) {
+        for n in 1..=40 {
+            store.apply(vec![Write::Upsert(doc(n))]).await.unwrap();
+        }
+        // Retention is 30: the log holds changes 11 to 40, more than are read in place.
+        let all = store.changes(10, 1_000).await.unwrap();
+        assert_eq!(
+            all.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            (11..=40).collect::<Vec<_>>()
+        );
+        assert_eq!(all[29].doc, doc(40));
+        for after in [10, 20, 23, 24, 25, 30, 39, 40] {
+            let tail = store.changes(after, 1_000).await.unwrap();
+            assert_eq!(tail, all[after as usize - 10..], "after {after}");
+        }
+        assert_eq!(store.changes(30, 3).await.unwrap(), all[20..23]);
+        assert_eq!(store.changes(12, 3).await.unwrap(), all[2..5]);
+        assert!(store.changes(30, 0).await.unwrap().is_empty());
+        assert!(matches!(
+            store.changes(41, 10).await,
+            Err(StoreError::Future {
+                requested: 41,
+                head: 40
+            })
+        ));
+        assert!(matches!(
+            store.changes(5, 10).await,
+            Err(StoreError::Compacted {
+                requested: 5,
+                oldest_resumable: 10
+            })
+        ));
+    }
+
+    fn options() -> StoreOptions {
+        StoreOptions {
+            change_log_retention: 30,
+            ..StoreOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn mem_in_place_and_backlog_reads_agree() {
+        in_place_and_backlog_reads_agree(KvStore::empty(MemEngine::default(), options())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_in_place_and_backlog_reads_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RedbEngine::open(&dir.path().join("store.redb")).unwrap();
+        in_place_and_backlog_reads_agree(KvStore::open(engine, options()).unwrap()).await;
+    }
 }

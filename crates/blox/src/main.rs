@@ -1,5 +1,6 @@
 //! The `blox` binary: `blox server` runs the service; the other subcommands are a CLI of its API.
 
+mod bench;
 mod cli;
 mod server;
 mod table;
@@ -30,6 +31,8 @@ enum Command {
     /// Messages that could not be applied.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(cli::DeadLettersCommand),
+    /// Run the cluster-state scale benchmark and print its figures.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
             Command::Instances(command) => cli::instances(command).await,
             Command::Tasks(command) => cli::tasks(command).await,
             Command::DeadLetters(command) => cli::dead_letters(command).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -59,7 +59,11 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
-            .find_map(|line| line.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim()))
+            .find_map(|line| {
+                line.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim())
+            })
             .unwrap_or("unknown")
             .to_owned();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -132,21 +136,25 @@ impl Report {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        let document = serde_json::json!({
-            "machine": machine,
-            "parameters": parameters,
-            "figures": self.rows,
-        });
-        let text = serde_json::to_string_pretty(&document)?;
+        // A struct rather than `json!`, so that fields keep this order in the file.
+        #[derive(Serialize)]
+        struct Document<'a, P> {
+            machine: &'a Machine,
+            parameters: &'a P,
+            figures: &'a [Row],
+        }
+        let text = serde_json::to_string_pretty(&Document {
+            machine,
+            parameters,
+            figures: &self.rows,
+        })?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
     }
 }
 
 /// A number as people read it: integers without decimals, small values with three significant digits.
 pub fn number(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{value:.0}")
-    } else if value.abs() >= 100.0 {
+    if (value.fract() == 0.0 && value.abs() < 1e15) || value.abs() >= 100.0 {
         format!("{value:.0}")
     } else if value.abs() >= 10.0 {
         format!("{value:.1}")

@@ -109,7 +109,10 @@ impl Workload {
     }
 
     pub fn cluster_arn(&self, cluster: u64) -> String {
-        format!("arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{}", self.cluster_name(cluster))
+        format!(
+            "arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{}",
+            self.cluster_name(cluster)
+        )
     }
 
     pub fn instance_arn(&self, instance: u64) -> String {
@@ -162,7 +165,7 @@ impl Workload {
             self.cluster_arn(cluster),
             self.instance_arn(self.instance_of_task(task)),
         );
-        let containers: &[&str] = if task % 3 == 0 {
+        let containers: &[&str] = if task.is_multiple_of(3) {
             &["app", "log-router"]
         } else {
             &["app"]
@@ -225,7 +228,7 @@ impl Workload {
         let arn = self.instance_arn(instance);
         let cluster = self.cluster_of_instance(instance);
         // One instance in twenty is draining at any time.
-        let status = if (instance + version) % 20 == 0 {
+        let status = if (instance + version).is_multiple_of(20) {
             "DRAINING"
         } else {
             "ACTIVE"
@@ -342,7 +345,11 @@ mod tests {
             for version in 1..14 {
                 let body = w.task_event(task, version);
                 let event = EcsEvent::parse(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-                let EcsEvent::Task { cluster, task: parsed } = event else {
+                let EcsEvent::Task {
+                    cluster,
+                    task: parsed,
+                } = event
+                else {
                     panic!("not a task event: {body}");
                 };
                 assert_eq!(cluster.as_str(), w.cluster_name(w.cluster_of_task(task)));
