@@ -403,23 +403,10 @@ mod tests {
 
     fn minimal_task() -> Task {
         Task {
-            cluster_arn: CLUSTER.into(),
             container_instance_arn: None,
-            containers: Vec::new(),
-            created_at: None,
-            desired_status: "RUNNING".into(),
             last_status: "PENDING".into(),
-            overrides: Overrides::default(),
-            task_arn: "arn:aws:ecs:eu-west-1:111122223333:task/prod/fedcba".into(),
-            task_definition_arn: "arn:aws:ecs:eu-west-1:111122223333:task-definition/app:3".into(),
-            started_at: None,
-            started_by: None,
-            stopped_at: None,
-            stopped_reason: None,
-            group: None,
-            launch_type: None,
             version: 0,
-            updated_at: None,
+            ..crate::entities::task("prod", "fedcba")
         }
     }
 
