@@ -126,18 +126,25 @@ pub struct TaskQuery {
     /// A task `lastStatus`, case-insensitive: pending, running, stopped, or any other ECS lifecycle
     /// status (provisioning, activating, deactivating, stopping, deprovisioning).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(
+        pattern = r"^(?:provisioning|pending|activating|running|deactivating|stopping|deprovisioning|stopped|deleted|PROVISIONING|PENDING|ACTIVATING|RUNNING|DEACTIVATING|STOPPING|DEPROVISIONING|STOPPED|DELETED)$"
+    )]
     pub status: Option<String>,
     /// A cluster name or ARN.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")]
     pub cluster: Option<String>,
     /// Exact `startedBy`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^[A-Za-z0-9_/.:-]{1,128}$")]
     pub started_by: Option<String>,
     /// Page size, 1 to 10,000. Without it every match is returned, as in Blox v0.3.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 10000)]
     pub max_results: Option<u32>,
     /// `nextToken` of the previous page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)]
     pub next_token: Option<String>,
 }
 
@@ -149,13 +156,19 @@ pub struct InstanceQuery {
     /// An instance `status`, case-insensitive: active, draining, inactive (or registering,
     /// registration_failed, deregistering).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(
+        pattern = r"^(?:registering|registration_failed|active|draining|deregistering|inactive|REGISTERING|REGISTRATION_FAILED|ACTIVE|DRAINING|DEREGISTERING|INACTIVE)$"
+    )]
     pub status: Option<String>,
     /// A cluster name or ARN.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")]
     pub cluster: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 10000)]
     pub max_results: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)]
     pub next_token: Option<String>,
 }
 
@@ -169,6 +182,7 @@ pub struct StreamQuery {
     pub entity_version: Option<u64>,
     /// Only this cluster (name or ARN).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")]
     pub cluster: Option<String>,
 }
 
@@ -178,7 +192,46 @@ pub struct StreamQuery {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 10000)]
     pub max_results: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)]
     pub next_token: Option<String>,
+}
+
+/// Path of `GET /v1/tasks/{cluster}/{arn}`.
+#[derive(Debug, Clone, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TaskPath {
+    /// Cluster name or ARN.
+    #[param(pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")]
+    pub cluster: String,
+    /// Task ARN, short (`task/ID`) or long (`task/CLUSTER/ID`); slashes may be literal.
+    #[param(
+        pattern = r"^arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:task/([A-Za-z0-9_-]{1,255}/)?[A-Za-z0-9_-]{1,255}$"
+    )]
+    pub arn: String,
+}
+
+/// Path of `GET /v1/instances/{cluster}/{arn}`.
+#[derive(Debug, Clone, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct InstancePath {
+    /// Cluster name or ARN.
+    #[param(pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")]
+    pub cluster: String,
+    /// Container-instance ARN, short or long format; slashes may be literal.
+    #[param(
+        pattern = r"^arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:container-instance/([A-Za-z0-9_-]{1,255}/)?[A-Za-z0-9_-]{1,255}$"
+    )]
+    pub arn: String,
+}
+
+/// Path of `DELETE /v1/dead-letters/{id}`.
+#[derive(Debug, Clone, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DeadLetterPath {
+    /// The dead letter's id.
+    #[param(pattern = r"^[0-9]{1,19}$")]
+    pub id: String,
 }

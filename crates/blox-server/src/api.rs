@@ -181,7 +181,7 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
 
 /// Get one task by cluster (name or ARN) and task ARN (either format; slashes may be literal).
 #[utoipa::path(get, path = "/v1/tasks/{cluster}/{arn}", tag = "cluster state",
-    params(("cluster" = String, Path, description = "cluster name or ARN"), ("arn" = String, Path, description = "task ARN")),
+    params(blox_api::TaskPath),
     responses((status = 200, body = TaskRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_task(State(state): State<AppState>, Path(rest): Path<String>) -> Result<Response, ApiError> {
     let (cluster, arn) = split_cluster_and_arn(&rest)?;
@@ -190,7 +190,7 @@ pub async fn get_task(State(state): State<AppState>, Path(rest): Path<String>) -
 
 /// Get one container instance by cluster (name or ARN) and container-instance ARN.
 #[utoipa::path(get, path = "/v1/instances/{cluster}/{arn}", tag = "cluster state",
-    params(("cluster" = String, Path, description = "cluster name or ARN"), ("arn" = String, Path, description = "container instance ARN")),
+    params(blox_api::InstancePath),
     responses((status = 200, body = InstanceRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_instance(
     State(state): State<AppState>,
@@ -289,7 +289,7 @@ pub async fn list_dead_letters(
 
 /// Removes a parked message once an operator has dealt with it.
 #[utoipa::path(delete, path = "/v1/dead-letters/{id}", tag = "operations",
-    params(("id" = String, Path, description = "dead letter id")),
+    params(blox_api::DeadLetterPath),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_dead_letter(
     State(state): State<AppState>,

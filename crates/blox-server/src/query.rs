@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use blox_model::ClusterRef;
 use blox_store::Cursor;
 
@@ -115,7 +115,7 @@ impl Params {
         let Some(value) = self.get("nextToken") else {
             return Ok(None);
         };
-        match URL_SAFE_NO_PAD.decode(value) {
+        match TOKENS.decode(value) {
             Ok(bytes) if !bytes.is_empty() => Ok(Some(Cursor(bytes))),
             _ => Err(ApiError::bad_request(
                 "nextToken",
@@ -140,6 +140,16 @@ impl Params {
 }
 
 pub const MAX_PAGE: usize = 10_000;
+
+/// Decodes page tokens without insisting on canonical trailing bits: a token is an untrusted cursor
+/// anyway (the store clamps it), so any well-formed base64url string is accepted.
+const TOKENS: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+);
 
 pub fn encode_token(cursor: &Cursor) -> String {
     URL_SAFE_NO_PAD.encode(&cursor.0)
