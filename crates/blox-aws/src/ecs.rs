@@ -501,7 +501,7 @@ mod tests {
             .launch_type(ecs::LaunchType::Ec2)
             .version(4)
             .build();
-        let model = task_from_sdk(&task).unwrap();
+        let mut model = task_from_sdk(&task).unwrap();
         let json = serde_json::to_value(&model).unwrap();
         let want = serde_json::json!({
             "clusterARN": arn("cluster/prod"),
@@ -579,7 +579,7 @@ mod tests {
                     .unwrap(),
             )
             .build();
-        let model = instance_from_sdk("prod", &instance).unwrap();
+        let mut model = instance_from_sdk("prod", &instance).unwrap();
         let json = serde_json::to_value(&model).unwrap();
         let want = serde_json::json!({
             "agentConnected": true,

@@ -86,7 +86,7 @@ async fn ecs_lists_and_describes_more_than_a_page_of_tasks() {
         assert_eq!(task.containers.len(), 1);
         assert_eq!(task.containers[0].name, "app");
         assert!(task.containers[0].container_arn.starts_with("arn:aws:ecs:"));
-        task.validate().expect("a described task is valid");
+        task.clone().validate().expect("a described task is valid");
     }
     // The state manager is set to keep tasks RUNNING: a second describe still says RUNNING.
     let again = ecs.describe_tasks("paging", &running[..5]).await.unwrap();
@@ -135,7 +135,10 @@ async fn ecs_lists_and_describes_more_than_a_page_of_tasks() {
             "{:?}",
             instance.attributes
         );
-        instance.validate().expect("a described instance is valid");
+        instance
+            .clone()
+            .validate()
+            .expect("a described instance is valid");
     }
 }
 

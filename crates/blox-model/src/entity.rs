@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::arn::{ArnError, ClusterName, ResourceArn};
+use crate::arn::{Arn, ArnError, ClusterName, ResourceArn};
 
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
@@ -14,7 +14,9 @@ use utoipa::ToSchema;
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
-    #[serde(rename = "clusterARN", alias = "clusterArn")]
+    /// Derived from a long-format task ARN when a description leaves it out.
+    #[serde(rename = "clusterARN", alias = "clusterArn", default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub cluster_arn: String,
     /// Absent for tasks that run on no container instance (Fargate).
     #[serde(
@@ -121,7 +123,10 @@ pub struct ContainerInstance {
     pub agent_update_status: Option<String>,
     #[serde(default)]
     pub attributes: Vec<Attribute>,
-    #[serde(rename = "clusterARN", alias = "clusterArn")]
+    /// Derived from a long-format container-instance ARN when a description leaves it out (ECS's
+    /// DescribeContainerInstances does).
+    #[serde(rename = "clusterARN", alias = "clusterArn", default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub cluster_arn: String,
     #[serde(rename = "containerInstanceARN", alias = "containerInstanceArn")]
     pub container_instance_arn: String,
@@ -295,10 +300,12 @@ impl Task {
     }
 
     /// Checks the identifiers ECS gave: a cluster ARN, a task ARN (whose cluster, in the long format,
-    /// must be that cluster), and a container-instance ARN when there is one.
-    pub fn validate(&self) -> Result<ClusterName, FieldError> {
-        let cluster = self.cluster().map_err(|e| FieldError::new("clusterArn", e))?;
+    /// must be that cluster), and a container-instance ARN when there is one. A missing cluster ARN
+    /// is filled in from a long-format task ARN.
+    pub fn validate(&mut self) -> Result<ClusterName, FieldError> {
         let task = ResourceArn::task(&self.task_arn).map_err(|e| FieldError::new("taskArn", e))?;
+        fill_cluster_arn(&mut self.cluster_arn, &self.task_arn, &task);
+        let cluster = self.cluster().map_err(|e| FieldError::new("clusterArn", e))?;
         check_same_cluster("taskArn", &task, &cluster)?;
         if let Some(arn) = &self.container_instance_arn {
             let instance = ResourceArn::container_instance(arn)
@@ -316,11 +323,13 @@ impl ContainerInstance {
         ClusterName::from_arn(&self.cluster_arn)
     }
 
-    /// Checks the cluster and container-instance ARNs and the status.
-    pub fn validate(&self) -> Result<ClusterName, FieldError> {
-        let cluster = self.cluster().map_err(|e| FieldError::new("clusterArn", e))?;
+    /// Checks the cluster and container-instance ARNs and the status. A missing cluster ARN is
+    /// filled in from a long-format container-instance ARN.
+    pub fn validate(&mut self) -> Result<ClusterName, FieldError> {
         let instance = ResourceArn::container_instance(&self.container_instance_arn)
             .map_err(|e| FieldError::new("containerInstanceArn", e))?;
+        fill_cluster_arn(&mut self.cluster_arn, &self.container_instance_arn, &instance);
+        let cluster = self.cluster().map_err(|e| FieldError::new("clusterArn", e))?;
         check_same_cluster("containerInstanceArn", &instance, &cluster)?;
         require_status("status", &self.status)?;
         Ok(cluster)
@@ -341,6 +350,20 @@ impl FieldError {
             field,
             reason: reason.to_string(),
         }
+    }
+}
+
+/// `arn:PARTITION:ecs:REGION:ACCOUNT:cluster/NAME` from a long-format resource ARN, when the cluster
+/// ARN is missing. Left empty (and so rejected) when the resource ARN names no cluster.
+fn fill_cluster_arn(cluster_arn: &mut String, resource: &str, parsed: &ResourceArn) {
+    if !cluster_arn.is_empty() {
+        return;
+    }
+    if let (Some(cluster), Ok(arn)) = (&parsed.cluster, Arn::parse(resource)) {
+        *cluster_arn = format!(
+            "arn:{}:ecs:{}:{}:cluster/{cluster}",
+            arn.partition, arn.region, arn.account
+        );
     }
 }
 

@@ -225,6 +225,26 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_cluster_arn_comes_from_a_long_resource_arn() {
+        let mut v: serde_json::Value = serde_json::from_str(INSTANCE).unwrap();
+        v["detail"].as_object_mut().unwrap().remove("clusterArn");
+        let EcsEvent::ContainerInstance { cluster, instance } = EcsEvent::parse(&v.to_string()).unwrap()
+        else {
+            panic!("not an instance")
+        };
+        assert_eq!(cluster.as_str(), "default");
+        assert_eq!(
+            instance.cluster_arn,
+            "arn:aws:ecs:us-east-1:111122223333:cluster/default"
+        );
+        // A short task ARN names no cluster: without clusterArn the event cannot be placed.
+        check_rejected(
+            &task_with(|v| drop(v["detail"].as_object_mut().unwrap().remove("clusterArn"))),
+            "detail.clusterArn",
+        );
+    }
+
+    #[test]
     fn other_detail_types_are_reported_not_rejected() {
         let body = r#"{"detail-type":"ECS Service Action","source":"aws.ecs","detail":{"eventName":"SERVICE_STEADY_STATE"}}"#;
         assert_eq!(

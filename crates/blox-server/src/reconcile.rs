@@ -317,15 +317,17 @@ impl Reconciler {
                 .ecs
                 .describe_container_instances(name, arns)
                 .await?
-                .iter()
-                .filter_map(|i| usable(cluster, i.validate(), || documents::instance(cluster.clone(), i)))
+                .into_iter()
+                .filter_map(|mut i| {
+                    usable(cluster, i.validate(), || documents::instance(cluster.clone(), &i))
+                })
                 .collect(),
             Kind::Task => self
                 .ecs
                 .describe_tasks(name, arns)
                 .await?
-                .iter()
-                .filter_map(|t| usable(cluster, t.validate(), || documents::task(cluster.clone(), t)))
+                .into_iter()
+                .filter_map(|mut t| usable(cluster, t.validate(), || documents::task(cluster.clone(), &t)))
                 .collect(),
         };
         Ok(docs)
