@@ -9,6 +9,10 @@ use blox_model::{ContainerInstance, Task};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// What `blox server` prints on stdout, followed by `http://ADDRESS`, once it accepts connections:
+/// tests and scripts read it to find a port chosen with `--listen 127.0.0.1:0`.
+pub const LISTENING_PREFIX: &str = "blox listening on ";
+
 /// Where an entity is in the change log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -99,6 +99,27 @@ pub struct SourceError {
     pub message: String,
 }
 
+/// A queue that never has a message: for driving the ingest path without one (`Ingestor::commit`
+/// given messages directly, in benchmarks and tests). Receiving waits forever, like a long poll on an
+/// empty queue; deleting succeeds at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEvents;
+
+#[async_trait]
+impl EventSource for NoEvents {
+    async fn receive(&self, _max: usize) -> Result<Vec<Message>, SourceError> {
+        std::future::pending().await
+    }
+
+    async fn delete(&self, _receipts: &[String]) -> Result<Vec<String>, SourceError> {
+        Ok(Vec::new())
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, SourceError> {
+        Ok(QueueDepth::default())
+    }
+}
+
 /// A queue of ECS events. Several `receive` calls may be in flight at once.
 #[async_trait]
 pub trait EventSource: Send + Sync + 'static {

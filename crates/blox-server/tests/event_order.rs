@@ -4,29 +4,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use blox_aws::{EventSource, Message, QueueDepth, SourceError};
+use blox_aws::{Message, NoEvents};
 use blox_model::{ContainerInstance, Task};
 use blox_server::{IngestOptions, Ingestor};
 use blox_store::{Filter, Kind, MemStore, PageRequest, Store, StoreOptions};
 use blox_testkit::{entities, instance_event, task_event};
 use proptest::prelude::*;
-
-/// The queue is not involved: `commit` gets the messages directly.
-struct NoQueue;
-
-#[async_trait]
-impl EventSource for NoQueue {
-    async fn receive(&self, _: usize) -> Result<Vec<Message>, SourceError> {
-        Ok(Vec::new())
-    }
-    async fn delete(&self, _: &[String]) -> Result<Vec<String>, SourceError> {
-        Ok(Vec::new())
-    }
-    async fn depth(&self) -> Result<QueueDepth, SourceError> {
-        Ok(QueueDepth::default())
-    }
-}
 
 const STATUSES: &[&str] = &["PROVISIONING", "PENDING", "RUNNING", "STOPPING", "STOPPED"];
 
@@ -58,7 +41,7 @@ fn ingest(bodies: &[String], batches: &[usize]) -> BTreeMap<(bool, String), (u64
         .unwrap();
     runtime.block_on(async {
         let store = Arc::new(MemStore::new(StoreOptions::default()));
-        let ingestor = Ingestor::new(store.clone(), Arc::new(NoQueue), IngestOptions::default());
+        let ingestor = Ingestor::new(store.clone(), Arc::new(NoEvents), IngestOptions::default());
         let mut rest = bodies;
         let mut sizes = batches.iter().cycle();
         while !rest.is_empty() {

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// What blox prints on stdout once it serves.
-const READY_PREFIX: &str = "blox listening on ";
+use blox_api::LISTENING_PREFIX as READY_PREFIX;
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A running blox server. Its output goes to the test's stderr (shown when the test fails) with a

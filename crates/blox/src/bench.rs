@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use async_trait::async_trait;
-use blox_aws::{EventSource, Message, QueueDepth, SourceError};
+
+use blox_aws::{Message, NoEvents};
 use blox_model::EcsEvent;
 use blox_server::{IngestOptions, Ingestor, documents};
 use blox_store::{Kind, RedbStore, Store, StoreOptions, Write};
@@ -120,25 +120,6 @@ impl Params {
     }
 }
 
-/// The event source of a benchmark: events are handed to `Ingestor::commit` directly, so there is
-/// nothing to receive, and deleting committed messages costs nothing (as if SQS answered at once).
-struct NullSource;
-
-#[async_trait]
-impl EventSource for NullSource {
-    async fn receive(&self, _max: usize) -> Result<Vec<Message>, SourceError> {
-        Ok(Vec::new())
-    }
-
-    async fn delete(&self, _receipts: &[String]) -> Result<Vec<String>, SourceError> {
-        Ok(Vec::new())
-    }
-
-    async fn depth(&self) -> Result<QueueDepth, SourceError> {
-        Ok(QueueDepth::default())
-    }
-}
-
 /// The one clock of the benchmark: tokio's, which is the monotonic clock (time is never paused here).
 pub(crate) fn now() -> Instant {
     Instant::now()
@@ -205,7 +186,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let metrics = blox_server::metrics::handle();
 
     let store = Arc::new(RedbStore::open(&path, StoreOptions::default()).context("opening the store")?);
-    let ingestor = Ingestor::new(store.clone(), Arc::new(NullSource), IngestOptions::default());
+    let ingestor = Ingestor::new(store.clone(), Arc::new(NoEvents), IngestOptions::default());
     bench.load(&ingestor, store.as_ref()).await?;
     bench.apply(&ingestor).await?;
     bench.split_apply(store.as_ref()).await?;

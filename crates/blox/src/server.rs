@@ -121,7 +121,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
-    println!("blox listening on http://{address}");
+    println!("{}http://{address}", blox_api::LISTENING_PREFIX);
     tracing::info!(%address, store = %args.store, queue = ?args.queue, "blox server started");
 
     let shutdown = CancellationToken::new();

@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use super::report::Goal;
 use super::{Bench, file_mib, now};
 
-const READY_PREFIX: &str = "blox listening on ";
+use blox_api::LISTENING_PREFIX as READY_PREFIX;
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A running `blox server`. Killed if dropped.

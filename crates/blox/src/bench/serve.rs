@@ -21,7 +21,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::report::Goal;
-use super::{Bench, NullSource, histogram, micros, now, percentile_ms};
+use blox_aws::NoEvents;
+
+use super::{Bench, histogram, micros, now, percentile_ms};
 
 /// How long the stream phase may take once the changes are sent, before it reports what it has.
 const STREAM_DEADLINE: Duration = Duration::from_secs(120);
@@ -134,7 +136,7 @@ async fn get_latency(bench: &mut Bench, base: &str) -> Result<()> {
     let started = now();
     let (latencies, _) = load_urls(&client, Arc::new(urls), concurrency).await?;
     let elapsed = started.elapsed();
-    let w = "get task (c=16)";
+    let w = &format!("get task (c={concurrency})");
     bench.report.add(
         w,
         "GET /v1/tasks/{cluster}/{arn} p50",
@@ -172,7 +174,7 @@ async fn list_latency(bench: &mut Bench, base: &str) -> Result<()> {
     let (latencies, first) = load_urls(&client, Arc::new(urls), concurrency).await?;
     // Counted, not parsed: every item carries exactly one metadata object.
     let items = count(&first, b"{\"metadata\":");
-    let w = "list cluster (c=4)";
+    let w = &format!("list cluster (c={concurrency})");
     bench
         .report
         .add(w, "tasks per cluster listed", items as f64, "tasks", None);
@@ -261,7 +263,7 @@ async fn stream_fan_out(bench: &mut Bench, address: SocketAddr, store: Arc<dyn S
         .map(|client| tokio::spawn(client.read_until(last)))
         .collect();
 
-    let ingestor = Ingestor::new(store, Arc::new(NullSource), IngestOptions::default());
+    let ingestor = Ingestor::new(store, Arc::new(NoEvents), IngestOptions::default());
     let mut sent_at: HashMap<u64, Instant> = HashMap::new();
     let mut ticks = tokio::time::interval(Duration::from_millis(bench.params.stream_interval_ms));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
