@@ -82,21 +82,13 @@ async fn open(state: AppState, kind: Kind, query: Option<String>) -> Result<Resp
     let cluster = params.cluster()?.map(|c| c.name);
     let start = match params.entity_version()? {
         Some(after) => {
-            // Check the resume point now, while the answer can still be a 4xx.
-            let bounds = state.store.log_bounds().await?;
-            if after < bounds.oldest_resumable {
-                let err = StoreError::Compacted {
-                    requested: after,
-                    oldest_resumable: bounds.oldest_resumable,
-                };
-                return Err(ApiError::from_log_read(err));
-            }
-            if after > bounds.head {
-                return Err(ApiError::from_log_read(StoreError::Future {
-                    requested: after,
-                    head: bounds.head,
-                }));
-            }
+            // Check the resume point now, while the answer can still be a 4xx: the store says
+            // whether the log still holds every change after it.
+            state
+                .store
+                .changes(after, 0)
+                .await
+                .map_err(ApiError::from_log_read)?;
             after
         }
         None => state.store.log_bounds().await?.head,

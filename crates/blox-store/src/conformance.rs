@@ -1050,6 +1050,16 @@ pub async fn changes_compacted_and_future<S: Store, G>(make: impl Fn(StoreOption
             head: 5
         }
     );
+    // A limit of 0 reads nothing but still checks the position (the API validates resume points so).
+    assert!(matches!(
+        store.changes(1, 0).await,
+        Err(StoreError::Compacted { .. })
+    ));
+    assert!(matches!(
+        store.changes(6, 0).await,
+        Err(StoreError::Future { .. })
+    ));
+    assert_eq!(store.changes(3, 0).await.unwrap(), []);
     for after in [0, 1] {
         match store.changes(after, 10).await {
             Err(StoreError::Compacted {
