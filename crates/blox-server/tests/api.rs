@@ -11,6 +11,7 @@ use blox_model::{Attribute, ClusterName, ContainerInstance, Resource, Task};
 use blox_server::{AppState, ReadinessState, StreamOptions, documents};
 use blox_store::{Key, Kind, MemStore, Store, StoreOptions, Write};
 use blox_testkit::entities::{self, ACCOUNT};
+use blox_testkit::wait_until;
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use serde_json::Value;
@@ -708,7 +709,14 @@ async fn stream_resume_point_older_than_the_log_is_410() {
 async fn a_slow_client_never_stalls_writers_and_a_gone_client_is_freed() {
     let f = fixture().await;
     let (_, body) = open_stream(&f.app, "/v1/stream/tasks?entityVersion=0").await;
-    wait_for(|| f.state.stream.open.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    let open = |n: usize| {
+        let open = f.state.stream.open.clone();
+        move || {
+            let open = open.clone();
+            async move { open.load(std::sync::atomic::Ordering::SeqCst) == n }
+        }
+    };
+    wait_until("the stream's pump runs", Duration::from_secs(10), open(1)).await;
     // Nobody reads this stream: writes must all commit regardless.
     for n in 0..50 {
         let writes = (0..100)
@@ -724,17 +732,5 @@ async fn a_slow_client_never_stalls_writers_and_a_gone_client_is_freed() {
     assert_eq!(f.store.count(Kind::Task).await.unwrap(), 5 + 5_000);
     // The reader drops the connection: its pump ends and nothing is left open.
     drop(body);
-    wait_for(|| f.state.stream.open.load(std::sync::atomic::Ordering::SeqCst) == 0).await;
-}
-
-/// Waits for a condition with a deadline (the server crate cannot depend on the testkit's AWS stack).
-async fn wait_for(mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the dropped stream's pump ends", Duration::from_secs(10), open(0)).await;
 }
