@@ -4,6 +4,7 @@
 //! Nothing here performs I/O, reads a clock or draws randomness: callers pass those in.
 
 pub mod arn;
+pub mod emit;
 pub mod entity;
 pub mod event;
 pub mod version;

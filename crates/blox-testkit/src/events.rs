@@ -1,9 +1,8 @@
-//! ECS events as EventBridge delivers them to SQS, built from blox's model types. moto never emits
-//! ECS events, so tests publish them: [`EventFeed`] describes what moto holds and sends the events
+//! ECS events for tests, built by [`blox_model::emit`] and stamped now. moto never emits ECS events,
+//! so tests publish them: [`EventFeed`] describes what moto holds and sends the events
 //! ECS would have sent, with strictly increasing versions per resource.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -11,213 +10,19 @@ use anyhow::{Context, ensure};
 use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
 use blox_aws::{EcsReader, SdkEcs};
-use blox_model::event::{CONTAINER_INSTANCE_STATE_CHANGE, TASK_STATE_CHANGE};
-use blox_model::{ContainerInstance, Resource, Task};
-use serde_json::{Map, Value, json};
+use blox_model::{ContainerInstance, Task};
 
 use crate::fixture::EcsFixture;
 use crate::moto::Moto;
 
-/// The body of an "ECS Task State Change" event for `task`, with `detail.version = version`.
+/// [`blox_model::emit::task_event`] sent now.
 pub fn task_event(task: &Task, version: u64) -> String {
-    let mut d = Map::new();
-    d.insert("clusterArn".into(), json!(task.cluster_arn));
-    put_opt(&mut d, "containerInstanceArn", &task.container_instance_arn);
-    let containers: Vec<Value> = task
-        .containers
-        .iter()
-        .map(|c| {
-            let mut o = Map::new();
-            o.insert("containerArn".into(), json!(c.container_arn));
-            o.insert("lastStatus".into(), json!(c.last_status));
-            o.insert("name".into(), json!(c.name));
-            o.insert("taskArn".into(), json!(task.task_arn));
-            if let Some(code) = c.exit_code {
-                o.insert("exitCode".into(), json!(code));
-            }
-            let bindings: Vec<Value> = c
-                .network_bindings
-                .iter()
-                .map(|b| {
-                    let mut o = Map::new();
-                    o.insert("bindIP".into(), json!(b.bind_ip));
-                    o.insert("containerPort".into(), json!(b.container_port));
-                    o.insert("hostPort".into(), json!(b.host_port));
-                    put_opt(&mut o, "protocol", &b.protocol);
-                    Value::Object(o)
-                })
-                .collect();
-            if !bindings.is_empty() {
-                o.insert("networkBindings".into(), Value::Array(bindings));
-            }
-            put_opt(&mut o, "reason", &c.reason);
-            Value::Object(o)
-        })
-        .collect();
-    d.insert("containers".into(), Value::Array(containers));
-    put_opt(&mut d, "createdAt", &task.created_at);
-    d.insert("desiredStatus".into(), json!(task.desired_status));
-    d.insert("lastStatus".into(), json!(task.last_status));
-    let overrides: Vec<Value> = task
-        .overrides
-        .container_overrides
-        .iter()
-        .map(|o| {
-            let mut m = Map::new();
-            m.insert("name".into(), json!(o.name));
-            if !o.command.is_empty() {
-                m.insert("command".into(), json!(o.command));
-            }
-            if !o.environment.is_empty() {
-                let env: Vec<Value> = o
-                    .environment
-                    .iter()
-                    .map(|e| json!({"name": e.name, "value": e.value}))
-                    .collect();
-                m.insert("environment".into(), Value::Array(env));
-            }
-            Value::Object(m)
-        })
-        .collect();
-    let mut o = Map::new();
-    o.insert("containerOverrides".into(), Value::Array(overrides));
-    put_opt(&mut o, "taskRoleArn", &task.overrides.task_role_arn);
-    d.insert("overrides".into(), Value::Object(o));
-    put_opt(&mut d, "startedAt", &task.started_at);
-    put_opt(&mut d, "startedBy", &task.started_by);
-    put_opt(&mut d, "stoppedAt", &task.stopped_at);
-    put_opt(&mut d, "stoppedReason", &task.stopped_reason);
-    put_opt(&mut d, "group", &task.group);
-    put_opt(&mut d, "launchType", &task.launch_type);
-    d.insert("taskArn".into(), json!(task.task_arn));
-    d.insert("taskDefinitionArn".into(), json!(task.task_definition_arn));
-    put_opt(&mut d, "updatedAt", &task.updated_at);
-    d.insert("version".into(), json!(version));
-    envelope(TASK_STATE_CHANGE, &task.task_arn, version, Value::Object(d))
+    blox_model::emit::task_event(task, version, &now_rfc3339())
 }
 
-/// The body of an "ECS Container Instance State Change" event for `instance`, with
-/// `detail.version = version` and resources in ECS's typed form.
+/// [`blox_model::emit::instance_event`] sent now.
 pub fn instance_event(instance: &ContainerInstance, version: u64) -> String {
-    let mut d = Map::new();
-    d.insert("agentConnected".into(), json!(instance.agent_connected));
-    put_opt(&mut d, "agentUpdateStatus", &instance.agent_update_status);
-    let attributes: Vec<Value> = instance
-        .attributes
-        .iter()
-        .map(|a| {
-            let mut o = Map::new();
-            o.insert("name".into(), json!(a.name));
-            put_opt(&mut o, "value", &a.value);
-            Value::Object(o)
-        })
-        .collect();
-    d.insert("attributes".into(), Value::Array(attributes));
-    d.insert("clusterArn".into(), json!(instance.cluster_arn));
-    d.insert(
-        "containerInstanceArn".into(),
-        json!(instance.container_instance_arn),
-    );
-    put_opt(&mut d, "ec2InstanceId", &instance.ec2_instance_id);
-    d.insert(
-        "registeredResources".into(),
-        typed_resources(&instance.registered_resources),
-    );
-    d.insert(
-        "remainingResources".into(),
-        typed_resources(&instance.remaining_resources),
-    );
-    d.insert("status".into(), json!(instance.status));
-    put_opt(&mut d, "statusReason", &instance.status_reason);
-    let mut v = Map::new();
-    put_opt(&mut v, "agentHash", &instance.version_info.agent_hash);
-    put_opt(&mut v, "agentVersion", &instance.version_info.agent_version);
-    put_opt(&mut v, "dockerVersion", &instance.version_info.docker_version);
-    d.insert("versionInfo".into(), Value::Object(v));
-    if let Some(n) = instance.running_tasks_count {
-        d.insert("runningTasksCount".into(), json!(n));
-    }
-    if let Some(n) = instance.pending_tasks_count {
-        d.insert("pendingTasksCount".into(), json!(n));
-    }
-    put_opt(&mut d, "updatedAt", &instance.updated_at);
-    d.insert("version".into(), json!(version));
-    envelope(
-        CONTAINER_INSTANCE_STATE_CHANGE,
-        &instance.container_instance_arn,
-        version,
-        Value::Object(d),
-    )
-}
-
-fn put_opt(map: &mut Map<String, Value>, key: &str, value: &Option<String>) {
-    if let Some(v) = value {
-        map.insert(key.to_owned(), json!(v));
-    }
-}
-
-/// ECS sends typed values (`integerValue`, ...); ours are rendered strings, parsed back here. A value
-/// that does not parse as its type is sent rendered, which blox also accepts.
-fn typed_resources(resources: &[Resource]) -> Value {
-    let typed = resources
-        .iter()
-        .map(|r| {
-            let typed = match r.kind.as_str() {
-                "INTEGER" => r.value.parse::<i64>().ok().map(|v| ("integerValue", json!(v))),
-                "LONG" => r.value.parse::<i64>().ok().map(|v| ("longValue", json!(v))),
-                "DOUBLE" => r.value.parse::<f64>().ok().map(|v| ("doubleValue", json!(v))),
-                "STRINGSET" => {
-                    let set: Vec<&str> = if r.value.is_empty() {
-                        Vec::new()
-                    } else {
-                        r.value.split(',').collect()
-                    };
-                    Some(("stringSetValue", json!(set)))
-                }
-                _ => None,
-            };
-            let (key, value) = typed.unwrap_or(("value", json!(r.value)));
-            json!({"name": r.name, "type": r.kind, key: value})
-        })
-        .collect();
-    Value::Array(typed)
-}
-
-/// The EventBridge envelope. Region and account come from the resource's ARN; the id is derived from
-/// the resource and version so that the same event built twice is the same event.
-fn envelope(detail_type: &str, arn: &str, version: u64, detail: Value) -> String {
-    let mut parts = arn.split(':');
-    let region = parts.nth(3).unwrap_or("us-east-1");
-    let account = parts.next().unwrap_or("123456789012");
-    json!({
-        "version": "0",
-        "id": event_id(detail_type, arn, version),
-        "detail-type": detail_type,
-        "source": "aws.ecs",
-        "account": account,
-        "time": now_rfc3339(),
-        "region": region,
-        "resources": [arn],
-        "detail": detail,
-    })
-    .to_string()
-}
-
-fn event_id(detail_type: &str, arn: &str, version: u64) -> String {
-    let half = |seed: u8| {
-        let mut h = DefaultHasher::new();
-        (seed, detail_type, arn, version).hash(&mut h);
-        h.finish()
-    };
-    let (a, b) = (half(1), half(2));
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    )
+    blox_model::emit::instance_event(instance, version, &now_rfc3339())
 }
 
 #[allow(clippy::disallowed_methods)] // The envelope's `time` is when the event is sent: wall clock.
@@ -346,10 +151,12 @@ fn ensure_all_described<'a>(
 
 #[cfg(test)]
 mod tests {
+    use blox_model::event::TASK_STATE_CHANGE;
     use blox_model::{
         Attribute, Container, ContainerOverride, EcsEvent, EnvironmentVariable, NetworkBinding, Overrides,
-        VersionInfo,
+        Resource, VersionInfo,
     };
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -533,14 +340,5 @@ mod tests {
         assert_eq!(resources[4]["stringSetValue"], json!([]));
         assert!(resources[0].get("value").is_none());
         assert_eq!(instance["detail"]["ec2InstanceId"], "i-0123456789");
-    }
-
-    #[test]
-    fn event_ids_look_like_uuids_and_differ_per_version() {
-        let a = event_id(TASK_STATE_CHANGE, "arn:x", 1);
-        assert_eq!(a.len(), 36);
-        assert_eq!(a.matches('-').count(), 4);
-        assert_ne!(a, event_id(TASK_STATE_CHANGE, "arn:x", 2));
-        assert_eq!(a, event_id(TASK_STATE_CHANGE, "arn:x", 1));
     }
 }
