@@ -1,4 +1,4 @@
-//! [`EcsReader`] on the AWS SDK, and the conversion of SDK types into blox's model.
+//! [`EcsReader`] and [`EcsControl`] on the AWS SDK, and the conversion of SDK types into blox's model.
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -12,7 +12,10 @@ use blox_model::{
     Overrides, Resource, Task, VersionInfo,
 };
 
-use crate::{DESCRIBE_BATCH, DesiredStatus, EcsError, EcsErrorKind, EcsReader};
+use crate::{
+    ClusterDescription, ContainerDefinition, DESCRIBE_BATCH, DesiredStatus, EcsControl, EcsError,
+    EcsErrorKind, EcsReader, Failure, START_TASK_BATCH, StartTask, Started, TaskDefinitionDescription,
+};
 
 /// ECS list calls page at most 100 items.
 const LIST_PAGE: i32 = 100;
@@ -30,7 +33,8 @@ const THROTTLING_CODES: &[&str] = &[
     "SlowDown",
 ];
 
-/// The ECS read calls of the reconciler on an `aws_sdk_ecs::Client`.
+/// The ECS calls of the reconciler ([`EcsReader`]) and of a scheduler ([`EcsControl`]) on an
+/// `aws_sdk_ecs::Client`.
 #[derive(Debug, Clone)]
 pub struct SdkEcs {
     client: Client,
@@ -43,7 +47,7 @@ impl SdkEcs {
         }
     }
 
-    /// The underlying client, for calls the [`EcsReader`] trait does not cover.
+    /// The underlying client, for calls the [`EcsReader`] and [`EcsControl`] traits do not cover.
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -67,6 +71,32 @@ impl SdkEcs {
             .iter()
             .map(|i| instance_from_sdk(cluster, i).map_err(|e| invalid(OP, cluster, e)))
             .collect()
+    }
+
+    async fn describe_clusters_batch(
+        &self,
+        clusters: &[String],
+    ) -> Result<(Vec<ClusterDescription>, Vec<Failure>), EcsError> {
+        const OP: &str = "DescribeClusters";
+        let out = self
+            .client
+            .describe_clusters()
+            .set_clusters(Some(clusters.to_vec()))
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, None, e))?;
+        let described = out
+            .clusters()
+            .iter()
+            .map(|c| {
+                cluster_from_sdk(c).map_err(|reason| EcsError {
+                    operation: OP,
+                    cluster: None,
+                    kind: EcsErrorKind::Invalid(reason),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((described, out.failures().iter().map(failure_from_sdk).collect()))
     }
 
     async fn describe_tasks_batch(&self, cluster: &str, arns: &[String]) -> Result<Vec<Task>, EcsError> {
@@ -176,6 +206,131 @@ impl EcsReader for SdkEcs {
     }
 }
 
+#[async_trait]
+impl EcsControl for SdkEcs {
+    async fn describe_clusters(
+        &self,
+        clusters: &[String],
+    ) -> Result<(Vec<ClusterDescription>, Vec<Failure>), EcsError> {
+        let (mut described, mut failures) = (Vec::new(), Vec::new());
+        // An empty list would make ECS describe the `default` cluster, which nobody asked for; ECS
+        // takes at most 100 clusters per call.
+        for chunk in clusters.chunks(DESCRIBE_BATCH) {
+            let (c, f) = self.describe_clusters_batch(chunk).await?;
+            described.extend(c);
+            failures.extend(f);
+        }
+        tracing::debug!(
+            asked = clusters.len(),
+            described = described.len(),
+            failures = failures.len(),
+            "described clusters"
+        );
+        Ok((described, failures))
+    }
+
+    async fn describe_task_definition(
+        &self,
+        task_definition: &str,
+    ) -> Result<TaskDefinitionDescription, EcsError> {
+        const OP: &str = "DescribeTaskDefinition";
+        let out = self
+            .client
+            .describe_task_definition()
+            .task_definition(task_definition)
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, None, e))?;
+        let unusable = |reason: String| EcsError {
+            operation: OP,
+            cluster: None,
+            kind: EcsErrorKind::Invalid(format!("task definition {task_definition}: {reason}")),
+        };
+        let definition = out
+            .task_definition()
+            .ok_or_else(|| unusable("no taskDefinition in the answer".to_owned()))?;
+        let described = task_definition_from_sdk(definition).map_err(unusable)?;
+        tracing::debug!(
+            task_definition,
+            arn = described.arn,
+            containers = described.containers.len(),
+            "described task definition"
+        );
+        Ok(described)
+    }
+
+    async fn start_task(&self, request: &StartTask) -> Result<Started, EcsError> {
+        const OP: &str = "StartTask";
+        let cluster = request.cluster.as_str();
+        let count = request.container_instances.len();
+        // Checked before calling: ECS refuses these too, but an emulator (moto) starts any number,
+        // and the limit should hold whichever ECS answers.
+        if count == 0 || count > START_TASK_BATCH {
+            return Err(EcsError {
+                operation: OP,
+                cluster: Some(cluster.to_owned()),
+                kind: EcsErrorKind::Rejected {
+                    code: "InvalidParameterException".to_owned(),
+                    message: format!("{count} container instances: StartTask takes 1 to {START_TASK_BATCH}"),
+                },
+            });
+        }
+        let out = self
+            .client
+            .start_task()
+            .cluster(cluster)
+            .task_definition(&request.task_definition)
+            .set_container_instances(Some(request.container_instances.clone()))
+            .set_started_by(request.started_by.clone())
+            .set_group(request.group.clone())
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, Some(cluster), e))?;
+        let started = Started {
+            tasks: out
+                .tasks()
+                .iter()
+                .map(|t| task_from_sdk(t).map_err(|e| invalid(OP, cluster, e)))
+                .collect::<Result<_, _>>()?,
+            failures: out.failures().iter().map(failure_from_sdk).collect(),
+        };
+        tracing::debug!(
+            cluster,
+            task_definition = request.task_definition,
+            asked = count,
+            started = started.tasks.len(),
+            failures = started.failures.len(),
+            "started tasks"
+        );
+        Ok(started)
+    }
+
+    async fn stop_task(&self, cluster: &str, task: &str, reason: &str) -> Result<Task, EcsError> {
+        const OP: &str = "StopTask";
+        let out = self
+            .client
+            .stop_task()
+            .cluster(cluster)
+            .task(task)
+            .reason(reason)
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, Some(cluster), e))?;
+        let stopped = out
+            .task()
+            .ok_or_else(|| format!("task {task}: no task in the answer"))
+            .and_then(task_from_sdk)
+            .map_err(|e| invalid(OP, cluster, e))?;
+        tracing::debug!(
+            cluster,
+            task,
+            desired_status = stopped.desired_status,
+            "stopped task"
+        );
+        Ok(stopped)
+    }
+}
+
 /// Classifies an SDK error by its AWS error code (never by its text).
 fn sdk_error<E, R>(operation: &'static str, cluster: Option<&str>, err: SdkError<E, R>) -> EcsError
 where
@@ -185,6 +340,10 @@ where
     let kind = match err.code() {
         Some(code) if THROTTLING_CODES.contains(&code) => EcsErrorKind::Throttled,
         Some("ClusterNotFoundException") => EcsErrorKind::ClusterNotFound,
+        Some(code @ ("InvalidParameterException" | "ClientException")) => EcsErrorKind::Rejected {
+            code: code.to_owned(),
+            message: err.message().unwrap_or("no message").to_owned(),
+        },
         Some(code) => EcsErrorKind::Other(format!("{code}: {}", err.message().unwrap_or("no message"))),
         // Transport errors and timeouts carry no code; keep the whole source chain.
         None => EcsErrorKind::Other(DisplayErrorContext(&err).to_string()),
@@ -286,6 +445,74 @@ fn task_from_sdk(t: &ecs::Task) -> Result<Task, String> {
         version: version(t.version()),
         // ECS's Describe has no updatedAt (only events carry it).
         updated_at: None,
+    })
+}
+
+fn failure_from_sdk(f: &ecs::Failure) -> Failure {
+    Failure {
+        arn: non_empty(f.arn()),
+        // ECS always gives a reason; an empty one still keeps the item visible as failed.
+        reason: f.reason().unwrap_or_default().to_owned(),
+        detail: non_empty(f.detail()),
+    }
+}
+
+fn cluster_from_sdk(c: &ecs::Cluster) -> Result<ClusterDescription, String> {
+    let arn = required("clusterArn", c.cluster_arn())?;
+    let context = |e: String| format!("cluster {arn}: {e}");
+    Ok(ClusterDescription {
+        cluster_arn: arn.to_owned(),
+        cluster_name: required("clusterName", c.cluster_name())
+            .map_err(context)?
+            .to_owned(),
+        status: required("status", c.status()).map_err(context)?.to_owned(),
+        registered_container_instances_count: i64::from(c.registered_container_instances_count()),
+        running_tasks_count: i64::from(c.running_tasks_count()),
+        pending_tasks_count: i64::from(c.pending_tasks_count()),
+    })
+}
+
+fn task_definition_from_sdk(t: &ecs::TaskDefinition) -> Result<TaskDefinitionDescription, String> {
+    let arn = required("taskDefinitionArn", t.task_definition_arn())?;
+    let context = |e: String| format!("task definition {arn}: {e}");
+    Ok(TaskDefinitionDescription {
+        arn: arn.to_owned(),
+        family: required("family", t.family()).map_err(context)?.to_owned(),
+        revision: i64::from(t.revision()),
+        status: required("status", t.status().map(|s| s.as_str()))
+            .map_err(context)?
+            .to_owned(),
+        cpu: units(t.cpu()),
+        memory: units(t.memory()),
+        containers: t
+            .container_definitions()
+            .iter()
+            .map(container_definition_from_sdk)
+            .collect::<Result<_, _>>()
+            .map_err(context)?,
+    })
+}
+
+/// Task-level CPU and memory are strings in ECS's API. ECS answers them as integers (it converts
+/// `1 vCPU` or `2 GB` at registration); anything else (an emulator keeping the raw text) counts as
+/// unset rather than failing the whole description.
+fn units(value: Option<&str>) -> Option<i64> {
+    value.and_then(|v| v.parse().ok())
+}
+
+fn container_definition_from_sdk(c: &ecs::ContainerDefinition) -> Result<ContainerDefinition, String> {
+    Ok(ContainerDefinition {
+        name: required("containerDefinitions[].name", c.name())?.to_owned(),
+        cpu: i64::from(c.cpu()),
+        memory: c.memory().or(c.memory_reservation()).map(i64::from),
+        // ECS's default: a container is essential unless it says otherwise.
+        essential: c.essential().unwrap_or(true),
+        // A missing or zero hostPort is a dynamic port (bridge mode): nothing to reserve up front.
+        host_ports: c
+            .port_mappings()
+            .iter()
+            .filter_map(|p| p.host_port().filter(|port| *port > 0).map(i64::from))
+            .collect(),
     })
 }
 
@@ -428,28 +655,41 @@ mod tests {
     fn errors_are_classified_by_code() {
         use aws_sdk_ecs::error::ErrorMetadata;
         use aws_sdk_ecs::operation::list_tasks::ListTasksError;
-        let kind = |code: &str| {
-            let meta = ErrorMetadata::builder().code(code).message("m").build();
-            sdk_error(
+        // The classification, as the kind's Debug (EcsErrorKind has no PartialEq: it is an error).
+        let check = |code: &str, message: Option<&str>, want: &str| {
+            let mut meta = ErrorMetadata::builder().code(code);
+            if let Some(message) = message {
+                meta = meta.message(message);
+            }
+            let err = sdk_error(
                 "ListTasks",
                 Some("c"),
-                SdkError::service_error(ListTasksError::generic(meta), ()),
-            )
-            .kind
+                SdkError::service_error(ListTasksError::generic(meta.build()), ()),
+            );
+            assert_eq!(format!("{:?}", err.kind), want, "{code}");
         };
-        assert!(matches!(kind("ThrottlingException"), EcsErrorKind::Throttled));
-        assert!(matches!(
-            kind("TooManyRequestsException"),
-            EcsErrorKind::Throttled
-        ));
-        assert!(matches!(
-            kind("ClusterNotFoundException"),
-            EcsErrorKind::ClusterNotFound
-        ));
-        let other = kind("AccessDeniedException");
-        assert!(
-            matches!(&other, EcsErrorKind::Other(m) if m == "AccessDeniedException: m"),
-            "{other:?}"
+        check("ThrottlingException", Some("m"), "Throttled");
+        check("TooManyRequestsException", Some("m"), "Throttled");
+        check("ClusterNotFoundException", Some("m"), "ClusterNotFound");
+        check(
+            "InvalidParameterException",
+            Some("Tasks cannot be empty."),
+            r#"Rejected { code: "InvalidParameterException", message: "Tasks cannot be empty." }"#,
+        );
+        check(
+            "ClientException",
+            Some("Unable to describe task definition."),
+            r#"Rejected { code: "ClientException", message: "Unable to describe task definition." }"#,
+        );
+        check(
+            "ClientException",
+            None,
+            r#"Rejected { code: "ClientException", message: "no message" }"#,
+        );
+        check(
+            "AccessDeniedException",
+            Some("m"),
+            r#"Other("AccessDeniedException: m")"#,
         );
     }
 
@@ -611,5 +851,218 @@ mod tests {
         assert_eq!(version(0), 0);
         assert_eq!(version(-3), 0);
         assert_eq!(version(14801), 14801);
+    }
+
+    #[test]
+    fn failures_keep_arn_reason_and_detail() {
+        let check = |failure: ecs::Failure, want: Failure| assert_eq!(failure_from_sdk(&failure), want);
+        let arn = "arn:aws:ecs:us-east-1:111122223333:container-instance/prod/ci";
+        check(
+            ecs::Failure::builder()
+                .arn(arn)
+                .reason("RESOURCE:MEMORY")
+                .detail("d")
+                .build(),
+            Failure {
+                arn: Some(arn.to_owned()),
+                reason: "RESOURCE:MEMORY".to_owned(),
+                detail: Some("d".to_owned()),
+            },
+        );
+        check(
+            ecs::Failure::builder().reason("MISSING").arn("").build(),
+            Failure {
+                arn: None,
+                reason: "MISSING".to_owned(),
+                detail: None,
+            },
+        );
+        check(
+            ecs::Failure::builder().build(),
+            Failure {
+                arn: None,
+                reason: String::new(),
+                detail: None,
+            },
+        );
+    }
+
+    #[test]
+    fn clusters_convert_with_their_counts() {
+        let arn = "arn:aws:ecs:us-east-1:111122223333:cluster/prod";
+        let cluster = ecs::Cluster::builder()
+            .cluster_arn(arn)
+            .cluster_name("prod")
+            .status("ACTIVE")
+            .registered_container_instances_count(3)
+            .running_tasks_count(7)
+            .pending_tasks_count(1)
+            .active_services_count(2)
+            .build();
+        assert_eq!(
+            cluster_from_sdk(&cluster).unwrap(),
+            ClusterDescription {
+                cluster_arn: arn.to_owned(),
+                cluster_name: "prod".to_owned(),
+                status: "ACTIVE".to_owned(),
+                registered_container_instances_count: 3,
+                running_tasks_count: 7,
+                pending_tasks_count: 1,
+            }
+        );
+        let nameless = ecs::Cluster::builder().cluster_arn(arn).status("ACTIVE").build();
+        assert_eq!(
+            cluster_from_sdk(&nameless).unwrap_err(),
+            format!("cluster {arn}: clusterName is missing")
+        );
+        assert_eq!(
+            cluster_from_sdk(&ecs::Cluster::builder().build()).unwrap_err(),
+            "clusterArn is missing"
+        );
+    }
+
+    #[test]
+    fn task_level_units_are_integers_or_unset() {
+        let check = |value: Option<&str>, want: Option<i64>| assert_eq!(units(value), want, "{value:?}");
+        check(Some("1024"), Some(1024));
+        check(Some("512"), Some(512));
+        check(None, None);
+        check(Some(""), None);
+        // ECS converts these at registration; unconverted, they are not a number of units.
+        check(Some("1 vCPU"), None);
+        check(Some("2 GB"), None);
+        check(Some("0.5"), None);
+    }
+
+    #[test]
+    fn container_definitions_convert_for_placement() {
+        let check = |container: ecs::ContainerDefinition, want: ContainerDefinition| {
+            assert_eq!(container_definition_from_sdk(&container).unwrap(), want);
+        };
+        let app = || ecs::ContainerDefinition::builder().name("app");
+        let want = |cpu: i64, memory: Option<i64>, essential: bool, host_ports: &[i64]| ContainerDefinition {
+            name: "app".to_owned(),
+            cpu,
+            memory,
+            essential,
+            host_ports: host_ports.to_vec(),
+        };
+        let mapping = |container: i32, host: Option<i32>| {
+            ecs::PortMapping::builder()
+                .container_port(container)
+                .set_host_port(host)
+                .build()
+        };
+        // Nothing set: no CPU, no memory, essential by default, no ports.
+        check(app().build(), want(0, None, true, &[]));
+        check(
+            app().cpu(256).essential(false).build(),
+            want(256, None, false, &[]),
+        );
+        // The hard limit wins over the soft one; the soft one stands in when alone.
+        check(
+            app().memory(512).memory_reservation(128).build(),
+            want(0, Some(512), true, &[]),
+        );
+        check(
+            app().memory_reservation(128).build(),
+            want(0, Some(128), true, &[]),
+        );
+        check(app().memory(64).build(), want(0, Some(64), true, &[]));
+        // Static host ports only: absent and 0 are dynamic.
+        check(
+            app()
+                .port_mappings(mapping(80, Some(8080)))
+                .port_mappings(mapping(81, Some(0)))
+                .port_mappings(mapping(82, None))
+                .port_mappings(mapping(443, Some(8443)))
+                .build(),
+            want(0, None, true, &[8080, 8443]),
+        );
+        assert_eq!(
+            container_definition_from_sdk(&ecs::ContainerDefinition::builder().build()).unwrap_err(),
+            "containerDefinitions[].name is missing"
+        );
+    }
+
+    #[test]
+    fn a_task_definition_converts_with_its_containers() {
+        let arn = "arn:aws:ecs:us-east-1:111122223333:task-definition/web:3";
+        let definition = ecs::TaskDefinition::builder()
+            .task_definition_arn(arn)
+            .family("web")
+            .revision(3)
+            .status(ecs::TaskDefinitionStatus::Active)
+            .cpu("1024")
+            .memory("2048")
+            .container_definitions(
+                ecs::ContainerDefinition::builder()
+                    .name("app")
+                    .cpu(512)
+                    .memory(1024)
+                    .port_mappings(
+                        ecs::PortMapping::builder()
+                            .container_port(80)
+                            .host_port(80)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .container_definitions(
+                ecs::ContainerDefinition::builder()
+                    .name("sidecar")
+                    .memory_reservation(64)
+                    .essential(false)
+                    .build(),
+            )
+            .build();
+        assert_eq!(
+            task_definition_from_sdk(&definition).unwrap(),
+            TaskDefinitionDescription {
+                arn: arn.to_owned(),
+                family: "web".to_owned(),
+                revision: 3,
+                status: "ACTIVE".to_owned(),
+                cpu: Some(1024),
+                memory: Some(2048),
+                containers: vec![
+                    ContainerDefinition {
+                        name: "app".to_owned(),
+                        cpu: 512,
+                        memory: Some(1024),
+                        essential: true,
+                        host_ports: vec![80],
+                    },
+                    ContainerDefinition {
+                        name: "sidecar".to_owned(),
+                        cpu: 0,
+                        memory: Some(64),
+                        essential: false,
+                        host_ports: vec![],
+                    },
+                ],
+            }
+        );
+        let bare = ecs::TaskDefinition::builder()
+            .task_definition_arn(arn)
+            .family("web")
+            .revision(3)
+            .status(ecs::TaskDefinitionStatus::Inactive)
+            .build();
+        let bare = task_definition_from_sdk(&bare).unwrap();
+        assert_eq!(
+            (bare.status.as_str(), bare.cpu, bare.memory, bare.containers.len()),
+            ("INACTIVE", None, None, 0)
+        );
+        let nameless = ecs::TaskDefinition::builder()
+            .task_definition_arn(arn)
+            .family("web")
+            .status(ecs::TaskDefinitionStatus::Active)
+            .container_definitions(ecs::ContainerDefinition::builder().build())
+            .build();
+        assert_eq!(
+            task_definition_from_sdk(&nameless).unwrap_err(),
+            format!("task definition {arn}: containerDefinitions[].name is missing")
+        );
     }
 }

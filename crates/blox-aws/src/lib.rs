@@ -49,6 +49,10 @@ pub enum EcsErrorKind {
     /// A describe answered but a returned item could not be used (e.g. a malformed ARN).
     #[error("unusable answer: {0}")]
     Invalid(String),
+    /// ECS refused the request as invalid (`InvalidParameterException`, `ClientException`): the
+    /// caller's mistake, not worth retrying as is. The message is ECS's.
+    #[error("{code}: {message}")]
+    Rejected { code: String, message: String },
     /// Any other service or transport error, with its code when AWS gave one.
     #[error("{0}")]
     Other(String),
@@ -71,6 +75,94 @@ pub trait EcsReader: Send + Sync + 'static {
     /// ARNs of the cluster's tasks with the given desired status.
     async fn list_tasks(&self, cluster: &str, desired: DesiredStatus) -> Result<Vec<String>, EcsError>;
     async fn describe_tasks(&self, cluster: &str, arns: &[String]) -> Result<Vec<Task>, EcsError>;
+}
+
+/// ECS limit: container instances per StartTask call.
+pub const START_TASK_BATCH: usize = 10;
+
+/// An item ECS could not act on, as its `failures` lists them (e.g. `RESOURCE:MEMORY`, `MISSING`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub arn: Option<String>,
+    pub reason: String,
+    pub detail: Option<String>,
+}
+
+/// DescribeClusters' answer for one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDescription {
+    pub cluster_arn: String,
+    pub cluster_name: String,
+    /// `ACTIVE`, `PROVISIONING`, `DEPROVISIONING`, `FAILED` or `INACTIVE`.
+    pub status: String,
+    pub registered_container_instances_count: i64,
+    pub running_tasks_count: i64,
+    pub pending_tasks_count: i64,
+}
+
+/// DescribeTaskDefinition's answer: what placement needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDefinitionDescription {
+    /// `arn:…:task-definition/FAMILY:REVISION`.
+    pub arn: String,
+    pub family: String,
+    pub revision: i64,
+    /// `ACTIVE`, `INACTIVE` or `DELETE_IN_PROGRESS`.
+    pub status: String,
+    /// Task-level CPU units and MiB, when the definition sets them.
+    pub cpu: Option<i64>,
+    pub memory: Option<i64>,
+    pub containers: Vec<ContainerDefinition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerDefinition {
+    pub name: String,
+    pub cpu: i64,
+    /// The hard limit (`memory`), else the soft one (`memoryReservation`), in MiB.
+    pub memory: Option<i64>,
+    pub essential: bool,
+    /// Host ports the container binds (static port mappings only).
+    pub host_ports: Vec<i64>,
+}
+
+/// A StartTask call: place one task of `task_definition` on each of `container_instances`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartTask {
+    pub cluster: String,
+    pub task_definition: String,
+    /// At most [`START_TASK_BATCH`].
+    pub container_instances: Vec<String>,
+    pub started_by: Option<String>,
+    pub group: Option<String>,
+}
+
+/// What StartTask started, and where it could not.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Started {
+    pub tasks: Vec<Task>,
+    pub failures: Vec<Failure>,
+}
+
+/// The ECS calls that act on a cluster, and the lookups that check a request before acting: what a
+/// scheduler needs beyond [`EcsReader`]. Like the reader, a call returns after the client's own
+/// retries; [`EcsErrorKind::Throttled`] means the caller should slow down.
+#[async_trait]
+pub trait EcsControl: Send + Sync + 'static {
+    /// Describes the named clusters (names or ARNs); unknown ones come back as `MISSING` failures.
+    async fn describe_clusters(
+        &self,
+        clusters: &[String],
+    ) -> Result<(Vec<ClusterDescription>, Vec<Failure>), EcsError>;
+    /// `FAMILY`, `FAMILY:REVISION` or an ARN; the latest ACTIVE revision for a bare family. An unknown
+    /// definition is [`EcsErrorKind::Rejected`] (ECS answers `ClientException`).
+    async fn describe_task_definition(
+        &self,
+        task_definition: &str,
+    ) -> Result<TaskDefinitionDescription, EcsError>;
+    async fn start_task(&self, request: &StartTask) -> Result<Started, EcsError>;
+    /// Stops a task; stopping a stopped task is not an error. Returns the task as ECS described it.
+    async fn stop_task(&self, cluster: &str, task: &str, reason: &str) -> Result<Task, EcsError>;
 }
 
 /// A message of the event queue.

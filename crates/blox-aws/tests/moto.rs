@@ -4,9 +4,11 @@
 use std::collections::{BTreeSet, HashSet};
 use std::process::Command;
 
+use aws_sdk_ecs::types as sdk;
 use blox_aws::{
-    ConfigError, DESCRIBE_BATCH, DesiredStatus, EcsErrorKind, EcsReader, EventSource, Message, QueueDepth,
-    SdkEcs, SqsOptions, SqsSource, sdk_config,
+    ClusterDescription, ConfigError, ContainerDefinition, DESCRIBE_BATCH, DesiredStatus, EcsControl,
+    EcsErrorKind, EcsReader, EventSource, Failure, Message, QueueDepth, START_TASK_BATCH, SdkEcs, SqsOptions,
+    SqsSource, StartTask, TaskDefinitionDescription, sdk_config,
 };
 use blox_model::{EcsEvent, Task};
 use blox_testkit::{EcsFixture, EventFeed, Moto};
@@ -228,6 +230,254 @@ async fn ecs_unreachable_endpoint_is_other_with_the_cause() {
         message.contains("dispatch failure") || message.contains("connect"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn control_describes_clusters_found_and_missing() {
+    let (_moto, fx, ecs) = moto().await;
+    let arn = fx.create_cluster("described").await.unwrap();
+    fx.register_instances("described", 2).await.unwrap();
+    let want = ClusterDescription {
+        cluster_arn: arn.clone(),
+        cluster_name: "described".to_owned(),
+        status: "ACTIVE".to_owned(),
+        registered_container_instances_count: 2,
+        running_tasks_count: 0,
+        pending_tasks_count: 0,
+    };
+
+    let (clusters, failures) = ecs
+        .describe_clusters(&["described".to_owned(), "absent".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(clusters, vec![want.clone()]);
+    assert_eq!(
+        failures,
+        vec![Failure {
+            arn: Some(arn.replace("/described", "/absent")),
+            reason: "MISSING".to_owned(),
+            detail: None,
+        }]
+    );
+    let (clusters, failures) = ecs.describe_clusters(std::slice::from_ref(&arn)).await.unwrap();
+    assert_eq!((clusters, failures), (vec![want], vec![]));
+    // Nothing asked, nothing described (ECS would describe `default` for an empty list).
+    fx.create_cluster("default").await.unwrap();
+    assert_eq!(ecs.describe_clusters(&[]).await.unwrap(), (vec![], vec![]));
+}
+
+/// Two containers: `app` with fixed sizes, a static and a dynamic port; `sidecar`, soft memory only
+/// and not essential.
+fn sized_containers(app_cpu: i32) -> Vec<sdk::ContainerDefinition> {
+    let port = |container: i32, host: i32| {
+        sdk::PortMapping::builder()
+            .container_port(container)
+            .host_port(host)
+            .build()
+    };
+    vec![
+        sdk::ContainerDefinition::builder()
+            .name("app")
+            .image("nginx:latest")
+            .cpu(app_cpu)
+            .memory(512)
+            .memory_reservation(256)
+            .port_mappings(port(80, 8080))
+            .port_mappings(port(81, 0))
+            .build(),
+        sdk::ContainerDefinition::builder()
+            .name("sidecar")
+            .image("busybox:latest")
+            .memory_reservation(64)
+            .essential(false)
+            .build(),
+    ]
+}
+
+#[tokio::test]
+async fn control_describes_task_definitions_by_family_revision_and_arn() {
+    let (_moto, fx, ecs) = moto().await;
+    let first = fx
+        .register_task_definition_with("sized", Some("1024"), Some("2048"), sized_containers(256))
+        .await
+        .unwrap();
+    let latest = fx
+        .register_task_definition_with("sized", None, None, sized_containers(512))
+        .await
+        .unwrap();
+    let want = |arn: &str, revision: i64, cpu: Option<i64>, memory: Option<i64>, app_cpu: i64| {
+        TaskDefinitionDescription {
+            arn: arn.to_owned(),
+            family: "sized".to_owned(),
+            revision,
+            status: "ACTIVE".to_owned(),
+            cpu,
+            memory,
+            containers: vec![
+                ContainerDefinition {
+                    name: "app".to_owned(),
+                    cpu: app_cpu,
+                    memory: Some(512),
+                    essential: true,
+                    host_ports: vec![8080],
+                },
+                ContainerDefinition {
+                    name: "sidecar".to_owned(),
+                    cpu: 0,
+                    memory: Some(64),
+                    essential: false,
+                    host_ports: vec![],
+                },
+            ],
+        }
+    };
+    let first_want = want(&first, 1, Some(1024), Some(2048), 256);
+    let latest_want = want(&latest, 2, None, None, 512);
+
+    let check = |asked: &'static str, want: TaskDefinitionDescription| {
+        let ecs = ecs.clone();
+        async move {
+            let got = ecs.describe_task_definition(asked).await.unwrap();
+            assert_eq!(got, want, "{asked}");
+        }
+    };
+    check("sized", latest_want.clone()).await;
+    check("sized:2", latest_want).await;
+    check("sized:1", first_want.clone()).await;
+    let by_arn = ecs.describe_task_definition(&first).await.unwrap();
+    assert_eq!(by_arn, first_want);
+}
+
+#[tokio::test]
+async fn control_unknown_task_definition_is_rejected() {
+    let (_moto, fx, ecs) = moto().await;
+    let arn = fx.register_task_definition("known").await.unwrap();
+    let unknown_arn = arn.replace("known:1", "unknown:1");
+    for asked in ["unknown", "known:7", unknown_arn.as_str()] {
+        let err = ecs.describe_task_definition(asked).await.unwrap_err();
+        assert_eq!(err.operation, "DescribeTaskDefinition");
+        assert_eq!(err.cluster, None);
+        let EcsErrorKind::Rejected { code, message } = &err.kind else {
+            panic!("{asked}: {err:?}")
+        };
+        assert_eq!(code, "ClientException", "{asked}");
+        assert!(!message.is_empty(), "{asked}: ECS's message is kept");
+        assert_eq!(
+            err.to_string(),
+            format!("ECS DescribeTaskDefinition failed: ClientException: {message}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn control_starts_tasks_with_started_by_and_group() {
+    let (_moto, fx, ecs) = moto().await;
+    let cluster_arn = fx.create_cluster("starting").await.unwrap();
+    let task_def = fx.register_task_definition("starter").await.unwrap();
+    let instances = fx.register_instances("starting", 2).await.unwrap();
+    let request = StartTask {
+        cluster: "starting".to_owned(),
+        task_definition: "starter".to_owned(),
+        container_instances: instances.clone(),
+        started_by: Some("blox-scheduler".to_owned()),
+        group: Some("service:web".to_owned()),
+    };
+    let started = ecs.start_task(&request).await.unwrap();
+    assert_eq!(started.failures, vec![]);
+    assert_eq!(started.tasks.len(), 2);
+    let placed: BTreeSet<String> = started
+        .tasks
+        .iter()
+        .filter_map(|t| t.container_instance_arn.clone())
+        .collect();
+    assert_eq!(placed, set(&instances));
+    for task in &started.tasks {
+        assert_eq!(task.cluster_arn, cluster_arn);
+        assert_eq!(task.task_definition_arn, task_def);
+        assert_eq!(task.started_by.as_deref(), Some("blox-scheduler"));
+        assert_eq!(task.group.as_deref(), Some("service:web"));
+        assert_eq!(task.desired_status, "RUNNING");
+        task.clone().validate().expect("a started task is valid");
+    }
+
+    // ECS agrees: the tasks are there, with what StartTask was given.
+    let arns: Vec<String> = started.tasks.iter().map(|t| t.task_arn.clone()).collect();
+    let described = ecs.describe_tasks("starting", &arns).await.unwrap();
+    assert_eq!(described.len(), 2);
+    assert!(
+        described
+            .iter()
+            .all(|t| t.started_by.as_deref() == Some("blox-scheduler")
+                && t.group.as_deref() == Some("service:web")),
+        "{described:?}"
+    );
+
+    let err = ecs
+        .start_task(&StartTask {
+            cluster: "no-such-cluster".to_owned(),
+            ..request
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, EcsErrorKind::ClusterNotFound), "{err}");
+}
+
+#[tokio::test]
+async fn control_refuses_start_task_batches_ecs_would_reject_without_calling() {
+    let (_moto, fx, ecs) = moto().await;
+    fx.create_cluster("big").await.unwrap();
+    fx.register_task_definition("big").await.unwrap();
+    let instances = fx.register_instances("big", START_TASK_BATCH + 1).await.unwrap();
+    for (count, placements) in [(START_TASK_BATCH + 1, instances.clone()), (0, Vec::new())] {
+        let err = ecs
+            .start_task(&StartTask {
+                cluster: "big".to_owned(),
+                task_definition: "big".to_owned(),
+                container_instances: placements,
+                started_by: None,
+                group: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.operation, err.cluster.as_deref()),
+            ("StartTask", Some("big"))
+        );
+        let EcsErrorKind::Rejected { code, message } = &err.kind else {
+            panic!("{count}: {err:?}")
+        };
+        assert_eq!(code, "InvalidParameterException");
+        assert!(
+            message.starts_with(&format!("{count} container instances")),
+            "{message}"
+        );
+    }
+    // moto has no limit: had the 11 gone out, 11 tasks would be listed.
+    assert_eq!(
+        ecs.list_tasks("big", DesiredStatus::Running).await.unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn control_stops_a_task() {
+    let (_moto, fx, ecs) = moto().await;
+    fx.create_cluster("halting").await.unwrap();
+    let task_def = fx.register_task_definition("halting").await.unwrap();
+    let instances = fx.register_instances("halting", 1).await.unwrap();
+    let tasks = fx
+        .start_tasks("halting", &task_def, &instances, None)
+        .await
+        .unwrap();
+
+    let stopped = ecs.stop_task("halting", &tasks[0], "scaled in").await.unwrap();
+    assert_eq!(stopped.task_arn, tasks[0]);
+    assert_eq!(stopped.desired_status, "STOPPED");
+    assert_eq!(stopped.stopped_reason.as_deref(), Some("scaled in"));
+    let described = ecs.describe_tasks("halting", &tasks).await.unwrap();
+    assert_eq!(described[0].desired_status, "STOPPED");
+    // Not tried here: stopping it again, which ECS allows. moto gives the task's resources back a
+    // second time and fails (HTTP 500) returning a host port the instance no longer holds.
 }
 
 /// Every built event parses back into exactly what moto described (with the feed's version).

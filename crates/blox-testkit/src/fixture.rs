@@ -73,6 +73,32 @@ impl EcsFixture {
             .context("RegisterTaskDefinition: no ARN")
     }
 
+    /// Registers a task definition with task-level `cpu` and `memory` (strings, as ECS takes them)
+    /// and the given containers; returns its ARN. For tests that need sizes, ports or several
+    /// containers; [`EcsFixture::register_task_definition`] is the one-container default.
+    pub async fn register_task_definition_with(
+        &self,
+        family: &str,
+        cpu: Option<&str>,
+        memory: Option<&str>,
+        containers: Vec<ContainerDefinition>,
+    ) -> anyhow::Result<String> {
+        let out = self
+            .ecs
+            .register_task_definition()
+            .family(family)
+            .set_cpu(cpu.map(str::to_owned))
+            .set_memory(memory.map(str::to_owned))
+            .set_container_definitions(Some(containers))
+            .send()
+            .await
+            .context("RegisterTaskDefinition")?;
+        out.task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .map(str::to_owned)
+            .context("RegisterTaskDefinition: no ARN")
+    }
+
     /// Launches `n` moto EC2 instances and registers them in the cluster; returns the container
     /// instance ARNs. moto only accepts an identity document naming an EC2 instance it knows.
     pub async fn register_instances(&self, cluster: &str, n: usize) -> anyhow::Result<Vec<String>> {
@@ -218,6 +244,111 @@ impl EcsFixture {
             .send()
             .await
             .with_context(|| format!("DeregisterContainerInstance {instance}"))?;
+        Ok(())
+    }
+
+    /// Registers one task definition of one essential container `app` of `container_cpu` units and
+    /// `container_memory` MiB (hard limit), with task-level `cpu`/`memory` when given and `host_port`
+    /// mapped from container port 80 when given; returns its ARN. For tests that cannot build SDK
+    /// types themselves.
+    pub async fn register_sized_task_definition(
+        &self,
+        family: &str,
+        cpu: Option<&str>,
+        memory: Option<&str>,
+        container_cpu: i32,
+        container_memory: i32,
+        host_port: Option<i32>,
+    ) -> anyhow::Result<String> {
+        let mut container = ContainerDefinition::builder()
+            .name("app")
+            .image("nginx:latest")
+            .cpu(container_cpu)
+            .memory(container_memory)
+            .essential(true);
+        if let Some(port) = host_port {
+            container =
+                container.port_mappings(PortMapping::builder().container_port(80).host_port(port).build());
+        }
+        self.register_task_definition_with(family, cpu, memory, vec![container.build()])
+            .await
+    }
+
+    /// Launches one moto EC2 instance and registers it in the cluster the way the ECS agent does,
+    /// reporting `cpu` units and `memory` MiB as its `totalResources` and `attributes` (name, value)
+    /// as its custom attributes; returns the container instance ARN. (moto ignores both: it registers
+    /// 4096 CPU and 7482 MiB and only the built-in attributes it derives from the EC2 instance.)
+    pub async fn register_instance_reporting(
+        &self,
+        cluster: &str,
+        cpu: i32,
+        memory: i32,
+        attributes: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let ec2_ids = self.run_ec2_instances(1).await?;
+        let id = ec2_ids.first().context("EC2 RunInstances: no instance")?;
+        let document = serde_json::json!({
+            "instanceId": id,
+            "region": REGION,
+            "availabilityZone": format!("{REGION}a"),
+            "instanceType": "t2.micro",
+            "imageId": AMI,
+            "accountId": "123456789012",
+        });
+        let resource = |name: &str, value: i32| {
+            aws_sdk_ecs::types::Resource::builder()
+                .name(name)
+                .r#type("INTEGER")
+                .integer_value(value)
+                .build()
+        };
+        let attributes = attributes
+            .iter()
+            .map(|(name, value)| {
+                aws_sdk_ecs::types::Attribute::builder()
+                    .name(*name)
+                    .value(*value)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .ecs
+            .register_container_instance()
+            .cluster(cluster)
+            .instance_identity_document(document.to_string())
+            .total_resources(resource("CPU", cpu))
+            .total_resources(resource("MEMORY", memory))
+            .set_attributes(Some(attributes))
+            .send()
+            .await
+            .with_context(|| format!("RegisterContainerInstance {id}"))?;
+        out.container_instance()
+            .and_then(|i| i.container_instance_arn())
+            .map(str::to_owned)
+            .context("RegisterContainerInstance: no ARN")
+    }
+
+    /// Sets a custom attribute on a container instance (PutAttributes). moto takes the instance's
+    /// full ARN only without a `targetType` (with one it wants the bare id; ECS accepts either).
+    pub async fn put_attribute(
+        &self,
+        cluster: &str,
+        instance: &str,
+        name: &str,
+        value: &str,
+    ) -> anyhow::Result<()> {
+        let attribute = aws_sdk_ecs::types::Attribute::builder()
+            .name(name)
+            .value(value)
+            .target_id(instance)
+            .build()?;
+        self.ecs
+            .put_attributes()
+            .cluster(cluster)
+            .attributes(attribute)
+            .send()
+            .await
+            .with_context(|| format!("PutAttributes {name} on {instance}"))?;
         Ok(())
     }
 
