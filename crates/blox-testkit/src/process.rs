@@ -86,8 +86,17 @@ impl BloxProcess {
     /// Asks the process to stop (SIGTERM) and waits up to `deadline` for it to exit; returns its exit
     /// status. For tests of graceful shutdown.
     pub async fn terminate(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal("TERM", deadline).await
+    }
+
+    /// Ctrl-C (SIGINT), then waits up to `deadline` for the process to exit.
+    pub async fn interrupt(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal("INT", deadline).await
+    }
+
+    async fn signal(&mut self, signal: &str, deadline: Duration) -> anyhow::Result<ExitStatus> {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .context("running kill -TERM")?;
         if !status.success() {
@@ -100,7 +109,7 @@ impl BloxProcess {
                 return Ok(status);
             }
             if start.elapsed() >= deadline {
-                bail!("blox did not exit within {deadline:?} of SIGTERM");
+                bail!("blox did not exit within {deadline:?} of SIG{signal}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

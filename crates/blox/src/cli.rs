@@ -8,13 +8,16 @@ use futures::StreamExt as _;
 
 use crate::table::{render, short_arn};
 
+/// Where the CLI looks for blox unless told otherwise (`blox server`'s and `blox up`'s default).
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2000";
+
 #[derive(Args, Debug, Clone)]
 pub struct Endpoint {
     /// The blox server's API.
     #[arg(
         long,
         env = "BLOX_ENDPOINT",
-        default_value = "http://127.0.0.1:2000",
+        default_value = DEFAULT_ENDPOINT,
         global = true
     )]
     endpoint: String,

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod server;
+mod sim;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Try blox on this machine: the server with its embedded store and a simulated ECS account
+    /// (no AWS account needed). State is kept in --data-dir across runs.
+    Up(UpArgs),
     /// Run the server: ingest ECS events from SQS, reconcile with ECS, serve the API.
     Server(server::ServerArgs),
     /// Container instances.
@@ -35,6 +39,21 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Address of the REST API (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "BLOX_LISTEN", default_value = "127.0.0.1:2000")]
+    listen: String,
+    /// Where the store and the simulated account are kept.
+    #[arg(long, env = "BLOX_DATA_DIR", default_value = "./blox-data/up")]
+    data_dir: std::path::PathBuf,
+    /// Log format on stderr: `text` or `json`.
+    #[arg(long, env = "BLOX_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(flatten)]
+    sim: sim::SimArgs,
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -46,7 +65,15 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match args.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Up(up) => {
+                let banner = server::Banner {
+                    data_dir: up.data_dir.clone(),
+                    churn: up.sim.sim_churn.clone(),
+                };
+                let args = server::ServerArgs::up(up.listen, &up.data_dir, up.log_format, up.sim);
+                server::run(args, Some(banner)).await
+            }
+            Command::Server(args) => server::run(args, None).await,
             Command::Instances(command) => cli::instances(command).await,
             Command::Tasks(command) => cli::tasks(command).await,
             Command::DeadLetters(command) => cli::dead_letters(command).await,

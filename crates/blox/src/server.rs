@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use blox_aws::{SdkEcs, SqsOptions, SqsSource};
+use blox_aws::{EcsReader, EventSource, SdkEcs, SqsOptions, SqsSource};
 use blox_model::ClusterName;
 use blox_server::{IngestOptions, ReconcileOptions, ServerOptions, Services};
 use blox_store::{MemStore, RedbStore, Store, StoreOptions};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
+
+use crate::sim::SimArgs;
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
@@ -39,6 +41,44 @@ pub struct ServerArgs {
     /// Log format on stderr: `text` or `json`.
     #[arg(long, env = "BLOX_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Which ECS: `aws` (the account of the AWS configuration) or `sim` (the built-in simulator,
+    /// which also delivers its events; see the --sim-* flags).
+    #[arg(long, env = "BLOX_ECS", default_value = "aws")]
+    ecs: String,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+impl ServerArgs {
+    /// `blox up`: the simulator and the embedded store, both kept in `data_dir`.
+    pub fn up(
+        listen: String,
+        data_dir: &std::path::Path,
+        log_format: String,
+        mut sim: SimArgs,
+    ) -> ServerArgs {
+        sim.sim_state = Some(data_dir.join("simulator.json"));
+        ServerArgs {
+            listen,
+            store: format!("redb:{}", data_dir.join("blox.redb").display()),
+            queue: None,
+            visibility_timeout: Duration::from_secs(60),
+            // Events carry nearly everything; reconciling often shows attribute changes (which ECS
+            // does not event) soon.
+            reconcile_interval: Duration::from_secs(60),
+            clusters: None,
+            change_log_retention: StoreOptions::default().change_log_retention,
+            log_format,
+            ecs: "sim".into(),
+            sim,
+        }
+    }
+}
+
+/// What `blox up` prints once serving.
+pub struct Banner {
+    pub data_dir: PathBuf,
+    pub churn: String,
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -81,7 +121,7 @@ fn open_store(spec: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-pub async fn run(args: ServerArgs) -> Result<()> {
+pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     init_logging(&args.log_format)?;
     if args.change_log_retention == 0 {
         bail!("--change-log-retention must be at least 1");
@@ -92,28 +132,25 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     let store = open_store(&args.store, store_options)?;
 
-    let aws = blox_aws::sdk_config()
-        .await
-        .context("loading the AWS configuration")?;
-    let ecs = Arc::new(SdkEcs::new(&aws));
-    let events = match &args.queue {
-        Some(queue) => Some(Arc::new(
-            SqsSource::new(
-                &aws,
-                queue,
-                SqsOptions {
-                    visibility_timeout_seconds: i32::try_from(args.visibility_timeout.as_secs().max(1))
-                        .context("--visibility-timeout is too long")?,
-                    ..SqsOptions::default()
-                },
-            )
-            .await
-            .with_context(|| format!("opening the event queue {queue:?}"))?,
-        ) as Arc<dyn blox_aws::EventSource>),
-        None => {
-            tracing::warn!("no --queue given: changes are seen only when the reconciler runs");
-            None
+    let (ecs, events, sim): (Arc<dyn EcsReader>, _, _) = match args.ecs.as_str() {
+        "aws" => {
+            let (ecs, events) = connect_aws(&args).await?;
+            (ecs, events, None)
         }
+        "sim" => {
+            if args.queue.is_some() {
+                bail!("--queue cannot be used with --ecs sim: the simulator delivers its own events");
+            }
+            let (sim, restored) = args.sim.open()?;
+            let (instances, tasks) = sim.read(|ecs| ecs.totals());
+            tracing::info!(restored, instances, tasks, "ECS simulator started");
+            (
+                Arc::new(sim.clone()),
+                Some(Arc::new(sim.clone()) as Arc<dyn EventSource>),
+                Some(sim),
+            )
+        }
+        other => bail!("--ecs must be aws or sim, not {other:?}"),
     };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -122,10 +159,17 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let address = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
     println!("{}http://{address}", blox_api::LISTENING_PREFIX);
-    tracing::info!(%address, store = %args.store, queue = ?args.queue, "blox server started");
+    tracing::info!(%address, store = %args.store, queue = ?args.queue, ecs = %args.ecs, "blox server started");
+    if let (Some(banner), Some(sim)) = (&banner, &sim) {
+        print_banner(banner, sim, address);
+    }
 
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    let simulation = sim.map(|sim| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { sim.run(shutdown).await })
+    });
     let options = ServerOptions {
         reconcile: ReconcileOptions {
             interval: args.reconcile_interval,
@@ -143,9 +187,80 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         ecs: Some(ecs),
         events,
     };
-    blox_server::serve(listener, services, options, shutdown).await?;
+    blox_server::serve(listener, services, options, shutdown.clone()).await?;
+    shutdown.cancel();
+    if let Some(simulation) = simulation {
+        // Saves the simulated account.
+        simulation.await.context("the ECS simulator failed")?;
+    }
     tracing::info!("blox server stopped");
     Ok(())
+}
+
+fn print_banner(banner: &Banner, sim: &blox_sim::Simulator, address: std::net::SocketAddr) {
+    let (clusters, (instances, tasks)) = sim.read(|ecs| (ecs.cluster_names(), ecs.totals()));
+    let endpoint = format!("http://{address}");
+    let flag = if endpoint == crate::cli::DEFAULT_ENDPOINT {
+        String::new()
+    } else {
+        format!(" --endpoint {endpoint}")
+    };
+    // The biggest cluster has the most to show.
+    let first = sim
+        .read(|ecs| {
+            ecs.cluster_names()
+                .into_iter()
+                .max_by_key(|c| ecs.instances(c).len())
+        })
+        .unwrap_or_else(|| "CLUSTER".into());
+    let churn = match banner.churn.as_str() {
+        "none" => "no churn".to_owned(),
+        "light" => "light churn".to_owned(),
+        n => format!("churn of about {n} events/s"),
+    };
+    println!(
+        "\nblox is up with a simulated ECS account: {} clusters ({}), {instances} container instances, {tasks} tasks, {churn}.\n\
+         \n  API          {endpoint}/v1/instances   {endpoint}/v1/tasks\n\
+         \x20 API docs     {endpoint}/docs\n\
+         \x20 metrics      {endpoint}/metrics\n\
+         \x20 data         {} (kept across runs; delete it to start afresh)\n\
+         \nTry:\n\
+         \x20 blox instances list{flag}\n\
+         \x20 blox tasks list --cluster {first}{flag}\n\
+         \x20 blox tasks watch{flag}\n\
+         \x20 curl '{endpoint}/v1/tasks?cluster={first}&status=RUNNING'\n\
+         \nCtrl-C stops blox; run `blox up` again to carry on where it left off.",
+        clusters.len(),
+        clusters.join(", "),
+        banner.data_dir.display(),
+    );
+}
+
+async fn connect_aws(args: &ServerArgs) -> Result<(Arc<dyn EcsReader>, Option<Arc<dyn EventSource>>)> {
+    let aws = blox_aws::sdk_config()
+        .await
+        .context("loading the AWS configuration")?;
+    let ecs = Arc::new(SdkEcs::new(&aws));
+    let events = match &args.queue {
+        Some(queue) => Some(Arc::new(
+            SqsSource::new(
+                &aws,
+                queue,
+                SqsOptions {
+                    visibility_timeout_seconds: i32::try_from(args.visibility_timeout.as_secs().max(1))
+                        .context("--visibility-timeout is too long")?,
+                    ..SqsOptions::default()
+                },
+            )
+            .await
+            .with_context(|| format!("opening the event queue {queue:?}"))?,
+        ) as Arc<dyn EventSource>),
+        None => {
+            tracing::warn!("no --queue given: changes are seen only when the reconciler runs");
+            None
+        }
+    };
+    Ok((ecs, events))
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
