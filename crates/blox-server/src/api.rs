@@ -222,6 +222,13 @@ async fn get(state: &AppState, kind: Kind, cluster: &str, arn: &str) -> Result<R
     let (parsed, what) = match kind {
         Kind::Task => (ResourceArn::task(arn), "task"),
         Kind::Instance => (ResourceArn::container_instance(arn), "container instance"),
+        // Scheduler documents have no ARN; no route looks them up here.
+        Kind::Environment | Kind::Revision | Kind::Deployment => {
+            return Err(ApiError::not_found(
+                "UnknownRoute",
+                format!("no {kind} is looked up by ARN"),
+            ));
+        }
     };
     let parsed =
         parsed.map_err(|e| ApiError::bad_request("arn", "InvalidArn", format!("invalid {what} ARN: {e}")))?;

@@ -38,6 +38,9 @@ pub(crate) fn kind_label(kind: Kind) -> &'static str {
     match kind {
         Kind::Task => "task",
         Kind::Instance => "instance",
+        Kind::Environment => "environment",
+        Kind::Revision => "revision",
+        Kind::Deployment => "deployment",
     }
 }
 

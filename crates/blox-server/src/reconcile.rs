@@ -285,6 +285,8 @@ impl Reconciler {
         let result = match kind {
             Kind::Instance => self.ecs.list_container_instances(name).await,
             Kind::Task => self.list_tasks(name).await,
+            // Scheduler documents are not ECS's: never reconciled (and never asked for).
+            Kind::Environment | Kind::Revision | Kind::Deployment => Ok(Vec::new()),
         };
         match result {
             // A cluster ECS does not know has nothing in it.
@@ -329,6 +331,7 @@ impl Reconciler {
                 .into_iter()
                 .filter_map(|mut t| usable(cluster, t.validate(), || documents::task(cluster.clone(), &t)))
                 .collect(),
+            Kind::Environment | Kind::Revision | Kind::Deployment => Vec::new(),
         };
         Ok(docs)
     }

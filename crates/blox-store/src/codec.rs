@@ -35,10 +35,16 @@ const COMPRESS_MIN: usize = 128;
 
 /// LZ4 expands at most ~255:1; a stored length beyond that is corruption, and must not be allocated.
 const LZ4_MAX_RATIO: usize = 255;
+
+/// The first byte of every entity and index key, and a field of every change. Stored: a kind keeps its
+/// byte forever, and new kinds take new bytes.
 pub(crate) fn kind_byte(kind: Kind) -> u8 {
     match kind {
         Kind::Task => 1,
         Kind::Instance => 2,
+        Kind::Environment => 3,
+        Kind::Revision => 4,
+        Kind::Deployment => 5,
     }
 }
 
@@ -46,6 +52,9 @@ fn kind_of(byte: u8, what: &'static str) -> Result<Kind, StoreError> {
     match byte {
         1 => Ok(Kind::Task),
         2 => Ok(Kind::Instance),
+        3 => Ok(Kind::Environment),
+        4 => Ok(Kind::Revision),
+        5 => Ok(Kind::Deployment),
         _ => Err(StoreError::Corrupt { what }),
     }
 }
@@ -709,6 +718,33 @@ mod tests {
         }
         for garbage in [&b""[..], b"\x01", b"\x01\x01abc"] {
             assert!(entity_key_of_index(garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    /// Existing files stay readable: task and instance keys keep their bytes; every kind round-trips
+    /// through keys and changes.
+    #[test]
+    fn kinds_keep_their_bytes() {
+        let prod = || ClusterName::new("prod").unwrap();
+        assert_eq!(entity_key(&Key::task(prod(), "t")).unwrap(), b"\x01prod\0t");
+        assert_eq!(entity_key(&Key::instance(prod(), "i")).unwrap(), b"\x02prod\0i");
+        assert_eq!(
+            index_key(b"\x01prod\0t", Index::StartedBy, "svc"),
+            b"\x01\x02svc\0prod\0t"
+        );
+        let bytes: Vec<u8> = Kind::ALL.iter().map(|&kind| kind_byte(kind)).collect();
+        assert_eq!(bytes, [1, 2, 3, 4, 5]);
+        for kind in Kind::ALL {
+            let mut doc = doc();
+            doc.key.kind = kind;
+            doc.key.id = "env/0000000007".into();
+            let key = entity_key(&doc.key).unwrap();
+            assert_eq!(parse_entity_key(&key).unwrap(), doc.key);
+            assert!(key.starts_with(&entity_prefix(kind, Some("prod"))));
+            let entity = EntityView::of(3, &doc, Body::Plain(&doc.body));
+            let change = encode_change(&key, true, &entity).unwrap();
+            assert_eq!(decode_change(3, &change).unwrap().doc, doc);
+            assert_eq!(decode_deletion(&change).unwrap(), Some(key));
         }
     }
 

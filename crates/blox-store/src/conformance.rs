@@ -12,8 +12,8 @@
 use blox_model::ClusterName;
 
 use crate::{
-    Cursor, DeadLetter, Document, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest, Record, Store,
-    StoreError, StoreOptions, Write,
+    Change, Cursor, DeadLetter, Document, Expect, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest,
+    Record, Store, StoreError, StoreOptions, Write,
 };
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling `$make` (an expression of a type
@@ -51,6 +51,12 @@ macro_rules! conformance_tests {
             batch_is_atomic,
             outcomes_in_batch_order,
             empty_batch,
+            cas_writes,
+            cas_conflict_applies_nothing,
+            cas_writes_see_their_batch,
+            wrong_write_refused,
+            scheduler_documents_listed,
+            scheduler_changes_in_order,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1387,7 +1393,7 @@ pub async fn ids_of_cluster<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) 
 // ---------------------------------------------------------------------------------------------------
 
 pub async fn nul_rejected<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let invalid: [(&str, Write); 4] = [
+    let invalid: [(&str, Write); 6] = [
         ("id", up(&task("c", "a\0b", 1, "RUNNING"))),
         ("status", up(&task("c", "t", 1, "RUN\0NING"))),
         (
@@ -1399,6 +1405,17 @@ pub async fn nul_rejected<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
             Write::Delete {
                 key: task_key("c", "\0"),
                 unchanged_since: u64::MAX,
+            },
+        ),
+        (
+            "started_by",
+            put(&deployment("c", "d", "env\0", "PENDING"), Expect::Absent),
+        ),
+        (
+            "id",
+            Write::Remove {
+                key: Key::environment(cluster("c"), "e\0"),
+                expect: 1,
             },
         ),
     ];
@@ -1571,4 +1588,649 @@ pub async fn empty_batch<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
     assert_eq!(apply(&store, Vec::new()).await, []);
     assert_eq!(head(&store).await, 1);
     assert!(!rx.has_changed().unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scheduler documents: compare-and-swap
+// ---------------------------------------------------------------------------------------------------
+
+/// An environment (version 0: scheduler documents have none).
+pub fn environment(cluster_name: &str, name: &str, status: &str) -> Document {
+    Document {
+        key: Key::environment(cluster(cluster_name), name),
+        version: 0,
+        status: status.to_owned(),
+        started_by: None,
+        body: format!("{{\"environment\":\"{name}\",\"status\":\"{status}\"}}").into_bytes(),
+    }
+}
+
+/// A revision of an environment, indexed by it as deployments are.
+pub fn revision(cluster_name: &str, environment: &str, revision: u64) -> Document {
+    Document {
+        key: Key::revision(cluster(cluster_name), environment, revision),
+        version: 0,
+        status: String::new(),
+        started_by: Some(environment.to_owned()),
+        body: format!("{{\"environment\":\"{environment}\",\"revision\":{revision}}}").into_bytes(),
+    }
+}
+
+/// A deployment, indexed by its environment (`started_by`) and status.
+pub fn deployment(cluster_name: &str, id: &str, environment: &str, status: &str) -> Document {
+    Document {
+        key: Key::deployment(cluster(cluster_name), id),
+        version: 0,
+        status: status.to_owned(),
+        started_by: Some(environment.to_owned()),
+        body: format!("{{\"id\":\"{id}\",\"environment\":\"{environment}\",\"status\":\"{status}\"}}")
+            .into_bytes(),
+    }
+}
+
+pub fn put(doc: &Document, expect: Expect) -> Write {
+    Write::Put {
+        doc: doc.clone(),
+        expect,
+    }
+}
+
+/// Applies a batch that must fail with a conflict; returns (key, expected, found).
+async fn conflict(store: &impl Store, writes: Vec<Write>) -> (Key, Expect, Option<u64>) {
+    match store.apply(writes.clone()).await {
+        Err(StoreError::Conflict { key, expected, found }) => (key, expected, found),
+        other => panic!("{writes:?}: expected Conflict, got {other:?}"),
+    }
+}
+
+/// Where a [`cas_writes`] case starts.
+#[derive(Debug, Clone, Copy)]
+enum CasState {
+    /// Never written.
+    Empty,
+    /// Put absent (seq 1), then put again `n - 1` times: live at seq `n`.
+    Live(u64),
+    /// Put absent (seq 1), removed (seq 2).
+    Removed,
+}
+
+/// One compare-and-swap write of a [`cas_writes`] case.
+#[derive(Debug, Clone, Copy)]
+enum Cas {
+    Put(Expect),
+    Remove(u64),
+}
+
+/// What it must do: an outcome, or a conflict reporting the live record's seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CasResult {
+    Applied(Outcome),
+    Conflict(Option<u64>),
+}
+
+pub async fn cas_writes<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    use CasResult::{Applied, Conflict};
+    use CasState::{Empty, Live, Removed};
+    let cases: [(CasState, Cas, CasResult); 14] = [
+        (
+            Empty,
+            Cas::Put(Expect::Absent),
+            Applied(Outcome::Written { seq: 1 }),
+        ),
+        (Live(1), Cas::Put(Expect::Absent), Conflict(Some(1))),
+        (
+            Live(1),
+            Cas::Put(Expect::Seq(1)),
+            Applied(Outcome::Written { seq: 2 }),
+        ),
+        (
+            Live(3),
+            Cas::Put(Expect::Seq(3)),
+            Applied(Outcome::Written { seq: 4 }),
+        ),
+        (Live(3), Cas::Put(Expect::Seq(2)), Conflict(Some(3))),
+        (Live(1), Cas::Put(Expect::Seq(2)), Conflict(Some(1))),
+        (Empty, Cas::Put(Expect::Seq(1)), Conflict(None)),
+        (Live(1), Cas::Remove(1), Applied(Outcome::Deleted { seq: 2 })),
+        (Live(2), Cas::Remove(2), Applied(Outcome::Deleted { seq: 3 })),
+        (Live(2), Cas::Remove(1), Conflict(Some(2))),
+        (Empty, Cas::Remove(1), Conflict(None)),
+        // A removed document is absent: no tombstone stands in the way of a new one.
+        (
+            Removed,
+            Cas::Put(Expect::Absent),
+            Applied(Outcome::Written { seq: 3 }),
+        ),
+        (Removed, Cas::Put(Expect::Seq(1)), Conflict(None)),
+        (Removed, Cas::Remove(1), Conflict(None)),
+    ];
+    for (state, cas, want) in cases {
+        let case = format!("{state:?} then {cas:?}");
+        let (store, _guard) = make(StoreOptions::default());
+        let d = |n: u64| deployment("c", "d-1", "web", &format!("STATUS{n}"));
+        let key = d(0).key;
+        let mut live = None;
+        match state {
+            Empty => {}
+            Live(n) => {
+                for seq in 1..=n {
+                    let expect = if seq == 1 {
+                        Expect::Absent
+                    } else {
+                        Expect::Seq(seq - 1)
+                    };
+                    assert_eq!(
+                        one(&store, put(&d(seq), expect)).await,
+                        Outcome::Written { seq },
+                        "{case}"
+                    );
+                }
+                live = Some(Record { seq: n, doc: d(n) });
+            }
+            Removed => {
+                one(&store, put(&d(1), Expect::Absent)).await;
+                let remove = Write::Remove {
+                    key: key.clone(),
+                    expect: 1,
+                };
+                assert_eq!(one(&store, remove).await, Outcome::Deleted { seq: 2 }, "{case}");
+            }
+        }
+        let head_before = head(&store).await;
+        let count_before = store.count(Kind::Deployment).await.unwrap();
+        let incoming = d(100);
+        let write = match cas {
+            Cas::Put(expect) => put(&incoming, expect),
+            Cas::Remove(expect) => Write::Remove {
+                key: key.clone(),
+                expect,
+            },
+        };
+        let got = match store.apply(vec![write.clone()]).await {
+            Ok(outcomes) => Applied(outcomes[0]),
+            Err(StoreError::Conflict {
+                key: conflicting,
+                expected,
+                found,
+            }) => {
+                assert_eq!(conflicting, key, "{case}");
+                let wanted = match cas {
+                    Cas::Put(expect) => expect,
+                    Cas::Remove(expect) => Expect::Seq(expect),
+                };
+                assert_eq!(expected, wanted, "{case}");
+                Conflict(found)
+            }
+            Err(other) => panic!("{case}: {other}"),
+        };
+        assert_eq!(got, want, "{case}");
+        let (record, count, head_after) = match got {
+            Applied(Outcome::Written { seq }) => (
+                Some(Record { seq, doc: incoming }),
+                count_before + u64::from(live.is_none()),
+                seq,
+            ),
+            Applied(Outcome::Deleted { seq }) => (None, count_before - 1, seq),
+            _ => (live.clone(), count_before, head_before),
+        };
+        assert_eq!(get(&store, &key).await, record, "{case}");
+        assert_eq!(store.count(Kind::Deployment).await.unwrap(), count, "{case}");
+        assert_eq!(head(&store).await, head_after, "{case}");
+        if let Applied(Outcome::Deleted { seq }) = got {
+            // A removal is logged like any deletion: the document as it was.
+            let logged = store.changes(seq - 1, 10).await.unwrap();
+            let live = live.expect("removed a live document");
+            assert_eq!(
+                logged,
+                [Change {
+                    seq,
+                    deleted: true,
+                    doc: live.doc
+                }],
+                "{case}"
+            );
+        }
+    }
+}
+
+pub async fn cas_conflict_applies_nothing<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let e = environment("c", "web", "ACTIVE");
+    let d1 = deployment("c", "d-1", "web", "PENDING");
+    let t = task("c", "t", 1, "RUNNING");
+    apply(
+        &store,
+        vec![
+            put(&e, Expect::Absent),
+            put(&d1, Expect::Absent),
+            up(&t),
+            Write::Park(letter("kept")),
+        ],
+    )
+    .await;
+    let snapshot = async |store: &S| {
+        let mut lists = Vec::new();
+        for kind in Kind::ALL {
+            lists.push(list_all(store, kind, &Filter::default()).await);
+            lists.push(list_all(store, kind, &filter(None, None, Some("web"))).await);
+            lists.push(list_all(store, kind, &filter(None, Some("RUNNING"), None)).await);
+            lists.push(list_all(store, kind, &filter(None, Some("PENDING"), None)).await);
+        }
+        let mut counts = Vec::new();
+        for kind in Kind::ALL {
+            counts.push(store.count(kind).await.unwrap());
+        }
+        (
+            lists,
+            counts,
+            store.log_bounds().await.unwrap(),
+            store.changes(0, 100).await.unwrap(),
+            store.dead_letters(PageRequest::default()).await.unwrap(),
+        )
+    };
+    let before = snapshot(&store).await;
+    assert_eq!(before.2.head, 3);
+    let mut rx = store.subscribe();
+    rx.borrow_and_update();
+    // Each batch would change every table before its conflicting write (last, first or in between).
+    let d2 = deployment("c", "d-2", "web", "PENDING");
+    let e2 = environment("c", "api", "ACTIVE");
+    let stale_put = put(&deployment("c", "d-1", "web", "RUNNING"), Expect::Seq(1));
+    let batches = [
+        vec![
+            put(&d2, Expect::Absent),
+            put(&deployment("c", "d-1", "web", "RUNNING"), Expect::Seq(2)),
+            up(&task("c", "t", 2, "STOPPED")),
+            Write::Remove {
+                key: e.key.clone(),
+                expect: 1,
+            },
+            Write::Park(letter("lost")),
+            stale_put.clone(),
+        ],
+        vec![
+            put(&e, Expect::Absent),
+            put(&d2, Expect::Absent),
+            Write::Park(letter("lost")),
+        ],
+        vec![
+            up(&task("c", "t2", 1, "RUNNING")),
+            Write::Remove {
+                key: d1.key.clone(),
+                expect: 3,
+            },
+            put(&e2, Expect::Absent),
+        ],
+        vec![put(&e2, Expect::Absent), put(&e2, Expect::Absent)],
+    ];
+    let wants = [
+        // d-1 was rewritten earlier in the batch (seq 5), and that is undone with the rest.
+        (d1.key.clone(), Expect::Seq(1), Some(5)),
+        (e.key.clone(), Expect::Absent, Some(1)),
+        (d1.key.clone(), Expect::Seq(3), Some(2)),
+        // The second sees the first, which is undone with it.
+        (e2.key.clone(), Expect::Absent, Some(4)),
+    ];
+    for (batch, want) in batches.into_iter().zip(wants) {
+        let case = format!("{batch:?}");
+        assert_eq!(conflict(&store, batch).await, want, "{case}");
+        assert_eq!(
+            snapshot(&store).await,
+            before,
+            "{case}: nothing of the batch is visible"
+        );
+        assert!(!rx.has_changed().unwrap(), "{case}: no head is published");
+    }
+    // No sequence number was consumed.
+    assert_eq!(
+        one(&store, put(&d2, Expect::Absent)).await,
+        Outcome::Written { seq: 4 }
+    );
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(conflict(&store, vec![stale_put]).await.2, Some(2));
+    assert_eq!(
+        one(
+            &store,
+            put(&deployment("c", "d-1", "web", "RUNNING"), Expect::Seq(2))
+        )
+        .await,
+        Outcome::Written { seq: 5 },
+        "d-1 is still at seq 2"
+    );
+}
+
+/// A write sees the earlier writes of its batch, compare-and-swap included.
+pub async fn cas_writes_see_their_batch<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let d = |status: &str| deployment("c", "d", "web", status);
+    let outcomes = apply(
+        &store,
+        vec![
+            put(&d("PENDING"), Expect::Absent),
+            Write::Park(letter("p")),
+            put(&d("RUNNING"), Expect::Seq(1)),
+            Write::Remove {
+                key: d("").key,
+                expect: 2,
+            },
+            put(&d("RESTARTED"), Expect::Absent),
+            up(&task("c", "d", 1, "RUNNING")),
+        ],
+    )
+    .await;
+    assert!(matches!(outcomes[1], Outcome::Parked { .. }));
+    assert_eq!(
+        [outcomes[0], outcomes[2], outcomes[3], outcomes[4], outcomes[5]],
+        [
+            Outcome::Written { seq: 1 },
+            Outcome::Written { seq: 2 },
+            Outcome::Deleted { seq: 3 },
+            Outcome::Written { seq: 4 },
+            Outcome::Written { seq: 5 },
+        ]
+    );
+    assert_eq!(
+        get(&store, &d("").key).await,
+        Some(Record {
+            seq: 4,
+            doc: d("RESTARTED")
+        })
+    );
+    // Same cluster and id, other kind: a separate entity.
+    assert_eq!(get(&store, &task_key("c", "d")).await.map(|r| r.seq), Some(5));
+    assert_eq!(store.count(Kind::Deployment).await.unwrap(), 1);
+}
+
+pub async fn wrong_write_refused<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let e = environment("c", "web", "ACTIVE");
+    let r = revision("c", "web", 1);
+    let d = deployment("c", "d", "web", "PENDING");
+    let t = task("c", "t", 1, "RUNNING");
+    let i = doc(Kind::Instance, "c", "i", 1, "ACTIVE", None, "i");
+    let refused: [(Write, &str, Kind); 9] = [
+        (up(&d), "Upsert", Kind::Deployment),
+        (up(&e), "Upsert", Kind::Environment),
+        (Write::Observe(r.clone()), "Observe", Kind::Revision),
+        (
+            Write::Delete {
+                key: e.key.clone(),
+                unchanged_since: u64::MAX,
+            },
+            "Delete",
+            Kind::Environment,
+        ),
+        (
+            Write::Delete {
+                key: d.key.clone(),
+                unchanged_since: u64::MAX,
+            },
+            "Delete",
+            Kind::Deployment,
+        ),
+        (put(&t, Expect::Absent), "Put", Kind::Task),
+        (put(&i, Expect::Seq(1)), "Put", Kind::Instance),
+        (
+            Write::Remove {
+                key: t.key.clone(),
+                expect: 1,
+            },
+            "Remove",
+            Kind::Task,
+        ),
+        (
+            Write::Remove {
+                key: i.key.clone(),
+                expect: 1,
+            },
+            "Remove",
+            Kind::Instance,
+        ),
+    ];
+    for (write, name, kind) in refused {
+        let (store, _guard) = make(StoreOptions::default());
+        // Present, so that a Delete or Remove would have something to act on.
+        apply(
+            &store,
+            vec![up(&t), up(&i), put(&d, Expect::Absent), put(&e, Expect::Absent)],
+        )
+        .await;
+        let head_before = head(&store).await;
+        let batch = vec![
+            put(&r, Expect::Absent),
+            up(&task("c", "t", 2, "STOPPED")),
+            Write::Park(letter("p")),
+            write.clone(),
+        ];
+        match store.apply(batch).await {
+            Err(
+                error @ StoreError::WrongWrite {
+                    write: got,
+                    kind: got_kind,
+                },
+            ) => {
+                assert_eq!((got, got_kind), (name, kind), "{write:?}");
+                let message = error.to_string();
+                assert!(
+                    message.contains(name) && message.contains(kind.name()),
+                    "{message}"
+                );
+            }
+            other => panic!("{write:?}: expected WrongWrite, got {other:?}"),
+        }
+        assert_eq!(head(&store).await, head_before, "{write:?}");
+        assert_eq!(get(&store, &r.key).await, None, "{write:?}");
+        assert_eq!(get(&store, &t.key).await.map(|r| r.doc), Some(t.clone()));
+        assert_eq!(
+            store.dead_letters(PageRequest::default()).await.unwrap().items,
+            []
+        );
+        for kind in Kind::ALL {
+            let want = u64::from(kind != Kind::Revision);
+            assert_eq!(store.count(kind).await.unwrap(), want, "{write:?} {kind}");
+        }
+    }
+}
+
+/// Listings, indexes, ids, clusters and counts work for scheduler documents as for ECS entities, and
+/// kinds stay apart.
+pub async fn scheduler_documents_listed<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    // Environment names that prefix one another (`web`, `web2`), likewise statuses (`RUN`, `RUNNING`).
+    let docs = [
+        environment("c1", "web", "ACTIVE"),
+        environment("c1", "web2", "ACTIVE"),
+        environment("c2", "api", "DELETING"),
+        revision("c1", "web", 2),
+        revision("c1", "web", 10),
+        revision("c1", "web2", 1),
+        revision("c2", "api", 1),
+        deployment("c1", "d-1", "web", "RUNNING"),
+        deployment("c1", "d-2", "web", "PENDING"),
+        deployment("c1", "d-3", "web2", "RUNNING"),
+        deployment("c1", "d-4", "web", "RUN"),
+        deployment("c10", "d-5", "web", "RUNNING"),
+        deployment("c2", "d-6", "api", "COMPLETED"),
+        deployment("c2", "d-7", "web", "RUNNING"),
+        // An ECS task with a deployment's cluster, id, status and startedBy.
+        doc(Kind::Task, "c1", "d-1", 1, "RUNNING", Some("web"), "task"),
+    ];
+    let outcomes = apply(
+        &store,
+        docs.iter()
+            .rev()
+            .map(|d| {
+                if d.key.kind.is_ecs() {
+                    up(d)
+                } else {
+                    put(d, Expect::Absent)
+                }
+            })
+            .collect(),
+    )
+    .await;
+    let mut records: Vec<Record> = docs
+        .iter()
+        .rev()
+        .zip(outcomes)
+        .map(|(doc, outcome)| Record {
+            seq: written(outcome),
+            doc: doc.clone(),
+        })
+        .collect();
+    assert_eq!(
+        Key::revision(cluster("c1"), "web", 7).id,
+        "web/0000000007",
+        "revision ids sort by number"
+    );
+
+    let clusters = [None, Some("c1"), Some("c10"), Some("c2"), Some("c3")];
+    let statuses = [
+        None,
+        Some("RUNNING"),
+        Some("RUN"),
+        Some("PENDING"),
+        Some("ACTIVE"),
+        Some("NOPE"),
+    ];
+    let environments = [None, Some("web"), Some("web2"), Some("api"), Some("we")];
+    let check = async |store: &S, records: &[Record], when: &str| {
+        for kind in Kind::ALL {
+            for c in clusters {
+                for s in statuses {
+                    for env in environments {
+                        let f = filter(c, s, env);
+                        let want = expected(records, kind, &f);
+                        assert_eq!(list_all(store, kind, &f).await, want, "{when}: {kind} {f:?}");
+                        assert_eq!(list_paged(store, kind, &f, 2).await, want, "{when}: {kind} {f:?}");
+                    }
+                }
+                if let Some(c) = c {
+                    let want: Vec<(String, u64)> = expected(records, kind, &filter(Some(c), None, None))
+                        .into_iter()
+                        .map(|r| (r.doc.key.id, r.seq))
+                        .collect();
+                    assert_eq!(
+                        store.ids(kind, &cluster(c)).await.unwrap(),
+                        want,
+                        "{when}: {kind} {c}"
+                    );
+                }
+            }
+            let mut want_clusters: Vec<ClusterName> = expected(records, kind, &Filter::default())
+                .into_iter()
+                .map(|r| r.doc.key.cluster)
+                .collect();
+            want_clusters.dedup();
+            assert_eq!(
+                store.clusters(kind).await.unwrap(),
+                want_clusters,
+                "{when}: {kind}"
+            );
+            let count = records.iter().filter(|r| r.doc.key.kind == kind).count() as u64;
+            assert_eq!(store.count(kind).await.unwrap(), count, "{when}: {kind}");
+        }
+    };
+    check(&store, &records, "loaded").await;
+    // The environment's deployments, by index.
+    let web: Vec<String> = list_all(&store, Kind::Deployment, &filter(Some("c1"), None, Some("web")))
+        .await
+        .into_iter()
+        .map(|r| r.doc.key.id)
+        .collect();
+    assert_eq!(web, ["d-1", "d-2", "d-4"]);
+    let revisions: Vec<String> = list_all(&store, Kind::Revision, &filter(Some("c1"), None, Some("web")))
+        .await
+        .into_iter()
+        .map(|r| r.doc.key.id)
+        .collect();
+    assert_eq!(revisions, ["web/0000000002", "web/0000000010"]);
+
+    // A status change moves the index entry; a removal drops it.
+    let position = |records: &[Record], id: &str, kind: Kind| {
+        records
+            .iter()
+            .position(|r| r.doc.key.kind == kind && r.doc.key.id == id)
+            .expect("in the fixture")
+    };
+    let d2 = position(&records, "d-2", Kind::Deployment);
+    let running = deployment("c1", "d-2", "web", "RUNNING");
+    let seq = written(one(&store, put(&running, Expect::Seq(records[d2].seq))).await);
+    records[d2] = Record { seq, doc: running };
+    let d5 = position(&records, "d-5", Kind::Deployment);
+    one(
+        &store,
+        Write::Remove {
+            key: records[d5].doc.key.clone(),
+            expect: records[d5].seq,
+        },
+    )
+    .await;
+    records.remove(d5);
+    let api = position(&records, "api", Kind::Environment);
+    one(
+        &store,
+        Write::Remove {
+            key: records[api].doc.key.clone(),
+            expect: records[api].seq,
+        },
+    )
+    .await;
+    records.remove(api);
+    check(&store, &records, "after a put and removes").await;
+}
+
+pub async fn scheduler_changes_in_order<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let mut rx = store.subscribe();
+    rx.borrow_and_update();
+    let e = environment("c", "web", "ACTIVE");
+    let r = revision("c", "web", 1);
+    let d = |status: &str| deployment("c", "d", "web", status);
+    let t = task("c", "t", 1, "RUNNING");
+    apply(&store, vec![put(&e, Expect::Absent), put(&r, Expect::Absent)]).await;
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), 2);
+    apply(&store, vec![put(&d("PENDING"), Expect::Absent), up(&t)]).await;
+    one(&store, put(&d("RUNNING"), Expect::Seq(3))).await;
+    one(
+        &store,
+        Write::Remove {
+            key: d("").key,
+            expect: 5,
+        },
+    )
+    .await;
+    one(&store, put(&d("PENDING"), Expect::Absent)).await;
+    one(
+        &store,
+        Write::Remove {
+            key: e.key.clone(),
+            expect: 1,
+        },
+    )
+    .await;
+    assert_eq!(*rx.borrow_and_update(), 8);
+    let change = |seq, deleted, doc: &Document| Change {
+        seq,
+        deleted,
+        doc: doc.clone(),
+    };
+    let want = [
+        change(1, false, &e),
+        change(2, false, &r),
+        change(3, false, &d("PENDING")),
+        change(4, false, &t),
+        change(5, false, &d("RUNNING")),
+        change(6, true, &d("RUNNING")),
+        change(7, false, &d("PENDING")),
+        change(8, true, &e),
+    ];
+    assert_eq!(store.changes(0, 100).await.unwrap(), want);
+    for after in 0..8 {
+        assert_eq!(
+            store.changes(after, 2).await.unwrap(),
+            want[after as usize..(after as usize + 2).min(8)],
+            "after {after}"
+        );
+    }
 }

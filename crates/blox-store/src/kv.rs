@@ -1,5 +1,8 @@
 //! The store's logic, written once over [`Engine`]: how a batch of writes becomes entity, index, log,
 //! tombstone and dead-letter entries, and how listings read them back.
+//!
+//! ECS entities and scheduler documents share the tables and the change log; they differ only in the
+//! rule that admits a write (the version rule, or compare-and-swap on the last change's seq).
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -13,8 +16,8 @@ use crate::codec::{
 };
 use crate::engine::{Direction, Engine, ReadTx, Table, WriteTx};
 use crate::{
-    Change, Cursor, DeadLetter, Document, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest, Record,
-    StoreError, StoreOptions, Write,
+    Change, Cursor, DeadLetter, Document, Expect, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest,
+    Record, StoreError, StoreOptions, Write,
 };
 
 /// The counters kept in the meta table. Loaded at the start of a write transaction, updated in
@@ -30,53 +33,64 @@ struct Meta {
     /// Number of parked messages.
     dead_letter_count: u64,
     /// Number of entities, by [`count_slot`].
-    counts: [u64; 2],
+    counts: [u64; KINDS],
 }
 
-const META_KEYS: [&[u8]; 6] = [
+const KINDS: usize = Kind::ALL.len();
+
+/// The meta table's keys: four counters, then one count per kind in [`count_slot`] order.
+const META_KEYS: [&[u8]; 4 + KINDS] = [
     b"head",
     b"first",
     b"dead_letters.next",
     b"dead_letters.count",
     b"count.task",
     b"count.instance",
+    b"count.environment",
+    b"count.revision",
+    b"count.deployment",
 ];
 
 fn count_slot(kind: Kind) -> usize {
     match kind {
         Kind::Task => 0,
         Kind::Instance => 1,
+        Kind::Environment => 2,
+        Kind::Revision => 3,
+        Kind::Deployment => 4,
     }
 }
 
 impl Meta {
-    fn values(&self) -> [u64; 6] {
-        [
+    fn values(&self) -> [u64; 4 + KINDS] {
+        let mut values = [0; 4 + KINDS];
+        values[..4].copy_from_slice(&[
             self.head,
             self.first,
             self.dead_letter_next,
             self.dead_letter_count,
-            self.counts[0],
-            self.counts[1],
-        ]
+        ]);
+        values[4..].copy_from_slice(&self.counts);
+        values
     }
 
     fn load(tx: &dyn ReadTx) -> Result<Meta, StoreError> {
-        let mut values = [None; 6];
+        let mut values = [None; 4 + KINDS];
         for (value, key) in values.iter_mut().zip(META_KEYS) {
             *value = tx
                 .get(Table::Meta, key)?
                 .map(|bytes| decode_u64(&bytes, "meta value"))
                 .transpose()?;
         }
-        let [head, first, dead_letter_next, dead_letter_count, tasks, instances] = values;
+        let [head, first, dead_letter_next, dead_letter_count, counts @ ..] = values;
         // Absent keys hold their initial values (an empty store's): a key is written once it changes.
+        // That is also what keeps files from before the scheduler kinds readable.
         let meta = Meta {
             head: head.unwrap_or(0),
             first: first.unwrap_or(1),
             dead_letter_next: dead_letter_next.unwrap_or(1),
             dead_letter_count: dead_letter_count.unwrap_or(0),
-            counts: [tasks.unwrap_or(0), instances.unwrap_or(0)],
+            counts: counts.map(|count| count.unwrap_or(0)),
         };
         if meta.first == 0 || meta.first > meta.head + 1 || meta.dead_letter_next == 0 {
             return Err(StoreError::Corrupt { what: "meta value" });
@@ -166,6 +180,7 @@ impl<E: Engine> KvStore<E> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
+        check_families(&writes)?;
         self.run(move |inner| {
             let (outcomes, before, after) = inner
                 .engine
@@ -350,6 +365,27 @@ fn read_changes(tx: &dyn ReadTx, after: u64, limit: usize, head: u64) -> Result<
     Ok(changes)
 }
 
+/// Refuses a batch with a write of the wrong family for its kind before any transaction starts: an
+/// `Upsert` of a deployment would bypass compare-and-swap, a `Put` of a task the version rule.
+fn check_families(writes: &[Write]) -> Result<(), StoreError> {
+    for write in writes {
+        let (kind, ecs_write) = match write {
+            Write::Upsert(doc) | Write::Observe(doc) => (doc.key.kind, true),
+            Write::Delete { key, .. } => (key.kind, true),
+            Write::Put { doc, .. } => (doc.key.kind, false),
+            Write::Remove { key, .. } => (key.kind, false),
+            Write::Park(_) => continue,
+        };
+        if kind.is_ecs() != ecs_write {
+            return Err(StoreError::WrongWrite {
+                write: write.name(),
+                kind,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Applies a batch inside one write transaction; returns the outcomes and the head before and after.
 fn apply_batch(
     tx: &mut dyn WriteTx,
@@ -364,6 +400,8 @@ fn apply_batch(
             Write::Upsert(doc) => upsert(tx, &mut meta, doc, false)?,
             Write::Observe(doc) => upsert(tx, &mut meta, doc, true)?,
             Write::Delete { key, unchanged_since } => delete(tx, &mut meta, key, *unchanged_since)?,
+            Write::Put { doc, expect } => put(tx, &mut meta, doc, *expect)?,
+            Write::Remove { key, expect } => remove(tx, &mut meta, key, *expect)?,
             Write::Park(letter) => {
                 let id = meta.dead_letter_next;
                 tx.put(
@@ -390,11 +428,7 @@ fn upsert(
     doc: &Document,
     observed: bool,
 ) -> Result<Outcome, StoreError> {
-    let key = entity_key(&doc.key)?;
-    check_nul("status", &doc.status)?;
-    if let Some(started_by) = &doc.started_by {
-        check_nul("started_by", started_by)?;
-    }
+    let key = document_key(doc)?;
     let stored_bytes = tx.get(Table::Entities, &key)?;
     let stored = stored_bytes.as_deref().map(EntityView::decode).transpose()?;
     match &stored {
@@ -426,18 +460,65 @@ fn upsert(
             meta.counts[count_slot(doc.key.kind)] += 1;
         }
     }
+    let seq = write_entity(tx, meta, &key, doc, stored)?;
+    Ok(Outcome::Written { seq })
+}
 
+/// A compare-and-swap write of a scheduler document (the family was checked by [`check_families`]).
+fn put(tx: &mut dyn WriteTx, meta: &mut Meta, doc: &Document, expect: Expect) -> Result<Outcome, StoreError> {
+    let key = document_key(doc)?;
+    let stored_bytes = tx.get(Table::Entities, &key)?;
+    let stored = stored_bytes.as_deref().map(EntityView::decode).transpose()?;
+    let found = stored.as_ref().map(|stored| stored.seq);
+    let matched = match expect {
+        Expect::Absent => found.is_none(),
+        Expect::Seq(seq) => found == Some(seq),
+    };
+    if !matched {
+        // The caller's transaction rolls back: nothing of the batch stays, no seq is consumed.
+        return Err(StoreError::Conflict {
+            key: doc.key.clone(),
+            expected: expect,
+            found,
+        });
+    }
+    if stored.is_none() {
+        meta.counts[count_slot(doc.key.kind)] += 1;
+    }
+    let seq = write_entity(tx, meta, &key, doc, stored)?;
+    Ok(Outcome::Written { seq })
+}
+
+/// The entity key of a document to write, refusing NUL in it or in the indexed fields.
+fn document_key(doc: &Document) -> Result<Vec<u8>, StoreError> {
+    let key = entity_key(&doc.key)?;
+    check_nul("status", &doc.status)?;
+    if let Some(started_by) = &doc.started_by {
+        check_nul("started_by", started_by)?;
+    }
+    Ok(key)
+}
+
+/// Writes `doc` over `stored` (its current entity, if any) at the next seq: entity, indexes, change.
+/// The caller decided that the write applies and counted an insert.
+fn write_entity(
+    tx: &mut dyn WriteTx,
+    meta: &mut Meta,
+    key: &[u8],
+    doc: &Document,
+    stored: Option<EntityView<'_>>,
+) -> Result<u64, StoreError> {
     let seq = meta.head + 1;
     meta.head = seq;
     // Compressed once, for both the entity and its change.
     let compressed = codec::compress(&doc.body);
     let entity = EntityView::of(seq, doc, Body::of(&doc.body, compressed.as_deref()));
-    tx.put(Table::Entities, &key, &entity.encode())?;
+    tx.put(Table::Entities, key, &entity.encode())?;
     let (old_status, old_started_by) = stored.map_or((None, None), |s| (Some(s.status), s.started_by));
-    reindex(tx, &key, Index::Status, old_status, Some(&doc.status))?;
+    reindex(tx, key, Index::Status, old_status, Some(&doc.status))?;
     reindex(
         tx,
-        &key,
+        key,
         Index::StartedBy,
         old_started_by,
         doc.started_by.as_deref(),
@@ -445,9 +526,9 @@ fn upsert(
     tx.put(
         Table::Log,
         &u64_key(seq),
-        &codec::encode_change(&key, false, &entity)?,
+        &codec::encode_change(key, false, &entity)?,
     )?;
-    Ok(Outcome::Written { seq })
+    Ok(seq)
 }
 
 /// Moves an entity's entry in one index; nothing to do (the common case) when the value is unchanged.
@@ -484,24 +565,55 @@ fn delete(
     if stored.seq > unchanged_since {
         return Ok(Outcome::Kept);
     }
-    let seq = meta.head + 1;
-    meta.head = seq;
-    tx.delete(Table::Entities, &entity_key)?;
-    reindex(tx, &entity_key, Index::Status, Some(stored.status), None)?;
-    reindex(tx, &entity_key, Index::StartedBy, stored.started_by, None)?;
+    let seq = remove_entity(tx, meta, &entity_key, key.kind, &stored)?;
     tx.put(
         Table::Tombstones,
         &entity_key,
         &codec::encode_tombstone(stored.version, seq),
     )?;
+    Ok(Outcome::Deleted { seq })
+}
+
+/// A compare-and-swap removal of a scheduler document. No tombstone: it would guard an ECS version
+/// these documents do not have, and CAS already stops a stale writer.
+fn remove(tx: &mut dyn WriteTx, meta: &mut Meta, key: &Key, expect: u64) -> Result<Outcome, StoreError> {
+    let entity_key = entity_key(key)?;
+    let stored_bytes = tx.get(Table::Entities, &entity_key)?;
+    let stored = stored_bytes.as_deref().map(EntityView::decode).transpose()?;
+    let found = stored.as_ref().map(|stored| stored.seq);
+    let Some(stored) = stored.filter(|stored| stored.seq == expect) else {
+        return Err(StoreError::Conflict {
+            key: key.clone(),
+            expected: Expect::Seq(expect),
+            found,
+        });
+    };
+    let seq = remove_entity(tx, meta, &entity_key, key.kind, &stored)?;
+    Ok(Outcome::Deleted { seq })
+}
+
+/// Removes the entity `stored` at the next seq: entity, indexes, count, and a deletion change holding
+/// it as it was.
+fn remove_entity(
+    tx: &mut dyn WriteTx,
+    meta: &mut Meta,
+    entity_key: &[u8],
+    kind: Kind,
+    stored: &EntityView<'_>,
+) -> Result<u64, StoreError> {
+    let seq = meta.head + 1;
+    meta.head = seq;
+    tx.delete(Table::Entities, entity_key)?;
+    reindex(tx, entity_key, Index::Status, Some(stored.status), None)?;
+    reindex(tx, entity_key, Index::StartedBy, stored.started_by, None)?;
     tx.put(
         Table::Log,
         &u64_key(seq),
-        &codec::encode_change(&entity_key, true, &stored)?,
+        &codec::encode_change(entity_key, true, stored)?,
     )?;
-    let count = &mut meta.counts[count_slot(key.kind)];
+    let count = &mut meta.counts[count_slot(kind)];
     *count = count.saturating_sub(1);
-    Ok(Outcome::Deleted { seq })
+    Ok(seq)
 }
 
 /// Drops the oldest changes beyond `retention`, and with each trimmed deletion its tombstone, unless

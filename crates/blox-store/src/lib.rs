@@ -5,6 +5,8 @@
 //! What it keeps:
 //! - **entities** (tasks, container instances) as versioned documents keyed by (kind, cluster, id), each
 //!   carrying the sequence number of its last change (the API's `entityVersion`);
+//! - **scheduler documents** (environments, their revisions, deployments) in the same tables, written
+//!   only by compare-and-swap on that sequence number ([`Write::Put`], [`Write::Remove`]);
 //! - **secondary indexes** by status and by `startedBy`, so that a filtered listing reads only matching
 //!   entries;
 //! - a **change log**: one global, strictly increasing sequence, every insert, replace and delete with
@@ -15,6 +17,8 @@
 //!
 //! Writes go through [`Store::apply`]: one durable transaction per call, which is what lets the SQS
 //! consumer delete a batch of messages only after their effects are committed.
+
+use std::fmt;
 
 use async_trait::async_trait;
 use blox_model::ClusterName;
@@ -33,14 +37,58 @@ mod stores;
 
 pub use stores::{MemStore, RedbStore};
 
-/// What kind of entity a document is.
+/// What kind of entity a document is: an ECS entity (mirrored, written under the version rule) or a
+/// scheduler document (blox's own, written by compare-and-swap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Task,
     Instance,
+    /// A scheduler environment. Id: its name.
+    Environment,
+    /// An immutable revision of an environment. Id: `"{environment}/{revision:010}"` ([`Key::revision`]).
+    Revision,
+    /// A deployment of an environment revision. Id: the deployment id.
+    Deployment,
 }
 
-/// Identity of an entity: its kind, its cluster (name) and its id (the task or container-instance ARN).
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Task,
+        Kind::Instance,
+        Kind::Environment,
+        Kind::Revision,
+        Kind::Deployment,
+    ];
+
+    /// Whether this kind mirrors ECS (written with `Upsert`, `Observe`, `Delete`) rather than being a
+    /// scheduler document (written with `Put`, `Remove`).
+    pub fn is_ecs(self) -> bool {
+        match self {
+            Kind::Task | Kind::Instance => true,
+            Kind::Environment | Kind::Revision | Kind::Deployment => false,
+        }
+    }
+
+    /// Lower-case name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Task => "task",
+            Kind::Instance => "instance",
+            Kind::Environment => "environment",
+            Kind::Revision => "revision",
+            Kind::Deployment => "deployment",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Identity of an entity: its kind, its cluster (name) and its id (the task or container-instance ARN;
+/// for a scheduler document, see [`Kind`]: its cluster is the environment's).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
     pub kind: Kind,
@@ -64,6 +112,37 @@ impl Key {
             id: arn.into(),
         }
     }
+
+    pub fn environment(cluster: ClusterName, name: impl Into<String>) -> Key {
+        Key {
+            kind: Kind::Environment,
+            cluster,
+            id: name.into(),
+        }
+    }
+
+    /// The id is zero-padded so that an environment's revisions sort by number.
+    pub fn revision(cluster: ClusterName, environment: &str, revision: u64) -> Key {
+        Key {
+            kind: Kind::Revision,
+            cluster,
+            id: format!("{environment}/{revision:010}"),
+        }
+    }
+
+    pub fn deployment(cluster: ClusterName, id: impl Into<String>) -> Key {
+        Key {
+            kind: Kind::Deployment,
+            cluster,
+            id: id.into(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} in cluster {}", self.kind, self.id, self.cluster)
+    }
 }
 
 /// An entity as written: identity, ECS version, the fields that are indexed, and the body (the entity's
@@ -71,11 +150,14 @@ impl Key {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Document {
     pub key: Key,
-    /// ECS's per-resource version; 0 = unknown. Ordered by [`blox_model::supersedes`].
+    /// ECS's per-resource version; 0 = unknown. Ordered by [`blox_model::supersedes`]. Unused (0) for
+    /// scheduler documents, which compare-and-swap on the sequence number instead.
     pub version: u64,
-    /// `lastStatus` of a task, `status` of an instance, upper case as ECS writes it. Indexed.
+    /// `lastStatus` of a task, `status` of an instance, upper case as ECS writes it; the status of an
+    /// environment or deployment. Indexed.
     pub status: String,
-    /// `startedBy` of a task. Indexed.
+    /// `startedBy` of a task; for a deployment (or a revision), the name of its environment, so that
+    /// an environment's deployments are listed by index. Indexed.
     pub started_by: Option<String>,
     pub body: Vec<u8>,
 }
@@ -124,6 +206,45 @@ pub enum Write {
     Delete { key: Key, unchanged_since: u64 },
     /// Park a message. `id` of the given value is ignored: the store assigns it.
     Park(DeadLetter),
+    /// Insert or replace a scheduler document if the live record is as expected; otherwise the whole
+    /// batch fails with [`StoreError::Conflict`]. Outcome: `Written`.
+    Put { doc: Document, expect: Expect },
+    /// Remove a scheduler document whose last change is `expect`; otherwise the whole batch fails with
+    /// [`StoreError::Conflict`]. Logged as a deletion; leaves no tombstone (no ECS version to guard), so
+    /// a later `Put { expect: Absent }` of the key succeeds. Outcome: `Deleted`.
+    Remove { key: Key, expect: u64 },
+}
+
+impl Write {
+    /// The variant's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Write::Upsert(_) => "Upsert",
+            Write::Observe(_) => "Observe",
+            Write::Delete { .. } => "Delete",
+            Write::Park(_) => "Park",
+            Write::Put { .. } => "Put",
+            Write::Remove { .. } => "Remove",
+        }
+    }
+}
+
+/// What a compare-and-swap write expects of the live record of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No live record (never written, or removed).
+    Absent,
+    /// A live record whose last change has this sequence number.
+    Seq(u64),
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Absent => f.write_str("no live record"),
+            Expect::Seq(seq) => write!(f, "seq {seq}"),
+        }
+    }
 }
 
 /// What one [`Write`] did, in the order of the batch.
@@ -223,12 +344,35 @@ pub enum StoreError {
     /// Stored bytes did not decode (a bug or a foreign file).
     #[error("corrupt {what} in the store")]
     Corrupt { what: &'static str },
+    /// A `Put` or `Remove` found the live record other than expected (`found`: its seq, `None` when
+    /// there is none); nothing of the batch was applied.
+    #[error(
+        "compare-and-swap conflict on {key}: expected {expected}, found {}",
+        .found.map_or_else(|| "no live record".to_owned(), |seq| format!("seq {seq}"))
+    )]
+    Conflict {
+        key: Key,
+        expected: Expect,
+        found: Option<u64>,
+    },
+    /// A write of the wrong family for its kind: ECS entities are written only under the version rule,
+    /// scheduler documents only by compare-and-swap. The batch was refused whole.
+    #[error(
+        "{write} of a {kind} is refused: {}",
+        if kind.is_ecs() {
+            "ECS entities are written with Upsert, Observe or Delete (the version rule)"
+        } else {
+            "scheduler documents are written with Put or Remove (compare-and-swap)"
+        }
+    )]
+    WrongWrite { write: &'static str, kind: Kind },
 }
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies a batch in one durable transaction: when this returns `Ok`, every outcome is committed
-    /// (for redb: fsynced). On `Err`, nothing of the batch is.
+    /// (for redb: fsynced). On `Err` (including a compare-and-swap [`StoreError::Conflict`]), nothing
+    /// of the batch is, and no sequence number is consumed.
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError>;
 
     async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError>;

@@ -1,7 +1,10 @@
 //! The conformance suite against both backends, plus what only a durable backend can show.
 
-use blox_store::conformance::{letter, task};
-use blox_store::{Kind, LogBounds, MemStore, Outcome, PageRequest, RedbStore, Store, StoreOptions, Write};
+use blox_store::conformance::{deployment, environment, letter, put, task};
+use blox_store::{
+    Expect, Filter, Kind, LogBounds, MemStore, Outcome, PageRequest, Record, RedbStore, Store, StoreError,
+    StoreOptions, Write,
+};
 
 mod mem {
     blox_store::conformance_tests!(|options| (blox_store::MemStore::new(options), ()));
@@ -88,6 +91,70 @@ async fn redb_reopen_keeps_everything() {
         .await
         .unwrap();
     assert_eq!(outcomes, [Outcome::Written { seq: 5 }, Outcome::Parked { id: 3 }]);
+
+    // Scheduler documents, their sequence numbers, indexes and counts survive too.
+    let web = environment("c", "web", "ACTIVE");
+    let d1 = deployment("c", "d-1", "web", "RUNNING");
+    let d2 = deployment("c", "d-2", "web", "PENDING");
+    let outcomes = store
+        .apply(vec![
+            put(&web, Expect::Absent),
+            put(&d1, Expect::Absent),
+            put(&d2, Expect::Absent),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes[2], Outcome::Written { seq: 8 });
+    store
+        .apply(vec![Write::Remove {
+            key: d2.key.clone(),
+            expect: 8,
+        }])
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = RedbStore::open(&path, options).unwrap();
+    assert_eq!(store.log_bounds().await.unwrap().head, 9);
+    assert_eq!(
+        store.get(&d1.key).await.unwrap(),
+        Some(Record {
+            seq: 7,
+            doc: d1.clone()
+        })
+    );
+    assert_eq!(store.get(&d2.key).await.unwrap(), None);
+    let by_environment = Filter {
+        started_by: Some("web".into()),
+        ..Filter::default()
+    };
+    let listed = store
+        .list(Kind::Deployment, &by_environment, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.items, [Record { seq: 7, doc: d1 }]);
+    assert_eq!(store.count(Kind::Deployment).await.unwrap(), 1);
+    assert_eq!(store.count(Kind::Environment).await.unwrap(), 1);
+    assert!(matches!(
+        store.apply(vec![put(&web, Expect::Absent)]).await,
+        Err(StoreError::Conflict { found: Some(6), .. })
+    ));
+    let outcomes = store
+        .apply(vec![
+            put(&web, Expect::Seq(6)),
+            put(&d2, Expect::Absent),
+            Write::Upsert(task("c", "e", 1, "RUNNING")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Written { seq: 10 },
+            Outcome::Written { seq: 11 },
+            Outcome::Written { seq: 12 }
+        ]
+    );
 }
 
 #[tokio::test]
