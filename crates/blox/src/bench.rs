@@ -7,14 +7,18 @@
 //! 4. **stream**: many `/v1/stream/tasks` clients, and the latency from committing a change to each
 //!    client reading its line;
 //! 5. **process**: `blox server` started on the store, timed until it answers a GET, and its resident
-//!    memory after serving listings of everything.
+//!    memory after serving listings of everything;
+//! 6. **simulator** ([`sim`]): an account of the same sizes in `blox_sim`'s in-process ECS: its
+//!    DescribeTasks throughput, a reconcile pass under ECS-like throttling against the pagination
+//!    floor, and ingestion keeping up with the simulator's churn.
 //!
-//! Data is synthetic and seeded ([`workload`]), so that runs on the same sizes compare. Figures are
-//! printed as a table and written as JSON.
+//! Data is synthetic and seeded ([`workload`], and the simulator's seed), so that runs on the same
+//! sizes compare. Figures are printed as a table and written as JSON.
 
 mod process;
 mod report;
 mod serve;
+mod sim;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -26,9 +30,11 @@ use anyhow::{Context as _, Result, bail, ensure};
 use blox_aws::{Message, NoEvents};
 use blox_model::EcsEvent;
 use blox_server::{IngestOptions, Ingestor, documents};
+use blox_sim::ThrottleConfig;
 use blox_store::{Kind, RedbStore, Store, StoreOptions, Write};
 use clap::Args;
 use hdrhistogram::Histogram;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -55,6 +61,28 @@ pub struct BenchArgs {
     /// Clients of the stream fan-out [default: 1000; --quick: 100].
     #[arg(long)]
     stream_clients: Option<usize>,
+    /// Threads calling the simulator's DescribeTasks [default: 2, the "2 cores"].
+    #[arg(long)]
+    describe_threads: Option<usize>,
+    /// How long each simulator DescribeTasks measurement runs [default: 5s; --quick: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    describe_duration: Option<Duration>,
+    /// ECS events per second of the simulator's task churn [default: 1000].
+    #[arg(long)]
+    churn_rate: Option<f64>,
+    /// How long the churn runs while ingestion is measured [default: 60s; --quick: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    churn_duration: Option<Duration>,
+    /// The simulator's throttling in the reconcile and churn scenarios: `FAMILY=BURST/RATE` or
+    /// `FAMILY=off` pairs over the ECS-like defaults, as `--sim-throttle` of `blox server`.
+    #[arg(long, default_value = "")]
+    sim_throttle: String,
+    /// Only the simulator scenarios (describe, reconcile, churn).
+    #[arg(long, conflicts_with = "no_sim")]
+    sim_only: bool,
+    /// Skip the simulator scenarios.
+    #[arg(long)]
+    no_sim: bool,
     /// A small workload, for smoke tests. Sizes given explicitly still apply.
     #[arg(long)]
     quick: bool,
@@ -85,10 +113,18 @@ pub struct Params {
     pub stream_updates: usize,
     pub stream_interval_ms: u64,
     pub seed: u64,
+    /// Which scenarios run: the cluster-state ones (store, API, process), the simulator's.
+    pub cluster_state: bool,
+    pub simulator: bool,
+    pub describe_threads: usize,
+    pub describe_secs: f64,
+    pub churn_rate: f64,
+    pub churn_secs: f64,
+    pub sim_throttle: ThrottleConfig,
 }
 
 impl Params {
-    fn resolve(args: &BenchArgs) -> Params {
+    fn resolve(args: &BenchArgs) -> Result<Params> {
         let pick = |explicit: Option<u64>, full: u64, quick: u64| {
             explicit.unwrap_or(if args.quick { quick } else { full })
         };
@@ -97,7 +133,7 @@ impl Params {
         } else {
             (20_000, 200, 200)
         };
-        Params {
+        Ok(Params {
             tasks: pick(args.tasks, 100_000, 10_000).max(1),
             instances: pick(args.instances, 10_000, 1_000).max(1),
             clusters: pick(args.clusters, 10, 10).max(1),
@@ -116,7 +152,20 @@ impl Params {
             // commit and its own wake-up of every stream.
             stream_interval_ms: 10,
             seed: args.seed,
-        }
+            cluster_state: !args.sim_only,
+            simulator: !args.no_sim,
+            describe_threads: args.describe_threads.unwrap_or(2).max(1),
+            describe_secs: args
+                .describe_duration
+                .unwrap_or(Duration::from_secs(if args.quick { 1 } else { 5 }))
+                .as_secs_f64(),
+            churn_rate: args.churn_rate.unwrap_or(1_000.0).max(0.0),
+            churn_secs: args
+                .churn_duration
+                .unwrap_or(Duration::from_secs(if args.quick { 5 } else { 60 }))
+                .as_secs_f64(),
+            sim_throttle: sim::throttle(&args.sim_throttle)?,
+        })
     }
 }
 
@@ -142,7 +191,7 @@ pub(crate) fn percentile_ms(histogram: &Histogram<u64>, percentile: f64) -> f64 
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     init_logging();
-    let params = Params::resolve(&args);
+    let params = Params::resolve(&args)?;
     let machine = Machine::read();
     eprintln!("blox bench on {}", machine.describe());
     eprintln!(
@@ -164,11 +213,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             (temp.path().to_owned(), Some(temp))
         }
     };
-    let path = dir.join("cluster-state.redb");
-    if path.exists() {
-        std::fs::remove_file(&path).with_context(|| format!("removing the old {}", path.display()))?;
-    }
-
     let mut bench = Bench {
         workload: Workload::new(Shape {
             clusters: params.clusters,
@@ -182,19 +226,19 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         params,
         report: Report::default(),
     };
-    // The API's recorder is installed first so that ingestion pays for its metrics, as in the server.
+    let simulator = sim::describe_params(&bench);
+    if bench.params.simulator {
+        eprintln!("{simulator}");
+    }
+    // The API's recorder is installed first so that ingestion (and reconciliation) pay for their
+    // metrics, as in the server.
     let metrics = blox_server::metrics::handle();
-
-    let store = Arc::new(RedbStore::open(&path, StoreOptions::default()).context("opening the store")?);
-    let ingestor = Ingestor::new(store.clone(), Arc::new(NoEvents), IngestOptions::default());
-    bench.load(&ingestor, store.as_ref()).await?;
-    bench.apply(&ingestor).await?;
-    bench.split_apply(store.as_ref()).await?;
-    drop(ingestor);
-    serve::run(&mut bench, store.clone(), metrics).await?;
-    // The server process must be able to open the file: every handle of this process must be gone.
-    release(store).await?;
-    process::run(&mut bench, &path).await?;
+    if bench.params.cluster_state {
+        bench.cluster_state(&dir, metrics).await?;
+    }
+    if bench.params.simulator {
+        sim::run(&mut bench, &dir).await?;
+    }
 
     println!("blox bench — {}", machine.describe());
     println!(
@@ -205,6 +249,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         bench.params.events,
         bench.params.batch
     );
+    if bench.params.simulator {
+        println!("{simulator}");
+    }
     println!();
     print!("{}", bench.report.table());
     bench.report.write_json(&args.json_out, &machine, &bench.params)?;
@@ -263,6 +310,24 @@ fn message(n: u64, body: String) -> Message {
 }
 
 impl Bench {
+    /// The cluster-state scenarios, in order: load, apply, the API in-process, the server process.
+    async fn cluster_state(&mut self, dir: &Path, metrics: PrometheusHandle) -> Result<()> {
+        let path = dir.join("cluster-state.redb");
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing the old {}", path.display()))?;
+        }
+        let store = Arc::new(RedbStore::open(&path, StoreOptions::default()).context("opening the store")?);
+        let ingestor = Ingestor::new(store.clone(), Arc::new(NoEvents), IngestOptions::default());
+        self.load(&ingestor, store.as_ref()).await?;
+        self.apply(&ingestor).await?;
+        self.split_apply(store.as_ref()).await?;
+        drop(ingestor);
+        serve::run(self, store.clone(), metrics).await?;
+        // The server process must be able to open the file: every handle of this process must be gone.
+        release(store).await?;
+        process::run(self, &path).await
+    }
+
     /// The next event of a task: its version is bumped, so ingestion applies it.
     pub(crate) fn next_task_event(&mut self, task: u64) -> String {
         let version = &mut self.task_versions[task as usize];
