@@ -14,11 +14,12 @@ use blox_model::{
 
 use crate::{
     ClusterDescription, ContainerDefinition, DESCRIBE_BATCH, DesiredStatus, EcsControl, EcsError,
-    EcsErrorKind, EcsReader, Failure, START_TASK_BATCH, StartTask, Started, TaskDefinitionDescription,
+    EcsErrorKind, EcsReader, Failure, LIST_PAGE, ListPage, Listing, START_TASK_BATCH, StartTask, Started,
+    TaskDefinitionDescription,
 };
 
-/// ECS list calls page at most 100 items.
-const LIST_PAGE: i32 = 100;
+/// [`LIST_PAGE`] as the SDK takes it.
+const LIST_PAGE_SIZE: i32 = LIST_PAGE as i32;
 
 /// Error codes AWS uses for throttling (the set the SDK's own retry classifier treats as throttling,
 /// restricted to those ECS can answer).
@@ -124,7 +125,7 @@ impl EcsReader for SdkEcs {
             .client
             .list_clusters()
             .into_paginator()
-            .page_size(LIST_PAGE)
+            .page_size(LIST_PAGE_SIZE)
             .items()
             .send()
             .try_collect()
@@ -134,20 +135,56 @@ impl EcsReader for SdkEcs {
         Ok(arns)
     }
 
-    async fn list_container_instances(&self, cluster: &str) -> Result<Vec<String>, EcsError> {
-        let arns: Vec<String> = self
-            .client
-            .list_container_instances()
-            .cluster(cluster)
-            .into_paginator()
-            .page_size(LIST_PAGE)
-            .items()
-            .send()
-            .try_collect()
-            .await
-            .map_err(|e| sdk_error("ListContainerInstances", Some(cluster), e))?;
-        tracing::debug!(cluster, count = arns.len(), "listed container instances");
-        Ok(arns)
+    async fn list_page(
+        &self,
+        cluster: &str,
+        listing: Listing,
+        next_token: Option<&str>,
+    ) -> Result<ListPage, EcsError> {
+        let token = next_token.map(str::to_owned);
+        let (arns, next_token) = match listing {
+            Listing::ContainerInstances => {
+                let out = self
+                    .client
+                    .list_container_instances()
+                    .cluster(cluster)
+                    .max_results(LIST_PAGE_SIZE)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(listing.operation(), Some(cluster), e))?;
+                (out.container_instance_arns().to_vec(), out.next_token)
+            }
+            Listing::Tasks(desired) => {
+                let status = match desired {
+                    DesiredStatus::Running => ecs::DesiredStatus::Running,
+                    DesiredStatus::Stopped => ecs::DesiredStatus::Stopped,
+                };
+                let out = self
+                    .client
+                    .list_tasks()
+                    .cluster(cluster)
+                    .desired_status(status)
+                    .max_results(LIST_PAGE_SIZE)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(listing.operation(), Some(cluster), e))?;
+                (out.task_arns().to_vec(), out.next_token)
+            }
+        };
+        tracing::debug!(
+            cluster,
+            ?listing,
+            count = arns.len(),
+            more = next_token.is_some(),
+            "listed a page"
+        );
+        Ok(ListPage {
+            arns,
+            // An empty token would restart the listing.
+            next_token: next_token.filter(|t| !t.is_empty()),
+        })
     }
 
     async fn describe_container_instances(
@@ -168,27 +205,6 @@ impl EcsReader for SdkEcs {
             "described container instances"
         );
         Ok(described)
-    }
-
-    async fn list_tasks(&self, cluster: &str, desired: DesiredStatus) -> Result<Vec<String>, EcsError> {
-        let status = match desired {
-            DesiredStatus::Running => ecs::DesiredStatus::Running,
-            DesiredStatus::Stopped => ecs::DesiredStatus::Stopped,
-        };
-        let arns: Vec<String> = self
-            .client
-            .list_tasks()
-            .cluster(cluster)
-            .desired_status(status)
-            .into_paginator()
-            .page_size(LIST_PAGE)
-            .items()
-            .send()
-            .try_collect()
-            .await
-            .map_err(|e| sdk_error("ListTasks", Some(cluster), e))?;
-        tracing::debug!(cluster, desired = ?desired, count = arns.len(), "listed tasks");
-        Ok(arns)
     }
 
     async fn describe_tasks(&self, cluster: &str, arns: &[String]) -> Result<Vec<Task>, EcsError> {

@@ -58,22 +58,63 @@ pub enum EcsErrorKind {
     Other(String),
 }
 
-/// The read side of ECS that the reconciler uses. Every list call follows all pages; describe calls
-/// take at most [`DESCRIBE_BATCH`] ARNs and return what ECS described (ARNs ECS reports as missing
-/// are simply absent from the result).
+/// A List call of a cluster's resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// ListContainerInstances with ECS's default: every status but INACTIVE.
+    ContainerInstances,
+    /// ListTasks of one desired status.
+    Tasks(DesiredStatus),
+}
+
+impl Listing {
+    pub fn operation(self) -> &'static str {
+        match self {
+            Listing::ContainerInstances => "ListContainerInstances",
+            Listing::Tasks(_) => "ListTasks",
+        }
+    }
+}
+
+/// One page of a List call: at most [`LIST_PAGE`] ARNs, and the token of the next page (`None` on
+/// the last).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub arns: Vec<String>,
+    pub next_token: Option<String>,
+}
+
+/// ECS limit: items per List page.
+pub const LIST_PAGE: usize = 100;
+
+/// The read side of ECS that the reconciler uses. Lists come a page at a time (so that a caller can
+/// describe a page while the next is listed) or all at once; describe calls take at most
+/// [`DESCRIBE_BATCH`] ARNs and return what ECS described (ARNs ECS reports as missing are simply
+/// absent from the result).
 #[async_trait]
 pub trait EcsReader: Send + Sync + 'static {
     /// ARNs of every cluster of the account and region.
     async fn list_clusters(&self) -> Result<Vec<String>, EcsError>;
-    /// ARNs of the cluster's container instances (ECS's default: every status but INACTIVE).
-    async fn list_container_instances(&self, cluster: &str) -> Result<Vec<String>, EcsError>;
+    /// One page of a List call, after `next_token` (`None`: the first page).
+    async fn list_page(
+        &self,
+        cluster: &str,
+        listing: Listing,
+        next_token: Option<&str>,
+    ) -> Result<ListPage, EcsError>;
+    /// ARNs of the cluster's container instances (ECS's default: every status but INACTIVE), all pages.
+    async fn list_container_instances(&self, cluster: &str) -> Result<Vec<String>, EcsError> {
+        list_all(self, cluster, Listing::ContainerInstances).await
+    }
     async fn describe_container_instances(
         &self,
         cluster: &str,
         arns: &[String],
     ) -> Result<Vec<ContainerInstance>, EcsError>;
-    /// ARNs of the cluster's tasks with the given desired status.
-    async fn list_tasks(&self, cluster: &str, desired: DesiredStatus) -> Result<Vec<String>, EcsError>;
+    /// ARNs of the cluster's tasks with the given desired status, all pages.
+    async fn list_tasks(&self, cluster: &str, desired: DesiredStatus) -> Result<Vec<String>, EcsError> {
+        list_all(self, cluster, Listing::Tasks(desired)).await
+    }
     async fn describe_tasks(&self, cluster: &str, arns: &[String]) -> Result<Vec<Task>, EcsError>;
 }
 
@@ -163,6 +204,24 @@ pub trait EcsControl: Send + Sync + 'static {
     async fn start_task(&self, request: &StartTask) -> Result<Started, EcsError>;
     /// Stops a task; stopping a stopped task is not an error. Returns the task as ECS described it.
     async fn stop_task(&self, cluster: &str, task: &str, reason: &str) -> Result<Task, EcsError>;
+}
+
+/// Every page of a List call.
+async fn list_all<E: EcsReader + ?Sized>(
+    ecs: &E,
+    cluster: &str,
+    listing: Listing,
+) -> Result<Vec<String>, EcsError> {
+    let mut arns = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = ecs.list_page(cluster, listing, token.as_deref()).await?;
+        arns.extend(page.arns);
+        match page.next_token {
+            Some(next) => token = Some(next),
+            None => return Ok(arns),
+        }
+    }
 }
 
 /// A message of the event queue.

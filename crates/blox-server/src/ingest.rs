@@ -68,8 +68,11 @@ impl Ingestor {
     /// Runs until `shutdown`; messages already received are committed before it returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let receivers = self.options.receivers.max(1);
-        // Small: messages waiting here age towards their visibility timeout.
-        let (tx, mut rx) = mpsc::channel::<Vec<Message>>(receivers);
+        // Room for about one commit's worth of receives (SQS gives at most 10 messages each), so
+        // that a backlog is committed in large batches while receivers keep receiving; not more,
+        // since messages waiting here age towards their visibility timeout.
+        let capacity = (self.options.max_batch / 10).max(receivers);
+        let (tx, mut rx) = mpsc::channel::<Vec<Message>>(capacity);
         let tasks = TaskTracker::new();
         for _ in 0..receivers {
             tasks.spawn(receive_loop(self.source.clone(), tx.clone(), shutdown.clone()));

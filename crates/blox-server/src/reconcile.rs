@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blox_api::{ClusterFailure, Readiness};
-use blox_aws::{DESCRIBE_BATCH, DesiredStatus, EcsError, EcsErrorKind, EcsReader};
+use blox_aws::{DesiredStatus, EcsError, EcsErrorKind, EcsReader, ListPage, Listing};
 use blox_model::ClusterName;
 use blox_store::{Document, Key, Kind, Outcome, Store, StoreError, Write};
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::stream::BoxStream;
+use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -225,17 +226,28 @@ impl Reconciler {
             // Read before looking at ECS: an entity changed after this (by an event) is never deleted
             // by this pass, even if the listing below missed it.
             let snapshot = self.store.log_bounds().await?.head;
-            let arns = if self.allowed(cluster) {
-                self.list(cluster, kind).await?
+            // Pages are described as they are listed (each listing is sequential: a page needs the
+            // previous page's token), so that ECS's list and describe budgets are spent together.
+            let listings = if self.allowed(cluster) {
+                listings(kind)
             } else {
-                Vec::new()
+                &[]
             };
-            let mut seen = HashSet::with_capacity(arns.len());
-            // Owned chunks: borrowed ones trip the compiler's higher-ranked lifetime inference in spawn.
-            let chunks: Vec<Vec<String>> = arns.chunks(DESCRIBE_BATCH).map(<[String]>::to_vec).collect();
-            let mut described = futures::stream::iter(chunks)
-                .map(|chunk| async move { self.describe(cluster, kind, &chunk).await })
-                .buffer_unordered(self.options.describe_concurrency.max(1));
+            // Boxed: the unboxed stream trips the compiler's higher-ranked lifetime inference when the
+            // reconciler is spawned.
+            let pages: BoxStream<'_, Result<Vec<String>, ClusterError>> =
+                futures::stream::try_unfold((0, None::<String>), |position| {
+                    self.next_page(cluster, listings, position)
+                })
+                .boxed();
+            let described = pages
+                .try_filter(|arns| futures::future::ready(!arns.is_empty()))
+                .map_ok(|arns| {
+                    async move { Ok::<_, ClusterError>(self.describe(cluster, kind, &arns).await?) }.boxed()
+                })
+                .try_buffer_unordered(self.options.describe_concurrency.max(1));
+            let mut described = std::pin::pin!(described);
+            let mut seen = HashSet::new();
             while let Some(docs) = described.try_next().await? {
                 seen.extend(docs.iter().map(|d| d.key.id.clone()));
                 let outcomes = self
@@ -280,31 +292,38 @@ impl Reconciler {
         Ok(total)
     }
 
-    async fn list(&self, cluster: &ClusterName, kind: Kind) -> Result<Vec<String>, EcsError> {
-        let name = cluster.as_str();
-        let result = match kind {
-            Kind::Instance => self.ecs.list_container_instances(name).await,
-            Kind::Task => self.list_tasks(name).await,
-            // Scheduler documents are not ECS's: never reconciled (and never asked for).
-            Kind::Environment | Kind::Revision | Kind::Deployment => Ok(Vec::new()),
+    /// The page at `(listing index, token)` and the position after it; `None` after the last.
+    async fn next_page(
+        &self,
+        cluster: &ClusterName,
+        listings: &[Listing],
+        (at, token): (usize, Option<String>),
+    ) -> Result<Option<(Vec<String>, (usize, Option<String>))>, ClusterError> {
+        let Some(&listing) = listings.get(at) else {
+            return Ok(None);
         };
-        match result {
+        let page = self.list_page(cluster, listing, token.as_deref()).await?;
+        let next = match page.next_token {
+            Some(token) => (at, Some(token)),
+            None => (at + 1, None),
+        };
+        Ok(Some((page.arns, next)))
+    }
+
+    async fn list_page(
+        &self,
+        cluster: &ClusterName,
+        listing: Listing,
+        token: Option<&str>,
+    ) -> Result<ListPage, EcsError> {
+        match self.ecs.list_page(cluster.as_str(), listing, token).await {
             // A cluster ECS does not know has nothing in it.
             Err(EcsError {
                 kind: EcsErrorKind::ClusterNotFound,
                 ..
-            }) => Ok(Vec::new()),
+            }) => Ok(ListPage::default()),
             other => other,
         }
-    }
-
-    /// ECS lists one desired status per call; stopped tasks stay visible for a while, and are kept.
-    async fn list_tasks(&self, cluster: &str) -> Result<Vec<String>, EcsError> {
-        let mut arns = self.ecs.list_tasks(cluster, DesiredStatus::Running).await?;
-        let running: HashSet<String> = arns.iter().cloned().collect();
-        let stopped = self.ecs.list_tasks(cluster, DesiredStatus::Stopped).await?;
-        arns.extend(stopped.into_iter().filter(|a| !running.contains(a)));
-        Ok(arns)
     }
 
     async fn describe(
@@ -334,6 +353,21 @@ impl Reconciler {
             Kind::Environment | Kind::Revision | Kind::Deployment => Vec::new(),
         };
         Ok(docs)
+    }
+}
+
+/// The List calls that find every entity of a kind ECS still describes. ECS lists one desired
+/// status per call; stopped tasks stay visible for a while, and are kept. (A task that stops between
+/// the two listings is described twice, which the version rule makes harmless.)
+fn listings(kind: Kind) -> &'static [Listing] {
+    match kind {
+        Kind::Instance => &[Listing::ContainerInstances],
+        Kind::Task => &[
+            Listing::Tasks(DesiredStatus::Running),
+            Listing::Tasks(DesiredStatus::Stopped),
+        ],
+        // Scheduler documents are not ECS's: never reconciled (and never asked for).
+        Kind::Environment | Kind::Revision | Kind::Deployment => &[],
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use blox_aws::{
-    DesiredStatus, EcsError, EcsErrorKind, EcsReader, EventSource, Message, QueueDepth, SourceError,
+    DesiredStatus, EcsError, EcsErrorKind, EcsReader, EventSource, ListPage, Listing, Message, QueueDepth,
+    SourceError,
 };
 use blox_model::{ClusterName, ContainerInstance, Task};
 use blox_server::{IngestOptions, Ingestor, ReadinessState, ReconcileOptions, Reconciler};
@@ -312,15 +313,46 @@ impl EcsReader for FakeEcs {
             .collect())
     }
 
-    async fn list_container_instances(&self, cluster: &str) -> Result<Vec<String>, EcsError> {
-        self.known(cluster, "ListContainerInstances")?;
-        let instances = self.instances.lock().unwrap();
-        Ok(instances
-            .get(cluster)
-            .into_iter()
-            .flatten()
-            .map(|i| i.container_instance_arn.clone())
-            .collect())
+    /// Pages of 100, the token being the offset of the next page.
+    async fn list_page(
+        &self,
+        cluster: &str,
+        listing: Listing,
+        next_token: Option<&str>,
+    ) -> Result<ListPage, EcsError> {
+        self.known(cluster, listing.operation())?;
+        let all: Vec<String> = match listing {
+            Listing::ContainerInstances => self
+                .instances
+                .lock()
+                .unwrap()
+                .get(cluster)
+                .into_iter()
+                .flatten()
+                .map(|i| i.container_instance_arn.clone())
+                .collect(),
+            Listing::Tasks(desired) => {
+                let want = match desired {
+                    DesiredStatus::Running => "RUNNING",
+                    DesiredStatus::Stopped => "STOPPED",
+                };
+                self.tasks
+                    .lock()
+                    .unwrap()
+                    .get(cluster)
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t.desired_status == want)
+                    .map(|t| t.task_arn.clone())
+                    .collect()
+            }
+        };
+        let from: usize = next_token.map_or(0, |t| t.parse().expect("a token this fake gave"));
+        let to = (from + blox_aws::LIST_PAGE).min(all.len());
+        Ok(ListPage {
+            arns: all[from..to].to_vec(),
+            next_token: (to < all.len()).then(|| to.to_string()),
+        })
     }
 
     async fn describe_container_instances(
@@ -337,22 +369,6 @@ impl EcsReader for FakeEcs {
             .flatten()
             .filter(|i| arns.contains(&i.container_instance_arn))
             .cloned()
-            .collect())
-    }
-
-    async fn list_tasks(&self, cluster: &str, desired: DesiredStatus) -> Result<Vec<String>, EcsError> {
-        self.known(cluster, "ListTasks")?;
-        let want = match desired {
-            DesiredStatus::Running => "RUNNING",
-            DesiredStatus::Stopped => "STOPPED",
-        };
-        let tasks = self.tasks.lock().unwrap();
-        Ok(tasks
-            .get(cluster)
-            .into_iter()
-            .flatten()
-            .filter(|t| t.desired_status == want)
-            .map(|t| t.task_arn.clone())
             .collect())
     }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use blox_aws::{
     ClusterDescription, DESCRIBE_BATCH, DesiredStatus, EcsControl, EcsError, EcsErrorKind, EcsReader,
-    EventSource, Failure, Message, QueueDepth, SourceError, StartTask, Started, TaskDefinitionDescription,
+    EventSource, Failure, ListPage, Listing, Message, QueueDepth, SourceError, StartTask, Started,
+    TaskDefinitionDescription,
 };
 use blox_model::{ContainerInstance, Task};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ecs::{Ecs, Page, SimConfig, SimError, TaskFilter};
 use crate::events::{EventQueue, Faults};
 use crate::scenario::{Driver, Scenario};
+use crate::throttle::Family;
 
 /// Where the simulator's time comes from.
 #[derive(Debug, Clone)]
@@ -131,6 +133,8 @@ struct Inner {
     clock: Clock,
     last_tick_ms: AtomicU64,
     options: SimOptions,
+    /// Per API family, the line throttled callers wait in.
+    waiting: [tokio::sync::Mutex<()>; 4],
 }
 
 /// The shared simulator. Clones share one account.
@@ -138,6 +142,9 @@ struct Inner {
 pub struct Simulator {
     inner: Arc<Inner>,
 }
+
+/// The most churn one tick acts out.
+const MAX_CHURN_STEP_MS: u64 = 1_000;
 
 /// How long a call waits out throttling in all before giving up, like the SDK's retries.
 const THROTTLE_PATIENCE: Duration = Duration::from_secs(120);
@@ -213,6 +220,7 @@ impl Simulator {
                 clock,
                 last_tick_ms: AtomicU64::new(now),
                 options,
+                waiting: Default::default(),
             }),
         }
     }
@@ -287,7 +295,9 @@ impl Simulator {
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
-            driver.step(&mut ecs, now, now.saturating_sub(last));
+            // A ticker that stalled (or a simulator opened long before its first tick) does not
+            // catch up on churn in one burst.
+            driver.step(&mut ecs, now, now.saturating_sub(last).min(MAX_CHURN_STEP_MS));
             ecs.advance(now);
         }
         let emitted = ecs.drain_events();
@@ -367,17 +377,26 @@ impl Simulator {
         self.inner.arrived.notify_waiters();
     }
 
+    /// Makes a call, waiting out throttling. Throttled callers of a family queue up and poll the
+    /// bucket one at a time (a client-side limiter), instead of all waking for the same token.
     async fn retry<R>(
         &self,
         operation: &'static str,
+        family: Family,
         cluster: Option<&str>,
         mut call: impl FnMut(&Simulator) -> Result<R, SimError>,
     ) -> Result<R, EcsError> {
         let started = tokio::time::Instant::now();
+        let mut turn = None;
         loop {
             match call(self) {
                 Ok(result) => return Ok(result),
                 Err(SimError::Throttled { retry_after_ms }) if started.elapsed() < THROTTLE_PATIENCE => {
+                    if turn.is_none() {
+                        turn = Some(self.inner.waiting[family as usize].lock().await);
+                        // Whoever held the turn may have left a token behind.
+                        continue;
+                    }
                     tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
                 }
                 Err(err) => return Err(ecs_error(operation, cluster, err)),
@@ -396,7 +415,7 @@ impl Simulator {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .retry(operation, cluster, |sim| {
+                .retry(operation, Family::List, cluster, |sim| {
                     let now = sim.now_ms();
                     list(&sim.ecs_read(), token.as_deref(), now)
                 })
@@ -450,11 +469,39 @@ impl EcsReader for Simulator {
         .await
     }
 
-    async fn list_container_instances(&self, cluster: &str) -> Result<Vec<String>, EcsError> {
-        self.all_pages("ListContainerInstances", Some(cluster), |ecs, token, now| {
-            ecs.list_container_instances(cluster, None, token, None, now)
+    async fn list_page(
+        &self,
+        cluster: &str,
+        listing: Listing,
+        next_token: Option<&str>,
+    ) -> Result<ListPage, EcsError> {
+        let filter = match listing {
+            Listing::ContainerInstances => None,
+            Listing::Tasks(desired) => Some(TaskFilter {
+                desired_status: Some(
+                    match desired {
+                        DesiredStatus::Running => "RUNNING",
+                        DesiredStatus::Stopped => "STOPPED",
+                    }
+                    .to_owned(),
+                ),
+                ..TaskFilter::default()
+            }),
+        };
+        let page = self
+            .retry(listing.operation(), Family::List, Some(cluster), |sim| {
+                let now = sim.now_ms();
+                let ecs = sim.ecs_read();
+                match &filter {
+                    None => ecs.list_container_instances(cluster, None, next_token, None, now),
+                    Some(filter) => ecs.list_tasks(cluster, filter, next_token, None, now),
+                }
+            })
+            .await?;
+        Ok(ListPage {
+            arns: page.arns,
+            next_token: page.next_token,
         })
-        .await
     }
 
     async fn describe_container_instances(
@@ -466,38 +513,26 @@ impl EcsReader for Simulator {
         let mut described = Vec::with_capacity(arns.len());
         for chunk in arns.chunks(DESCRIBE_BATCH) {
             let (found, _) = self
-                .retry("DescribeContainerInstances", Some(cluster), |sim| {
-                    let now = sim.now_ms();
-                    sim.ecs_read().describe_container_instances(cluster, chunk, now)
-                })
+                .retry(
+                    "DescribeContainerInstances",
+                    Family::Describe,
+                    Some(cluster),
+                    |sim| {
+                        let now = sim.now_ms();
+                        sim.ecs_read().describe_container_instances(cluster, chunk, now)
+                    },
+                )
                 .await?;
             described.extend(found.iter().map(|i| (**i).clone()));
         }
         Ok(described)
     }
 
-    async fn list_tasks(&self, cluster: &str, desired: DesiredStatus) -> Result<Vec<String>, EcsError> {
-        let filter = TaskFilter {
-            desired_status: Some(
-                match desired {
-                    DesiredStatus::Running => "RUNNING",
-                    DesiredStatus::Stopped => "STOPPED",
-                }
-                .to_owned(),
-            ),
-            ..TaskFilter::default()
-        };
-        self.all_pages("ListTasks", Some(cluster), |ecs, token, now| {
-            ecs.list_tasks(cluster, &filter, token, None, now)
-        })
-        .await
-    }
-
     async fn describe_tasks(&self, cluster: &str, arns: &[String]) -> Result<Vec<Task>, EcsError> {
         let mut described = Vec::with_capacity(arns.len());
         for chunk in arns.chunks(DESCRIBE_BATCH) {
             let (found, _) = self
-                .retry("DescribeTasks", Some(cluster), |sim| {
+                .retry("DescribeTasks", Family::Describe, Some(cluster), |sim| {
                     let now = sim.now_ms();
                     sim.ecs_read().describe_tasks(cluster, chunk, now)
                 })
@@ -517,7 +552,7 @@ impl EcsControl for Simulator {
         let (mut described, mut failures) = (Vec::new(), Vec::new());
         for chunk in clusters.chunks(DESCRIBE_BATCH) {
             let (found, missing) = self
-                .retry("DescribeClusters", None, |sim| {
+                .retry("DescribeClusters", Family::Describe, None, |sim| {
                     let now = sim.now_ms();
                     sim.ecs_read().describe_clusters(chunk, now)
                 })
@@ -532,7 +567,7 @@ impl EcsControl for Simulator {
         &self,
         task_definition: &str,
     ) -> Result<TaskDefinitionDescription, EcsError> {
-        self.retry("DescribeTaskDefinition", None, |sim| {
+        self.retry("DescribeTaskDefinition", Family::Describe, None, |sim| {
             let now = sim.now_ms();
             sim.ecs_read().describe_task_definition(task_definition, now)
         })
@@ -540,14 +575,14 @@ impl EcsControl for Simulator {
     }
 
     async fn start_task(&self, request: &StartTask) -> Result<Started, EcsError> {
-        self.retry("StartTask", Some(&request.cluster), |sim| {
+        self.retry("StartTask", Family::Launch, Some(&request.cluster), |sim| {
             sim.write(|ecs, now| ecs.start_task(request, now))
         })
         .await
     }
 
     async fn stop_task(&self, cluster: &str, task: &str, reason: &str) -> Result<Task, EcsError> {
-        self.retry("StopTask", Some(cluster), |sim| {
+        self.retry("StopTask", Family::Modify, Some(cluster), |sim| {
             sim.write(|ecs, now| ecs.stop_task(cluster, task, reason, now))
         })
         .await
