@@ -13,9 +13,8 @@ use blox_model::{
 };
 
 use crate::{
-    ClusterDescription, ContainerDefinition, DESCRIBE_BATCH, DesiredStatus, EcsControl, EcsError,
-    EcsErrorKind, EcsReader, Failure, LIST_PAGE, ListPage, Listing, START_TASK_BATCH, StartTask, Started,
-    TaskDefinitionDescription,
+    ClusterDescription, ContainerDefinition, DESCRIBE_BATCH, EcsControl, EcsError, EcsErrorKind, EcsReader,
+    Failure, LIST_PAGE, ListPage, Listing, START_TASK_BATCH, StartTask, Started, TaskDefinitionDescription,
 };
 
 /// [`LIST_PAGE`] as the SDK takes it.
@@ -156,10 +155,7 @@ impl EcsReader for SdkEcs {
                 (out.container_instance_arns().to_vec(), out.next_token)
             }
             Listing::Tasks(desired) => {
-                let status = match desired {
-                    DesiredStatus::Running => ecs::DesiredStatus::Running,
-                    DesiredStatus::Stopped => ecs::DesiredStatus::Stopped,
-                };
+                let status = ecs::DesiredStatus::from(desired.as_str());
                 let out = self
                     .client
                     .list_tasks()

@@ -30,6 +30,16 @@ pub enum DesiredStatus {
     Stopped,
 }
 
+impl DesiredStatus {
+    /// As ECS writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredStatus::Running => "RUNNING",
+            DesiredStatus::Stopped => "STOPPED",
+        }
+    }
+}
+
 /// An ECS call that failed after the SDK's own retries.
 #[derive(Debug, Error)]
 #[error("ECS {operation} failed{}: {kind}", cluster.as_deref().map(|c| format!(" for cluster {c}")).unwrap_or_default())]

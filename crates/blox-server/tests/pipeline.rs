@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use blox_aws::{
-    DesiredStatus, EcsError, EcsErrorKind, EcsReader, EventSource, ListPage, Listing, Message, QueueDepth,
-    SourceError,
+    EcsError, EcsErrorKind, EcsReader, EventSource, ListPage, Listing, Message, QueueDepth, SourceError,
 };
 use blox_model::{ClusterName, ContainerInstance, Task};
 use blox_server::{IngestOptions, Ingestor, ReadinessState, ReconcileOptions, Reconciler};
@@ -332,10 +331,7 @@ impl EcsReader for FakeEcs {
                 .map(|i| i.container_instance_arn.clone())
                 .collect(),
             Listing::Tasks(desired) => {
-                let want = match desired {
-                    DesiredStatus::Running => "RUNNING",
-                    DesiredStatus::Stopped => "STOPPED",
-                };
+                let want = desired.as_str();
                 self.tasks
                     .lock()
                     .unwrap()

@@ -10,9 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use blox_aws::{
-    ClusterDescription, DESCRIBE_BATCH, DesiredStatus, EcsControl, EcsError, EcsErrorKind, EcsReader,
-    EventSource, Failure, ListPage, Listing, Message, QueueDepth, SourceError, StartTask, Started,
-    TaskDefinitionDescription,
+    ClusterDescription, DESCRIBE_BATCH, EcsControl, EcsError, EcsErrorKind, EcsReader, EventSource, Failure,
+    ListPage, Listing, Message, QueueDepth, SourceError, StartTask, Started, TaskDefinitionDescription,
 };
 use blox_model::{ContainerInstance, Task};
 use serde::{Deserialize, Serialize};
@@ -245,6 +244,10 @@ impl Simulator {
         self.inner.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn driver_lock(&self) -> MutexGuard<'_, Option<Driver>> {
+        self.inner.driver.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Reads the account.
     pub fn read<R>(&self, f: impl FnOnce(&Ecs) -> R) -> R {
         f(&self.ecs_read())
@@ -288,13 +291,7 @@ impl Simulator {
         let last = self.inner.last_tick_ms.swap(now, Ordering::SeqCst);
         let mut ecs = self.ecs_write();
         ecs.advance(now);
-        if let Some(driver) = self
-            .inner
-            .driver
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(driver) = self.driver_lock().as_mut() {
             // A ticker that stalled (or a simulator opened long before its first tick) does not
             // catch up on churn in one burst.
             driver.step(&mut ecs, now, now.saturating_sub(last).min(MAX_CHURN_STEP_MS));
@@ -344,7 +341,7 @@ impl Simulator {
         };
         let json = {
             let ecs = self.ecs_read();
-            let driver = self.inner.driver.lock().unwrap_or_else(|p| p.into_inner());
+            let driver = self.driver_lock();
             serde_json::to_string(&SavedRef {
                 ecs: &ecs,
                 driver: driver.as_ref(),
@@ -357,13 +354,7 @@ impl Simulator {
 
     /// Changes the churn's rates (zero: the account stays as it is); no-op without a driver.
     pub fn set_rates(&self, rates: crate::scenario::Rates) {
-        if let Some(driver) = self
-            .inner
-            .driver
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(driver) = self.driver_lock().as_mut() {
             driver.set_rates(rates);
         }
     }
@@ -478,13 +469,7 @@ impl EcsReader for Simulator {
         let filter = match listing {
             Listing::ContainerInstances => None,
             Listing::Tasks(desired) => Some(TaskFilter {
-                desired_status: Some(
-                    match desired {
-                        DesiredStatus::Running => "RUNNING",
-                        DesiredStatus::Stopped => "STOPPED",
-                    }
-                    .to_owned(),
-                ),
+                desired_status: Some(desired.as_str().to_owned()),
                 ..TaskFilter::default()
             }),
         };
