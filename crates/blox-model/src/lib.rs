@@ -1,15 +1,21 @@
-//! The pure core of blox: identifiers, the ECS entities blox mirrors, ECS event parsing and the rule
-//! that orders writes by ECS's per-resource `version`.
+//! The pure core of blox: identifiers, the ECS entities blox mirrors, ECS event parsing, the rule
+//! that orders writes by ECS's per-resource `version`, and the daemon scheduler's documents and planner.
 //!
 //! Nothing here performs I/O, reads a clock or draws randomness: callers pass those in.
 
 pub mod arn;
+pub mod daemon;
 pub mod emit;
 pub mod entity;
 pub mod event;
 pub mod version;
 
 pub use arn::{Arn, ArnError, ClusterName, ClusterRef, ResourceArn, ResourceKind};
+pub use daemon::{
+    ClusterView, Counts, Deployment, DeploymentConfiguration, DeploymentStatus, Environment,
+    EnvironmentStatus, FailedInstance, Health, InstanceGroup, InstanceView, Plan, PlanInput, Revision,
+    StartIntent, StopReason, TaskView,
+};
 pub use entity::{
     Attribute, Container, ContainerInstance, ContainerOverride, EnvironmentVariable, FieldError,
     INSTANCE_STATUSES, NetworkBinding, Overrides, Resource, TASK_STATUSES, Task, VersionInfo,
