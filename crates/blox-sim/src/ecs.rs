@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use blox_aws::{
@@ -195,11 +196,32 @@ impl TaskDefinition {
     }
 }
 
+/// Instances and tasks are keyed by their id (the tail of their ARN) as a number: see [`parse_id`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Cluster {
     arn: String,
-    instances: BTreeMap<String, Instance>,
-    tasks: BTreeMap<String, SimTask>,
+    instances: BTreeMap<u128, Instance>,
+    tasks: BTreeMap<u128, SimTask>,
+}
+
+impl Cluster {
+    /// The instance an id or ARN names.
+    fn instance(&self, reference: &str) -> Option<(u128, &Instance)> {
+        let id = resource_id(reference)?;
+        self.instances
+            .get(&id)
+            .filter(|i| arn_matches(reference, &i.desc.container_instance_arn))
+            .map(|i| (id, i))
+    }
+
+    /// The task an id or ARN names.
+    fn task(&self, reference: &str) -> Option<(u128, &SimTask)> {
+        let id = resource_id(reference)?;
+        self.tasks
+            .get(&id)
+            .filter(|t| arn_matches(reference, &t.desc.task_arn))
+            .map(|t| (id, t))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,13 +233,13 @@ struct Instance {
     memory_used: i64,
     ports_used: BTreeSet<i64>,
     /// Tasks placed here that are not STOPPED yet.
-    tasks: BTreeSet<String>,
+    tasks: BTreeSet<u128>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SimTask {
     desc: Arc<Task>,
-    instance: Option<String>,
+    instance: Option<u128>,
     family: String,
     cpu: i64,
     memory: i64,
@@ -231,15 +253,11 @@ struct SimTask {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 enum Timer {
     /// Move the task one step along its lifecycle, if it is still at `version`.
-    Task {
-        cluster: String,
-        id: String,
-        version: u64,
-    },
+    Task { cluster: String, id: u128, version: u64 },
     /// Forget a task STOPPED long enough ago.
-    ExpireTask { cluster: String, id: String },
+    ExpireTask { cluster: String, id: u128 },
     /// Forget a deregistered instance.
-    PurgeInstance { cluster: String, id: String },
+    PurgeInstance { cluster: String, id: u128 },
 }
 
 /// What ECS lists and describes in one cluster.
@@ -267,6 +285,9 @@ pub struct Ecs {
     timer_seq: u64,
     #[serde(skip)]
     throttle: Mutex<Throttle>,
+    /// Calls of the families the throttle leaves unlimited, counted without taking its lock.
+    #[serde(skip)]
+    unthrottled_calls: [AtomicU64; 4],
     #[serde(skip)]
     outbox: Vec<Emitted>,
     /// Off while a scenario builds its initial world, whose events nobody needs.
@@ -285,6 +306,7 @@ impl Ecs {
             timers: BTreeSet::new(),
             timer_seq: 0,
             throttle,
+            unthrottled_calls: Default::default(),
             outbox: Vec::new(),
             quiet: false,
         }
@@ -298,6 +320,7 @@ impl Ecs {
     pub fn set_throttle(&mut self, config: ThrottleConfig) {
         self.config.throttle = config.clone();
         *self.throttle_state() = Throttle::new(config);
+        self.unthrottled_calls = Default::default();
     }
 
     pub fn set_start_failure(&mut self, probability: f64) {
@@ -307,7 +330,8 @@ impl Ecs {
     /// Calls answered and throttled per API family so far.
     pub fn call_counts(&self, family: Family) -> (u64, u64) {
         let t = self.throttle_state();
-        (t.calls(family), t.throttled(family))
+        let unthrottled = self.unthrottled_calls[family as usize].load(Ordering::Relaxed);
+        (t.calls(family) + unthrottled, t.throttled(family))
     }
 
     fn throttle_state(&self) -> std::sync::MutexGuard<'_, Throttle> {
@@ -315,6 +339,11 @@ impl Ecs {
     }
 
     fn take(&self, family: Family, now: u64) -> Result<(), SimError> {
+        if self.config.throttle.rate(family).is_none() {
+            // Concurrent readers (the simulator's read lock) need not queue on the mutex.
+            self.unthrottled_calls[family as usize].fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         self.throttle_state()
             .take(family, now)
             .map_err(|retry_after_ms| SimError::Throttled { retry_after_ms })
@@ -354,8 +383,8 @@ impl Ecs {
         self.timers.insert((at, self.timer_seq, timer));
     }
 
-    fn random_id(&mut self) -> String {
-        format!("{:032x}", self.rng.random::<u128>())
+    fn random_id(&mut self) -> u128 {
+        self.rng.random()
     }
 
     fn arn(&self, resource: &str) -> String {
@@ -529,7 +558,11 @@ impl Ecs {
         let max = page_size(max_results)?;
         let start = start_after(next_token)?;
         let mut page = Page::default();
-        for cluster in self.clusters.range::<str, _>(lower(&start)).map(|(_, c)| c) {
+        for cluster in self
+            .clusters
+            .range::<str, _>(after(start.as_deref()))
+            .map(|(_, c)| c)
+        {
             if page.arns.len() == max {
                 page.next_token = Some(page_token(&page));
                 break;
@@ -640,9 +673,9 @@ impl Ecs {
         let id = self.random_id();
         let ec2 = new
             .ec2_instance_id
-            .unwrap_or_else(|| format!("i-{}", &self.random_id()[..17]));
+            .unwrap_or_else(|| format!("i-{}", &format_id(self.random_id())[..17]));
         let (name, _) = self.cluster_mut(cluster)?;
-        let arn = self.arn(&format!("container-instance/{name}/{id}"));
+        let arn = self.arn(&format!("container-instance/{name}/{}", format_id(id)));
         let cluster_arn = self.clusters[&name].arn.clone();
         let mut instance = Instance {
             desc: Arc::new(ContainerInstance {
@@ -677,8 +710,8 @@ impl Ecs {
         desc.registered_resources = resources(instance.cpu, instance.memory, &BTreeSet::new());
         refresh_instance(&mut instance, &BTreeMap::new());
         let cluster = self.clusters.get_mut(&name).unwrap_or_else(|| unreachable!());
-        cluster.instances.insert(id.clone(), instance);
-        self.bump_instance(&name, &id, now, true, |_| {});
+        cluster.instances.insert(id, instance);
+        self.bump_instance(&name, id, now, true, |_| {});
         Ok(self.clusters[&name].instances[&id].desc.clone())
     }
 
@@ -697,7 +730,7 @@ impl Ecs {
         if live > 0 && !force {
             return Err(invalid("Found running tasks on the instance."));
         }
-        self.remove_instance(&name, &id, None, now);
+        self.remove_instance(&name, id, None, now);
         Ok(self.clusters[&name].instances[&id].desc.clone())
     }
 
@@ -710,27 +743,27 @@ impl Ecs {
             .ec2_instance_id
             .clone()
             .unwrap_or_default();
-        self.set_agent_connected(&name, &id, false, now)?;
+        self.set_agent_connected(&name, instance, false, now)?;
         let reason = format!("Host EC2 (instance {ec2}) terminated.");
-        self.remove_instance(&name, &id, Some(&reason), now);
+        self.remove_instance(&name, id, Some(&reason), now);
         Ok(())
     }
 
     /// Deregisters an instance. With a `stop_reason` (its host is gone) its tasks stop; without
     /// (a forced deregistration) they are orphaned as in ECS: they keep their last status, and ECS no
     /// longer accounts for them on any instance.
-    fn remove_instance(&mut self, cluster: &str, id: &str, stop_reason: Option<&str>, now: u64) {
-        let tasks: Vec<String> = self.clusters[cluster].instances[id]
+    fn remove_instance(&mut self, cluster: &str, id: u128, stop_reason: Option<&str>, now: u64) {
+        let tasks: Vec<u128> = self.clusters[cluster].instances[&id]
             .tasks
             .iter()
-            .cloned()
+            .copied()
             .collect();
         match stop_reason {
             Some(reason) => {
                 for task in tasks {
-                    self.begin_stop(cluster, &task, reason, Some(137), now);
+                    self.begin_stop(cluster, task, reason, Some(137), now);
                     // The host is gone: its tasks are STOPPED at once, not after a stop timeout.
-                    self.finish_stop(cluster, &task, now);
+                    self.finish_stop(cluster, task, now);
                 }
             }
             None => {
@@ -740,7 +773,7 @@ impl Ecs {
                         t.instance = None;
                     }
                 }
-                if let Some(instance) = c.instances.get_mut(id) {
+                if let Some(instance) = c.instances.get_mut(&id) {
                     instance.tasks.clear();
                     instance.cpu_used = 0;
                     instance.memory_used = 0;
@@ -748,7 +781,7 @@ impl Ecs {
                 }
             }
         }
-        if self.clusters[cluster].instances[id].desc.status == "INACTIVE" {
+        if self.clusters[cluster].instances[&id].desc.status == "INACTIVE" {
             return;
         }
         self.bump_instance(cluster, id, now, true, |d| {
@@ -759,7 +792,7 @@ impl Ecs {
             now + self.config.inactive_instance_retention_ms,
             Timer::PurgeInstance {
                 cluster: cluster.to_owned(),
-                id: id.to_owned(),
+                id,
             },
         );
     }
@@ -775,7 +808,7 @@ impl Ecs {
         let (name, id) = self.instance_key(cluster, instance)?;
         let desc = &self.clusters[&name].instances[&id].desc;
         if desc.agent_connected != connected && desc.status != "INACTIVE" {
-            self.bump_instance(&name, &id, now, true, |d| d.agent_connected = connected);
+            self.bump_instance(&name, id, now, true, |d| d.agent_connected = connected);
         }
         Ok(())
     }
@@ -813,12 +846,7 @@ impl Ecs {
         let mut updated = Vec::new();
         let mut failures = Vec::new();
         for reference in instances {
-            let id = resource_id(reference);
-            let Some(instance) = self.clusters[&name]
-                .instances
-                .get(id)
-                .filter(|i| arn_matches(reference, &i.desc.container_instance_arn))
-            else {
+            let Some((id, instance)) = self.clusters[&name].instance(reference) else {
                 failures.push(missing(reference));
                 continue;
             };
@@ -833,7 +861,7 @@ impl Ecs {
             if instance.desc.status != status {
                 self.bump_instance(&name, id, now, true, |d| d.status = status.to_owned());
             }
-            updated.push(self.clusters[&name].instances[id].desc.clone());
+            updated.push(self.clusters[&name].instances[&id].desc.clone());
         }
         Ok((updated, failures))
     }
@@ -900,7 +928,7 @@ impl Ecs {
                 message: format!("at most {MAX_CUSTOM_ATTRIBUTES} custom attributes per resource"),
             });
         }
-        self.bump_instance(&name, &id, now, false, |d| {
+        self.bump_instance(&name, id, now, false, |d| {
             for a in attributes {
                 match d.attributes.iter_mut().find(|x| x.name == a.name) {
                     Some(existing) => existing.value = a.value.clone(),
@@ -929,10 +957,10 @@ impl Ecs {
             )));
         }
         let max = page_size(max_results)?;
-        let start = start_after(next_token)?;
+        let start = start_after_id(next_token)?;
         let cluster = self.cluster(cluster)?;
         let mut page = Page::default();
-        for instance in cluster.instances.range::<str, _>(lower(&start)).map(|(_, i)| i) {
+        for instance in cluster.instances.range(after(start.as_ref())).map(|(_, i)| i) {
             let status_matches = match status {
                 Some(s) => instance.desc.status == s,
                 None => instance.desc.status != "INACTIVE",
@@ -962,24 +990,19 @@ impl Ecs {
         let mut found = Vec::with_capacity(instances.len());
         let mut failures = Vec::new();
         for reference in instances {
-            match cluster.instances.get(resource_id(reference)) {
-                Some(i) if arn_matches(reference, &i.desc.container_instance_arn) => {
-                    found.push(i.desc.clone())
-                }
-                _ => failures.push(missing(reference)),
+            match cluster.instance(reference) {
+                Some((_, i)) => found.push(i.desc.clone()),
+                None => failures.push(missing(reference)),
             }
         }
         Ok((found, failures))
     }
 
-    fn instance_key(&self, cluster: &str, instance: &str) -> Result<(String, String), SimError> {
+    fn instance_key(&self, cluster: &str, instance: &str) -> Result<(String, u128), SimError> {
         let c = self.cluster(cluster)?;
-        let id = resource_id(instance);
-        match c.instances.get(id) {
-            Some(i) if arn_matches(instance, &i.desc.container_instance_arn) => {
-                Ok((cluster_name(&c.arn).to_owned(), id.to_owned()))
-            }
-            _ => Err(invalid(format!(
+        match c.instance(instance) {
+            Some((id, _)) => Ok((cluster_name(&c.arn).to_owned(), id)),
+            None => Err(invalid(format!(
                 "The referenced container instance {instance} was not found."
             ))),
         }
@@ -989,7 +1012,7 @@ impl Ecs {
     fn bump_instance(
         &mut self,
         cluster: &str,
-        id: &str,
+        id: u128,
         now: u64,
         evented: bool,
         change: impl FnOnce(&mut ContainerInstance),
@@ -997,7 +1020,7 @@ impl Ecs {
         let Some(c) = self.clusters.get_mut(cluster) else {
             return;
         };
-        let Some(instance) = c.instances.get_mut(id) else {
+        let Some(instance) = c.instances.get_mut(&id) else {
             return;
         };
         let desc = Arc::make_mut(&mut instance.desc);
@@ -1052,13 +1075,14 @@ impl Ecs {
         let ports = td.host_ports();
         let mut started = Started::default();
         for reference in &request.container_instances {
-            let id = resource_id(reference).to_owned();
             let failure = |reason: &str, arn: &str| Failure {
                 arn: Some(arn.to_owned()),
                 reason: reason.to_owned(),
                 detail: None,
             };
-            let Some(instance) = self.clusters[&name].instances.get(&id) else {
+            let Some((id, instance)) = resource_id(reference)
+                .and_then(|id| self.clusters[&name].instances.get(&id).map(|i| (id, i)))
+            else {
                 started.failures.push(missing(reference));
                 continue;
             };
@@ -1089,7 +1113,7 @@ impl Ecs {
                 started.failures.push(failure(reason, &arn));
                 continue;
             }
-            let task = self.place(&name, &id, &td, cpu, memory, &ports, request, now);
+            let task = self.place(&name, id, &td, cpu, memory, &ports, request, now);
             started.tasks.push((*task).clone());
         }
         Ok(started)
@@ -1099,7 +1123,7 @@ impl Ecs {
     fn place(
         &mut self,
         cluster: &str,
-        instance_id: &str,
+        instance_id: u128,
         td: &TaskDefinition,
         cpu: i64,
         memory: i64,
@@ -1108,14 +1132,15 @@ impl Ecs {
         now: u64,
     ) -> Arc<Task> {
         let id = self.random_id();
-        let task_arn = self.arn(&format!("task/{cluster}/{id}"));
+        let task_id = format_id(id);
+        let task_arn = self.arn(&format!("task/{cluster}/{task_id}"));
         let containers = td
             .containers
             .iter()
             .map(|c| {
-                let container_id = self.random_id();
+                let container_id = format_id(self.random_id());
                 Container {
-                    container_arn: self.arn(&format!("container/{cluster}/{id}/{container_id}")),
+                    container_arn: self.arn(&format!("container/{cluster}/{task_id}/{container_id}")),
                     last_status: "PENDING".into(),
                     name: c.name.clone(),
                     exit_code: None,
@@ -1141,7 +1166,10 @@ impl Ecs {
             "PENDING"
         };
         let c = self.clusters.get_mut(cluster).unwrap_or_else(|| unreachable!());
-        let instance = c.instances.get_mut(instance_id).unwrap_or_else(|| unreachable!());
+        let instance = c
+            .instances
+            .get_mut(&instance_id)
+            .unwrap_or_else(|| unreachable!());
         let task = Task {
             cluster_arn: c.arn.clone(),
             container_instance_arn: Some(instance.desc.container_instance_arn.clone()),
@@ -1172,12 +1200,12 @@ impl Ecs {
         instance.cpu_used += cpu;
         instance.memory_used += memory;
         instance.ports_used.extend(ports.iter().copied());
-        instance.tasks.insert(id.clone());
+        instance.tasks.insert(id);
         c.tasks.insert(
-            id.clone(),
+            id,
             SimTask {
                 desc: Arc::new(task),
-                instance: Some(instance_id.to_owned()),
+                instance: Some(instance_id),
                 family: td.family.clone(),
                 cpu,
                 memory,
@@ -1186,13 +1214,13 @@ impl Ecs {
                 exit_code: None,
             },
         );
-        self.bump_task(cluster, &id, now, |_| {});
+        self.bump_task(cluster, id, now, |_| {});
         let delay = if first_status == "PROVISIONING" {
             self.config.provisioning_ms
         } else {
             self.config.pending_ms
         };
-        self.schedule_step(cluster, &id, now + delay);
+        self.schedule_step(cluster, id, now + delay);
         self.bump_instance(cluster, instance_id, now, true, |_| {});
         self.clusters[cluster].tasks[&id].desc.clone()
     }
@@ -1223,7 +1251,7 @@ impl Ecs {
             reason
         };
         if self.clusters[&name].tasks[&id].desc.desired_status != "STOPPED" {
-            self.begin_stop(&name, &id, reason, Some(143), now);
+            self.begin_stop(&name, id, reason, Some(143), now);
         }
         Ok(self.clusters[&name].tasks[&id].desc.clone())
     }
@@ -1240,7 +1268,7 @@ impl Ecs {
         if self.clusters[&name].tasks[&id].desc.desired_status != "STOPPED" {
             self.begin_stop(
                 &name,
-                &id,
+                id,
                 "Essential container in task exited",
                 Some(exit_code),
                 now,
@@ -1249,8 +1277,8 @@ impl Ecs {
         Ok(())
     }
 
-    fn begin_stop(&mut self, cluster: &str, id: &str, reason: &str, exit_code: Option<i64>, now: u64) {
-        let Some(task) = self.clusters.get_mut(cluster).and_then(|c| c.tasks.get_mut(id)) else {
+    fn begin_stop(&mut self, cluster: &str, id: u128, reason: &str, exit_code: Option<i64>, now: u64) {
+        let Some(task) = self.clusters.get_mut(cluster).and_then(|c| c.tasks.get_mut(&id)) else {
             return;
         };
         // A task already stopping keeps its first reason and exit code (a host lost meanwhile
@@ -1266,11 +1294,11 @@ impl Ecs {
         self.schedule_step(cluster, id, now + self.config.stopping_ms);
     }
 
-    fn finish_stop(&mut self, cluster: &str, id: &str, now: u64) {
+    fn finish_stop(&mut self, cluster: &str, id: u128, now: u64) {
         let Some(c) = self.clusters.get_mut(cluster) else {
             return;
         };
-        let Some(task) = c.tasks.get_mut(id) else {
+        let Some(task) = c.tasks.get_mut(&id) else {
             return;
         };
         if task.desc.last_status == "STOPPED" {
@@ -1278,14 +1306,14 @@ impl Ecs {
         }
         let started = task.desc.started_at.is_some();
         let exit_code = task.exit_code;
-        let instance = task.instance.clone();
-        if let Some(instance) = instance.as_ref().and_then(|i| c.instances.get_mut(i)) {
+        let instance = task.instance;
+        if let Some(instance) = instance.and_then(|i| c.instances.get_mut(&i)) {
             instance.cpu_used -= task.cpu;
             instance.memory_used -= task.memory;
             for p in &task.ports {
                 instance.ports_used.remove(p);
             }
-            instance.tasks.remove(id);
+            instance.tasks.remove(&id);
         }
         self.bump_task(cluster, id, now, |t| {
             t.last_status = "STOPPED".into();
@@ -1299,24 +1327,24 @@ impl Ecs {
             }
         });
         if let Some(instance) = instance {
-            self.bump_instance(cluster, &instance, now, true, |_| {});
+            self.bump_instance(cluster, instance, now, true, |_| {});
         }
         self.schedule(
             now + self.config.stopped_task_retention_ms,
             Timer::ExpireTask {
                 cluster: cluster.to_owned(),
-                id: id.to_owned(),
+                id,
             },
         );
     }
 
-    fn schedule_step(&mut self, cluster: &str, id: &str, at: u64) {
-        let version = self.clusters[cluster].tasks[id].desc.version;
+    fn schedule_step(&mut self, cluster: &str, id: u128, at: u64) {
+        let version = self.clusters[cluster].tasks[&id].desc.version;
         self.schedule(
             at,
             Timer::Task {
                 cluster: cluster.to_owned(),
-                id: id.to_owned(),
+                id,
                 version,
             },
         );
@@ -1335,11 +1363,11 @@ impl Ecs {
                 let fails = task.fails_to_start;
                 match (desired.as_str(), last.as_str()) {
                     ("RUNNING", "PROVISIONING") => {
-                        self.bump_task(&cluster, &id, now, |t| t.last_status = "PENDING".into());
-                        self.schedule_step(&cluster, &id, now + self.config.pending_ms);
+                        self.bump_task(&cluster, id, now, |t| t.last_status = "PENDING".into());
+                        self.schedule_step(&cluster, id, now + self.config.pending_ms);
                     }
                     ("RUNNING", "PENDING") if fails => {
-                        self.bump_task(&cluster, &id, now, |t| {
+                        self.bump_task(&cluster, id, now, |t| {
                             t.desired_status = "STOPPED".into();
                             t.stopped_reason = Some(
                                 "CannotPullContainerError: pull image manifest has been retried 5 time(s): image not found"
@@ -1349,21 +1377,21 @@ impl Ecs {
                                 c.reason = Some("CannotPullContainerError".into());
                             }
                         });
-                        self.finish_stop(&cluster, &id, now);
+                        self.finish_stop(&cluster, id, now);
                     }
                     ("RUNNING", "PENDING") => {
-                        self.bump_task(&cluster, &id, now, |t| {
+                        self.bump_task(&cluster, id, now, |t| {
                             t.last_status = "RUNNING".into();
                             t.started_at = Some(rfc3339_millis(now));
                             for c in &mut t.containers {
                                 c.last_status = "RUNNING".into();
                             }
                         });
-                        if let Some(instance) = self.clusters[&cluster].tasks[&id].instance.clone() {
-                            self.bump_instance(&cluster, &instance, now, true, |_| {});
+                        if let Some(instance) = self.clusters[&cluster].tasks[&id].instance {
+                            self.bump_instance(&cluster, instance, now, true, |_| {});
                         }
                     }
-                    ("STOPPED", last) if last != "STOPPED" => self.finish_stop(&cluster, &id, now),
+                    ("STOPPED", last) if last != "STOPPED" => self.finish_stop(&cluster, id, now),
                     _ => {}
                 }
             }
@@ -1384,8 +1412,8 @@ impl Ecs {
         }
     }
 
-    fn bump_task(&mut self, cluster: &str, id: &str, now: u64, change: impl FnOnce(&mut Task)) {
-        let Some(task) = self.clusters.get_mut(cluster).and_then(|c| c.tasks.get_mut(id)) else {
+    fn bump_task(&mut self, cluster: &str, id: u128, now: u64, change: impl FnOnce(&mut Task)) {
+        let Some(task) = self.clusters.get_mut(cluster).and_then(|c| c.tasks.get_mut(&id)) else {
             return;
         };
         let desc = Arc::make_mut(&mut task.desc);
@@ -1397,14 +1425,11 @@ impl Ecs {
         }
     }
 
-    fn task_key(&self, cluster: &str, task: &str) -> Result<(String, String), SimError> {
+    fn task_key(&self, cluster: &str, task: &str) -> Result<(String, u128), SimError> {
         let c = self.cluster(cluster)?;
-        let id = resource_id(task);
-        match c.tasks.get(id) {
-            Some(t) if arn_matches(task, &t.desc.task_arn) => {
-                Ok((cluster_name(&c.arn).to_owned(), id.to_owned()))
-            }
-            _ => Err(invalid("The referenced task was not found.")),
+        match c.task(task) {
+            Some((id, _)) => Ok((cluster_name(&c.arn).to_owned(), id)),
+            None => Err(invalid("The referenced task was not found.")),
         }
     }
 
@@ -1426,20 +1451,18 @@ impl Ecs {
             )));
         }
         let max = page_size(max_results)?;
-        let start = start_after(next_token)?;
+        let start = start_after_id(next_token)?;
         let c = self.cluster(cluster)?;
         let instance = match &filter.container_instance {
-            Some(reference) => match c.instances.get(resource_id(reference)) {
-                Some(i) if arn_matches(reference, &i.desc.container_instance_arn) => {
-                    Some(resource_id(reference))
-                }
+            Some(reference) => match c.instance(reference) {
+                Some((id, _)) => Some(id),
                 // ECS answers an unknown instance with an empty list.
-                _ => return Ok(Page::default()),
+                None => return Ok(Page::default()),
             },
             None => None,
         };
         let mut page = Page::default();
-        for task in c.tasks.range::<str, _>(lower(&start)).map(|(_, t)| t) {
+        for task in c.tasks.range(after(start.as_ref())).map(|(_, t)| t) {
             let d = &task.desc;
             // ECS never sets a desired status of PENDING, so that filter lists nothing (API doc).
             let matches = d.desired_status == desired
@@ -1448,7 +1471,7 @@ impl Ecs {
                     .as_ref()
                     .is_none_or(|s| d.started_by.as_ref() == Some(s))
                 && filter.family.as_ref().is_none_or(|f| *f == task.family)
-                && instance.is_none_or(|i| task.instance.as_deref() == Some(i));
+                && instance.is_none_or(|i| task.instance == Some(i));
             if !matches {
                 continue;
             }
@@ -1474,9 +1497,9 @@ impl Ecs {
         let mut found = Vec::with_capacity(tasks.len());
         let mut failures = Vec::new();
         for reference in tasks {
-            match c.tasks.get(resource_id(reference)) {
-                Some(t) if arn_matches(reference, &t.desc.task_arn) => found.push(t.desc.clone()),
-                _ => failures.push(missing(reference)),
+            match c.task(reference) {
+                Some((_, t)) => found.push(t.desc.clone()),
+                None => failures.push(missing(reference)),
             }
         }
         Ok((found, failures))
@@ -1494,10 +1517,9 @@ impl Ecs {
         want: impl Fn(&Task) -> bool,
     ) -> Option<Arc<Task>> {
         let tasks = &self.clusters.get(cluster)?.tasks;
-        let start = format!("{probe:032x}");
         tasks
-            .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
-            .chain(tasks.range::<str, _>((Bound::Unbounded, Bound::Excluded(start.as_str()))))
+            .range(probe..)
+            .chain(tasks.range(..probe))
             .take(limit)
             .map(|(_, t)| &t.desc)
             .find(|d| want(d))
@@ -1513,10 +1535,9 @@ impl Ecs {
         want: impl Fn(&ContainerInstance) -> bool,
     ) -> Option<Arc<ContainerInstance>> {
         let instances = &self.clusters.get(cluster)?.instances;
-        let start = format!("{probe:032x}");
         instances
-            .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
-            .chain(instances.range::<str, _>((Bound::Unbounded, Bound::Excluded(start.as_str()))))
+            .range(probe..)
+            .chain(instances.range(..probe))
             .take(limit)
             .map(|(_, i)| &i.desc)
             .find(|d| want(d))
@@ -1604,7 +1625,7 @@ impl Ecs {
 }
 
 /// Recomputes what an instance's description derives from its bookkeeping.
-fn refresh_instance(instance: &mut Instance, tasks: &BTreeMap<String, SimTask>) {
+fn refresh_instance(instance: &mut Instance, tasks: &BTreeMap<u128, SimTask>) {
     let (mut running, mut pending) = (0, 0);
     for id in &instance.tasks {
         match tasks.get(id).map(|t| t.desc.last_status.as_str()) {
@@ -1649,9 +1670,44 @@ fn cluster_name(reference: &str) -> &str {
         .map_or(reference, |(_, name)| name)
 }
 
-/// The id at the end of an ARN (`…/CLUSTER/ID` or `…/ID`), or the id itself.
-fn resource_id(reference: &str) -> &str {
+/// The end of an ARN (`…/CLUSTER/ID` or `…/ID`), or the reference itself.
+fn arn_tail(reference: &str) -> &str {
     reference.rsplit('/').next().unwrap_or(reference)
+}
+
+/// The id an ARN or bare id names; `None` when it is not an id this control plane could have made
+/// (so it names nothing).
+fn resource_id(reference: &str) -> Option<u128> {
+    parse_id(arn_tail(reference))
+}
+
+/// An instance or task id as a number: ids are exactly 32 lowercase hex digits (see [`format_id`]),
+/// so numeric order is the order of their text, which ListTasks and ListContainerInstances page in.
+fn parse_id(id: &str) -> Option<u128> {
+    // DescribeTasks parses 100 ids a call: a table lookup per digit, no branch, two independent halves.
+    let bytes: &[u8; 32] = id.as_bytes().try_into().ok()?;
+    let digits = bytes.map(|b| HEX_DIGIT[usize::from(b)]);
+    if digits.iter().any(|&d| d > 15) {
+        return None;
+    }
+    let half = |digits: &[u8]| digits.iter().fold(0_u64, |n, &d| n << 4 | u64::from(d));
+    Some(u128::from(half(&digits[..16])) << 64 | u128::from(half(&digits[16..])))
+}
+
+/// The value of each lowercase hex digit; 16 for every other byte.
+const HEX_DIGIT: [u8; 256] = {
+    let mut table = [16; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The text of an id, as it ends ARNs: what [`parse_id`] reads.
+fn format_id(id: u128) -> String {
+    format!("{id:032x}")
 }
 
 /// An ARN names the resource only if it is the resource's ARN (a bare id always does).
@@ -1702,9 +1758,17 @@ fn start_after(next_token: Option<&str>) -> Result<Option<String>, SimError> {
         .transpose()
 }
 
-fn lower(start: &Option<String>) -> (Bound<&str>, Bound<&str>) {
+/// The start of a list keyed by id: a token that names no id is not one of this list's.
+fn start_after_id(next_token: Option<&str>) -> Result<Option<u128>, SimError> {
+    start_after(next_token)?
+        .map(|key| parse_id(&key).ok_or_else(|| invalid("Invalid nextToken")))
+        .transpose()
+}
+
+/// The keys after `start`, or all of them.
+fn after<K: ?Sized>(start: Option<&K>) -> (Bound<&K>, Bound<&K>) {
     match start {
-        Some(key) => (Bound::Excluded(key.as_str()), Bound::Unbounded),
+        Some(key) => (Bound::Excluded(key), Bound::Unbounded),
         None => (Bound::Unbounded, Bound::Unbounded),
     }
 }
@@ -1716,7 +1780,7 @@ fn page_token(page: &Page) -> String {
     let key = last
         .rsplit_once(":cluster/")
         .map(|(_, name)| name)
-        .unwrap_or_else(|| resource_id(last));
+        .unwrap_or_else(|| arn_tail(last));
     encode_token(key)
 }
 
@@ -1733,4 +1797,60 @@ fn decode_token(token: &str) -> Option<String> {
         .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
         .collect();
     String::from_utf8(bytes?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_only_as_made() {
+        for id in [0, 1, u128::from(u64::MAX) + 1, u128::MAX] {
+            assert_eq!(parse_id(&format_id(id)), Some(id));
+        }
+        assert_eq!(
+            resource_id("arn:aws:ecs:r:a:task/c/000000000000000000000000000000ff"),
+            Some(255)
+        );
+        for not_an_id in [
+            "",
+            "feed",
+            "0000000000000000000000000000000",   // 31 digits
+            "000000000000000000000000000000000", // 33
+            "000000000000000000000000000000FF",  // upper case
+            "+0000000000000000000000000000000f",
+            "0000000000000000000000000000000g",
+            "arn:aws:ecs:r:a:task/c/",
+        ] {
+            assert_eq!(resource_id(not_an_id), None, "{not_an_id:?}");
+        }
+    }
+
+    #[test]
+    fn saved_state_keeps_ids_of_all_128_bits() {
+        let mut ecs = Ecs::new(SimConfig::default(), 1);
+        ecs.create_cluster("c").unwrap();
+        let new = NewInstance::ec2("m5.large", "us-east-1a");
+        let instance = ecs.register_instance("c", new, 0).unwrap();
+        let id = resource_id(&instance.container_instance_arn).unwrap();
+        // Move it to the top of the id space, beyond what f64 or u64 would keep.
+        let c = ecs.clusters.get_mut("c").unwrap();
+        let moved = c.instances.remove(&id).unwrap();
+        c.instances.insert(u128::MAX, moved);
+        ecs.schedule(
+            1,
+            Timer::PurgeInstance {
+                cluster: "c".into(),
+                id: u128::MAX - 1,
+            },
+        );
+        let json = ecs.to_json().unwrap();
+        let restored = Ecs::from_json(&json).unwrap();
+        assert!(restored.clusters["c"].instances.contains_key(&u128::MAX));
+        assert!(restored.timers.iter().any(|(_, _, t)| matches!(
+            t,
+            Timer::PurgeInstance { id, .. } if *id == u128::MAX - 1
+        )));
+        assert_eq!(restored.to_json().unwrap(), json);
+    }
 }
