@@ -33,6 +33,11 @@ pub struct SimArgs {
     /// `FAMILY=off`, overriding the ECS-like defaults (e.g. `launch=20/20,describe=off`).
     #[arg(long, env = "BLOX_SIM_THROTTLE", default_value = "")]
     pub sim_throttle: String,
+    /// How long tasks take between lifecycle steps: `provisioning` (PROVISIONING → PENDING),
+    /// `pending` (PENDING → RUNNING), `stopping` (stop asked → STOPPED) and `retention` (how long a
+    /// STOPPED task stays described), e.g. `pending=5s,stopping=30s`.
+    #[arg(long, env = "BLOX_SIM_LIFECYCLE", default_value = "")]
+    pub sim_lifecycle: String,
     /// Probability that a started task fails before RUNNING (CannotPullContainerError).
     #[arg(long, env = "BLOX_SIM_START_FAILURE", default_value_t = 0.0)]
     pub sim_start_failure: f64,
@@ -85,12 +90,15 @@ impl SimArgs {
         }
         let faults = Faults::parse(&self.sim_faults).map_err(|e| anyhow::anyhow!("--sim-faults: {e}"))?;
         let scenario = self.scenario()?;
+        let mut config = SimConfig {
+            start_failure: self.sim_start_failure,
+            throttle,
+            ..SimConfig::default()
+        };
+        parse_lifecycle(&self.sim_lifecycle, &mut config)
+            .map_err(|e| anyhow::anyhow!("--sim-lifecycle: {e}"))?;
         let options = SimOptions {
-            config: SimConfig {
-                start_failure: self.sim_start_failure,
-                throttle,
-                ..SimConfig::default()
-            },
+            config,
             seed: self.sim_seed,
             faults,
             churn: scenario.is_some() && self.sim_churn != "none",
@@ -100,5 +108,72 @@ impl SimArgs {
             ..SimOptions::default()
         };
         Simulator::open(options, Clock::Wall).context("starting the ECS simulator")
+    }
+}
+
+/// Applies `NAME=DURATION` pairs to the simulator's lifecycle delays.
+fn parse_lifecycle(spec: &str, config: &mut SimConfig) -> Result<(), String> {
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected NAME=DURATION, e.g. pending=5s"))?;
+        let duration = humantime::parse_duration(value.trim())
+            .map_err(|e| format!("{name}: {value:?}: {e} (write durations like 500ms, 5s, 1h)"))?;
+        let ms = u64::try_from(duration.as_millis()).map_err(|_| format!("{name}: too long"))?;
+        let field = match name.trim() {
+            "provisioning" => &mut config.provisioning_ms,
+            "pending" => &mut config.pending_ms,
+            "stopping" => &mut config.stopping_ms,
+            "retention" => &mut config.stopped_task_retention_ms,
+            other => {
+                return Err(format!(
+                    "{other:?}: unknown step (provisioning, pending, stopping, retention)"
+                ));
+            }
+        };
+        *field = ms;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_specs_parse() {
+        let check = |spec: &str, want: Result<(u64, u64, u64, u64), &str>| {
+            let mut c = SimConfig::default();
+            let got = parse_lifecycle(spec, &mut c).map(|()| {
+                (
+                    c.provisioning_ms,
+                    c.pending_ms,
+                    c.stopping_ms,
+                    c.stopped_task_retention_ms,
+                )
+            });
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{spec}"),
+                (Err(e), Err(fragment)) => assert!(e.contains(fragment), "{spec}: {e}"),
+                (got, want) => panic!("{spec}: got {got:?}, want {want:?}"),
+            }
+        };
+        let d = SimConfig::default();
+        check(
+            "",
+            Ok((
+                d.provisioning_ms,
+                d.pending_ms,
+                d.stopping_ms,
+                d.stopped_task_retention_ms,
+            )),
+        );
+        check(
+            "provisioning=0s, pending=5s,stopping=30s,retention=2m",
+            Ok((0, 5_000, 30_000, 120_000)),
+        );
+        check("pending", Err("expected NAME=DURATION"));
+        check("pending=soon", Err("write durations like"));
+        check("running=1s", Err("unknown step"));
     }
 }
