@@ -174,4 +174,5 @@ fn simulator_flags_are_checked() {
         &["sim", "--sim-start-failure", "1.5"],
         "--sim-start-failure must be",
     );
+    check(&["sim", "--sim-lifecycle", "running=1s"], "unknown step");
 }
