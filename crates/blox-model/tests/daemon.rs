@@ -309,6 +309,7 @@ impl Scheduler {
             ended_at: None,
             failed_instances: vec![],
             counts: Counts::default(),
+            intents: vec![],
         });
         // Back-off is per deployment: a new task definition deserves a fresh try.
         self.failed.clear();
@@ -948,6 +949,7 @@ fn a_full_pass_over_ten_thousand_instances_and_twenty_environments() {
                 ended_at: None,
                 failed_instances: vec![],
                 counts: Counts::default(),
+                intents: vec![],
             })
             .collect();
 

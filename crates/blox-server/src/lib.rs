@@ -10,7 +10,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get};
-use blox_aws::{EcsReader, EventSource};
+use blox_aws::{EcsControl, EcsReader, EventSource};
 use blox_store::{Kind, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,11 +27,13 @@ pub mod metrics;
 mod query;
 pub mod reconcile;
 mod render;
+pub mod scheduler;
 pub mod stream;
 
 pub use api::{ApiDoc, AppState};
 pub use ingest::{IngestOptions, Ingestor};
 pub use reconcile::{ReadinessState, ReconcileOptions, Reconciler};
+pub use scheduler::{Scheduler, SchedulerOptions};
 pub use stream::StreamOptions;
 
 pub(crate) fn kind_label(kind: Kind) -> &'static str {
@@ -103,6 +105,8 @@ pub struct Services {
     pub ecs: Option<Arc<dyn EcsReader>>,
     /// The event queue; without it the server mirrors by reconciling only.
     pub events: Option<Arc<dyn EventSource>>,
+    /// ECS's StartTask/StopTask; with it (and `ecs`), the daemon scheduler runs.
+    pub control: Option<Arc<dyn EcsControl>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -110,6 +114,7 @@ pub struct ServerOptions {
     pub reconcile: ReconcileOptions,
     pub ingest: IngestOptions,
     pub stream_heartbeat: Option<Duration>,
+    pub scheduler: SchedulerOptions,
 }
 
 /// Serves until `shutdown`, then stops ingestion (committing what was received), the reconciler and
@@ -136,6 +141,26 @@ pub async fn serve(
     };
 
     let background = TaskTracker::new();
+    match (&services.ecs, services.control) {
+        (Some(ecs), Some(control)) => {
+            let scheduler = Scheduler::new(services.store.clone(), ecs.clone(), control, options.scheduler);
+            let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
+            background.spawn(async move {
+                // Plans need a loaded cluster view: start after the first reconcile pass.
+                while !readiness.snapshot().ready {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+                scheduler.run(shutdown).await;
+            });
+        }
+        (None, Some(_)) => {
+            tracing::warn!("ECS control without ECS reads: the daemon scheduler does not run");
+        }
+        _ => {}
+    }
     match services.ecs {
         Some(ecs) => {
             let reconciler = Reconciler::new(services.store.clone(), ecs, options.reconcile, readiness);

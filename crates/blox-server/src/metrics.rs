@@ -36,6 +36,25 @@ pub const ENTITIES: &str = "blox_entities";
 /// Head of the change log (the latest entityVersion).
 pub const CHANGE_LOG_HEAD: &str = "blox_change_log_head";
 
+/// Scheduler passes. Label `trigger`: change | interval.
+pub const SCHEDULER_PASSES: &str = "blox_scheduler_passes_total";
+/// Duration of scheduler passes over every environment.
+pub const SCHEDULER_PASS_DURATION_SECONDS: &str = "blox_scheduler_pass_duration_seconds";
+/// Tasks started by the scheduler (StartTask successes, per task).
+pub const SCHEDULER_TASKS_STARTED: &str = "blox_scheduler_tasks_started_total";
+/// Starts ECS refused. Label `reason`: ECS's failure reason (e.g. RESOURCE:MEMORY) or `error`.
+pub const SCHEDULER_START_FAILURES: &str = "blox_scheduler_start_failures_total";
+/// Tasks the scheduler asked ECS to stop. Label `reason`: the stop reason's code.
+pub const SCHEDULER_TASKS_STOPPED: &str = "blox_scheduler_tasks_stopped_total";
+/// ECS calls of the scheduler. Labels `operation`, `result`: ok | throttled | error.
+pub const SCHEDULER_ECS_CALLS: &str = "blox_scheduler_ecs_calls_total";
+/// Compare-and-swap conflicts on scheduler documents. Label `kind`.
+pub const SCHEDULER_CONFLICTS: &str = "blox_scheduler_conflicts_total";
+/// Instances verified with ECS after a start intent expired.
+pub const SCHEDULER_VERIFICATIONS: &str = "blox_scheduler_verifications_total";
+/// Environments removed after deletion.
+pub const SCHEDULER_ENVIRONMENTS_REMOVED: &str = "blox_scheduler_environments_removed_total";
+
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use blox_aws::{EcsReader, EventSource, SdkEcs, SqsOptions, SqsSource};
+use blox_aws::{EcsControl, EcsReader, EventSource, SdkEcs, SqsOptions, SqsSource};
 use blox_model::ClusterName;
 use blox_server::{IngestOptions, ReconcileOptions, ServerOptions, Services};
 use blox_store::{MemStore, RedbStore, Store, StoreOptions};
@@ -132,10 +132,11 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     };
     let store = open_store(&args.store, store_options)?;
 
-    let (ecs, events, sim): (Arc<dyn EcsReader>, _, _) = match args.ecs.as_str() {
+    let (ecs, control, events, sim): (Arc<dyn EcsReader>, Arc<dyn EcsControl>, _, _) = match args.ecs.as_str()
+    {
         "aws" => {
-            let (ecs, events) = connect_aws(&args).await?;
-            (ecs, events, None)
+            let (ecs, control, events) = connect_aws(&args).await?;
+            (ecs, control, events, None)
         }
         "sim" => {
             if args.queue.is_some() {
@@ -145,6 +146,7 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
             let (instances, tasks) = sim.read(|ecs| ecs.totals());
             tracing::info!(restored, instances, tasks, "ECS simulator started");
             (
+                Arc::new(sim.clone()),
                 Arc::new(sim.clone()),
                 Some(Arc::new(sim.clone()) as Arc<dyn EventSource>),
                 Some(sim),
@@ -181,11 +183,13 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
             ..IngestOptions::default()
         },
         stream_heartbeat: None,
+        ..ServerOptions::default()
     };
     let services = Services {
         store,
         ecs: Some(ecs),
         events,
+        control: Some(control),
     };
     blox_server::serve(listener, services, options, shutdown.clone()).await?;
     shutdown.cancel();
@@ -236,7 +240,13 @@ fn print_banner(banner: &Banner, sim: &blox_sim::Simulator, address: std::net::S
     );
 }
 
-async fn connect_aws(args: &ServerArgs) -> Result<(Arc<dyn EcsReader>, Option<Arc<dyn EventSource>>)> {
+type AwsServices = (
+    Arc<dyn EcsReader>,
+    Arc<dyn EcsControl>,
+    Option<Arc<dyn EventSource>>,
+);
+
+async fn connect_aws(args: &ServerArgs) -> Result<AwsServices> {
     let aws = blox_aws::sdk_config()
         .await
         .context("loading the AWS configuration")?;
@@ -260,7 +270,7 @@ async fn connect_aws(args: &ServerArgs) -> Result<(Arc<dyn EcsReader>, Option<Ar
             None
         }
     };
-    Ok((ecs, events))
+    Ok((ecs.clone(), ecs, events))
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -227,6 +227,12 @@ pub struct Deployment {
     pub failed_instances: Vec<FailedInstance>,
     #[serde(default)]
     pub counts: Counts,
+    /// Starts in flight: recorded (by compare-and-swap) before each StartTask call, given their task's
+    /// ARN once ECS answered, and dropped once the task is in view, ECS refused the start, or the
+    /// executor has verified the instance with ECS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub intents: Vec<StartIntent>,
 }
 
 /// Serialised lower-case as v0.3 did.
@@ -467,6 +473,7 @@ mod tests {
                 pending: 1,
                 failed: 1,
             },
+            intents: vec![],
         };
         let json = serde_json::to_value(&deployment).unwrap();
         assert_eq!(
@@ -533,6 +540,7 @@ mod tests {
             ended_at: None,
             failed_instances: vec![],
             counts: Counts::default(),
+            intents: vec![],
         };
         let mut plan = Plan {
             counts: Counts {
