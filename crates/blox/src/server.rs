@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use blox_aws::{EcsControl, EcsReader, EventSource, SdkEcs, SqsOptions, SqsSource};
 use blox_model::ClusterName;
-use blox_server::{IngestOptions, ReconcileOptions, ServerOptions, Services};
+use blox_server::{IngestOptions, ReconcileOptions, SchedulerOptions, ServerOptions, Services};
 use blox_store::{MemStore, RedbStore, Store, StoreOptions};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,13 @@ pub struct ServerArgs {
     /// Log format on stderr: `text` or `json`.
     #[arg(long, env = "BLOX_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// The daemon scheduler's full pass runs at least this often (it also reacts to changes at once).
+    #[arg(long, env = "BLOX_SCHEDULER_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    scheduler_interval: Duration,
+    /// ECS calls per second the daemon scheduler makes at most (StartTask, StopTask, checks); it
+    /// slows down further while ECS throttles.
+    #[arg(long, env = "BLOX_SCHEDULER_CALLS_PER_SECOND", default_value_t = SchedulerOptions::default().calls_per_second)]
+    scheduler_calls_per_second: f64,
     /// Which ECS: `aws` (the account of the AWS configuration) or `sim` (the built-in simulator,
     /// which also delivers its events; see the --sim-* flags).
     #[arg(long, env = "BLOX_ECS", default_value = "aws")]
@@ -69,6 +76,8 @@ impl ServerArgs {
             clusters: None,
             change_log_retention: StoreOptions::default().change_log_retention,
             log_format,
+            scheduler_interval: SchedulerOptions::default().interval,
+            scheduler_calls_per_second: SchedulerOptions::default().calls_per_second,
             ecs: "sim".into(),
             sim,
         }
@@ -123,6 +132,9 @@ fn open_store(spec: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
 
 pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     init_logging(&args.log_format)?;
+    if !(args.scheduler_calls_per_second.is_finite() && args.scheduler_calls_per_second > 0.0) {
+        bail!("--scheduler-calls-per-second must be a positive number");
+    }
     if args.change_log_retention == 0 {
         bail!("--change-log-retention must be at least 1");
     }
@@ -183,7 +195,11 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
             ..IngestOptions::default()
         },
         stream_heartbeat: None,
-        ..ServerOptions::default()
+        scheduler: SchedulerOptions {
+            interval: args.scheduler_interval,
+            calls_per_second: args.scheduler_calls_per_second,
+            ..SchedulerOptions::default()
+        },
     };
     let services = Services {
         store,

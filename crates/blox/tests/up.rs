@@ -175,4 +175,8 @@ fn simulator_flags_are_checked() {
         "--sim-start-failure must be",
     );
     check(&["sim", "--sim-lifecycle", "running=1s"], "unknown step");
+    check(
+        &["sim", "--scheduler-calls-per-second", "0"],
+        "--scheduler-calls-per-second must be",
+    );
 }
