@@ -1,8 +1,9 @@
 //! A typed client of the blox REST API.
 
 use blox_api::{
-    DeadLetters, ErrorBody, InstanceQuery, InstanceRecord, Instances, PageQuery, Readiness, StreamQuery,
-    TaskQuery, TaskRecord, Tasks,
+    CreateEnvironmentRequest, DeadLetters, DeleteEnvironmentResponse, Deployment, Deployments, Environment,
+    Environments, ErrorBody, InstanceQuery, InstanceRecord, Instances, PageQuery, Ping, Readiness,
+    StreamQuery, TaskQuery, TaskRecord, Tasks, UpdateEnvironmentRequest,
 };
 use bytes::{Buf as _, BytesMut};
 use futures::{Stream, StreamExt as _};
@@ -91,6 +92,83 @@ impl Client {
         self.stream("/v1/stream/instances", query).await
     }
 
+    /// `GET /v1/ping`.
+    pub async fn ping(&self) -> Result<Ping, ClientError> {
+        self.get_json("/v1/ping", &()).await
+    }
+
+    /// `POST /v1/environments`.
+    pub async fn create_environment(
+        &self,
+        request: &CreateEnvironmentRequest,
+    ) -> Result<Environment, ClientError> {
+        self.read_json(self.http.post(self.url("/v1/environments")).json(request))
+            .await
+    }
+
+    /// `GET /v1/environments`, optionally of one cluster.
+    pub async fn list_environments(&self, cluster: Option<&str>) -> Result<Environments, ClientError> {
+        let query: Vec<(&str, &str)> = cluster.map(|c| ("cluster", c)).into_iter().collect();
+        self.get_json("/v1/environments", &query).await
+    }
+
+    /// `GET /v1/environments/{name}`.
+    pub async fn get_environment(&self, name: &str) -> Result<Environment, ClientError> {
+        self.get_json(&format!("/v1/environments/{}", encode(name)), &())
+            .await
+    }
+
+    /// `PUT /v1/environments/{name}`: a new task definition, a new revision and deploymentToken.
+    pub async fn update_environment(
+        &self,
+        name: &str,
+        request: &UpdateEnvironmentRequest,
+    ) -> Result<Environment, ClientError> {
+        let url = self.url(&format!("/v1/environments/{}", encode(name)));
+        self.read_json(self.http.put(url).json(request)).await
+    }
+
+    /// `DELETE /v1/environments/{name}?terminateTasks=`.
+    pub async fn delete_environment(
+        &self,
+        name: &str,
+        terminate_tasks: bool,
+    ) -> Result<DeleteEnvironmentResponse, ClientError> {
+        let url = self.url(&format!("/v1/environments/{}", encode(name)));
+        let flag = if terminate_tasks { "true" } else { "false" };
+        self.read_json(self.http.delete(url).query(&[("terminateTasks", flag)]))
+            .await
+    }
+
+    /// `POST /v1/environments/{name}/deployments?deploymentToken=`.
+    pub async fn create_deployment(&self, environment: &str, token: &str) -> Result<Deployment, ClientError> {
+        let url = self.url(&format!("/v1/environments/{}/deployments", encode(environment)));
+        self.read_json(self.http.post(url).query(&[("deploymentToken", token)]))
+            .await
+    }
+
+    /// `GET /v1/environments/{name}/deployments`, newest first.
+    pub async fn list_deployments(&self, environment: &str) -> Result<Deployments, ClientError> {
+        self.get_json(
+            &format!("/v1/environments/{}/deployments", encode(environment)),
+            &(),
+        )
+        .await
+    }
+
+    /// `GET /v1/environments/{name}/deployments/{id}`.
+    pub async fn get_deployment(&self, environment: &str, id: &str) -> Result<Deployment, ClientError> {
+        self.get_json(
+            &format!(
+                "/v1/environments/{}/deployments/{}",
+                encode(environment),
+                encode(id)
+            ),
+            &(),
+        )
+        .await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.endpoint)
     }
@@ -99,6 +177,18 @@ impl Client {
         request.send().await.map_err(|source| ClientError::Transport {
             endpoint: self.endpoint.clone(),
             source,
+        })
+    }
+
+    async fn read_json<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let response = check(self.send(request).await?).await?;
+        let status = response.status().as_u16();
+        response.json().await.map_err(|e| ClientError::Unexpected {
+            status,
+            message: e.to_string(),
         })
     }
 

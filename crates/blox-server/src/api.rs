@@ -31,6 +31,11 @@ pub struct AppState {
     pub readiness: Arc<ReadinessState>,
     pub metrics: PrometheusHandle,
     pub stream: StreamOptions,
+    /// ECS's control calls, to check environments' clusters and task definitions with; without it,
+    /// creating or updating an environment answers 503.
+    pub control: Option<Arc<dyn blox_aws::EcsControl>>,
+    /// Serialises the API's environment creations (names are unique across clusters).
+    pub environment_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Pages read from the store at a time when a listing asks for everything.
@@ -54,7 +59,16 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         delete_dead_letter,
         healthz,
         readyz,
-        metrics
+        metrics,
+        crate::api_env::ping,
+        crate::api_env::create_environment,
+        crate::api_env::list_environments,
+        crate::api_env::get_environment,
+        crate::api_env::update_environment,
+        crate::api_env::delete_environment,
+        crate::api_env::create_deployment,
+        crate::api_env::list_deployments,
+        crate::api_env::get_deployment
     ),
     components(schemas(
         Tasks,
@@ -66,7 +80,19 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         DeadLetter,
         Health,
         Readiness,
-        blox_api::StreamError
+        blox_api::StreamError,
+        blox_api::Ping,
+        blox_api::CreateEnvironmentRequest,
+        blox_api::UpdateEnvironmentRequest,
+        blox_api::InstanceGroupBody,
+        blox_api::DeploymentConfigurationBody,
+        blox_api::Environment,
+        blox_api::Environments,
+        blox_api::Deployment,
+        blox_api::Deployments,
+        blox_api::DeploymentCounts,
+        blox_api::DeploymentFailure,
+        blox_api::DeleteEnvironmentResponse
     ))
 )]
 pub struct ApiDoc;

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use blox_aws::{EcsControl, EcsReader, EventSource};
 use blox_store::{Kind, Store};
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub mod api;
+mod api_env;
 mod clock;
 pub mod documents;
 mod error;
@@ -64,6 +65,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stream/instances", get(stream::stream_instances))
         .route("/v1/dead-letters", get(api::list_dead_letters))
         .route("/v1/dead-letters/{id}", delete(api::delete_dead_letter))
+        .route("/v1/ping", get(api_env::ping))
+        .route(
+            "/v1/environments",
+            post(api_env::create_environment).get(api_env::list_environments),
+        )
+        .route(
+            "/v1/environments/{name}",
+            get(api_env::get_environment)
+                .put(api_env::update_environment)
+                .delete(api_env::delete_environment),
+        )
+        .route(
+            "/v1/environments/{name}/deployments",
+            post(api_env::create_deployment).get(api_env::list_deployments),
+        )
+        .route(
+            "/v1/environments/{name}/deployments/{id}",
+            get(api_env::get_deployment),
+        )
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -138,6 +158,8 @@ pub async fn serve(
         readiness: readiness.clone(),
         metrics: metrics::handle(),
         stream,
+        control: services.control.clone(),
+        environment_writes: Arc::default(),
     };
 
     let background = TaskTracker::new();

@@ -111,6 +111,8 @@ async fn fixture_with(options: StoreOptions) -> Fixture {
             heartbeat: Duration::from_millis(200),
             ..StreamOptions::default()
         },
+        control: None,
+        environment_writes: Arc::default(),
     };
     let app = blox_server::router(state.clone());
     Fixture { store, state, app }

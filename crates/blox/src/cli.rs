@@ -20,10 +20,10 @@ pub struct Endpoint {
         default_value = DEFAULT_ENDPOINT,
         global = true
     )]
-    endpoint: String,
+    pub(crate) endpoint: String,
     /// Print JSON (the API's own shapes) instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// One entity: `get CLUSTER ARN`, or `get --cluster CLUSTER --arn ARN`.
@@ -182,7 +182,7 @@ fn task_row(record: &TaskRecord) -> Vec<String> {
     ]
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

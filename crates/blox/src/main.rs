@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod daemon;
 mod server;
 mod sim;
 mod table;
@@ -35,6 +36,12 @@ enum Command {
     /// Messages that could not be applied.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(cli::DeadLettersCommand),
+    /// Daemon environments: what runs one task on every container instance of a cluster.
+    #[command(subcommand, name = "env")]
+    Env(daemon::EnvCommand),
+    /// Deployments of an environment's latest revision.
+    #[command(subcommand)]
+    Deploy(daemon::DeployCommand),
     /// Run the cluster-state scale benchmark and print its figures.
     Bench(bench::BenchArgs),
 }
@@ -77,6 +84,8 @@ fn main() -> std::process::ExitCode {
             Command::Instances(command) => cli::instances(command).await,
             Command::Tasks(command) => cli::tasks(command).await,
             Command::DeadLetters(command) => cli::dead_letters(command).await,
+            Command::Env(command) => daemon::env(command).await,
+            Command::Deploy(command) => daemon::deploy(command).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -40,6 +40,8 @@ pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: Prome
             shutdown: shutdown.clone(),
             ..StreamOptions::default()
         },
+        control: None,
+        environment_writes: Arc::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
