@@ -10,13 +10,17 @@
 //!    memory after serving listings of everything;
 //! 6. **simulator** ([`sim`]): an account of the same sizes in `blox_sim`'s in-process ECS: its
 //!    DescribeTasks throughput, a reconcile pass under ECS-like throttling against the pagination
-//!    floor, and ingestion keeping up with the simulator's churn.
+//!    floor, and ingestion keeping up with the simulator's churn;
+//! 7. **daemon scheduler** ([`scheduler`]): the scheduler against the simulator: a new instance's
+//!    event to its StartTask, a first deployment against the StartTask throttle's floor, and a full
+//!    pass's planning time.
 //!
 //! Data is synthetic and seeded ([`workload`], and the simulator's seed), so that runs on the same
 //! sizes compare. Figures are printed as a table and written as JSON.
 
 mod process;
 mod report;
+mod scheduler;
 mod serve;
 mod sim;
 mod workload;
@@ -77,10 +81,10 @@ pub struct BenchArgs {
     /// `FAMILY=off` pairs over the ECS-like defaults, as `--sim-throttle` of `blox server`.
     #[arg(long, default_value = "")]
     sim_throttle: String,
-    /// Only the simulator scenarios (describe, reconcile, churn).
+    /// Only the simulator scenarios (describe, reconcile, churn, the daemon scheduler's).
     #[arg(long, conflicts_with = "no_sim")]
     sim_only: bool,
-    /// Skip the simulator scenarios.
+    /// Skip the simulator scenarios (the daemon scheduler's included).
     #[arg(long)]
     no_sim: bool,
     /// A small workload, for smoke tests. Sizes given explicitly still apply.
@@ -238,6 +242,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if bench.params.simulator {
         sim::run(&mut bench, &dir).await?;
+        scheduler::run(&mut bench, &dir, args.quick).await?;
     }
 
     println!("blox bench — {}", machine.describe());

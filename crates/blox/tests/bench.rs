@@ -57,6 +57,21 @@ const FIGURES: &[&str] = &[
     "driver actions",
     "events emitted",
     "events committed",
+    // The daemon scheduler's scenarios.
+    "instances joined",
+    "instance event committed → StartTask p50",
+    "instance event committed → StartTask p99",
+    "instance event committed → StartTask max",
+    "StartTask calls answered",
+    "deployment write → all RUNNING",
+    "deployment write → deployment COMPLETED",
+    "StartTask throttle floor + start delays",
+    "all RUNNING / floor",
+    "tasks in view",
+    "full-pass planning (ClusterView + plan) p50",
+    "full-pass planning (ClusterView + plan) p99",
+    "Scheduler::pass over the redb store p50",
+    "Scheduler::pass over the redb store max",
 ];
 
 /// Figures that may well be zero on a run this small (nothing throttled, no lag left, a flat or
@@ -76,6 +91,7 @@ const MAY_BE_ZERO: &[&str] = &[
     "emission → delete max",
     "messages per commit (mean)",
     "queue drained after churn stopped",
+    "StartTask calls throttled",
 ];
 
 #[test]
@@ -141,6 +157,16 @@ fn quick_bench_reports_every_figure() {
     assert_eq!(value("list pagination floor"), 29.0);
     assert_eq!(value("describe pagination floor"), 24.0);
     assert_eq!(report["parameters"]["describe_threads"], 2);
+    // The scheduler's `--quick` sizes: 20 instances join, a first deployment onto 200 instances
+    // (ten per StartTask), planning over 500 instances × 20 environments.
+    assert_eq!(value("instances joined"), 20.0);
+    assert_eq!(value("StartTask calls answered"), 20.0);
+    assert_eq!(value("tasks in view"), 10_000.0);
+    let goal =
+        |name: &str| figures.iter().find(|row| row["figure"] == name).unwrap()["goal_met"].is_boolean();
+    assert!(goal("instance event committed → StartTask p99"));
+    assert!(goal("all RUNNING / floor"));
+    assert!(goal("full-pass planning (ClusterView + plan) p99"));
     // Figures with a goal say whether they meet it; the verdict itself depends on the machine.
     assert!(figures.iter().any(|row| row["goal_met"].is_boolean()));
     assert_eq!(
