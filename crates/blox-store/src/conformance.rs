@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             cas_conflict_applies_nothing,
             cas_writes_see_their_batch,
             wrong_write_refused,
+            revisions_are_immutable,
             scheduler_documents_listed,
             scheduler_changes_in_order,
         );
@@ -1939,6 +1940,45 @@ pub async fn cas_writes_see_their_batch<S: Store, G>(make: impl Fn(StoreOptions)
     // Same cluster and id, other kind: a separate entity.
     assert_eq!(get(&store, &task_key("c", "d")).await.map(|r| r.seq), Some(5));
     assert_eq!(store.count(Kind::Deployment).await.unwrap(), 1);
+}
+
+/// A revision is written once (`Expect::Absent`) and removed, never replaced; a batch trying to
+/// replace one is refused whole.
+pub async fn revisions_are_immutable<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let r = revision("c", "web", 1);
+    apply(&store, vec![put(&r, Expect::Absent)]).await;
+    let seq = get(&store, &r.key).await.expect("written").seq;
+    let head_before = head(&store).await;
+    let changed = Document {
+        status: "CHANGED".into(),
+        ..r.clone()
+    };
+    let e = environment("c", "web", "ACTIVE");
+    for expect in [Expect::Seq(seq), Expect::Seq(seq + 7)] {
+        match store
+            .apply(vec![put(&e, Expect::Absent), put(&changed, expect)])
+            .await
+        {
+            Err(error @ StoreError::ImmutableRevision { .. }) => {
+                assert!(error.to_string().contains("new revision"), "{error}")
+            }
+            other => panic!("{expect:?}: expected ImmutableRevision, got {other:?}"),
+        }
+        assert_eq!(head(&store).await, head_before);
+        assert_eq!(get(&store, &e.key).await, None, "nothing of the batch applied");
+        assert_eq!(get(&store, &r.key).await.map(|x| x.doc), Some(r.clone()));
+    }
+    // Removing one is how an environment's deletion ends.
+    apply(
+        &store,
+        vec![Write::Remove {
+            key: r.key.clone(),
+            expect: seq,
+        }],
+    )
+    .await;
+    assert_eq!(get(&store, &r.key).await, None);
 }
 
 pub async fn wrong_write_refused<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {

@@ -366,13 +366,19 @@ fn read_changes(tx: &dyn ReadTx, after: u64, limit: usize, head: u64) -> Result<
 }
 
 /// Refuses a batch with a write of the wrong family for its kind before any transaction starts: an
-/// `Upsert` of a deployment would bypass compare-and-swap, a `Put` of a task the version rule.
+/// `Upsert` of a deployment would bypass compare-and-swap, a `Put` of a task the version rule; and a
+/// `Put` replacing a revision, which is immutable.
 fn check_families(writes: &[Write]) -> Result<(), StoreError> {
     for write in writes {
         let (kind, ecs_write) = match write {
             Write::Upsert(doc) | Write::Observe(doc) => (doc.key.kind, true),
             Write::Delete { key, .. } => (key.kind, true),
-            Write::Put { doc, .. } => (doc.key.kind, false),
+            Write::Put { doc, expect } => {
+                if doc.key.kind == Kind::Revision && *expect != Expect::Absent {
+                    return Err(StoreError::ImmutableRevision { key: doc.key.clone() });
+                }
+                (doc.key.kind, false)
+            }
             Write::Remove { key, .. } => (key.kind, false),
             Write::Park(_) => continue,
         };

@@ -366,6 +366,10 @@ pub enum StoreError {
         }
     )]
     WrongWrite { write: &'static str, kind: Kind },
+    /// A `Put` that would replace a revision: revisions are immutable (a change of an environment is
+    /// a new revision). The batch was refused whole.
+    #[error("{key} is a revision and cannot be replaced: write a new revision instead")]
+    ImmutableRevision { key: Key },
 }
 
 #[async_trait]
