@@ -59,18 +59,8 @@ impl EcsFixture {
             .essential(true)
             .port_mappings(PortMapping::builder().container_port(80).host_port(8080).build())
             .build();
-        let out = self
-            .ecs
-            .register_task_definition()
-            .family(family)
-            .container_definitions(container)
-            .send()
+        self.register_task_definition_with(family, None, None, vec![container])
             .await
-            .context("RegisterTaskDefinition")?;
-        out.task_definition()
-            .and_then(|t| t.task_definition_arn())
-            .map(str::to_owned)
-            .context("RegisterTaskDefinition: no ARN")
     }
 
     /// Registers a task definition with task-level `cpu` and `memory` (strings, as ECS takes them)
@@ -108,19 +98,11 @@ impl EcsFixture {
         let ec2_ids = self.run_ec2_instances(n).await?;
         let mut arns = Vec::with_capacity(n);
         for id in ec2_ids {
-            let document = serde_json::json!({
-                "instanceId": id,
-                "region": REGION,
-                "availabilityZone": format!("{REGION}a"),
-                "instanceType": "t2.micro",
-                "imageId": AMI,
-                "accountId": "123456789012",
-            });
             let out = self
                 .ecs
                 .register_container_instance()
                 .cluster(cluster)
-                .instance_identity_document(document.to_string())
+                .instance_identity_document(identity_document(&id))
                 .send()
                 .await
                 .with_context(|| format!("RegisterContainerInstance {id}"))?;
@@ -287,14 +269,6 @@ impl EcsFixture {
     ) -> anyhow::Result<String> {
         let ec2_ids = self.run_ec2_instances(1).await?;
         let id = ec2_ids.first().context("EC2 RunInstances: no instance")?;
-        let document = serde_json::json!({
-            "instanceId": id,
-            "region": REGION,
-            "availabilityZone": format!("{REGION}a"),
-            "instanceType": "t2.micro",
-            "imageId": AMI,
-            "accountId": "123456789012",
-        });
         let resource = |name: &str, value: i32| {
             aws_sdk_ecs::types::Resource::builder()
                 .name(name)
@@ -315,7 +289,7 @@ impl EcsFixture {
             .ecs
             .register_container_instance()
             .cluster(cluster)
-            .instance_identity_document(document.to_string())
+            .instance_identity_document(identity_document(id))
             .total_resources(resource("CPU", cpu))
             .total_resources(resource("MEMORY", memory))
             .set_attributes(Some(attributes))
@@ -428,6 +402,20 @@ fn xml_values(xml: &str, tag: &str) -> Vec<String> {
         rest = &after[end + close.len()..];
     }
     values
+}
+
+/// The EC2 instance identity document the ECS agent sends; moto accepts only one naming an EC2
+/// instance it knows.
+fn identity_document(instance_id: &str) -> String {
+    serde_json::json!({
+        "instanceId": instance_id,
+        "region": REGION,
+        "availabilityZone": format!("{REGION}a"),
+        "instanceType": "t2.micro",
+        "imageId": AMI,
+        "accountId": "123456789012",
+    })
+    .to_string()
 }
 
 #[cfg(test)]
