@@ -369,7 +369,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     for kind in [Kind::Task, Kind::Instance] {
         if let Ok(n) = state.store.count(kind).await {
-            metrics::gauge!(crate::metrics::ENTITIES, "kind" => crate::kind_label(kind)).set(n as f64);
+            metrics::gauge!(crate::metrics::ENTITIES, "kind" => kind.name()).set(n as f64);
         }
     }
     if let Ok(bounds) = state.store.log_bounds().await {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{clock, documents, kind_label, metrics as m};
+use crate::{clock, documents, metrics as m};
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
@@ -167,7 +167,7 @@ impl Ingestor {
             }
         };
         for (outcome, kind) in outcomes.iter().zip(&kinds) {
-            let label = kind.map(kind_label).unwrap_or("none");
+            let label = kind.map(Kind::name).unwrap_or("none");
             match outcome {
                 Outcome::Written { .. } => {
                     report.applied += 1;

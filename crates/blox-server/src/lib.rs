@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use blox_aws::{EcsControl, EcsReader, EventSource};
-use blox_store::{Kind, Store};
+use blox_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,16 +36,6 @@ pub use ingest::{IngestOptions, Ingestor};
 pub use reconcile::{ReadinessState, ReconcileOptions, Reconciler};
 pub use scheduler::{Scheduler, SchedulerOptions};
 pub use stream::StreamOptions;
-
-pub(crate) fn kind_label(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Task => "task",
-        Kind::Instance => "instance",
-        Kind::Environment => "environment",
-        Kind::Revision => "revision",
-        Kind::Deployment => "deployment",
-    }
-}
 
 /// The OpenAPI document, as checked in at `openapi/blox.json`.
 pub fn openapi_json() -> String {

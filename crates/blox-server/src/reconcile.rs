@@ -281,7 +281,7 @@ impl Reconciler {
                     .filter(|o| matches!(o, Outcome::Deleted { .. }))
                     .count() as u64;
             }
-            let label = crate::kind_label(kind);
+            let label = kind.name();
             metrics::counter!(m::RECONCILE_DRIFT, "kind" => label, "action" => "upsert")
                 .increment(kind_upserted);
             metrics::counter!(m::RECONCILE_DRIFT, "kind" => label, "action" => "delete")

@@ -112,7 +112,7 @@ struct ClientGauge(&'static str, Arc<AtomicUsize>);
 
 impl ClientGauge {
     fn open(kind: Kind, open: Arc<AtomicUsize>) -> ClientGauge {
-        let label = crate::kind_label(kind);
+        let label = kind.name();
         metrics::gauge!(crate::metrics::STREAM_CLIENTS, "kind" => label).increment(1.0);
         open.fetch_add(1, Ordering::SeqCst);
         ClientGauge(label, open)
