@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use blox_model::Attribute;
 use blox_model::daemon::{
-    self, ClusterView, Counts, DEFAULT_INTENT_TTL_MS, Deployment, DeploymentConfiguration, DeploymentStatus,
+    self, ClusterView, DEFAULT_INTENT_TTL_MS, Deployment, DeploymentConfiguration, DeploymentStatus,
     EnvironmentStatus, FailedInstance, InstanceGroup, InstanceView, Plan, PlanInput, Revision, StartIntent,
     Target, TaskView,
 };
@@ -298,19 +298,13 @@ impl Scheduler {
             },
             created_at: 0,
         });
-        self.deployments.push(Deployment {
-            id: format!("d{number}"),
-            environment: ENV.into(),
-            revision: number,
+        self.deployments.push(Deployment::new(
+            format!("d{number}"),
+            ENV,
+            number,
             task_definition,
-            status: DeploymentStatus::Pending,
-            created_at: 0,
-            started_at: None,
-            ended_at: None,
-            failed_instances: vec![],
-            counts: Counts::default(),
-            intents: vec![],
-        });
+            0,
+        ));
         // Back-off is per deployment: a new task definition deserves a fresh try.
         self.failed.clear();
     }
@@ -939,17 +933,14 @@ fn a_full_pass_over_ten_thousand_instances_and_twenty_environments() {
             .iter()
             .enumerate()
             .map(|(e, r)| Deployment {
-                id: format!("deployment-{e}"),
-                environment: r.environment.clone(),
-                revision: 1,
-                task_definition: r.task_definition.clone(),
                 status: DeploymentStatus::Completed,
-                created_at: 0,
-                started_at: None,
-                ended_at: None,
-                failed_instances: vec![],
-                counts: Counts::default(),
-                intents: vec![],
+                ..Deployment::new(
+                    format!("deployment-{e}"),
+                    r.environment.clone(),
+                    1,
+                    r.task_definition.clone(),
+                    0,
+                )
             })
             .collect();
 

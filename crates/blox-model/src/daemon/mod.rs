@@ -35,11 +35,7 @@ pub const GROUP_PREFIX: &str = "blox:";
 /// v0.3's environment-name rule (`^[a-zA-Z0-9-_]{1,30}$`), kept so that its names stay valid and
 /// `blox:<name>` stays well inside ECS's limit on a group's length.
 pub fn validate_environment_name(name: &str) -> Result<(), FieldError> {
-    let valid = (1..=30).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if valid {
+    if is_word(name, 30) {
         Ok(())
     } else {
         Err(FieldError::new(
@@ -52,11 +48,7 @@ pub fn validate_environment_name(name: &str) -> Result<(), FieldError> {
 /// A deployment id becomes the `startedBy` of every task the deployment starts, so it must be what ECS
 /// accepts there: up to 128 letters, digits, '-' or '_' (a UUID is).
 pub fn validate_deployment_id(id: &str) -> Result<(), FieldError> {
-    let valid = (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if valid {
+    if is_word(id, 128) {
         Ok(())
     } else {
         Err(FieldError::new(
@@ -64,6 +56,15 @@ pub fn validate_deployment_id(id: &str) -> Result<(), FieldError> {
             format!("{id:?} cannot be an ECS startedBy: 1 to 128 letters, digits, '-' or '_'"),
         ))
     }
+}
+
+/// Whether `text` is 1 to `max_len` ASCII letters, digits, '-' or '_': the character class both
+/// environment names and deployment ids are held to.
+fn is_word(text: &str, max_len: usize) -> bool {
+    (1..=max_len).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A daemon environment: the latest revision, the deployment being converged to, and health.
@@ -286,6 +287,30 @@ pub struct Counts {
 }
 
 impl Deployment {
+    /// A new, pending deployment of `revision` (whose task definition is `task_definition`), created
+    /// at `now_ms`, with no progress yet.
+    pub fn new(
+        id: impl Into<String>,
+        environment: impl Into<String>,
+        revision: u64,
+        task_definition: impl Into<String>,
+        now_ms: u64,
+    ) -> Self {
+        Deployment {
+            id: id.into(),
+            environment: environment.into(),
+            revision,
+            task_definition: task_definition.into(),
+            status: DeploymentStatus::Pending,
+            created_at: now_ms,
+            started_at: None,
+            ended_at: None,
+            failed_instances: Vec::new(),
+            counts: Counts::default(),
+            intents: Vec::new(),
+        }
+    }
+
     /// Folds a plan's outcome into the deployment: counts, `pending → running` once it is acted on,
     /// `running → completed` once the plan says the cluster has converged. Failed and stopped
     /// deployments are left as they are. Returns whether anything changed.
@@ -529,19 +554,7 @@ mod tests {
 
     #[test]
     fn deployments_progress_and_report_health() {
-        let mut deployment = Deployment {
-            id: "d".into(),
-            environment: "web".into(),
-            revision: 1,
-            task_definition: "td".into(),
-            status: DeploymentStatus::Pending,
-            created_at: 0,
-            started_at: None,
-            ended_at: None,
-            failed_instances: vec![],
-            counts: Counts::default(),
-            intents: vec![],
-        };
+        let mut deployment = Deployment::new("d", "web", 1, "td", 0);
         let mut plan = Plan {
             counts: Counts {
                 desired: 2,
