@@ -19,8 +19,8 @@ use blox_api::{
 use blox_aws::EcsErrorKind;
 use blox_model::ClusterName;
 use blox_model::daemon::{
-    self, Counts, Deployment, DeploymentConfiguration, DeploymentStatus, Environment, EnvironmentStatus,
-    Health, InstanceGroup, Revision,
+    self, Deployment, DeploymentConfiguration, Environment, EnvironmentStatus, Health, InstanceGroup,
+    Revision,
 };
 use blox_model::emit::rfc3339_millis;
 use blox_store::{Expect, Filter, Key, Kind, PageRequest, Record, Store, StoreError, Write};
@@ -242,10 +242,7 @@ pub async fn update_environment(
             Err(err) => return Err(ApiError::internal("updating the environment", &err)),
         }
     }
-    Err(conflict(
-        "ConcurrentUpdate",
-        format!("environment {name} kept changing; try again"),
-    ))
+    Err(kept_changing(&name))
 }
 
 /// Delete an environment. With `terminateTasks=true` the scheduler stops its tasks first; without,
@@ -299,10 +296,7 @@ pub async fn delete_environment(
             Err(err) => return Err(ApiError::internal("deleting the environment", &err)),
         }
     }
-    Err(conflict(
-        "ConcurrentUpdate",
-        format!("environment {name} kept changing; try again"),
-    ))
+    Err(kept_changing(&name))
 }
 
 async fn delete_body(
@@ -404,19 +398,13 @@ pub async fn create_deployment(
             });
         }
         let now = clock::now_unix_ms();
-        let deployment = Deployment {
-            id: uuid::Uuid::new_v4().to_string(),
-            environment: environment.name.clone(),
-            revision: revision.number,
-            task_definition: revision.task_definition.clone(),
-            status: DeploymentStatus::Pending,
-            created_at: now,
-            started_at: None,
-            ended_at: None,
-            failed_instances: Vec::new(),
-            counts: Counts::default(),
-            intents: Vec::new(),
-        };
+        let deployment = Deployment::new(
+            uuid::Uuid::new_v4().to_string(),
+            environment.name.clone(),
+            revision.number,
+            revision.task_definition.clone(),
+            now,
+        );
         environment.active_deployment = Some(deployment.id.clone());
         environment.updated_at = now;
         let result = state
@@ -438,10 +426,7 @@ pub async fn create_deployment(
             Err(err) => return Err(ApiError::internal("creating the deployment", &err)),
         }
     }
-    Err(conflict(
-        "ConcurrentUpdate",
-        format!("environment {name} kept changing; try again"),
-    ))
+    Err(kept_changing(&name))
 }
 
 /// An environment's deployments, newest first.
@@ -573,6 +558,14 @@ fn conflict(code: &'static str, message: String) -> ApiError {
         message,
         field: None,
     }
+}
+
+/// The answer when every compare-and-swap attempt on the environment met a conflict.
+fn kept_changing(name: &str) -> ApiError {
+    conflict(
+        "ConcurrentUpdate",
+        format!("environment {name} kept changing; try again"),
+    )
 }
 
 fn refuse_deleting(environment: &Environment) -> Result<(), ApiError> {

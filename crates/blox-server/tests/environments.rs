@@ -2,6 +2,8 @@
 //! bad inputs as one table, and one end-to-end run through `serve()` with the scheduler on the
 //! simulator.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,25 +15,16 @@ use blox_aws::{
     TaskDefinitionDescription,
 };
 use blox_server::{AppState, ReadinessState, StreamOptions};
-use blox_sim::{Clock, Ecs, NewInstance, SimConfig, SimContainer, SimOptions, Simulator, ThrottleConfig};
+use blox_sim::{NewInstance, Simulator, ThrottleConfig};
 use blox_store::{MemStore, Store, StoreOptions};
 use blox_testkit::wait_until;
+use common::{container, simulator};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 const CLUSTER: &str = "prod";
-
-fn container(memory: i64) -> Vec<SimContainer> {
-    vec![SimContainer {
-        name: "agent".into(),
-        cpu: 128,
-        memory: Some(memory),
-        essential: true,
-        host_ports: vec![],
-    }]
-}
 
 struct Account {
     sim: Simulator,
@@ -43,17 +36,7 @@ struct Account {
 /// A simulated account: cluster `prod` with `instances` instances, task definitions `daemon:1` and
 /// `daemon:2`, and `old:1`, deregistered (INACTIVE).
 fn account(instances: usize) -> Account {
-    let config = SimConfig {
-        throttle: ThrottleConfig::unlimited(),
-        pending_ms: 300,
-        ..SimConfig::default()
-    };
-    let options = SimOptions {
-        config: config.clone(),
-        receive_wait: Duration::from_millis(200),
-        ..SimOptions::default()
-    };
-    let sim = Simulator::new(Ecs::new(config, 7), Clock::Wall, options);
+    let sim = simulator(ThrottleConfig::unlimited());
     let (td1, td2, instances) = sim.write(|ecs, now| {
         ecs.create_cluster(CLUSTER).expect("cluster");
         let td1 = ecs
@@ -614,13 +597,7 @@ async fn environments_deploy_redeploy_and_delete_through_serve() {
         .create_deployment("web", &env.deployment_token)
         .await
         .expect("deploy");
-    wait_until("the first deployment completes", DEADLINE, || async {
-        client
-            .get_deployment("web", &first.id)
-            .await
-            .is_ok_and(|d| d.status == "completed")
-    })
-    .await;
+    wait_completed(&client, &first.id, DEADLINE).await;
     assert_eq!(
         live(Some(&account.td1)),
         (3, instances.clone()),
@@ -654,13 +631,7 @@ async fn environments_deploy_redeploy_and_delete_through_serve() {
         .create_deployment("web", &updated.deployment_token)
         .await
         .expect("deploy again");
-    wait_until("the second deployment completes", DEADLINE, || async {
-        client
-            .get_deployment("web", &second.id)
-            .await
-            .is_ok_and(|d| d.status == "completed")
-    })
-    .await;
+    wait_completed(&client, &second.id, DEADLINE).await;
     wait_until("the tasks are replaced", DEADLINE, || async {
         live(Some(&account.td2)) == (3, instances.clone())
     })
@@ -681,6 +652,17 @@ async fn environments_deploy_redeploy_and_delete_through_serve() {
     assert_eq!(live(None).0, 0, "every task of the environment is stopped");
     shutdown.cancel();
     server.await.expect("join").expect("serve");
+}
+
+/// Waits, through the API, for deployment `id` of environment `web` to complete.
+async fn wait_completed(client: &blox_client::Client, id: &str, deadline: Duration) {
+    wait_until(&format!("deployment {id} completes"), deadline, || async {
+        client
+            .get_deployment("web", id)
+            .await
+            .is_ok_and(|d| d.status == "completed")
+    })
+    .await;
 }
 
 /// ECS where cluster `throttled` cannot be described and every other cluster is INACTIVE.

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blox_aws::{EcsControl as _, StartTask};
+mod common;
+
 use blox_model::ClusterName;
 use blox_model::Task;
 use blox_model::daemon::{
@@ -16,11 +18,10 @@ use blox_server::documents;
 use blox_server::{
     IngestOptions, Ingestor, ReadinessState, ReconcileOptions, Reconciler, Scheduler, SchedulerOptions,
 };
-use blox_sim::{
-    Clock, Ecs, Family, NewInstance, Rate, SimConfig, SimContainer, SimOptions, Simulator, ThrottleConfig,
-};
+use blox_sim::{Family, NewInstance, Rate, Simulator, ThrottleConfig};
 use blox_store::{Expect, Key, MemStore, Store, StoreError, StoreOptions, Write};
 use blox_testkit::wait_until;
+use common::{container, simulator};
 use tokio_util::sync::CancellationToken;
 
 const CLUSTER: &str = "prod";
@@ -46,32 +47,12 @@ impl Drop for World {
     }
 }
 
-fn container(memory: i64) -> Vec<SimContainer> {
-    vec![SimContainer {
-        name: "agent".into(),
-        cpu: 128,
-        memory: Some(memory),
-        essential: true,
-        host_ports: vec![],
-    }]
-}
-
 async fn world(instances: usize) -> World {
     world_with(instances, ThrottleConfig::unlimited()).await
 }
 
 async fn world_with(instances: usize, throttle: ThrottleConfig) -> World {
-    let config = SimConfig {
-        throttle,
-        pending_ms: 300,
-        ..SimConfig::default()
-    };
-    let options = SimOptions {
-        config: config.clone(),
-        receive_wait: Duration::from_millis(200),
-        ..SimOptions::default()
-    };
-    let sim = Simulator::new(Ecs::new(config, 7), Clock::Wall, options);
+    let sim = simulator(throttle);
     let (cluster_arn, td1, td2, big, arns) = sim.write(|ecs, now| {
         let cluster = ecs.create_cluster(CLUSTER).expect("cluster").cluster_arn;
         let td1 = ecs
@@ -142,22 +123,20 @@ fn fast_backoff() -> DeploymentConfiguration {
 impl World {
     fn engine(&self, options: SchedulerOptions) -> CancellationToken {
         let stop = self.shutdown.child_token();
-        let scheduler = Scheduler::new(
-            self.store.clone(),
-            Arc::new(self.sim.clone()),
-            Arc::new(self.sim.clone()),
-            options,
-        );
-        tokio::spawn(scheduler.run(stop.clone()));
+        tokio::spawn(self.scheduler_with(options).run(stop.clone()));
         stop
     }
 
     fn scheduler(&self) -> Scheduler {
+        self.scheduler_with(options())
+    }
+
+    fn scheduler_with(&self, options: SchedulerOptions) -> Scheduler {
         Scheduler::new(
             self.store.clone(),
             Arc::new(self.sim.clone()),
             Arc::new(self.sim.clone()),
-            options(),
+            options,
         )
     }
 
@@ -176,19 +155,7 @@ impl World {
             deployment: config,
             created_at: 0,
         };
-        let deployment = Deployment {
-            id: id.into(),
-            environment: ENV.into(),
-            revision: number,
-            task_definition: task_definition.into(),
-            status: DeploymentStatus::Pending,
-            created_at: 0,
-            started_at: None,
-            ended_at: None,
-            failed_instances: vec![],
-            counts: Counts::default(),
-            intents: vec![],
-        };
+        let deployment = Deployment::new(id, ENV, number, task_definition, 0);
         self.store
             .apply(vec![
                 Write::Put {
@@ -207,6 +174,12 @@ impl World {
             env.active_deployment = Some(id.into());
         })
         .await;
+    }
+
+    /// Deploys revision 1, of `td1`, as deployment `d1` with the default configuration.
+    async fn deploy_first(&self) {
+        self.deploy(1, &self.td1, "d1", DeploymentConfiguration::default())
+            .await;
     }
 
     async fn update_environment(&self, change: impl Fn(&mut Environment)) {
@@ -271,6 +244,18 @@ impl World {
         .await;
     }
 
+    /// Waits for deployment `id` to complete, asserting at every look that no instance runs two
+    /// of the environment's tasks.
+    async fn wait_completed_at_most_one_per_instance(&self, id: &str) {
+        wait_until(&format!("deployment {id} completes"), DEADLINE, || async {
+            self.assert_at_most_one_per_instance();
+            self.deployment(id)
+                .await
+                .is_some_and(|d| d.status == DeploymentStatus::Completed)
+        })
+        .await;
+    }
+
     /// The environment's tasks in ECS that are not STOPPED, by instance.
     fn live(&self) -> BTreeMap<String, Vec<Task>> {
         let mut out: BTreeMap<String, Vec<Task>> = BTreeMap::new();
@@ -326,9 +311,7 @@ impl World {
 async fn a_deployment_starts_one_task_per_instance_and_completes() {
     let world = world(3).await;
     let _engine = world.engine(options());
-    world
-        .deploy(1, &world.td1, "d1", DeploymentConfiguration::default())
-        .await;
+    world.deploy_first().await;
     world.wait_status("d1", DeploymentStatus::Completed).await;
     assert!(world.converged(&world.instances, &world.td1));
     for tasks in world.live().values() {
@@ -377,9 +360,7 @@ async fn a_deployment_starts_one_task_per_instance_and_completes() {
 async fn a_crashed_task_is_restarted() {
     let world = world(2).await;
     let _engine = world.engine(options());
-    world
-        .deploy(1, &world.td1, "d1", DeploymentConfiguration::default())
-        .await;
+    world.deploy_first().await;
     world.wait_status("d1", DeploymentStatus::Completed).await;
     let victim = world.live()[&world.instances[0]][0].task_arn.clone();
     world
@@ -398,9 +379,7 @@ async fn a_crashed_task_is_restarted() {
 async fn a_draining_instance_keeps_its_daemon_and_gets_no_new_one() {
     let world = world(2).await;
     let engine = world.engine(options());
-    world
-        .deploy(1, &world.td1, "d1", DeploymentConfiguration::default())
-        .await;
+    world.deploy_first().await;
     world.wait_status("d1", DeploymentStatus::Completed).await;
     engine.cancel();
     let drained = world.instances[0].clone();
@@ -453,21 +432,12 @@ async fn a_draining_instance_keeps_its_daemon_and_gets_no_new_one() {
 async fn a_new_deployment_replaces_the_tasks_one_per_instance() {
     let world = world(3).await;
     let _engine = world.engine(options());
-    world
-        .deploy(1, &world.td1, "d1", DeploymentConfiguration::default())
-        .await;
+    world.deploy_first().await;
     world.wait_status("d1", DeploymentStatus::Completed).await;
     world
         .deploy(2, &world.td2, "d2", DeploymentConfiguration::default())
         .await;
-    wait_until("the second deployment completes", DEADLINE, || async {
-        world.assert_at_most_one_per_instance();
-        world
-            .deployment("d2")
-            .await
-            .is_some_and(|d| d.status == DeploymentStatus::Completed)
-    })
-    .await;
+    world.wait_completed_at_most_one_per_instance("d2").await;
     assert!(world.converged(&world.instances, &world.td2));
     for tasks in world.live().values() {
         assert_eq!(tasks[0].started_by.as_deref(), Some("d2"));
@@ -550,9 +520,7 @@ async fn refused_starts_back_off_instead_of_retrying_every_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_engine_does_not_start_what_recorded_intents_may_have_started() {
     let world = world(3).await;
-    world
-        .deploy(1, &world.td1, "d1", DeploymentConfiguration::default())
-        .await;
+    world.deploy_first().await;
     // What an engine leaves when it dies between recording its intents and writing ECS's answer:
     // the intents without task ARNs, and tasks ECS started that the store has not heard of (the
     // simulator is quiet: no events for them).
@@ -626,23 +594,14 @@ async fn an_engine_restarted_mid_deployment_starts_no_duplicates() {
         ..SchedulerOptions::default()
     };
     let first = world.engine(slow.clone());
-    world
-        .deploy(1, &world.td1, "d1", DeploymentConfiguration::default())
-        .await;
+    world.deploy_first().await;
     wait_until("the first batch is started", DEADLINE, || async {
         !world.live().is_empty()
     })
     .await;
     first.cancel();
     let _second = world.engine(slow);
-    wait_until("the deployment completes", DEADLINE, || async {
-        world.assert_at_most_one_per_instance();
-        world
-            .deployment("d1")
-            .await
-            .is_some_and(|d| d.status == DeploymentStatus::Completed)
-    })
-    .await;
+    world.wait_completed_at_most_one_per_instance("d1").await;
     assert!(world.converged(&world.instances, &world.td1));
     assert_eq!(world.ever_started(), 25);
 }
@@ -651,9 +610,7 @@ async fn an_engine_restarted_mid_deployment_starts_no_duplicates() {
 async fn deleting_with_terminate_tasks_stops_them_and_removes_the_documents() {
     let world = world(2).await;
     let _engine = world.engine(options());
-    world
-        .deploy(1, &world.td1, "d1", DeploymentConfiguration::default())
-        .await;
+    world.deploy_first().await;
     world.wait_status("d1", DeploymentStatus::Completed).await;
     world
         .update_environment(|env| {
@@ -686,17 +643,8 @@ async fn a_throttled_start_task_still_converges_without_duplicates() {
         calls_per_second: 1_000.0,
         ..options()
     });
-    world
-        .deploy(1, &world.td1, "d1", DeploymentConfiguration::default())
-        .await;
-    wait_until("the deployment completes", DEADLINE, || async {
-        world.assert_at_most_one_per_instance();
-        world
-            .deployment("d1")
-            .await
-            .is_some_and(|d| d.status == DeploymentStatus::Completed)
-    })
-    .await;
+    world.deploy_first().await;
+    world.wait_completed_at_most_one_per_instance("d1").await;
     assert!(world.converged(&world.instances, &world.td1));
     assert_eq!(world.ever_started(), 25);
 }
@@ -718,9 +666,7 @@ async fn serve_runs_the_scheduler_when_given_ecs_control() {
         blox_server::ServerOptions::default(),
         world.shutdown.child_token(),
     ));
-    world
-        .deploy(1, &world.td1, "d1", DeploymentConfiguration::default())
-        .await;
+    world.deploy_first().await;
     world.wait_status("d1", DeploymentStatus::Completed).await;
     assert!(world.converged(&world.instances, &world.td1));
     world.shutdown.cancel();
