@@ -987,15 +987,9 @@ impl Ecs {
         self.take(Family::Describe, now)?;
         check_describe_batch("containerInstances", instances)?;
         let cluster = self.cluster(cluster)?;
-        let mut found = Vec::with_capacity(instances.len());
-        let mut failures = Vec::new();
-        for reference in instances {
-            match cluster.instance(reference) {
-                Some((_, i)) => found.push(i.desc.clone()),
-                None => failures.push(missing(reference)),
-            }
-        }
-        Ok((found, failures))
+        Ok(describe_each(instances, |r| {
+            cluster.instance(r).map(|(_, i)| i.desc.clone())
+        }))
     }
 
     fn instance_key(&self, cluster: &str, instance: &str) -> Result<(String, u128), SimError> {
@@ -1494,15 +1488,7 @@ impl Ecs {
         self.take(Family::Describe, now)?;
         check_describe_batch("tasks", tasks)?;
         let c = self.cluster(cluster)?;
-        let mut found = Vec::with_capacity(tasks.len());
-        let mut failures = Vec::new();
-        for reference in tasks {
-            match c.task(reference) {
-                Some((_, t)) => found.push(t.desc.clone()),
-                None => failures.push(missing(reference)),
-            }
-        }
-        Ok((found, failures))
+        Ok(describe_each(tasks, |r| c.task(r).map(|(_, t)| t.desc.clone())))
     }
 
     // ---- views for drivers, tests and benchmarks -------------------------------------------
@@ -1516,14 +1502,13 @@ impl Ecs {
         limit: usize,
         want: impl Fn(&Task) -> bool,
     ) -> Option<Arc<Task>> {
-        let tasks = &self.clusters.get(cluster)?.tasks;
-        tasks
-            .range(probe..)
-            .chain(tasks.range(..probe))
-            .take(limit)
-            .map(|(_, t)| &t.desc)
-            .find(|d| want(d))
-            .cloned()
+        pick_near(
+            &self.clusters.get(cluster)?.tasks,
+            probe,
+            limit,
+            |t| &t.desc,
+            want,
+        )
     }
 
     /// An instance of the cluster chosen near `probe` that satisfies `want`; see [`Ecs::pick_task`].
@@ -1534,14 +1519,13 @@ impl Ecs {
         limit: usize,
         want: impl Fn(&ContainerInstance) -> bool,
     ) -> Option<Arc<ContainerInstance>> {
-        let instances = &self.clusters.get(cluster)?.instances;
-        instances
-            .range(probe..)
-            .chain(instances.range(..probe))
-            .take(limit)
-            .map(|(_, i)| &i.desc)
-            .find(|d| want(d))
-            .cloned()
+        pick_near(
+            &self.clusters.get(cluster)?.instances,
+            probe,
+            limit,
+            |i| &i.desc,
+            want,
+        )
     }
 
     pub fn cluster_names(&self) -> Vec<String> {
@@ -1726,6 +1710,40 @@ fn missing(reference: &str) -> Failure {
         reason: "MISSING".into(),
         detail: None,
     }
+}
+
+/// What a Describe call returns for `references`: each one `lookup` finds, and a `MISSING` failure
+/// for each it does not.
+fn describe_each<T>(
+    references: &[String],
+    lookup: impl Fn(&str) -> Option<Arc<T>>,
+) -> (Vec<Arc<T>>, Vec<Failure>) {
+    let mut found = Vec::with_capacity(references.len());
+    let mut failures = Vec::new();
+    for reference in references {
+        match lookup(reference) {
+            Some(desc) => found.push(desc),
+            None => failures.push(missing(reference)),
+        }
+    }
+    (found, failures)
+}
+
+/// The first of at most `limit` entries from `probe` on (wrapping around) whose description
+/// satisfies `want`: see [`Ecs::pick_task`].
+fn pick_near<V, T>(
+    map: &BTreeMap<u128, V>,
+    probe: u128,
+    limit: usize,
+    desc: impl Fn(&V) -> &Arc<T>,
+    want: impl Fn(&T) -> bool,
+) -> Option<Arc<T>> {
+    map.range(probe..)
+        .chain(map.range(..probe))
+        .take(limit)
+        .map(|(_, v)| desc(v))
+        .find(|d| want(d))
+        .cloned()
 }
 
 fn check_describe_batch(field: &str, items: &[String]) -> Result<(), SimError> {

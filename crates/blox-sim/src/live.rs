@@ -253,6 +253,13 @@ impl Simulator {
         f(&self.ecs_read())
     }
 
+    /// Reads the account at the current time, for a read-only API call (unlike [`Simulator::write`],
+    /// runs no steps).
+    fn read_now<R>(&self, f: impl FnOnce(&Ecs, u64) -> R) -> R {
+        let now = self.now_ms();
+        f(&self.ecs_read(), now)
+    }
+
     /// Changes the account at the current time (after running the steps due by then); the events
     /// the change emits go to the queue.
     pub fn write<R>(&self, f: impl FnOnce(&mut Ecs, u64) -> R) -> R {
@@ -407,8 +414,7 @@ impl Simulator {
         loop {
             let page = self
                 .retry(operation, Family::List, cluster, |sim| {
-                    let now = sim.now_ms();
-                    list(&sim.ecs_read(), token.as_deref(), now)
+                    sim.read_now(|ecs, now| list(ecs, token.as_deref(), now))
                 })
                 .await?;
             arns.extend(page.arns);
@@ -475,12 +481,10 @@ impl EcsReader for Simulator {
         };
         let page = self
             .retry(listing.operation(), Family::List, Some(cluster), |sim| {
-                let now = sim.now_ms();
-                let ecs = sim.ecs_read();
-                match &filter {
+                sim.read_now(|ecs, now| match &filter {
                     None => ecs.list_container_instances(cluster, None, next_token, None, now),
                     Some(filter) => ecs.list_tasks(cluster, filter, next_token, None, now),
-                }
+                })
             })
             .await?;
         Ok(ListPage {
@@ -502,10 +506,7 @@ impl EcsReader for Simulator {
                     "DescribeContainerInstances",
                     Family::Describe,
                     Some(cluster),
-                    |sim| {
-                        let now = sim.now_ms();
-                        sim.ecs_read().describe_container_instances(cluster, chunk, now)
-                    },
+                    |sim| sim.read_now(|ecs, now| ecs.describe_container_instances(cluster, chunk, now)),
                 )
                 .await?;
             described.extend(found.iter().map(|i| (**i).clone()));
@@ -518,8 +519,7 @@ impl EcsReader for Simulator {
         for chunk in arns.chunks(DESCRIBE_BATCH) {
             let (found, _) = self
                 .retry("DescribeTasks", Family::Describe, Some(cluster), |sim| {
-                    let now = sim.now_ms();
-                    sim.ecs_read().describe_tasks(cluster, chunk, now)
+                    sim.read_now(|ecs, now| ecs.describe_tasks(cluster, chunk, now))
                 })
                 .await?;
             described.extend(found.iter().map(|t| (**t).clone()));
@@ -538,8 +538,7 @@ impl EcsControl for Simulator {
         for chunk in clusters.chunks(DESCRIBE_BATCH) {
             let (found, missing) = self
                 .retry("DescribeClusters", Family::Describe, None, |sim| {
-                    let now = sim.now_ms();
-                    sim.ecs_read().describe_clusters(chunk, now)
+                    sim.read_now(|ecs, now| ecs.describe_clusters(chunk, now))
                 })
                 .await?;
             described.extend(found);
@@ -553,8 +552,7 @@ impl EcsControl for Simulator {
         task_definition: &str,
     ) -> Result<TaskDefinitionDescription, EcsError> {
         self.retry("DescribeTaskDefinition", Family::Describe, None, |sim| {
-            let now = sim.now_ms();
-            sim.ecs_read().describe_task_definition(task_definition, now)
+            sim.read_now(|ecs, now| ecs.describe_task_definition(task_definition, now))
         })
         .await
     }

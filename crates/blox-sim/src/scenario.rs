@@ -284,7 +284,7 @@ pub struct Driver {
     scenario: Scenario,
     rng: ChaCha8Rng,
     /// Fractional actions carried over between steps, per action.
-    owed: [f64; 7],
+    owed: [f64; ACTIONS.len()],
     /// Instances to terminate after draining: (due, cluster, instance ARN).
     draining: VecDeque<(u64, String, String)>,
     /// Agents to reconnect: (due, cluster, instance ARN).
@@ -298,7 +298,7 @@ impl Driver {
         Driver {
             scenario,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xd21e_0000),
-            owed: [0.0; 7],
+            owed: [0.0; ACTIONS.len()],
             draining: VecDeque::new(),
             disconnected: VecDeque::new(),
             actions: 0,
