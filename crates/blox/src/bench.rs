@@ -77,8 +77,9 @@ pub struct BenchArgs {
     /// How long the churn runs while ingestion is measured [default: 60s; --quick: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     churn_duration: Option<Duration>,
-    /// The simulator's throttling in the reconcile and churn scenarios: `FAMILY=BURST/RATE` or
-    /// `FAMILY=off` pairs over the ECS-like defaults, as `--sim-throttle` of `blox server`.
+    /// The simulator's throttling in the reconcile, churn and daemon scheduler scenarios:
+    /// `FAMILY=BURST/RATE` or `FAMILY=off` pairs over the ECS-like defaults, as `--sim-throttle` of
+    /// `blox server`.
     #[arg(long, default_value = "")]
     sim_throttle: String,
     /// Only the simulator scenarios (describe, reconcile, churn, the daemon scheduler's).

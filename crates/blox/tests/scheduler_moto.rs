@@ -73,6 +73,18 @@ impl Harness {
         (status, body)
     }
 
+    /// (status, body) of starting a deployment of environment `agent` with `token`.
+    async fn deploy(&self, blox: &BloxProcess, token: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            blox.url(&format!(
+                "/v1/environments/agent/deployments?deploymentToken={token}"
+            )),
+            None,
+        )
+        .await
+    }
+
     /// The cluster's live tasks (desired RUNNING, not STOPPED) as moto describes them.
     async fn live_tasks(&self, cluster: &str) -> Vec<Task> {
         let arns = self
@@ -156,15 +168,7 @@ async fn environments_deploy_one_task_per_instance_and_keep_it_there() {
     );
     let token = env["deploymentToken"].as_str().unwrap().to_owned();
 
-    let (status, deployment) = h
-        .call(
-            reqwest::Method::POST,
-            url(&format!(
-                "/v1/environments/agent/deployments?deploymentToken={token}"
-            )),
-            None,
-        )
-        .await;
+    let (status, deployment) = h.deploy(&blox, &token).await;
     assert_eq!(status, 200, "{deployment}");
     let first = deployment["id"].as_str().unwrap().to_owned();
     wait_until(
@@ -228,26 +232,10 @@ async fn environments_deploy_one_task_per_instance_and_keep_it_there() {
     assert_eq!(status, 200, "{updated}");
     let new_token = updated["deploymentToken"].as_str().unwrap().to_owned();
     assert_ne!(new_token, token);
-    let (status, stale) = h
-        .call(
-            reqwest::Method::POST,
-            url(&format!(
-                "/v1/environments/agent/deployments?deploymentToken={token}"
-            )),
-            None,
-        )
-        .await;
+    let (status, stale) = h.deploy(&blox, &token).await;
     assert_eq!(status, 400, "a stale token: {stale}");
     assert_eq!(stale["field"], "deploymentToken");
-    let (status, second) = h
-        .call(
-            reqwest::Method::POST,
-            url(&format!(
-                "/v1/environments/agent/deployments?deploymentToken={new_token}"
-            )),
-            None,
-        )
-        .await;
+    let (status, second) = h.deploy(&blox, &new_token).await;
     assert_eq!(status, 200, "{second}");
     let second = second["id"].as_str().unwrap().to_owned();
     wait_until(
@@ -380,15 +368,7 @@ async fn killed_mid_deployment_converges_without_duplicates() {
         .await;
     assert_eq!(status, 200, "{env}");
     let token = env["deploymentToken"].as_str().unwrap();
-    let (status, deployment) = h
-        .call(
-            reqwest::Method::POST,
-            blox.url(&format!(
-                "/v1/environments/agent/deployments?deploymentToken={token}"
-            )),
-            None,
-        )
-        .await;
+    let (status, deployment) = h.deploy(&blox, token).await;
     assert_eq!(status, 200, "{deployment}");
     let id = deployment["id"].as_str().unwrap().to_owned();
     wait_until("the deployment is under way", DEADLINE, || async {

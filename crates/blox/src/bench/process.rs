@@ -169,7 +169,7 @@ pub(crate) async fn run(bench: &mut Bench, store: &Path) -> Result<()> {
     let idle = server.memory()?;
     bench
         .report
-        .add(w, "RSS after start", idle.rss_kib as f64 / 1024.0, "MiB", None);
+        .add(w, "RSS after start", mib(idle.rss_kib), "MiB", None);
 
     let client = client()?;
     let address = &server.address;
@@ -199,14 +199,14 @@ pub(crate) async fn run(bench: &mut Bench, store: &Path) -> Result<()> {
     bench.report.add(
         w,
         "RSS after listing everything",
-        loaded.rss_kib as f64 / 1024.0,
+        mib(loaded.rss_kib),
         "MiB",
         Some(Goal::AtMost(250.0)),
     );
     bench.report.add(
         w,
         "peak RSS (VmHWM)",
-        loaded.hwm_kib as f64 / 1024.0,
+        mib(loaded.hwm_kib),
         "MiB",
         Some(Goal::AtMost(250.0)),
     );
@@ -226,7 +226,7 @@ pub(crate) async fn run(bench: &mut Bench, store: &Path) -> Result<()> {
     bench.report.add(
         w,
         "RSS after start, after SIGKILL",
-        repaired.rss_kib as f64 / 1024.0,
+        mib(repaired.rss_kib),
         "MiB",
         Some(Goal::AtMost(250.0)),
     );
@@ -250,6 +250,11 @@ async fn list(client: &reqwest::Client, url: &str) -> Result<u64> {
 struct Memory {
     rss_kib: u64,
     hwm_kib: u64,
+}
+
+/// KiB, as `/proc` counts memory, to MiB, as the report does.
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 fn memory(pid: u32) -> Result<Memory> {
