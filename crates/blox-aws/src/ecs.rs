@@ -457,6 +457,7 @@ fn task_from_sdk(t: &ecs::Task) -> Result<Task, String> {
         version: version(t.version()),
         // ECS's Describe has no updatedAt (only events carry it).
         updated_at: None,
+        health_status: non_empty(t.health_status().map(|h| h.as_str())),
     })
 }
 
@@ -546,6 +547,7 @@ fn container_from_sdk(c: &ecs::Container) -> Result<Container, String> {
             })
             .collect(),
         reason: non_empty(c.reason()),
+        health_status: non_empty(c.health_status().map(|h| h.as_str())),
     })
 }
 
@@ -718,6 +720,7 @@ mod tests {
                     .last_status("STOPPED")
                     .exit_code(137)
                     .reason("OOM")
+                    .health_status(ecs::HealthStatus::Unhealthy)
                     .network_bindings(
                         ecs::NetworkBinding::builder()
                             .bind_ip("0.0.0.0")
@@ -752,6 +755,7 @@ mod tests {
             .group("service:app")
             .launch_type(ecs::LaunchType::Ec2)
             .version(4)
+            .health_status(ecs::HealthStatus::Unhealthy)
             .build();
         let mut model = task_from_sdk(&task).unwrap();
         let json = serde_json::to_value(&model).unwrap();
@@ -759,7 +763,7 @@ mod tests {
             "clusterARN": arn("cluster/prod"),
             "containerInstanceARN": arn("container-instance/prod/ci"),
             "containers": [{"containerARN": arn("container/prod/t/c"), "lastStatus": "STOPPED", "name": "app",
-                "exitCode": 137, "reason": "OOM",
+                "exitCode": 137, "reason": "OOM", "healthStatus": "UNHEALTHY",
                 "networkBindings": [{"bindIP": "0.0.0.0", "containerPort": 80, "hostPort": 8080, "protocol": "tcp"}]}],
             "createdAt": "2016-12-06T16:41:05.702Z",
             "startedAt": "2016-12-06T16:41:06.800Z",
@@ -775,6 +779,7 @@ mod tests {
             "group": "service:app",
             "launchType": "EC2",
             "version": 4,
+            "healthStatus": "UNHEALTHY",
         });
         assert_eq!(json, want);
         model.validate().unwrap();

@@ -49,6 +49,7 @@ pub fn task_event(task: &Task, version: u64, time: &str) -> String {
                 o.insert("networkBindings".into(), Value::Array(bindings));
             }
             put_opt(&mut o, "reason", &c.reason);
+            put_opt(&mut o, "healthStatus", &c.health_status);
             Value::Object(o)
         })
         .collect();
@@ -86,6 +87,7 @@ pub fn task_event(task: &Task, version: u64, time: &str) -> String {
     put_opt(&mut d, "stoppedAt", &task.stopped_at);
     put_opt(&mut d, "stoppedReason", &task.stopped_reason);
     put_opt(&mut d, "group", &task.group);
+    put_opt(&mut d, "healthStatus", &task.health_status);
     put_opt(&mut d, "launchType", &task.launch_type);
     d.insert("taskArn".into(), json!(task.task_arn));
     d.insert("taskDefinitionArn".into(), json!(task.task_definition_arn));

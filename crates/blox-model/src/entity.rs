@@ -55,6 +55,10 @@ pub struct Task {
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
+    /// `HEALTHY`, `UNHEALTHY` or `UNKNOWN`: ECS's aggregate of the essential containers' health
+    /// checks (`UNKNOWN` when there are none). Not in v0.3; absent when ECS did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +75,10 @@ pub struct Container {
     pub network_bindings: Vec<NetworkBinding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `HEALTHY`, `UNHEALTHY` or `UNKNOWN` (`UNKNOWN` without a health check). Not in v0.3; absent
+    /// when ECS did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,6 +298,37 @@ mod tests {
         check("DOUBLE", None, None, Some(0.5), &[], "0.50");
         check("STRINGSET", None, None, None, &["22", "2376"], "22,2376");
         check("STRINGSET", None, None, None, &[], "");
+    }
+
+    #[test]
+    fn health_status_is_absent_unless_ecs_said() {
+        let json = serde_json::json!({
+            "clusterArn": "arn:aws:ecs:us-east-1:111122223333:cluster/c",
+            "taskArn": "arn:aws:ecs:us-east-1:111122223333:task/c/t",
+            "taskDefinitionArn": "arn:aws:ecs:us-east-1:111122223333:task-definition/d:1",
+            "desiredStatus": "RUNNING",
+            "lastStatus": "RUNNING",
+            "containers": [{"containerArn": "arn:aws:ecs:us-east-1:111122223333:container/c/t/x",
+                "lastStatus": "RUNNING", "name": "x"}],
+        });
+        let mut task: Task = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            (
+                task.health_status.as_deref(),
+                task.containers[0].health_status.as_deref()
+            ),
+            (None, None)
+        );
+        let v03 = serde_json::to_value(&task).unwrap();
+        assert!(v03.get("healthStatus").is_none() && v03["containers"][0].get("healthStatus").is_none());
+        task.health_status = Some("HEALTHY".into());
+        task.containers[0].health_status = Some("UNKNOWN".into());
+        let with = serde_json::to_value(&task).unwrap();
+        assert_eq!(
+            (&with["healthStatus"], &with["containers"][0]["healthStatus"]),
+            (&"HEALTHY".into(), &"UNKNOWN".into())
+        );
+        assert_eq!(serde_json::from_value::<Task>(with).unwrap(), task);
     }
 }
 

@@ -111,7 +111,7 @@ mod tests {
         "clusterArn": "arn:aws:ecs:us-east-1:111122223333:cluster/default",
         "containerInstanceArn": "arn:aws:ecs:us-east-1:111122223333:container-instance/b54a2a04-046f-4331-9d74-3f6d7f6ca315",
         "containers": [{"containerArn": "arn:aws:ecs:us-east-1:111122223333:container/3305bea1-bd16-4217-803d-3e0482170a17",
-          "exitCode": 1, "lastStatus": "STOPPED", "name": "xray",
+          "exitCode": 1, "lastStatus": "STOPPED", "name": "xray", "healthStatus": "UNHEALTHY",
           "taskArn": "arn:aws:ecs:us-east-1:111122223333:task/b99d40b3-5176-4f71-9a52-9dbd6f1cebef",
           "networkBindings": [{"bindIP": "0.0.0.0", "containerPort": 80, "hostPort": 8080, "protocol": "tcp"}]}],
         "createdAt": "2016-12-06T16:41:05.702Z", "desiredStatus": "RUNNING", "lastStatus": "RUNNING",
@@ -120,7 +120,7 @@ mod tests {
         "updatedAt": "2016-12-06T16:41:06.975Z",
         "taskArn": "arn:aws:ecs:us-east-1:111122223333:task/b99d40b3-5176-4f71-9a52-9dbd6f1cebef",
         "taskDefinitionArn": "arn:aws:ecs:us-east-1:111122223333:task-definition/xray:2",
-        "version": 4, "launchType": "EC2", "someNewField": {"x": 1}
+        "version": 4, "launchType": "EC2", "healthStatus": "UNHEALTHY", "someNewField": {"x": 1}
       }
     }"#;
 

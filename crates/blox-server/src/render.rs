@@ -56,6 +56,7 @@ mod tests {
             launch_type: None,
             version: n,
             updated_at: None,
+            health_status: None,
         }
     }
 

@@ -1149,6 +1149,7 @@ impl Ecs {
                         })
                         .collect(),
                     reason: None,
+                    health_status: None,
                 }
             })
             .collect();
@@ -1190,6 +1191,7 @@ impl Ecs {
             launch_type: Some("EC2".into()),
             version: 0,
             updated_at: None,
+            health_status: None,
         };
         instance.cpu_used += cpu;
         instance.memory_used += memory;

@@ -38,6 +38,7 @@ pub fn task(cluster: &str, id: &str) -> Task {
         launch_type: None,
         version: 1,
         updated_at: None,
+        health_status: None,
     }
 }
 

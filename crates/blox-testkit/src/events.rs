@@ -180,6 +180,7 @@ mod tests {
                     protocol: Some("tcp".into()),
                 }],
                 reason: Some("OOM".into()),
+                health_status: Some("UNHEALTHY".into()),
             }],
             created_at: Some("2024-01-02T03:04:05.006Z".into()),
             desired_status: "STOPPED".into(),
@@ -205,6 +206,7 @@ mod tests {
             launch_type: Some("EC2".into()),
             version: 0,
             updated_at: Some("2024-01-02T03:05:00.501Z".into()),
+            health_status: Some("UNHEALTHY".into()),
         }
     }
 
@@ -330,6 +332,11 @@ mod tests {
             "0.0.0.0"
         );
         assert_eq!(task["detail"]["version"], 2);
+        assert_eq!(task["detail"]["healthStatus"], "UNHEALTHY");
+        assert_eq!(task["detail"]["containers"][0]["healthStatus"], "UNHEALTHY");
+        // Absent when ECS did not say, as in v0.3.
+        let minimal: Value = serde_json::from_str(&task_event(&minimal_task(), 1)).unwrap();
+        assert!(minimal["detail"].get("healthStatus").is_none());
 
         let instance: Value = serde_json::from_str(&instance_event(&full_instance(), 3)).unwrap();
         let resources = &instance["detail"]["registeredResources"];
