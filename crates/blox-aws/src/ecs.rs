@@ -526,6 +526,7 @@ fn container_definition_from_sdk(c: &ecs::ContainerDefinition) -> Result<Contain
             .iter()
             .filter_map(|p| p.host_port().filter(|port| *port > 0).map(i64::from))
             .collect(),
+        health_check: c.health_check().is_some(),
     })
 }
 
@@ -963,6 +964,7 @@ mod tests {
             memory,
             essential,
             host_ports: host_ports.to_vec(),
+            health_check: false,
         };
         let mapping = |container: i32, host: Option<i32>| {
             ecs::PortMapping::builder()
@@ -995,6 +997,18 @@ mod tests {
                 .port_mappings(mapping(443, Some(8443)))
                 .build(),
             want(0, None, true, &[8080, 8443]),
+        );
+        let check_command = ecs::HealthCheck::builder()
+            .command("CMD-SHELL")
+            .command("curl -f http://localhost/ || exit 1")
+            .build()
+            .unwrap();
+        check(
+            app().health_check(check_command).build(),
+            ContainerDefinition {
+                health_check: true,
+                ..want(0, None, true, &[])
+            },
         );
         assert_eq!(
             container_definition_from_sdk(&ecs::ContainerDefinition::builder().build()).unwrap_err(),
@@ -1030,6 +1044,13 @@ mod tests {
                     .name("sidecar")
                     .memory_reservation(64)
                     .essential(false)
+                    .health_check(
+                        ecs::HealthCheck::builder()
+                            .command("CMD")
+                            .command("true")
+                            .build()
+                            .unwrap(),
+                    )
                     .build(),
             )
             .build();
@@ -1049,6 +1070,7 @@ mod tests {
                         memory: Some(1024),
                         essential: true,
                         host_ports: vec![80],
+                        health_check: false,
                     },
                     ContainerDefinition {
                         name: "sidecar".to_owned(),
@@ -1056,10 +1078,13 @@ mod tests {
                         memory: Some(64),
                         essential: false,
                         host_ports: vec![],
+                        health_check: true,
                     },
                 ],
             }
         );
+        // The sidecar's check does not count: it is not essential, so ECS ignores it for the task.
+        assert!(!task_definition_from_sdk(&definition).unwrap().has_health_checks());
         let bare = ecs::TaskDefinition::builder()
             .task_definition_arn(arn)
             .family("web")

@@ -175,6 +175,18 @@ pub struct ContainerDefinition {
     pub essential: bool,
     /// Host ports the container binds (static port mappings only).
     pub host_ports: Vec<i64>,
+    /// The container has a `healthCheck` (ECS runs it; its command and timings do not matter here).
+    pub health_check: bool,
+}
+
+impl TaskDefinitionDescription {
+    /// Whether the definition's tasks can report `healthStatus: HEALTHY`: some essential container
+    /// has a health check. ECS's task health is that of its essential containers with checks; with
+    /// none (no checks, or checks on non-essential containers only) it stays UNKNOWN for as long as
+    /// the task runs, so there is no health to wait for.
+    pub fn has_health_checks(&self) -> bool {
+        self.containers.iter().any(|c| c.essential && c.health_check)
+    }
 }
 
 /// A StartTask call: place one task of `task_definition` on each of `container_instances`.
@@ -291,4 +303,39 @@ pub trait EventSource: Send + Sync + 'static {
     /// re-applied, which the version rule makes harmless).
     async fn delete(&self, receipts: &[String]) -> Result<Vec<String>, SourceError>;
     async fn depth(&self) -> Result<QueueDepth, SourceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_checks_count_on_essential_containers_only() {
+        let container = |essential: bool, health_check: bool| ContainerDefinition {
+            name: "c".to_owned(),
+            cpu: 0,
+            memory: None,
+            essential,
+            host_ports: Vec::new(),
+            health_check,
+        };
+        let check = |containers: Vec<ContainerDefinition>, want: bool| {
+            let definition = TaskDefinitionDescription {
+                arn: "arn:aws:ecs:us-east-1:123456789012:task-definition/d:1".to_owned(),
+                family: "d".to_owned(),
+                revision: 1,
+                status: "ACTIVE".to_owned(),
+                cpu: None,
+                memory: None,
+                containers,
+            };
+            assert_eq!(definition.has_health_checks(), want, "{definition:?}");
+        };
+        check(vec![], false);
+        check(vec![container(true, false)], false);
+        check(vec![container(true, true)], true);
+        check(vec![container(false, true)], false);
+        check(vec![container(true, false), container(false, true)], false);
+        check(vec![container(false, false), container(true, true)], true);
+    }
 }

@@ -268,7 +268,8 @@ async fn control_describes_clusters_found_and_missing() {
 
 /// Two containers: `app` with fixed sizes, a static and a dynamic port; `sidecar`, soft memory only
 /// and not essential.
-fn sized_containers(app_cpu: i32) -> Vec<sdk::ContainerDefinition> {
+/// `app` (essential, with a health check when `health_check`) and a `sidecar`.
+fn sized_containers(app_cpu: i32, health_check: bool) -> Vec<sdk::ContainerDefinition> {
     let port = |container: i32, host: i32| {
         sdk::PortMapping::builder()
             .container_port(container)
@@ -284,6 +285,14 @@ fn sized_containers(app_cpu: i32) -> Vec<sdk::ContainerDefinition> {
             .memory_reservation(256)
             .port_mappings(port(80, 8080))
             .port_mappings(port(81, 0))
+            .set_health_check(health_check.then(|| {
+                sdk::HealthCheck::builder()
+                    .command("CMD-SHELL")
+                    .command("curl -f http://localhost/ || exit 1")
+                    .start_period(2)
+                    .build()
+                    .unwrap()
+            }))
             .build(),
         sdk::ContainerDefinition::builder()
             .name("sidecar")
@@ -298,41 +307,45 @@ fn sized_containers(app_cpu: i32) -> Vec<sdk::ContainerDefinition> {
 async fn control_describes_task_definitions_by_family_revision_and_arn() {
     let (_moto, fx, ecs) = moto().await;
     let first = fx
-        .register_task_definition_with("sized", Some("1024"), Some("2048"), sized_containers(256))
+        .register_task_definition_with("sized", Some("1024"), Some("2048"), sized_containers(256, false))
         .await
         .unwrap();
     let latest = fx
-        .register_task_definition_with("sized", None, None, sized_containers(512))
+        .register_task_definition_with("sized", None, None, sized_containers(512, true))
         .await
         .unwrap();
-    let want = |arn: &str, revision: i64, cpu: Option<i64>, memory: Option<i64>, app_cpu: i64| {
-        TaskDefinitionDescription {
-            arn: arn.to_owned(),
-            family: "sized".to_owned(),
-            revision,
-            status: "ACTIVE".to_owned(),
-            cpu,
-            memory,
-            containers: vec![
-                ContainerDefinition {
-                    name: "app".to_owned(),
-                    cpu: app_cpu,
-                    memory: Some(512),
-                    essential: true,
-                    host_ports: vec![8080],
-                },
-                ContainerDefinition {
-                    name: "sidecar".to_owned(),
-                    cpu: 0,
-                    memory: Some(64),
-                    essential: false,
-                    host_ports: vec![],
-                },
-            ],
-        }
-    };
-    let first_want = want(&first, 1, Some(1024), Some(2048), 256);
-    let latest_want = want(&latest, 2, None, None, 512);
+    let want =
+        |arn: &str, revision: i64, cpu: Option<i64>, memory: Option<i64>, app_cpu: i64, health_check| {
+            TaskDefinitionDescription {
+                arn: arn.to_owned(),
+                family: "sized".to_owned(),
+                revision,
+                status: "ACTIVE".to_owned(),
+                cpu,
+                memory,
+                containers: vec![
+                    ContainerDefinition {
+                        name: "app".to_owned(),
+                        cpu: app_cpu,
+                        memory: Some(512),
+                        essential: true,
+                        host_ports: vec![8080],
+                        health_check,
+                    },
+                    ContainerDefinition {
+                        name: "sidecar".to_owned(),
+                        cpu: 0,
+                        memory: Some(64),
+                        essential: false,
+                        host_ports: vec![],
+                        health_check: false,
+                    },
+                ],
+            }
+        };
+    let first_want = want(&first, 1, Some(1024), Some(2048), 256, false);
+    let latest_want = want(&latest, 2, None, None, 512, true);
+    assert!(!first_want.has_health_checks() && latest_want.has_health_checks());
 
     let check = |asked: &'static str, want: TaskDefinitionDescription| {
         let ecs = ecs.clone();

@@ -542,6 +542,7 @@ impl Ecs {
                     memory: c.memory,
                     essential: c.essential,
                     host_ports: c.host_ports.clone(),
+                    health_check: false,
                 })
                 .collect(),
         })

@@ -905,6 +905,7 @@ async fn describe_task_definition_matches_moto_by_family_revision_and_arn() {
             memory: Some(memory),
             essential: true,
             host_ports: ports,
+            health_check: false,
         }],
     };
     assert_eq!(
