@@ -5,17 +5,21 @@
 //! - [`task_event`], [`instance_event`], [`EventFeed`]: ECS events as EventBridge delivers them, since
 //!   moto never emits any;
 //! - [`wait_until`]: the one way tests wait for something;
-//! - [`BloxProcess`]: runs the blox binary and finds the address it serves on.
+//! - [`BloxProcess`]: runs the blox binary and finds the address it serves on;
+//! - [`StartTaskFaultProxy`]: a proxy in front of moto that fails StartTask calls on demand, before
+//!   or after moto acts ([`StartTaskFault`]).
 
 pub mod entities;
 mod events;
 mod fixture;
 mod moto;
 mod process;
+mod proxy;
 mod wait;
 
 pub use events::{EventFeed, instance_event, task_event};
 pub use fixture::EcsFixture;
 pub use moto::{Moto, workspace_root};
 pub use process::BloxProcess;
+pub use proxy::{StartTaskFault, StartTaskFaultProxy};
 pub use wait::wait_until;

@@ -114,20 +114,7 @@ impl Moto {
     /// An SDK configuration for in-process clients against this server, independent of the test
     /// process's environment.
     pub async fn sdk_config(&self) -> SdkConfig {
-        let http = aws_smithy_http_client::Builder::new().build_http();
-        aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(Region::new(REGION))
-            .credentials_provider(Credentials::new(
-                ACCESS_KEY,
-                SECRET_KEY,
-                None,
-                None,
-                "blox-testkit",
-            ))
-            .endpoint_url(self.endpoint())
-            .load()
-            .await
+        sdk_config_at(&self.endpoint()).await
     }
 
     /// Wipes all of moto's state (the task state-manager setting survives).
@@ -157,6 +144,25 @@ impl Moto {
         }
         Ok(())
     }
+}
+
+/// The SDK configuration of [`Moto::sdk_config`] with every service at `endpoint` (moto, or a proxy
+/// in front of it).
+pub(crate) async fn sdk_config_at(endpoint: &str) -> SdkConfig {
+    let http = aws_smithy_http_client::Builder::new().build_http();
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new(
+            ACCESS_KEY,
+            SECRET_KEY,
+            None,
+            None,
+            "blox-testkit",
+        ))
+        .endpoint_url(endpoint)
+        .load()
+        .await
 }
 
 impl Drop for Moto {
