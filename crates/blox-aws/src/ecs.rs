@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_ecs::Client;
+use aws_sdk_ecs::config::retry::RetryConfig;
 use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types as ecs;
 use aws_smithy_types::DateTime;
@@ -14,7 +15,8 @@ use blox_model::{
 
 use crate::{
     ClusterDescription, ContainerDefinition, DESCRIBE_BATCH, EcsControl, EcsError, EcsErrorKind, EcsReader,
-    Failure, LIST_PAGE, ListPage, Listing, START_TASK_BATCH, StartTask, Started, TaskDefinitionDescription,
+    Failure, LIST_PAGE, ListPage, Listing, START_TASK_BATCH, STARTED_TASKS_ORDER, StartTask, Started,
+    TaskDefinitionDescription, started_among,
 };
 
 /// [`LIST_PAGE`] as the SDK takes it.
@@ -216,6 +218,47 @@ impl EcsReader for SdkEcs {
         );
         Ok(described)
     }
+
+    async fn list_started_tasks(
+        &self,
+        cluster: &str,
+        started_by: &str,
+        container_instance: &str,
+    ) -> Result<Vec<String>, EcsError> {
+        // By instance, not by startedBy: ECS refuses the two together, and an instance has a few
+        // tasks where a deployment may have started one on each of thousands of instances.
+        let mut listed = Vec::new();
+        for desired in STARTED_TASKS_ORDER {
+            let mut token: Option<String> = None;
+            loop {
+                let out = self
+                    .client
+                    .list_tasks()
+                    .cluster(cluster)
+                    .container_instance(container_instance)
+                    .desired_status(ecs::DesiredStatus::from(desired.as_str()))
+                    .max_results(LIST_PAGE_SIZE)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("ListTasks", Some(cluster), e))?;
+                listed.extend(out.task_arns().iter().cloned());
+                match out.next_token.filter(|t| !t.is_empty()) {
+                    Some(next) => token = Some(next),
+                    None => break,
+                }
+            }
+        }
+        let arns = started_among(self, cluster, started_by, listed).await?;
+        tracing::debug!(
+            cluster,
+            started_by,
+            container_instance,
+            count = arns.len(),
+            "listed started tasks"
+        );
+        Ok(arns)
+    }
 }
 
 #[async_trait]
@@ -287,6 +330,10 @@ impl EcsControl for SdkEcs {
                 },
             });
         }
+        // Never retried: StartTask has no idempotency token, so a retry after an answer lost on the way
+        // back (a timeout, a 5xx after ECS acted) would start a second task on every instance. The
+        // caller settles an unknown outcome itself (`list_started_tasks`) before starting again.
+        let once = aws_sdk_ecs::config::Config::builder().retry_config(RetryConfig::disabled());
         let out = self
             .client
             .start_task()
@@ -295,6 +342,8 @@ impl EcsControl for SdkEcs {
             .set_container_instances(Some(request.container_instances.clone()))
             .set_started_by(request.started_by.clone())
             .set_group(request.group.clone())
+            .customize()
+            .config_override(once)
             .send()
             .await
             .map_err(|e| sdk_error(OP, Some(cluster), e))?;

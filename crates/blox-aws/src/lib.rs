@@ -126,6 +126,20 @@ pub trait EcsReader: Send + Sync + 'static {
         list_all(self, cluster, Listing::Tasks(desired)).await
     }
     async fn describe_tasks(&self, cluster: &str, arns: &[String]) -> Result<Vec<Task>, EcsError>;
+    /// ARNs of the cluster's tasks started by `started_by` on `container_instance` (an ARN or id),
+    /// whatever their desired status, each once: for settling a StartTask whose answer was lost (did
+    /// it start a task there or not?). STOPPED tasks are listed for as long as ECS keeps them (at
+    /// least an hour).
+    ///
+    /// ECS refuses ListTasks with `startedBy` and any other filter but the desired status
+    /// (`InvalidParameterException`), so implementations list the instance's tasks (RUNNING, then
+    /// STOPPED, every page) and keep those `started_by` started: see [`started_among`].
+    async fn list_started_tasks(
+        &self,
+        cluster: &str,
+        started_by: &str,
+        container_instance: &str,
+    ) -> Result<Vec<String>, EcsError>;
 }
 
 /// ECS limit: container instances per StartTask call.
@@ -226,6 +240,43 @@ pub trait EcsControl: Send + Sync + 'static {
     async fn start_task(&self, request: &StartTask) -> Result<Started, EcsError>;
     /// Stops a task; stopping a stopped task is not an error. Returns the task as ECS described it.
     async fn stop_task(&self, cluster: &str, task: &str, reason: &str) -> Result<Task, EcsError>;
+}
+
+/// The order [`EcsReader::list_started_tasks`] lists in: a desired status only ever goes from RUNNING
+/// to STOPPED, so a task that moves while it is being listed is still seen by the later listing.
+pub const STARTED_TASKS_ORDER: [DesiredStatus; 2] = [DesiredStatus::Running, DesiredStatus::Stopped];
+
+/// What [`EcsReader::list_started_tasks`] answers, given the ARNs of the instance's tasks as listed in
+/// [`STARTED_TASKS_ORDER`]: those of them `started_by` started, each once, in listing order.
+/// Describes them (in batches of [`DESCRIBE_BATCH`]); a task gone meanwhile is not among them.
+pub async fn started_among<E: EcsReader + ?Sized>(
+    ecs: &E,
+    cluster: &str,
+    started_by: &str,
+    listed: Vec<String>,
+) -> Result<Vec<String>, EcsError> {
+    let listed = unique_arns(listed);
+    if listed.is_empty() {
+        return Ok(listed);
+    }
+    let mut started = std::collections::HashSet::new();
+    for chunk in listed.chunks(DESCRIBE_BATCH) {
+        let described = ecs.describe_tasks(cluster, chunk).await?;
+        started.extend(
+            described
+                .into_iter()
+                .filter(|t| t.started_by.as_deref() == Some(started_by))
+                .map(|t| t.task_arn),
+        );
+    }
+    Ok(listed.into_iter().filter(|arn| started.contains(arn)).collect())
+}
+
+/// `arns` without repeats, first occurrences in order (a task listed RUNNING that stopped before the
+/// STOPPED listing is in both).
+fn unique_arns(arns: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::with_capacity(arns.len());
+    arns.into_iter().filter(|arn| seen.insert(arn.clone())).collect()
 }
 
 /// Every page of a List call.
@@ -337,5 +388,19 @@ mod tests {
         check(vec![container(false, true)], false);
         check(vec![container(true, false), container(false, true)], false);
         check(vec![container(false, false), container(true, true)], true);
+    }
+
+    #[test]
+    fn started_tasks_are_listed_running_first_each_once() {
+        assert_eq!(
+            STARTED_TASKS_ORDER,
+            [DesiredStatus::Running, DesiredStatus::Stopped]
+        );
+        let arns = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            unique_arns(arns(&["a", "b", "a", "c", "b"])),
+            arns(&["a", "b", "c"])
+        );
+        assert_eq!(unique_arns(Vec::new()), Vec::<String>::new());
     }
 }

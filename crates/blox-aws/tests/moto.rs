@@ -11,7 +11,7 @@ use blox_aws::{
     SqsSource, StartTask, TaskDefinitionDescription, sdk_config,
 };
 use blox_model::{EcsEvent, Task};
-use blox_testkit::{EcsFixture, EventFeed, Moto};
+use blox_testkit::{EcsFixture, EventFeed, Moto, StartTaskFault, StartTaskFaultProxy};
 
 /// Short long-polls: moto answers at once when messages are there, and an empty poll should not
 /// stall a test for 20 s.
@@ -470,6 +470,114 @@ async fn control_refuses_start_task_batches_ecs_would_reject_without_calling() {
         ecs.list_tasks("big", DesiredStatus::Running).await.unwrap(),
         Vec::<String>::new()
     );
+}
+
+/// StartTask has no idempotency token: a retry after ECS acted would start the tasks twice, so
+/// `SdkEcs` sends it once whatever the answer, though the SDK retries a 500 on any other call.
+#[tokio::test]
+async fn control_never_retries_start_task() {
+    let (moto, fx, _) = moto().await;
+    let proxy = StartTaskFaultProxy::start(&moto).await.unwrap();
+    // The SDK's standard retries (3 attempts) are on, as in production.
+    let ecs = SdkEcs::new(&proxy.sdk_config().await);
+    fx.create_cluster("once").await.unwrap();
+    let definition = fx.register_task_definition("once").await.unwrap();
+    let instances = fx.register_instances("once", 1).await.unwrap();
+    let request = |started_by: &str| StartTask {
+        cluster: "once".to_owned(),
+        task_definition: definition.clone(),
+        container_instances: instances.clone(),
+        started_by: Some(started_by.to_owned()),
+        group: None,
+    };
+    let started_by = |who: &'static str| ecs.list_started_tasks("once", who, &instances[0]);
+
+    proxy.fail_next_start_tasks(1, StartTaskFault::Refuse);
+    let err = ecs.start_task(&request("refused")).await.unwrap_err();
+    assert_eq!(
+        (err.operation, err.cluster.as_deref()),
+        ("StartTask", Some("once"))
+    );
+    assert!(
+        matches!(&err.kind, EcsErrorKind::Other(m) if m.starts_with("ServerException")),
+        "{err}"
+    );
+    assert_eq!(proxy.start_task_requests(), 1, "sent once");
+    assert_eq!(started_by("refused").await.unwrap(), Vec::<String>::new());
+
+    // The same answer to the SDK's own client, without the per-call override, is retried and the
+    // retry starts the task: what the override prevents.
+    proxy.fail_next_start_tasks(1, StartTaskFault::Refuse);
+    let retried = ecs
+        .client()
+        .start_task()
+        .cluster("once")
+        .task_definition(&definition)
+        .set_container_instances(Some(instances.clone()))
+        .started_by("retried")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.tasks().len(), 1);
+    assert_eq!(proxy.start_task_requests(), 3);
+
+    // An answer lost after ECS acted: an error, yet the task started; listing settles it.
+    proxy.fail_next_start_tasks(1, StartTaskFault::LoseAnswer);
+    let err = ecs.start_task(&request("lost")).await.unwrap_err();
+    assert!(matches!(&err.kind, EcsErrorKind::Other(_)), "{err}");
+    assert_eq!(proxy.start_task_requests(), 4, "sent once");
+    assert_eq!(started_by("lost").await.unwrap().len(), 1);
+    assert_eq!(proxy.faults_left(), 0);
+}
+
+/// Tasks a StartTask started on an instance, whatever became of them: listed by instance (RUNNING
+/// and STOPPED, every page), described in batches and kept by startedBy.
+#[tokio::test]
+async fn list_started_tasks_finds_running_and_stopped_tasks_by_instance_and_started_by() {
+    let (_moto, fx, ecs) = moto().await;
+    fx.create_cluster("verify").await.unwrap();
+    let definition = fx.register_task_definition("verify").await.unwrap();
+    let instances = fx.register_instances("verify", 3).await.unwrap();
+    let start = |on: &[usize], by: Option<&str>| {
+        let placements: Vec<String> = on.iter().map(|&i| instances[i].clone()).collect();
+        let (fx, definition, by) = (fx.clone(), definition.clone(), by.map(str::to_owned));
+        async move {
+            fx.start_tasks("verify", &definition, &placements, by.as_deref())
+                .await
+                .unwrap()
+        }
+    };
+    let d1 = start(&[0, 1], Some("dep-1")).await;
+    let d2 = start(&[0], Some("dep-2")).await;
+    start(&[0, 2], None).await;
+    // More than a describe batch on one instance (moto has no resource checks).
+    let many = start(&[2; DESCRIBE_BATCH + 5], Some("many")).await;
+    fx.stop_task("verify", &d1[0], "replaced").await.unwrap();
+
+    let id = |arn: &str| arn.rsplit('/').next().unwrap().to_owned();
+    let cases: [(&str, String, Vec<String>); 7] = [
+        // Stopped, found by the STOPPED listing.
+        ("dep-1", instances[0].clone(), vec![d1[0].clone()]),
+        ("dep-1", instances[1].clone(), vec![d1[1].clone()]),
+        ("dep-1", id(&instances[1]), vec![d1[1].clone()]),
+        ("dep-2", instances[0].clone(), d2.clone()),
+        ("dep-2", instances[1].clone(), vec![]),
+        ("nobody", instances[0].clone(), vec![]),
+        ("many", instances[2].clone(), many.clone()),
+    ];
+    for (started_by, instance, want) in cases {
+        let got = ecs
+            .list_started_tasks("verify", started_by, &instance)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), want.len(), "{started_by} on {instance}: each once");
+        assert_eq!(set(&got), set(&want), "{started_by} on {instance}");
+    }
+    let err = ecs
+        .list_started_tasks("nowhere", "dep-1", &instances[0])
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, EcsErrorKind::ClusterNotFound), "{err}");
 }
 
 #[tokio::test]

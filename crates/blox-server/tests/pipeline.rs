@@ -380,6 +380,26 @@ impl EcsReader for FakeEcs {
             .cloned()
             .collect())
     }
+
+    async fn list_started_tasks(
+        &self,
+        cluster: &str,
+        started_by: &str,
+        container_instance: &str,
+    ) -> Result<Vec<String>, EcsError> {
+        self.known(cluster, "ListTasks")?;
+        let tasks = self.tasks.lock().unwrap();
+        Ok(tasks
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .filter(|t| {
+                t.started_by.as_deref() == Some(started_by)
+                    && t.container_instance_arn.as_deref() == Some(container_instance)
+            })
+            .map(|t| t.task_arn.clone())
+            .collect())
+    }
 }
 
 fn reconciler(

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use blox_aws::{
     ClusterDescription, DESCRIBE_BATCH, EcsControl, EcsError, EcsErrorKind, EcsReader, EventSource, Failure,
-    ListPage, Listing, Message, QueueDepth, SourceError, StartTask, Started, TaskDefinitionDescription,
+    ListPage, Listing, Message, QueueDepth, STARTED_TASKS_ORDER, SourceError, StartTask, Started,
+    TaskDefinitionDescription, started_among,
 };
 use blox_model::{ContainerInstance, Task};
 use serde::{Deserialize, Serialize};
@@ -525,6 +526,30 @@ impl EcsReader for Simulator {
             described.extend(found.iter().map(|t| (**t).clone()));
         }
         Ok(described)
+    }
+
+    async fn list_started_tasks(
+        &self,
+        cluster: &str,
+        started_by: &str,
+        container_instance: &str,
+    ) -> Result<Vec<String>, EcsError> {
+        // The calls SdkEcs makes: ECS refuses startedBy with a containerInstance filter.
+        let mut listed = Vec::new();
+        for desired in STARTED_TASKS_ORDER {
+            let filter = TaskFilter {
+                desired_status: Some(desired.as_str().to_owned()),
+                container_instance: Some(container_instance.to_owned()),
+                ..TaskFilter::default()
+            };
+            listed.extend(
+                self.all_pages("ListTasks", Some(cluster), |ecs, token, now| {
+                    ecs.list_tasks(cluster, &filter, token, None, now)
+                })
+                .await?,
+            );
+        }
+        started_among(self, cluster, started_by, listed).await
     }
 }
 
