@@ -61,11 +61,19 @@ pub struct Instances {
 /// Every error answer: a stable machine-readable `code`, a sentence for people, and the request field
 /// at fault when there is one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// On a 404 of the scheduler's API: the kind of resource not found (`environment`, `revision`,
+    /// `deployment`), as v1.0's `ResourceNotFoundException` said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
+    /// And its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
 }
 
 /// A message that could not be applied, parked for an operator.
@@ -240,140 +248,8 @@ pub struct DeadLetterPath {
     pub id: String,
 }
 
-// ---- daemon scheduler (Blox v0.3's environments and deployments, fixed) ----------------------------
+// ---- daemon scheduler --------------------------------------------------------------------------------
 
-/// The instances an environment runs on: every container instance of a cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct InstanceGroupBody {
-    /// A cluster name or ARN in a request; its ARN in an answer.
-    pub cluster: String,
-}
+mod scheduler;
 
-/// How an environment's deployments are rolled out and kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeploymentConfigurationBody {
-    /// Stop the daemon when its instance starts draining (default: keep it until the instance leaves).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_on_drain: Option<bool>,
-}
-
-/// `POST /v1/environments`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CreateEnvironmentRequest {
-    /// 1 to 30 letters, digits, '-' or '_'; unique across clusters.
-    pub name: String,
-    pub instance_group: InstanceGroupBody,
-    /// `FAMILY`, `FAMILY:REVISION` or an ARN; checked against ECS.
-    pub task_definition: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deployment_configuration: Option<DeploymentConfigurationBody>,
-}
-
-/// `PUT /v1/environments/{name}`: a new task definition makes a new revision and a new token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct UpdateEnvironmentRequest {
-    pub task_definition: String,
-}
-
-/// A daemon environment (v0.3 `Environment`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Environment {
-    pub name: String,
-    /// The latest revision's token: quote it to deploy that revision.
-    pub deployment_token: String,
-    pub instance_group: InstanceGroupBody,
-    /// The ARN of the latest revision's task definition.
-    pub task_definition: String,
-    /// `healthy` or `unhealthy`.
-    pub health: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_reason: Option<String>,
-    /// The latest revision's number (from 1).
-    pub revision: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active_deployment: Option<String>,
-    /// `active` or `deleting`.
-    pub status: String,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-/// A list of environments.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Environments {
-    pub items: Vec<Environment>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_token: Option<String>,
-}
-
-/// An instance where ECS refused to start the task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeploymentFailure {
-    /// The container instance's ARN.
-    pub arn: String,
-    pub reason: String,
-    pub attempts: u32,
-    pub retry_at: String,
-}
-
-/// Per-instance progress: `desired = running + pending + failed`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct DeploymentCounts {
-    pub desired: u64,
-    pub running: u64,
-    pub pending: u64,
-    pub failed: u64,
-}
-
-/// A deployment (v0.3 `Deployment`, with progress).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Deployment {
-    pub id: String,
-    pub environment_name: String,
-    /// `pending`, `running`, `completed`, `failed` or `stopped`.
-    pub status: String,
-    pub task_definition: String,
-    pub revision: u64,
-    /// Container-instance ARNs where the task could not be started (v0.3's shape).
-    pub failed_instances: Vec<String>,
-    /// The same instances with ECS's reason and the retry schedule.
-    pub failures: Vec<DeploymentFailure>,
-    pub counts: DeploymentCounts,
-    pub created_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<String>,
-}
-
-/// An environment's deployments, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Deployments {
-    pub items: Vec<Deployment>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_token: Option<String>,
-}
-
-/// The answer to `DELETE /v1/environments/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeleteEnvironmentResponse {
-    pub name: String,
-    /// Always `deleting`: the scheduler removes the environment once its plan is done.
-    pub status: String,
-    pub terminate_tasks: bool,
-    /// Whether the environment's tasks are being stopped or are left running.
-    pub message: String,
-}
-
-/// `GET /v1/ping`'s answer: an empty object.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Ping {}
+pub use scheduler::*;

@@ -12,9 +12,9 @@ pub mod version;
 
 pub use arn::{Arn, ArnError, ClusterName, ClusterRef, ResourceArn, ResourceKind};
 pub use daemon::{
-    ClusterView, Counts, Deployment, DeploymentConfiguration, DeploymentStatus, Environment,
-    EnvironmentStatus, FailedInstance, Health, InstanceGroup, InstanceView, Plan, PlanInput, Revision,
-    StartIntent, StopReason, TaskView,
+    ClusterView, Counts, Deployment, DeploymentConfiguration, DeploymentMethod, DeploymentStatus,
+    Environment, EnvironmentStatus, Health, InstanceFailure, InstanceGroup, InstanceView, Plan, PlanInput,
+    Revision, StartIntent, StopReason, TaskView,
 };
 pub use entity::{
     Attribute, Container, ContainerInstance, ContainerOverride, EnvironmentVariable, FieldError,

@@ -36,6 +36,34 @@ pub struct AppState {
     pub control: Option<Arc<dyn blox_aws::EcsControl>>,
     /// Serialises the API's environment creations (names are unique across clusters).
     pub environment_writes: Arc<tokio::sync::Mutex<()>>,
+    /// The in-memory view, for live counts.
+    pub view: Arc<crate::view::View>,
+    /// How errors are written on the v0.3 routes.
+    pub v03_errors: crate::error::V03Errors,
+}
+
+impl AppState {
+    /// A state over `store` with a view that follows it until `shutdown`, for servers and tests.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        control: Option<Arc<dyn blox_aws::EcsControl>>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<AppState, blox_store::StoreError> {
+        let view = crate::view::View::spawn(store.clone(), crate::clock::wall(), shutdown.clone()).await?;
+        Ok(AppState {
+            store,
+            readiness: Arc::default(),
+            metrics: crate::metrics::handle(),
+            stream: StreamOptions {
+                shutdown,
+                ..StreamOptions::default()
+            },
+            control,
+            environment_writes: Arc::default(),
+            view,
+            v03_errors: crate::error::V03Errors::Json,
+        })
+    }
 }
 
 /// Pages read from the store at a time when a listing asks for everything.
@@ -60,15 +88,29 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         healthz,
         readyz,
         metrics,
-        crate::api_env::ping,
-        crate::api_env::create_environment,
-        crate::api_env::list_environments,
-        crate::api_env::get_environment,
-        crate::api_env::update_environment,
-        crate::api_env::delete_environment,
-        crate::api_env::create_deployment,
-        crate::api_env::list_deployments,
-        crate::api_env::get_deployment
+        crate::env_v03::ping,
+        crate::env_v03::create_environment,
+        crate::env_v03::list_environments,
+        crate::env_v03::get_environment,
+        crate::env_v03::update_environment,
+        crate::env_v03::delete_environment,
+        crate::env_v03::create_deployment,
+        crate::env_v03::list_deployments,
+        crate::env_v03::get_deployment,
+        crate::env_v1::list_environments,
+        crate::env_v1::create_environment,
+        crate::env_v1::describe_environment,
+        crate::env_v1::update_environment,
+        crate::env_v1::delete_environment,
+        crate::env_v1::list_revisions,
+        crate::env_v1::describe_revision,
+        crate::env_v1::start_deployment,
+        crate::env_v1::list_deployments,
+        crate::env_v1::describe_deployment,
+        crate::env_v1::stop_deployment,
+        crate::env_v1::rollback,
+        crate::env_v1::freeze,
+        crate::env_v1::thaw
     ),
     components(schemas(
         Tasks,
@@ -82,17 +124,37 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         Readiness,
         blox_api::StreamError,
         blox_api::Ping,
+        blox_api::RevisionId,
+        blox_api::AttributeBody,
+        blox_api::DeploymentConfigurationBody,
+        blox_api::TaskCounts,
+        blox_api::InstanceFailureBody,
+        blox_api::TransitionBody,
         blox_api::CreateEnvironmentRequest,
         blox_api::UpdateEnvironmentRequest,
         blox_api::InstanceGroupBody,
-        blox_api::DeploymentConfigurationBody,
+        blox_api::InstanceGroupUpdate,
         blox_api::Environment,
         blox_api::Environments,
         blox_api::Deployment,
         blox_api::Deployments,
         blox_api::DeploymentCounts,
         blox_api::DeploymentFailure,
-        blox_api::DeleteEnvironmentResponse
+        blox_api::DeleteEnvironmentResponse,
+        blox_api::InstanceGroup,
+        blox_api::CreateEnvironment,
+        blox_api::UpdateEnvironment,
+        blox_api::EnvironmentV1,
+        blox_api::EnvironmentResponse,
+        blox_api::RevisionCreated,
+        blox_api::EnvironmentList,
+        blox_api::EnvironmentRevision,
+        blox_api::RevisionResponse,
+        blox_api::RevisionList,
+        blox_api::DeploymentV1,
+        blox_api::DeploymentResponse,
+        blox_api::DeploymentList,
+        blox_api::RollbackRequest
     ))
 )]
 pub struct ApiDoc;
@@ -249,7 +311,7 @@ async fn get(state: &AppState, kind: Kind, cluster: &str, arn: &str) -> Result<R
         Kind::Task => (ResourceArn::task(arn), "task"),
         Kind::Instance => (ResourceArn::container_instance(arn), "container instance"),
         // Scheduler documents have no ARN; no route looks them up here.
-        Kind::Environment | Kind::Revision | Kind::Deployment => {
+        Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => {
             return Err(ApiError::not_found(
                 "UnknownRoute",
                 format!("no {kind} is looked up by ARN"),

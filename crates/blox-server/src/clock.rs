@@ -1,6 +1,15 @@
 //! The server's only clock. Everything below the server takes time as an argument.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch: the wall clock, or a test's.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The wall clock as a [`Clock`].
+pub fn wall() -> Clock {
+    Arc::new(now_unix_ms)
+}
 
 #[allow(clippy::disallowed_methods)] // the one place the server reads wall-clock time
 fn now() -> SystemTime {

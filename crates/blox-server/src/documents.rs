@@ -2,9 +2,9 @@
 //! so that an event and a Describe result for the same state produce identical documents; and the
 //! scheduler's documents, shared by the scheduler's executor and the API.
 
-use blox_model::daemon::{Deployment, DeploymentStatus, Environment, EnvironmentStatus, Revision};
+use blox_model::daemon::{Doc, EnvironmentStatus};
 use blox_model::{ClusterName, ContainerInstance, Task};
-use blox_store::{Document, Key};
+use blox_store::{Document, Key, Kind};
 
 pub fn task(cluster: ClusterName, task: &Task) -> Document {
     Document {
@@ -33,58 +33,81 @@ fn to_json<T: serde::Serialize>(entity: &T) -> Vec<u8> {
 
 // ---- scheduler documents -------------------------------------------------------------------------
 //
-// Environments, revisions and deployments are blox's own documents, written only by compare-and-swap
-// (`Write::Put` / `Write::Remove`). Their indexed fields: an environment's status is `ACTIVE` or
-// `DELETING`; a revision's is `ACTIVE` and its startedBy the environment's name; a deployment's status
-// is its `DeploymentStatus` in upper case and its startedBy the environment's name, so that an
-// environment's revisions and deployments are listed by index.
+// Environments, revisions, deployments, start intents and failure records are blox's own documents,
+// written only by compare-and-swap (`Write::Put` / `Write::Remove`). Their indexed fields: an
+// environment's status is `ACTIVE` or `DELETING`; a revision's is `ACTIVE` and its startedBy the
+// environment's name; a deployment's status is its status in upper case and its startedBy the
+// environment's name, so that an environment's revisions and deployments are listed by index; an
+// intent's (`PENDING`) and a failure record's (`FAILED`) startedBy is their deployment's id.
 
-/// An environment as a document: status `ACTIVE` or `DELETING`, no startedBy.
-pub fn environment(environment: &Environment) -> Document {
-    let status = match environment.status {
-        EnvironmentStatus::Active => "ACTIVE",
-        EnvironmentStatus::Deleting { .. } => "DELETING",
+/// The store document of a scheduler document of an environment in `cluster`.
+pub fn scheduler_doc(cluster: &ClusterName, doc: &Doc) -> Document {
+    let (key, status, started_by, body) = match doc {
+        Doc::Environment(e) => (
+            Key::environment(e.cluster.clone(), e.name.clone()),
+            match e.status {
+                EnvironmentStatus::Active => "ACTIVE",
+                EnvironmentStatus::Deleting { .. } => "DELETING",
+            }
+            .to_owned(),
+            None,
+            to_json(e),
+        ),
+        Doc::Revision(r) => (
+            Key::revision(cluster.clone(), &r.environment, r.number),
+            "ACTIVE".to_owned(),
+            Some(r.environment.clone()),
+            to_json(r),
+        ),
+        Doc::Deployment(d) => (
+            Key::deployment(cluster.clone(), d.id.clone()),
+            d.status.name().to_ascii_uppercase(),
+            Some(d.environment.clone()),
+            to_json(d),
+        ),
+        Doc::Intent(i) => (
+            Key::intent(cluster.clone(), &i.deployment_id, &i.instance_arn),
+            "PENDING".to_owned(),
+            Some(i.deployment_id.clone()),
+            to_json(i),
+        ),
+        Doc::Failure(f) => (
+            Key::failure(cluster.clone(), &f.deployment_id, &f.instance_arn),
+            "FAILED".to_owned(),
+            Some(f.deployment_id.clone()),
+            to_json(f),
+        ),
     };
     Document {
-        key: Key::environment(environment.cluster.clone(), environment.name.clone()),
+        key,
         version: 0,
-        status: status.to_owned(),
-        started_by: None,
-        body: to_json(environment),
+        status,
+        started_by,
+        body,
     }
 }
 
-/// A revision as a document: status `ACTIVE`, startedBy its environment.
-pub fn revision(cluster: ClusterName, revision: &Revision) -> Document {
-    Document {
-        key: Key::revision(cluster, &revision.environment, revision.number),
-        version: 0,
-        status: "ACTIVE".to_owned(),
-        started_by: Some(revision.environment.clone()),
-        body: to_json(revision),
+/// The store key of a scheduler document of an environment in `cluster`.
+pub fn scheduler_key(cluster: &ClusterName, doc: &Doc) -> Key {
+    match doc {
+        Doc::Environment(e) => Key::environment(e.cluster.clone(), e.name.clone()),
+        Doc::Revision(r) => Key::revision(cluster.clone(), &r.environment, r.number),
+        Doc::Deployment(d) => Key::deployment(cluster.clone(), d.id.clone()),
+        Doc::Intent(i) => Key::intent(cluster.clone(), &i.deployment_id, &i.instance_arn),
+        Doc::Failure(f) => Key::failure(cluster.clone(), &f.deployment_id, &f.instance_arn),
     }
 }
 
-/// A deployment as a document: status its [`DeploymentStatus`] upper case, startedBy its environment.
-pub fn deployment(cluster: ClusterName, deployment: &Deployment) -> Document {
-    Document {
-        key: Key::deployment(cluster, deployment.id.clone()),
-        version: 0,
-        status: deployment_status(deployment.status).to_owned(),
-        started_by: Some(deployment.environment.clone()),
-        body: to_json(deployment),
-    }
-}
-
-/// The indexed status of a deployment document.
-pub fn deployment_status(status: DeploymentStatus) -> &'static str {
-    match status {
-        DeploymentStatus::Pending => "PENDING",
-        DeploymentStatus::Running => "RUNNING",
-        DeploymentStatus::Completed => "COMPLETED",
-        DeploymentStatus::Failed => "FAILED",
-        DeploymentStatus::Stopped => "STOPPED",
-    }
+/// A stored scheduler document as its model value, by its kind; `None` for an ECS entity.
+pub fn parse_scheduler_doc(doc: &Document) -> Result<Option<Doc>, DocumentError> {
+    Ok(Some(match doc.key.kind {
+        Kind::Environment => Doc::Environment(parse(doc)?),
+        Kind::Revision => Doc::Revision(parse(doc)?),
+        Kind::Deployment => Doc::Deployment(parse(doc)?),
+        Kind::Intent => Doc::Intent(parse(doc)?),
+        Kind::Failure => Doc::Failure(parse(doc)?),
+        Kind::Task | Kind::Instance => return Ok(None),
+    }))
 }
 
 /// A stored document's body as a model value (an environment, revision, deployment, task or

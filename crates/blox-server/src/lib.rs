@@ -1,6 +1,7 @@
-//! The blox server: wires the store, the event source and ECS into three activities that share
-//! nothing but the store — ingestion ([`ingest`]), reconciliation ([`reconcile`]) and the REST API
-//! ([`api`], [`stream`]).
+//! The blox server: wires the store, the event source and ECS into activities that share nothing but
+//! the store — ingestion ([`ingest`]), reconciliation ([`reconcile`]), the daemon scheduler's executor
+//! ([`scheduler`]) and the REST API ([`api`], [`stream`], the environment APIs) — and the in-memory
+//! [`view`] the executor and the API read, which follows the store's change log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +20,12 @@ use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub mod api;
-mod api_env;
-mod clock;
+pub mod clock;
 pub mod documents;
+mod env_api;
+mod env_v03;
+mod env_v1;
+pub mod environments;
 mod error;
 pub mod ingest;
 pub mod metrics;
@@ -30,12 +34,16 @@ pub mod reconcile;
 mod render;
 pub mod scheduler;
 pub mod stream;
+pub mod view;
 
 pub use api::{ApiDoc, AppState};
+pub use clock::Clock;
+pub use error::V03Errors;
 pub use ingest::{IngestOptions, Ingestor};
 pub use reconcile::{ReadinessState, ReconcileOptions, Reconciler};
 pub use scheduler::{Scheduler, SchedulerOptions};
 pub use stream::StreamOptions;
+pub use view::View;
 
 /// The OpenAPI document, as checked in at `openapi/blox.json`.
 pub fn openapi_json() -> String {
@@ -46,34 +54,85 @@ pub fn openapi_json() -> String {
 
 /// The HTTP application over a state. Used by [`serve`] and by in-process tests.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    // Blox v0.3's routes, whose errors can be v0.3's plain text.
+    let v03 = Router::new()
         .route("/v1/tasks", get(api::list_tasks))
         .route("/v1/tasks/{*cluster_and_arn}", get(api::get_task))
         .route("/v1/instances", get(api::list_instances))
         .route("/v1/instances/{*cluster_and_arn}", get(api::get_instance))
         .route("/v1/stream/tasks", get(stream::stream_tasks))
         .route("/v1/stream/instances", get(stream::stream_instances))
-        .route("/v1/dead-letters", get(api::list_dead_letters))
-        .route("/v1/dead-letters/{id}", delete(api::delete_dead_letter))
-        .route("/v1/ping", get(api_env::ping))
+        .route("/v1/ping", get(env_v03::ping))
         .route(
             "/v1/environments",
-            post(api_env::create_environment).get(api_env::list_environments),
+            post(env_v03::create_environment).get(env_v03::list_environments),
         )
         .route(
             "/v1/environments/{name}",
-            get(api_env::get_environment)
-                .put(api_env::update_environment)
-                .delete(api_env::delete_environment),
+            get(env_v03::get_environment)
+                .put(env_v03::update_environment)
+                .delete(env_v03::delete_environment),
         )
         .route(
             "/v1/environments/{name}/deployments",
-            post(api_env::create_deployment).get(api_env::list_deployments),
+            post(env_v03::create_deployment).get(env_v03::list_deployments),
         )
         .route(
             "/v1/environments/{name}/deployments/{id}",
-            get(api_env::get_deployment),
+            get(env_v03::get_deployment),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.v03_errors,
+            error::v03_errors,
+        ));
+    // Blox v1.0's environments, under a cluster. Static segments above win over `{cluster}`.
+    let v1 = Router::new()
+        .route(
+            "/v1/{cluster}/environments",
+            get(env_v1::list_environments).post(env_v1::create_environment),
+        )
+        .route(
+            "/v1/{cluster}/environments/{environment}",
+            get(env_v1::describe_environment)
+                .put(env_v1::update_environment)
+                .delete(env_v1::delete_environment),
+        )
+        .route(
+            "/v1/{cluster}/environments/{environment}/revisions",
+            get(env_v1::list_revisions),
+        )
+        .route(
+            "/v1/{cluster}/environments/{environment}/revisions/{revision}",
+            get(env_v1::describe_revision),
+        )
+        .route(
+            "/v1/{cluster}/environments/{environment}/deployments",
+            get(env_v1::list_deployments).post(env_v1::start_deployment),
+        )
+        .route(
+            "/v1/{cluster}/environments/{environment}/deployments/{deployment}",
+            get(env_v1::describe_deployment),
+        )
+        .route(
+            "/v1/{cluster}/environments/{environment}/deployments/{deployment}/stop",
+            post(env_v1::stop_deployment),
+        )
+        .route(
+            "/v1/{cluster}/environments/{environment}/rollback",
+            post(env_v1::rollback),
+        )
+        .route(
+            "/v1/{cluster}/environments/{environment}/freeze",
+            post(env_v1::freeze),
+        )
+        .route(
+            "/v1/{cluster}/environments/{environment}/thaw",
+            post(env_v1::thaw),
+        );
+    let api = v03
+        .merge(v1)
+        .route("/v1/dead-letters", get(api::list_dead_letters))
+        .route("/v1/dead-letters/{id}", delete(api::delete_dead_letter))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -125,6 +184,8 @@ pub struct ServerOptions {
     pub ingest: IngestOptions,
     pub stream_heartbeat: Option<Duration>,
     pub scheduler: SchedulerOptions,
+    /// How errors are written on the v0.3 routes.
+    pub v03_errors: V03Errors,
 }
 
 /// Serves until `shutdown`, then stops ingestion (committing what was received), the reconciler and
@@ -143,6 +204,13 @@ pub async fn serve(
     if let Some(heartbeat) = options.stream_heartbeat {
         stream.heartbeat = heartbeat;
     }
+    let view = View::spawn(
+        services.store.clone(),
+        options.scheduler.clock.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(std::io::Error::other)?;
     let state = AppState {
         store: services.store.clone(),
         readiness: readiness.clone(),
@@ -150,12 +218,20 @@ pub async fn serve(
         stream,
         control: services.control.clone(),
         environment_writes: Arc::default(),
+        view: view.clone(),
+        v03_errors: options.v03_errors,
     };
 
     let background = TaskTracker::new();
     match (&services.ecs, services.control) {
         (Some(ecs), Some(control)) => {
-            let scheduler = Scheduler::new(services.store.clone(), ecs.clone(), control, options.scheduler);
+            let scheduler = Scheduler::new(
+                services.store.clone(),
+                ecs.clone(),
+                control,
+                view,
+                options.scheduler,
+            );
             let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
             background.spawn(async move {
                 // Plans need a loaded cluster view: start after the first reconcile pass.

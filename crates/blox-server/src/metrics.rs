@@ -54,6 +54,15 @@ pub const SCHEDULER_CONFLICTS: &str = "blox_scheduler_conflicts_total";
 pub const SCHEDULER_VERIFICATIONS: &str = "blox_scheduler_verifications_total";
 /// Environments removed after deletion.
 pub const SCHEDULER_ENVIRONMENTS_REMOVED: &str = "blox_scheduler_environments_removed_total";
+/// Deployment transitions made by the executor. Label `status`: the status entered.
+pub const SCHEDULER_DEPLOYMENT_TRANSITIONS: &str = "blox_scheduler_deployment_transitions_total";
+/// Rollbacks started by the executor after a failed deployment.
+pub const SCHEDULER_AUTO_ROLLBACKS: &str = "blox_scheduler_auto_rollbacks_total";
+/// Failed start attempts recorded. Label `cause`: refused (a StartTask failure) | stopped (the task
+/// stopped before it was healthy).
+pub const SCHEDULER_FAILED_ATTEMPTS: &str = "blox_scheduler_failed_attempts_total";
+/// Environment passes that failed and backed off.
+pub const SCHEDULER_ENVIRONMENT_ERRORS: &str = "blox_scheduler_environment_errors_total";
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn handle() -> PrometheusHandle {

@@ -259,13 +259,36 @@ impl Reconciler {
                     .filter(|o| matches!(o, Outcome::Written { .. }))
                     .count() as u64;
             }
-            let gone: Vec<Write> = self
+            let mut missing: Vec<String> = self
                 .store
                 .ids(kind, cluster)
                 .await?
                 .into_iter()
                 .filter(|(id, _)| !seen.contains(id))
-                .map(|(id, _)| Write::Delete {
+                .map(|(id, _)| id)
+                .collect();
+            if kind == Kind::Task && !missing.is_empty() && self.allowed(cluster) {
+                // Absence from a listing is not proof (ECS's lists are eventually consistent, and the
+                // scheduler would start a second daemon where a task it just started is missing): a
+                // task ECS still describes is kept.
+                let mut kept = HashSet::new();
+                for chunk in missing.chunks(blox_aws::DESCRIBE_BATCH) {
+                    let docs = self.describe(cluster, kind, chunk).await?;
+                    kept.extend(docs.iter().map(|d| d.key.id.clone()));
+                    let outcomes = self
+                        .store
+                        .apply(docs.into_iter().map(Write::Observe).collect())
+                        .await?;
+                    kind_upserted += outcomes
+                        .iter()
+                        .filter(|o| matches!(o, Outcome::Written { .. }))
+                        .count() as u64;
+                }
+                missing.retain(|id| !kept.contains(id));
+            }
+            let gone: Vec<Write> = missing
+                .into_iter()
+                .map(|id| Write::Delete {
                     key: Key {
                         kind,
                         cluster: cluster.clone(),
@@ -350,7 +373,9 @@ impl Reconciler {
                 .into_iter()
                 .filter_map(|mut t| usable(cluster, t.validate(), || documents::task(cluster.clone(), &t)))
                 .collect(),
-            Kind::Environment | Kind::Revision | Kind::Deployment => Vec::new(),
+            Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => {
+                Vec::new()
+            }
         };
         Ok(docs)
     }
@@ -367,7 +392,7 @@ fn listings(kind: Kind) -> &'static [Listing] {
             Listing::Tasks(DesiredStatus::Stopped),
         ],
         // Scheduler documents are not ECS's: never reconciled (and never asked for).
-        Kind::Environment | Kind::Revision | Kind::Deployment => &[],
+        Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => &[],
     }
 }
 

@@ -1,52 +1,49 @@
-//! The daemon scheduler's executor: applies [`blox_model::daemon::plan`] to ECS.
+//! The daemon scheduler's executor: applies [`blox_model::daemon::plan`] to ECS and moves deployments
+//! along with [`lifecycle::advance`]. It decides nothing itself.
 //!
-//! A loop runs a pass over every environment when the store changes in a way that matters (an
-//! environment, revision or deployment document, a container instance, a task started by someone),
-//! when a back-off or an intent's TTL falls due, and at least every [`SchedulerOptions::interval`].
-//! A pass reads everything from the store — environments, their deployments (which hold the start
-//! intents), the active deployment's revision, and per cluster one [`ClusterView`] of its instances
-//! and of the tasks started by the environments' deployments, shared by the cluster's environments —
-//! plans, and applies the plan in this order:
+//! A pass runs when the view applied a change that can alter a plan and that the executor did not
+//! write itself, when something falls due (a back-off, a verification, a bake time), and at least
+//! every [`SchedulerOptions::interval`]. Before planning it waits until the view holds its own last
+//! write. Per environment, in this order:
 //!
-//! 1. settled intents are dropped;
-//! 2. instances whose intents expired are verified with ECS (DescribeTasks of the intent's task, or
-//!    ListTasks + DescribeTasks of the cluster when ECS never answered with an ARN); what ECS says is
-//!    written to the store (`Write::Observe`) and the expired intents are dropped;
-//! 3. stops (StopTask with the reason);
-//! 4. starts, at most [`START_TASK_BATCH`] instances per StartTask call, each call preceded by one
-//!    compare-and-swap write of the deployment recording its intents: a conflict ends the pass's
-//!    starts (the next pass re-plans from what was written). StartTask is never retried on an
-//!    error: ECS's `failures` and refused calls go to the deployment's failed instances (back-off),
-//!    intents of calls that may have started something stay until verified;
-//! 5. the deployment's counts and status ([`Deployment::observe`]) and the environment's health.
+//! 1. intents whose task is in view are removed;
+//! 2. intents to verify (left by an earlier process, or whose StartTask answer was lost) are checked
+//!    with ECS (ListTasks by startedBy and instance, then DescribeTasks): what ECS has is written to
+//!    the store, then the intent is removed, in one batch;
+//! 3. tasks that stopped before they were healthy are recorded as failed attempts;
+//! 4. stops (StopTask with the reason; the task as ECS answered is written back, so that the next
+//!    plan counts it as stopping);
+//! 5. starts, at most [`START_TASK_BATCH`] instances per StartTask call, each call preceded by one
+//!    batch recording its intents. StartTask is never retried (it has no idempotency token): its
+//!    tasks and `failures` are written with the intents' removal in one batch; a refused call removes
+//!    them and records failures; a call whose outcome is unknown leaves them to be verified;
+//! 6. the deployment's transition, if any (and an automatic rollback);
+//! 7. a deleting environment whose tasks are gone is removed with everything it owns.
 //!
-//! A deleting environment is removed (with its revisions and deployments) once its plan is complete.
-//! ECS calls are paced under [`SchedulerOptions::calls_per_second`], slowing down while throttled.
+//! A failing environment backs off on its own; ECS calls are paced under
+//! [`SchedulerOptions::calls_per_second`], slowing down while throttled.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blox_aws::{
-    DESCRIBE_BATCH, DesiredStatus, EcsControl, EcsError, EcsErrorKind, EcsReader, Listing, START_TASK_BATCH,
-    StartTask,
-};
+use blox_aws::{DESCRIBE_BATCH, EcsControl, EcsError, EcsErrorKind, EcsReader, START_TASK_BATCH, StartTask};
 use blox_model::daemon::{
-    self, ClusterView, DEFAULT_INTENT_TTL_MS, Deployment, DeploymentStatus, Environment, EnvironmentStatus,
-    InstanceView, IntentKey, PlanInput, Revision, StartIntent, Target, TaskView,
+    self, Active, Changes, DeploymentStatus, Doc, InstanceFailure, IntentRef, IntentState, Plan, PlanInput,
+    StartIntent, instance_record_id, lifecycle,
 };
-use blox_model::{ClusterName, ContainerInstance, Task};
-use blox_store::{Expect, Filter, Key, Kind, PageRequest, Record, Store, StoreError, Write};
+use blox_model::{ClusterName, Task};
+use blox_store::{Expect, Key, Outcome, Store, StoreError, Write};
 use thiserror::Error;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::clock::Clock;
 use crate::documents::{self, DocumentError};
+use crate::environments::Stored;
+use crate::view::View;
 use crate::{clock, metrics as m};
-
-/// Milliseconds since the Unix epoch.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 #[derive(Clone)]
 pub struct SchedulerOptions {
@@ -54,10 +51,13 @@ pub struct SchedulerOptions {
     pub interval: Duration,
     /// ECS calls (StartTask, StopTask, List, Describe) per second at most; 0 or less: unpaced.
     pub calls_per_second: f64,
-    /// How long a start intent without its task in view is trusted before the instance is verified.
-    pub intent_ttl_ms: u64,
+    /// How long after a StartTask whose answer was lost its intent is verified with ECS (intents left
+    /// by an earlier process are verified at once).
+    pub verify_after: Duration,
     /// After a relevant change, how long to wait for more before the pass (changes come in bursts).
     pub settle: Duration,
+    /// The longest an environment whose pass keeps failing waits before the next try.
+    pub max_backoff: Duration,
     /// The time, in milliseconds since the Unix epoch (the wall clock unless a test sets one).
     pub clock: Clock,
 }
@@ -67,8 +67,9 @@ impl fmt::Debug for SchedulerOptions {
         f.debug_struct("SchedulerOptions")
             .field("interval", &self.interval)
             .field("calls_per_second", &self.calls_per_second)
-            .field("intent_ttl_ms", &self.intent_ttl_ms)
+            .field("verify_after", &self.verify_after)
             .field("settle", &self.settle)
+            .field("max_backoff", &self.max_backoff)
             .finish_non_exhaustive()
     }
 }
@@ -78,9 +79,10 @@ impl Default for SchedulerOptions {
         SchedulerOptions {
             interval: Duration::from_secs(30),
             calls_per_second: 10.0,
-            intent_ttl_ms: DEFAULT_INTENT_TTL_MS,
+            verify_after: Duration::from_secs(5),
             settle: Duration::from_millis(20),
-            clock: Arc::new(clock::now_unix_ms),
+            max_backoff: Duration::from_secs(60),
+            clock: clock::wall(),
         }
     }
 }
@@ -95,9 +97,11 @@ pub struct PassReport {
     pub start_failures: usize,
     pub verified: usize,
     pub removed: usize,
-    /// Environments or clusters whose pass failed (logged).
+    /// Deployment transitions written.
+    pub transitions: usize,
+    /// Environments whose pass failed (logged; they back off).
     pub errors: usize,
-    /// The earliest time (ms) something falls due: a back-off ends or an intent expires.
+    /// The earliest time (ms) something falls due.
     pub next_due_ms: Option<u64>,
 }
 
@@ -115,19 +119,6 @@ enum PassError {
     Document(#[from] DocumentError),
     #[error(transparent)]
     Ecs(#[from] EcsError),
-}
-
-/// A deployment as read, with the sequence number its next write expects.
-#[derive(Debug, Clone)]
-struct Dep {
-    seq: u64,
-    dep: Deployment,
-}
-
-struct EnvState {
-    seq: u64,
-    env: Environment,
-    deployments: Vec<Dep>,
 }
 
 /// Spaces ECS calls out: one per `interval`, times `slowdown` (doubled when throttled, halved back
@@ -199,21 +190,30 @@ impl Pacer {
     }
 }
 
+/// What the executor remembers between passes (none of it is needed for safety after a restart).
+#[derive(Debug, Default)]
+struct Memory {
+    /// Sequence numbers of changes it wrote, so that they do not wake it.
+    own: HashSet<u64>,
+    /// Its last write, which the view must hold before the next plan.
+    last_write: u64,
+    /// Intents whose StartTask answer was lost, and when to verify them.
+    lost: HashMap<String, u64>,
+    /// Each in-progress deployment's progress, for its deadline.
+    progress: HashMap<String, lifecycle::Progress>,
+    /// Environments whose pass failed: failures in a row and the next try.
+    backoff: HashMap<String, (u32, u64)>,
+}
+
 /// The executor. [`Scheduler::run`] loops; [`Scheduler::pass`] is one pass (tests call it directly).
 pub struct Scheduler {
     store: Arc<dyn Store>,
     reader: Arc<dyn EcsReader>,
     control: Arc<dyn EcsControl>,
+    view: Arc<View>,
     options: SchedulerOptions,
     pacer: Pacer,
-    /// What the last pass saw, for telling relevant changes from the rest.
-    watched: Mutex<Watched>,
-}
-
-#[derive(Debug, Default)]
-struct Watched {
-    clusters: HashSet<ClusterName>,
-    deployments: HashSet<String>,
+    memory: Mutex<Memory>,
 }
 
 impl Scheduler {
@@ -221,6 +221,7 @@ impl Scheduler {
         store: Arc<dyn Store>,
         reader: Arc<dyn EcsReader>,
         control: Arc<dyn EcsControl>,
+        view: Arc<View>,
         options: SchedulerOptions,
     ) -> Scheduler {
         let pacer = Pacer::new(options.calls_per_second);
@@ -228,9 +229,10 @@ impl Scheduler {
             store,
             reader,
             control,
+            view,
             options,
             pacer,
-            watched: Mutex::default(),
+            memory: Mutex::default(),
         }
     }
 
@@ -238,13 +240,14 @@ impl Scheduler {
         (self.options.clock)()
     }
 
-    /// Passes until `shutdown`: after relevant changes of the store, when something falls due, and
-    /// every `interval`.
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Passes until `shutdown`: after relevant changes, when something falls due, and every `interval`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut heads = self.store.subscribe();
         let mut trigger = "interval";
         loop {
-            let mut seen = *heads.borrow_and_update();
             let started = Instant::now();
             let report = tokio::select! {
                 report = self.pass() => report,
@@ -260,6 +263,7 @@ impl Scheduler {
                 stopped = report.stopped,
                 start_failures = report.start_failures,
                 verified = report.verified,
+                transitions = report.transitions,
                 removed = report.removed,
                 errors = report.errors,
                 elapsed_ms = elapsed.as_millis() as u64,
@@ -273,14 +277,8 @@ impl Scheduler {
             }
             loop {
                 tokio::select! {
-                    changed = heads.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        let head = *heads.borrow_and_update();
-                        let relevant = self.relevant(seen, head).await;
-                        seen = head;
-                        if relevant {
+                    () = self.view.relevant_change() => {
+                        if self.foreign_change() {
                             trigger = "change";
                             tokio::select! {
                                 () = tokio::time::sleep(self.options.settle) => {}
@@ -290,7 +288,7 @@ impl Scheduler {
                         }
                     }
                     () = tokio::time::sleep_until(due) => {
-                        trigger = "interval";
+                        trigger = "due";
                         break;
                     }
                     () = shutdown.cancelled() => return,
@@ -299,314 +297,240 @@ impl Scheduler {
         }
     }
 
-    /// Whether the changes after `after` up to `head` can change a plan: scheduler documents,
-    /// instances of clusters with environments, and tasks started by the environments' deployments
-    /// (as of the last pass; a new deployment is a scheduler document, so it is never missed).
-    async fn relevant(&self, after: u64, head: u64) -> bool {
-        let mut position = after;
-        for _ in 0..16 {
-            if position >= head {
-                return false;
-            }
-            let changes = match self.store.changes(position, 1_000).await {
-                Ok(changes) => changes,
-                Err(_) => return true,
-            };
-            let Some(last) = changes.last() else {
-                return false;
-            };
-            position = last.seq;
-            let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-            let hit = changes.iter().any(|c| match c.doc.key.kind {
-                Kind::Environment | Kind::Revision | Kind::Deployment => true,
-                Kind::Instance => watched.clusters.contains(&c.doc.key.cluster),
-                Kind::Task => c
-                    .doc
-                    .started_by
-                    .as_ref()
-                    .is_some_and(|s| watched.deployments.contains(s)),
-            });
-            drop(watched);
-            if hit {
-                return true;
-            }
-        }
-        // A long burst: a pass costs less than reading all of it.
-        true
+    /// Whether the view applied a relevant change the executor did not write.
+    fn foreign_change(&self) -> bool {
+        let applied = self.view.applied();
+        let changes = self.view.take_relevant();
+        let mut memory = self.memory();
+        let foreign = changes.iter().any(|seq| !memory.own.remove(seq));
+        // Own changes the view has passed without queueing them never will be.
+        memory.own.retain(|&seq| seq > applied);
+        foreign
     }
 
-    async fn list_all(&self, kind: Kind, filter: Filter) -> Result<Vec<Record>, StoreError> {
-        Ok(self
-            .store
-            .list(kind, &filter, PageRequest::default())
-            .await?
-            .items)
+    fn wrote(&self, outcomes: &[Outcome]) {
+        let mut memory = self.memory();
+        for outcome in outcomes {
+            if let Outcome::Written { seq } | Outcome::Deleted { seq } = outcome {
+                memory.own.insert(*seq);
+                memory.last_write = memory.last_write.max(*seq);
+            }
+        }
+    }
+
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = self.store.apply(writes).await?;
+        self.wrote(&outcomes);
+        Ok(outcomes)
+    }
+
+    /// Writes a batch and notes where its failure records now are.
+    async fn apply_batch(
+        &self,
+        batch: Batch,
+        failures: &mut HashMap<String, (Option<u64>, InstanceFailure)>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let outcomes = self.apply(batch.writes).await?;
+        for (id, outcome) in batch.failures.iter().zip(&outcomes) {
+            if let (Some(id), Outcome::Written { seq }) = (id, outcome)
+                && let Some(entry) = failures.get_mut(id)
+            {
+                entry.0 = Some(*seq);
+            }
+        }
+        Ok(outcomes)
     }
 
     /// One pass over every environment.
     pub async fn pass(&self) -> PassReport {
         let mut report = PassReport::default();
-        let environments = match self.list_all(Kind::Environment, Filter::default()).await {
-            Ok(records) => records,
-            Err(err) => {
-                tracing::warn!(error = %err, "scheduler could not list environments");
-                report.errors += 1;
-                return report;
-            }
+        let last_write = self.memory().last_write;
+        if !self.view.caught_up(last_write, Duration::from_secs(10)).await {
+            tracing::warn!(
+                last_write,
+                applied = self.view.applied(),
+                "the view lags behind the executor's writes; pass skipped"
+            );
+            report.errors += 1;
+            report.due(self.now() + 1_000);
+            return report;
+        }
+        let environments: Vec<Stored> = {
+            let state = self.view.read();
+            state
+                .environments
+                .keys()
+                .filter_map(|name| crate::environments::from_view(&state, name))
+                .collect()
         };
-        let mut by_cluster: BTreeMap<ClusterName, Vec<Record>> = BTreeMap::new();
-        for record in environments {
-            by_cluster
-                .entry(record.doc.key.cluster.clone())
-                .or_default()
-                .push(record);
+        let now = self.now();
+        {
+            // Forget what no longer exists.
+            let state = self.view.read();
+            let mut memory = self.memory();
+            memory.progress.retain(|id, _| state.deployments.contains_key(id));
+            memory.lost.retain(|id, _| state.intents.contains_key(id));
+            memory
+                .backoff
+                .retain(|name, _| state.environments.contains_key(name));
         }
-        let mut watched = Watched {
-            clusters: by_cluster.keys().cloned().collect(),
-            deployments: HashSet::new(),
-        };
-        for (cluster, records) in by_cluster {
-            let result = self
-                .pass_cluster(&cluster, records, &mut watched.deployments, &mut report)
-                .await;
-            if let Err(err) = result {
-                tracing::warn!(cluster = %cluster, error = %err, "scheduler pass failed for the cluster");
-                report.errors += 1;
+        for stored in environments {
+            report.environments += 1;
+            let name = stored.environment().name.clone();
+            if let Some(&(_, until)) = self.memory().backoff.get(&name)
+                && until > now
+            {
+                report.due(until);
+                continue;
+            }
+            match self.pass_environment(&stored, &mut report).await {
+                Ok(()) => {
+                    self.memory().backoff.remove(&name);
+                }
+                Err(err) => {
+                    report.errors += 1;
+                    ::metrics::counter!(m::SCHEDULER_ENVIRONMENT_ERRORS).increment(1);
+                    let mut memory = self.memory();
+                    let failures = memory.backoff.get(&name).map_or(0, |b| b.0).saturating_add(1);
+                    let delay = (500u64 << failures.min(16)).min(self.options.max_backoff.as_millis() as u64);
+                    let until = self.now() + delay;
+                    memory.backoff.insert(name.clone(), (failures, until));
+                    drop(memory);
+                    report.due(until);
+                    tracing::warn!(cluster = %stored.cluster, environment = %name, error = %err, retry_in_ms = delay, "scheduler pass failed for the environment");
+                }
             }
         }
-        let mut last = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        if report.errors > 0 {
-            // What could not be read this time is still watched.
-            watched.clusters.extend(last.clusters.drain());
-            watched.deployments.extend(last.deployments.drain());
-        }
-        *last = watched;
-        drop(last);
         report
     }
 
-    async fn pass_cluster(
-        &self,
-        cluster: &ClusterName,
-        records: Vec<Record>,
-        watched: &mut HashSet<String>,
-        report: &mut PassReport,
-    ) -> Result<(), PassError> {
-        let mut states = Vec::with_capacity(records.len());
-        for record in records {
-            let env: Environment = match documents::parse(&record.doc) {
-                Ok(env) => env,
-                Err(err) => {
-                    tracing::warn!(cluster = %cluster, error = %err, "skipping an unreadable environment");
-                    report.errors += 1;
-                    continue;
-                }
-            };
-            let filter = Filter {
-                cluster: Some(cluster.clone()),
-                status: None,
-                started_by: Some(env.name.clone()),
-            };
-            let mut deployments = Vec::new();
-            for record in self.list_all(Kind::Deployment, filter).await? {
-                match documents::parse::<Deployment>(&record.doc) {
-                    Ok(dep) => deployments.push(Dep { seq: record.seq, dep }),
-                    Err(err) => {
-                        tracing::warn!(cluster = %cluster, error = %err, "skipping an unreadable deployment");
-                        report.errors += 1;
-                    }
-                }
-            }
-            states.push(EnvState {
-                seq: record.seq,
-                env,
-                deployments,
-            });
-        }
-
-        let instance_filter = Filter {
-            cluster: Some(cluster.clone()),
-            ..Filter::default()
-        };
-        let instances: Vec<ContainerInstance> = self
-            .list_all(Kind::Instance, instance_filter)
-            .await?
+    /// Plans one environment from the view.
+    fn plan(&self, stored: &Stored, now: u64) -> Plan {
+        let snapshot = &stored.snapshot;
+        let env = stored.environment();
+        let active = snapshot.active().and_then(|deployment| {
+            let revision = snapshot.revision(deployment.revision)?;
+            Some(Active { deployment, revision })
+        });
+        let ids: Vec<&str> = snapshot.deployments.iter().map(|d| d.id.as_str()).collect();
+        let checked: Vec<&str> = snapshot
+            .revisions
             .iter()
-            .map(|r| documents::parse(&r.doc))
-            .collect::<Result<_, _>>()?;
-        // Only the tasks some deployment of these environments started can be theirs.
-        let mut tasks: Vec<Task> = Vec::new();
-        let mut listed: HashSet<String> = HashSet::new();
-        for state in &states {
-            for dep in &state.deployments {
-                watched.insert(dep.dep.id.clone());
-                let filter = Filter {
-                    cluster: Some(cluster.clone()),
-                    status: None,
-                    started_by: Some(dep.dep.id.clone()),
-                };
-                for record in self.list_all(Kind::Task, filter).await? {
-                    if listed.insert(record.doc.key.id.clone()) {
-                        tasks.push(documents::parse(&record.doc)?);
-                    }
-                }
-            }
-        }
-        let view = ClusterView::new(
-            instances.iter().map(InstanceView::from),
-            tasks.iter().map(TaskView::from),
-        );
-        let mut ecs_tasks: Option<Vec<Task>> = None;
-        for state in states {
-            report.environments += 1;
-            let name = state.env.name.clone();
-            if let Err(err) = self
-                .pass_environment(cluster, &view, state, &mut ecs_tasks, report)
-                .await
-            {
-                tracing::warn!(cluster = %cluster, environment = %name, error = %err, "scheduler pass failed for the environment");
-                report.errors += 1;
-            }
-        }
-        Ok(())
+            .filter(|r| r.health_checks)
+            .map(|r| r.task_definition.as_str())
+            .collect();
+        let lost = self.memory().lost.clone();
+        let intents: Vec<IntentState<'_>> = snapshot
+            .intents
+            .iter()
+            .map(|intent| IntentState {
+                intent,
+                // Not known to be this process's: verified at once.
+                verify_at_ms: lost.get(&intent.id()).copied().unwrap_or(0),
+            })
+            .collect();
+        let failures: Vec<&InstanceFailure> = match active {
+            Some(a) => snapshot
+                .failures
+                .iter()
+                .filter(|f| f.deployment_id == a.deployment.id)
+                .collect(),
+            None => Vec::new(),
+        };
+        let state = self.view.read();
+        let empty = daemon::ClusterView::default();
+        let cluster = state.clusters.get(&stored.cluster).unwrap_or(&empty);
+        daemon::plan(&PlanInput {
+            environment: env,
+            active,
+            deployment_ids: &ids,
+            health_checked: &checked,
+            cluster,
+            intents: &intents,
+            failures: &failures,
+            now_ms: now,
+        })
     }
 
-    async fn pass_environment(
-        &self,
-        cluster: &ClusterName,
-        view: &ClusterView<'_>,
-        state: EnvState,
-        ecs_tasks: &mut Option<Vec<Task>>,
-        report: &mut PassReport,
-    ) -> Result<(), PassError> {
+    async fn pass_environment(&self, stored: &Stored, report: &mut PassReport) -> Result<(), PassError> {
         let now = self.now();
-        let EnvState {
-            seq: env_seq,
-            env,
-            mut deployments,
-        } = state;
+        let env = stored.environment();
         let name = env.name.as_str();
-
-        // A newer deployment supersedes the older ones that had not completed.
-        if let Some(active) = &env.active_deployment {
-            for dep in deployments.iter_mut() {
-                if dep.dep.id != *active
-                    && matches!(
-                        dep.dep.status,
-                        DeploymentStatus::Pending | DeploymentStatus::Running
-                    )
-                {
-                    let changed = self
-                        .update_deployment(cluster, dep, |d| {
-                            if !matches!(d.status, DeploymentStatus::Pending | DeploymentStatus::Running) {
-                                return false;
-                            }
-                            d.status = DeploymentStatus::Stopped;
-                            d.ended_at = Some(now);
-                            true
-                        })
-                        .await?;
-                    if changed {
-                        tracing::info!(cluster = %cluster, environment = name, deployment = %dep.dep.id, superseded_by = %active, "deployment stopped: superseded");
-                    }
-                }
-            }
+        let cluster = &stored.cluster;
+        let plan = self.plan(stored, now);
+        if let Some(at) = plan.next_due_ms {
+            report.due(at);
         }
-
-        let deleting = matches!(env.status, EnvironmentStatus::Deleting { .. });
-        let active = env
-            .active_deployment
-            .as_ref()
-            .and_then(|active| deployments.iter().position(|d| d.dep.id == *active));
-        // A deleting environment without its active deployment is still planned (so that its tasks
-        // are stopped and its intents resolved) against its newest deployment.
-        let target = active.or_else(|| {
-            deployments
-                .iter()
-                .enumerate()
-                .filter(|_| deleting)
-                .max_by_key(|(_, d)| (d.dep.created_at, d.dep.id.clone()))
-                .map(|(i, _)| i)
-        });
-        let Some(ti) = target else {
-            if deleting {
-                self.remove_environment(cluster, env_seq, &env, &deployments, report)
-                    .await?;
-            } else if let Some(active) = &env.active_deployment {
-                tracing::warn!(cluster = %cluster, environment = name, deployment = %active, "the active deployment does not exist");
-            }
-            return Ok(());
-        };
-        if !deleting && view.instances().is_empty() {
-            // Nothing to start, and a view without instances may just not be loaded yet.
-            return Ok(());
-        }
-        let revision_key = Key::revision(cluster.clone(), name, deployments[ti].dep.revision);
-        let Some(revision_record) = self.store.get(&revision_key).await? else {
-            tracing::warn!(cluster = %cluster, environment = name, revision = deployments[ti].dep.revision, "the active deployment's revision does not exist");
-            return Ok(());
-        };
-        let revision: Revision = documents::parse(&revision_record.doc)?;
-        let ids: Vec<String> = deployments.iter().map(|d| d.dep.id.clone()).collect();
-        let intents: Vec<StartIntent> = deployments
-            .iter()
-            .flat_map(|d| d.dep.intents.iter().cloned())
-            .collect();
-        let target_dep = deployments[ti].dep.clone();
-        let input = PlanInput {
-            environment: name,
-            status: env.status,
-            target: Target::new(&revision, &target_dep),
-            deployment_ids: &ids,
-            cluster: view,
-            intents: &intents,
-            failed: &target_dep.failed_instances,
-            intent_ttl_ms: self.options.intent_ttl_ms,
-        };
-        let plan = daemon::plan(&input, now);
-        let settled: HashSet<&IntentKey> = plan.settled.iter().collect();
-        for (_, at) in &plan.waiting {
-            report.due(*at);
-        }
-        for intent in intents.iter().filter(|i| !settled.contains(&i.key())) {
-            report.due(intent.recorded_at_ms.saturating_add(self.options.intent_ttl_ms));
-        }
-        if !plan.starts.is_empty() || !plan.stops.is_empty() || !plan.verify.is_empty() {
+        if !plan.starts.is_empty()
+            || !plan.stops.is_empty()
+            || !plan.verify.is_empty()
+            || !plan.failed_tasks.is_empty()
+        {
             tracing::debug!(
                 cluster = %cluster,
                 environment = name,
-                deployment = %target_dep.id,
                 starts = plan.starts.len(),
                 stops = plan.stops.len(),
                 verify = plan.verify.len(),
                 settled = plan.settled.len(),
-                waiting = plan.waiting.len(),
+                failed = plan.failed_tasks.len(),
+                healthy = plan.fleet.healthy,
+                floor = plan.fleet.floor,
+                eligible = plan.fleet.eligible,
                 "plan"
             );
         }
+        // Failure records as this pass leaves them, to build each new failure on the last.
+        let mut failures: HashMap<String, (Option<u64>, InstanceFailure)> = HashMap::new();
+        for f in &stored.snapshot.failures {
+            let seq = stored.seq(&Key::failure(cluster.clone(), &f.deployment_id, &f.instance_arn));
+            failures.insert(f.id(), (seq, f.clone()));
+        }
 
         // 1. Settled intents go: the view guards their instances now.
-        if !settled.is_empty() {
-            for dep in deployments.iter_mut() {
-                if dep.dep.intents.iter().any(|i| settled.contains(&i.key())) {
-                    self.update_deployment(cluster, dep, |d| {
-                        let before = d.intents.len();
-                        d.intents.retain(|i| !settled.contains(&i.key()));
-                        d.intents.len() != before
-                    })
-                    .await?;
-                }
+        let settled: Vec<Write> = plan
+            .settled
+            .iter()
+            .filter_map(|i| self.remove_intent(stored, i))
+            .collect();
+        self.apply_ignoring_conflicts(settled).await?;
+
+        // 2. Intents whose outcome is unknown: ask ECS.
+        for intent in &plan.verify {
+            self.verify(stored, intent).await?;
+            report.verified += 1;
+        }
+
+        // 3. Tasks that stopped before they were healthy count as failed attempts.
+        if let Some(active) = stored.snapshot.active() {
+            let config = stored
+                .snapshot
+                .revision(active.revision)
+                .map(|r| r.deployment_configuration)
+                .unwrap_or_default();
+            let mut batch = Batch::default();
+            for failed in &plan.failed_tasks {
+                ::metrics::counter!(m::SCHEDULER_FAILED_ATTEMPTS, "cause" => "stopped").increment(1);
+                tracing::info!(cluster = %cluster, environment = name, deployment = %active.id, instance = %failed.instance_arn, task = %failed.task_arn, reason = %failed.reason, "task stopped before it was healthy");
+                let (id, write, retry_at) = record_failure(
+                    cluster,
+                    &mut failures,
+                    (name, &active.id, &failed.instance_arn),
+                    &failed.reason,
+                    Some(&failed.task_arn),
+                    now,
+                    &config,
+                );
+                batch.push_failure(id, write);
+                report.due(retry_at);
             }
+            self.apply_batch(batch, &mut failures).await?;
         }
 
-        // 2. Expired intents: ask ECS.
-        if !plan.verify.is_empty() {
-            self.verify(cluster, &plan.verify, &mut deployments, ecs_tasks, now)
-                .await?;
-            report.verified += plan.verify.len();
-        }
-
-        // 3. Stops.
+        // 4. Stops.
         for stop in &plan.stops {
             self.pacer.wait().await;
             let reason = stop.reason.to_string();
@@ -621,285 +545,179 @@ impl Scheduler {
                     ::metrics::counter!(m::SCHEDULER_TASKS_STOPPED, "reason" => stop.reason.code())
                         .increment(1);
                     tracing::info!(cluster = %cluster, environment = name, task = %stop.task_arn, reason = stop.reason.code(), "task stopped");
-                    self.observe(cluster, std::slice::from_ref(&task)).await;
+                    self.observe(cluster, std::slice::from_ref(&task)).await?;
+                }
+                Err(EcsError {
+                    kind: EcsErrorKind::Throttled,
+                    ..
+                }) => {
+                    tracing::info!(cluster = %cluster, environment = name, "StopTask throttled; the rest waits for the next pass");
+                    report.due(now + 1_000);
+                    break;
                 }
                 Err(err) => {
-                    tracing::warn!(cluster = %cluster, environment = name, task = %stop.task_arn, error = %err, "StopTask failed");
-                    if matches!(err.kind, EcsErrorKind::Throttled) {
-                        break;
-                    }
+                    // It may or may not have stopped: ask ECS before planning on it again.
+                    tracing::warn!(cluster = %cluster, environment = name, task = %stop.task_arn, error = %err, "StopTask failed; describing the task");
+                    self.settle_task(cluster, &stop.task_arn).await?;
                 }
             }
         }
 
-        if deleting {
-            let no_intents = deployments.iter().all(|d| d.dep.intents.is_empty());
-            if plan.complete && no_intents {
-                self.remove_environment(cluster, env_seq, &env, &deployments, report)
+        // 5. Starts.
+        if let Some(active) = stored.snapshot.active()
+            && !plan.starts.is_empty()
+        {
+            let revision = stored.snapshot.revision(active.revision);
+            let config = revision.map(|r| r.deployment_configuration).unwrap_or_default();
+            for chunk in plan.starts.chunks(START_TASK_BATCH) {
+                let go_on = self
+                    .start(
+                        stored,
+                        &active.id,
+                        &active.task_definition,
+                        chunk,
+                        &config,
+                        &mut failures,
+                        report,
+                    )
                     .await?;
-            }
-            return Ok(());
-        }
-
-        // 4. Starts.
-        if !plan.starts.is_empty() && !target_dep.status.is_final() {
-            self.start(
-                cluster,
-                name,
-                &revision,
-                &mut deployments[ti],
-                &plan.starts,
-                report,
-            )
-            .await?;
-        }
-
-        // 5. Progress and health.
-        let clear = plan.clear_failed.clone();
-        self.update_deployment(cluster, &mut deployments[ti], |d| {
-            let before = d.failed_instances.len();
-            daemon::clear_started(&mut d.failed_instances, &clear);
-            let cleared = d.failed_instances.len() != before;
-            d.observe(&plan, now) | cleared
-        })
-        .await?;
-        let (health, health_reason) = deployments[ti].dep.health();
-        if (env.health, &env.health_reason) != (health, &health_reason) {
-            self.update_environment(cluster, env_seq, env.clone(), |e| {
-                if (e.health, &e.health_reason) == (health, &health_reason) {
-                    return false;
+                if !go_on {
+                    report.due(self.now() + 1_000);
+                    break;
                 }
-                e.health = health;
-                e.health_reason = health_reason.clone();
-                e.updated_at = now;
-                true
-            })
-            .await?;
+            }
         }
-        Ok(())
-    }
 
-    /// Starts the target's task on `instances`, a batch at a time, each batch's intents recorded first.
-    async fn start(
-        &self,
-        cluster: &ClusterName,
-        environment: &str,
-        revision: &Revision,
-        dep: &mut Dep,
-        instances: &[String],
-        report: &mut PassReport,
-    ) -> Result<(), PassError> {
-        let config = revision.deployment;
-        for chunk in instances.chunks(START_TASK_BATCH) {
-            let recorded_at = self.now();
-            let mut next = dep.dep.clone();
-            next.intents.extend(chunk.iter().map(|arn| StartIntent {
-                instance_arn: arn.clone(),
-                deployment_id: next.id.clone(),
-                recorded_at_ms: recorded_at,
-                task_arn: None,
-            }));
-            match self.put_deployment(cluster, dep.seq, &next).await {
-                Ok(seq) => {
-                    dep.seq = seq;
-                    dep.dep = next;
+        // 6. The deployment's transition.
+        let deployment_id = uuid::Uuid::new_v4().to_string();
+        let changes = {
+            let mut memory = self.memory();
+            let progress = match stored.snapshot.active() {
+                Some(active) => memory
+                    .progress
+                    .entry(active.id.clone())
+                    .or_insert_with(|| lifecycle::Progress::new(now)),
+                None => &mut lifecycle::Progress::new(now),
+            };
+            lifecycle::advance(
+                &stored.snapshot,
+                &plan,
+                progress,
+                lifecycle::Fresh {
+                    now_ms: now,
+                    deployment_id: &deployment_id,
+                    token: "",
+                },
+            )
+        };
+        if !changes.is_empty() {
+            self.transition(stored, &changes, report).await?;
+        }
+
+        // 7. A deleting environment goes once nothing of it is left.
+        if env.status.is_deleting() && plan.complete && stored.snapshot.intents.is_empty() {
+            let changes = lifecycle::finish_delete(&stored.snapshot);
+            match self.apply(stored.writes(&changes)).await {
+                Ok(_) => {
+                    report.removed += 1;
+                    ::metrics::counter!(m::SCHEDULER_ENVIRONMENTS_REMOVED).increment(1);
+                    tracing::info!(cluster = %cluster, environment = name, "environment removed");
                 }
                 Err(StoreError::Conflict { .. }) => {
-                    ::metrics::counter!(m::SCHEDULER_CONFLICTS, "kind" => "deployment").increment(1);
-                    tracing::debug!(cluster = %cluster, environment, deployment = %dep.dep.id, "deployment changed meanwhile; starting next pass");
-                    return Ok(());
+                    ::metrics::counter!(m::SCHEDULER_CONFLICTS, "kind" => "environment").increment(1);
                 }
                 Err(err) => return Err(err.into()),
             }
-            let request = StartTask {
-                cluster: cluster.to_string(),
-                task_definition: dep.dep.task_definition.clone(),
-                container_instances: chunk.to_vec(),
-                started_by: Some(dep.dep.id.clone()),
-                group: Some(daemon::group(environment)),
-            };
-            self.pacer.wait().await;
-            // Never retried: StartTask has no idempotency token.
-            let result = self.control.start_task(&request).await;
-            self.pacer.outcome("StartTask", result.as_ref().map(|_| ()));
-            let now = self.now();
-            match result {
-                Ok(started) => {
-                    self.observe(cluster, &started.tasks).await;
-                    let arns: HashMap<&str, &str> = started
-                        .tasks
-                        .iter()
-                        .filter_map(|t| Some((t.container_instance_arn.as_deref()?, t.task_arn.as_str())))
-                        .collect();
-                    let failures: Vec<(&str, &str)> = started
-                        .failures
-                        .iter()
-                        .filter_map(|f| {
-                            let arn = f.arn.as_deref()?;
-                            chunk.iter().any(|c| c == arn).then_some((arn, f.reason.as_str()))
-                        })
-                        .collect();
-                    let succeeded: Vec<String> = arns.keys().map(|a| (*a).to_owned()).collect();
-                    for (arn, reason) in &failures {
-                        ::metrics::counter!(m::SCHEDULER_START_FAILURES, "reason" => reason.to_string())
-                            .increment(1);
-                        tracing::info!(cluster = %cluster, environment, deployment = %dep.dep.id, instance = %arn, reason, "ECS refused the start");
-                    }
-                    report.started += arns.len();
-                    report.start_failures += failures.len();
-                    ::metrics::counter!(m::SCHEDULER_TASKS_STARTED).increment(arns.len() as u64);
-                    tracing::info!(cluster = %cluster, environment, deployment = %dep.dep.id, started = arns.len(), failed = failures.len(), "StartTask answered");
-                    self.update_deployment(cluster, dep, |d| {
-                        for intent in d.intents.iter_mut() {
-                            if intent.task_arn.is_none()
-                                && let Some(task) = arns.get(intent.instance_arn.as_str())
-                            {
-                                intent.task_arn = Some((*task).to_owned());
-                            }
-                        }
-                        d.intents.retain(|i| {
-                            i.task_arn.is_some() || !failures.iter().any(|(arn, _)| *arn == i.instance_arn)
-                        });
-                        for (arn, reason) in &failures {
-                            daemon::record_start_failure(&mut d.failed_instances, arn, reason, now, &config);
-                        }
-                        daemon::clear_started(&mut d.failed_instances, &succeeded);
-                        true
-                    })
-                    .await?;
+        }
+        Ok(())
+    }
+
+    async fn transition(
+        &self,
+        stored: &Stored,
+        changes: &Changes,
+        report: &mut PassReport,
+    ) -> Result<(), PassError> {
+        match self.apply(stored.writes(changes)).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                // A user changed the environment meanwhile: the next pass decides again.
+                ::metrics::counter!(m::SCHEDULER_CONFLICTS, "kind" => "deployment").increment(1);
+                report.due(self.now());
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        }
+        let env = stored.environment();
+        for doc in &changes.put {
+            let Doc::Deployment(d) = doc else { continue };
+            let before = stored.snapshot.deployment(&d.id).map(|b| b.status);
+            if before == Some(d.status) {
+                continue;
+            }
+            report.transitions += 1;
+            ::metrics::counter!(m::SCHEDULER_DEPLOYMENT_TRANSITIONS, "status" => d.status.name())
+                .increment(1);
+            let reason = d.reason().unwrap_or_default();
+            match d.status {
+                DeploymentStatus::Failed => {
+                    tracing::warn!(cluster = %stored.cluster, environment = %env.name, deployment = %d.id, reason, "deployment failed")
                 }
-                Err(err) => {
-                    tracing::warn!(cluster = %cluster, environment, deployment = %dep.dep.id, instances = chunk.len(), error = %err, "StartTask failed");
-                    let throttled = matches!(err.kind, EcsErrorKind::Throttled);
-                    // Refused outright: nothing was started. Otherwise it may have been, and the
-                    // intents stay until the instances are verified.
-                    let refused = matches!(
-                        err.kind,
-                        EcsErrorKind::Throttled
-                            | EcsErrorKind::Rejected { .. }
-                            | EcsErrorKind::ClusterNotFound
-                    );
-                    let reason = match &err.kind {
-                        EcsErrorKind::Throttled => "THROTTLED".to_owned(),
-                        EcsErrorKind::ClusterNotFound => "ClusterNotFoundException".to_owned(),
-                        EcsErrorKind::Rejected { code, .. } => code.clone(),
-                        EcsErrorKind::Invalid(_) | EcsErrorKind::Other(_) => "ERROR".to_owned(),
-                    };
-                    if !throttled {
-                        report.start_failures += chunk.len();
-                        ::metrics::counter!(m::SCHEDULER_START_FAILURES, "reason" => "error")
-                            .increment(chunk.len() as u64);
-                    }
-                    self.update_deployment(cluster, dep, |d| {
-                        if refused {
-                            d.intents
-                                .retain(|i| i.task_arn.is_some() || !chunk.contains(&i.instance_arn));
-                        }
-                        if !throttled {
-                            for arn in chunk {
-                                daemon::record_start_failure(
-                                    &mut d.failed_instances,
-                                    arn,
-                                    &reason,
-                                    now,
-                                    &config,
-                                );
-                            }
-                        }
-                        true
-                    })
-                    .await?;
-                    if throttled {
-                        // The rest waits for the next pass, behind the pacer's back-off.
-                        return Ok(());
-                    }
+                DeploymentStatus::Pending if d.rollback => {
+                    ::metrics::counter!(m::SCHEDULER_AUTO_ROLLBACKS).increment(1);
+                    tracing::warn!(cluster = %stored.cluster, environment = %env.name, deployment = %d.id, revision = d.revision, reason, "automatic rollback started");
+                    // A new deployment to act on at once.
+                    report.due(self.now());
+                }
+                status => {
+                    tracing::info!(cluster = %stored.cluster, environment = %env.name, deployment = %d.id, status = status.name(), reason, "deployment status")
                 }
             }
         }
         Ok(())
     }
 
-    /// Asks ECS what runs on instances whose intents expired, writes it to the store, and drops the
-    /// expired intents there.
-    async fn verify(
-        &self,
-        cluster: &ClusterName,
-        instances: &[String],
-        deployments: &mut [Dep],
-        ecs_tasks: &mut Option<Vec<Task>>,
-        now: u64,
-    ) -> Result<(), PassError> {
-        let ttl = self.options.intent_ttl_ms;
-        let wanted: HashSet<&str> = instances.iter().map(String::as_str).collect();
-        let expired = |i: &StartIntent| {
-            wanted.contains(i.instance_arn.as_str()) && now >= i.recorded_at_ms.saturating_add(ttl)
-        };
-        let mut known: Vec<String> = Vec::new();
-        let mut unknown: HashSet<String> = HashSet::new();
-        for intent in deployments
+    /// Writes a batch; a conflict means someone else changed those documents, which the next pass
+    /// sees.
+    async fn apply_ignoring_conflicts(&self, writes: Vec<Write>) -> Result<(), PassError> {
+        match self.apply(writes).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    fn remove_intent(&self, stored: &Stored, intent: &IntentRef) -> Option<Write> {
+        let key = Key::intent(
+            stored.cluster.clone(),
+            &intent.deployment_id,
+            &intent.instance_arn,
+        );
+        let seq = stored.seq(&key)?;
+        Some(Write::Remove { key, expect: seq })
+    }
+
+    /// Asks ECS what the intent's deployment has on its instance, writes it, and removes the intent.
+    async fn verify(&self, stored: &Stored, intent: &IntentRef) -> Result<(), PassError> {
+        let cluster = &stored.cluster;
+        self.pacer.wait().await;
+        let listed = self
+            .reader
+            .list_started_tasks(cluster.as_str(), &intent.deployment_id, &intent.instance_arn)
+            .await;
+        self.pacer.outcome("ListTasks", listed.as_ref().map(|_| ()));
+        let arns = listed?;
+        let tasks = self.describe(cluster, &arns).await?;
+        ::metrics::counter!(m::SCHEDULER_VERIFICATIONS).increment(1);
+        tracing::info!(cluster = %cluster, deployment = %intent.deployment_id, instance = %intent.instance_arn, tasks = tasks.len(), "verified a start with ECS");
+        let mut writes: Vec<Write> = tasks
             .iter()
-            .flat_map(|d| &d.dep.intents)
-            .filter(|i| expired(i))
-        {
-            match &intent.task_arn {
-                Some(arn) => known.push(arn.clone()),
-                None => drop(unknown.insert(intent.instance_arn.clone())),
-            }
-        }
-        let mut found: Vec<Task> = Vec::new();
-        if !known.is_empty() {
-            found.extend(self.describe(cluster, &known).await?);
-        }
-        if !unknown.is_empty() {
-            if ecs_tasks.is_none() {
-                let mut arns = Vec::new();
-                let mut token: Option<String> = None;
-                loop {
-                    self.pacer.wait().await;
-                    let page = self
-                        .reader
-                        .list_page(
-                            cluster.as_str(),
-                            Listing::Tasks(DesiredStatus::Running),
-                            token.as_deref(),
-                        )
-                        .await;
-                    self.pacer.outcome("ListTasks", page.as_ref().map(|_| ()));
-                    let page = page?;
-                    arns.extend(page.arns);
-                    match page.next_token {
-                        Some(next) => token = Some(next),
-                        None => break,
-                    }
-                }
-                *ecs_tasks = Some(self.describe(cluster, &arns).await?);
-            }
-            let on_instances = ecs_tasks.iter().flatten().filter(|t| {
-                t.container_instance_arn
-                    .as_deref()
-                    .is_some_and(|arn| unknown.contains(arn))
-            });
-            found.extend(on_instances.cloned());
-        }
-        tracing::info!(cluster = %cluster, instances = instances.len(), tasks = found.len(), "verified instances with expired start intents");
-        ::metrics::counter!(m::SCHEDULER_VERIFICATIONS).increment(instances.len() as u64);
-        if !found.is_empty() {
-            let writes = found
-                .iter()
-                .map(|t| Write::Observe(documents::task(cluster.clone(), t)))
-                .collect();
-            self.store.apply(writes).await?;
-        }
-        for dep in deployments.iter_mut() {
-            if dep.dep.intents.iter().any(&expired) {
-                self.update_deployment(cluster, dep, |d| {
-                    let before = d.intents.len();
-                    d.intents.retain(|i| !expired(i));
-                    d.intents.len() != before
-                })
-                .await?;
-            }
-        }
+            .map(|t| Write::Observe(documents::task(cluster.clone(), t)))
+            .collect();
+        writes.extend(self.remove_intent(stored, intent));
+        self.apply_ignoring_conflicts(writes).await?;
+        self.memory()
+            .lost
+            .remove(&instance_record_id(&intent.deployment_id, &intent.instance_arn));
         Ok(())
     }
 
@@ -915,156 +733,248 @@ impl Scheduler {
     }
 
     /// Writes tasks as ECS just described them (the version rule applies).
-    async fn observe(&self, cluster: &ClusterName, tasks: &[Task]) {
-        if tasks.is_empty() {
-            return;
-        }
+    async fn observe(&self, cluster: &ClusterName, tasks: &[Task]) -> Result<(), StoreError> {
         let writes = tasks
             .iter()
             .map(|t| Write::Observe(documents::task(cluster.clone(), t)))
             .collect();
-        if let Err(err) = self.store.apply(writes).await {
-            tracing::warn!(cluster = %cluster, error = %err, "could not write tasks ECS described");
-        }
+        self.apply(writes).await.map(drop)
     }
 
-    async fn put_deployment(
-        &self,
-        cluster: &ClusterName,
-        seq: u64,
-        dep: &Deployment,
-    ) -> Result<u64, StoreError> {
-        let doc = documents::deployment(cluster.clone(), dep);
-        let outcomes = self
-            .store
-            .apply(vec![Write::Put {
-                doc,
-                expect: Expect::Seq(seq),
-            }])
-            .await?;
-        Ok(written_seq(&outcomes).unwrap_or(seq))
+    /// After a StopTask whose outcome is unknown: what ECS says of the task goes to the store; a task
+    /// ECS does not know any more is removed from it.
+    async fn settle_task(&self, cluster: &ClusterName, arn: &str) -> Result<(), PassError> {
+        let described = self.describe(cluster, &[arn.to_owned()]).await?;
+        if described.is_empty() {
+            let key = Key::task(cluster.clone(), arn);
+            if let Some(record) = self.store.get(&key).await? {
+                self.apply(vec![Write::Delete {
+                    key,
+                    unchanged_since: record.seq,
+                }])
+                .await?;
+            }
+            return Ok(());
+        }
+        self.observe(cluster, &described).await?;
+        Ok(())
     }
 
-    /// Applies `change` to the deployment and writes it by compare-and-swap; on a conflict, re-reads
-    /// and applies it again (a few times). `change` returns whether it changed anything.
-    async fn update_deployment(
+    /// Starts the deployment's task on up to [`START_TASK_BATCH`] instances, their intents recorded
+    /// first. Returns whether more starts may follow in this pass.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
         &self,
-        cluster: &ClusterName,
-        dep: &mut Dep,
-        mut change: impl FnMut(&mut Deployment) -> bool,
-    ) -> Result<bool, PassError> {
-        let key = Key::deployment(cluster.clone(), dep.dep.id.clone());
-        for _ in 0..5 {
-            let mut next = dep.dep.clone();
-            if !change(&mut next) {
-                return Ok(false);
-            }
-            match self.put_deployment(cluster, dep.seq, &next).await {
-                Ok(seq) => {
-                    dep.seq = seq;
-                    dep.dep = next;
-                    return Ok(true);
-                }
-                Err(StoreError::Conflict { .. }) => {
-                    ::metrics::counter!(m::SCHEDULER_CONFLICTS, "kind" => "deployment").increment(1);
-                    let Some(record) = self.store.get(&key).await? else {
-                        return Ok(false);
-                    };
-                    dep.seq = record.seq;
-                    dep.dep = documents::parse(&record.doc)?;
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(StoreError::Conflict {
-            key,
-            expected: Expect::Seq(dep.seq),
-            found: None,
-        }
-        .into())
-    }
-
-    async fn update_environment(
-        &self,
-        cluster: &ClusterName,
-        mut seq: u64,
-        mut env: Environment,
-        mut change: impl FnMut(&mut Environment) -> bool,
-    ) -> Result<bool, PassError> {
-        let key = Key::environment(cluster.clone(), env.name.clone());
-        for _ in 0..5 {
-            let mut next = env.clone();
-            if !change(&mut next) {
-                return Ok(false);
-            }
-            let write = Write::Put {
-                doc: documents::environment(&next),
-                expect: Expect::Seq(seq),
-            };
-            match self.store.apply(vec![write]).await {
-                Ok(_) => return Ok(true),
-                Err(StoreError::Conflict { .. }) => {
-                    ::metrics::counter!(m::SCHEDULER_CONFLICTS, "kind" => "environment").increment(1);
-                    let Some(record) = self.store.get(&key).await? else {
-                        return Ok(false);
-                    };
-                    seq = record.seq;
-                    env = documents::parse(&record.doc)?;
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Ok(false)
-    }
-
-    /// Removes a deleted environment with its revisions and deployments, in one batch.
-    async fn remove_environment(
-        &self,
-        cluster: &ClusterName,
-        env_seq: u64,
-        env: &Environment,
-        deployments: &[Dep],
+        stored: &Stored,
+        deployment_id: &str,
+        task_definition: &str,
+        chunk: &[String],
+        config: &daemon::DeploymentConfiguration,
+        failures: &mut HashMap<String, (Option<u64>, InstanceFailure)>,
         report: &mut PassReport,
-    ) -> Result<(), PassError> {
-        let filter = Filter {
-            cluster: Some(cluster.clone()),
-            status: None,
-            started_by: Some(env.name.clone()),
-        };
-        let revisions = self.list_all(Kind::Revision, filter).await?;
-        let mut writes = vec![Write::Remove {
-            key: Key::environment(cluster.clone(), env.name.clone()),
-            expect: env_seq,
-        }];
-        writes.extend(revisions.into_iter().map(|r| Write::Remove {
-            key: r.doc.key,
-            expect: r.seq,
-        }));
-        writes.extend(deployments.iter().map(|d| Write::Remove {
-            key: Key::deployment(cluster.clone(), d.dep.id.clone()),
-            expect: d.seq,
-        }));
-        match self.store.apply(writes).await {
-            Ok(_) => {
-                report.removed += 1;
-                ::metrics::counter!(m::SCHEDULER_ENVIRONMENTS_REMOVED).increment(1);
-                tracing::info!(cluster = %cluster, environment = %env.name, "environment removed");
-                Ok(())
-            }
+    ) -> Result<bool, PassError> {
+        let cluster = &stored.cluster;
+        let environment = stored.environment().name.as_str();
+        let recorded_at = self.now();
+        let intents: Vec<StartIntent> = chunk
+            .iter()
+            .map(|arn| StartIntent {
+                environment: environment.to_owned(),
+                deployment_id: deployment_id.to_owned(),
+                instance_arn: arn.clone(),
+                recorded_at_ms: recorded_at,
+            })
+            .collect();
+        let writes = intents
+            .iter()
+            .map(|i| Write::Put {
+                doc: documents::scheduler_doc(cluster, &Doc::Intent(i.clone())),
+                expect: Expect::Absent,
+            })
+            .collect();
+        let outcomes = match self.apply(writes).await {
+            Ok(outcomes) => outcomes,
             Err(StoreError::Conflict { .. }) => {
-                ::metrics::counter!(m::SCHEDULER_CONFLICTS, "kind" => "environment").increment(1);
-                Ok(())
+                ::metrics::counter!(m::SCHEDULER_CONFLICTS, "kind" => "intent").increment(1);
+                tracing::debug!(cluster = %cluster, environment, deployment = deployment_id, "an intent exists already; next pass");
+                return Ok(false);
             }
-            Err(err) => Err(err.into()),
+            Err(err) => return Err(err.into()),
+        };
+        let intent_seqs: HashMap<&str, u64> = chunk
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(arn, o)| match o {
+                Outcome::Written { seq } => Some((arn.as_str(), *seq)),
+                _ => None,
+            })
+            .collect();
+        let remove = |arn: &str| {
+            intent_seqs.get(arn).map(|&seq| Write::Remove {
+                key: Key::intent(cluster.clone(), deployment_id, arn),
+                expect: seq,
+            })
+        };
+        let request = StartTask {
+            cluster: cluster.to_string(),
+            task_definition: task_definition.to_owned(),
+            container_instances: chunk.to_vec(),
+            started_by: Some(deployment_id.to_owned()),
+            group: Some(daemon::group(environment)),
+        };
+        self.pacer.wait().await;
+        // Never retried: StartTask has no idempotency token.
+        let result = self.control.start_task(&request).await;
+        self.pacer.outcome("StartTask", result.as_ref().map(|_| ()));
+        let now = self.now();
+        match result {
+            Ok(started) => {
+                let mut batch = Batch::default();
+                for task in &started.tasks {
+                    batch.push(Write::Observe(documents::task(cluster.clone(), task)));
+                }
+                let placed: HashSet<&str> = started
+                    .tasks
+                    .iter()
+                    .filter_map(|t| t.container_instance_arn.as_deref())
+                    .collect();
+                let mut refused: HashSet<&str> = HashSet::new();
+                for f in &started.failures {
+                    let Some(arn) = f.arn.as_deref().and_then(|a| chunk.iter().find(|c| *c == a)) else {
+                        continue;
+                    };
+                    ::metrics::counter!(m::SCHEDULER_START_FAILURES, "reason" => f.reason.clone())
+                        .increment(1);
+                    ::metrics::counter!(m::SCHEDULER_FAILED_ATTEMPTS, "cause" => "refused").increment(1);
+                    tracing::info!(cluster = %cluster, environment, deployment = deployment_id, instance = %arn, reason = %f.reason, "ECS refused the start");
+                    let (id, write, retry_at) = record_failure(
+                        cluster,
+                        failures,
+                        (environment, deployment_id, arn),
+                        &f.reason,
+                        None,
+                        now,
+                        config,
+                    );
+                    batch.push_failure(id, write);
+                    report.due(retry_at);
+                    refused.insert(arn);
+                }
+                for arn in chunk {
+                    if placed.contains(arn.as_str()) || refused.contains(arn.as_str()) {
+                        if let Some(write) = remove(arn) {
+                            batch.push(write);
+                        }
+                    } else {
+                        // ECS neither started nor refused it: the intent is verified later.
+                        self.lose(deployment_id, arn, now);
+                    }
+                }
+                report.started += started.tasks.len();
+                report.start_failures += refused.len();
+                ::metrics::counter!(m::SCHEDULER_TASKS_STARTED).increment(started.tasks.len() as u64);
+                tracing::info!(cluster = %cluster, environment, deployment = deployment_id, started = started.tasks.len(), refused = refused.len(), "StartTask answered");
+                self.apply_batch(batch, failures).await?;
+                Ok(true)
+            }
+            Err(err) => {
+                let throttled = matches!(err.kind, EcsErrorKind::Throttled);
+                // Refused outright: nothing was started. Otherwise it may have been: the intents stay
+                // until ECS has been asked.
+                let refused = matches!(
+                    err.kind,
+                    EcsErrorKind::Throttled | EcsErrorKind::Rejected { .. } | EcsErrorKind::ClusterNotFound
+                );
+                tracing::warn!(cluster = %cluster, environment, deployment = deployment_id, instances = chunk.len(), error = %err, refused, "StartTask failed");
+                if !refused {
+                    for arn in chunk {
+                        self.lose(deployment_id, arn, now);
+                    }
+                    report.due(now + self.options.verify_after.as_millis() as u64);
+                    return Ok(false);
+                }
+                let mut batch = Batch::default();
+                for write in chunk.iter().filter_map(|arn| remove(arn)) {
+                    batch.push(write);
+                }
+                if !throttled {
+                    let reason = match &err.kind {
+                        EcsErrorKind::ClusterNotFound => "ClusterNotFoundException".to_owned(),
+                        EcsErrorKind::Rejected { code, message } => format!("{code}: {message}"),
+                        _ => "ERROR".to_owned(),
+                    };
+                    report.start_failures += chunk.len();
+                    ::metrics::counter!(m::SCHEDULER_START_FAILURES, "reason" => "error")
+                        .increment(chunk.len() as u64);
+                    for arn in chunk {
+                        let (id, write, retry_at) = record_failure(
+                            cluster,
+                            failures,
+                            (environment, deployment_id, arn),
+                            &reason,
+                            None,
+                            now,
+                            config,
+                        );
+                        batch.push_failure(id, write);
+                        report.due(retry_at);
+                    }
+                }
+                self.apply_batch(batch, failures).await?;
+                Ok(!throttled)
+            }
         }
+    }
+
+    /// Notes a start whose outcome is unknown, to verify its intent a little later.
+    fn lose(&self, deployment_id: &str, instance_arn: &str, now: u64) {
+        self.memory().lost.insert(
+            instance_record_id(deployment_id, instance_arn),
+            now + self.options.verify_after.as_millis() as u64,
+        );
     }
 }
 
-fn written_seq(outcomes: &[blox_store::Outcome]) -> Option<u64> {
-    outcomes.iter().find_map(|o| match o {
-        blox_store::Outcome::Written { seq } => Some(*seq),
-        _ => None,
-    })
+/// A batch of writes, some of which record failed attempts whose new sequence numbers must be noted.
+#[derive(Default)]
+struct Batch {
+    writes: Vec<Write>,
+    failures: Vec<Option<String>>,
+}
+
+impl Batch {
+    fn push(&mut self, write: Write) {
+        self.writes.push(write);
+        self.failures.push(None);
+    }
+
+    fn push_failure(&mut self, id: String, write: Write) {
+        self.writes.push(write);
+        self.failures.push(Some(id));
+    }
+}
+
+/// The write recording one more failed attempt on an instance, and the record as it will be.
+fn record_failure(
+    cluster: &ClusterName,
+    failures: &mut HashMap<String, (Option<u64>, InstanceFailure)>,
+    key: (&str, &str, &str),
+    reason: &str,
+    task: Option<&str>,
+    now: u64,
+    config: &daemon::DeploymentConfiguration,
+) -> (String, Write, u64) {
+    let id = instance_record_id(key.1, key.2);
+    let previous = failures.get(&id);
+    let failure = InstanceFailure::record(previous.map(|p| &p.1), key, reason, task, now, config);
+    let expect = match previous.and_then(|p| p.0) {
+        Some(seq) => Expect::Seq(seq),
+        None => Expect::Absent,
+    };
+    let doc = documents::scheduler_doc(cluster, &Doc::Failure(failure.clone()));
+    let retry_at = failure.retry_at_ms;
+    failures.insert(id.clone(), (previous.and_then(|p| p.0), failure));
+    (id, Write::Put { doc, expect }, retry_at)
 }
 
 #[cfg(test)]

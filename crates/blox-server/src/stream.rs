@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use blox_api::ErrorBody;
 use blox_model::ClusterName;
@@ -55,29 +55,59 @@ impl Default for StreamOptions {
 #[utoipa::path(get, path = "/v1/stream/tasks", tag = "cluster state", params(blox_api::StreamQuery),
     responses(
         (status = 200, content_type = "application/x-ndjson", body = blox_api::TaskRecord,
-         description = "one TaskRecord per line; a final StreamError line if the stream must end"),
+         description = "one TaskRecord per line; a final StreamError line if the stream must end. \
+                        Served as application/octet-stream (v0.3's type) to a client that accepts it and not NDJSON"),
         (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log")))]
 pub async fn stream_tasks(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    open(state, Kind::Task, query).await
+    open(state, Kind::Task, query, &headers).await
 }
 
 /// Stream container-instance changes (NDJSON `InstanceRecord`s).
 #[utoipa::path(get, path = "/v1/stream/instances", tag = "cluster state", params(blox_api::StreamQuery),
     responses(
         (status = 200, content_type = "application/x-ndjson", body = blox_api::InstanceRecord,
-         description = "one InstanceRecord per line; a final StreamError line if the stream must end"),
+         description = "one InstanceRecord per line; a final StreamError line if the stream must end. \
+                        Served as application/octet-stream (v0.3's type) to a client that accepts it and not NDJSON"),
         (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log")))]
 pub async fn stream_instances(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    open(state, Kind::Instance, query).await
+    open(state, Kind::Instance, query, &headers).await
 }
 
-async fn open(state: AppState, kind: Kind, query: Option<String>) -> Result<Response, ApiError> {
+/// The content type of a stream: NDJSON, unless the client accepts `application/octet-stream` and not
+/// NDJSON, as Blox v0.3's generated clients do (v0.3 served its streams as `application/octet-stream`).
+fn content_type(headers: &HeaderMap) -> &'static str {
+    let accepts = |media: &str| {
+        headers.get_all(header::ACCEPT).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',').any(|part| {
+                    part.split(';')
+                        .next()
+                        .is_some_and(|m| m.trim().eq_ignore_ascii_case(media))
+                })
+            })
+        })
+    };
+    if accepts("application/octet-stream") && !accepts("application/x-ndjson") {
+        "application/octet-stream"
+    } else {
+        "application/x-ndjson"
+    }
+}
+
+async fn open(
+    state: AppState,
+    kind: Kind,
+    query: Option<String>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), &["entityVersion", "cluster"])?;
     let cluster = params.cluster()?.map(|c| c.name);
     let start = match params.entity_version()? {
@@ -99,7 +129,7 @@ async fn open(state: AppState, kind: Kind, query: Option<String>) -> Result<Resp
     let mut response = Response::new(body);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
+        HeaderValue::from_static(content_type(headers)),
     );
     response
         .headers_mut()
@@ -182,6 +212,8 @@ fn error_line(err: StoreError) -> Bytes {
                 code: "InternalError".into(),
                 message: "the change log could not be read".into(),
                 field: None,
+                resource_type: None,
+                resource_id: None,
             }
         }
     };

@@ -15,6 +15,7 @@ use blox_testkit::wait_until;
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 /// Long-format ARNs for `prod`, short ones elsewhere, so both formats are served.
@@ -103,16 +104,13 @@ async fn fixture_with(options: StoreOptions) -> Fixture {
     store.apply(writes).await.unwrap();
     let readiness = Arc::new(ReadinessState::default());
     readiness.ready_without_reconcile();
-    let state = AppState {
-        store: store.clone(),
-        readiness,
-        metrics: blox_server::metrics::handle(),
-        stream: StreamOptions {
-            heartbeat: Duration::from_millis(200),
-            ..StreamOptions::default()
-        },
-        control: None,
-        environment_writes: Arc::default(),
+    let mut state = AppState::new(store.clone(), None, CancellationToken::new())
+        .await
+        .unwrap();
+    state.readiness = readiness;
+    state.stream = StreamOptions {
+        heartbeat: Duration::from_millis(200),
+        ..StreamOptions::default()
     };
     let app = blox_server::router(state.clone());
     Fixture { store, state, app }

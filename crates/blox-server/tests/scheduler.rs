@@ -1,36 +1,47 @@
 //! The daemon scheduler's executor against the simulator: the real ingestion (fed by the simulator's
-//! events), the real reconciler, a MemStore, and environment documents written the way the API will.
+//! events), the real reconciler, the in-memory view, a MemStore, and environment documents written by
+//! the same commands the APIs run.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
-
-use blox_aws::{EcsControl as _, StartTask};
 mod common;
 
-use blox_model::ClusterName;
-use blox_model::Task;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use blox_aws::{
+    ClusterDescription, EcsControl, EcsError, EcsErrorKind, Failure, StartTask, Started,
+    TaskDefinitionDescription,
+};
+use blox_model::daemon::lifecycle::{
+    self, CreateEnvironment, DeployTarget, Fresh, TaskDefinitionRef, UpdateEnvironment,
+};
 use blox_model::daemon::{
-    Counts, Deployment, DeploymentConfiguration, DeploymentStatus, Environment, EnvironmentStatus, Health,
-    InstanceGroup, Revision, StartIntent,
+    ConfigPatch, Deployment, DeploymentMethod, DeploymentStatus, Doc, Environment, InstanceFailure,
+    StartIntent,
 };
-use blox_server::documents;
+use blox_model::{ClusterName, Task};
+use blox_server::environments::{self, Depth};
 use blox_server::{
-    IngestOptions, Ingestor, ReadinessState, ReconcileOptions, Reconciler, Scheduler, SchedulerOptions,
+    IngestOptions, Ingestor, ReadinessState, ReconcileOptions, Reconciler, Scheduler, SchedulerOptions, View,
+    documents,
 };
-use blox_sim::{Family, NewInstance, Rate, Simulator, ThrottleConfig};
-use blox_store::{Expect, Key, MemStore, Store, StoreError, StoreOptions, Write};
+use blox_sim::{Family, NewInstance, Rate, SimContainer, Simulator, ThrottleConfig};
+use blox_store::{Expect, Key, Kind, MemStore, Store, StoreOptions, Write};
 use blox_testkit::wait_until;
 use common::{container, simulator};
 use tokio_util::sync::CancellationToken;
 
 const CLUSTER: &str = "prod";
 const ENV: &str = "web";
-const DEADLINE: Duration = Duration::from_secs(20);
+const GROUP: &str = "blox:web";
+const DEADLINE: Duration = Duration::from_secs(30);
 
 struct World {
     sim: Simulator,
     store: Arc<dyn Store>,
+    view: Arc<View>,
     shutdown: CancellationToken,
     cluster: ClusterName,
     cluster_arn: String,
@@ -39,6 +50,7 @@ struct World {
     /// Needs more memory than any instance has.
     big: String,
     instances: Vec<String>,
+    ids: AtomicUsize,
 }
 
 impl Drop for World {
@@ -48,10 +60,10 @@ impl Drop for World {
 }
 
 async fn world(instances: usize) -> World {
-    world_with(instances, ThrottleConfig::unlimited()).await
+    world_with(instances, ThrottleConfig::unlimited(), |_| {}).await
 }
 
-async fn world_with(instances: usize, throttle: ThrottleConfig) -> World {
+async fn world_with(instances: usize, throttle: ThrottleConfig, extra: impl FnOnce(&Simulator)) -> World {
     let sim = simulator(throttle);
     let (cluster_arn, td1, td2, big, arns) = sim.write(|ecs, now| {
         let cluster = ecs.create_cluster(CLUSTER).expect("cluster").cluster_arn;
@@ -77,6 +89,7 @@ async fn world_with(instances: usize, throttle: ThrottleConfig) -> World {
             .collect();
         (cluster, td1, td2, big, arns)
     });
+    extra(&sim);
     let store: Arc<dyn Store> = Arc::new(MemStore::new(StoreOptions::default()));
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -92,9 +105,13 @@ async fn world_with(instances: usize, throttle: ThrottleConfig) -> World {
         Arc::new(ReadinessState::default()),
     );
     reconciler.pass().await;
+    let view = View::spawn(store.clone(), blox_server::clock::wall(), shutdown.clone())
+        .await
+        .expect("view");
     World {
         sim,
         store,
+        view,
         shutdown,
         cluster: ClusterName::new(CLUSTER).expect("name"),
         cluster_arn,
@@ -102,121 +119,154 @@ async fn world_with(instances: usize, throttle: ThrottleConfig) -> World {
         td2,
         big,
         instances: arns,
+        ids: AtomicUsize::new(0),
     }
 }
 
 fn options() -> SchedulerOptions {
     SchedulerOptions {
         calls_per_second: 100.0,
+        verify_after: Duration::from_millis(300),
         ..SchedulerOptions::default()
     }
 }
 
-fn fast_backoff() -> DeploymentConfiguration {
-    DeploymentConfiguration {
-        start_backoff_initial_ms: 400,
-        start_backoff_max_ms: 1_600,
-        ..DeploymentConfiguration::default()
-    }
+/// Fast back-off, so that failures add up quickly.
+fn fast(config: &mut blox_model::daemon::DeploymentConfiguration) {
+    config.start_backoff_initial_ms = 200;
+    config.start_backoff_max_ms = 400;
 }
 
 impl World {
     fn engine(&self, options: SchedulerOptions) -> CancellationToken {
+        self.engine_with(options, Arc::new(self.sim.clone()))
+    }
+
+    fn engine_with(&self, options: SchedulerOptions, control: Arc<dyn EcsControl>) -> CancellationToken {
         let stop = self.shutdown.child_token();
-        tokio::spawn(self.scheduler_with(options).run(stop.clone()));
+        tokio::spawn(self.scheduler_with(options, control).run(stop.clone()));
         stop
     }
 
     fn scheduler(&self) -> Scheduler {
-        self.scheduler_with(options())
+        self.scheduler_with(options(), Arc::new(self.sim.clone()))
     }
 
-    fn scheduler_with(&self, options: SchedulerOptions) -> Scheduler {
+    fn scheduler_with(&self, options: SchedulerOptions, control: Arc<dyn EcsControl>) -> Scheduler {
         Scheduler::new(
             self.store.clone(),
             Arc::new(self.sim.clone()),
-            Arc::new(self.sim.clone()),
+            control,
+            self.view.clone(),
             options,
         )
     }
 
-    /// Writes revision `number` and deployment `id` of it, and makes the deployment active (what
-    /// the API will do).
-    async fn deploy(&self, number: u64, task_definition: &str, id: &str, config: DeploymentConfiguration) {
-        let revision = Revision {
-            environment: ENV.into(),
-            number,
-            token: format!("token-{number}"),
-            task_definition: task_definition.into(),
-            instance_group: InstanceGroup {
-                cluster_arn: self.cluster_arn.clone(),
-                attributes: vec![],
+    fn fresh_id(&self) -> String {
+        format!("d{}", self.ids.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Runs a command the way the API does: read, decide, write by compare-and-swap.
+    async fn command(
+        &self,
+        decide: impl FnMut(
+            Option<&environments::Stored>,
+        ) -> Result<lifecycle::Changes, blox_model::daemon::CommandError>,
+    ) {
+        let mut decide = decide;
+        environments::cas(self.store.as_ref(), ENV, Depth::Everything, |stored| {
+            Ok((decide(stored)?, ()))
+        })
+        .await
+        .expect("command");
+    }
+
+    /// Creates the environment on `task_definition`, with `tune` applied to its first revision.
+    async fn create(
+        &self,
+        task_definition: &str,
+        method: DeploymentMethod,
+        patch: ConfigPatch,
+        tune: impl Fn(&mut blox_model::daemon::DeploymentConfiguration),
+    ) {
+        let request = CreateEnvironment {
+            name: ENV.into(),
+            cluster: self.cluster.clone(),
+            cluster_arn: self.cluster_arn.clone(),
+            task_definition: TaskDefinitionRef {
+                arn: task_definition.into(),
+                health_checks: false,
             },
-            deployment: config,
-            created_at: 0,
+            attributes: vec![],
+            method: Some(method),
+            configuration: patch,
         };
-        let deployment = Deployment::new(id, ENV, number, task_definition, 0);
-        self.store
-            .apply(vec![
-                Write::Put {
-                    doc: documents::revision(self.cluster.clone(), &revision),
-                    expect: Expect::Absent,
-                },
-                Write::Put {
-                    doc: documents::deployment(self.cluster.clone(), &deployment),
-                    expect: Expect::Absent,
-                },
-            ])
-            .await
-            .expect("revision and deployment");
-        self.update_environment(|env| {
-            env.latest_revision = number;
-            env.active_deployment = Some(id.into());
+        self.command(|stored| {
+            let mut changes = lifecycle::create_environment(
+                stored.map(|s| s.environment()),
+                request.clone(),
+                self.fresh(""),
+            )?;
+            for doc in &mut changes.put {
+                if let Doc::Revision(r) = doc {
+                    tune(&mut r.deployment_configuration);
+                }
+            }
+            Ok(changes)
         })
         .await;
     }
 
-    /// Deploys revision 1, of `td1`, as deployment `d1` with the default configuration.
-    async fn deploy_first(&self) {
-        self.deploy(1, &self.td1, "d1", DeploymentConfiguration::default())
-            .await;
+    fn fresh<'a>(&self, id: &'a str) -> Fresh<'a> {
+        Fresh {
+            now_ms: self.sim.now_ms(),
+            deployment_id: id,
+            token: "00000000-0000-4000-8000-000000000000",
+        }
     }
 
-    async fn update_environment(&self, change: impl Fn(&mut Environment)) {
-        let key = Key::environment(self.cluster.clone(), ENV);
-        loop {
-            let (mut env, expect) = match self.store.get(&key).await.expect("get") {
-                Some(record) => (
-                    documents::parse::<Environment>(&record.doc).expect("environment"),
-                    Expect::Seq(record.seq),
-                ),
-                None => (
-                    Environment {
-                        name: ENV.into(),
-                        cluster: self.cluster.clone(),
-                        cluster_arn: self.cluster_arn.clone(),
-                        latest_revision: 0,
-                        active_deployment: None,
-                        status: EnvironmentStatus::Active,
-                        health: Health::Healthy,
-                        health_reason: None,
-                        created_at: 0,
-                        updated_at: 0,
-                    },
-                    Expect::Absent,
-                ),
-            };
-            change(&mut env);
-            let write = Write::Put {
-                doc: documents::environment(&env),
-                expect,
-            };
-            match self.store.apply(vec![write]).await {
-                Ok(_) => return,
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(err) => panic!("environment: {err}"),
-            }
-        }
+    /// A new revision on `task_definition` (same configuration).
+    async fn update(&self, task_definition: &str) {
+        let update = UpdateEnvironment {
+            task_definition: Some(TaskDefinitionRef {
+                arn: task_definition.into(),
+                health_checks: false,
+            }),
+            ..UpdateEnvironment::default()
+        };
+        self.command(|stored| {
+            lifecycle::update_environment(&stored.expect("env").snapshot, update.clone(), self.fresh(""))
+        })
+        .await;
+    }
+
+    /// Deploys revision `number`; returns the deployment's id.
+    async fn deploy(&self, number: u64) -> String {
+        let id = self.fresh_id();
+        self.command(|stored| {
+            lifecycle::deploy(
+                &stored.expect("env").snapshot,
+                DeployTarget::Revision {
+                    number,
+                    rollback: false,
+                },
+                self.fresh(&id),
+            )
+        })
+        .await;
+        id
+    }
+
+    /// Creates the environment on `td1` (default configuration) and deploys it.
+    async fn deploy_first(&self) -> String {
+        self.create(
+            &self.td1.clone(),
+            DeploymentMethod::TerminateThenReplace,
+            ConfigPatch::default(),
+            |_| {},
+        )
+        .await;
+        self.deploy(1).await
     }
 
     async fn environment(&self) -> Option<Environment> {
@@ -237,6 +287,15 @@ impl World {
         Some(documents::parse(&record.doc).expect("deployment"))
     }
 
+    async fn records<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> Vec<T> {
+        environments::list_all(self.store.as_ref(), kind, &blox_store::Filter::default())
+            .await
+            .expect("list")
+            .iter()
+            .map(|r| documents::parse(&r.doc).expect("record"))
+            .collect()
+    }
+
     async fn wait_status(&self, id: &str, status: DeploymentStatus) {
         wait_until(&format!("deployment {id} is {status:?}"), DEADLINE, || async {
             self.deployment(id).await.is_some_and(|d| d.status == status)
@@ -244,28 +303,9 @@ impl World {
         .await;
     }
 
-    /// Waits for deployment `id` to complete, asserting at every look that no instance runs two
-    /// of the environment's tasks.
-    async fn wait_completed_at_most_one_per_instance(&self, id: &str) {
-        wait_until(&format!("deployment {id} completes"), DEADLINE, || async {
-            self.assert_at_most_one_per_instance();
-            self.deployment(id)
-                .await
-                .is_some_and(|d| d.status == DeploymentStatus::Completed)
-        })
-        .await;
-    }
-
     /// The environment's tasks in ECS that are not STOPPED, by instance.
     fn live(&self) -> BTreeMap<String, Vec<Task>> {
-        let mut out: BTreeMap<String, Vec<Task>> = BTreeMap::new();
-        for task in self.sim.read(|ecs| ecs.live_tasks(CLUSTER)) {
-            if task.group.as_deref() == Some("blox:web") {
-                let instance = task.container_instance_arn.clone().unwrap_or_default();
-                out.entry(instance).or_default().push((*task).clone());
-            }
-        }
-        out
+        live(&self.sim)
     }
 
     /// Every instance has exactly one live task of the environment, RUNNING, of `td`.
@@ -296,7 +336,7 @@ impl World {
             ecs.listed().get(CLUSTER).map_or(0, |l| {
                 l.tasks
                     .iter()
-                    .filter(|t| t.group.as_deref() == Some("blox:web"))
+                    .filter(|t| t.group.as_deref() == Some(GROUP))
                     .count()
             })
         })
@@ -305,32 +345,89 @@ impl World {
     fn start_calls(&self) -> u64 {
         self.sim.read(|ecs| ecs.call_counts(Family::Launch).0)
     }
+
+    /// Watches the fleet until dropped: the fewest instances seen with a RUNNING daemon (not asked
+    /// to stop), and the most instances seen with two live tasks of the environment.
+    fn watch(&self) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new((usize::MAX, 0usize)));
+        let (sim, flag, record) = (self.sim.clone(), stop.clone(), seen.clone());
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let live = live(&sim);
+                let covered = live
+                    .values()
+                    .filter(|tasks| {
+                        tasks
+                            .iter()
+                            .any(|t| t.last_status == "RUNNING" && t.desired_status == "RUNNING")
+                    })
+                    .count();
+                let doubled = live.values().filter(|tasks| tasks.len() > 1).count();
+                let mut seen = record.lock().unwrap();
+                seen.0 = seen.0.min(covered);
+                seen.1 = seen.1.max(doubled);
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Watch { stop, seen }
+    }
+}
+
+struct Watch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<(usize, usize)>>,
+}
+
+impl Watch {
+    /// (fewest instances covered, most instances with two tasks) so far.
+    fn seen(&self) -> (usize, usize) {
+        *self.seen.lock().unwrap()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn live(sim: &Simulator) -> BTreeMap<String, Vec<Task>> {
+    let mut out: BTreeMap<String, Vec<Task>> = BTreeMap::new();
+    for task in sim.read(|ecs| ecs.live_tasks(CLUSTER)) {
+        if task.group.as_deref() == Some(GROUP) {
+            let instance = task.container_instance_arn.clone().unwrap_or_default();
+            out.entry(instance).or_default().push((*task).clone());
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_starts_one_task_per_instance_and_completes() {
     let world = world(3).await;
     let _engine = world.engine(options());
-    world.deploy_first().await;
-    world.wait_status("d1", DeploymentStatus::Completed).await;
+    let id = world.deploy_first().await;
+    world.wait_status(&id, DeploymentStatus::Completed).await;
     assert!(world.converged(&world.instances, &world.td1));
     for tasks in world.live().values() {
-        assert_eq!(tasks[0].started_by.as_deref(), Some("d1"));
-        assert_eq!(tasks[0].group.as_deref(), Some("blox:web"));
+        assert_eq!(tasks[0].started_by.as_deref(), Some(id.as_str()));
+        assert_eq!(tasks[0].group.as_deref(), Some(GROUP));
     }
-    let deployment = world.deployment("d1").await.expect("deployment");
+    let deployment = world.deployment(&id).await.expect("deployment");
+    assert_eq!((deployment.counts.desired, deployment.counts.healthy), (3, 3));
+    let statuses: Vec<DeploymentStatus> = deployment.history.iter().map(|t| t.status).collect();
     assert_eq!(
-        deployment.counts,
-        Counts {
-            desired: 3,
-            running: 3,
-            pending: 0,
-            failed: 0
-        }
+        statuses,
+        [
+            DeploymentStatus::Pending,
+            DeploymentStatus::Running,
+            DeploymentStatus::Completed
+        ]
     );
-    assert!(deployment.intents.is_empty(), "{:?}", deployment.intents);
+    assert!(world.records::<StartIntent>(Kind::Intent).await.is_empty());
     assert!(deployment.started_at.is_some() && deployment.ended_at.is_some());
-    assert_eq!(world.environment().await.expect("env").health, Health::Healthy);
     // Exactly one StartTask per instance was ever needed (three instances fit in one call).
     assert_eq!(world.start_calls(), 1);
 
@@ -360,8 +457,8 @@ async fn a_deployment_starts_one_task_per_instance_and_completes() {
 async fn a_crashed_task_is_restarted() {
     let world = world(2).await;
     let _engine = world.engine(options());
-    world.deploy_first().await;
-    world.wait_status("d1", DeploymentStatus::Completed).await;
+    let id = world.deploy_first().await;
+    world.wait_status(&id, DeploymentStatus::Completed).await;
     let victim = world.live()[&world.instances[0]][0].task_arn.clone();
     world
         .sim
@@ -376,176 +473,219 @@ async fn a_crashed_task_is_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_instance_keeps_its_daemon_and_gets_no_new_one() {
-    let world = world(2).await;
-    let engine = world.engine(options());
-    world.deploy_first().await;
-    world.wait_status("d1", DeploymentStatus::Completed).await;
-    engine.cancel();
-    let drained = world.instances[0].clone();
-    world
-        .sim
-        .write(|ecs, now| {
-            ecs.update_container_instances_state(CLUSTER, std::slice::from_ref(&drained), "DRAINING", now)
-        })
-        .expect("drain");
-    wait_until("the store sees the instance draining", DEADLINE, || async {
-        let record = world
-            .store
-            .get(&Key::instance(world.cluster.clone(), drained.clone()))
-            .await
-            .expect("get");
-        record.is_some_and(|r| r.doc.status == "DRAINING")
-    })
-    .await;
-    let scheduler = world.scheduler();
-    let report = scheduler.pass().await;
-    assert_eq!(
-        (report.started, report.stopped, report.errors),
-        (0, 0, 0),
-        "{report:?}"
-    );
-    let kept = world.live()[&drained][0].task_arn.clone();
-    let deployment = world.deployment("d1").await.expect("deployment");
-    assert_eq!(deployment.counts.desired, 1, "{:?}", deployment.counts);
-
-    // Its daemon crashes: nothing new is started there.
-    world
-        .sim
-        .write(|ecs, now| ecs.crash_task(CLUSTER, &kept, 1, now))
-        .expect("crash");
-    wait_until("the store sees the daemon stopped", DEADLINE, || async {
-        let record = world
-            .store
-            .get(&Key::task(world.cluster.clone(), kept.clone()))
-            .await
-            .expect("get");
-        record.is_some_and(|r| r.doc.status == "STOPPED")
-    })
-    .await;
-    let report = scheduler.pass().await;
-    assert_eq!((report.started, report.errors), (0, 0), "{report:?}");
-    assert!(!world.live().contains_key(&drained));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_deployment_replaces_the_tasks_one_per_instance() {
-    let world = world(3).await;
+async fn a_rolling_update_keeps_the_floor_one_instance_at_a_time() {
+    let world = world(10).await;
     let _engine = world.engine(options());
-    world.deploy_first().await;
-    world.wait_status("d1", DeploymentStatus::Completed).await;
-    world
-        .deploy(2, &world.td2, "d2", DeploymentConfiguration::default())
-        .await;
-    world.wait_completed_at_most_one_per_instance("d2").await;
+    let first = world.deploy_first().await;
+    world.wait_status(&first, DeploymentStatus::Completed).await;
+    let watch = world.watch();
+    world.update(&world.td2.clone()).await;
+    let second = world.deploy(2).await;
+    world.wait_status(&second, DeploymentStatus::Completed).await;
     assert!(world.converged(&world.instances, &world.td2));
-    for tasks in world.live().values() {
-        assert_eq!(tasks[0].started_by.as_deref(), Some("d2"));
-    }
-    // d1 had completed: it is left so.
+    let (covered, doubled) = watch.seen();
+    // 90% of 10: at most one instance without its daemon at any moment, never two tasks on one.
+    assert!(
+        covered >= 9,
+        "only {covered} of 10 instances had a daemon at one point"
+    );
+    assert_eq!(doubled, 0);
     assert_eq!(
-        world.deployment("d1").await.expect("d1").status,
+        world.deployment(&first).await.unwrap().status,
         DeploymentStatus::Completed
     );
+    for tasks in world.live().values() {
+        assert_eq!(tasks[0].started_by.as_deref(), Some(second.as_str()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_superseded_running_deployment_is_stopped() {
-    let world = world(2).await;
-    world.deploy(1, &world.big, "d1", fast_backoff()).await;
-    let scheduler = world.scheduler();
-    scheduler.pass().await;
-    assert_eq!(
-        world.deployment("d1").await.expect("d1").status,
-        DeploymentStatus::Running
-    );
-    world
-        .deploy(2, &world.td1, "d2", DeploymentConfiguration::default())
-        .await;
+async fn replace_then_terminate_never_leaves_an_instance_without_its_daemon() {
+    let world = world(10).await;
     let _engine = world.engine(options());
-    world.wait_status("d2", DeploymentStatus::Completed).await;
-    let d1 = world.deployment("d1").await.expect("d1");
-    assert_eq!(d1.status, DeploymentStatus::Stopped);
-    assert!(d1.ended_at.is_some());
-    assert_eq!(world.environment().await.expect("env").health, Health::Healthy);
+    world
+        .create(
+            &world.td1.clone(),
+            DeploymentMethod::ReplaceThenTerminate,
+            ConfigPatch {
+                max_over_percent: Some(20),
+                ..ConfigPatch::default()
+            },
+            |_| {},
+        )
+        .await;
+    let first = world.deploy(1).await;
+    world.wait_status(&first, DeploymentStatus::Completed).await;
+    let watch = world.watch();
+    world.update(&world.td2.clone()).await;
+    let second = world.deploy(2).await;
+    world.wait_status(&second, DeploymentStatus::Completed).await;
+    assert!(world.converged(&world.instances, &world.td2));
+    let (covered, doubled) = watch.seen();
+    assert_eq!(covered, 10, "an instance lost its daemon");
+    assert!(doubled <= 2, "{doubled} instances carried two tasks (surge 2)");
+    assert!(doubled >= 1, "the watch saw no surge at all");
+}
+
+/// The scenario: 12 instances run `daemon:1`; the update is to a task definition whose host
+/// port is taken on 9 of them. The deployment fails after three refused starts, and is rolled back;
+/// never more than one instance lacks its daemon.
+async fn port_taken_scenario(method: DeploymentMethod) -> (World, usize) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("blox_server=debug")
+        .with_test_writer()
+        .try_init();
+    let world = world_with(12, ThrottleConfig::unlimited(), |_| {}).await;
+    let web = world.sim.write(|ecs, _| {
+        ecs.register_task_definition(
+            "web",
+            None,
+            None,
+            vec![SimContainer {
+                host_ports: vec![80],
+                ..container(128).remove(0)
+            }],
+        )
+        .expect("td")
+        .arn
+    });
+    // Something else holds port 80 on 9 of the 12 instances.
+    let squatter = web.clone();
+    let taken: Vec<String> = world.instances[3..].to_vec();
+    let started = world
+        .sim
+        .start_task(&StartTask {
+            cluster: CLUSTER.into(),
+            task_definition: squatter,
+            container_instances: taken[..9.min(taken.len())].iter().take(10).cloned().collect(),
+            started_by: Some("someone-else".into()),
+            group: Some("service:web".into()),
+        })
+        .await
+        .expect("squatters");
+    assert_eq!(started.tasks.len(), 9);
+
+    let _engine = world.engine(options());
+    world
+        .create(&world.td1.clone(), method, ConfigPatch::default(), fast)
+        .await;
+    let first = world.deploy(1).await;
+    world.wait_status(&first, DeploymentStatus::Completed).await;
+    let watch = world.watch();
+    world.update(&web).await;
+    let second = world.deploy(2).await;
+    world.wait_status(&second, DeploymentStatus::Failed).await;
+    let failed = world.deployment(&second).await.unwrap();
+    let rollback = failed.rolled_back_by.clone().expect("an automatic rollback");
+    assert!(
+        failed.reason().unwrap().contains("RESOURCE:PORTS"),
+        "{:?}",
+        failed.history
+    );
+    world.wait_status(&rollback, DeploymentStatus::Completed).await;
+    let rolled = world.deployment(&rollback).await.unwrap();
+    assert!(rolled.rollback);
+    assert_eq!(rolled.revision, 1);
+    assert_eq!(rolled.rollback_of.as_deref(), Some(second.as_str()));
+    assert!(world.converged(&world.instances, &world.td1));
+    let failures: Vec<InstanceFailure> = world.records(Kind::Failure).await;
+    assert!(
+        failures.iter().all(|f| f.reason == "RESOURCE:PORTS"),
+        "{failures:?}"
+    );
+    assert!(failures.iter().map(|f| f.attempts).sum::<u64>() >= 3);
+    let (covered, _) = watch.seen();
+    (world, covered)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_starts_back_off_instead_of_retrying_every_pass() {
+async fn a_failing_update_fails_and_rolls_back_above_the_floor() {
+    let (_world, covered) = port_taken_scenario(DeploymentMethod::TerminateThenReplace).await;
+    assert!(
+        covered >= 11,
+        "only {covered} of 12 instances had a daemon at one point"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_surge_update_keeps_every_daemon() {
+    let (_world, covered) = port_taken_scenario(DeploymentMethod::ReplaceThenTerminate).await;
+    assert_eq!(covered, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_starts_back_off_and_fail_the_deployment() {
     let world = world(2).await;
     let _engine = world.engine(SchedulerOptions {
         // Frequent passes: a retry on every pass would show.
         interval: Duration::from_millis(50),
         ..options()
     });
-    world.deploy(1, &world.big, "d1", fast_backoff()).await;
-    wait_until("both instances failed three times", DEADLINE, || async {
-        world.deployment("d1").await.is_some_and(|d| {
-            d.failed_instances.len() == 2 && d.failed_instances.iter().all(|f| f.attempts >= 3)
-        })
-    })
-    .await;
-    let deployment = world.deployment("d1").await.expect("d1");
-    for failed in &deployment.failed_instances {
-        assert_eq!(failed.reason, "RESOURCE:MEMORY");
-        assert!(world.instances.contains(&failed.arn));
+    world
+        .create(
+            &world.big.clone(),
+            DeploymentMethod::TerminateThenReplace,
+            ConfigPatch {
+                failure_threshold: Some(6),
+                auto_rollback: Some(false),
+                ..ConfigPatch::default()
+            },
+            fast,
+        )
+        .await;
+    let id = world.deploy(1).await;
+    world.wait_status(&id, DeploymentStatus::Failed).await;
+    let failures: Vec<InstanceFailure> = world.records(Kind::Failure).await;
+    assert_eq!(failures.len(), 2);
+    for failure in &failures {
+        assert_eq!(failure.reason, "RESOURCE:MEMORY");
+        assert!(world.instances.contains(&failure.instance_arn));
     }
-    assert_eq!(deployment.counts.failed, 2, "{:?}", deployment.counts);
-    assert_eq!(deployment.status, DeploymentStatus::Running);
-    assert!(deployment.intents.is_empty());
-    // One call per attempt (both instances in one call); a few more at most if a retry fell due
-    // while this was checked.
-    let calls = world.start_calls();
-    let attempts = deployment
-        .failed_instances
-        .iter()
-        .map(|f| u64::from(f.attempts))
-        .max()
-        .unwrap_or(0);
-    assert!(
-        calls <= attempts + 1,
-        "{calls} StartTask calls for {attempts} attempts"
-    );
-    let env = world.environment().await.expect("env");
-    assert_eq!(env.health, Health::Unhealthy);
-    assert!(
-        env.health_reason
-            .as_deref()
-            .is_some_and(|r| r.contains("RESOURCE:MEMORY")),
-        "{:?}",
-        env.health_reason
-    );
+    let attempts: u64 = failures.iter().map(|f| f.attempts).sum();
+    assert_eq!(attempts, 6, "the threshold");
+    // One call per attempt of both instances, never a retry before its back-off.
+    assert_eq!(world.start_calls(), 3);
+    let deployment = world.deployment(&id).await.unwrap();
+    assert!(deployment.rolled_back_by.is_none(), "autoRollback is off");
+    // A failed deployment is not acted on any more.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(world.start_calls(), 3);
+    assert!(world.records::<StartIntent>(Kind::Intent).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_engine_does_not_start_what_recorded_intents_may_have_started() {
+async fn intents_left_by_a_dead_engine_are_verified_at_once() {
     let world = world(3).await;
-    world.deploy_first().await;
-    // What an engine leaves when it dies between recording its intents and writing ECS's answer:
-    // the intents without task ARNs, and tasks ECS started that the store has not heard of (the
-    // simulator is quiet: no events for them).
-    let key = Key::deployment(world.cluster.clone(), "d1");
-    let record = world.store.get(&key).await.expect("get").expect("d1");
-    let mut deployment: Deployment = documents::parse(&record.doc).expect("d1");
+    world
+        .create(
+            &world.td1.clone(),
+            DeploymentMethod::TerminateThenReplace,
+            ConfigPatch::default(),
+            |_| {},
+        )
+        .await;
+    let id = world.deploy(1).await;
+    // What an engine leaves when it dies after recording its intents and calling StartTask but
+    // before writing ECS's answer: the intents, and tasks ECS started that the store has not heard
+    // of (the simulator is quiet: no events for them).
     let now = world.sim.now_ms();
-    deployment.intents = world
+    let writes = world
         .instances
         .iter()
-        .map(|arn| StartIntent {
-            instance_arn: arn.clone(),
-            deployment_id: "d1".into(),
-            recorded_at_ms: now,
-            task_arn: None,
+        .map(|arn| Write::Put {
+            doc: documents::scheduler_doc(
+                &world.cluster,
+                &Doc::Intent(StartIntent {
+                    environment: ENV.into(),
+                    deployment_id: id.clone(),
+                    instance_arn: arn.clone(),
+                    recorded_at_ms: now,
+                }),
+            ),
+            expect: Expect::Absent,
         })
         .collect();
-    world
-        .store
-        .apply(vec![Write::Put {
-            doc: documents::deployment(world.cluster.clone(), &deployment),
-            expect: Expect::Seq(record.seq),
-        }])
-        .await
-        .expect("intents");
+    world.store.apply(writes).await.expect("intents");
     world.sim.write(|ecs, _| ecs.set_quiet(true));
     let started = world
         .sim
@@ -553,22 +693,25 @@ async fn a_restarted_engine_does_not_start_what_recorded_intents_may_have_starte
             cluster: CLUSTER.into(),
             task_definition: world.td1.clone(),
             container_instances: world.instances.clone(),
-            started_by: Some("d1".into()),
-            group: Some("blox:web".into()),
+            started_by: Some(id.clone()),
+            group: Some(GROUP.into()),
         })
         .await
         .expect("start");
     assert_eq!(started.tasks.len(), 3);
 
-    let _engine = world.engine(SchedulerOptions {
-        intent_ttl_ms: 1_000,
-        ..options()
-    });
+    let began = std::time::Instant::now();
+    let _engine = world.engine(options());
     // Only verification can tell the engine about these tasks: it writes what ECS describes.
     wait_until("the engine verified the instances", DEADLINE, || async {
-        world.deployment("d1").await.is_some_and(|d| d.intents.is_empty())
+        world.records::<StartIntent>(Kind::Intent).await.is_empty()
     })
     .await;
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "verified after {:?}",
+        began.elapsed()
+    );
     for task in &started.tasks {
         let key = Key::task(world.cluster.clone(), task.task_arn.clone());
         assert!(
@@ -578,10 +721,65 @@ async fn a_restarted_engine_does_not_start_what_recorded_intents_may_have_starte
         );
     }
     world.sim.write(|ecs, _| ecs.set_quiet(false));
-    world.wait_status("d1", DeploymentStatus::Completed).await;
+    world.wait_status(&id, DeploymentStatus::Completed).await;
     assert!(world.converged(&world.instances, &world.td1));
     assert_eq!(world.start_calls(), 1, "only the test's own StartTask");
     assert_eq!(world.ever_started(), 3);
+}
+
+/// ECS control whose StartTask answers are lost: the call reaches ECS, the caller gets an error.
+struct LosingAnswers {
+    sim: Simulator,
+    lose: AtomicUsize,
+}
+
+#[async_trait]
+impl EcsControl for LosingAnswers {
+    async fn describe_clusters(
+        &self,
+        clusters: &[String],
+    ) -> Result<(Vec<ClusterDescription>, Vec<Failure>), EcsError> {
+        self.sim.describe_clusters(clusters).await
+    }
+    async fn describe_task_definition(
+        &self,
+        task_definition: &str,
+    ) -> Result<TaskDefinitionDescription, EcsError> {
+        self.sim.describe_task_definition(task_definition).await
+    }
+    async fn start_task(&self, request: &StartTask) -> Result<Started, EcsError> {
+        let started = self.sim.start_task(request).await?;
+        if self
+            .lose
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(EcsError {
+                operation: "StartTask",
+                cluster: Some(request.cluster.clone()),
+                kind: EcsErrorKind::Other("connection reset".into()),
+            });
+        }
+        Ok(started)
+    }
+    async fn stop_task(&self, cluster: &str, task: &str, reason: &str) -> Result<Task, EcsError> {
+        self.sim.stop_task(cluster, task, reason).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_answer_is_lost_is_verified_not_repeated() {
+    let world = world(4).await;
+    let control = Arc::new(LosingAnswers {
+        sim: world.sim.clone(),
+        lose: AtomicUsize::new(1),
+    });
+    let _engine = world.engine_with(options(), control);
+    let id = world.deploy_first().await;
+    world.wait_status(&id, DeploymentStatus::Completed).await;
+    assert!(world.converged(&world.instances, &world.td1));
+    assert_eq!(world.ever_started(), 4, "nothing started twice");
+    assert_eq!(world.start_calls(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,47 +788,128 @@ async fn an_engine_restarted_mid_deployment_starts_no_duplicates() {
     // Three StartTask calls half a second apart.
     let slow = SchedulerOptions {
         calls_per_second: 2.0,
-        intent_ttl_ms: 1_000,
-        ..SchedulerOptions::default()
+        ..options()
     };
     let first = world.engine(slow.clone());
-    world.deploy_first().await;
+    let id = world.deploy_first().await;
     wait_until("the first batch is started", DEADLINE, || async {
         !world.live().is_empty()
     })
     .await;
     first.cancel();
     let _second = world.engine(slow);
-    world.wait_completed_at_most_one_per_instance("d1").await;
+    wait_until(&format!("deployment {id} completes"), DEADLINE, || async {
+        world.assert_at_most_one_per_instance();
+        world
+            .deployment(&id)
+            .await
+            .is_some_and(|d| d.status == DeploymentStatus::Completed)
+    })
+    .await;
     assert!(world.converged(&world.instances, &world.td1));
     assert_eq!(world.ever_started(), 25);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_with_terminate_tasks_stops_them_and_removes_the_documents() {
+async fn stop_freeze_and_thaw() {
+    let world = world(4).await;
+    let _engine = world.engine(options());
+    let first = world.deploy_first().await;
+    world.wait_status(&first, DeploymentStatus::Completed).await;
+
+    // Frozen: a deployment is taken but nothing moves.
+    let now = world.sim.now_ms();
+    world
+        .command(|stored| lifecycle::freeze(&stored.unwrap().snapshot, true, now))
+        .await;
+    world.update(&world.td2.clone()).await;
+    let second = world.deploy(2).await;
+    let calls = world.start_calls();
+    let victim = world.live()[&world.instances[0]][0].task_arn.clone();
+    world
+        .sim
+        .write(|ecs, now| ecs.crash_task(CLUSTER, &victim, 1, now))
+        .expect("crash");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        world.start_calls(),
+        calls,
+        "a frozen environment starts nothing, not even a restart"
+    );
+    assert!(world.converged(&world.instances[1..], &world.td1));
+    assert_eq!(
+        world.deployment(&second).await.unwrap().status,
+        DeploymentStatus::Pending
+    );
+
+    // Thawed: it rolls on; stopped midway, it halts.
+    let now = world.sim.now_ms();
+    world
+        .command(|stored| lifecycle::freeze(&stored.unwrap().snapshot, false, now))
+        .await;
+    wait_until("the rollout begins", DEADLINE, || async {
+        world
+            .live()
+            .values()
+            .flatten()
+            .any(|t| t.task_definition_arn == world.td2)
+    })
+    .await;
+    let now = world.sim.now_ms();
+    world
+        .command(|stored| lifecycle::stop(&stored.unwrap().snapshot, &second, now))
+        .await;
+    let stopped = world.deployment(&second).await.unwrap();
+    assert_eq!(stopped.status, DeploymentStatus::Stopped);
+    let calls = world.start_calls();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(world.start_calls(), calls, "a stopped deployment starts nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_with_terminate_tasks_stops_them_and_removes_everything() {
     let world = world(2).await;
     let _engine = world.engine(options());
-    world.deploy_first().await;
-    world.wait_status("d1", DeploymentStatus::Completed).await;
+    let id = world.deploy_first().await;
+    world.wait_status(&id, DeploymentStatus::Completed).await;
+    let now = world.sim.now_ms();
     world
-        .update_environment(|env| {
-            env.status = EnvironmentStatus::Deleting {
-                terminate_tasks: true,
-            }
-        })
+        .command(|stored| lifecycle::delete(&stored.unwrap().snapshot, true, now))
         .await;
     wait_until("the environment is removed", DEADLINE, || async {
         world.environment().await.is_none()
     })
     .await;
     assert!(world.live().is_empty(), "{:?}", world.live());
-    assert!(world.deployment("d1").await.is_none());
-    let revision = world
-        .store
-        .get(&Key::revision(world.cluster.clone(), ENV, 1))
-        .await
-        .expect("get");
-    assert!(revision.is_none());
+    assert!(world.deployment(&id).await.is_none());
+    for kind in [Kind::Revision, Kind::Deployment, Kind::Intent, Kind::Failure] {
+        assert_eq!(world.store.count(kind).await.unwrap(), 0, "{kind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_mid_rollout_finishes() {
+    let world = world(25).await;
+    let _engine = world.engine(SchedulerOptions {
+        calls_per_second: 4.0,
+        ..options()
+    });
+    let id = world.deploy_first().await;
+    wait_until("the rollout began", DEADLINE, || async {
+        !world.live().is_empty()
+    })
+    .await;
+    let now = world.sim.now_ms();
+    world
+        .command(|stored| lifecycle::delete(&stored.unwrap().snapshot, true, now))
+        .await;
+    wait_until("the environment is removed", DEADLINE, || async {
+        world.environment().await.is_none()
+    })
+    .await;
+    assert!(world.live().is_empty());
+    assert!(world.deployment(&id).await.is_none());
+    assert_eq!(world.store.count(Kind::Intent).await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,37 +917,46 @@ async fn a_throttled_start_task_still_converges_without_duplicates() {
     let mut throttle = ThrottleConfig::default();
     // One StartTask every half second, no burst: an engine asking faster is throttled.
     throttle.set(Family::Launch, Some(Rate::new(1, 2.0)));
-    let world = world_with(25, throttle).await;
+    let world = world_with(25, throttle, |_| {}).await;
     let _engine = world.engine(SchedulerOptions {
         calls_per_second: 1_000.0,
         ..options()
     });
-    world.deploy_first().await;
-    world.wait_completed_at_most_one_per_instance("d1").await;
+    let id = world.deploy_first().await;
+    wait_until(&format!("deployment {id} completes"), DEADLINE, || async {
+        world.assert_at_most_one_per_instance();
+        world
+            .deployment(&id)
+            .await
+            .is_some_and(|d| d.status == DeploymentStatus::Completed)
+    })
+    .await;
     assert!(world.converged(&world.instances, &world.td1));
     assert_eq!(world.ever_started(), 25);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_runs_the_scheduler_when_given_ecs_control() {
-    let world = world(2).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let services = blox_server::Services {
-        store: world.store.clone(),
-        ecs: Some(Arc::new(world.sim.clone())),
-        // The world's ingestor already consumes the simulator's events.
-        events: None,
-        control: Some(Arc::new(world.sim.clone())),
-    };
-    let server = tokio::spawn(blox_server::serve(
-        listener,
-        services,
-        blox_server::ServerOptions::default(),
-        world.shutdown.child_token(),
-    ));
-    world.deploy_first().await;
-    world.wait_status("d1", DeploymentStatus::Completed).await;
-    assert!(world.converged(&world.instances, &world.td1));
-    world.shutdown.cancel();
-    server.await.expect("join").expect("serve");
+async fn a_pass_is_not_woken_by_its_own_writes() {
+    let world = world(3).await;
+    let id = world.deploy_first().await;
+    assert!(
+        world
+            .view
+            .caught_up(world.store.log_bounds().await.unwrap().head, DEADLINE)
+            .await
+    );
+    let scheduler = world.scheduler();
+    let report = scheduler.pass().await;
+    assert_eq!(report.started, 3, "{report:?}");
+    // The deployment's own writes (intents, tasks, transition) are in the view...
+    assert!(
+        world
+            .view
+            .caught_up(world.store.log_bounds().await.unwrap().head, DEADLINE)
+            .await
+    );
+    // ...and a second pass finds nothing to start.
+    let report = scheduler.pass().await;
+    assert_eq!((report.started, report.errors), (0, 0), "{report:?}");
+    let _ = world.deployment(&id).await;
 }

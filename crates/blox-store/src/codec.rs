@@ -45,6 +45,8 @@ pub(crate) fn kind_byte(kind: Kind) -> u8 {
         Kind::Environment => 3,
         Kind::Revision => 4,
         Kind::Deployment => 5,
+        Kind::Intent => 6,
+        Kind::Failure => 7,
     }
 }
 
@@ -55,6 +57,8 @@ fn kind_of(byte: u8, what: &'static str) -> Result<Kind, StoreError> {
         3 => Ok(Kind::Environment),
         4 => Ok(Kind::Revision),
         5 => Ok(Kind::Deployment),
+        6 => Ok(Kind::Intent),
+        7 => Ok(Kind::Failure),
         _ => Err(StoreError::Corrupt { what }),
     }
 }
@@ -733,7 +737,7 @@ mod tests {
             b"\x01\x02svc\0prod\0t"
         );
         let bytes: Vec<u8> = Kind::ALL.iter().map(|&kind| kind_byte(kind)).collect();
-        assert_eq!(bytes, [1, 2, 3, 4, 5]);
+        assert_eq!(bytes, [1, 2, 3, 4, 5, 6, 7]);
         for kind in Kind::ALL {
             let mut doc = doc();
             doc.key.kind = kind;

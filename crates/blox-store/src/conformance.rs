@@ -1987,8 +1987,12 @@ pub async fn wrong_write_refused<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
     let d = deployment("c", "d", "web", "PENDING");
     let t = task("c", "t", 1, "RUNNING");
     let i = doc(Kind::Instance, "c", "i", 1, "ACTIVE", None, "i");
-    let refused: [(Write, &str, Kind); 9] = [
+    let intent = doc(Kind::Intent, "c", "d/i", 0, "PENDING", Some("d"), "{}");
+    let failure = doc(Kind::Failure, "c", "d/i", 0, "FAILED", Some("d"), "{}");
+    let refused: [(Write, &str, Kind); 11] = [
         (up(&d), "Upsert", Kind::Deployment),
+        (up(&intent), "Upsert", Kind::Intent),
+        (Write::Observe(failure.clone()), "Observe", Kind::Failure),
         (up(&e), "Upsert", Kind::Environment),
         (Write::Observe(r.clone()), "Observe", Kind::Revision),
         (
@@ -2065,7 +2069,10 @@ pub async fn wrong_write_refused<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
             []
         );
         for kind in Kind::ALL {
-            let want = u64::from(kind != Kind::Revision);
+            let want = u64::from(matches!(
+                kind,
+                Kind::Task | Kind::Instance | Kind::Environment | Kind::Deployment
+            ));
             assert_eq!(store.count(kind).await.unwrap(), want, "{write:?} {kind}");
         }
     }

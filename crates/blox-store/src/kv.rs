@@ -49,6 +49,8 @@ const META_KEYS: [&[u8]; 4 + KINDS] = [
     b"count.environment",
     b"count.revision",
     b"count.deployment",
+    b"count.intent",
+    b"count.failure",
 ];
 
 fn count_slot(kind: Kind) -> usize {
@@ -58,6 +60,8 @@ fn count_slot(kind: Kind) -> usize {
         Kind::Environment => 2,
         Kind::Revision => 3,
         Kind::Deployment => 4,
+        Kind::Intent => 5,
+        Kind::Failure => 6,
     }
 }
 

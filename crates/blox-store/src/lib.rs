@@ -49,15 +49,22 @@ pub enum Kind {
     Revision,
     /// A deployment of an environment revision. Id: the deployment id.
     Deployment,
+    /// A start intent of a deployment on an instance. Id: `"{deployment}/{instance ARN}"`
+    /// ([`Key::intent`]).
+    Intent,
+    /// Failed start attempts of a deployment on an instance. Id: as [`Kind::Intent`]'s.
+    Failure,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Task,
         Kind::Instance,
         Kind::Environment,
         Kind::Revision,
         Kind::Deployment,
+        Kind::Intent,
+        Kind::Failure,
     ];
 
     /// Whether this kind mirrors ECS (written with `Upsert`, `Observe`, `Delete`) rather than being a
@@ -65,7 +72,7 @@ impl Kind {
     pub fn is_ecs(self) -> bool {
         match self {
             Kind::Task | Kind::Instance => true,
-            Kind::Environment | Kind::Revision | Kind::Deployment => false,
+            Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => false,
         }
     }
 
@@ -77,6 +84,8 @@ impl Kind {
             Kind::Environment => "environment",
             Kind::Revision => "revision",
             Kind::Deployment => "deployment",
+            Kind::Intent => "intent",
+            Kind::Failure => "failure",
         }
     }
 }
@@ -137,6 +146,24 @@ impl Key {
             id: id.into(),
         }
     }
+
+    /// A deployment's start intent on an instance.
+    pub fn intent(cluster: ClusterName, deployment: &str, instance_arn: &str) -> Key {
+        Key {
+            kind: Kind::Intent,
+            cluster,
+            id: blox_model::daemon::instance_record_id(deployment, instance_arn),
+        }
+    }
+
+    /// A deployment's failed start attempts on an instance.
+    pub fn failure(cluster: ClusterName, deployment: &str, instance_arn: &str) -> Key {
+        Key {
+            kind: Kind::Failure,
+            cluster,
+            id: blox_model::daemon::instance_record_id(deployment, instance_arn),
+        }
+    }
 }
 
 impl fmt::Display for Key {
@@ -157,7 +184,8 @@ pub struct Document {
     /// environment or deployment. Indexed.
     pub status: String,
     /// `startedBy` of a task; for a deployment (or a revision), the name of its environment, so that
-    /// an environment's deployments are listed by index. Indexed.
+    /// an environment's deployments are listed by index; for an intent or a failure record, its
+    /// deployment's id. Indexed.
     pub started_by: Option<String>,
     pub body: Vec<u8>,
 }

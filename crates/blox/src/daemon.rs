@@ -182,10 +182,15 @@ pub async fn env(command: EnvCommand) -> Result<()> {
         } => {
             let request = CreateEnvironmentRequest {
                 name,
-                instance_group: InstanceGroupBody { cluster },
+                instance_group: InstanceGroupBody {
+                    cluster,
+                    attributes: Vec::new(),
+                },
                 task_definition,
+                deployment_method: None,
                 deployment_configuration: stop_on_drain.then_some(DeploymentConfigurationBody {
                     stop_on_drain: Some(true),
+                    ..DeploymentConfigurationBody::default()
                 }),
             };
             let created = Client::new(&endpoint.endpoint)
@@ -214,7 +219,13 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             endpoint,
         } => {
             let updated = Client::new(&endpoint.endpoint)
-                .update_environment(&name, &UpdateEnvironmentRequest { task_definition })
+                .update_environment(
+                    &name,
+                    &UpdateEnvironmentRequest {
+                        task_definition: Some(task_definition),
+                        ..UpdateEnvironmentRequest::default()
+                    },
+                )
                 .await?;
             show_env(&updated, endpoint.json)
         }

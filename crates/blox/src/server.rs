@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use blox_aws::{EcsControl, EcsReader, EventSource, SdkEcs, SqsOptions, SqsSource};
 use blox_model::ClusterName;
-use blox_server::{IngestOptions, ReconcileOptions, SchedulerOptions, ServerOptions, Services};
+use blox_server::{IngestOptions, ReconcileOptions, SchedulerOptions, ServerOptions, Services, V03Errors};
 use blox_store::{MemStore, RedbStore, Store, StoreOptions};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -52,8 +52,20 @@ pub struct ServerArgs {
     /// which also delivers its events; see the --sim-* flags).
     #[arg(long, env = "BLOX_ECS", default_value = "aws")]
     ecs: String,
+    /// How errors are written on the Blox v0.3 routes: `json` (`{code, message, field}`, as on every
+    /// route) or `text` (v0.3's plain-text messages, which v0.3's generated clients decode).
+    #[arg(long = "v03-errors", env = "BLOX_V03_ERRORS", default_value = "json", value_parser = parse_v03_errors)]
+    v03_errors: V03Errors,
     #[command(flatten)]
     sim: SimArgs,
+}
+
+fn parse_v03_errors(text: &str) -> Result<V03Errors, String> {
+    match text {
+        "json" => Ok(V03Errors::Json),
+        "text" => Ok(V03Errors::Text),
+        other => Err(format!("{other:?} is not an error style: json or text")),
+    }
 }
 
 impl ServerArgs {
@@ -79,6 +91,7 @@ impl ServerArgs {
             scheduler_interval: SchedulerOptions::default().interval,
             scheduler_calls_per_second: SchedulerOptions::default().calls_per_second,
             ecs: "sim".into(),
+            v03_errors: V03Errors::Json,
             sim,
         }
     }
@@ -200,6 +213,7 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
             calls_per_second: args.scheduler_calls_per_second,
             ..SchedulerOptions::default()
         },
+        v03_errors: args.v03_errors,
     };
     let services = Services {
         store,

@@ -1,334 +1,130 @@
-//! The planner: which tasks to start and stop so that every eligible instance runs exactly one task of
-//! the environment's current task definition, and no other instance runs one.
+//! The planner: from an environment, its active deployment, a view of its cluster, its start intents
+//! and failure records, and the time, what to do now. Pure and deterministic.
 //!
-//! A plan is a pure function of the environment, its current deployment, a view of the cluster (which
-//! may lag behind ECS: events are delayed, duplicated and reordered, but the store's version rule keeps
-//! each entity moving forward), the executor's start intents, and the time.
+//! Each instance is classified first (eligible or not; a healthy task of the target, an outdated task,
+//! nothing, a start in flight, back-off), then a rollout strategy spends its budget on the outdated
+//! ones: TerminateThenReplace the healthy floor, ReplaceThenTerminate the surge.
 //!
-//! Safety against double starts comes from the intents, not from the view: a start is recorded before
-//! StartTask is called, and no instance with an unsettled intent gets another start. An intent goes
-//! away only when its task is in view ([`Plan::settled`]; from then on the view itself guards the
-//! instance, since a task seen occupying an instance stays so until ECS reports it STOPPED), when ECS
-//! refused the start, or when the executor has asked ECS what runs on the instance and written the
-//! answer to the store ([`Plan::verify`]). So, however stale the view, the planner never starts a task
-//! on an instance where one it started may still be running, provided the intents it is given are
-//! current (read back from where the executor wrote them) and verification sees what ECS has. If
-//! verification can miss a task, a duplicate can arise; it is stopped as soon as it is in view.
+//! Safety:
+//! - **Never below the floor by blox's own action.** The only stop that can lower the number of
+//!   eligible instances with a healthy daemon is TerminateThenReplace's stop of a healthy outdated
+//!   task, and it is planned only while that number stays at or above the floor. Every other stop is
+//!   of a task that is not counted (not healthy, a duplicate, on an instance outside the group), or
+//!   of an outdated task beside a healthy target task.
+//! - **Never a second start where one may be starting.** No start on an instance with a live task of
+//!   the environment, a task still stopping, or a start intent (a StartTask whose outcome has not been
+//!   confirmed); such an intent is verified with ECS, not guessed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 
-use serde::{Deserialize, Serialize};
-
-use super::{
-    Counts, Deployment, DeploymentConfiguration, EnvironmentStatus, FailedInstance, GROUP_PREFIX,
-    InstanceGroup, Revision, group,
+use super::config::DeploymentMethod;
+use super::docs::{
+    Counts, Deployment, Environment, EnvironmentStatus, InstanceFailure, Revision, StartIntent,
 };
-use crate::entity::{Attribute, ContainerInstance, Task};
+use super::view::{ClusterView, GroupTasks, InstanceStatus, InstanceView, TaskView};
+use super::{GROUP_PREFIX, STOP_REASON_PREFIX, group};
 
-/// How long a start intent without a task in view is trusted before the executor must ask ECS
-/// (v0.3 waited the same minute for its cluster-state service to catch up). It should exceed a
-/// StartTask call plus the usual event lag, or verification becomes the common path.
-pub const DEFAULT_INTENT_TTL_MS: u64 = 60_000;
-
-/// The planner's view of a container instance, borrowed from the stored entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InstanceView<'a> {
-    pub arn: &'a str,
-    pub status: &'a str,
-    pub agent_connected: bool,
-    pub attributes: &'a [Attribute],
-}
-
-impl<'a> From<&'a ContainerInstance> for InstanceView<'a> {
-    fn from(instance: &'a ContainerInstance) -> Self {
-        InstanceView {
-            arn: &instance.container_instance_arn,
-            status: &instance.status,
-            agent_connected: instance.agent_connected,
-            attributes: &instance.attributes,
-        }
-    }
-}
-
-/// The planner's view of a task, borrowed from the stored entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TaskView<'a> {
-    pub arn: &'a str,
-    pub container_instance_arn: Option<&'a str>,
-    pub started_by: Option<&'a str>,
-    pub group: Option<&'a str>,
-    pub task_definition_arn: &'a str,
-    pub last_status: &'a str,
-    pub desired_status: &'a str,
-}
-
-impl<'a> From<&'a Task> for TaskView<'a> {
-    fn from(task: &'a Task) -> Self {
-        TaskView {
-            arn: &task.task_arn,
-            container_instance_arn: task.container_instance_arn.as_deref(),
-            started_by: task.started_by.as_deref(),
-            group: task.group.as_deref(),
-            task_definition_arn: &task.task_definition_arn,
-            last_status: &task.last_status,
-            desired_status: &task.desired_status,
-        }
-    }
-}
-
-impl TaskView<'_> {
-    /// Still on its instance: not yet STOPPED, whatever ECS has been asked. A replacement waits for
-    /// this to end, so that two tasks of an environment never share an instance.
-    fn occupying(&self) -> bool {
-        !matches!(self.last_status, "STOPPED" | "DELETED")
-    }
-
-    /// Occupying and meant to keep running: the tasks the planner keeps or stops.
-    fn live(&self) -> bool {
-        self.occupying() && self.desired_status != "STOPPED"
-    }
-
-    /// How far along its lifecycle a live task is, to keep the one closest to serving.
-    fn progress(&self) -> u8 {
-        match self.last_status {
-            "RUNNING" => 5,
-            "ACTIVATING" => 4,
-            "PENDING" => 3,
-            "PROVISIONING" => 2,
-            "DEACTIVATING" | "STOPPING" | "DEPROVISIONING" => 0,
-            _ => 1,
-        }
-    }
-}
-
-/// A task of a [`ClusterView`] (an index into its tasks) and its instance (an index into its sorted
-/// instances, or [`UNKNOWN`]).
+/// A start intent as the planner sees it.
 #[derive(Debug, Clone, Copy)]
-struct Entry {
-    slot: usize,
-    index: usize,
+pub struct IntentState<'a> {
+    pub intent: &'a StartIntent,
+    /// From when the executor may ask ECS what became of it: at once for an intent left by an earlier
+    /// process, a little after an answer that was lost.
+    pub verify_at_ms: u64,
 }
 
-/// A task with its instance, as a plan sees it.
+/// What the environment's active deployment deploys.
 #[derive(Debug, Clone, Copy)]
-struct Placed<'t, 'a> {
-    slot: usize,
-    task: &'t TaskView<'a>,
+pub struct Active<'a> {
+    pub deployment: &'a Deployment,
+    pub revision: &'a Revision,
 }
 
-/// A hash map keyed by ARNs and groups, which come from ECS, not from an adversary: FxHash (rustc's)
-/// instead of SipHash, as indexing a whole cluster is mostly hashing.
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
-
-#[derive(Debug, Clone, Copy, Default)]
-struct FxHasher(u64);
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let mut buf = [0; 8];
-            buf.copy_from_slice(word);
-            self.add(u64::from_le_bytes(buf));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(buf));
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.add(u64::from(byte));
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.add(value as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// The slot of a task whose instance is not in the view (or that has none).
-const UNKNOWN: usize = usize::MAX;
-
-/// One cluster's instances and scheduler tasks, indexed once and shared by the plans of all the
-/// environments on the cluster, so that a full pass is linear in instances and tasks.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterView<'a> {
-    /// Sorted by ARN, so that plans come out in the same order whatever order the store gave.
-    instances: Vec<InstanceView<'a>>,
-    slots: FastMap<&'a str, usize>,
-    /// Only tasks of groups with [`GROUP_PREFIX`]: the rest can belong to no environment.
-    tasks: Vec<TaskView<'a>>,
-    groups: FastMap<&'a str, Vec<Entry>>,
-}
-
-impl<'a> ClusterView<'a> {
-    /// Every instance of the cluster, and its tasks (any status; STOPPED ones still in the store settle
-    /// intents sooner). The view must be complete: a task whose instance it lacks is taken to be on an
-    /// instance that left, and is stopped, so a cluster is planned only once it has been loaded.
-    /// Instances are expected unique by ARN (the store's are); of duplicates one is kept.
-    pub fn new(
-        instances: impl IntoIterator<Item = InstanceView<'a>>,
-        tasks: impl IntoIterator<Item = TaskView<'a>>,
-    ) -> Self {
-        let mut instances: Vec<InstanceView<'a>> = instances.into_iter().collect();
-        // Stores list by key, so this is usually a check.
-        if !instances.is_sorted_by(|a, b| a.arn <= b.arn) {
-            instances.sort_unstable_by(|a, b| a.arn.cmp(b.arn));
-        }
-        instances.dedup_by(|a, b| a.arn == b.arn);
-        let slots: FastMap<&'a str, usize> = instances.iter().enumerate().map(|(i, v)| (v.arn, i)).collect();
-        let tasks = tasks.into_iter();
-        let mut kept = Vec::with_capacity(tasks.size_hint().0);
-        let mut groups: FastMap<&'a str, Vec<Entry>> = FastMap::default();
-        for task in tasks {
-            let Some(group) = task.group.filter(|g| g.starts_with(GROUP_PREFIX)) else {
-                continue;
-            };
-            let slot = task
-                .container_instance_arn
-                .and_then(|arn| slots.get(arn).copied())
-                .unwrap_or(UNKNOWN);
-            let entry = Entry {
-                slot,
-                index: kept.len(),
-            };
-            kept.push(task);
-            // Not `entry`, which costs more here: groups are few, tasks many.
-            match groups.get_mut(group) {
-                Some(entries) => entries.push(entry),
-                None => drop(groups.insert(group, vec![entry])),
-            }
-        }
-        ClusterView {
-            instances,
-            slots,
-            tasks: kept,
-            groups,
-        }
-    }
-
-    pub fn instances(&self) -> &[InstanceView<'a>] {
-        &self.instances
-    }
-
-    pub fn instance(&self, arn: &str) -> Option<&InstanceView<'a>> {
-        self.slots.get(arn).map(|&slot| &self.instances[slot])
-    }
-}
-
-/// What the current deployment wants.
-#[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
-    pub deployment_id: &'a str,
-    pub revision: u64,
-    pub task_definition: &'a str,
-    pub instance_group: &'a InstanceGroup,
-    pub config: DeploymentConfiguration,
-}
-
-impl<'a> Target<'a> {
-    /// The target of `deployment`, which deploys `revision`.
-    pub fn new(revision: &'a Revision, deployment: &'a Deployment) -> Self {
-        Target {
-            deployment_id: &deployment.id,
-            revision: deployment.revision,
-            task_definition: &deployment.task_definition,
-            instance_group: &revision.instance_group,
-            config: revision.deployment,
-        }
-    }
-}
-
-/// A start the executor has decided on, recorded durably before it calls StartTask so that after a
-/// crash nothing is started twice. `task_arn` is filled in once ECS has answered with the task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StartIntent {
-    #[serde(rename = "containerInstanceARN", alias = "containerInstanceArn")]
-    pub instance_arn: String,
-    pub deployment_id: String,
-    #[serde(rename = "recordedAt", with = "super::rfc3339")]
-    pub recorded_at_ms: u64,
-    #[serde(
-        rename = "taskARN",
-        alias = "taskArn",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub task_arn: Option<String>,
-}
-
-impl StartIntent {
-    pub fn key(&self) -> IntentKey {
-        IntentKey {
-            instance_arn: self.instance_arn.clone(),
-            deployment_id: self.deployment_id.clone(),
-        }
-    }
-}
-
-/// Identifies a start intent: at most one per instance and deployment.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IntentKey {
-    pub instance_arn: String,
-    pub deployment_id: String,
-}
-
-/// Everything a plan depends on, besides the time.
+/// Everything a plan depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct PlanInput<'a> {
-    pub environment: &'a str,
-    pub status: EnvironmentStatus,
-    pub target: Target<'a>,
-    /// Every deployment the environment has had: a task is the environment's when its `startedBy` is
-    /// one of them (the target's is always included) and its group is [`group`]`(environment)`.
-    pub deployment_ids: &'a [String],
-    pub cluster: &'a ClusterView<'a>,
-    /// The environment's start intents (of any of its deployments), as the executor last wrote them.
-    pub intents: &'a [StartIntent],
-    /// The current deployment's failed instances (back-off state).
-    pub failed: &'a [FailedInstance],
-    pub intent_ttl_ms: u64,
+    pub environment: &'a Environment,
+    /// `None` before the first deployment.
+    pub active: Option<Active<'a>>,
+    /// The ids of every deployment of the environment: a task is the environment's when its
+    /// `startedBy` is one of them and its group is [`group`]`(environment)`.
+    pub deployment_ids: &'a [&'a str],
+    /// Task definitions of the environment's revisions that have container health checks.
+    pub health_checked: &'a [&'a str],
+    pub cluster: &'a ClusterView,
+    /// The environment's start intents, of any of its deployments.
+    pub intents: &'a [IntentState<'a>],
+    /// The active deployment's failure records.
+    pub failures: &'a [&'a InstanceFailure],
+    pub now_ms: u64,
 }
 
-/// What to do now. Every list is sorted.
+/// What to do now. Every list is in a fixed order (instances by ARN; starts by priority).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Instances to start the target's task on (startedBy = its deployment, group = the environment's).
+    /// Instances to start the active deployment's task on: new instances and failed starts first,
+    /// then replacements.
     pub starts: Vec<String>,
     pub stops: Vec<Stop>,
-    /// Instances with an unsettled intent older than the TTL: nothing is started there until the
-    /// executor has asked ECS what runs on the instance (ListTasks by container instance, then
-    /// DescribeTasks), written what it found to the store, and deleted the instance's expired intents.
-    pub verify: Vec<String>,
-    /// Intents whose task is in view (by its ARN, or before ECS answered, a task of the intent's
-    /// deployment occupying the instance): the executor deletes them, the view now guards the instance.
-    pub settled: Vec<IntentKey>,
-    /// Failed instances that no longer need a retry (they have their task, or should not have one).
-    pub clear_failed: Vec<String>,
-    /// Instances in back-off after a failed start, and when they may be retried.
+    /// Intents whose outcome the executor must ask ECS about now (ListTasks by startedBy and instance).
+    pub verify: Vec<IntentRef>,
+    /// Intents whose task is in view: the view guards their instance now, they can go.
+    pub settled: Vec<IntentRef>,
+    /// Tasks of the active deployment that stopped before they were healthy, not yet counted: each is
+    /// a failed start attempt on its instance.
+    pub failed_tasks: Vec<FailedTask>,
+    /// Instances in back-off after a failed start, and until when.
     pub waiting: Vec<(String, u64)>,
+    /// The earliest time something falls due (a back-off, a verification, a bake time).
+    pub next_due_ms: Option<u64>,
     pub counts: Counts,
-    /// Converged: every eligible instance has exactly one RUNNING task of the target's task definition,
-    /// no other instance has a task the environment should not have, nothing is being stopped, no start
-    /// is in flight and nothing is waiting. Daemons kept on draining or agent-disconnected instances
-    /// do not hold this up. A deleting environment is complete once none of its tasks is left.
+    pub fleet: Fleet,
+    /// Failed start attempts of the active deployment, the ones in `failed_tasks` included.
+    pub failed_attempts: u64,
+    /// ECS's reason for one failed attempt, to report.
+    pub failure_example: Option<String>,
+    /// Converged: every eligible instance runs one healthy task of the target, no outdated or
+    /// duplicate task is left on them, nothing is left on instances that should have none, and no
+    /// start is in flight. Daemons kept on draining or disconnected instances do not hold this up. A
+    /// deleting environment is complete once no task of it is left and no start is in flight.
     pub complete: bool,
+    /// Whether the plan may act at all (not frozen, a deployment that acts); when not, the lists of
+    /// actions are empty and the counts are still right.
+    pub acting: bool,
+}
+
+/// How the fleet stands against the rollout's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fleet {
+    /// Instances that should run the daemon: ACTIVE, agent connected, in the instance group.
+    pub eligible: u64,
+    /// Eligible instances with a healthy task of the environment, of any revision.
+    pub healthy: u64,
+    /// ceil(minHealthyPercent × eligible / 100).
+    pub floor: u64,
+    /// Eligible instances whose daemon is still of an older revision.
+    pub outdated: u64,
+    /// Eligible instances with ECS refusing starts (in back-off, without a task of the target).
+    pub failing: u64,
+    /// Eligible instances carrying two tasks of the environment (an outdated one and its replacement,
+    /// or any two still stopping), or one and a start in flight.
+    pub surged: u64,
+    /// How many may (ReplaceThenTerminate).
+    pub surge: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IntentRef {
+    pub deployment_id: String,
+    pub instance_arn: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FailedTask {
+    pub instance_arn: String,
+    pub task_arn: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -337,7 +133,8 @@ pub struct Stop {
     pub reason: StopReason,
 }
 
-/// Why a task is stopped; its `Display` is meant for StopTask's `reason`.
+/// Why a task is stopped; its `Display` is StopTask's `reason` (with [`STOP_REASON_PREFIX`], so that a
+/// task blox stopped is never counted as a failed start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StopReason {
     /// Another task of the environment is kept on the same instance.
@@ -348,7 +145,7 @@ pub enum StopReason {
     Drained,
     /// The instance no longer matches the revision's instance group.
     NotInGroup,
-    /// The instance is INACTIVE (or otherwise not ACTIVE or DRAINING), or not in the cluster any more.
+    /// The instance is INACTIVE (or otherwise neither ACTIVE nor DRAINING).
     InstanceGone,
     /// The environment is being deleted with `terminateTasks`.
     EnvironmentDeleted,
@@ -370,6 +167,7 @@ impl StopReason {
 
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(STOP_REASON_PREFIX)?;
         match self {
             StopReason::Duplicate => {
                 f.write_str("duplicate: another task of the environment runs on this instance")
@@ -389,1228 +187,468 @@ enum Role {
     /// ACTIVE, agent connected, in the instance group: exactly one task of the target.
     Eligible,
     /// DRAINING (the daemon outlives the instance's other tasks) or agent-disconnected (nothing can be
-    /// started, and stopping would only take effect on reconnection): keep one task, start none.
+    /// started, and a stop would only take effect on reconnection): keep one task, start none.
     Keep,
     /// Should have none of the environment's tasks.
     Evict(StopReason),
 }
 
-fn role(instance: &InstanceView<'_>, target: &Target<'_>) -> Role {
-    let in_group = || target.instance_group.matches(instance.attributes);
+fn role(instance: &InstanceView, active: &Active<'_>) -> Role {
+    let config = &active.revision.deployment_configuration;
+    let in_group = || active.revision.instance_group.matches(&instance.attributes);
     match instance.status {
-        "ACTIVE" if !in_group() => Role::Evict(StopReason::NotInGroup),
-        "ACTIVE" if instance.agent_connected => Role::Eligible,
-        "ACTIVE" => Role::Keep,
-        "DRAINING" if target.config.stop_on_drain => Role::Evict(StopReason::Drained),
-        "DRAINING" if !in_group() => Role::Evict(StopReason::NotInGroup),
-        "DRAINING" => Role::Keep,
+        InstanceStatus::Active if !in_group() => Role::Evict(StopReason::NotInGroup),
+        InstanceStatus::Active if instance.agent_connected => Role::Eligible,
+        InstanceStatus::Active => Role::Keep,
+        InstanceStatus::Draining if config.stop_on_drain => Role::Evict(StopReason::Drained),
+        InstanceStatus::Draining if !in_group() => Role::Evict(StopReason::NotInGroup),
+        InstanceStatus::Draining => Role::Keep,
         _ => Role::Evict(StopReason::InstanceGone),
     }
 }
 
-/// The plan for one environment at `now_ms`. Linear in the cluster's instances plus the environment's
-/// tasks, intents and failed instances (and a sort of the environment's tasks).
-pub fn plan(input: &PlanInput<'_>, now_ms: u64) -> Plan {
-    let terminate = match input.status {
-        EnvironmentStatus::Active => false,
-        // The tasks are left running: there is nothing to decide.
-        EnvironmentStatus::Deleting {
-            terminate_tasks: false,
-        } => {
-            return Plan {
-                complete: true,
-                ..Plan::default()
-            };
-        }
-        EnvironmentStatus::Deleting {
-            terminate_tasks: true,
-        } => true,
-    };
-    let group = group(input.environment);
-    let cluster = input.cluster;
-    let tasks: Vec<Placed<'_, '_>> = cluster
-        .groups
-        .get(group.as_str())
-        .map_or(&[][..], Vec::as_slice)
-        .iter()
-        .map(|e| Placed {
-            slot: e.slot,
-            task: &cluster.tasks[e.index],
-        })
-        .collect();
-    let ids: FastSet<&str> = input
-        .deployment_ids
-        .iter()
-        .map(String::as_str)
-        .chain([input.target.deployment_id])
-        .collect();
-    // The environment's tasks still on an instance, by instance; a task listed twice counts once.
-    let mut owned: Vec<Placed<'_, '_>> = tasks
-        .iter()
-        .filter(|p| p.task.occupying() && p.task.started_by.is_some_and(|s| ids.contains(s)))
-        .copied()
-        .collect();
-    owned.sort_unstable_by(|a, b| a.slot.cmp(&b.slot).then_with(|| a.task.arn.cmp(b.task.arn)));
-    owned.dedup_by(|a, b| a.slot == b.slot && a.task.arn == b.task.arn);
+/// The environment's tasks, and how to judge them.
+struct Judge<'a> {
+    tasks: Option<&'a GroupTasks>,
+    ids: HashSet<&'a str>,
+    health_checked: &'a [&'a str],
+    target_td: Option<&'a str>,
+    min_healthy_ms: u64,
+    now_ms: u64,
+    /// The earliest time a task not yet healthy for long enough will be.
+    next_baked: Option<u64>,
+}
 
-    let mut plan = Plan::default();
-    let blocked = resolve_intents(input, &tasks, &owned, now_ms, &mut plan);
-    let mut busy = !blocked.is_empty();
-
-    if terminate {
-        for p in &owned {
-            busy = true;
-            if p.task.live() {
-                plan.stop(p.task, StopReason::EnvironmentDeleted);
-            }
-            if p.task.last_status == "RUNNING" {
-                plan.counts.running += 1;
-            } else {
-                plan.counts.pending += 1;
-            }
-        }
-        plan.stops.sort_unstable();
-        plan.complete = !busy;
-        return plan;
+impl<'a> Judge<'a> {
+    fn owned(&self, task: &TaskView) -> bool {
+        task.started_by.as_deref().is_some_and(|s| self.ids.contains(s))
     }
 
-    let target = &input.target;
-    let failed: HashMap<&str, &FailedInstance> = input.failed.iter().map(|f| (f.arn.as_str(), f)).collect();
-    let mut cursor = 0;
-    for (slot, instance) in cluster.instances.iter().enumerate() {
-        let start = cursor;
-        while cursor < owned.len() && owned[cursor].slot == slot {
-            cursor += 1;
-        }
-        let here = &owned[start..cursor];
-        let failure = if failed.is_empty() {
-            None
-        } else {
-            failed.get(instance.arn).copied()
+    /// The environment's tasks still on an instance.
+    fn on(&self, instance: &str) -> Vec<&'a TaskView> {
+        let mut here: Vec<&TaskView> = match self.tasks {
+            Some(tasks) => tasks
+                .on(instance)
+                .filter(|t| t.occupying() && self.owned(t))
+                .collect(),
+            None => Vec::new(),
         };
-        let role = role(instance, target);
-        if role != Role::Eligible && failure.is_some() {
-            plan.clear_failed.push(instance.arn.to_owned());
+        here.sort_unstable_by(|a, b| a.arn.cmp(&b.arn));
+        here
+    }
+
+    fn is_target(&self, task: &TaskView) -> bool {
+        self.target_td == Some(&*task.task_definition)
+    }
+
+    /// Since when the task has been healthy, if it has (RUNNING, and HEALTHY with health checks).
+    fn healthy_from(&self, task: &TaskView) -> Option<u64> {
+        let checks = self.health_checked.contains(&&*task.task_definition);
+        task.healthy_from(checks)
+    }
+
+    /// Healthy for at least the bake time.
+    fn healthy(&mut self, task: &TaskView) -> bool {
+        let Some(since) = self.healthy_from(task) else {
+            return false;
+        };
+        let ready = since.saturating_add(self.min_healthy_ms);
+        if self.now_ms >= ready {
+            true
+        } else {
+            self.next_baked = Some(self.next_baked.map_or(ready, |d| d.min(ready)));
+            false
+        }
+    }
+
+    /// The live task to keep of several: healthy first, then the most advanced status, then the
+    /// greatest ARN (any fixed rule will do; this one is deterministic).
+    fn best<'t>(&mut self, tasks: &[&'t TaskView]) -> Option<&'t TaskView> {
+        let mut best: Option<(&TaskView, (bool, u8))> = None;
+        for &task in tasks.iter().filter(|t| t.live()) {
+            let rank = (self.healthy(task), task.progress());
+            let better = match best {
+                None => true,
+                Some((b, r)) => (rank, &task.arn) > (r, &b.arn),
+            };
+            if better {
+                best = Some((task, rank));
+            }
+        }
+        best.map(|(t, _)| t)
+    }
+
+    /// Stopped before it was healthy for the bake time: a failed start, unless blox stopped it.
+    fn failed_start(&self, task: &TaskView) -> bool {
+        if task.occupying()
+            || task
+                .stopped_reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(STOP_REASON_PREFIX))
+        {
+            return false;
+        }
+        let checks = self.health_checked.contains(&&*task.task_definition);
+        let since = if checks {
+            task.healthy_since
+        } else {
+            task.running_since
+        };
+        match (since, task.stopped_at) {
+            (Some(since), Some(stopped)) => stopped < since.saturating_add(self.min_healthy_ms),
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
+}
+
+/// An eligible instance whose daemon is of an older revision only, waiting for the strategy.
+struct Outdated<'a> {
+    instance: &'a str,
+    task: &'a TaskView,
+    healthy: bool,
+}
+
+/// The plan for one environment.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let env = input.environment;
+    let group_name = group(&env.name);
+    let tasks = input.cluster.group(&group_name);
+    debug_assert!(group_name.starts_with(GROUP_PREFIX));
+    let mut judge = Judge {
+        tasks,
+        ids: input.deployment_ids.iter().copied().collect(),
+        health_checked: input.health_checked,
+        target_td: input.active.map(|a| a.deployment.task_definition.as_str()),
+        min_healthy_ms: input.active.map_or(0, |a| {
+            a.revision
+                .deployment_configuration
+                .min_healthy_seconds
+                .saturating_mul(1_000)
+        }),
+        now_ms: input.now_ms,
+        next_baked: None,
+    };
+    if let Some(active) = input.active {
+        judge.ids.insert(&active.deployment.id);
+    }
+    let mut plan = Plan::default();
+    let blocked = resolve_intents(input, &judge, &mut plan);
+
+    match env.status {
+        EnvironmentStatus::Deleting { terminate_tasks } => {
+            plan.acting = true;
+            let mut busy = !blocked.is_empty();
+            if terminate_tasks {
+                let mut owned: Vec<&TaskView> = tasks
+                    .into_iter()
+                    .flat_map(GroupTasks::iter)
+                    .filter(|t| t.occupying() && judge.owned(t))
+                    .collect();
+                owned.sort_unstable_by(|a, b| a.arn.cmp(&b.arn));
+                for task in owned {
+                    busy = true;
+                    if task.live() {
+                        plan.stop(task, StopReason::EnvironmentDeleted);
+                    }
+                }
+            }
+            plan.complete = !busy;
+            plan.finish(&judge);
+            return plan;
+        }
+        EnvironmentStatus::Active => {}
+    }
+    let Some(active) = input.active else {
+        // Nothing deployed yet: nothing to do, nothing to count.
+        plan.finish(&judge);
+        return plan;
+    };
+    let config = active.revision.deployment_configuration;
+    let method = active.revision.deployment_method;
+    plan.acting = !env.frozen && active.deployment.status.acts();
+
+    // Failure records and fresh failed attempts of the active deployment, by instance.
+    let failures: std::collections::HashMap<&str, &InstanceFailure> = input
+        .failures
+        .iter()
+        .map(|f| (f.instance_arn.as_str(), *f))
+        .collect();
+    plan.failed_attempts = input.failures.iter().map(|f| f.attempts).sum();
+    plan.failure_example = input
+        .failures
+        .iter()
+        .max_by_key(|f| (f.last_at_ms, &f.instance_arn))
+        .map(|f| format!("{} on {}", f.reason, f.instance_arn));
+    let mut fresh: BTreeSet<&str> = BTreeSet::new();
+
+    let mut busy = !blocked.is_empty();
+    let mut new_starts: Vec<String> = Vec::new();
+    let mut outdated: Vec<Outdated<'_>> = Vec::new();
+    // Eligible instances with an outdated task and a start beside it (task or intent).
+    let mut surged = 0u64;
+
+    for instance in input.cluster.instances() {
+        let arn: &str = &instance.arn;
+        let here = judge.on(arn);
+        let role = role(instance, &active);
+        if role == Role::Eligible {
+            // Tasks of the active deployment that stopped here before they were healthy.
+            let counted = failures.get(arn).map_or(&[][..], |f| f.tasks.as_slice());
+            for task in tasks.into_iter().flat_map(|t| t.on(arn)) {
+                if task.started_by.as_deref() == Some(active.deployment.id.as_str())
+                    && judge.failed_start(task)
+                    && !counted.iter().any(|c| **c == *task.arn)
+                {
+                    fresh.insert(arn);
+                    plan.failed_tasks.push(FailedTask {
+                        instance_arn: arn.to_owned(),
+                        task_arn: task.arn.to_string(),
+                        reason: task
+                            .stopped_reason
+                            .as_deref()
+                            .unwrap_or("stopped before it was healthy")
+                            .to_owned(),
+                    });
+                }
+            }
         }
         match role {
             Role::Evict(reason) => {
                 busy |= !here.is_empty();
-                for p in here.iter().filter(|p| p.task.live()) {
-                    plan.stop(p.task, reason);
+                for task in here.iter().filter(|t| t.live()) {
+                    plan.stop(task, reason);
                 }
             }
             Role::Keep => {
-                busy |= here.len() > 1;
-                if let Some(kept) = best(here, target) {
-                    plan.stop_all_but(here, kept, target);
+                busy |= here.iter().filter(|t| t.live()).count() > 1;
+                if let Some(kept) = judge.best(&here) {
+                    plan.stop_all_but(&here, kept, StopReason::Duplicate);
                 }
             }
             Role::Eligible => {
-                plan.counts.desired += 1;
-                match best(here, target) {
-                    Some(kept) if kept.task_definition_arn == target.task_definition => {
-                        plan.stop_all_but(here, kept, target);
-                        if failure.is_some() {
-                            plan.clear_failed.push(instance.arn.to_owned());
-                        }
-                        if kept.last_status == "RUNNING" {
-                            plan.counts.running += 1;
-                            busy |= here.len() > 1;
-                        } else {
-                            plan.counts.pending += 1;
-                            busy = true;
-                        }
-                        continue;
-                    }
-                    // Terminate, then replace: the old task goes now, the new one comes once
-                    // nothing of the environment is left on the instance.
-                    Some(old) => {
-                        plan.stop_all_but(here, old, target);
-                        plan.stop(old, reason_for(old, target));
-                    }
-                    // A task still stopping, or a start in flight.
-                    None if !here.is_empty() || blocked.contains(instance.arn) => {}
-                    None => match failure.filter(|f| f.retry_at_ms > now_ms) {
-                        Some(f) => plan.waiting.push((instance.arn.to_owned(), f.retry_at_ms)),
-                        None => plan.starts.push(instance.arn.to_owned()),
-                    },
+                plan.fleet.eligible += 1;
+                let (target, old): (Vec<&TaskView>, Vec<&TaskView>) = here
+                    .iter()
+                    .copied()
+                    .filter(|t| t.live())
+                    .partition(|t| judge.is_target(t));
+                let best_target = judge.best(&target);
+                let best_old = judge.best(&old);
+                let target_healthy = best_target.is_some_and(|t| judge.healthy(t));
+                let old_healthy = best_old.is_some_and(|t| judge.healthy(t));
+                if let Some(kept) = best_target {
+                    plan.stop_all_but(&target, kept, StopReason::Duplicate);
                 }
-                // Without its task of the target yet.
-                busy = true;
-                if failure.is_some() {
-                    plan.counts.failed += 1;
-                } else {
-                    plan.counts.pending += 1;
+                if let Some(kept) = best_old {
+                    plan.stop_all_but(&old, kept, StopReason::Duplicate);
+                }
+                if target_healthy || old_healthy {
+                    plan.fleet.healthy += 1;
+                }
+                let failure = failures.get(arn).copied();
+                let in_back_off =
+                    fresh.contains(arn) || failure.is_some_and(|f| f.retry_at_ms > input.now_ms);
+                // Two tasks of the environment on the instance (live or still stopping), or one and
+                // a start in flight (maybe an earlier deployment's, e.g. before a rollback made the
+                // task here the target): the instance holds a surge slot until it is down to one,
+                // whichever case below it is in, even when none of its tasks is live any more.
+                let doubled = here.len() + usize::from(blocked.contains(arn)) > 1;
+                if doubled {
+                    surged += 1;
+                }
+                match (best_target, best_old) {
+                    (Some(_), old_task) => {
+                        // Two tasks on the instance until the old one has stopped.
+                        busy |= doubled;
+                        if target_healthy {
+                            plan.counts.healthy += 1;
+                            if let Some(old_task) = old_task {
+                                // The replacement is healthy: the old task can go without lowering coverage.
+                                plan.stop(
+                                    old_task,
+                                    StopReason::Replaced {
+                                        revision: active.revision.number,
+                                    },
+                                );
+                            }
+                        } else {
+                            busy = true;
+                            if old_task.is_some() {
+                                plan.fleet.outdated += 1;
+                            }
+                        }
+                        busy |= target.len() > 1 || old.len() > 1;
+                    }
+                    (None, Some(old_task)) => {
+                        busy = true;
+                        plan.fleet.outdated += 1;
+                        if blocked.contains(arn) {
+                            // A start beside it is in flight.
+                        } else if method == DeploymentMethod::ReplaceThenTerminate && doubled {
+                            // Another task of the environment is still stopping here (a replacement
+                            // that crashed, a duplicate): a start now would be one where a task may
+                            // still be, and would skip the back-off of a crash not yet STOPPED.
+                        } else if in_back_off {
+                            plan.wait(arn, failure, &fresh);
+                            plan.fleet.failing += 1;
+                        } else {
+                            outdated.push(Outdated {
+                                instance: arn,
+                                task: old_task,
+                                healthy: old_healthy,
+                            });
+                        }
+                    }
+                    (None, None) => {
+                        busy = true;
+                        if here.iter().any(|t| t.occupying()) || blocked.contains(arn) {
+                            // A task still stopping, or a start in flight.
+                        } else if in_back_off {
+                            plan.wait(arn, failure, &fresh);
+                            plan.fleet.failing += 1;
+                        } else {
+                            if failure.is_some() {
+                                plan.fleet.failing += 1;
+                            }
+                            new_starts.push(arn.to_owned());
+                        }
+                    }
                 }
             }
         }
     }
-    // Tasks on instances the view does not have: they left.
-    for p in &owned[cursor..] {
-        busy = true;
-        if p.task.live() {
-            plan.stop(p.task, StopReason::InstanceGone);
+    plan.failed_attempts += plan.failed_tasks.len() as u64;
+    if let Some(f) = plan.failed_tasks.first() {
+        plan.failure_example = Some(format!("{} on {}", f.reason, f.instance_arn));
+    }
+    plan.counts.desired = plan.fleet.eligible;
+    plan.counts.total = tasks
+        .into_iter()
+        .flat_map(GroupTasks::iter)
+        .filter(|t| t.live() && judge.owned(t) && judge.is_target(t))
+        .count() as u64;
+    plan.fleet.floor = config.healthy_floor(plan.fleet.eligible);
+    plan.fleet.surge = config.surge(plan.fleet.eligible);
+    plan.fleet.surged = surged;
+
+    // The strategy: which outdated instances to replace now. Unhealthy ones first (replacing them
+    // only raises coverage), then healthy ones within the budget.
+    outdated.sort_by_key(|o| o.healthy);
+    let mut replacements: Vec<String> = Vec::new();
+    match method {
+        DeploymentMethod::TerminateThenReplace => {
+            let mut budget = plan.fleet.healthy.saturating_sub(plan.fleet.floor);
+            for o in &outdated {
+                if o.healthy {
+                    if budget == 0 {
+                        break;
+                    }
+                    budget -= 1;
+                }
+                plan.stop(
+                    o.task,
+                    StopReason::Replaced {
+                        revision: active.revision.number,
+                    },
+                );
+            }
+        }
+        DeploymentMethod::ReplaceThenTerminate => {
+            let slots = plan.fleet.surge.saturating_sub(surged);
+            replacements.extend(
+                outdated
+                    .iter()
+                    .take(slots as usize)
+                    .map(|o| o.instance.to_owned()),
+            );
         }
     }
-    for f in input.failed {
-        if !cluster.slots.contains_key(f.arn.as_str()) {
-            plan.clear_failed.push(f.arn.clone());
-        }
-    }
-    plan.stops.sort_unstable();
-    plan.clear_failed.sort_unstable();
-    plan.clear_failed.dedup();
+
+    plan.starts = new_starts;
+    plan.starts.extend(replacements);
     plan.complete = !busy;
+    if !plan.acting {
+        plan.starts.clear();
+        plan.stops.clear();
+        plan.failed_tasks.clear();
+    }
+    plan.finish(&judge);
     plan
 }
 
-/// The live task to keep on an instance: the target's task definition first, then the most advanced
-/// status, then the greatest ARN (any fixed rule will do; this one is deterministic).
-fn best<'t, 'a>(here: &[Placed<'t, 'a>], target: &Target<'_>) -> Option<&'t TaskView<'a>> {
-    here.iter().map(|p| p.task).filter(|t| t.live()).max_by(|a, b| {
-        let rank = |t: &TaskView<'_>| (t.task_definition_arn == target.task_definition, t.progress());
-        rank(a).cmp(&rank(b)).then_with(|| a.arn.cmp(b.arn))
-    })
-}
-
-fn reason_for(task: &TaskView<'_>, target: &Target<'_>) -> StopReason {
-    if task.task_definition_arn == target.task_definition {
-        StopReason::Duplicate
-    } else {
-        StopReason::Replaced {
-            revision: target.revision,
-        }
-    }
-}
-
 impl Plan {
-    fn stop(&mut self, task: &TaskView<'_>, reason: StopReason) {
+    fn stop(&mut self, task: &TaskView, reason: StopReason) {
         self.stops.push(Stop {
-            task_arn: task.arn.to_owned(),
+            task_arn: task.arn.to_string(),
             reason,
         });
     }
 
-    /// Stops every live task of `here` but `kept` (tasks already being stopped are left to finish).
-    fn stop_all_but(&mut self, here: &[Placed<'_, '_>], kept: &TaskView<'_>, target: &Target<'_>) {
-        for p in here {
-            if p.task.live() && p.task.arn != kept.arn {
-                self.stop(p.task, reason_for(p.task, target));
+    /// Stops every live task of `tasks` but `kept` (tasks already being stopped are left to finish).
+    fn stop_all_but(&mut self, tasks: &[&TaskView], kept: &TaskView, reason: StopReason) {
+        for task in tasks {
+            if task.live() && task.arn != kept.arn {
+                self.stop(task, reason);
             }
+        }
+    }
+
+    fn wait(&mut self, instance: &str, failure: Option<&InstanceFailure>, fresh: &BTreeSet<&str>) {
+        // A fresh failure gets its back-off when the executor records it; the next pass sees it.
+        if !fresh.contains(instance)
+            && let Some(f) = failure
+        {
+            self.waiting.push((instance.to_owned(), f.retry_at_ms));
+        }
+    }
+
+    fn due(&mut self, at_ms: u64) {
+        self.next_due_ms = Some(self.next_due_ms.map_or(at_ms, |d| d.min(at_ms)));
+    }
+
+    fn finish(&mut self, judge: &Judge<'_>) {
+        self.stops.sort_unstable();
+        self.stops.dedup();
+        self.failed_tasks.sort_unstable();
+        let waiting: Vec<u64> = self.waiting.iter().map(|(_, at)| *at).collect();
+        for at in waiting {
+            self.due(at);
+        }
+        if let Some(at) = judge.next_baked {
+            self.due(at);
         }
     }
 }
 
-/// Settles what intents can be settled and returns the instances the others block. An intent settles
-/// when its task is in view (by ARN, whatever its status), or, before ECS has answered with an ARN,
-/// when a task of its deployment occupies its instance. Unsettled intents older than the TTL are
-/// listed for verification.
-fn resolve_intents<'a>(
-    input: &PlanInput<'a>,
-    tasks: &[Placed<'_, '_>],
-    owned: &[Placed<'_, '_>],
-    now_ms: u64,
-    plan: &mut Plan,
-) -> HashSet<&'a str> {
+/// Settles the intents whose task is in view, lists those to verify, and returns the instances the
+/// others block.
+fn resolve_intents<'a>(input: &PlanInput<'a>, judge: &Judge<'_>, plan: &mut Plan) -> HashSet<&'a str> {
     let mut blocked = HashSet::new();
-    if input.intents.is_empty() {
-        return blocked;
-    }
-    let wanted: HashSet<&str> = input
-        .intents
-        .iter()
-        .filter_map(|i| i.task_arn.as_deref())
-        .collect();
-    let visible: HashSet<&str> = if wanted.is_empty() {
-        HashSet::new()
-    } else {
-        tasks
-            .iter()
-            .map(|p| p.task.arn)
-            .filter(|arn| wanted.contains(arn))
-            .collect()
-    };
-    let instances: HashSet<&str> = input.intents.iter().map(|i| i.instance_arn.as_str()).collect();
-    let landed: HashSet<(&str, &str)> = owned
-        .iter()
-        .filter_map(|p| Some((p.task.container_instance_arn?, p.task.started_by?)))
-        .filter(|(instance, _)| instances.contains(instance))
-        .collect();
-    let mut verify = HashSet::new();
-    for intent in input.intents {
+    for state in input.intents {
+        let intent = state.intent;
         let instance = intent.instance_arn.as_str();
-        let settled = match &intent.task_arn {
-            Some(arn) => visible.contains(arn.as_str()),
-            None => landed.contains(&(instance, intent.deployment_id.as_str())),
+        let landed = judge
+            .tasks
+            .into_iter()
+            .flat_map(|t| t.on(instance))
+            .any(|t| t.live() && t.started_by.as_deref() == Some(intent.deployment_id.as_str()));
+        let reference = IntentRef {
+            deployment_id: intent.deployment_id.clone(),
+            instance_arn: intent.instance_arn.clone(),
         };
-        if settled {
-            plan.settled.push(intent.key());
+        if landed {
+            plan.settled.push(reference);
             continue;
         }
         blocked.insert(instance);
-        if now_ms >= intent.recorded_at_ms.saturating_add(input.intent_ttl_ms) {
-            verify.insert(instance);
+        if input.now_ms >= state.verify_at_ms {
+            plan.verify.push(reference);
+        } else {
+            plan.due(state.verify_at_ms);
         }
     }
     plan.settled.sort_unstable();
-    plan.settled.dedup();
-    plan.verify = verify.into_iter().map(str::to_owned).collect();
     plan.verify.sort_unstable();
     blocked
-}
-
-/// Records that ECS refused to start the task on `arn`: the next try waits `initial × 2^(attempts-1)`,
-/// at most `max`. Entries stay sorted by ARN.
-pub fn record_start_failure(
-    failed: &mut Vec<FailedInstance>,
-    arn: &str,
-    reason: &str,
-    now_ms: u64,
-    config: &DeploymentConfiguration,
-) {
-    let index = match failed.binary_search_by(|f| f.arn.as_str().cmp(arn)) {
-        Ok(index) => index,
-        Err(index) => {
-            failed.insert(
-                index,
-                FailedInstance {
-                    arn: arn.to_owned(),
-                    reason: String::new(),
-                    attempts: 0,
-                    retry_at_ms: 0,
-                },
-            );
-            index
-        }
-    };
-    let entry = &mut failed[index];
-    entry.attempts = entry.attempts.saturating_add(1);
-    let factor = 1u64.checked_shl(entry.attempts - 1).unwrap_or(u64::MAX);
-    let delay = config
-        .start_backoff_initial_ms
-        .saturating_mul(factor)
-        .min(config.start_backoff_max_ms);
-    entry.reason = reason.to_owned();
-    entry.retry_at_ms = now_ms.saturating_add(delay);
-}
-
-/// Forgets the failures of instances that got their task (StartTask succeeded there) or no longer
-/// need one ([`Plan::clear_failed`]).
-pub fn clear_started(failed: &mut Vec<FailedInstance>, instance_arns: &[String]) {
-    if instance_arns.is_empty() {
-        return;
-    }
-    let clear: HashSet<&str> = instance_arns.iter().map(String::as_str).collect();
-    failed.retain(|f| !clear.contains(f.arn.as_str()));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CURRENT: &str = "d2";
-    const OLD: &str = "d1";
-    const TD: &str = "td:2";
-    const OLD_TD: &str = "td:1";
-
-    /// An instance: `stack=prod` or `stack=dev`.
-    #[derive(Clone)]
-    struct I {
-        arn: &'static str,
-        status: &'static str,
-        connected: bool,
-        attributes: Vec<Attribute>,
-    }
-
-    fn instance(arn: &'static str, status: &'static str) -> I {
-        I {
-            arn,
-            status,
-            connected: true,
-            attributes: vec![Attribute {
-                name: "stack".into(),
-                value: Some("prod".into()),
-            }],
-        }
-    }
-    fn active(arn: &'static str) -> I {
-        instance(arn, "ACTIVE")
-    }
-    fn draining(arn: &'static str) -> I {
-        instance(arn, "DRAINING")
-    }
-    fn inactive(arn: &'static str) -> I {
-        instance(arn, "INACTIVE")
-    }
-    fn disconnected(arn: &'static str) -> I {
-        I {
-            connected: false,
-            ..active(arn)
-        }
-    }
-    fn dev(i: I) -> I {
-        I {
-            attributes: vec![Attribute {
-                name: "stack".into(),
-                value: Some("dev".into()),
-            }],
-            ..i
-        }
-    }
-
-    /// A task, by default the current deployment's, RUNNING.
-    #[derive(Clone, Copy)]
-    struct T {
-        arn: &'static str,
-        instance: Option<&'static str>,
-        by: &'static str,
-        group: &'static str,
-        td: &'static str,
-        last: &'static str,
-        desired: &'static str,
-    }
-
-    fn task(arn: &'static str, instance: &'static str) -> T {
-        T {
-            arn,
-            instance: Some(instance),
-            by: CURRENT,
-            group: "blox:web",
-            td: TD,
-            last: "RUNNING",
-            desired: "RUNNING",
-        }
-    }
-
-    impl T {
-        /// Of the previous deployment, with the previous task definition.
-        fn old(self) -> T {
-            T {
-                by: OLD,
-                td: OLD_TD,
-                ..self
-            }
-        }
-        fn last(self, last: &'static str) -> T {
-            T { last, ..self }
-        }
-        /// Asked to stop, not stopped yet.
-        fn stopping(self) -> T {
-            T {
-                desired: "STOPPED",
-                ..self
-            }
-        }
-        fn stopped(self) -> T {
-            T {
-                desired: "STOPPED",
-                last: "STOPPED",
-                ..self
-            }
-        }
-        fn by(self, by: &'static str) -> T {
-            T { by, ..self }
-        }
-        fn group(self, group: &'static str) -> T {
-            T { group, ..self }
-        }
-        fn td(self, td: &'static str) -> T {
-            T { td, ..self }
-        }
-        fn nowhere(self) -> T {
-            T {
-                instance: None,
-                ..self
-            }
-        }
-    }
-
-    fn intent(instance: &str, deployment: &str, at: u64, task: Option<&str>) -> StartIntent {
-        StartIntent {
-            instance_arn: instance.into(),
-            deployment_id: deployment.into(),
-            recorded_at_ms: at,
-            task_arn: task.map(str::to_owned),
-        }
-    }
-
-    fn failure(arn: &str, retry_at_ms: u64) -> FailedInstance {
-        FailedInstance {
-            arn: arn.into(),
-            reason: "RESOURCE:MEMORY".into(),
-            attempts: 1,
-            retry_at_ms,
-        }
-    }
-
-    struct Case {
-        instances: Vec<I>,
-        tasks: Vec<T>,
-        intents: Vec<StartIntent>,
-        failed: Vec<FailedInstance>,
-        status: EnvironmentStatus,
-        stop_on_drain: bool,
-        /// Only `stack=prod` instances are in the group.
-        prod_only: bool,
-        now: u64,
-    }
-
-    impl Default for Case {
-        fn default() -> Self {
-            Case {
-                instances: vec![],
-                tasks: vec![],
-                intents: vec![],
-                failed: vec![],
-                status: EnvironmentStatus::Active,
-                stop_on_drain: false,
-                prod_only: false,
-                now: 100_000,
-            }
-        }
-    }
-
-    fn run(case: &Case) -> Plan {
-        let instance_group = InstanceGroup {
-            cluster_arn: "c".into(),
-            attributes: if case.prod_only {
-                vec![Attribute {
-                    name: "stack".into(),
-                    value: Some("prod".into()),
-                }]
-            } else {
-                vec![]
-            },
-        };
-        let cluster = ClusterView::new(
-            case.instances.iter().map(|i| InstanceView {
-                arn: i.arn,
-                status: i.status,
-                agent_connected: i.connected,
-                attributes: &i.attributes,
-            }),
-            case.tasks.iter().map(|t| TaskView {
-                arn: t.arn,
-                container_instance_arn: t.instance,
-                started_by: Some(t.by),
-                group: Some(t.group),
-                task_definition_arn: t.td,
-                last_status: t.last,
-                desired_status: t.desired,
-            }),
-        );
-        let ids = [OLD.to_owned(), CURRENT.to_owned()];
-        let input = PlanInput {
-            environment: "web",
-            status: case.status,
-            target: Target {
-                deployment_id: CURRENT,
-                revision: 2,
-                task_definition: TD,
-                instance_group: &instance_group,
-                config: DeploymentConfiguration {
-                    stop_on_drain: case.stop_on_drain,
-                    ..DeploymentConfiguration::default()
-                },
-            },
-            deployment_ids: &ids,
-            cluster: &cluster,
-            intents: &case.intents,
-            failed: &case.failed,
-            intent_ttl_ms: DEFAULT_INTENT_TTL_MS,
-        };
-        plan(&input, case.now)
-    }
-
-    /// The plan, one line per decision, in a fixed order.
-    fn render(plan: &Plan) -> Vec<String> {
-        let mut lines = Vec::new();
-        lines.extend(plan.starts.iter().map(|i| format!("start {i}")));
-        lines.extend(
-            plan.stops
-                .iter()
-                .map(|s| format!("stop {} ({})", s.task_arn, s.reason.code())),
-        );
-        lines.extend(plan.verify.iter().map(|i| format!("verify {i}")));
-        lines.extend(
-            plan.settled
-                .iter()
-                .map(|k| format!("settled {}/{}", k.instance_arn, k.deployment_id)),
-        );
-        lines.extend(plan.clear_failed.iter().map(|i| format!("clear {i}")));
-        lines.extend(plan.waiting.iter().map(|(i, at)| format!("wait {i} until {at}")));
-        let c = plan.counts;
-        lines.push(format!(
-            "desired {} running {} pending {} failed {}",
-            c.desired, c.running, c.pending, c.failed
-        ));
-        if plan.complete {
-            lines.push("complete".into());
-        }
-        lines
-    }
-
-    fn check(name: &str, case: Case, want: &[&str]) {
-        let plan = run(&case);
-        assert_eq!(render(&plan), want, "{name}");
-        let c = plan.counts;
-        if case.status == EnvironmentStatus::Active {
-            assert_eq!(
-                c.desired,
-                c.running + c.pending + c.failed,
-                "{name}: counts add up"
-            );
-        }
-        // The input's order does not matter.
-        let reversed = Case {
-            instances: case.instances.iter().rev().cloned().collect(),
-            tasks: case.tasks.iter().rev().copied().collect(),
-            intents: case.intents.iter().rev().cloned().collect(),
-            failed: case.failed.iter().rev().cloned().collect(),
-            ..case
-        };
-        assert_eq!(run(&reversed), plan, "{name}: reversed input");
-    }
-
-    #[test]
-    fn eligible_instances_get_exactly_one_task() {
-        check(
-            "an empty eligible instance gets a task",
-            Case {
-                instances: vec![active("i1")],
-                ..Case::default()
-            },
-            &["start i1", "desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "a RUNNING task of the target is converged",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1")],
-                ..Case::default()
-            },
-            &["desired 1 running 1 pending 0 failed 0", "complete"],
-        );
-        check(
-            "a PENDING task of the target is waited for",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").last("PENDING")],
-                ..Case::default()
-            },
-            &["desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "starts are sorted whatever the order of instances",
-            Case {
-                instances: vec![active("i3"), draining("i2"), active("i1")],
-                tasks: vec![],
-                ..Case::default()
-            },
-            &["start i1", "start i3", "desired 2 running 0 pending 2 failed 0"],
-        );
-        check(
-            "a crashed task is replaced",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").stopped()],
-                ..Case::default()
-            },
-            &["start i1", "desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "a task that is stopping is waited for before a new one starts",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").stopping()],
-                ..Case::default()
-            },
-            &["desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "the instance group selects instances by attribute",
-            Case {
-                instances: vec![active("i1"), dev(active("i2"))],
-                prod_only: true,
-                ..Case::default()
-            },
-            &["start i1", "desired 1 running 0 pending 1 failed 0"],
-        );
-    }
-
-    #[test]
-    fn ineligible_instances_get_no_new_task() {
-        for (name, i) in [
-            ("draining", draining("i1")),
-            ("inactive", inactive("i1")),
-            ("agent disconnected", disconnected("i1")),
-            ("registering", instance("i1", "REGISTERING")),
-        ] {
-            check(
-                name,
-                Case {
-                    instances: vec![i],
-                    ..Case::default()
-                },
-                &["desired 0 running 0 pending 0 failed 0", "complete"],
-            );
-        }
-        check(
-            "outside the instance group",
-            Case {
-                instances: vec![dev(active("i1"))],
-                prod_only: true,
-                ..Case::default()
-            },
-            &["desired 0 running 0 pending 0 failed 0", "complete"],
-        );
-    }
-
-    #[test]
-    fn draining_and_departed_instances() {
-        check(
-            "the daemon on a draining instance is kept",
-            Case {
-                instances: vec![draining("i1")],
-                tasks: vec![task("t1", "i1")],
-                ..Case::default()
-            },
-            &["desired 0 running 0 pending 0 failed 0", "complete"],
-        );
-        check(
-            "even of an older revision: nothing could replace it",
-            Case {
-                instances: vec![draining("i1")],
-                tasks: vec![task("t1", "i1").old()],
-                ..Case::default()
-            },
-            &["desired 0 running 0 pending 0 failed 0", "complete"],
-        );
-        check(
-            "unless the revision stops daemons on drain",
-            Case {
-                instances: vec![draining("i1")],
-                tasks: vec![task("t1", "i1")],
-                stop_on_drain: true,
-                ..Case::default()
-            },
-            &["stop t1 (drained)", "desired 0 running 0 pending 0 failed 0"],
-        );
-        check(
-            "a draining instance keeps one daemon, not two",
-            Case {
-                instances: vec![draining("i1")],
-                tasks: vec![task("t1", "i1").old(), task("t2", "i1"), task("t3", "i1")],
-                ..Case::default()
-            },
-            &[
-                "stop t1 (replaced)",
-                "stop t2 (duplicate)",
-                "desired 0 running 0 pending 0 failed 0",
-            ],
-        );
-        check(
-            "a draining instance outside the group keeps nothing",
-            Case {
-                instances: vec![dev(draining("i1"))],
-                tasks: vec![task("t1", "i1")],
-                prod_only: true,
-                ..Case::default()
-            },
-            &["stop t1 (not-in-group)", "desired 0 running 0 pending 0 failed 0"],
-        );
-        check(
-            "an agent-disconnected instance keeps its daemon, whatever its revision",
-            Case {
-                instances: vec![disconnected("i1")],
-                tasks: vec![task("t1", "i1").old()],
-                ..Case::default()
-            },
-            &["desired 0 running 0 pending 0 failed 0", "complete"],
-        );
-        check(
-            "an instance that left the group loses its daemon",
-            Case {
-                instances: vec![dev(active("i1"))],
-                tasks: vec![task("t1", "i1")],
-                prod_only: true,
-                ..Case::default()
-            },
-            &["stop t1 (not-in-group)", "desired 0 running 0 pending 0 failed 0"],
-        );
-        check(
-            "tasks on an INACTIVE instance are stopped",
-            Case {
-                instances: vec![inactive("i1")],
-                tasks: vec![task("t1", "i1"), task("t2", "i1").last("PENDING")],
-                ..Case::default()
-            },
-            &[
-                "stop t1 (instance-gone)",
-                "stop t2 (instance-gone)",
-                "desired 0 running 0 pending 0 failed 0",
-            ],
-        );
-        check(
-            "tasks on an instance the view does not have are stopped",
-            Case {
-                instances: vec![],
-                tasks: vec![task("t1", "i9"), task("t2", "i1").nowhere()],
-                ..Case::default()
-            },
-            &[
-                "stop t1 (instance-gone)",
-                "stop t2 (instance-gone)",
-                "desired 0 running 0 pending 0 failed 0",
-            ],
-        );
-        check(
-            "a task still stopping there is waited for, not stopped again",
-            Case {
-                instances: vec![inactive("i1")],
-                tasks: vec![task("t1", "i1").stopping(), task("t2", "i2").stopped()],
-                ..Case::default()
-            },
-            &["desired 0 running 0 pending 0 failed 0"],
-        );
-    }
-
-    #[test]
-    fn never_two_tasks_on_one_instance() {
-        check(
-            "of two RUNNING tasks the greatest ARN is kept",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1"), task("t2", "i1")],
-                ..Case::default()
-            },
-            &["stop t1 (duplicate)", "desired 1 running 1 pending 0 failed 0"],
-        );
-        check(
-            "a RUNNING task is kept over a PENDING one",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1"), task("t2", "i1").last("PENDING")],
-                ..Case::default()
-            },
-            &["stop t2 (duplicate)", "desired 1 running 1 pending 0 failed 0"],
-        );
-        check(
-            "the target's task definition is kept over a more advanced older one",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").last("PENDING"), task("t2", "i1").old()],
-                ..Case::default()
-            },
-            &["stop t2 (replaced)", "desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "a task listed twice is one task",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1"), task("t1", "i1")],
-                ..Case::default()
-            },
-            &["desired 1 running 1 pending 0 failed 0", "complete"],
-        );
-        check(
-            "a duplicate being stopped holds up completion",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").stopping(), task("t2", "i1")],
-                ..Case::default()
-            },
-            &["desired 1 running 1 pending 0 failed 0"],
-        );
-    }
-
-    #[test]
-    fn terminate_then_replace() {
-        check(
-            "an older revision's task is stopped and nothing started yet",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").old()],
-                ..Case::default()
-            },
-            &["stop t1 (replaced)", "desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "the replacement waits until the old task has stopped",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").old().stopping()],
-                ..Case::default()
-            },
-            &["desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "then starts",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").old().stopped()],
-                ..Case::default()
-            },
-            &["start i1", "desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "older duplicates all go",
-            Case {
-                instances: vec![active("i1"), active("i2")],
-                tasks: vec![task("t1", "i1").old(), task("t2", "i1").old()],
-                ..Case::default()
-            },
-            &[
-                "start i2",
-                "stop t1 (replaced)",
-                "stop t2 (replaced)",
-                "desired 2 running 0 pending 2 failed 0",
-            ],
-        );
-        check(
-            "a task of an earlier deployment with the target's task definition is adopted",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").by(OLD)],
-                ..Case::default()
-            },
-            &["desired 1 running 1 pending 0 failed 0", "complete"],
-        );
-    }
-
-    #[test]
-    fn ownership_is_group_and_deployment() {
-        for (name, foreign) in [
-            (
-                "our group, someone else's startedBy",
-                task("t1", "i1").by("ecs-svc/1"),
-            ),
-            (
-                "our startedBy, another group",
-                task("t1", "i1").group("service:web"),
-            ),
-            ("another environment", task("t1", "i1").group("blox:api")),
-            ("no group", task("t1", "i1").group("")),
-        ] {
-            check(
-                name,
-                Case {
-                    instances: vec![active("i1"), inactive("i2")],
-                    tasks: vec![
-                        foreign,
-                        T {
-                            arn: "t2",
-                            ..foreign.td("x").nowhere()
-                        },
-                    ],
-                    ..Case::default()
-                },
-                &["start i1", "desired 1 running 0 pending 1 failed 0"],
-            );
-        }
-    }
-
-    #[test]
-    fn intents_prevent_double_starts() {
-        let now = Case::default().now;
-        check(
-            "a fresh intent without a task in view is waited for",
-            Case {
-                instances: vec![active("i1")],
-                intents: vec![intent("i1", CURRENT, now - 1_000, None)],
-                ..Case::default()
-            },
-            &["desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "an expired one is verified, still without a start",
-            Case {
-                instances: vec![active("i1")],
-                intents: vec![intent("i1", CURRENT, now - DEFAULT_INTENT_TTL_MS, Some("t1"))],
-                ..Case::default()
-            },
-            &["verify i1", "desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "an intent settles when its task is in view",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1")],
-                intents: vec![intent("i1", CURRENT, now, Some("t1"))],
-                ..Case::default()
-            },
-            &[
-                "settled i1/d2",
-                "desired 1 running 1 pending 0 failed 0",
-                "complete",
-            ],
-        );
-        check(
-            "even stopped: the instance needs a new task",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").stopped()],
-                intents: vec![intent("i1", CURRENT, now, Some("t1"))],
-                ..Case::default()
-            },
-            &[
-                "start i1",
-                "settled i1/d2",
-                "desired 1 running 0 pending 1 failed 0",
-            ],
-        );
-        check(
-            "without an ARN, a task of its deployment on its instance settles it",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").last("PENDING")],
-                intents: vec![intent("i1", CURRENT, now, None)],
-                ..Case::default()
-            },
-            &["settled i1/d2", "desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "but a stopped one may be older than the intent",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").stopped()],
-                intents: vec![intent("i1", CURRENT, now, None)],
-                ..Case::default()
-            },
-            &["desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "and with an ARN, only that task settles it",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1")],
-                intents: vec![intent("i1", CURRENT, now, Some("t2"))],
-                ..Case::default()
-            },
-            &["desired 1 running 1 pending 0 failed 0"],
-        );
-        check(
-            "an earlier deployment's intent blocks too",
-            Case {
-                instances: vec![active("i1")],
-                intents: vec![intent("i1", OLD, now, None)],
-                ..Case::default()
-            },
-            &["desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "an intent on an instance that cannot have a task still holds up completion",
-            Case {
-                instances: vec![draining("i1"), inactive("i2")],
-                intents: vec![
-                    intent("i1", CURRENT, now, None),
-                    intent("i2", CURRENT, 0, None),
-                    intent("i3", CURRENT, 0, None),
-                ],
-                ..Case::default()
-            },
-            &["verify i2", "verify i3", "desired 0 running 0 pending 0 failed 0"],
-        );
-    }
-
-    #[test]
-    fn failed_starts_back_off() {
-        let now = Case::default().now;
-        check(
-            "an instance in back-off waits",
-            Case {
-                instances: vec![active("i1")],
-                failed: vec![failure("i1", now + 1)],
-                ..Case::default()
-            },
-            &[
-                &format!("wait i1 until {}", now + 1),
-                "desired 1 running 0 pending 0 failed 1",
-            ],
-        );
-        check(
-            "and is retried when due",
-            Case {
-                instances: vec![active("i1")],
-                failed: vec![failure("i1", now)],
-                ..Case::default()
-            },
-            &["start i1", "desired 1 running 0 pending 0 failed 1"],
-        );
-        check(
-            "a failure is cleared once the task is there",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").last("PENDING")],
-                failed: vec![failure("i1", now + 1)],
-                ..Case::default()
-            },
-            &["clear i1", "desired 1 running 0 pending 1 failed 0"],
-        );
-        check(
-            "or once the instance should not have one",
-            Case {
-                instances: vec![draining("i1"), dev(active("i2"))],
-                failed: vec![failure("i1", now + 1), failure("i2", now + 1), failure("i3", 0)],
-                prod_only: true,
-                ..Case::default()
-            },
-            &[
-                "clear i1",
-                "clear i2",
-                "clear i3",
-                "desired 0 running 0 pending 0 failed 0",
-                "complete",
-            ],
-        );
-        check(
-            "a failed instance still running an older revision is replaced as usual",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").old()],
-                failed: vec![failure("i1", now + 1)],
-                ..Case::default()
-            },
-            &["stop t1 (replaced)", "desired 1 running 0 pending 0 failed 1"],
-        );
-    }
-
-    #[test]
-    fn deleting_environments() {
-        let tasks = vec![
-            task("t1", "i1"),
-            task("t2", "i2").old().last("PENDING"),
-            task("t3", "i9"),
-            task("t4", "i1").stopping(),
-            task("t5", "i1").by("ecs-svc/1"),
-        ];
-        check(
-            "without terminateTasks nothing is done",
-            Case {
-                instances: vec![active("i1"), draining("i2"), active("i3")],
-                tasks: tasks.clone(),
-                status: EnvironmentStatus::Deleting {
-                    terminate_tasks: false,
-                },
-                ..Case::default()
-            },
-            &["desired 0 running 0 pending 0 failed 0", "complete"],
-        );
-        check(
-            "with terminateTasks every task of the environment is stopped, and none started",
-            Case {
-                instances: vec![active("i1"), draining("i2"), active("i3")],
-                tasks,
-                status: EnvironmentStatus::Deleting {
-                    terminate_tasks: true,
-                },
-                ..Case::default()
-            },
-            &[
-                "stop t1 (environment-deleted)",
-                "stop t2 (environment-deleted)",
-                "stop t3 (environment-deleted)",
-                "desired 0 running 3 pending 1 failed 0",
-            ],
-        );
-        check(
-            "a start in flight may still land, so deletion waits for it",
-            Case {
-                instances: vec![active("i1")],
-                intents: vec![intent("i1", CURRENT, 0, None)],
-                status: EnvironmentStatus::Deleting {
-                    terminate_tasks: true,
-                },
-                ..Case::default()
-            },
-            &["verify i1", "desired 0 running 0 pending 0 failed 0"],
-        );
-        check(
-            "and completes when nothing is left",
-            Case {
-                instances: vec![active("i1")],
-                tasks: vec![task("t1", "i1").stopped()],
-                status: EnvironmentStatus::Deleting {
-                    terminate_tasks: true,
-                },
-                ..Case::default()
-            },
-            &["desired 0 running 0 pending 0 failed 0", "complete"],
-        );
-    }
-
-    #[test]
-    fn back_off_doubles_up_to_the_maximum() {
-        let config = DeploymentConfiguration {
-            stop_on_drain: false,
-            start_backoff_initial_ms: 5_000,
-            start_backoff_max_ms: 30_000,
-        };
-        let mut failed = Vec::new();
-        let mut delays = Vec::new();
-        for attempt in 0..6u64 {
-            let now = attempt * 1_000_000;
-            record_start_failure(&mut failed, "i2", &format!("reason {attempt}"), now, &config);
-            delays.push(failed[0].retry_at_ms - now);
-        }
-        assert_eq!(delays, [5_000, 10_000, 20_000, 30_000, 30_000, 30_000]);
-        assert_eq!(failed[0].attempts, 6);
-        assert_eq!(failed[0].reason, "reason 5");
-
-        record_start_failure(&mut failed, "i3", "RESOURCE:CPU", 7, &config);
-        record_start_failure(&mut failed, "i1", "AGENT", 7, &config);
-        let arns: Vec<&str> = failed.iter().map(|f| f.arn.as_str()).collect();
-        assert_eq!(arns, ["i1", "i2", "i3"], "kept sorted");
-        assert_eq!(failed[0].retry_at_ms, 5_007);
-
-        // Many failures neither overflow nor exceed the maximum.
-        failed[1].attempts = u32::MAX - 1;
-        record_start_failure(&mut failed, "i2", "x", u64::MAX - 1, &config);
-        assert_eq!(failed[1].attempts, u32::MAX);
-        assert_eq!(failed[1].retry_at_ms, u64::MAX);
-
-        clear_started(&mut failed, &["i2".to_owned(), "i9".to_owned()]);
-        let arns: Vec<&str> = failed.iter().map(|f| f.arn.as_str()).collect();
-        assert_eq!(arns, ["i1", "i3"]);
-    }
-
-    #[test]
-    fn stop_reasons_read_well() {
-        assert_eq!(
-            StopReason::Replaced { revision: 3 }.to_string(),
-            "replaced by revision 3"
-        );
-        assert_eq!(StopReason::InstanceGone.code(), "instance-gone");
-    }
-
-    #[test]
-    fn views_borrow_the_stored_entities() {
-        let task: Task = serde_json::from_value(serde_json::json!({
-            "clusterARN": "arn:aws:ecs:us-east-1:123456789012:cluster/prod",
-            "containerInstanceARN": "arn:aws:ecs:us-east-1:123456789012:container-instance/prod/i1",
-            "desiredStatus": "RUNNING", "lastStatus": "PENDING",
-            "taskARN": "arn:aws:ecs:us-east-1:123456789012:task/prod/t1",
-            "taskDefinitionARN": "td", "startedBy": "d2", "group": "blox:web",
-        }))
-        .unwrap();
-        let view = TaskView::from(&task);
-        assert_eq!(view.started_by, Some("d2"));
-        assert_eq!(view.group, Some("blox:web"));
-        assert_eq!(
-            view.container_instance_arn,
-            Some("arn:aws:ecs:us-east-1:123456789012:container-instance/prod/i1")
-        );
-        let instance: ContainerInstance = serde_json::from_value(serde_json::json!({
-            "agentConnected": false, "status": "DRAINING",
-            "containerInstanceARN": "arn:aws:ecs:us-east-1:123456789012:container-instance/prod/i1",
-            "attributes": [{"name": "stack", "value": "prod"}],
-        }))
-        .unwrap();
-        let view = InstanceView::from(&instance);
-        assert_eq!((view.status, view.agent_connected), ("DRAINING", false));
-        assert_eq!(view.attributes.len(), 1);
-        let cluster = ClusterView::new([view], [TaskView::from(&task)]);
-        assert_eq!(cluster.instances().len(), 1);
-        assert!(cluster.instance(view.arn).is_some());
-    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use blox_aws::Message;
 use blox_model::ClusterName;
-use blox_server::{AppState, IngestOptions, Ingestor, ReadinessState, StreamOptions};
+use blox_server::{AppState, IngestOptions, Ingestor, ReadinessState};
 use blox_store::{Filter, Kind, PageRequest, Store};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
@@ -32,17 +32,9 @@ pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: Prome
     let shutdown = CancellationToken::new();
     let readiness = Arc::new(ReadinessState::default());
     readiness.ready_without_reconcile();
-    let state = AppState {
-        store: store.clone(),
-        readiness,
-        metrics,
-        stream: StreamOptions {
-            shutdown: shutdown.clone(),
-            ..StreamOptions::default()
-        },
-        control: None,
-        environment_writes: Arc::default(),
-    };
+    let mut state = AppState::new(store.clone(), None, shutdown.clone()).await?;
+    state.readiness = readiness;
+    state.metrics = metrics;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let served = axum::serve(listener, blox_server::router(state))

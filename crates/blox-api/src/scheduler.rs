@@ -1,0 +1,514 @@
+//! Wire types of the daemon scheduler: Blox v0.3's environments and deployments (`/v1/environments`),
+//! and Blox v1.0's (`/v1/{cluster}/environments`), two views of the same documents. Field names are the
+//! originals'; what they lacked is added, never renamed.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+/// A revision id: the revision's number, written as a JSON string (`"2"`, as v1.0's ids were strings);
+/// a plain number is accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ToSchema)]
+#[schema(value_type = String, example = "2")]
+pub struct RevisionId(pub u64);
+
+impl Serialize for RevisionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for RevisionId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Number(n) if n > 0 => Ok(RevisionId(n)),
+            Either::Text(t) => match t.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(RevisionId(n)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{t:?} is not a revision id: a revision number from 1, e.g. \"2\""
+                ))),
+            },
+            Either::Number(_) => Err(serde::de::Error::custom("revision ids start at 1")),
+        }
+    }
+}
+
+/// An attribute an instance must carry to be in the group: with a value, that value; without, any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AttributeBody {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// How a revision is rolled out. In a request every field is optional (defaults for a new
+/// environment, the latest revision's for an update); in an answer every field is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentConfigurationBody {
+    /// TerminateThenReplace: healthy instances never fall below ceil(minHealthyPercent × eligible /
+    /// 100) by blox's doing. 0–100, default 90.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy_percent: Option<i64>,
+    /// ReplaceThenTerminate: at most ceil(maxOverPercent × eligible / 100) instances run two tasks at
+    /// once. 1–100, default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_over_percent: Option<i64>,
+    /// Bake time: how long a task must have been healthy to count. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy_seconds: Option<i64>,
+    /// Failed start attempts that fail a deployment. Default: 10% of the eligible instances, at least
+    /// 3, at most 200 (absent in an answer when it is the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i64>,
+    /// A deployment fails when its healthy count has not grown for this long. Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<i64>,
+    /// A failed deployment rolls back to the last completed revision by itself. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
+    /// Stop the daemon when its instance starts draining. Default false: log and metric agents
+    /// outlive the tasks they serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_on_drain: Option<bool>,
+}
+
+/// Live progress of a revision or deployment over the eligible instances (ACTIVE, agent connected,
+/// in the instance group).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskCounts {
+    /// Instances that should run it.
+    pub desired: u64,
+    /// Instances that run a healthy task of it.
+    pub healthy: u64,
+    /// Live tasks of it, on any instance.
+    pub total: u64,
+}
+
+/// A deployment's failed start attempts on one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceFailureBody {
+    #[serde(rename = "containerInstanceArn")]
+    pub container_instance_arn: String,
+    /// ECS's reason for the last one: a StartTask failure (`RESOURCE:MEMORY`) or the task's
+    /// `stoppedReason` (`CannotPullContainerError: …`).
+    pub reason: String,
+    pub attempts: u64,
+    pub last_at: String,
+    /// No start is tried on the instance before then.
+    pub retry_at: String,
+}
+
+/// A status a deployment entered, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TransitionBody {
+    /// `pending`, `running`, `completed`, `failed`, `stopped`, `superseded` or `rolled-back`.
+    pub status: String,
+    pub at: String,
+    pub reason: String,
+}
+
+// ---- v0.3 ------------------------------------------------------------------------------------------
+
+/// The instances an environment runs on (v0.3): every container instance of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceGroupBody {
+    /// A cluster name or ARN in a request; its ARN in an answer.
+    pub cluster: String,
+    /// blox's addition: attributes an instance must carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<AttributeBody>,
+}
+
+/// `POST /v1/environments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateEnvironmentRequest {
+    /// 1 to 30 letters, digits, '-' or '_'; unique across clusters.
+    pub name: String,
+    pub instance_group: InstanceGroupBody,
+    /// `FAMILY`, `FAMILY:REVISION` or an ARN; checked against ECS.
+    pub task_definition: String,
+    /// `TerminateThenReplace` (default) or `ReplaceThenTerminate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_configuration: Option<DeploymentConfigurationBody>,
+}
+
+/// `PUT /v1/environments/{name}`: a new revision (with a new token) with the fields given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateEnvironmentRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_definition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_group: Option<InstanceGroupUpdate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_configuration: Option<DeploymentConfigurationBody>,
+    /// Refused with 409 unless it is the latest revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_revision_id: Option<RevisionId>,
+}
+
+/// A new instance group: its attributes (the cluster cannot change).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceGroupUpdate {
+    #[serde(default)]
+    pub attributes: Vec<AttributeBody>,
+}
+
+/// A daemon environment (v0.3 `Environment`, with what blox adds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Environment {
+    pub name: String,
+    /// The latest revision's token: quote it to deploy that revision.
+    pub deployment_token: String,
+    pub instance_group: InstanceGroupBody,
+    /// The ARN of the latest revision's task definition.
+    pub task_definition: String,
+    /// `healthy` or `unhealthy`.
+    pub health: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
+    /// The latest revision's number (from 1).
+    pub revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deployment: Option<String>,
+    /// `active` or `deleting`.
+    pub status: String,
+    /// Frozen: deployments are taken but nothing is acted on until thawed.
+    #[serde(default)]
+    pub frozen: bool,
+    pub deployment_method: String,
+    pub deployment_configuration: DeploymentConfigurationBody,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A list of environments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Environments {
+    pub items: Vec<Environment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// An instance where the task could not be started (v0.3 kept only the ARNs, in `failedInstances`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentFailure {
+    /// The container instance's ARN.
+    pub arn: String,
+    pub reason: String,
+    pub attempts: u64,
+    pub retry_at: String,
+}
+
+/// Per-instance progress: `desired = running + pending + failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentCounts {
+    pub desired: u64,
+    /// Instances with a healthy task of the deployment's revision.
+    pub running: u64,
+    pub pending: u64,
+    /// Instances where ECS refuses the start (in back-off).
+    pub failed: u64,
+}
+
+/// A deployment (v0.3 `Deployment`, with progress and history).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub id: String,
+    pub environment_name: String,
+    /// `pending`, `running`, `completed`, `failed`, `stopped`, `superseded` or `rolled-back`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    pub task_definition: String,
+    pub revision: u64,
+    /// Container-instance ARNs where the task could not be started (v0.3's shape).
+    pub failed_instances: Vec<String>,
+    /// The same instances with ECS's reason and the retry schedule.
+    pub failures: Vec<DeploymentFailure>,
+    pub counts: DeploymentCounts,
+    #[serde(default)]
+    pub rollback: bool,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
+/// An environment's deployments, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployments {
+    pub items: Vec<Deployment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// The answer to `DELETE /v1/environments/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteEnvironmentResponse {
+    pub name: String,
+    /// `deleted` (gone now, tasks left running) or `deleting` (its tasks are being stopped).
+    pub status: String,
+    pub terminate_tasks: bool,
+    /// What happens to the environment's tasks.
+    pub message: String,
+}
+
+/// `GET /v1/ping`'s answer: an empty object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Ping {}
+
+// ---- v1.0 ------------------------------------------------------------------------------------------
+
+/// The instances of the cluster a revision runs on: those carrying every attribute listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceGroup {
+    #[serde(default)]
+    pub attributes: Vec<AttributeBody>,
+}
+
+/// `POST /v1/{cluster}/environments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateEnvironment {
+    /// 1 to 30 letters, digits, '-' or '_'; unique across clusters.
+    pub environment_name: String,
+    /// `FAMILY`, `FAMILY:REVISION` or an ARN; checked against ECS.
+    pub task_definition: String,
+    /// `Daemon` (the only type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_group: Option<InstanceGroup>,
+    /// `TerminateThenReplace` (default) or `ReplaceThenTerminate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_configuration: Option<DeploymentConfigurationBody>,
+}
+
+/// `PUT /v1/{cluster}/environments/{environmentName}`: a new revision with the fields given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateEnvironment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_definition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_group: Option<InstanceGroup>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_configuration: Option<DeploymentConfigurationBody>,
+    /// Refused with 409 unless it is the latest revision (optimistic concurrency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_revision_id: Option<RevisionId>,
+}
+
+/// A v1.0 environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentV1 {
+    pub environment_name: String,
+    /// The cluster's name.
+    pub cluster: String,
+    pub cluster_arn: String,
+    /// `Daemon`.
+    pub environment_type: String,
+    /// `Healthy` or `Unhealthy`.
+    pub environment_health: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
+    /// `Active`, `Frozen` or `Deleting`.
+    pub environment_status: String,
+    /// The latest revision's method and configuration.
+    pub deployment_method: String,
+    pub deployment_configuration: DeploymentConfigurationBody,
+    pub task_definition: String,
+    pub instance_group: InstanceGroup,
+    /// The revision of the active (newest) deployment; absent before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_environment_revision_id: Option<RevisionId>,
+    pub latest_environment_revision_id: RevisionId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deployment_id: Option<String>,
+    /// Live counts of the active deployment's revision.
+    pub counts: TaskCounts,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `{environment}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentResponse {
+    pub environment: EnvironmentV1,
+}
+
+/// The answer to a create or an update: the new revision's id and the environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionCreated {
+    pub environment_revision_id: RevisionId,
+    pub environment: EnvironmentV1,
+}
+
+/// `GET /v1/{cluster}/environments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentList {
+    pub environment_names: Vec<String>,
+    pub environments: Vec<EnvironmentV1>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// An immutable revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentRevision {
+    pub environment_revision_id: RevisionId,
+    pub environment_name: String,
+    pub task_definition: String,
+    /// Whether the task definition has container health checks (then healthy means HEALTHY).
+    pub health_checks: bool,
+    pub instance_group: InstanceGroup,
+    pub deployment_method: String,
+    pub deployment_configuration: DeploymentConfigurationBody,
+    /// Live: `desired` is the eligible instances when this is the active revision, else 0.
+    pub counts: TaskCounts,
+    pub created_at: String,
+}
+
+/// `{environmentRevision}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionResponse {
+    pub environment_revision: EnvironmentRevision,
+}
+
+/// `GET …/revisions`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionList {
+    pub revision_ids: Vec<RevisionId>,
+    pub revisions: Vec<EnvironmentRevision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// A v1.0 deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentV1 {
+    pub deployment_id: String,
+    pub environment_name: String,
+    /// `pending`, `running`, `completed`, `failed`, `stopped`, `superseded` or `rolled-back`.
+    pub status: String,
+    /// Why it entered its status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// The revision it deploys (v1.0's `newTargetRevisionId`, repeated).
+    pub environment_revision_id: RevisionId,
+    pub new_target_revision_id: RevisionId,
+    /// The revision of the deployment it followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_target_revision_id: Option<RevisionId>,
+    pub task_definition: String,
+    /// Creation time in milliseconds since the epoch (v1.0's `timestamp`).
+    pub timestamp: u64,
+    /// Started as a rollback, by a user or automatically after a failure.
+    pub rollback: bool,
+    /// The deployment it rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
+    /// The rollback that replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
+    /// Live while it is the active deployment; as of its last transition otherwise.
+    pub counts: TaskCounts,
+    pub failed_attempts: u64,
+    pub failure_threshold: u64,
+    pub failures: Vec<InstanceFailureBody>,
+    /// Every transition, oldest first.
+    pub history: Vec<TransitionBody>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
+/// `{deploymentId, deployment}`: a started, stopped or described deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentResponse {
+    pub deployment_id: String,
+    pub deployment: DeploymentV1,
+}
+
+/// `GET …/deployments`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentList {
+    pub deployment_ids: Vec<String>,
+    pub deployments: Vec<DeploymentV1>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// `POST …/rollback`'s optional body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRequest {
+    /// The revision to roll back to; default: that of the last deployment that completed before the
+    /// active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_revision_id: Option<RevisionId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_ids_are_strings_that_also_parse_from_numbers() {
+        assert_eq!(
+            serde_json::to_value(RevisionId(2)).unwrap(),
+            serde_json::json!("2")
+        );
+        for ok in [serde_json::json!("2"), serde_json::json!(2)] {
+            assert_eq!(serde_json::from_value::<RevisionId>(ok).unwrap(), RevisionId(2));
+        }
+        for bad in [
+            serde_json::json!("0"),
+            serde_json::json!(0),
+            serde_json::json!("two"),
+            serde_json::json!(-1),
+        ] {
+            assert!(
+                serde_json::from_value::<RevisionId>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,706 @@
+//! Blox v1.0's environment API (`/v1/{cluster}/environments`): v1.0's paths and JSON names, every
+//! operation real (v1.0 left most of them stubs), over the same documents as the v0.3 API. The
+//! cluster is a name or, for a cluster named like a static segment (`tasks`, `environments`, …), its
+//! ARN.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use blox_api::{
+    CreateEnvironment as CreateBody, DeploymentList, DeploymentResponse, DeploymentV1, EnvironmentList,
+    EnvironmentResponse, EnvironmentRevision, EnvironmentV1, ErrorBody, InstanceGroup, RevisionCreated,
+    RevisionId, RevisionList, RevisionResponse, RollbackRequest, UpdateEnvironment as UpdateBody,
+};
+use blox_model::ClusterName;
+use blox_model::daemon::lifecycle::{self, CreateEnvironment, DeployTarget, Resource, UpdateEnvironment};
+use blox_model::daemon::{self, Deployment, Health, Revision};
+use blox_model::emit::rfc3339_millis;
+use blox_store::{Cursor, Filter, Kind};
+
+use crate::api::AppState;
+use crate::env_api::{self, Ids, Live};
+use crate::environments::{self, Depth, Stored};
+use crate::error::ApiError;
+use crate::query::{Params, encode_token, parse_cluster};
+
+const PAGE: &[&str] = &["maxResults", "nextToken"];
+
+/// The cluster of the path, if blox or ECS knows it; 404 otherwise.
+async fn known_cluster(state: &AppState, reference: &str) -> Result<ClusterName, ApiError> {
+    let cluster = parse_cluster("cluster", reference)?.name;
+    for kind in [Kind::Environment, Kind::Instance, Kind::Task] {
+        if state.store.clusters(kind).await?.contains(&cluster) {
+            return Ok(cluster);
+        }
+    }
+    if let Some(control) = state.control.as_deref()
+        && let Ok((described, _)) = control.describe_clusters(&[reference.to_owned()]).await
+        && described.iter().any(|c| c.status == "ACTIVE")
+    {
+        return Ok(cluster);
+    }
+    Err(
+        ApiError::not_found("ClusterNotFound", format!("cluster {reference} not found"))
+            .with_field("cluster")
+            .resource("cluster", reference),
+    )
+}
+
+/// The environment of the path, in the path's cluster.
+async fn require(state: &AppState, cluster: &str, name: &str) -> Result<Stored, ApiError> {
+    let cluster = known_cluster(state, cluster).await?;
+    let stored = env_api::require(state, name).await?;
+    if stored.cluster != cluster {
+        return Err(ApiError::missing(Resource::Environment, name));
+    }
+    Ok(stored)
+}
+
+fn revision_number(field: &str, value: &str) -> Result<u64, ApiError> {
+    match value.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ApiError::bad_request(
+            field,
+            "InvalidRevisionId",
+            format!("invalid {field} {value:?}: a revision number from 1"),
+        )),
+    }
+}
+
+/// List the cluster's environments by name.
+#[utoipa::path(get, path = "/v1/{cluster}/environments", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentNamePrefix" = Option<String>, Query, description = "Only names starting with this"),
+        ("maxResults" = Option<u32>, Query, description = "Page size, 1 to 10,000"),
+        ("nextToken" = Option<String>, Query, description = "nextToken of the previous page")),
+    responses((status = 200, body = EnvironmentList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_environments(
+    State(state): State<AppState>,
+    Path(cluster): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EnvironmentList>, ApiError> {
+    let params = Params::parse(
+        query.as_deref(),
+        &["environmentNamePrefix", "maxResults", "nextToken"],
+    )?;
+    let prefix = params.get("environmentNamePrefix").unwrap_or_default().to_owned();
+    let limit = params.max_results()?;
+    let after = params
+        .next_token()?
+        .map(|c| String::from_utf8_lossy(&c.0).into_owned());
+    let cluster = known_cluster(&state, &cluster).await?;
+    let filter = Filter {
+        cluster: Some(cluster),
+        ..Filter::default()
+    };
+    let mut names: Vec<String> = environments::list_all(state.store.as_ref(), Kind::Environment, &filter)
+        .await?
+        .into_iter()
+        .map(|r| r.doc.key.id)
+        .filter(|n| n.starts_with(&prefix) && after.as_ref().is_none_or(|a| n > a))
+        .collect();
+    names.sort();
+    let next_token = match limit {
+        Some(limit) if names.len() > limit => {
+            names.truncate(limit);
+            names.last().map(|n| encode_token(&Cursor(n.as_bytes().to_vec())))
+        }
+        _ => None,
+    };
+    let mut environments = Vec::with_capacity(names.len());
+    for name in &names {
+        if let Some(stored) = environments::load(state.store.as_ref(), name, Depth::Documents).await? {
+            environments.push(environment_body(&state, &stored));
+        }
+    }
+    Ok(Json(EnvironmentList {
+        environment_names: environments.iter().map(|e| e.environment_name.clone()).collect(),
+        environments,
+        next_token,
+    }))
+}
+
+/// Create an environment (revision 1); nothing runs until it is deployed.
+#[utoipa::path(post, path = "/v1/{cluster}/environments", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN")),
+    request_body = CreateBody,
+    responses((status = 200, body = RevisionCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_environment(
+    State(state): State<AppState>,
+    Path(cluster): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Json<RevisionCreated>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    parse_cluster("cluster", &cluster)?;
+    let request: CreateBody = env_api::parse_body(&body)?;
+    daemon::validate_environment_name(&request.environment_name)
+        .map_err(|e| ApiError::bad_request("environmentName", "InvalidName", e.reason))?;
+    if let Some(kind) = request.environment_type.as_deref()
+        && !kind.eq_ignore_ascii_case("Daemon")
+    {
+        return Err(ApiError::bad_request(
+            "environmentType",
+            "InvalidEnvironmentType",
+            format!("{kind:?} is not an environment type blox runs: Daemon"),
+        ));
+    }
+    let task_definition = env_api::non_empty(
+        "taskDefinition",
+        &request.task_definition,
+        "a family, family:revision or ARN",
+    )?;
+    let method = env_api::method("deploymentMethod", request.deployment_method.as_deref())?;
+    let configuration = env_api::patch(request.deployment_configuration.as_ref());
+    env_api::check_patch(&configuration)?;
+    let attributes = env_api::attributes(
+        "instanceGroup.attributes",
+        request.instance_group.as_ref().map_or(&[][..], |g| &g.attributes),
+    )?;
+    let (cluster, cluster_arn) = env_api::resolve_cluster(&state, "cluster", &cluster).await?;
+    let task_definition =
+        env_api::resolve_task_definition(&state, "taskDefinition", &task_definition).await?;
+    let ids = Ids::new();
+    let stored = env_api::create(
+        &state,
+        CreateEnvironment {
+            name: request.environment_name,
+            cluster,
+            cluster_arn,
+            task_definition,
+            attributes,
+            method,
+            configuration,
+        },
+        &ids,
+    )
+    .await?;
+    Ok(Json(RevisionCreated {
+        environment_revision_id: RevisionId(stored.environment().latest_revision),
+        environment: environment_body(&state, &stored),
+    }))
+}
+
+/// Describe an environment.
+#[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name")),
+    responses((status = 200, body = EnvironmentResponse), (status = 404, body = ErrorBody)))]
+pub async fn describe_environment(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EnvironmentResponse>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let stored = require(&state, &cluster, &name).await?;
+    Ok(Json(EnvironmentResponse {
+        environment: environment_body(&state, &stored),
+    }))
+}
+
+/// Update an environment: a new revision made of the latest and the fields given (`baseRevisionId`, if
+/// given, must be the latest: 409 otherwise). Nothing is deployed.
+#[utoipa::path(put, path = "/v1/{cluster}/environments/{environmentName}", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name")),
+    request_body = UpdateBody,
+    responses((status = 200, body = RevisionCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn update_environment(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Json<RevisionCreated>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let request: UpdateBody = env_api::parse_body(&body)?;
+    let method = env_api::method("deploymentMethod", request.deployment_method.as_deref())?;
+    let configuration = env_api::patch(request.deployment_configuration.as_ref());
+    env_api::check_patch(&configuration)?;
+    let attributes = request
+        .instance_group
+        .as_ref()
+        .map(|g| env_api::attributes("instanceGroup.attributes", &g.attributes))
+        .transpose()?;
+    let task_definition = request
+        .task_definition
+        .as_deref()
+        .map(|td| env_api::non_empty("taskDefinition", td, "a family, family:revision or ARN"))
+        .transpose()?;
+    require(&state, &cluster, &name).await?;
+    let task_definition = match task_definition {
+        Some(td) => Some(env_api::resolve_task_definition(&state, "taskDefinition", &td).await?),
+        None => None,
+    };
+    let update = UpdateEnvironment {
+        task_definition,
+        attributes,
+        method,
+        configuration,
+        base_revision: request.base_revision_id.map(|r| r.0),
+    };
+    let ids = Ids::new();
+    let stored = env_api::command(&state, &name, Depth::Documents, |snapshot| {
+        lifecycle::update_environment(snapshot, update.clone(), ids.fresh())
+    })
+    .await?
+    .ok_or_else(|| ApiError::missing(Resource::Environment, &name))?;
+    Ok(Json(RevisionCreated {
+        environment_revision_id: RevisionId(stored.environment().latest_revision),
+        environment: environment_body(&state, &stored),
+    }))
+}
+
+/// Delete an environment: at once (tasks left running), or with `terminateTasks=true` once the
+/// scheduler has stopped its tasks (`environmentStatus` `Deleting` until then).
+#[utoipa::path(delete, path = "/v1/{cluster}/environments/{environmentName}", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name"),
+        ("terminateTasks" = Option<bool>, Query, description = "Stop the environment's tasks first (default false)")),
+    responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_environment(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EnvironmentResponse>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["terminateTasks", "forceDelete"])?;
+    let terminate_tasks = env_api::terminate_tasks(params.get("terminateTasks"))?;
+    let before = require(&state, &cluster, &name).await?;
+    let mut body = environment_body(&state, &before);
+    let now = crate::clock::now_unix_ms();
+    env_api::command(&state, &name, Depth::Everything, |snapshot| {
+        lifecycle::delete(snapshot, terminate_tasks, now)
+    })
+    .await?;
+    body.environment_status = if terminate_tasks { "Deleting" } else { "Deleted" }.to_owned();
+    Ok(Json(EnvironmentResponse { environment: body }))
+}
+
+/// The environment's revisions, oldest first.
+#[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}/revisions", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name"),
+        ("maxResults" = Option<u32>, Query, description = "Page size, 1 to 10,000"),
+        ("nextToken" = Option<String>, Query, description = "nextToken of the previous page")),
+    responses((status = 200, body = RevisionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_revisions(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<RevisionList>, ApiError> {
+    let params = Params::parse(query.as_deref(), PAGE)?;
+    let limit = params.max_results()?;
+    let after = params.next_token()?.map(|c| cursor_number(&c));
+    let stored = require(&state, &cluster, &name).await?;
+    let live = env_api::live(&state, &stored);
+    let mut revisions: Vec<&Revision> = stored
+        .snapshot
+        .revisions
+        .iter()
+        .filter(|r| after.is_none_or(|a| r.number > a))
+        .collect();
+    revisions.sort_by_key(|r| r.number);
+    let next_token = match limit {
+        Some(limit) if revisions.len() > limit => {
+            revisions.truncate(limit);
+            revisions
+                .last()
+                .map(|r| encode_token(&Cursor(r.number.to_be_bytes().to_vec())))
+        }
+        _ => None,
+    };
+    let revisions: Vec<EnvironmentRevision> = revisions
+        .into_iter()
+        .map(|r| revision_body(&stored, &live, r))
+        .collect();
+    Ok(Json(RevisionList {
+        revision_ids: revisions.iter().map(|r| r.environment_revision_id).collect(),
+        revisions,
+        next_token,
+    }))
+}
+
+fn cursor_number(cursor: &Cursor) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = cursor.0.len().min(8);
+    bytes[8 - n..].copy_from_slice(&cursor.0[cursor.0.len() - n..]);
+    u64::from_be_bytes(bytes)
+}
+
+/// Describe a revision, with live counts.
+#[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}/revisions/{environmentRevisionId}",
+    tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name"),
+        ("environmentRevisionId" = String, Path, description = "The revision's number")),
+    responses((status = 200, body = RevisionResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn describe_revision(
+    State(state): State<AppState>,
+    Path((cluster, name, revision)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<RevisionResponse>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let number = revision_number("environmentRevisionId", &revision)?;
+    let stored = require(&state, &cluster, &name).await?;
+    let revision = stored
+        .snapshot
+        .revision(number)
+        .ok_or_else(|| ApiError::missing(Resource::Revision, &revision))?;
+    let live = env_api::live(&state, &stored);
+    Ok(Json(RevisionResponse {
+        environment_revision: revision_body(&stored, &live, revision),
+    }))
+}
+
+/// Start a deployment of revision `revisionId`; a revision older than the active one needs
+/// `rollback=true`. A deployment in progress is superseded (rolled back, for a rollback).
+#[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/deployments", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name"),
+        ("revisionId" = String, Query, description = "The revision to deploy"),
+        ("rollback" = Option<bool>, Query, description = "Required to deploy a revision older than the active one")),
+    responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub async fn start_deployment(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeploymentResponse>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["revisionId", "rollback"])?;
+    let number = match params.get("revisionId") {
+        Some(value) => revision_number("revisionId", value)?,
+        None => {
+            return Err(ApiError::bad_request(
+                "revisionId",
+                "MissingRevisionId",
+                "revisionId is required: the number of the revision to deploy",
+            ));
+        }
+    };
+    let rollback = match params.get("rollback") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "rollback",
+                "InvalidRollback",
+                format!("invalid rollback {other:?}: expected true or false"),
+            ));
+        }
+    };
+    require(&state, &cluster, &name).await?;
+    let ids = Ids::new();
+    let target = DeployTarget::Revision { number, rollback };
+    deployment_command(&state, &name, &ids, |snapshot| {
+        lifecycle::deploy(snapshot, target.clone(), ids.fresh())
+    })
+    .await
+}
+
+/// Roll back: a deployment of the given revision, or by default of the revision of the last deployment
+/// that completed before the active one. The deployment it replaces is marked `rolled-back`.
+#[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/rollback", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name")),
+    request_body(content = Option<RollbackRequest>, description = "Optional: the revision to roll back to"),
+    responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Json<DeploymentResponse>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let request: RollbackRequest = env_api::parse_optional_body(&body)?;
+    require(&state, &cluster, &name).await?;
+    let ids = Ids::new();
+    let revision = request.environment_revision_id.map(|r| r.0);
+    deployment_command(&state, &name, &ids, |snapshot| {
+        lifecycle::rollback(snapshot, revision, ids.fresh())
+    })
+    .await
+}
+
+async fn deployment_command(
+    state: &AppState,
+    name: &str,
+    ids: &Ids,
+    decide: impl FnMut(&daemon::Snapshot) -> Result<lifecycle::Changes, daemon::CommandError>,
+) -> Result<Json<DeploymentResponse>, ApiError> {
+    let stored = env_api::command(state, name, Depth::Documents, decide)
+        .await?
+        .ok_or_else(|| ApiError::missing(Resource::Environment, name))?;
+    let deployment = stored
+        .snapshot
+        .deployment(&ids.deployment_id)
+        .ok_or_else(|| ApiError::missing(Resource::Deployment, &ids.deployment_id))?;
+    let live = env_api::live(state, &stored);
+    Ok(Json(DeploymentResponse {
+        deployment_id: deployment.id.clone(),
+        deployment: deployment_body(&stored, &live, deployment),
+    }))
+}
+
+/// The environment's deployments, newest first.
+#[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}/deployments", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name"),
+        ("maxResults" = Option<u32>, Query, description = "Page size, 1 to 10,000"),
+        ("nextToken" = Option<String>, Query, description = "nextToken of the previous page")),
+    responses((status = 200, body = DeploymentList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_deployments(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeploymentList>, ApiError> {
+    let params = Params::parse(query.as_deref(), PAGE)?;
+    let limit = params.max_results()?;
+    let after = params
+        .next_token()?
+        .map(|c| String::from_utf8_lossy(&c.0).into_owned());
+    let stored = require(&state, &cluster, &name).await?;
+    let live = env_api::live(&state, &stored);
+    let mut deployments = env_api::newest_first(&stored.snapshot);
+    if let Some(after) = &after {
+        // The token is the last id of the previous page.
+        if let Some(at) = deployments.iter().position(|d| d.id == *after) {
+            deployments.drain(..=at);
+        }
+    }
+    let next_token = match limit {
+        Some(limit) if deployments.len() > limit => {
+            deployments.truncate(limit);
+            deployments
+                .last()
+                .map(|d| encode_token(&Cursor(d.id.as_bytes().to_vec())))
+        }
+        _ => None,
+    };
+    let deployments: Vec<DeploymentV1> = deployments
+        .into_iter()
+        .map(|d| deployment_body(&stored, &live, d))
+        .collect();
+    Ok(Json(DeploymentList {
+        deployment_ids: deployments.iter().map(|d| d.deployment_id.clone()).collect(),
+        deployments,
+        next_token,
+    }))
+}
+
+/// Describe a deployment: status, counts, failures per instance, history.
+#[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}/deployments/{deploymentId}",
+    tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name"),
+        ("deploymentId" = String, Path, description = "The deployment's id")),
+    responses((status = 200, body = DeploymentResponse), (status = 404, body = ErrorBody)))]
+pub async fn describe_deployment(
+    State(state): State<AppState>,
+    Path((cluster, name, id)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeploymentResponse>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let stored = require(&state, &cluster, &name).await?;
+    let deployment = stored
+        .snapshot
+        .deployment(&id)
+        .ok_or_else(|| ApiError::missing(Resource::Deployment, &id))?;
+    let live = env_api::live(&state, &stored);
+    Ok(Json(DeploymentResponse {
+        deployment_id: deployment.id.clone(),
+        deployment: deployment_body(&stored, &live, deployment),
+    }))
+}
+
+/// Stop a pending or running deployment: progress halts and tasks are left as they are (409 for a
+/// deployment that already ended).
+#[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/deployments/{deploymentId}/stop",
+    tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name"),
+        ("deploymentId" = String, Path, description = "The deployment's id")),
+    responses((status = 200, body = DeploymentResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn stop_deployment(
+    State(state): State<AppState>,
+    Path((cluster, name, id)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeploymentResponse>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    require(&state, &cluster, &name).await?;
+    let now = crate::clock::now_unix_ms();
+    let stored = env_api::command(&state, &name, Depth::Documents, |snapshot| {
+        lifecycle::stop(snapshot, &id, now)
+    })
+    .await?
+    .ok_or_else(|| ApiError::missing(Resource::Environment, &name))?;
+    let deployment = stored
+        .snapshot
+        .deployment(&id)
+        .ok_or_else(|| ApiError::missing(Resource::Deployment, &id))?;
+    let live = env_api::live(&state, &stored);
+    Ok(Json(DeploymentResponse {
+        deployment_id: deployment.id.clone(),
+        deployment: deployment_body(&stored, &live, deployment),
+    }))
+}
+
+/// Freeze an environment: deployments are still taken, but nothing is started, stopped or restarted
+/// until it is thawed.
+#[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/freeze", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name")),
+    responses((status = 200, body = EnvironmentResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn freeze(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EnvironmentResponse>, ApiError> {
+    set_frozen(state, cluster, name, query, true).await
+}
+
+/// Thaw a frozen environment: the scheduler acts again.
+#[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/thaw", tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+        ("environmentName" = String, Path, description = "The environment's name")),
+    responses((status = 200, body = EnvironmentResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn thaw(
+    State(state): State<AppState>,
+    Path((cluster, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EnvironmentResponse>, ApiError> {
+    set_frozen(state, cluster, name, query, false).await
+}
+
+async fn set_frozen(
+    state: AppState,
+    cluster: String,
+    name: String,
+    query: Option<String>,
+    frozen: bool,
+) -> Result<Json<EnvironmentResponse>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    require(&state, &cluster, &name).await?;
+    let now = crate::clock::now_unix_ms();
+    let stored = env_api::command(&state, &name, Depth::Documents, |snapshot| {
+        lifecycle::freeze(snapshot, frozen, now)
+    })
+    .await?
+    .ok_or_else(|| ApiError::missing(Resource::Environment, &name))?;
+    Ok(Json(EnvironmentResponse {
+        environment: environment_body(&state, &stored),
+    }))
+}
+
+pub fn environment_body(state: &AppState, stored: &Stored) -> EnvironmentV1 {
+    let env = stored.environment();
+    let live = env_api::live(state, stored);
+    let latest = stored.snapshot.latest_revision();
+    let active = stored.snapshot.active();
+    let (health, health_reason) = live.health.clone();
+    EnvironmentV1 {
+        environment_name: env.name.clone(),
+        cluster: env.cluster.to_string(),
+        cluster_arn: env.cluster_arn.clone(),
+        environment_type: "Daemon".to_owned(),
+        environment_health: match health {
+            Health::Healthy => "Healthy",
+            Health::Unhealthy => "Unhealthy",
+        }
+        .to_owned(),
+        health_reason,
+        environment_status: if env.status.is_deleting() {
+            "Deleting"
+        } else if env.frozen {
+            "Frozen"
+        } else {
+            "Active"
+        }
+        .to_owned(),
+        deployment_method: latest
+            .map(|r| r.deployment_method)
+            .unwrap_or_default()
+            .name()
+            .to_owned(),
+        deployment_configuration: env_api::config_body(
+            &latest.map(|r| r.deployment_configuration).unwrap_or_default(),
+        ),
+        task_definition: latest.map(|r| r.task_definition.clone()).unwrap_or_default(),
+        instance_group: InstanceGroup {
+            attributes: latest
+                .map(|r| env_api::attribute_bodies(&r.instance_group.attributes))
+                .unwrap_or_default(),
+        },
+        active_environment_revision_id: active.map(|d| RevisionId(d.revision)),
+        latest_environment_revision_id: RevisionId(env.latest_revision),
+        active_deployment_id: env.active_deployment.clone(),
+        counts: env_api::task_counts(live.plan.counts),
+        created_at: rfc3339_millis(env.created_at),
+        updated_at: rfc3339_millis(env.updated_at),
+    }
+}
+
+fn revision_body(stored: &Stored, live: &Live, revision: &Revision) -> EnvironmentRevision {
+    EnvironmentRevision {
+        environment_revision_id: RevisionId(revision.number),
+        environment_name: revision.environment.clone(),
+        task_definition: revision.task_definition.clone(),
+        health_checks: revision.health_checks,
+        instance_group: InstanceGroup {
+            attributes: env_api::attribute_bodies(&revision.instance_group.attributes),
+        },
+        deployment_method: revision.deployment_method.name().to_owned(),
+        deployment_configuration: env_api::config_body(&revision.deployment_configuration),
+        counts: live.revision_counts(revision, stored.snapshot.active()),
+        created_at: rfc3339_millis(revision.created_at),
+    }
+}
+
+pub fn deployment_body(stored: &Stored, live: &Live, deployment: &Deployment) -> DeploymentV1 {
+    let active = stored.snapshot.active();
+    let is_active = active.is_some_and(|a| a.id == deployment.id);
+    let config = stored
+        .snapshot
+        .revision(deployment.revision)
+        .map(|r| r.deployment_configuration)
+        .unwrap_or_default();
+    let failures = live.failures_of(&deployment.id);
+    let failed_attempts = if is_active {
+        live.plan.failed_attempts
+    } else {
+        failures
+            .iter()
+            .map(|f| f.attempts)
+            .sum::<u64>()
+            .max(deployment.failed_attempts)
+    };
+    let eligible = if is_active {
+        live.plan.fleet.eligible
+    } else {
+        deployment.counts.desired
+    };
+    DeploymentV1 {
+        deployment_id: deployment.id.clone(),
+        environment_name: deployment.environment.clone(),
+        status: deployment.status.name().to_owned(),
+        status_reason: deployment.reason().map(str::to_owned),
+        environment_revision_id: RevisionId(deployment.revision),
+        new_target_revision_id: RevisionId(deployment.revision),
+        old_target_revision_id: deployment.previous_revision.map(RevisionId),
+        task_definition: deployment.task_definition.clone(),
+        timestamp: deployment.created_at,
+        rollback: deployment.rollback,
+        rollback_of: deployment.rollback_of.clone(),
+        rolled_back_by: deployment.rolled_back_by.clone(),
+        superseded_by: deployment.superseded_by.clone(),
+        counts: live.deployment_counts(deployment, active),
+        failed_attempts,
+        failure_threshold: config.failure_threshold(eligible),
+        failures: env_api::failure_bodies(failures),
+        history: env_api::history_bodies(deployment),
+        created_at: rfc3339_millis(deployment.created_at),
+        started_at: deployment.started_at.map(rfc3339_millis),
+        ended_at: deployment.ended_at.map(rfc3339_millis),
+    }
+}

@@ -1,0 +1,417 @@
+//! The in-memory view: every cluster's instances and scheduler-group tasks ([`ClusterView`]) and every
+//! scheduler document, parsed once and kept current by one reader of the store's change log (kube-rs's
+//! reflector). The executor plans from it instead of re-reading the store; the API computes live
+//! counts from it. Writers never wait for it: it follows the change log at its own pace.
+//!
+//! The executor is woken by changes that can alter a plan and that it did not write itself: the feed
+//! queues their sequence numbers ([`View::take_relevant`]), and the executor drops its own.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use blox_model::daemon::{
+    ClusterView, Deployment, Doc, Environment, InstanceFailure, Revision, Snapshot, StartIntent,
+};
+use blox_model::{ClusterName, ContainerInstance, Task};
+use blox_store::{Change, Filter, Kind, Store, StoreError};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::documents;
+use crate::environments::list_all;
+
+/// A scheduler document with the sequence number of its last change.
+#[derive(Debug, Clone)]
+pub struct Entry<T> {
+    pub seq: u64,
+    pub cluster: ClusterName,
+    pub doc: Arc<T>,
+}
+
+/// Everything the view holds.
+#[derive(Debug, Default)]
+pub struct ViewState {
+    pub clusters: BTreeMap<ClusterName, ClusterView>,
+    /// By name (names are unique across clusters).
+    pub environments: BTreeMap<String, Entry<Environment>>,
+    /// By (environment, number).
+    pub revisions: BTreeMap<(String, u64), Entry<Revision>>,
+    pub deployments: HashMap<String, Entry<Deployment>>,
+    /// Environment → its deployments' ids.
+    pub deployments_of: HashMap<String, BTreeSet<String>>,
+    /// By store id (`deployment/instance`).
+    pub intents: BTreeMap<String, Entry<StartIntent>>,
+    pub failures: BTreeMap<String, Entry<InstanceFailure>>,
+    /// The last change applied.
+    pub applied: u64,
+}
+
+impl ViewState {
+    /// One environment's documents, as [`crate::environments::load`] would read them.
+    pub fn snapshot(&self, name: &str) -> Option<Snapshot> {
+        let env = self.environments.get(name)?;
+        let ids = self.deployments_of.get(name);
+        let deployments: Vec<Deployment> = ids
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.deployments.get(id))
+            .map(|e| (*e.doc).clone())
+            .collect();
+        let is_ours = |deployment: &str| ids.is_some_and(|ids| ids.contains(deployment));
+        Some(Snapshot {
+            environment: Some((*env.doc).clone()),
+            revisions: self
+                .revisions
+                .range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX))
+                .map(|(_, e)| (*e.doc).clone())
+                .collect(),
+            deployments,
+            intents: self
+                .intents
+                .values()
+                .filter(|e| is_ours(&e.doc.deployment_id))
+                .map(|e| (*e.doc).clone())
+                .collect(),
+            failures: self
+                .failures
+                .values()
+                .filter(|e| is_ours(&e.doc.deployment_id))
+                .map(|e| (*e.doc).clone())
+                .collect(),
+        })
+    }
+
+    /// Whether a task change can matter: started by a known deployment, or already in view.
+    fn wants_task(&self, doc: &blox_store::Document) -> bool {
+        doc.started_by
+            .as_deref()
+            .is_some_and(|s| self.deployments.contains_key(s))
+            || self
+                .clusters
+                .get(&doc.key.cluster)
+                .is_some_and(|c| c.task(&doc.key.id).is_some())
+    }
+
+    /// Applies one change; returns whether it can change a plan.
+    fn apply(&mut self, change: &Change, now_ms: u64) -> Result<bool, documents::DocumentError> {
+        if change.seq <= self.applied {
+            return Ok(false);
+        }
+        self.applied = change.seq;
+        let doc = &change.doc;
+        let cluster = doc.key.cluster.clone();
+        match doc.key.kind {
+            Kind::Instance => {
+                if change.deleted {
+                    if let Some(view) = self.clusters.get_mut(&cluster) {
+                        view.remove_instance(&doc.key.id);
+                    }
+                } else {
+                    let instance: ContainerInstance = documents::parse(doc)?;
+                    self.clusters
+                        .entry(cluster.clone())
+                        .or_default()
+                        .upsert_instance(&instance);
+                }
+                Ok(self.environments.values().any(|e| e.cluster == cluster))
+            }
+            Kind::Task => {
+                if !self.wants_task(doc) {
+                    return Ok(false);
+                }
+                if change.deleted {
+                    if let Some(view) = self.clusters.get_mut(&cluster) {
+                        view.remove_task(&doc.key.id);
+                    }
+                } else {
+                    let task: Task = documents::parse(doc)?;
+                    self.clusters
+                        .entry(cluster)
+                        .or_default()
+                        .upsert_task(&task, now_ms);
+                }
+                Ok(true)
+            }
+            Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => {
+                let Some(parsed) = documents::parse_scheduler_doc(doc)? else {
+                    return Ok(false);
+                };
+                self.apply_doc(change.seq, cluster, parsed, change.deleted);
+                Ok(true)
+            }
+        }
+    }
+
+    fn apply_doc(&mut self, seq: u64, cluster: ClusterName, doc: Doc, deleted: bool) {
+        fn entry<T>(seq: u64, cluster: ClusterName, doc: T) -> Entry<T> {
+            Entry {
+                seq,
+                cluster,
+                doc: Arc::new(doc),
+            }
+        }
+        match doc {
+            Doc::Environment(e) => {
+                if deleted {
+                    self.environments.remove(&e.name);
+                } else {
+                    self.environments.insert(e.name.clone(), entry(seq, cluster, e));
+                }
+            }
+            Doc::Revision(r) => {
+                let key = (r.environment.clone(), r.number);
+                if deleted {
+                    self.revisions.remove(&key);
+                } else {
+                    self.revisions.insert(key, entry(seq, cluster, r));
+                }
+            }
+            Doc::Deployment(d) => {
+                if deleted {
+                    if let Some(ids) = self.deployments_of.get_mut(&d.environment) {
+                        ids.remove(&d.id);
+                        if ids.is_empty() {
+                            self.deployments_of.remove(&d.environment);
+                        }
+                    }
+                    self.deployments.remove(&d.id);
+                } else {
+                    self.deployments_of
+                        .entry(d.environment.clone())
+                        .or_default()
+                        .insert(d.id.clone());
+                    self.deployments.insert(d.id.clone(), entry(seq, cluster, d));
+                }
+            }
+            Doc::Intent(i) => {
+                let id = i.id();
+                if deleted {
+                    self.intents.remove(&id);
+                } else {
+                    self.intents.insert(id, entry(seq, cluster, i));
+                }
+            }
+            Doc::Failure(f) => {
+                let id = f.id();
+                if deleted {
+                    self.failures.remove(&id);
+                } else {
+                    self.failures.insert(id, entry(seq, cluster, f));
+                }
+            }
+        }
+    }
+}
+
+/// The view and its feed's signals.
+pub struct View {
+    state: RwLock<ViewState>,
+    applied: watch::Sender<u64>,
+    /// Sequence numbers of applied changes that can change a plan, not yet taken by the executor.
+    relevant: Mutex<Vec<u64>>,
+    wake: Notify,
+    clock: crate::clock::Clock,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field("applied", &*self.applied.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl View {
+    pub fn new(clock: crate::clock::Clock) -> Arc<View> {
+        Arc::new(View {
+            state: RwLock::new(ViewState::default()),
+            applied: watch::channel(0).0,
+            relevant: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            clock,
+        })
+    }
+
+    /// A view fed from `store` until `shutdown`, its first load done before this returns.
+    pub async fn spawn(
+        store: Arc<dyn Store>,
+        clock: crate::clock::Clock,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<View>, StoreError> {
+        let view = View::new(clock);
+        view.load(store.as_ref()).await?;
+        tokio::spawn(view.clone().follow(store, shutdown));
+        Ok(view)
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, ViewState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last change applied.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the view has applied every change up to `seq` (at most `timeout`); whether it has.
+    pub async fn caught_up(&self, seq: u64, timeout: Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        let wait = applied.wait_for(|&a| a >= seq);
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
+    }
+
+    /// Waits until a change that can alter a plan has been applied.
+    pub async fn relevant_change(&self) {
+        let notified = self.wake.notified();
+        if !self.lock_relevant().is_empty() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// The sequence numbers of relevant changes applied since the last call.
+    pub fn take_relevant(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.lock_relevant())
+    }
+
+    fn lock_relevant(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.relevant.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads everything the view holds from the store, replacing what it held.
+    async fn load(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let head = store.log_bounds().await?.head;
+        let now = (self.clock)();
+        let mut state = ViewState::default();
+        let all = Filter::default();
+        let mut changes = Vec::new();
+        for kind in [
+            Kind::Environment,
+            Kind::Revision,
+            Kind::Deployment,
+            Kind::Intent,
+            Kind::Failure,
+        ] {
+            for record in list_all(store, kind, &all).await? {
+                changes.push(as_change(record));
+            }
+        }
+        for record in list_all(store, Kind::Instance, &all).await? {
+            changes.push(as_change(record));
+        }
+        apply_unordered(&mut state, &changes, now);
+        // Only tasks some deployment started can be an environment's.
+        let deployments: Vec<(ClusterName, String)> = state
+            .deployments
+            .values()
+            .map(|e| (e.cluster.clone(), e.doc.id.clone()))
+            .collect();
+        let mut tasks = Vec::new();
+        for (cluster, id) in deployments {
+            let filter = Filter {
+                cluster: Some(cluster),
+                status: None,
+                started_by: Some(id),
+            };
+            tasks.extend(
+                list_all(store, Kind::Task, &filter)
+                    .await?
+                    .into_iter()
+                    .map(as_change),
+            );
+        }
+        apply_unordered(&mut state, &tasks, now);
+        state.applied = head;
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+        self.applied.send_replace(head);
+        // What changed while loading comes next, from the change log after `head`.
+        Ok(())
+    }
+
+    /// Follows the change log until `shutdown`; reloads when it fell behind the retained log.
+    async fn follow(self: Arc<View>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+        let mut heads = store.subscribe();
+        let mut failures = 0u32;
+        loop {
+            let after = self.applied();
+            match store.changes(after, 1_000).await {
+                Ok(changes) if changes.is_empty() => {
+                    failures = 0;
+                    tokio::select! {
+                        changed = heads.changed() => if changed.is_err() { return },
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+                Ok(changes) => {
+                    failures = 0;
+                    self.apply(&changes);
+                }
+                Err(StoreError::Compacted { .. }) => {
+                    tracing::warn!(after, "the view fell behind the change log; reloading");
+                    if let Err(err) = self.load(store.as_ref()).await {
+                        tracing::warn!(error = %err, "the view could not reload");
+                    }
+                    self.signal(vec![u64::MAX]);
+                }
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %err, after, "the view could not read the change log");
+                    let pause = Duration::from_millis(100 * u64::from(failures.min(50)));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&self, changes: &[Change]) {
+        let now = (self.clock)();
+        let mut relevant = Vec::new();
+        let last = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            for change in changes {
+                match state.apply(change, now) {
+                    Ok(true) => relevant.push(change.seq),
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, seq = change.seq, "the view skipped a change it cannot parse")
+                    }
+                }
+            }
+            state.applied
+        };
+        self.applied.send_replace(last);
+        self.signal(relevant);
+    }
+
+    fn signal(&self, relevant: Vec<u64>) {
+        if relevant.is_empty() {
+            return;
+        }
+        self.lock_relevant().extend(relevant);
+        self.wake.notify_waiters();
+    }
+}
+
+fn as_change(record: blox_store::Record) -> Change {
+    Change {
+        seq: record.seq,
+        deleted: false,
+        doc: record.doc,
+    }
+}
+
+/// Applies listed records, which come in key order, not sequence order.
+fn apply_unordered(state: &mut ViewState, changes: &[Change], now_ms: u64) {
+    for change in changes {
+        let applied = state.applied;
+        state.applied = 0;
+        if let Err(err) = state.apply(change, now_ms) {
+            tracing::warn!(error = %err, key = %change.doc.key, "the view skipped a document it cannot parse");
+        }
+        state.applied = applied.max(change.seq);
+    }
+}
