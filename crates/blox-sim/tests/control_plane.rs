@@ -44,6 +44,8 @@ fn container(name: &str, cpu: i64, memory: i64, ports: &[i64]) -> SimContainer {
         memory: Some(memory),
         essential: true,
         host_ports: ports.to_vec(),
+        health_check: None,
+        fault: None,
     }
 }
 

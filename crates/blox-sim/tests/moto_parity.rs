@@ -21,7 +21,8 @@ use blox_aws::{
 };
 use blox_model::{Attribute, ContainerInstance, Task};
 use blox_sim::{
-    Clock, Ecs, NewInstance, SimConfig, SimContainer, SimOptions, Simulator, TaskFilter, ThrottleConfig,
+    Clock, Ecs, NewInstance, SimConfig, SimContainer, SimHealthCheck, SimOptions, Simulator,
+    TaskFilter, ThrottleConfig,
 };
 use blox_testkit::{EcsFixture, Moto};
 
@@ -145,6 +146,8 @@ impl Backend {
                     memory: Some(memory),
                     essential: true,
                     host_ports: port.into_iter().collect(),
+                    health_check: None,
+                    fault: None,
                 };
                 sim.write(|ecs, _| {
                     ecs.register_task_definition(
@@ -822,6 +825,46 @@ async fn list_tasks_filters_match_moto_started_by_instance_and_family() {
     );
 }
 
+/// A definition with a container health check says so on both.
+#[tokio::test]
+async fn described_health_checks_match_moto() {
+    let (moto, sim) = scripted().await;
+    let mut views = Vec::new();
+    for side in [&moto, &sim] {
+        match &side.backend {
+            Backend::Moto { fx, .. } => {
+                fx.register_health_checked_task_definition("checked")
+                    .await
+                    .unwrap();
+            }
+            Backend::Sim { sim } => {
+                let container = SimContainer {
+                    name: "app".into(),
+                    cpu: 128,
+                    memory: Some(128),
+                    essential: true,
+                    host_ports: Vec::new(),
+                    health_check: Some(SimHealthCheck {
+                        healthy_after_ms: 10_000,
+                    }),
+                    fault: None,
+                };
+                sim.write(|ecs, _| ecs.register_task_definition("checked", None, None, vec![container]))
+                    .unwrap();
+            }
+        }
+        let checked = side.api().describe_task_definition("checked").await.unwrap();
+        let unchecked = side.api().describe_task_definition("web:1").await.unwrap();
+        let checks = |td: &TaskDefinitionDescription| {
+            let each: Vec<bool> = td.containers.iter().map(|c| c.health_check).collect();
+            (each, td.has_health_checks())
+        };
+        views.push((checks(&checked), checks(&unchecked)));
+    }
+    assert_eq!(views[0], views[1], "moto (left) and the simulator (right)");
+    assert_eq!(views[1], ((vec![true], true), (vec![false], false)));
+}
+
 #[tokio::test]
 async fn start_task_without_group_defaults_to_the_family_like_moto() {
     let (moto, sim) = scripted().await;
@@ -1021,6 +1064,28 @@ async fn versions_rise_with_every_change_where_moto_differs_reporting_none() {
     assert!(before >= 1);
     sim.backend.drain(CLUSTER, &sim.instances[0]).await;
     assert!(sim.instance(0).await.unwrap().version > before);
+}
+
+/// ECS: without a health check a container's and its task's `healthStatus` is UNKNOWN. moto reports
+/// every container HEALTHY and gives the task no health at all.
+#[tokio::test]
+async fn health_is_unknown_without_checks_where_moto_differs_reporting_containers_healthy() {
+    let (moto, sim) = scripted().await;
+    let health = |t: &Task| {
+        (
+            t.health_status.clone(),
+            t.containers
+                .iter()
+                .map(|c| c.health_status.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        health(&sim.task(1).await),
+        (some("UNKNOWN"), vec![some("UNKNOWN")])
+    );
+    assert_eq!(health(&moto.task(1).await), (None, vec![some("HEALTHY")]));
 }
 
 /// ECS's task lifecycle: StartTask answers PROVISIONING or PENDING, RUNNING comes later and sets

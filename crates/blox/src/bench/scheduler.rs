@@ -186,6 +186,8 @@ fn account(instances: usize, throttle: &ThrottleConfig, seed: u64) -> Account {
                         memory: Some(128),
                         essential: true,
                         host_ports: vec![],
+                        health_check: None,
+                        fault: None,
                     }],
                 )
                 .map(|t| t.arn.clone());
