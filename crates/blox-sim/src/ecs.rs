@@ -1635,7 +1635,8 @@ impl Ecs {
     }
 
     /// ListTasks, one page. `desired_status` defaults to RUNNING; STOPPED lists tasks stopped within
-    /// the retention.
+    /// the retention. `started_by` goes with no other filter but the desired status (ECS: "it must
+    /// be the only filter that you use"; it answers InvalidParameterException).
     pub fn list_tasks(
         &self,
         cluster: &str,
@@ -1650,6 +1651,9 @@ impl Ecs {
             return Err(invalid(format!(
                 "desiredStatus: {desired:?} is not RUNNING, PENDING or STOPPED"
             )));
+        }
+        if filter.started_by.is_some() && (filter.container_instance.is_some() || filter.family.is_some()) {
+            return Err(invalid("cannot specify startedBy with other arguments"));
         }
         let max = page_size(max_results)?;
         let start = start_after_id(next_token)?;

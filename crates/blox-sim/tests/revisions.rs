@@ -11,7 +11,7 @@ use blox_aws::{EcsControl, EcsErrorKind, EcsReader, StartTask};
 use blox_model::{EcsEvent, Task};
 use blox_sim::{
     Clock, Driver, Ecs, NewInstance, Scenario, SimConfig, SimContainer, SimError, SimFault, SimHealthCheck,
-    SimOptions, Simulator, ThrottleConfig,
+    SimOptions, Simulator, TaskFilter, ThrottleConfig,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -756,4 +756,21 @@ async fn list_started_tasks_on_the_simulator() {
         .await
         .unwrap_err();
     assert!(matches!(err.kind, EcsErrorKind::ClusterNotFound), "{err}");
+    // As in ECS, the one call that would do it is refused.
+    let combined = TaskFilter {
+        started_by: Some("dep-1".into()),
+        container_instance: Some(instances[0].clone()),
+        ..TaskFilter::default()
+    };
+    let refused = sim.read(|ecs| ecs.list_tasks(C, &combined, None, None, T0));
+    assert!(
+        matches!(
+            &refused,
+            Err(SimError::Rejected {
+                code: "InvalidParameterException",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
 }
