@@ -173,7 +173,45 @@ pub struct SimContainer {
     pub memory: Option<i64>,
     pub essential: bool,
     pub host_ports: Vec<i64>,
+    /// ECS's `healthCheck`. Without one the container's health stays UNKNOWN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<SimHealthCheck>,
+    /// What is wrong with it, for revisions that are bad on purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<SimFault>,
 }
+
+/// A container health check: the container reports `healthStatus` UNKNOWN from RUNNING until the
+/// check's first verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimHealthCheck {
+    /// From RUNNING to the verdict (ECS: the start period, then passing runs at the interval):
+    /// HEALTHY, or UNHEALTHY for a container whose fault is [`SimFault::NeverHealthy`].
+    pub healthy_after_ms: u64,
+}
+
+/// How a container of a bad revision fails. A revision ECS refuses at StartTask needs no fault:
+/// more CPU or memory than the instances have, or a host port they hold, is `RESOURCE:*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SimFault {
+    /// Its image cannot be pulled: the task stops from PENDING with `CannotPullContainerError` and
+    /// never runs.
+    CannotPull,
+    /// It exits with `exit_code` `after_ms` after RUNNING. An essential container stops its task
+    /// ("Essential container in task exited"); another just stops.
+    Crash { after_ms: u64, exit_code: i64 },
+    /// Its health check never passes: UNHEALTHY once the check's delay is over, and the task keeps
+    /// running (ECS stops a standalone task for nothing of the sort; only services replace
+    /// unhealthy tasks). Needs a health check.
+    NeverHealthy,
+}
+
+/// ECS's `healthStatus` values.
+const UNKNOWN: &str = "UNKNOWN";
+const HEALTHY: &str = "HEALTHY";
+const UNHEALTHY: &str = "UNHEALTHY";
+/// The task's `stoppedReason` when an essential container exits.
+const ESSENTIAL_EXITED: &str = "Essential container in task exited";
 
 impl TaskDefinition {
     /// CPU units and MiB a task reserves on its instance: the task-level size when set, else the
@@ -193,6 +231,36 @@ impl TaskDefinition {
             .iter()
             .flat_map(|c| c.host_ports.iter().copied())
             .collect()
+    }
+
+    fn cannot_pull(&self) -> bool {
+        self.containers
+            .iter()
+            .any(|c| c.fault == Some(SimFault::CannotPull))
+    }
+
+    /// ECS's task health from its containers': UNHEALTHY if an essential container is, HEALTHY when
+    /// every essential container with a check is (and there is one), else UNKNOWN. Non-essential
+    /// containers do not count.
+    fn task_health(&self, containers: &[Container]) -> &'static str {
+        let mut checked = self
+            .containers
+            .iter()
+            .zip(containers)
+            .filter(|(d, _)| d.essential && d.health_check.is_some())
+            .map(|(_, c)| c.health_status.as_deref())
+            .peekable();
+        if checked.peek().is_none() {
+            return UNKNOWN;
+        }
+        let statuses: Vec<Option<&str>> = checked.collect();
+        if statuses.contains(&Some(UNHEALTHY)) {
+            UNHEALTHY
+        } else if statuses.iter().all(|s| *s == Some(HEALTHY)) {
+            HEALTHY
+        } else {
+            UNKNOWN
+        }
     }
 }
 
@@ -244,7 +312,11 @@ struct SimTask {
     cpu: i64,
     memory: i64,
     ports: Vec<i64>,
-    /// Fails before RUNNING (drawn at start).
+    /// The revision of `family` it runs: where its containers' checks and faults are (0 in states
+    /// saved before revisions were kept, whose definitions had neither).
+    #[serde(default)]
+    revision: i64,
+    /// Fails before RUNNING (drawn at start, or a container's image cannot be pulled).
     fails_to_start: bool,
     /// The essential container's exit code once stopped.
     exit_code: Option<i64>,
@@ -258,6 +330,22 @@ enum Timer {
     ExpireTask { cluster: String, id: u128 },
     /// Forget a deregistered instance.
     PurgeInstance { cluster: String, id: u128 },
+    /// Something happens to one container (by index) of a RUNNING task. Not tied to the task's
+    /// version: other changes (another container's verdict) must not cancel it.
+    Container {
+        cluster: String,
+        id: u128,
+        container: usize,
+        step: ContainerStep,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum ContainerStep {
+    /// The health check's first verdict.
+    Health { healthy: bool },
+    /// The container exits.
+    Exit { code: i64 },
 }
 
 /// What ECS lists and describes in one cluster.
@@ -434,6 +522,16 @@ impl Ecs {
         if containers.is_empty() {
             return Err(client("Container list cannot be empty."));
         }
+        // The simulator's own misuse, not an ECS answer: a check that never passes needs a check.
+        if let Some(c) = containers
+            .iter()
+            .find(|c| c.fault == Some(SimFault::NeverHealthy) && c.health_check.is_none())
+        {
+            return Err(client(format!(
+                "container {:?}: a NeverHealthy fault needs a health check",
+                c.name
+            )));
+        }
         let revisions = self.task_definitions.entry(family.to_owned()).or_default();
         let revision = revisions.keys().next_back().copied().unwrap_or(0) + 1;
         revisions.insert(
@@ -542,7 +640,7 @@ impl Ecs {
                     memory: c.memory,
                     essential: c.essential,
                     host_ports: c.host_ports.clone(),
-                    health_check: false,
+                    health_check: c.health_check.is_some(),
                 })
                 .collect(),
         })
@@ -1150,12 +1248,14 @@ impl Ecs {
                         })
                         .collect(),
                     reason: None,
-                    health_status: None,
+                    // As ECS: UNKNOWN until a health check says otherwise, or for good without one.
+                    health_status: Some(UNKNOWN.into()),
                 }
             })
             .collect();
-        let fails_to_start =
-            self.config.start_failure > 0.0 && self.rng.random_bool(self.config.start_failure);
+        let fails_to_start = (self.config.start_failure > 0.0
+            && self.rng.random_bool(self.config.start_failure))
+            || td.cannot_pull();
         let first_status = if self.config.provisioning_ms > 0 {
             "PROVISIONING"
         } else {
@@ -1192,7 +1292,7 @@ impl Ecs {
             launch_type: Some("EC2".into()),
             version: 0,
             updated_at: None,
-            health_status: None,
+            health_status: Some(UNKNOWN.into()),
         };
         instance.cpu_used += cpu;
         instance.memory_used += memory;
@@ -1204,6 +1304,7 @@ impl Ecs {
                 desc: Arc::new(task),
                 instance: Some(instance_id),
                 family: td.family.clone(),
+                revision: td.revision,
                 cpu,
                 memory,
                 ports: ports.to_vec(),
@@ -1263,18 +1364,25 @@ impl Ecs {
     ) -> Result<(), SimError> {
         let (name, id) = self.task_key(cluster, task)?;
         if self.clusters[&name].tasks[&id].desc.desired_status != "STOPPED" {
-            self.begin_stop(
-                &name,
-                id,
-                "Essential container in task exited",
-                Some(exit_code),
-                now,
-            );
+            self.begin_stop(&name, id, ESSENTIAL_EXITED, Some(exit_code), now);
         }
         Ok(())
     }
 
     fn begin_stop(&mut self, cluster: &str, id: u128, reason: &str, exit_code: Option<i64>, now: u64) {
+        self.begin_stop_with(cluster, id, reason, exit_code, now, |_| {});
+    }
+
+    /// [`Ecs::begin_stop`] with more changes in the same version (the container that exited).
+    fn begin_stop_with(
+        &mut self,
+        cluster: &str,
+        id: u128,
+        reason: &str,
+        exit_code: Option<i64>,
+        now: u64,
+        also: impl FnOnce(&mut Task),
+    ) {
         let Some(task) = self.clusters.get_mut(cluster).and_then(|c| c.tasks.get_mut(&id)) else {
             return;
         };
@@ -1287,6 +1395,7 @@ impl Ecs {
         self.bump_task(cluster, id, now, |t| {
             t.desired_status = "STOPPED".into();
             t.stopped_reason = Some(reason.to_owned());
+            also(t);
         });
         self.schedule_step(cluster, id, now + self.config.stopping_ms);
     }
@@ -1364,14 +1473,25 @@ impl Ecs {
                         self.schedule_step(&cluster, id, now + self.config.pending_ms);
                     }
                     ("RUNNING", "PENDING") if fails => {
+                        // The containers whose image is missing, or all of them for a drawn failure.
+                        let faulty: Vec<bool> = match self.definition_of(&cluster, id) {
+                            Some(td) if td.cannot_pull() => td
+                                .containers
+                                .iter()
+                                .map(|c| c.fault == Some(SimFault::CannotPull))
+                                .collect(),
+                            _ => Vec::new(),
+                        };
                         self.bump_task(&cluster, id, now, |t| {
                             t.desired_status = "STOPPED".into();
                             t.stopped_reason = Some(
                                 "CannotPullContainerError: pull image manifest has been retried 5 time(s): image not found"
                                     .into(),
                             );
-                            for c in &mut t.containers {
-                                c.reason = Some("CannotPullContainerError".into());
+                            for (i, c) in t.containers.iter_mut().enumerate() {
+                                if faulty.get(i).copied().unwrap_or(true) {
+                                    c.reason = Some("CannotPullContainerError".into());
+                                }
                             }
                         });
                         self.finish_stop(&cluster, id, now);
@@ -1384,6 +1504,7 @@ impl Ecs {
                                 c.last_status = "RUNNING".into();
                             }
                         });
+                        self.schedule_containers(&cluster, id, now);
                         if let Some(instance) = self.clusters[&cluster].tasks[&id].instance {
                             self.bump_instance(&cluster, instance, now, true, |_| {});
                         }
@@ -1405,6 +1526,89 @@ impl Ecs {
                 {
                     c.instances.remove(&id);
                 }
+            }
+            Timer::Container {
+                cluster,
+                id,
+                container,
+                step,
+            } => self.container_step(&cluster, id, container, step, now),
+        }
+    }
+
+    /// The definition a task runs, when it is still known.
+    fn definition_of(&self, cluster: &str, id: u128) -> Option<&TaskDefinition> {
+        let task = self.clusters.get(cluster)?.tasks.get(&id)?;
+        self.task_definition(&task.family, task.revision)
+    }
+
+    /// A task just RUNNING: its containers' health verdicts and exits, as its definition has them.
+    fn schedule_containers(&mut self, cluster: &str, id: u128, now: u64) {
+        let Some(td) = self.definition_of(cluster, id) else {
+            return;
+        };
+        let mut steps = Vec::new();
+        for (container, c) in td.containers.iter().enumerate() {
+            if let Some(check) = c.health_check {
+                let healthy = c.fault != Some(SimFault::NeverHealthy);
+                steps.push((
+                    now + check.healthy_after_ms,
+                    container,
+                    ContainerStep::Health { healthy },
+                ));
+            }
+            if let Some(SimFault::Crash { after_ms, exit_code }) = c.fault {
+                steps.push((now + after_ms, container, ContainerStep::Exit { code: exit_code }));
+            }
+        }
+        for (at, container, step) in steps {
+            self.schedule(
+                at,
+                Timer::Container {
+                    cluster: cluster.to_owned(),
+                    id,
+                    container,
+                    step,
+                },
+            );
+        }
+    }
+
+    /// A container's health verdict or exit, if its task and the container are still RUNNING.
+    fn container_step(&mut self, cluster: &str, id: u128, container: usize, step: ContainerStep, now: u64) {
+        let Some(task) = self.clusters.get(cluster).and_then(|c| c.tasks.get(&id)) else {
+            return;
+        };
+        let running = task.desc.desired_status == "RUNNING"
+            && task.desc.last_status == "RUNNING"
+            && task
+                .desc
+                .containers
+                .get(container)
+                .is_some_and(|c| c.last_status == "RUNNING");
+        let Some(td) = self.definition_of(cluster, id).filter(|_| running).cloned() else {
+            return;
+        };
+        let essential = td.containers.get(container).is_some_and(|c| c.essential);
+        match step {
+            ContainerStep::Health { healthy } => {
+                let verdict = if healthy { HEALTHY } else { UNHEALTHY };
+                self.bump_task(cluster, id, now, |t| {
+                    t.containers[container].health_status = Some(verdict.into());
+                    t.health_status = Some(td.task_health(&t.containers).into());
+                });
+            }
+            ContainerStep::Exit { code } if essential => {
+                self.begin_stop_with(cluster, id, ESSENTIAL_EXITED, Some(code), now, |t| {
+                    t.containers[container].last_status = "STOPPED".into();
+                    t.containers[container].exit_code = Some(code);
+                });
+            }
+            ContainerStep::Exit { code } => {
+                self.bump_task(cluster, id, now, |t| {
+                    t.containers[container].last_status = "STOPPED".into();
+                    t.containers[container].exit_code = Some(code);
+                });
             }
         }
     }
@@ -1431,7 +1635,8 @@ impl Ecs {
     }
 
     /// ListTasks, one page. `desired_status` defaults to RUNNING; STOPPED lists tasks stopped within
-    /// the retention.
+    /// the retention. `started_by` goes with no other filter but the desired status (ECS: "it must
+    /// be the only filter that you use"; it answers InvalidParameterException).
     pub fn list_tasks(
         &self,
         cluster: &str,
@@ -1446,6 +1651,9 @@ impl Ecs {
             return Err(invalid(format!(
                 "desiredStatus: {desired:?} is not RUNNING, PENDING or STOPPED"
             )));
+        }
+        if filter.started_by.is_some() && (filter.container_instance.is_some() || filter.family.is_some()) {
+            return Err(invalid("cannot specify startedBy with other arguments"));
         }
         let max = page_size(max_results)?;
         let start = start_after_id(next_token)?;

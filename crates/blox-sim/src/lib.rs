@@ -16,10 +16,10 @@ mod scenario;
 mod throttle;
 
 pub use ecs::{
-    Ecs, Emitted, LIST_PAGE_MAX, Listed, NewInstance, Page, SimConfig, SimContainer, SimError,
-    TaskDefinition, TaskFilter, UPDATE_STATE_BATCH,
+    Ecs, Emitted, LIST_PAGE_MAX, Listed, NewInstance, Page, SimConfig, SimContainer, SimError, SimFault,
+    SimHealthCheck, TaskDefinition, TaskFilter, UPDATE_STATE_BATCH,
 };
 pub use events::{EventQueue, Faults, QueueStats};
 pub use live::{Clock, SaveError, SimOptions, SimStartError, Simulator};
-pub use scenario::{ClusterPlan, Driver, FamilyPlan, Rates, Scenario};
+pub use scenario::{ClusterPlan, Driver, FamilyPlan, Rates, RevisionPlan, Scenario};
 pub use throttle::{Family, Rate, Throttle, ThrottleConfig};

@@ -13,7 +13,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::ecs::{Ecs, NewInstance, SimContainer, SimError};
+use crate::ecs::{Ecs, NewInstance, SimContainer, SimError, SimFault, SimHealthCheck};
 
 /// Events per second of churn, each kind drawn independently.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -79,13 +79,58 @@ pub struct ClusterPlan {
     pub tasks: Option<usize>,
 }
 
-/// A task definition of the initial world: family, CPU units, MiB, and a static host port.
+/// A task definition family of the initial world: revision 1 (one container: CPU units, MiB, a
+/// static host port), which the world's own tasks run, and later revisions for deployments to try.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FamilyPlan {
     pub family: String,
     pub cpu: i64,
     pub memory: i64,
     pub host_port: Option<i64>,
+    /// Revisions 2, 3, … in order, registered with the first. Nothing in the scenario starts them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later_revisions: Vec<RevisionPlan>,
+}
+
+/// A later revision of a family: its one container's size, port, health check and fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevisionPlan {
+    pub cpu: i64,
+    pub memory: i64,
+    pub host_port: Option<i64>,
+    #[serde(default)]
+    pub health_check: Option<SimHealthCheck>,
+    #[serde(default)]
+    pub fault: Option<SimFault>,
+}
+
+impl FamilyPlan {
+    /// `FAMILY:1`: what the world's own tasks run, whatever the latest revision is.
+    pub fn first_revision(&self) -> String {
+        format!("{}:1", self.family)
+    }
+
+    /// Every revision's container, in registration order.
+    fn containers(&self) -> impl Iterator<Item = SimContainer> + '_ {
+        let first = RevisionPlan {
+            cpu: self.cpu,
+            memory: self.memory,
+            host_port: self.host_port,
+            health_check: None,
+            fault: None,
+        };
+        std::iter::once(first)
+            .chain(self.later_revisions.iter().cloned())
+            .map(|r| SimContainer {
+                name: self.family.clone(),
+                cpu: r.cpu,
+                memory: Some(r.memory),
+                essential: true,
+                host_ports: r.host_port.into_iter().collect(),
+                health_check: r.health_check,
+                fault: r.fault,
+            })
+    }
 }
 
 /// An initial world and its churn.
@@ -102,8 +147,19 @@ pub struct Scenario {
 
 impl Scenario {
     /// `blox up`'s account: three clusters across three zones and a few instance types, two tasks on
-    /// most instances, light churn.
+    /// most instances, light churn. `log-router` is the daemon to deploy: besides revision 1, which
+    /// the world runs, `log-router:2` is good and health-checked (HEALTHY about 2 s after RUNNING) and
+    /// `log-router:3` is the same but crashes about 3 s after RUNNING, for a failed deployment and
+    /// its rollback. `web:1` is refused (`RESOURCE:PORTS`) on the demo-prod instances already
+    /// running a `web` task on its host port, which is most of them.
     pub fn demo() -> Scenario {
+        let log_router = RevisionPlan {
+            cpu: 128,
+            memory: 256,
+            host_port: None,
+            health_check: None,
+            fault: None,
+        };
         Scenario {
             clusters: vec![
                 ClusterPlan {
@@ -127,7 +183,23 @@ impl Scenario {
             families: vec![
                 family("web", 256, 512, Some(8080)),
                 family("worker", 512, 1024, None),
-                family("log-router", 128, 256, None),
+                FamilyPlan {
+                    later_revisions: vec![
+                        RevisionPlan {
+                            health_check: Some(DEMO_HEALTH_CHECK),
+                            ..log_router.clone()
+                        },
+                        RevisionPlan {
+                            health_check: Some(DEMO_HEALTH_CHECK),
+                            fault: Some(SimFault::Crash {
+                                after_ms: 3_000,
+                                exit_code: 1,
+                            }),
+                            ..log_router
+                        },
+                    ],
+                    ..family("log-router", 128, 256, None)
+                },
                 family("metrics-agent", 128, 128, None),
             ],
             tasks_per_instance: 2,
@@ -169,18 +241,9 @@ impl Scenario {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0000_5ce4_a210);
         ecs.set_quiet(true);
         for f in &self.families {
-            ecs.register_task_definition(
-                &f.family,
-                None,
-                None,
-                vec![SimContainer {
-                    name: f.family.clone(),
-                    cpu: f.cpu,
-                    memory: Some(f.memory),
-                    essential: true,
-                    host_ports: f.host_port.into_iter().collect(),
-                }],
-            )?;
+            for container in f.containers() {
+                ecs.register_task_definition(&f.family, None, None, vec![container])?;
+            }
         }
         // Tasks start far enough in the past to be RUNNING by `now`.
         let config = ecs.config();
@@ -209,7 +272,7 @@ impl Scenario {
                     ecs.start(
                         &StartTask {
                             cluster: plan.name.clone(),
-                            task_definition: f.family.clone(),
+                            task_definition: f.first_revision(),
                             container_instances: batch.to_vec(),
                             started_by: None,
                             group: None,
@@ -251,8 +314,15 @@ fn family(name: &str, cpu: i64, memory: i64, host_port: Option<i64>) -> FamilyPl
         cpu,
         memory,
         host_port,
+        later_revisions: Vec::new(),
     }
 }
+
+/// The demo's health check: HEALTHY about 2 s after RUNNING, so that a deployment and its rollback
+/// can be watched in the first minute.
+const DEMO_HEALTH_CHECK: SimHealthCheck = SimHealthCheck {
+    healthy_after_ms: 2_000,
+};
 
 #[derive(Debug, Clone, Copy)]
 enum Action {
@@ -404,7 +474,7 @@ impl Driver {
                         .start(
                             &StartTask {
                                 cluster: cluster.clone(),
-                                task_definition: f.family,
+                                task_definition: f.first_revision(),
                                 container_instances: vec![arn],
                                 started_by: None,
                                 group: None,

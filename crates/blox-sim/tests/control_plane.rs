@@ -44,6 +44,8 @@ fn container(name: &str, cpu: i64, memory: i64, ports: &[i64]) -> SimContainer {
         memory: Some(memory),
         essential: true,
         host_ports: ports.to_vec(),
+        health_check: None,
+        fault: None,
     }
 }
 
@@ -1135,6 +1137,21 @@ fn list_tasks_filters() {
         Ok("a"),
     );
     check(family("nope"), Ok(""));
+    // startedBy goes with no other filter but the desired status, as in ECS.
+    check(
+        TaskFilter {
+            container_instance: Some(arns[0].clone()),
+            ..by("svc-a")
+        },
+        Err("InvalidParameterException"),
+    );
+    check(
+        TaskFilter {
+            family: Some("web".into()),
+            ..by("svc-a")
+        },
+        Err("InvalidParameterException"),
+    );
     assert_eq!(
         code(&ecs.list_tasks("nope", &TaskFilter::default(), None, None, T0)),
         "ClusterNotFoundException"

@@ -21,7 +21,8 @@ use blox_aws::{
 };
 use blox_model::{Attribute, ContainerInstance, Task};
 use blox_sim::{
-    Clock, Ecs, NewInstance, SimConfig, SimContainer, SimOptions, Simulator, TaskFilter, ThrottleConfig,
+    Clock, Ecs, NewInstance, SimConfig, SimContainer, SimError, SimHealthCheck, SimOptions, Simulator,
+    TaskFilter, ThrottleConfig,
 };
 use blox_testkit::{EcsFixture, Moto};
 
@@ -145,6 +146,8 @@ impl Backend {
                     memory: Some(memory),
                     essential: true,
                     host_ports: port.into_iter().collect(),
+                    health_check: None,
+                    fault: None,
                 };
                 sim.write(|ecs, _| {
                     ecs.register_task_definition(
@@ -822,6 +825,81 @@ async fn list_tasks_filters_match_moto_started_by_instance_and_family() {
     );
 }
 
+/// What a scheduler asks to settle a start whose answer was lost, through the trait: the tasks a
+/// startedBy started on one instance, stopped ones included.
+#[tokio::test]
+async fn list_started_tasks_matches_moto_running_and_stopped() {
+    let (moto, sim) = scripted().await;
+    // (startedBy, instance (script index))
+    let asked = [
+        (STARTED_BY, 0),
+        (STARTED_BY, 1),
+        (STARTED_BY, 2),
+        (STARTED_BY, 3),
+        ("somebody-else", 1),
+    ];
+    let mut seen = Vec::new();
+    for side in [&moto, &sim] {
+        let mut listed = Vec::new();
+        for (started_by, instance) in asked {
+            let arns = side
+                .api()
+                .list_started_tasks(CLUSTER, started_by, &side.instances[instance])
+                .await
+                .unwrap();
+            assert_eq!(arns.len(), side.labels(&arns).len(), "{}: each once", side.name());
+            listed.push(side.labels(&arns));
+        }
+        seen.push(listed);
+    }
+    assert_eq!(seen[0], seen[1], "moto (left) and the simulator (right)");
+    let set = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        seen[1],
+        [set(&["t0"]), set(&["t1"]), set(&["t2"]), set(&[]), set(&[])]
+    );
+}
+
+/// A definition with a container health check says so on both.
+#[tokio::test]
+async fn described_health_checks_match_moto() {
+    let (moto, sim) = scripted().await;
+    let mut views = Vec::new();
+    for side in [&moto, &sim] {
+        match &side.backend {
+            Backend::Moto { fx, .. } => {
+                fx.register_health_checked_task_definition("checked")
+                    .await
+                    .unwrap();
+            }
+            Backend::Sim { sim } => {
+                let container = SimContainer {
+                    name: "app".into(),
+                    cpu: 128,
+                    memory: Some(128),
+                    essential: true,
+                    host_ports: Vec::new(),
+                    health_check: Some(SimHealthCheck {
+                        healthy_after_ms: 10_000,
+                    }),
+                    fault: None,
+                };
+                sim.write(|ecs, _| ecs.register_task_definition("checked", None, None, vec![container]))
+                    .unwrap();
+            }
+        }
+        let checked = side.api().describe_task_definition("checked").await.unwrap();
+        let unchecked = side.api().describe_task_definition("web:1").await.unwrap();
+        let checks = |td: &TaskDefinitionDescription| {
+            let each: Vec<bool> = td.containers.iter().map(|c| c.health_check).collect();
+            (each, td.has_health_checks())
+        };
+        views.push((checks(&checked), checks(&unchecked)));
+    }
+    assert_eq!(views[0], views[1], "moto (left) and the simulator (right)");
+    assert_eq!(views[1], ((vec![true], true), (vec![false], false)));
+}
+
 #[tokio::test]
 async fn start_task_without_group_defaults_to_the_family_like_moto() {
     let (moto, sim) = scripted().await;
@@ -1021,6 +1099,91 @@ async fn versions_rise_with_every_change_where_moto_differs_reporting_none() {
     assert!(before >= 1);
     sim.backend.drain(CLUSTER, &sim.instances[0]).await;
     assert!(sim.instance(0).await.unwrap().version > before);
+}
+
+/// ECS: ListTasks takes `startedBy` with no other filter but the desired status ("it must be the only
+/// filter that you use"; InvalidParameterException "cannot specify startedBy with other
+/// arguments"). moto combines any filters.
+#[tokio::test]
+async fn list_tasks_refuses_started_by_with_other_filters_where_moto_differs_combining_them() {
+    let (moto, sim) = scripted().await;
+    let simulator = sim.backend.simulator();
+    let on_i1 = TaskFilter {
+        started_by: Some(STARTED_BY.into()),
+        container_instance: Some(sim.instances[1].clone()),
+        ..TaskFilter::default()
+    };
+    let of_web = TaskFilter {
+        started_by: Some(STARTED_BY.into()),
+        family: Some("web".into()),
+        ..TaskFilter::default()
+    };
+    let alone = TaskFilter {
+        started_by: Some(STARTED_BY.into()),
+        desired_status: Some("STOPPED".into()),
+        ..TaskFilter::default()
+    };
+    let list = |filter: &TaskFilter| {
+        simulator.read(|ecs| ecs.list_tasks(CLUSTER, filter, None, None, simulator.now_ms()))
+    };
+    for refused in [&on_i1, &of_web] {
+        let answer = list(refused);
+        assert!(
+            matches!(&answer, Err(SimError::Rejected { code: "InvalidParameterException", message })
+                if message == "cannot specify startedBy with other arguments"),
+            "{refused:?}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        sim.labels(&list(&alone).unwrap().arns),
+        BTreeSet::from(["t0".into()])
+    );
+
+    let ecs = &moto.backend.fx().ecs;
+    let combined = ecs
+        .list_tasks()
+        .cluster(CLUSTER)
+        .started_by(STARTED_BY)
+        .container_instance(&moto.instances[1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moto.labels(combined.task_arns()), BTreeSet::from(["t1".into()]));
+    let combined = ecs
+        .list_tasks()
+        .cluster(CLUSTER)
+        .started_by(STARTED_BY)
+        .family("web")
+        .desired_status("RUNNING".into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        moto.labels(combined.task_arns()),
+        BTreeSet::from(["t1".into(), "t2".into()])
+    );
+}
+
+/// ECS: without a health check a container's and its task's `healthStatus` is UNKNOWN. moto reports
+/// every container HEALTHY and gives the task no health at all.
+#[tokio::test]
+async fn health_is_unknown_without_checks_where_moto_differs_reporting_containers_healthy() {
+    let (moto, sim) = scripted().await;
+    let health = |t: &Task| {
+        (
+            t.health_status.clone(),
+            t.containers
+                .iter()
+                .map(|c| c.health_status.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        health(&sim.task(1).await),
+        (some("UNKNOWN"), vec![some("UNKNOWN")])
+    );
+    assert_eq!(health(&moto.task(1).await), (None, vec![some("HEALTHY")]));
 }
 
 /// ECS's task lifecycle: StartTask answers PROVISIONING or PENDING, RUNNING comes later and sets

@@ -1,7 +1,7 @@
 //! Creating ECS and SQS state in moto with in-process SDK clients.
 
 use anyhow::{Context, bail, ensure};
-use aws_sdk_ecs::types::{ContainerDefinition, ContainerInstanceStatus, PortMapping};
+use aws_sdk_ecs::types::{ContainerDefinition, ContainerInstanceStatus, HealthCheck, PortMapping};
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use blox_aws::QueueDepth;
 
@@ -253,6 +253,29 @@ impl EcsFixture {
                 container.port_mappings(PortMapping::builder().container_port(80).host_port(port).build());
         }
         self.register_task_definition_with(family, cpu, memory, vec![container.build()])
+            .await
+    }
+
+    /// Registers a task definition of one essential container `app` (128 CPU units, 128 MiB) with a
+    /// container health check; returns its ARN. For tests that cannot build SDK types themselves.
+    pub async fn register_health_checked_task_definition(&self, family: &str) -> anyhow::Result<String> {
+        let check = HealthCheck::builder()
+            .command("CMD-SHELL")
+            .command("curl -f http://localhost/ || exit 1")
+            .interval(5)
+            .retries(3)
+            .start_period(10)
+            .build()
+            .context("HealthCheck")?;
+        let container = ContainerDefinition::builder()
+            .name("app")
+            .image("nginx:latest")
+            .cpu(128)
+            .memory(128)
+            .essential(true)
+            .health_check(check)
+            .build();
+        self.register_task_definition_with(family, None, None, vec![container])
             .await
     }
 

@@ -49,7 +49,8 @@ impl Shared {
     }
 }
 
-/// The proxy, on 127.0.0.1 with an OS-assigned port; stops on drop. Point ECS clients at
+/// The proxy, on 127.0.0.1 with an OS-assigned port; stops accepting connections on drop (open
+/// keep-alive connections finish on their own). Point ECS clients at
 /// [`StartTaskFaultProxy::url`] (in process: [`StartTaskFaultProxy::sdk_config`]; a child process:
 /// [`StartTaskFaultProxy::env`]), queue faults with [`StartTaskFaultProxy::fail_next_start_tasks`].
 #[derive(Debug)]

@@ -12,6 +12,8 @@ pub fn container(memory: i64) -> Vec<SimContainer> {
         memory: Some(memory),
         essential: true,
         host_ports: vec![],
+        health_check: None,
+        fault: None,
     }]
 }
 
