@@ -49,8 +49,12 @@ use crate::{clock, metrics as m};
 pub struct SchedulerOptions {
     /// A full pass runs at least this often, whatever changed.
     pub interval: Duration,
-    /// ECS calls (StartTask, StopTask, List, Describe) per second at most; 0 or less: unpaced.
+    /// ECS calls per second at most, per API family as ECS throttles them (StartTask; StopTask;
+    /// ListTasks and DescribeTasks); 0 or less: unpaced.
     pub calls_per_second: f64,
+    /// About how long one environment's actions may take in a pass before it plans again (a
+    /// paced pass sends at most what its pacers allow in this time).
+    pub pass_budget: Duration,
     /// How long after a StartTask whose answer was lost its intent is verified with ECS (intents left
     /// by an earlier process are verified at once).
     pub verify_after: Duration,
@@ -68,6 +72,7 @@ impl fmt::Debug for SchedulerOptions {
             .field("interval", &self.interval)
             .field("calls_per_second", &self.calls_per_second)
             .field("verify_after", &self.verify_after)
+            .field("pass_budget", &self.pass_budget)
             .field("settle", &self.settle)
             .field("max_backoff", &self.max_backoff)
             .finish_non_exhaustive()
@@ -80,6 +85,7 @@ impl Default for SchedulerOptions {
             interval: Duration::from_secs(30),
             calls_per_second: 10.0,
             verify_after: Duration::from_secs(5),
+            pass_budget: Duration::from_secs(1),
             settle: Duration::from_millis(20),
             max_backoff: Duration::from_secs(60),
             clock: clock::wall(),
@@ -151,6 +157,14 @@ impl Pacer {
         }
     }
 
+    /// How many calls fit in `budget` at the unthrottled pace (at least one); `None` when unpaced.
+    fn quota(&self, budget: Duration) -> Option<usize> {
+        if self.interval.is_zero() {
+            return None;
+        }
+        Some(((budget.as_secs_f64() / self.interval.as_secs_f64()) as usize).max(1))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -212,7 +226,10 @@ pub struct Scheduler {
     control: Arc<dyn EcsControl>,
     view: Arc<View>,
     options: SchedulerOptions,
-    pacer: Pacer,
+    /// One pacer per ECS API family, as ECS throttles them: StartTask, StopTask, reads.
+    starts: Pacer,
+    stops: Pacer,
+    reads: Pacer,
     memory: Mutex<Memory>,
 }
 
@@ -224,14 +241,15 @@ impl Scheduler {
         view: Arc<View>,
         options: SchedulerOptions,
     ) -> Scheduler {
-        let pacer = Pacer::new(options.calls_per_second);
         Scheduler {
             store,
             reader,
             control,
             view,
+            starts: Pacer::new(options.calls_per_second),
+            stops: Pacer::new(options.calls_per_second),
+            reads: Pacer::new(options.calls_per_second),
             options,
-            pacer,
             memory: Mutex::default(),
         }
     }
@@ -530,62 +548,35 @@ impl Scheduler {
             self.apply_batch(batch, &mut failures).await?;
         }
 
-        // 4. Stops.
-        for stop in &plan.stops {
-            self.pacer.wait().await;
-            let reason = stop.reason.to_string();
-            let result = self
-                .control
-                .stop_task(cluster.as_str(), &stop.task_arn, &reason)
-                .await;
-            self.pacer.outcome("StopTask", result.as_ref().map(|_| ()));
-            match result {
-                Ok(task) => {
-                    report.stopped += 1;
-                    ::metrics::counter!(m::SCHEDULER_TASKS_STOPPED, "reason" => stop.reason.code())
-                        .increment(1);
-                    tracing::info!(cluster = %cluster, environment = name, task = %stop.task_arn, reason = stop.reason.code(), "task stopped");
-                    self.observe(cluster, std::slice::from_ref(&task)).await?;
-                }
-                Err(EcsError {
-                    kind: EcsErrorKind::Throttled,
-                    ..
-                }) => {
-                    tracing::info!(cluster = %cluster, environment = name, "StopTask throttled; the rest waits for the next pass");
-                    report.due(now + 1_000);
-                    break;
-                }
-                Err(err) => {
-                    // It may or may not have stopped: ask ECS before planning on it again.
-                    tracing::warn!(cluster = %cluster, environment = name, task = %stop.task_arn, error = %err, "StopTask failed; describing the task");
-                    self.settle_task(cluster, &stop.task_arn).await?;
-                }
-            }
-        }
-
-        // 5. Starts.
-        if let Some(active) = stored.snapshot.active()
-            && !plan.starts.is_empty()
+        // 4 and 5. Stops and starts, at once: a plan's stops and starts are on different instances
+        // (a replacement starts only once its old task has stopped, or beside a task that stays), so
+        // neither waits for the other's calls. A pass does at most what its pacers allow in about
+        // `pass_budget`, and plans again: a rollout flows instead of stalling on one long pass.
+        let mut stops: &[daemon::Stop] = &plan.stops;
+        let mut starts: &[String] = &plan.starts;
+        if let Some(quota) = self.stops.quota(self.options.pass_budget)
+            && stops.len() > quota
         {
-            let revision = stored.snapshot.revision(active.revision);
-            let config = revision.map(|r| r.deployment_configuration).unwrap_or_default();
-            for chunk in plan.starts.chunks(START_TASK_BATCH) {
-                let go_on = self
-                    .start(
-                        stored,
-                        &active.id,
-                        &active.task_definition,
-                        chunk,
-                        &config,
-                        &mut failures,
-                        report,
-                    )
-                    .await?;
-                if !go_on {
-                    report.due(self.now() + 1_000);
-                    break;
-                }
-            }
+            stops = &stops[..quota];
+            report.due(now);
+        }
+        if let Some(quota) = self.starts.quota(self.options.pass_budget)
+            && starts.len() > quota * START_TASK_BATCH
+        {
+            starts = &starts[..quota * START_TASK_BATCH];
+            report.due(now);
+        }
+        let mut start_report = PassReport::default();
+        let (stopped, started) = tokio::join!(
+            self.stop_tasks(cluster, name, stops),
+            self.start_tasks(stored, starts, &mut failures, &mut start_report)
+        );
+        report.stopped += stopped?;
+        started?;
+        report.started += start_report.started;
+        report.start_failures += start_report.start_failures;
+        if let Some(at) = start_report.next_due_ms {
+            report.due(at);
         }
 
         // 6. The deployment's transition.
@@ -627,6 +618,84 @@ impl Scheduler {
                     ::metrics::counter!(m::SCHEDULER_CONFLICTS, "kind" => "environment").increment(1);
                 }
                 Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the stops; returns how many ECS took.
+    async fn stop_tasks(
+        &self,
+        cluster: &ClusterName,
+        environment: &str,
+        stops: &[daemon::Stop],
+    ) -> Result<usize, PassError> {
+        let mut stopped = 0;
+        for stop in stops {
+            self.stops.wait().await;
+            let reason = stop.reason.to_string();
+            let result = self
+                .control
+                .stop_task(cluster.as_str(), &stop.task_arn, &reason)
+                .await;
+            self.stops.outcome("StopTask", result.as_ref().map(|_| ()));
+            match result {
+                Ok(task) => {
+                    stopped += 1;
+                    ::metrics::counter!(m::SCHEDULER_TASKS_STOPPED, "reason" => stop.reason.code())
+                        .increment(1);
+                    tracing::info!(cluster = %cluster, environment, task = %stop.task_arn, reason = stop.reason.code(), "task stopped");
+                    self.observe(cluster, std::slice::from_ref(&task)).await?;
+                }
+                Err(EcsError {
+                    kind: EcsErrorKind::Throttled,
+                    ..
+                }) => {
+                    // The pacer slows down; the rest waits for the next pass.
+                    tracing::info!(cluster = %cluster, environment, "StopTask throttled");
+                    break;
+                }
+                Err(err) => {
+                    // It may or may not have stopped: ask ECS before planning on it again.
+                    tracing::warn!(cluster = %cluster, environment, task = %stop.task_arn, error = %err, "StopTask failed; describing the task");
+                    self.settle_task(cluster, &stop.task_arn).await?;
+                }
+            }
+        }
+        Ok(stopped)
+    }
+
+    /// Sends the starts of the active deployment, a StartTask call per batch of instances.
+    async fn start_tasks(
+        &self,
+        stored: &Stored,
+        starts: &[String],
+        failures: &mut HashMap<String, (Option<u64>, InstanceFailure)>,
+        report: &mut PassReport,
+    ) -> Result<(), PassError> {
+        let Some(active) = stored.snapshot.active() else {
+            return Ok(());
+        };
+        let config = stored
+            .snapshot
+            .revision(active.revision)
+            .map(|r| r.deployment_configuration)
+            .unwrap_or_default();
+        for chunk in starts.chunks(START_TASK_BATCH) {
+            let go_on = self
+                .start(
+                    stored,
+                    &active.id,
+                    &active.task_definition,
+                    chunk,
+                    &config,
+                    failures,
+                    report,
+                )
+                .await?;
+            if !go_on {
+                report.due(self.now() + 1_000);
+                break;
             }
         }
         Ok(())
@@ -699,12 +768,12 @@ impl Scheduler {
     /// Asks ECS what the intent's deployment has on its instance, writes it, and removes the intent.
     async fn verify(&self, stored: &Stored, intent: &IntentRef) -> Result<(), PassError> {
         let cluster = &stored.cluster;
-        self.pacer.wait().await;
+        self.reads.wait().await;
         let listed = self
             .reader
             .list_started_tasks(cluster.as_str(), &intent.deployment_id, &intent.instance_arn)
             .await;
-        self.pacer.outcome("ListTasks", listed.as_ref().map(|_| ()));
+        self.reads.outcome("ListTasks", listed.as_ref().map(|_| ()));
         let arns = listed?;
         let tasks = self.describe(cluster, &arns).await?;
         ::metrics::counter!(m::SCHEDULER_VERIFICATIONS).increment(1);
@@ -724,9 +793,9 @@ impl Scheduler {
     async fn describe(&self, cluster: &ClusterName, arns: &[String]) -> Result<Vec<Task>, EcsError> {
         let mut described = Vec::with_capacity(arns.len());
         for chunk in arns.chunks(DESCRIBE_BATCH) {
-            self.pacer.wait().await;
+            self.reads.wait().await;
             let result = self.reader.describe_tasks(cluster.as_str(), chunk).await;
-            self.pacer.outcome("DescribeTasks", result.as_ref().map(|_| ()));
+            self.reads.outcome("DescribeTasks", result.as_ref().map(|_| ()));
             described.extend(result?);
         }
         Ok(described)
@@ -822,10 +891,10 @@ impl Scheduler {
             started_by: Some(deployment_id.to_owned()),
             group: Some(daemon::group(environment)),
         };
-        self.pacer.wait().await;
+        self.starts.wait().await;
         // Never retried: StartTask has no idempotency token.
         let result = self.control.start_task(&request).await;
-        self.pacer.outcome("StartTask", result.as_ref().map(|_| ()));
+        self.starts.outcome("StartTask", result.as_ref().map(|_| ()));
         let now = self.now();
         match result {
             Ok(started) => {
