@@ -1263,11 +1263,22 @@ impl Sim {
                 "{reason}"
             );
         }
-        let last = self.completed.iter().rev().find(|(d, _)| *d != before.id);
+        // The last completed revision that runs something else, and that a user did not roll back
+        // from.
         let expected = (config.auto_rollback && !before.rollback)
-            .then_some(last)
-            .flatten()
-            .filter(|(_, td)| *td != before.task_definition);
+            .then(|| {
+                self.completed
+                    .iter()
+                    .rev()
+                    .filter(|(d, _)| *d != before.id)
+                    .filter(|(d, _)| {
+                        self.snap
+                            .deployment(d)
+                            .is_some_and(|x| x.status != DeploymentStatus::RolledBack)
+                    })
+                    .find(|(_, td)| *td != before.task_definition)
+            })
+            .flatten();
         match (expected, new) {
             (None, None) => {}
             (Some((target, _)), Some(new)) => {

@@ -1366,3 +1366,54 @@ fn documents_round_trip_through_json() {
     );
     assert!(!old.frozen);
 }
+
+/// An environment's health: its deployment failed, instances cannot start the task, or too few have a
+/// healthy daemon.
+#[test]
+fn environment_health() {
+    use blox_model::Health;
+    use blox_model::daemon::health;
+
+    let mut world = World::new();
+    world.must("deploy rev=1");
+    let plan = |eligible, healthy, floor, failing| Plan {
+        fleet: Fleet {
+            eligible,
+            healthy,
+            floor,
+            failing,
+            ..Fleet::default()
+        },
+        failure_example: Some("RESOURCE:MEMORY on i1".into()),
+        ..Plan::default()
+    };
+    let active = world.snap.active().cloned();
+    let cases = [
+        (plan(12, 12, 11, 0), Health::Healthy, None),
+        (plan(12, 11, 11, 0), Health::Healthy, None),
+        (
+            plan(12, 10, 11, 0),
+            Health::Unhealthy,
+            Some("10 of 12 instances have a healthy daemon, below the floor of 11"),
+        ),
+        (
+            plan(12, 12, 11, 2),
+            Health::Unhealthy,
+            Some("2 of 12 instances cannot start the task (RESOURCE:MEMORY on i1)"),
+        ),
+    ];
+    for (plan, want, why) in cases {
+        let (health, reason) = health(active.as_ref(), &plan);
+        assert_eq!((health, reason.as_deref()), (want, why), "{:?}", plan.fleet);
+    }
+    assert_eq!(
+        health(None, &plan(0, 0, 0, 0)).0,
+        Health::Healthy,
+        "nothing deployed"
+    );
+    world.must("fail");
+    let failed = world.snap.active().cloned();
+    let (health, reason) = health(failed.as_ref(), &plan(12, 12, 11, 0));
+    assert_eq!(health, Health::Unhealthy);
+    assert!(reason.unwrap().starts_with("deployment d1 failed: "));
+}

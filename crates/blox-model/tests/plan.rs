@@ -736,12 +736,12 @@ fn terminate_then_replace() {
             fleet("A:o B:ou").ttr(0),
             "starts=; stops=A.0:replaced B.0:replaced",
         ),
-        // The floor rounds up: with ceil(p × n / 100) = n, no healthy daemon can ever be stopped (the
-        // default 90% does this on 9 instances or fewer). The rollout then fails by its deadline.
+        // The floor rounds up, but below 100% never to the whole fleet: 90% of 9 would be 9, and
+        // nothing could ever be replaced.
         case(
-            "90% of 9: the floor is the fleet, nothing moves",
+            "90% of 9: one instance at a time all the same",
             fleet(&seq(1..=9, "o")),
-            "floor=9; stops=; starts=; complete=no",
+            "floor=8; stops=i01.0:replaced; starts=; complete=no",
         ),
         case(
             "100% of 12: nothing moves",

@@ -88,6 +88,9 @@ pub struct BenchArgs {
     /// Skip the simulator scenarios (the daemon scheduler's included).
     #[arg(long)]
     no_sim: bool,
+    /// Only the daemon scheduler's scenarios.
+    #[arg(long, conflicts_with_all = ["no_sim", "sim_only"])]
+    scheduler_only: bool,
     /// A small workload, for smoke tests. Sizes given explicitly still apply.
     #[arg(long)]
     quick: bool,
@@ -157,7 +160,7 @@ impl Params {
             // commit and its own wake-up of every stream.
             stream_interval_ms: 10,
             seed: args.seed,
-            cluster_state: !args.sim_only,
+            cluster_state: !args.sim_only && !args.scheduler_only,
             simulator: !args.no_sim,
             describe_threads: args.describe_threads.unwrap_or(2).max(1),
             describe_secs: args
@@ -242,7 +245,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         bench.cluster_state(&dir, metrics).await?;
     }
     if bench.params.simulator {
-        sim::run(&mut bench, &dir).await?;
+        if !args.scheduler_only {
+            sim::run(&mut bench, &dir).await?;
+        }
         scheduler::run(&mut bench, &dir, args.quick).await?;
     }
 

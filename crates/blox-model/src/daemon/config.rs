@@ -205,9 +205,16 @@ pub fn ceil_percent(percent: u8, n: u64) -> u64 {
 
 impl DeploymentConfiguration {
     /// The fewest eligible instances that must keep a healthy daemon: ceil(minHealthyPercent ×
-    /// eligible / 100).
+    /// eligible / 100), but below 100% never all of them: on a small fleet (90% of 9 rounds up to 9)
+    /// TerminateThenReplace could otherwise replace nothing at all. At 100% nothing is stopped
+    /// before its replacement is healthy elsewhere, which only ReplaceThenTerminate can do.
     pub fn healthy_floor(&self, eligible: u64) -> u64 {
-        ceil_percent(self.min_healthy_percent, eligible)
+        let floor = ceil_percent(self.min_healthy_percent, eligible);
+        if self.min_healthy_percent < 100 {
+            floor.min(eligible.saturating_sub(1))
+        } else {
+            floor
+        }
     }
 
     /// How many instances may carry two tasks at once under ReplaceThenTerminate:
@@ -240,6 +247,18 @@ mod tests {
         check(10, 5_000, 500);
         check(1, 1, 1);
         assert_eq!(config.healthy_floor(12), 11);
+        assert_eq!(
+            config.healthy_floor(9),
+            8,
+            "below 100%, one instance at a time at least"
+        );
+        assert_eq!(config.healthy_floor(1), 0);
+        assert_eq!(config.healthy_floor(0), 0);
+        let all = DeploymentConfiguration {
+            min_healthy_percent: 100,
+            ..config
+        };
+        assert_eq!(all.healthy_floor(9), 9);
         assert_eq!(config.surge(12), 2);
         assert_eq!(config.surge(0), 0);
         let one = DeploymentConfiguration {

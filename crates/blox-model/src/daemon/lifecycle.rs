@@ -202,11 +202,19 @@ impl Snapshot {
         Ok(env)
     }
 
-    /// The most recent deployment, other than `except`, that ever completed.
+    /// The most recent deployment, other than `except`, that ever completed (a manual rollback's
+    /// default target: rolling back a rollback goes forward again).
     fn last_completed(&self, except: &str) -> Option<&Deployment> {
-        self.deployments
+        self.completed(except, true).into_iter().next()
+    }
+
+    /// Deployments other than `except` that completed (and, unless `rolled_back`, were not rolled
+    /// back from since), the most recently completed first.
+    fn completed(&self, except: &str, rolled_back: bool) -> Vec<&Deployment> {
+        let mut completed: Vec<(u64, &Deployment)> = self
+            .deployments
             .iter()
-            .filter(|d| d.id != except)
+            .filter(|d| d.id != except && (rolled_back || d.status != DeploymentStatus::RolledBack))
             .filter_map(|d| {
                 let completed = d
                     .history
@@ -216,8 +224,9 @@ impl Snapshot {
                     .max()?;
                 Some((completed, d))
             })
-            .max_by(|(a, x), (b, y)| (a, &x.created_at, &x.id).cmp(&(b, &y.created_at, &y.id)))
-            .map(|(_, d)| d)
+            .collect();
+        completed.sort_by(|(a, x), (b, y)| (b, &y.created_at, &y.id).cmp(&(a, &x.created_at, &x.id)));
+        completed.into_iter().map(|(_, d)| d).collect()
     }
 }
 
@@ -552,6 +561,9 @@ pub fn delete(snapshot: &Snapshot, terminate_tasks: bool, now_ms: u64) -> Result
     env.status = EnvironmentStatus::Deleting {
         terminate_tasks: true,
     };
+    // Asking for the tasks to be stopped overrides a freeze (a deleting environment cannot be
+    // thawed).
+    env.frozen = false;
     env.updated_at = now_ms;
     Ok(Changes {
         put: vec![Doc::Environment(env)],
@@ -664,9 +676,15 @@ pub fn advance(snapshot: &Snapshot, plan: &Plan, progress: &mut Progress, fresh:
     };
     deployment.transition(DeploymentStatus::Failed, reason, now);
     let target = (config.auto_rollback && !deployment.rollback)
-        .then(|| snapshot.last_completed(&deployment.id))
+        .then(|| {
+            // The last completed revision that runs something else (rolling back to the same task
+            // definition would change nothing), and that a user did not roll back from.
+            snapshot
+                .completed(&deployment.id, false)
+                .into_iter()
+                .find(|d| d.task_definition != deployment.task_definition)
+        })
         .flatten()
-        .filter(|d| d.task_definition != deployment.task_definition)
         .and_then(|d| snapshot.revision(d.revision));
     let Some(target) = target else {
         changes.put.push(Doc::Deployment(deployment));

@@ -22,7 +22,7 @@ use super::config::DeploymentMethod;
 use super::docs::{
     Counts, Deployment, Environment, EnvironmentStatus, InstanceFailure, Revision, StartIntent,
 };
-use super::view::{ClusterView, GroupTasks, InstanceStatus, InstanceView, TaskView};
+use super::view::{ClusterView, FastSet, GroupTasks, InstanceStatus, InstanceView, Slot, Sym, TaskView};
 use super::{GROUP_PREFIX, STOP_REASON_PREFIX, group};
 
 /// A start intent as the planner sees it.
@@ -210,9 +210,11 @@ fn role(instance: &InstanceView, active: &Active<'_>) -> Role {
 /// The environment's tasks, and how to judge them.
 struct Judge<'a> {
     tasks: Option<&'a GroupTasks>,
-    ids: HashSet<&'a str>,
-    health_checked: &'a [&'a str],
-    target_td: Option<&'a str>,
+    /// The environment's deployments, task definitions with health checks and the target's task
+    /// definition, as the view's symbols (strings it never met match no task).
+    ids: FastSet<Sym>,
+    health_checked: Vec<Sym>,
+    target_td: Option<Sym>,
     min_healthy_ms: u64,
     now_ms: u64,
     /// The earliest time a task not yet healthy for long enough will be.
@@ -221,30 +223,32 @@ struct Judge<'a> {
 
 impl<'a> Judge<'a> {
     fn owned(&self, task: &TaskView) -> bool {
-        task.started_by.as_deref().is_some_and(|s| self.ids.contains(s))
+        task.started_by_sym != Sym::NONE && self.ids.contains(&task.started_by_sym)
     }
 
-    /// The environment's tasks still on an instance.
-    fn on(&self, instance: &str) -> Vec<&'a TaskView> {
-        let mut here: Vec<&TaskView> = match self.tasks {
-            Some(tasks) => tasks
-                .on(instance)
-                .filter(|t| t.occupying() && self.owned(t))
-                .collect(),
-            None => Vec::new(),
-        };
-        here.sort_unstable_by(|a, b| a.arn.cmp(&b.arn));
-        here
+    /// The environment's tasks still on an instance, into `here` (reused: planning a fleet is
+    /// mostly this).
+    fn on(&self, slot: Slot, here: &mut Vec<&'a TaskView>) {
+        here.clear();
+        if let Some(tasks) = self.tasks {
+            here.extend(tasks.on(slot).iter().filter(|t| t.occupying() && self.owned(t)));
+        }
+        if here.len() > 1 {
+            here.sort_unstable_by(|a, b| a.arn.cmp(&b.arn));
+        }
     }
 
     fn is_target(&self, task: &TaskView) -> bool {
-        self.target_td == Some(&*task.task_definition)
+        self.target_td == Some(task.task_definition_sym)
+    }
+
+    fn checked(&self, task: &TaskView) -> bool {
+        self.health_checked.contains(&task.task_definition_sym)
     }
 
     /// Since when the task has been healthy, if it has (RUNNING, and HEALTHY with health checks).
     fn healthy_from(&self, task: &TaskView) -> Option<u64> {
-        let checks = self.health_checked.contains(&&*task.task_definition);
-        task.healthy_from(checks)
+        task.healthy_from(self.checked(task))
     }
 
     /// Healthy for at least the bake time.
@@ -288,8 +292,7 @@ impl<'a> Judge<'a> {
         {
             return false;
         }
-        let checks = self.health_checked.contains(&&*task.task_definition);
-        let since = if checks {
+        let since = if self.checked(task) {
             task.healthy_since
         } else {
             task.running_since
@@ -315,11 +318,23 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let group_name = group(&env.name);
     let tasks = input.cluster.group(&group_name);
     debug_assert!(group_name.starts_with(GROUP_PREFIX));
+    let cluster = input.cluster;
     let mut judge = Judge {
         tasks,
-        ids: input.deployment_ids.iter().copied().collect(),
-        health_checked: input.health_checked,
-        target_td: input.active.map(|a| a.deployment.task_definition.as_str()),
+        ids: input
+            .deployment_ids
+            .iter()
+            .chain(input.active.map(|a| a.deployment.id.as_str()).as_ref())
+            .filter_map(|id| cluster.sym(id))
+            .collect(),
+        health_checked: input
+            .health_checked
+            .iter()
+            .filter_map(|td| cluster.sym(td))
+            .collect(),
+        target_td: input
+            .active
+            .and_then(|a| cluster.sym(&a.deployment.task_definition)),
         min_healthy_ms: input.active.map_or(0, |a| {
             a.revision
                 .deployment_configuration
@@ -329,9 +344,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         now_ms: input.now_ms,
         next_baked: None,
     };
-    if let Some(active) = input.active {
-        judge.ids.insert(&active.deployment.id);
-    }
     let mut plan = Plan::default();
     let blocked = resolve_intents(input, &judge, &mut plan);
 
@@ -388,15 +400,25 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     // Eligible instances with an outdated task and a start beside it (task or intent).
     let mut surged = 0u64;
 
-    for instance in input.cluster.instances() {
+    // Reused across instances: planning a fleet must not allocate per instance.
+    let (mut here, mut target, mut old) = (Vec::new(), Vec::new(), Vec::new());
+    let active_sym = cluster.sym(&active.deployment.id);
+    for (slot, instance) in cluster.instances() {
         let arn: &str = &instance.arn;
-        let here = judge.on(arn);
+        judge.on(slot, &mut here);
         let role = role(instance, &active);
+        let failure = if failures.is_empty() {
+            None
+        } else {
+            failures.get(arn).copied()
+        };
+        let is_blocked = !blocked.is_empty() && blocked.contains(arn);
+        plan.counts.total += here.iter().filter(|t| t.live() && judge.is_target(t)).count() as u64;
         if role == Role::Eligible {
             // Tasks of the active deployment that stopped here before they were healthy.
-            let counted = failures.get(arn).map_or(&[][..], |f| f.tasks.as_slice());
-            for task in tasks.into_iter().flat_map(|t| t.on(arn)) {
-                if task.started_by.as_deref() == Some(active.deployment.id.as_str())
+            let counted = failure.map_or(&[][..], |f| f.tasks.as_slice());
+            for task in tasks.map_or(&[][..], |t| t.on(slot)) {
+                if Some(task.started_by_sym) == active_sym
                     && judge.failed_start(task)
                     && !counted.iter().any(|c| **c == *task.arn)
                 {
@@ -415,7 +437,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
         match role {
             Role::Evict(reason) => {
-                busy |= !here.is_empty();
+                // A task already asked to stop on an instance that is gone or cut off may never be
+                // seen STOPPED (ECS orphans tasks of a deregistered instance): it does not hold up
+                // completion.
+                let reachable = instance.agent_connected
+                    && matches!(instance.status, InstanceStatus::Active | InstanceStatus::Draining);
+                busy |= here.iter().any(|t| t.live() || reachable);
                 for task in here.iter().filter(|t| t.live()) {
                     plan.stop(task, reason);
                 }
@@ -428,11 +455,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
             Role::Eligible => {
                 plan.fleet.eligible += 1;
-                let (target, old): (Vec<&TaskView>, Vec<&TaskView>) = here
-                    .iter()
-                    .copied()
-                    .filter(|t| t.live())
-                    .partition(|t| judge.is_target(t));
+                target.clear();
+                old.clear();
+                for &task in here.iter().filter(|t| t.live()) {
+                    if judge.is_target(task) {
+                        target.push(task);
+                    } else {
+                        old.push(task);
+                    }
+                }
                 let best_target = judge.best(&target);
                 let best_old = judge.best(&old);
                 let target_healthy = best_target.is_some_and(|t| judge.healthy(t));
@@ -446,14 +477,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 if target_healthy || old_healthy {
                     plan.fleet.healthy += 1;
                 }
-                let failure = failures.get(arn).copied();
-                let in_back_off =
-                    fresh.contains(arn) || failure.is_some_and(|f| f.retry_at_ms > input.now_ms);
+                let in_back_off = (!fresh.is_empty() && fresh.contains(arn))
+                    || failure.is_some_and(|f| f.retry_at_ms > input.now_ms);
                 // Two tasks of the environment on the instance (live or still stopping), or one and
                 // a start in flight (maybe an earlier deployment's, e.g. before a rollback made the
                 // task here the target): the instance holds a surge slot until it is down to one,
                 // whichever case below it is in, even when none of its tasks is live any more.
-                let doubled = here.len() + usize::from(blocked.contains(arn)) > 1;
+                let doubled = here.len() + usize::from(is_blocked) > 1;
                 if doubled {
                     surged += 1;
                 }
@@ -483,7 +513,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     (None, Some(old_task)) => {
                         busy = true;
                         plan.fleet.outdated += 1;
-                        if blocked.contains(arn) {
+                        if is_blocked {
                             // A start beside it is in flight.
                         } else if method == DeploymentMethod::ReplaceThenTerminate && doubled {
                             // Another task of the environment is still stopping here (a replacement
@@ -502,7 +532,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     }
                     (None, None) => {
                         busy = true;
-                        if here.iter().any(|t| t.occupying()) || blocked.contains(arn) {
+                        if here.iter().any(|t| t.occupying()) || is_blocked {
                             // A task still stopping, or a start in flight.
                         } else if in_back_off {
                             plan.wait(arn, failure, &fresh);
@@ -523,9 +553,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         plan.failure_example = Some(format!("{} on {}", f.reason, f.instance_arn));
     }
     plan.counts.desired = plan.fleet.eligible;
-    plan.counts.total = tasks
+    // Counted per instance in the loop; tasks on instances the view lacks are counted here.
+    plan.counts.total += tasks
         .into_iter()
-        .flat_map(GroupTasks::iter)
+        .flat_map(GroupTasks::iter_unplaced)
         .filter(|t| t.live() && judge.owned(t) && judge.is_target(t))
         .count() as u64;
     plan.fleet.floor = config.healthy_floor(plan.fleet.eligible);
@@ -630,8 +661,8 @@ fn resolve_intents<'a>(input: &PlanInput<'a>, judge: &Judge<'_>, plan: &mut Plan
         let instance = intent.instance_arn.as_str();
         let landed = judge
             .tasks
-            .into_iter()
-            .flat_map(|t| t.on(instance))
+            .map_or(&[][..], |t| input.cluster.tasks_on(t, instance))
+            .iter()
             .any(|t| t.live() && t.started_by.as_deref() == Some(intent.deployment_id.as_str()));
         let reference = IntentRef {
             deployment_id: intent.deployment_id.clone(),

@@ -131,7 +131,24 @@ pub struct TaskView {
     pub healthy_since: Option<u64>,
     pub stopped_at: Option<u64>,
     pub stopped_reason: Option<Arc<str>>,
+    /// `started_by` and `task_definition` as the view's symbols, so that planning compares numbers,
+    /// not strings ([`Sym::NONE`] outside a [`ClusterView`]).
+    pub(super) started_by_sym: Sym,
+    pub(super) task_definition_sym: Sym,
 }
+
+/// A string interned by a [`ClusterView`] (a deployment id, a task definition, a group).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sym(u32);
+
+impl Sym {
+    /// No string: what a task without `startedBy` has.
+    pub const NONE: Sym = Sym(0);
+}
+
+/// Where an instance is in a [`ClusterView`]: an index that stays while the instance does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Slot(u32);
 
 impl TaskView {
     /// The view of `task` as observed at `observed_ms`, given what was known of it before. Times ECS
@@ -181,6 +198,8 @@ impl TaskView {
                 .or_else(|| previous.and_then(|p| p.stopped_at))
                 .or_else(|| (task.last_status == "STOPPED").then_some(changed_at)),
             stopped_reason: task.stopped_reason.as_deref().map(Into::into),
+            started_by_sym: Sym::NONE,
+            task_definition_sym: Sym::NONE,
         }
     }
 
@@ -216,6 +235,7 @@ impl TaskView {
 /// A hash map keyed by ARNs, which come from ECS, not from an adversary: FxHash (rustc's) instead of
 /// SipHash, as planning a whole cluster is mostly hashing.
 pub(super) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub(super) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct FxHasher(u64);
@@ -255,68 +275,121 @@ impl Hasher for FxHasher {
     }
 }
 
-/// The tasks of one scheduler group, by ARN and by instance.
+/// The tasks of one scheduler group, by instance slot; those whose instance is not in the view (or
+/// that have none) by instance ARN.
 #[derive(Debug, Clone, Default)]
 pub struct GroupTasks {
-    tasks: FastMap<Arc<str>, TaskView>,
-    /// Instance ARN → ARNs of the group's tasks on it (tasks without an instance are under "").
-    by_instance: FastMap<Arc<str>, Vec<Arc<str>>>,
+    /// Indexed by slot: planning an instance costs no lookup; an instance rarely holds more than two
+    /// tasks of a group.
+    by_slot: Vec<Vec<TaskView>>,
+    unplaced: FastMap<Arc<str>, Vec<TaskView>>,
+    len: usize,
 }
 
 impl GroupTasks {
     /// Every task of the group, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &TaskView> {
-        self.tasks.values()
+        self.by_slot
+            .iter()
+            .flatten()
+            .chain(self.unplaced.values().flatten())
     }
 
-    /// The group's tasks on an instance.
-    pub fn on<'s>(&'s self, instance: &str) -> impl Iterator<Item = &'s TaskView> + 's {
-        self.by_instance
-            .get(instance)
-            .into_iter()
-            .flatten()
-            .filter_map(|arn| self.tasks.get(arn))
+    /// The group's tasks on instances the view does not hold (or on none).
+    pub fn iter_unplaced(&self) -> impl Iterator<Item = &TaskView> {
+        self.unplaced.values().flatten()
+    }
+
+    /// The group's tasks on the instance in `slot`.
+    pub fn on(&self, slot: Slot) -> &[TaskView] {
+        self.by_slot.get(slot.0 as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The group's tasks on an instance the view does not hold (or on none: `""`).
+    pub fn unplaced(&self, instance: &str) -> &[TaskView] {
+        self.unplaced.get(instance).map_or(&[], Vec::as_slice)
     }
 
     pub fn len(&self) -> usize {
-        self.tasks.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.len == 0
     }
 
-    fn insert(&mut self, task: TaskView) {
-        let place: Arc<str> = task.instance.clone().unwrap_or_else(|| "".into());
-        let arns = self.by_instance.entry(place).or_default();
-        if !arns.contains(&task.arn) {
-            arns.push(task.arn.clone());
+    fn place_mut(&mut self, place: &Place) -> &mut Vec<TaskView> {
+        match place {
+            Place::Slot(slot) => {
+                let index = slot.0 as usize;
+                if self.by_slot.len() <= index {
+                    self.by_slot.resize_with(index + 1, Vec::new);
+                }
+                &mut self.by_slot[index]
+            }
+            Place::Unplaced(instance) => self.unplaced.entry(instance.clone()).or_default(),
         }
-        self.tasks.insert(task.arn.clone(), task);
     }
 
-    fn remove(&mut self, arn: &str) -> Option<TaskView> {
-        let task = self.tasks.remove(arn)?;
-        let place = task.instance.as_deref().unwrap_or_default();
-        if let Some(arns) = self.by_instance.get_mut(place) {
-            arns.retain(|a| &**a != arn);
-            if arns.is_empty() {
-                self.by_instance.remove(place);
+    fn insert(&mut self, place: &Place, task: TaskView) {
+        let tasks = self.place_mut(place);
+        match tasks.iter_mut().find(|t| t.arn == task.arn) {
+            Some(existing) => *existing = task,
+            None => {
+                tasks.push(task);
+                self.len += 1;
             }
         }
+    }
+
+    fn remove(&mut self, arn: &str, place: &Place) -> Option<TaskView> {
+        let tasks = match place {
+            Place::Slot(slot) => self.by_slot.get_mut(slot.0 as usize)?,
+            Place::Unplaced(instance) => self.unplaced.get_mut(instance)?,
+        };
+        let index = tasks.iter().position(|t| &*t.arn == arn)?;
+        let task = tasks.swap_remove(index);
+        if tasks.is_empty()
+            && let Place::Unplaced(instance) = place
+        {
+            self.unplaced.remove(instance);
+        }
+        self.len -= 1;
         Some(task)
     }
+
+    fn get(&self, arn: &str, place: &Place) -> Option<&TaskView> {
+        let tasks = match place {
+            Place::Slot(slot) => self.on(*slot),
+            Place::Unplaced(instance) => self.unplaced(instance),
+        };
+        tasks.iter().find(|t| &*t.arn == arn)
+    }
+}
+
+/// Where a task is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    Slot(Slot),
+    /// Its instance is not in the view (or it has none: `""`).
+    Unplaced(Arc<str>),
 }
 
 /// One cluster's instances and scheduler-group tasks, shared by the plans of all its environments so
 /// that a full pass is linear in instances and tasks. Updated one entity at a time.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
-    /// Sorted by ARN, so that plans come out in the same order whatever order changes came in.
-    instances: BTreeMap<Arc<str>, InstanceView>,
-    groups: FastMap<Arc<str>, GroupTasks>,
-    /// Task ARN → its group, to find a task when it is removed or changes group.
-    task_groups: FastMap<Arc<str>, Arc<str>>,
+    /// ARN → slot, in ARN order, so that plans come out in the same order whatever order changes came
+    /// in.
+    order: BTreeMap<Arc<str>, Slot>,
+    /// The slots in ARN order: what planning iterates (a vector is much faster to walk than the map).
+    sorted: Vec<Slot>,
+    slots: Vec<Option<InstanceView>>,
+    free: Vec<Slot>,
+    groups: FastMap<Sym, GroupTasks>,
+    /// Task ARN → its group and place, to find a task when it is removed or moves.
+    homes: FastMap<Arc<str>, (Sym, Place)>,
+    symbols: FastMap<Arc<str>, Sym>,
 }
 
 impl ClusterView {
@@ -336,13 +409,71 @@ impl ClusterView {
         view
     }
 
+    /// The symbol of `text`, if the view has met it.
+    pub fn sym(&self, text: &str) -> Option<Sym> {
+        self.symbols.get(text).copied()
+    }
+
+    fn intern(&mut self, text: &Arc<str>) -> Sym {
+        if let Some(&sym) = self.symbols.get(&**text) {
+            return sym;
+        }
+        // Symbols are never reused: a view holds as many as distinct ids it met, which is small
+        // (deployments, task definitions, groups).
+        let sym = Sym(self.symbols.len() as u32 + 1);
+        self.symbols.insert(text.clone(), sym);
+        sym
+    }
+
     pub fn upsert_instance(&mut self, instance: &ContainerInstance) {
         let view = InstanceView::of(instance);
-        self.instances.insert(view.arn.clone(), view);
+        if let Some(&slot) = self.order.get(&view.arn) {
+            self.slots[slot.0 as usize] = Some(view);
+            return;
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            Slot(self.slots.len() as u32 - 1)
+        });
+        let arn = view.arn.clone();
+        self.slots[slot.0 as usize] = Some(view);
+        self.order.insert(arn.clone(), slot);
+        let at = self.order.range(..arn.clone()).count();
+        self.sorted.insert(at, slot);
+        // Tasks that came before their instance move in.
+        self.move_tasks(&Place::Unplaced(arn), Place::Slot(slot));
+    }
+
+    /// Moves every task kept at `from` to `to`.
+    fn move_tasks(&mut self, from: &Place, to: Place) {
+        let mut moved = Vec::new();
+        for group in self.groups.values_mut() {
+            let tasks = match from {
+                Place::Slot(slot) => group.by_slot.get_mut(slot.0 as usize).map(std::mem::take),
+                Place::Unplaced(instance) => group.unplaced.remove(instance),
+            };
+            for task in tasks.into_iter().flatten() {
+                group.len -= 1;
+                moved.push(task.arn.clone());
+                group.insert(&to, task);
+            }
+        }
+        for arn in moved {
+            if let Some(home) = self.homes.get_mut(&arn) {
+                home.1 = to.clone();
+            }
+        }
     }
 
     pub fn remove_instance(&mut self, arn: &str) {
-        self.instances.remove(arn);
+        let Some(slot) = self.order.remove(arn) else {
+            return;
+        };
+        self.sorted.retain(|s| *s != slot);
+        self.slots[slot.0 as usize] = None;
+        // Its tasks stay in view, unplaced, until ECS says what became of them.
+        self.move_tasks(&Place::Slot(slot), Place::Unplaced(arn.into()));
+        self.free.push(slot);
     }
 
     /// Keeps the task if it belongs to a scheduler group (only those can be an environment's).
@@ -352,9 +483,20 @@ impl ClusterView {
         if !in_scheduler_group {
             return;
         }
-        let view = TaskView::observe(task, previous.as_ref(), observed_ms);
-        self.task_groups.insert(view.arn.clone(), view.group.clone());
-        self.groups.entry(view.group.clone()).or_default().insert(view);
+        let mut view = TaskView::observe(task, previous.as_ref(), observed_ms);
+        view.started_by_sym = match &view.started_by {
+            Some(s) => self.intern(s),
+            None => Sym::NONE,
+        };
+        view.task_definition_sym = self.intern(&view.task_definition);
+        let group = self.intern(&view.group);
+        let instance: Arc<str> = view.instance.clone().unwrap_or_else(|| "".into());
+        let place = match self.order.get(&instance) {
+            Some(&slot) => Place::Slot(slot),
+            None => Place::Unplaced(instance),
+        };
+        self.homes.insert(view.arn.clone(), (group, place.clone()));
+        self.groups.entry(group).or_default().insert(&place, view);
     }
 
     pub fn remove_task(&mut self, arn: &str) {
@@ -362,41 +504,59 @@ impl ClusterView {
     }
 
     fn take_task(&mut self, arn: &str) -> Option<TaskView> {
-        let group = self.task_groups.remove(arn)?;
+        let (group, place) = self.homes.remove(arn)?;
         let tasks = self.groups.get_mut(&group)?;
-        let task = tasks.remove(arn);
+        let task = tasks.remove(arn, &place);
         if tasks.is_empty() {
             self.groups.remove(&group);
         }
         task
     }
 
-    /// Instances sorted by ARN.
-    pub fn instances(&self) -> impl ExactSizeIterator<Item = &InstanceView> {
-        self.instances.values()
+    /// Instances sorted by ARN, with their slots.
+    pub fn instances(&self) -> impl ExactSizeIterator<Item = (Slot, &InstanceView)> {
+        self.sorted.iter().map(|&slot| {
+            let instance = self.slots[slot.0 as usize]
+                .as_ref()
+                .unwrap_or_else(|| unreachable!("an ordered slot holds its instance"));
+            (slot, instance)
+        })
     }
 
     pub fn instance(&self, arn: &str) -> Option<&InstanceView> {
-        self.instances.get(arn)
+        let slot = self.order.get(arn)?;
+        self.slots[slot.0 as usize].as_ref()
+    }
+
+    pub fn slot(&self, arn: &str) -> Option<Slot> {
+        self.order.get(arn).copied()
     }
 
     pub fn instance_count(&self) -> usize {
-        self.instances.len()
+        self.order.len()
     }
 
     /// The tasks of a scheduler group (`blox:<environment>`).
     pub fn group(&self, group: &str) -> Option<&GroupTasks> {
-        self.groups.get(group)
+        self.groups.get(&self.sym(group)?)
+    }
+
+    /// A group's tasks on an instance, whether the view holds the instance or not.
+    pub fn tasks_on<'s>(&'s self, group: &'s GroupTasks, instance: &str) -> &'s [TaskView] {
+        match self.slot(instance) {
+            Some(slot) => group.on(slot),
+            None => group.unplaced(instance),
+        }
     }
 
     pub fn task(&self, arn: &str) -> Option<&TaskView> {
-        let group = self.task_groups.get(arn)?;
-        self.groups.get(group)?.tasks.get(arn)
+        let (group, place) = self.homes.get(arn)?;
+        self.groups.get(group)?.get(arn, place)
     }
 
     /// Tasks of scheduler groups in the view.
     pub fn task_count(&self) -> usize {
-        self.task_groups.len()
+        self.homes.len()
     }
 }
 
@@ -421,15 +581,15 @@ mod tests {
         view.upsert_task(&task("t2", "i1", "service:web", "RUNNING"), 10);
         assert_eq!(view.task_count(), 1, "only scheduler groups are kept");
         let group = view.group("blox:web").unwrap();
-        assert_eq!(group.on("i1").count(), 1);
+        assert_eq!(view.tasks_on(group, "i1").len(), 1);
         assert_eq!(view.task("t1").unwrap().running_since, None);
 
         view.upsert_task(&task("t1", "i1", "blox:web", "RUNNING"), 20);
         assert_eq!(view.task("t1").unwrap().running_since, Some(20));
         view.upsert_task(&task("t1", "i2", "blox:web", "RUNNING"), 30);
         let group = view.group("blox:web").unwrap();
-        assert_eq!(group.on("i1").count(), 0, "moved");
-        assert_eq!(group.on("i2").count(), 1);
+        assert_eq!(view.tasks_on(group, "i1").len(), 0, "moved");
+        assert_eq!(view.tasks_on(group, "i2").len(), 1);
         assert_eq!(
             view.task("t1").unwrap().running_since,
             Some(20),
@@ -444,6 +604,29 @@ mod tests {
         view.upsert_task(&task("t3", "i3", "blox:web", "RUNNING"), 60);
         view.remove_task("t3");
         view.remove_task("t3");
+        assert_eq!(view.task_count(), 0);
+
+        // A task before its instance, and after it has gone.
+        let instance = |arn: &str| -> ContainerInstance {
+            serde_json::from_value(serde_json::json!({
+                "agentConnected": true, "status": "ACTIVE", "containerInstanceARN": arn,
+            }))
+            .unwrap()
+        };
+        view.upsert_task(&task("t4", "i4", "blox:web", "RUNNING"), 70);
+        let group = view.group("blox:web").unwrap();
+        assert_eq!(group.unplaced("i4").len(), 1);
+        view.upsert_instance(&instance("i4"));
+        let group = view.group("blox:web").unwrap();
+        let slot = view.slot("i4").unwrap();
+        assert_eq!((group.on(slot).len(), group.unplaced("i4").len()), (1, 0));
+        view.remove_instance("i4");
+        let group = view.group("blox:web").unwrap();
+        assert_eq!(group.unplaced("i4").len(), 1);
+        view.upsert_instance(&instance("i5"));
+        assert_eq!(view.slot("i5"), Some(slot), "a freed slot is reused");
+        assert!(view.group("blox:web").unwrap().on(slot).is_empty());
+        view.remove_task("t4");
         assert_eq!(view.task_count(), 0);
     }
 
