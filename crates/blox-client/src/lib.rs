@@ -1,9 +1,11 @@
 //! A typed client of the blox REST API.
 
 use blox_api::{
-    CreateEnvironmentRequest, DeadLetters, DeleteEnvironmentResponse, Deployment, Deployments, Environment,
+    CreateEnvironment, CreateEnvironmentRequest, DeadLetters, DeleteEnvironmentResponse, Deployment,
+    DeploymentList, DeploymentResponse, Deployments, Environment, EnvironmentList, EnvironmentResponse,
     Environments, ErrorBody, InstanceQuery, InstanceRecord, Instances, PageQuery, Ping, Readiness,
-    StreamQuery, TaskQuery, TaskRecord, Tasks, UpdateEnvironmentRequest,
+    RevisionCreated, RevisionId, RevisionList, RevisionResponse, RollbackRequest, StreamQuery, TaskQuery,
+    TaskRecord, Tasks, UpdateEnvironment, UpdateEnvironmentRequest,
 };
 use bytes::{Buf as _, BytesMut};
 use futures::{Stream, StreamExt as _};
@@ -17,8 +19,13 @@ pub enum ClientError {
         endpoint: String,
         source: reqwest::Error,
     },
-    /// The server answered with an error body.
-    #[error("{status}: {} ({})", body.message, body.code)]
+    /// The server answered with an error body: its message, then what a script or a search needs.
+    #[error(
+        "{} (code {}{}, HTTP {status})",
+        body.message,
+        body.code,
+        body.field.as_deref().map(|f| format!(", field {f}")).unwrap_or_default()
+    )]
     Api { status: u16, body: ErrorBody },
     #[error("unexpected answer ({status}): {message}")]
     Unexpected { status: u16, message: String },
@@ -118,7 +125,8 @@ impl Client {
             .await
     }
 
-    /// `PUT /v1/environments/{name}`: a new task definition, a new revision and deploymentToken.
+    /// `PUT /v1/environments/{name}`: a new revision (and deploymentToken) made of the latest one and
+    /// the fields given.
     pub async fn update_environment(
         &self,
         name: &str,
@@ -167,6 +175,11 @@ impl Client {
             &(),
         )
         .await
+    }
+
+    /// The Blox v1.0 environment API (`/v1/{cluster}/environments`).
+    pub fn v1(&self) -> V1<'_> {
+        V1 { client: self }
     }
 
     fn url(&self, path: &str) -> String {
@@ -255,6 +268,195 @@ impl Client {
             },
         );
         Ok(lines)
+    }
+}
+
+/// Blox v1.0's environment API: every path names the cluster (a name, or its ARN for a cluster named
+/// like a static segment such as `tasks`) and the environment.
+#[derive(Debug, Clone, Copy)]
+pub struct V1<'a> {
+    client: &'a Client,
+}
+
+impl V1<'_> {
+    fn environments(cluster: &str) -> String {
+        format!("/v1/{}/environments", encode(cluster))
+    }
+
+    fn environment(cluster: &str, name: &str) -> String {
+        format!("/v1/{}/environments/{}", encode(cluster), encode(name))
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let c = self.client;
+        c.read_json(c.http.post(c.url(path))).await
+    }
+
+    /// `GET /v1/{cluster}/environments`, by name, optionally only names starting with `prefix`.
+    pub async fn list_environments(
+        &self,
+        cluster: &str,
+        prefix: Option<&str>,
+        page: &PageQuery,
+    ) -> Result<EnvironmentList, ClientError> {
+        let c = self.client;
+        let mut request = c.http.get(c.url(&Self::environments(cluster))).query(page);
+        if let Some(prefix) = prefix {
+            request = request.query(&[("environmentNamePrefix", prefix)]);
+        }
+        c.read_json(request).await
+    }
+
+    /// `POST /v1/{cluster}/environments`: the environment and its revision 1.
+    pub async fn create_environment(
+        &self,
+        cluster: &str,
+        request: &CreateEnvironment,
+    ) -> Result<RevisionCreated, ClientError> {
+        let c = self.client;
+        c.read_json(c.http.post(c.url(&Self::environments(cluster))).json(request))
+            .await
+    }
+
+    /// `GET /v1/{cluster}/environments/{name}`.
+    pub async fn describe_environment(
+        &self,
+        cluster: &str,
+        name: &str,
+    ) -> Result<EnvironmentResponse, ClientError> {
+        self.client.get_json(&Self::environment(cluster, name), &()).await
+    }
+
+    /// `PUT /v1/{cluster}/environments/{name}`: a new revision; nothing is deployed.
+    pub async fn update_environment(
+        &self,
+        cluster: &str,
+        name: &str,
+        request: &UpdateEnvironment,
+    ) -> Result<RevisionCreated, ClientError> {
+        let c = self.client;
+        c.read_json(c.http.put(c.url(&Self::environment(cluster, name))).json(request))
+            .await
+    }
+
+    /// `DELETE /v1/{cluster}/environments/{name}?terminateTasks=`.
+    pub async fn delete_environment(
+        &self,
+        cluster: &str,
+        name: &str,
+        terminate_tasks: bool,
+    ) -> Result<EnvironmentResponse, ClientError> {
+        let c = self.client;
+        let flag = if terminate_tasks { "true" } else { "false" };
+        let url = c.url(&Self::environment(cluster, name));
+        c.read_json(c.http.delete(url).query(&[("terminateTasks", flag)]))
+            .await
+    }
+
+    /// `GET …/revisions`, oldest first, with live counts.
+    pub async fn list_revisions(
+        &self,
+        cluster: &str,
+        name: &str,
+        page: &PageQuery,
+    ) -> Result<RevisionList, ClientError> {
+        let path = format!("{}/revisions", Self::environment(cluster, name));
+        self.client.get_json(&path, page).await
+    }
+
+    /// `GET …/revisions/{id}`.
+    pub async fn describe_revision(
+        &self,
+        cluster: &str,
+        name: &str,
+        revision: RevisionId,
+    ) -> Result<RevisionResponse, ClientError> {
+        let path = format!("{}/revisions/{}", Self::environment(cluster, name), revision.0);
+        self.client.get_json(&path, &()).await
+    }
+
+    /// `POST …/deployments?revisionId=&rollback=`: deploy a revision (one older than the active one
+    /// needs `rollback`).
+    pub async fn start_deployment(
+        &self,
+        cluster: &str,
+        name: &str,
+        revision: RevisionId,
+        rollback: bool,
+    ) -> Result<DeploymentResponse, ClientError> {
+        let c = self.client;
+        let url = c.url(&format!("{}/deployments", Self::environment(cluster, name)));
+        let revision = revision.0.to_string();
+        let mut query = vec![("revisionId", revision.as_str())];
+        if rollback {
+            query.push(("rollback", "true"));
+        }
+        c.read_json(c.http.post(url).query(&query)).await
+    }
+
+    /// `GET …/deployments`, newest first.
+    pub async fn list_deployments(
+        &self,
+        cluster: &str,
+        name: &str,
+        page: &PageQuery,
+    ) -> Result<DeploymentList, ClientError> {
+        let path = format!("{}/deployments", Self::environment(cluster, name));
+        self.client.get_json(&path, page).await
+    }
+
+    /// `GET …/deployments/{id}`.
+    pub async fn describe_deployment(
+        &self,
+        cluster: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<DeploymentResponse, ClientError> {
+        let path = format!("{}/deployments/{}", Self::environment(cluster, name), encode(id));
+        self.client.get_json(&path, &()).await
+    }
+
+    /// `POST …/deployments/{id}/stop`.
+    pub async fn stop_deployment(
+        &self,
+        cluster: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<DeploymentResponse, ClientError> {
+        let path = format!(
+            "{}/deployments/{}/stop",
+            Self::environment(cluster, name),
+            encode(id)
+        );
+        self.post(&path).await
+    }
+
+    /// `POST …/rollback`: to `revision`, or by default to the revision of the last deployment that
+    /// completed before the active one.
+    pub async fn rollback(
+        &self,
+        cluster: &str,
+        name: &str,
+        revision: Option<RevisionId>,
+    ) -> Result<DeploymentResponse, ClientError> {
+        let c = self.client;
+        let url = c.url(&format!("{}/rollback", Self::environment(cluster, name)));
+        let body = RollbackRequest {
+            environment_revision_id: revision,
+        };
+        c.read_json(c.http.post(url).json(&body)).await
+    }
+
+    /// `POST …/freeze`: nothing is started or stopped until thawed.
+    pub async fn freeze(&self, cluster: &str, name: &str) -> Result<EnvironmentResponse, ClientError> {
+        self.post(&format!("{}/freeze", Self::environment(cluster, name)))
+            .await
+    }
+
+    /// `POST …/thaw`.
+    pub async fn thaw(&self, cluster: &str, name: &str) -> Result<EnvironmentResponse, ClientError> {
+        self.post(&format!("{}/thaw", Self::environment(cluster, name)))
+            .await
     }
 }
 

@@ -1,26 +1,166 @@
-//! `blox env` and `blox deploy`: the daemon scheduler's environments and deployments.
+//! `blox env` and `blox deploy`: the daemon scheduler's environments and deployments, over Blox v1.0's
+//! API (`/v1/{cluster}/environments`). Commands name an environment; its cluster comes from `--cluster`
+//! or, by default, from v0.3's `GET /v1/environments/{name}` (names are unique across clusters).
 
+use std::fmt;
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result};
 use blox_api::{
-    CreateEnvironmentRequest, Deployment, DeploymentConfigurationBody, Environment, InstanceGroupBody,
-    UpdateEnvironmentRequest,
+    AttributeBody, CreateEnvironment, DeploymentConfigurationBody, DeploymentV1, EnvironmentRevision,
+    EnvironmentV1, InstanceGroup, PageQuery, RevisionId, TaskCounts, UpdateEnvironment,
 };
-use blox_client::Client;
-use clap::Subcommand;
+use blox_client::{Client, ClientError};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{Endpoint, print_json};
 use crate::table::{render, short_arn};
 
-/// How often `deploy start --wait` polls the deployment.
+/// How often `--wait` polls the deployment.
 const POLL: Duration = Duration::from_millis(500);
+/// How often `env status --watch` redraws.
+const WATCH: Duration = Duration::from_secs(1);
+
+/// Exit codes of `deploy start --wait` and `deploy rollback --wait` when the deployment ends other
+/// than completed (1 is any other error, 2 a usage error).
+pub mod exit {
+    pub const FAILED: u8 = 3;
+    pub const STOPPED: u8 = 4;
+    pub const SUPERSEDED: u8 = 5;
+    pub const ROLLED_BACK: u8 = 6;
+}
+
+const WAIT_HELP: &str = "\
+Exit codes with --wait:
+  0  the deployment completed
+  1  an error (the API's code and message are printed)
+  2  a usage error
+  3  the deployment failed (an automatic rollback's id is printed)
+  4  the deployment was stopped
+  5  the deployment was superseded by a newer one
+  6  the deployment was rolled back";
+
+const STATUS_HELP: &str = "\
+ACTIVE is the revision last fully deployed, TARGET the active deployment's; STATUS is the active
+deployment's status, or Frozen or Deleting. Revision statuses: Created (never deployed); for the
+target, Pending, Deploying, Active, Failed or Stopped (its deployment's); for other revisions with
+tasks, Undeploying or Reverting (being replaced) or Running (left by a deployment that did not
+complete).";
+
+/// A deployment followed with `--wait` ended other than completed: `main` prints the message and
+/// exits with the code.
+#[derive(Debug)]
+pub struct Ended {
+    pub code: u8,
+    message: String,
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Ended {}
+
+/// The environment's cluster: given, or looked up.
+#[derive(Args, Debug, Clone)]
+pub struct Locate {
+    /// The environment's cluster (name or ARN); by default looked up by the environment's name.
+    #[arg(long)]
+    cluster: Option<String>,
+}
+
+/// How a revision is rolled out. Unset flags keep the server's defaults (create) or the latest
+/// revision's values (update).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigFlags {
+    /// TerminateThenReplace (stop, then start: never two tasks on an instance) or
+    /// ReplaceThenTerminate (start, then stop: never none).
+    #[arg(long, value_parser = ["TerminateThenReplace", "ReplaceThenTerminate"])]
+    method: Option<String>,
+    /// TerminateThenReplace: healthy instances never fall below this percentage (0-100, default 90).
+    #[arg(long, value_name = "N")]
+    min_healthy_percent: Option<u32>,
+    /// ReplaceThenTerminate: at most this percentage of instances run two tasks at once (1-100,
+    /// default 10).
+    #[arg(long, value_name = "N")]
+    max_over_percent: Option<u32>,
+    /// A task counts as healthy once it has been so for this long (default 0).
+    #[arg(long, value_name = "N")]
+    min_healthy_seconds: Option<u32>,
+    /// Failed start attempts that fail a deployment (default 10% of the instances, 3 to 200).
+    #[arg(long, value_name = "N")]
+    failure_threshold: Option<u32>,
+    /// A deployment fails when its healthy count has not grown for this long (default 600).
+    #[arg(long, value_name = "N")]
+    progress_deadline_seconds: Option<u32>,
+    /// Do not roll a failed deployment back by itself.
+    #[arg(long, overrides_with = "auto_rollback")]
+    no_auto_rollback: bool,
+    /// Roll a failed deployment back to the last completed revision (the default).
+    #[arg(long, overrides_with = "no_auto_rollback")]
+    auto_rollback: bool,
+    /// Stop the daemon on an instance that starts draining.
+    #[arg(long, overrides_with = "no_stop_on_drain")]
+    stop_on_drain: bool,
+    /// Keep the daemon on draining instances (the default).
+    #[arg(long, overrides_with = "stop_on_drain")]
+    no_stop_on_drain: bool,
+}
+
+impl ConfigFlags {
+    fn method(&self) -> Option<String> {
+        self.method.clone()
+    }
+
+    /// The configuration to send, or none when no flag was given.
+    fn body(&self) -> Option<DeploymentConfigurationBody> {
+        let flag = |on: bool, off: bool| {
+            if off {
+                Some(false)
+            } else if on {
+                Some(true)
+            } else {
+                None
+            }
+        };
+        let body = DeploymentConfigurationBody {
+            min_healthy_percent: self.min_healthy_percent.map(i64::from),
+            max_over_percent: self.max_over_percent.map(i64::from),
+            min_healthy_seconds: self.min_healthy_seconds.map(i64::from),
+            failure_threshold: self.failure_threshold.map(i64::from),
+            progress_deadline_seconds: self.progress_deadline_seconds.map(i64::from),
+            auto_rollback: flag(self.auto_rollback, self.no_auto_rollback),
+            stop_on_drain: flag(self.stop_on_drain, self.no_stop_on_drain),
+        };
+        (body != DeploymentConfigurationBody::default()).then_some(body)
+    }
+}
+
+/// `NAME` or `NAME=VALUE`.
+fn parse_attribute(text: &str) -> Result<AttributeBody, String> {
+    let (name, value) = match text.split_once('=') {
+        Some((name, value)) => (name, Some(value.to_owned())),
+        None => (text, None),
+    };
+    if name.trim().is_empty() {
+        return Err(format!("{text:?}: expected NAME or NAME=VALUE"));
+    }
+    Ok(AttributeBody {
+        name: name.to_owned(),
+        value,
+    })
+}
 
 #[derive(Subcommand, Debug)]
 pub enum EnvCommand {
-    /// Create an environment (checked against ECS) with its first revision.
+    /// Create an environment (checked against ECS) with its revision 1; nothing runs until it is
+    /// deployed (`blox deploy start NAME`).
     Create {
-        /// 1 to 30 letters, digits, '-' or '_'.
+        /// 1 to 30 letters, digits, '-' or '_', unique across clusters.
         name: String,
         /// Cluster name or ARN.
         #[arg(long)]
@@ -28,38 +168,89 @@ pub enum EnvCommand {
         /// FAMILY, FAMILY:REVISION or an ARN.
         #[arg(long)]
         task_definition: String,
-        /// Stop the daemon when its instance starts draining.
-        #[arg(long)]
-        stop_on_drain: bool,
+        #[command(flatten)]
+        config: ConfigFlags,
+        /// Run only on instances with this attribute (any value) or this value; repeatable.
+        #[arg(long = "attribute", value_name = "NAME[=VALUE]", value_parser = parse_attribute)]
+        attributes: Vec<AttributeBody>,
         #[command(flatten)]
         endpoint: Endpoint,
     },
-    /// List environments.
+    /// Make a new revision of an environment from its latest one and the flags given; nothing is
+    /// deployed until `blox deploy start NAME`.
+    Update {
+        name: String,
+        /// FAMILY, FAMILY:REVISION or an ARN.
+        #[arg(long)]
+        task_definition: Option<String>,
+        #[command(flatten)]
+        config: ConfigFlags,
+        /// The new instance group's attributes (replacing the latest revision's); repeatable.
+        #[arg(long = "attribute", value_name = "NAME[=VALUE]", value_parser = parse_attribute)]
+        attributes: Vec<AttributeBody>,
+        /// Run on every instance of the cluster again.
+        #[arg(long, conflicts_with = "attributes")]
+        clear_attributes: bool,
+        /// Refuse the update unless revision N is still the latest (someone else's update wins).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        base_revision: Option<u64>,
+        #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Show an environment: its latest revision, active deployment and counts.
+    #[command(alias = "get")]
+    Describe {
+        name: String,
+        #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// The environment and its revisions with live task counts.
+    #[command(after_help = STATUS_HELP)]
+    Status {
+        name: String,
+        /// Redraw every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// List environments (of every cluster, or of one).
     List {
         #[arg(long)]
         cluster: Option<String>,
         #[command(flatten)]
         endpoint: Endpoint,
     },
-    /// Show one environment.
-    Get {
-        name: String,
-        #[command(flatten)]
-        endpoint: Endpoint,
-    },
-    /// Give an environment a new task definition (a new revision and deployment token).
-    Update {
-        name: String,
-        #[arg(long)]
-        task_definition: String,
-        #[command(flatten)]
-        endpoint: Endpoint,
-    },
     /// Delete an environment; its tasks are left running unless --terminate-tasks.
     Delete {
         name: String,
+        /// Stop the environment's tasks first (it is Deleting until they are stopped).
         #[arg(long)]
         terminate_tasks: bool,
+        #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Freeze an environment: deployments are taken but nothing is started or stopped until thawed.
+    Freeze {
+        name: String,
+        #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Thaw a frozen environment: the scheduler acts on it again.
+    Thaw {
+        name: String,
+        #[command(flatten)]
+        locate: Locate,
         #[command(flatten)]
         endpoint: Endpoint,
     },
@@ -67,16 +258,48 @@ pub enum EnvCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum DeployCommand {
-    /// Deploy the environment's latest revision.
+    /// Deploy a revision of an environment (by default its latest); a deployment in progress is
+    /// superseded.
+    #[command(after_help = WAIT_HELP)]
     Start {
         /// The environment's name.
         env: String,
-        /// The deployment token; by default the environment's current one.
+        /// The revision to deploy (default: the latest).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        revision: Option<u64>,
+        /// Deploy a revision older than the active one (a rollback).
         #[arg(long)]
-        token: Option<String>,
-        /// Show progress until the deployment completes (exit 0) or fails or is stopped (exit 1).
+        rollback: bool,
+        /// Follow the deployment until it ends; the exit code says how it ended.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Roll back to a revision (by default that of the last deployment that completed before the
+    /// active one).
+    #[command(after_help = WAIT_HELP)]
+    Rollback {
+        env: String,
+        /// The revision to roll back to.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        revision: Option<u64>,
+        /// Follow the rollback until it ends; the exit code says how it ended.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Stop a pending or running deployment: progress halts, tasks are left as they are.
+    Stop {
+        env: String,
+        deployment_id: String,
+        #[command(flatten)]
+        locate: Locate,
         #[command(flatten)]
         endpoint: Endpoint,
     },
@@ -84,92 +307,557 @@ pub enum DeployCommand {
     List {
         env: String,
         #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
         endpoint: Endpoint,
     },
-    /// Show one deployment.
-    Get {
+    /// Show a deployment: status, counts, failures per instance, history.
+    #[command(alias = "get")]
+    Describe {
         env: String,
-        id: String,
+        deployment_id: String,
+        #[command(flatten)]
+        locate: Locate,
         #[command(flatten)]
         endpoint: Endpoint,
     },
 }
 
-const ENV_HEADERS: &[&str] = &[
-    "NAME",
-    "CLUSTER",
-    "TASK DEFINITION",
-    "REVISION",
-    "STATUS",
-    "HEALTH",
-    "ACTIVE DEPLOYMENT",
-    "TOKEN",
-];
+/// The cluster to put in v1.0 paths: the one given, or the environment's cluster ARN (an ARN rather
+/// than a name, since a cluster may be named like a static path segment).
+async fn cluster_of(client: &Client, name: &str, locate: &Locate) -> Result<String> {
+    if let Some(cluster) = &locate.cluster {
+        return Ok(cluster.clone());
+    }
+    let env = client.get_environment(name).await?;
+    Ok(env.instance_group.cluster)
+}
+
+// ---- output ------------------------------------------------------------------------------------------
+
+/// `label  value` lines, labels aligned.
+fn print_fields(fields: &[(&str, String)]) {
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (label, value) in fields {
+        let label = format!("{label}:");
+        println!("{label:<width$} {value}", width = width + 1);
+    }
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn attributes_text(attributes: &[AttributeBody]) -> String {
+    if attributes.is_empty() {
+        return "every instance of the cluster".to_owned();
+    }
+    attributes
+        .iter()
+        .map(|a| match &a.value {
+            Some(value) => format!("{}={value}", a.name),
+            None => a.name.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn config_fields(method: &str, c: &DeploymentConfigurationBody) -> Vec<(&'static str, String)> {
+    vec![
+        ("Method", method.to_owned()),
+        ("Min healthy percent", or_dash(c.min_healthy_percent)),
+        ("Max over percent", or_dash(c.max_over_percent)),
+        ("Min healthy seconds", or_dash(c.min_healthy_seconds)),
+        (
+            "Failure threshold",
+            c.failure_threshold.map_or_else(
+                || "default (10% of the instances, 3 to 200)".to_owned(),
+                |n| n.to_string(),
+            ),
+        ),
+        ("Progress deadline seconds", or_dash(c.progress_deadline_seconds)),
+        ("Auto rollback", or_dash(c.auto_rollback)),
+        ("Stop on drain", or_dash(c.stop_on_drain)),
+    ]
+}
+
+fn counts_text(c: &TaskCounts) -> String {
+    format!("{} desired, {} healthy, {} total", c.desired, c.healthy, c.total)
+}
+
+fn show_environment(e: &EnvironmentV1) {
+    let mut fields = vec![
+        ("Environment", e.environment_name.clone()),
+        ("Cluster", e.cluster.clone()),
+        ("Status", e.environment_status.clone()),
+        (
+            "Health",
+            match &e.health_reason {
+                Some(reason) => format!("{} ({reason})", e.environment_health),
+                None => e.environment_health.clone(),
+            },
+        ),
+        ("Latest revision", e.latest_environment_revision_id.0.to_string()),
+        (
+            "Active revision",
+            or_dash(e.active_environment_revision_id.map(|r| r.0)),
+        ),
+        ("Active deployment", or_dash(e.active_deployment_id.as_deref())),
+        ("Tasks", counts_text(&e.counts)),
+        ("Task definition", e.task_definition.clone()),
+        ("Instances", attributes_text(&e.instance_group.attributes)),
+    ];
+    fields.extend(config_fields(&e.deployment_method, &e.deployment_configuration));
+    fields.push(("Created", e.created_at.clone()));
+    fields.push(("Updated", e.updated_at.clone()));
+    print_fields(&fields);
+}
+
 const DEPLOY_HEADERS: &[&str] = &[
     "ID",
-    "ENVIRONMENT",
     "STATUS",
     "REVISION",
     "TASK DEFINITION",
     "DESIRED",
-    "RUNNING",
-    "PENDING",
-    "FAILED",
+    "HEALTHY",
+    "TOTAL",
+    "FAILED STARTS",
     "CREATED",
+    "NOTE",
 ];
 
-fn env_row(e: &Environment) -> Vec<String> {
-    vec![
-        e.name.clone(),
-        short_arn(&e.instance_group.cluster),
-        short_arn(&e.task_definition),
-        e.revision.to_string(),
-        e.status.clone(),
-        match &e.health_reason {
-            Some(reason) => format!("{} ({reason})", e.health),
-            None => e.health.clone(),
-        },
-        e.active_deployment.clone().unwrap_or_default(),
-        e.deployment_token.clone(),
-    ]
+fn deployment_note(d: &DeploymentV1) -> String {
+    let mut notes = Vec::new();
+    if let Some(of) = &d.rollback_of {
+        notes.push(format!("rollback of {of}"));
+    } else if d.rollback {
+        notes.push("rollback".to_owned());
+    }
+    if let Some(by) = &d.rolled_back_by {
+        notes.push(format!("rolled back by {by}"));
+    }
+    if let Some(by) = &d.superseded_by {
+        notes.push(format!("superseded by {by}"));
+    }
+    notes.join("; ")
 }
 
-fn deploy_row(d: &Deployment) -> Vec<String> {
+fn deploy_row(d: &DeploymentV1) -> Vec<String> {
     vec![
-        d.id.clone(),
-        d.environment_name.clone(),
+        d.deployment_id.clone(),
         d.status.clone(),
-        d.revision.to_string(),
+        d.environment_revision_id.0.to_string(),
         short_arn(&d.task_definition),
         d.counts.desired.to_string(),
-        d.counts.running.to_string(),
-        d.counts.pending.to_string(),
-        d.counts.failed.to_string(),
+        d.counts.healthy.to_string(),
+        d.counts.total.to_string(),
+        format!("{}/{}", d.failed_attempts, d.failure_threshold),
         d.created_at.clone(),
+        deployment_note(d),
     ]
 }
 
-fn show_env(e: &Environment, json: bool) -> Result<()> {
-    if json {
-        return print_json(e);
-    }
-    print!("{}", render(ENV_HEADERS, &[env_row(e)]));
-    Ok(())
-}
-
-fn show_deployment(d: &Deployment, json: bool) -> Result<()> {
-    if json {
-        return print_json(d);
-    }
-    print!("{}", render(DEPLOY_HEADERS, &[deploy_row(d)]));
-    for failure in &d.failures {
-        println!(
-            "failed on {}: {} ({} attempts, retry at {})",
-            failure.arn, failure.reason, failure.attempts, failure.retry_at
+fn show_deployment(d: &DeploymentV1) {
+    print_fields(&[
+        ("Deployment", d.deployment_id.clone()),
+        ("Environment", d.environment_name.clone()),
+        ("Status", d.status.clone()),
+        ("Reason", or_dash(d.status_reason.as_deref())),
+        (
+            "Revision",
+            match d.old_target_revision_id {
+                Some(old) => format!("{} (from {})", d.environment_revision_id.0, old.0),
+                None => d.environment_revision_id.0.to_string(),
+            },
+        ),
+        ("Task definition", d.task_definition.clone()),
+        ("Tasks", counts_text(&d.counts)),
+        (
+            "Failed starts",
+            format!("{} (threshold {})", d.failed_attempts, d.failure_threshold),
+        ),
+        ("Note", deployment_note(d)),
+        ("Created", d.created_at.clone()),
+        ("Started", or_dash(d.started_at.as_deref())),
+        ("Ended", or_dash(d.ended_at.as_deref())),
+    ]);
+    if !d.failures.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = d
+            .failures
+            .iter()
+            .map(|f| {
+                vec![
+                    short_arn(&f.container_instance_arn),
+                    f.attempts.to_string(),
+                    f.retry_at.clone(),
+                    f.reason.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            render(&["FAILED ON INSTANCE", "ATTEMPTS", "RETRY AT", "REASON"], &rows)
         );
     }
-    Ok(())
+    if !d.history.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = d
+            .history
+            .iter()
+            .map(|t| vec![t.at.clone(), t.status.clone(), t.reason.clone()])
+            .collect();
+        print!("{}", render(&["AT", "STATUS", "REASON"], &rows));
+    }
 }
+
+// ---- env status ------------------------------------------------------------------------------------
+
+/// What `env status` shows: the environment, its deployments (newest first) and revisions.
+struct Status {
+    environment: EnvironmentV1,
+    deployments: Vec<DeploymentV1>,
+    revisions: Vec<EnvironmentRevision>,
+}
+
+impl Status {
+    async fn fetch(client: &Client, cluster: &str, name: &str) -> Result<Status, ClientError> {
+        let v1 = client.v1();
+        let environment = v1.describe_environment(cluster, name).await?.environment;
+        let deployments = v1
+            .list_deployments(cluster, name, &PageQuery::default())
+            .await?
+            .deployments;
+        let revisions = v1
+            .list_revisions(cluster, name, &PageQuery::default())
+            .await?
+            .revisions;
+        Ok(Status {
+            environment,
+            deployments,
+            revisions,
+        })
+    }
+
+    fn active(&self) -> Option<&DeploymentV1> {
+        let id = self.environment.active_deployment_id.as_deref()?;
+        self.deployments.iter().find(|d| d.deployment_id == id)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "environment": self.environment,
+            "activeDeployment": self.active(),
+            "revisions": self.revisions,
+        })
+    }
+
+    /// The two tables: the environment's row, then one row per revision that has tasks, is the
+    /// active deployment's, or is the latest and not deployed yet.
+    fn render(&self) -> String {
+        let env = &self.environment;
+        let active = self.active();
+        let in_progress = active.is_some_and(|d| matches!(d.status.as_str(), "pending" | "running"));
+        let target = active.map(|d| d.environment_revision_id);
+        // The revision last fully deployed: that of the newest deployment that ever completed (a
+        // completed deployment that was rolled back since still has it in its history).
+        let current = self
+            .deployments
+            .iter()
+            .find(|d| d.history.iter().any(|t| t.status == "completed"))
+            .map(|d| d.environment_revision_id);
+        let status = if env.environment_status == "Active" {
+            active.map_or_else(|| "created".to_owned(), |d| d.status.clone())
+        } else {
+            env.environment_status.clone()
+        };
+        let mut out = render(
+            &[
+                "ENVIRONMENT",
+                "ACTIVE",
+                "TARGET",
+                "STATUS",
+                "DESIRED",
+                "HEALTHY",
+                "TOTAL",
+            ],
+            &[vec![
+                env.environment_name.clone(),
+                or_dash(current.map(|r| r.0)),
+                or_dash(target.map(|r| r.0)),
+                status,
+                env.counts.desired.to_string(),
+                env.counts.healthy.to_string(),
+                env.counts.total.to_string(),
+            ]],
+        );
+
+        let target_revision =
+            target.and_then(|t| self.revisions.iter().find(|r| r.environment_revision_id == t));
+        let mut rows = Vec::new();
+        for (i, r) in self.revisions.iter().enumerate() {
+            let id = r.environment_revision_id;
+            let is_target = Some(id) == target;
+            let is_latest = id == env.latest_environment_revision_id;
+            let deployed = self.deployments.iter().any(|d| d.environment_revision_id == id);
+            // Counts are per task definition: a revision sharing the target's (or a newer
+            // revision's) task definition would repeat the same tasks.
+            let repeats = !is_target
+                && (target_revision.is_some_and(|t| t.task_definition == r.task_definition)
+                    || self.revisions[i + 1..].iter().any(|n| {
+                        n.task_definition == r.task_definition && Some(n.environment_revision_id) != target
+                    }));
+            let shown = is_target || (r.counts.total > 0 && !repeats) || (is_latest && !deployed);
+            if !shown {
+                continue;
+            }
+            let status = if is_target {
+                match active.map(|d| d.status.as_str()) {
+                    Some("pending") => "Pending",
+                    Some("running") => "Deploying",
+                    Some("completed") => "Active",
+                    Some("failed") => "Failed",
+                    Some("stopped") => "Stopped",
+                    Some("superseded") => "Superseded",
+                    Some("rolled-back") => "RolledBack",
+                    _ => "-",
+                }
+            } else if r.counts.total > 0 {
+                let reverting = active.is_some_and(|d| d.rollback && d.old_target_revision_id == Some(id));
+                match (in_progress, reverting) {
+                    (true, true) => "Reverting",
+                    (true, false) => "Undeploying",
+                    // Nothing is changing them: left by a deployment that failed or was stopped.
+                    (false, _) => "Running",
+                }
+            } else if !deployed {
+                "Created"
+            } else {
+                "Inactive"
+            };
+            rows.push(vec![
+                id.0.to_string(),
+                status.to_owned(),
+                r.counts.desired.to_string(),
+                r.counts.healthy.to_string(),
+                r.counts.total.to_string(),
+                short_arn(&r.task_definition),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&render(
+            &[
+                "REVISION",
+                "STATUS",
+                "DESIRED",
+                "HEALTHY",
+                "TOTAL",
+                "TASK DEFINITION",
+            ],
+            &rows,
+        ));
+        let mut said = None;
+        if let Some(d) = active
+            && let Some(reason) = &d.status_reason
+        {
+            out.push_str(&format!(
+                "\ndeployment {} {}: {reason}\n",
+                d.deployment_id, d.status
+            ));
+            said = Some(reason);
+        }
+        // The health reason often is the active deployment's reason, already said.
+        if let Some(reason) = &env.health_reason
+            && !said.is_some_and(|s| reason.contains(s.as_str()))
+        {
+            out.push_str(&format!("{}: {reason}\n", env.environment_health));
+        }
+        out
+    }
+}
+
+async fn status(client: &Client, cluster: &str, name: &str, watch: bool, json: bool) -> Result<()> {
+    if !watch {
+        let status = Status::fetch(client, cluster, name).await?;
+        if json {
+            return print_json(&status.json());
+        }
+        print!("{}", status.render());
+        return Ok(());
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let mut last = None;
+    loop {
+        let status = match Status::fetch(client, cluster, name).await {
+            Ok(status) => status,
+            // Deleted while watched (`env delete --terminate-tasks` ends this way): done.
+            Err(ClientError::Api { status: 404, body }) if last.is_some() => {
+                println!("{}", body.message);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let text = if json {
+            format!("{}\n", serde_json::to_string(&status.json())?)
+        } else {
+            status.render()
+        };
+        if terminal && !json {
+            // Clear the screen and home the cursor, as watch(1) does.
+            print!("\x1b[H\x1b[2J{text}");
+        } else if last.as_ref() != Some(&text) {
+            if last.is_some() && !json {
+                println!();
+            }
+            print!("{text}");
+        }
+        last = Some(text);
+        tokio::time::sleep(WATCH).await;
+    }
+}
+
+// ---- deploy --wait ---------------------------------------------------------------------------------
+
+fn ended(d: &DeploymentV1) -> bool {
+    !matches!(d.status.as_str(), "pending" | "running")
+}
+
+/// Follows a deployment until it ends: a progress bar on a terminal, otherwise one line per change
+/// (`status healthy/desired`; on stderr with `--json`, to keep stdout JSON).
+async fn follow(
+    client: &Client,
+    cluster: &str,
+    env: &str,
+    mut deployment: DeploymentV1,
+    json: bool,
+) -> Result<DeploymentV1> {
+    let bar = (!json && std::io::stdout().is_terminal()).then(|| {
+        let bar =
+            ProgressBar::with_draw_target(Some(deployment.counts.desired), ProgressDrawTarget::stdout());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} healthy  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let mut last = None;
+    loop {
+        let c = deployment.counts;
+        let line = format!("{} {}/{}", deployment.status, c.healthy, c.desired);
+        if last.as_ref() != Some(&line) {
+            match &bar {
+                Some(bar) => {
+                    bar.set_length(c.desired);
+                    bar.set_position(c.healthy.min(c.desired));
+                    let mut message = deployment.status.clone();
+                    if deployment.failed_attempts > 0 {
+                        message.push_str(&format!(
+                            ", {} of {} failed starts",
+                            deployment.failed_attempts, deployment.failure_threshold
+                        ));
+                    }
+                    bar.set_message(message);
+                }
+                None if json => eprintln!("{line}"),
+                None => println!("{line}"),
+            }
+            last = Some(line);
+        }
+        if ended(&deployment) {
+            if let Some(bar) = &bar {
+                // The bar leaves the cursor on its line: replace it with the final state's line, so
+                // that what follows starts on a line of its own.
+                bar.finish_and_clear();
+                println!("{}", last.as_deref().unwrap_or_default());
+            }
+            return Ok(deployment);
+        }
+        tokio::time::sleep(POLL).await;
+        deployment = client
+            .v1()
+            .describe_deployment(cluster, env, &deployment.deployment_id)
+            .await?
+            .deployment;
+    }
+}
+
+/// Starts (already done) and, with `wait`, follows a deployment; the outcome decides the exit code.
+async fn started(
+    client: &Client,
+    cluster: &str,
+    env: &str,
+    deployment: DeploymentV1,
+    wait: bool,
+    json: bool,
+) -> Result<()> {
+    if !wait {
+        if json {
+            return print_json(&deployment);
+        }
+        println!(
+            "deployment {} of {env} started: revision {} ({})",
+            deployment.deployment_id,
+            deployment.environment_revision_id.0,
+            short_arn(&deployment.task_definition)
+        );
+        return Ok(());
+    }
+    let note = format!(
+        "deployment {} of {env}: revision {} ({})",
+        deployment.deployment_id,
+        deployment.environment_revision_id.0,
+        short_arn(&deployment.task_definition)
+    );
+    if json {
+        eprintln!("{note}");
+    } else {
+        println!("{note}");
+    }
+    let frozen = client.v1().describe_environment(cluster, env).await?.environment;
+    if frozen.environment_status == "Frozen" {
+        eprintln!("note: {env} is frozen: the deployment waits until `blox env thaw {env}`");
+    }
+    let done = follow(client, cluster, env, deployment, json).await?;
+    let reason = done.status_reason.clone().unwrap_or_default();
+    if json {
+        print_json(&done)?;
+    }
+    let code = match done.status.as_str() {
+        "completed" => {
+            if !json {
+                println!("deployment {} completed: {reason}", done.deployment_id);
+            }
+            return Ok(());
+        }
+        "failed" => exit::FAILED,
+        "stopped" => exit::STOPPED,
+        "superseded" => exit::SUPERSEDED,
+        "rolled-back" => exit::ROLLED_BACK,
+        other => anyhow::bail!("deployment {} ended {other}: {reason}", done.deployment_id),
+    };
+    for f in &done.failures {
+        eprintln!(
+            "  failed on {}: {} (attempts: {})",
+            short_arn(&f.container_instance_arn),
+            f.reason,
+            f.attempts
+        );
+    }
+    let mut message = format!("deployment {} {}: {reason}", done.deployment_id, done.status);
+    if done.status == "failed"
+        && let Some(rollback) = &done.rolled_back_by
+    {
+        message.push_str(&format!(
+            "\nrolled back automatically by deployment {rollback} (follow it with \
+             `blox deploy describe {env} {rollback}`)"
+        ));
+    }
+    Err(Ended { code, message }.into())
+}
+
+// ---- commands --------------------------------------------------------------------------------------
 
 pub async fn env(command: EnvCommand) -> Result<()> {
     match command {
@@ -177,26 +865,84 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             name,
             cluster,
             task_definition,
-            stop_on_drain,
+            config,
+            attributes,
             endpoint,
         } => {
-            let request = CreateEnvironmentRequest {
-                name,
-                instance_group: InstanceGroupBody {
-                    cluster,
-                    attributes: Vec::new(),
-                },
+            let client = Client::new(&endpoint.endpoint);
+            let request = CreateEnvironment {
+                environment_name: name.clone(),
                 task_definition,
-                deployment_method: None,
-                deployment_configuration: stop_on_drain.then_some(DeploymentConfigurationBody {
-                    stop_on_drain: Some(true),
-                    ..DeploymentConfigurationBody::default()
-                }),
+                environment_type: None,
+                instance_group: (!attributes.is_empty()).then_some(InstanceGroup { attributes }),
+                deployment_method: config.method(),
+                deployment_configuration: config.body(),
             };
-            let created = Client::new(&endpoint.endpoint)
-                .create_environment(&request)
-                .await?;
-            show_env(&created, endpoint.json)
+            let created = client.v1().create_environment(&cluster, &request).await?;
+            if endpoint.json {
+                return print_json(&created);
+            }
+            println!(
+                "created environment {name} (revision {}); deploy it with `blox deploy start {name}`\n",
+                created.environment_revision_id.0
+            );
+            show_environment(&created.environment);
+            Ok(())
+        }
+        EnvCommand::Update {
+            name,
+            task_definition,
+            config,
+            attributes,
+            clear_attributes,
+            base_revision,
+            locate,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &name, &locate).await?;
+            let request = UpdateEnvironment {
+                task_definition,
+                instance_group: (clear_attributes || !attributes.is_empty())
+                    .then_some(InstanceGroup { attributes }),
+                deployment_method: config.method(),
+                deployment_configuration: config.body(),
+                base_revision_id: base_revision.map(RevisionId),
+            };
+            let updated = client.v1().update_environment(&cluster, &name, &request).await?;
+            if endpoint.json {
+                return print_json(&updated);
+            }
+            println!(
+                "created revision {} of {name}; deploy it with `blox deploy start {name}`\n",
+                updated.environment_revision_id.0
+            );
+            show_environment(&updated.environment);
+            Ok(())
+        }
+        EnvCommand::Describe {
+            name,
+            locate,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &name, &locate).await?;
+            let got = client.v1().describe_environment(&cluster, &name).await?;
+            if endpoint.json {
+                return print_json(&got);
+            }
+            show_environment(&got.environment);
+            Ok(())
+        }
+        EnvCommand::Status {
+            name,
+            watch,
+            locate,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &name, &locate).await?;
+            status(&client, &cluster, &name, watch, endpoint.json).await
         }
         EnvCommand::List { cluster, endpoint } => {
             let list = Client::new(&endpoint.endpoint)
@@ -205,42 +951,97 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             if endpoint.json {
                 return print_json(&list);
             }
-            let rows: Vec<Vec<String>> = list.items.iter().map(env_row).collect();
-            print!("{}", render(ENV_HEADERS, &rows));
-            Ok(())
-        }
-        EnvCommand::Get { name, endpoint } => {
-            let got = Client::new(&endpoint.endpoint).get_environment(&name).await?;
-            show_env(&got, endpoint.json)
-        }
-        EnvCommand::Update {
-            name,
-            task_definition,
-            endpoint,
-        } => {
-            let updated = Client::new(&endpoint.endpoint)
-                .update_environment(
-                    &name,
-                    &UpdateEnvironmentRequest {
-                        task_definition: Some(task_definition),
-                        ..UpdateEnvironmentRequest::default()
-                    },
+            let rows: Vec<Vec<String>> = list
+                .items
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.name.clone(),
+                        short_arn(&e.instance_group.cluster),
+                        e.revision.to_string(),
+                        short_arn(&e.task_definition),
+                        if e.frozen {
+                            format!("{} (frozen)", e.status)
+                        } else {
+                            e.status.clone()
+                        },
+                        e.health.clone(),
+                        e.active_deployment.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                render(
+                    &[
+                        "NAME",
+                        "CLUSTER",
+                        "REVISION",
+                        "TASK DEFINITION",
+                        "STATUS",
+                        "HEALTH",
+                        "ACTIVE DEPLOYMENT",
+                    ],
+                    &rows
                 )
-                .await?;
-            show_env(&updated, endpoint.json)
+            );
+            Ok(())
         }
         EnvCommand::Delete {
             name,
             terminate_tasks,
+            locate,
             endpoint,
         } => {
-            let deleted = Client::new(&endpoint.endpoint)
-                .delete_environment(&name, terminate_tasks)
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &name, &locate).await?;
+            let deleted = client
+                .v1()
+                .delete_environment(&cluster, &name, terminate_tasks)
                 .await?;
             if endpoint.json {
                 return print_json(&deleted);
             }
-            println!("{}", deleted.message);
+            let total = deleted.environment.counts.total;
+            if terminate_tasks {
+                println!(
+                    "environment {name} is being deleted: its {total} task(s) are being stopped \
+                     (`blox env status {name} --watch` follows it)"
+                );
+            } else {
+                println!("environment {name} is deleted: its {total} task(s) are left running");
+            }
+            Ok(())
+        }
+        EnvCommand::Freeze {
+            name,
+            locate,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &name, &locate).await?;
+            let frozen = client.v1().freeze(&cluster, &name).await?;
+            if endpoint.json {
+                return print_json(&frozen);
+            }
+            println!(
+                "environment {name} is frozen: deployments are taken, but nothing is started or \
+                 stopped until `blox env thaw {name}`"
+            );
+            Ok(())
+        }
+        EnvCommand::Thaw {
+            name,
+            locate,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &name, &locate).await?;
+            let thawed = client.v1().thaw(&cluster, &name).await?;
+            if endpoint.json {
+                return print_json(&thawed);
+            }
+            println!("environment {name} is thawed: the scheduler acts on it again");
             Ok(())
         }
     }
@@ -250,67 +1051,134 @@ pub async fn deploy(command: DeployCommand) -> Result<()> {
     match command {
         DeployCommand::Start {
             env,
-            token,
+            revision,
+            rollback,
             wait,
+            locate,
             endpoint,
         } => {
             let client = Client::new(&endpoint.endpoint);
-            let token = match token {
-                Some(token) => token,
-                None => client.get_environment(&env).await?.deployment_token,
+            let cluster = cluster_of(&client, &env, &locate).await?;
+            let revision = match revision {
+                Some(n) => RevisionId(n),
+                None => {
+                    client
+                        .v1()
+                        .describe_environment(&cluster, &env)
+                        .await?
+                        .environment
+                        .latest_environment_revision_id
+                }
             };
-            let deployment = client.create_deployment(&env, &token).await?;
-            if !wait {
-                return show_deployment(&deployment, endpoint.json);
-            }
-            if !endpoint.json {
-                println!("deployment {} of {env} started", deployment.id);
-            }
-            let finished = wait_for(&client, &env, &deployment.id, endpoint.json).await?;
-            show_deployment(&finished, endpoint.json)?;
-            match finished.status.as_str() {
-                "completed" => Ok(()),
-                other => bail!("deployment {} {other}", finished.id),
-            }
+            let deployment = client
+                .v1()
+                .start_deployment(&cluster, &env, revision, rollback)
+                .await?
+                .deployment;
+            started(&client, &cluster, &env, deployment, wait, endpoint.json).await
         }
-        DeployCommand::List { env, endpoint } => {
-            let list = Client::new(&endpoint.endpoint).list_deployments(&env).await?;
+        DeployCommand::Rollback {
+            env,
+            revision,
+            wait,
+            locate,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &env, &locate).await?;
+            let revision = revision.map(RevisionId);
+            let deployment = client.v1().rollback(&cluster, &env, revision).await?.deployment;
+            started(&client, &cluster, &env, deployment, wait, endpoint.json).await
+        }
+        DeployCommand::Stop {
+            env,
+            deployment_id,
+            locate,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &env, &locate).await?;
+            let stopped = client
+                .v1()
+                .stop_deployment(&cluster, &env, &deployment_id)
+                .await?;
+            if endpoint.json {
+                return print_json(&stopped);
+            }
+            let c = stopped.deployment.counts;
+            println!(
+                "deployment {deployment_id} stopped at {}/{} healthy; tasks are left as they are",
+                c.healthy, c.desired
+            );
+            Ok(())
+        }
+        DeployCommand::List {
+            env,
+            locate,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &env, &locate).await?;
+            let list = client
+                .v1()
+                .list_deployments(&cluster, &env, &PageQuery::default())
+                .await?;
             if endpoint.json {
                 return print_json(&list);
             }
-            let rows: Vec<Vec<String>> = list.items.iter().map(deploy_row).collect();
+            let rows: Vec<Vec<String>> = list.deployments.iter().map(deploy_row).collect();
             print!("{}", render(DEPLOY_HEADERS, &rows));
             Ok(())
         }
-        DeployCommand::Get { env, id, endpoint } => {
-            let got = Client::new(&endpoint.endpoint).get_deployment(&env, &id).await?;
-            show_deployment(&got, endpoint.json)
+        DeployCommand::Describe {
+            env,
+            deployment_id,
+            locate,
+            endpoint,
+        } => {
+            let client = Client::new(&endpoint.endpoint);
+            let cluster = cluster_of(&client, &env, &locate).await?;
+            let got = client
+                .v1()
+                .describe_deployment(&cluster, &env, &deployment_id)
+                .await
+                .with_context(|| format!("deployment {deployment_id} of {env}"))?;
+            if endpoint.json {
+                return print_json(&got);
+            }
+            show_deployment(&got.deployment);
+            Ok(())
         }
     }
 }
 
-/// Polls the deployment, printing a progress line (on stderr with `--json`, so that stdout stays
-/// JSON) whenever its status or counts change, until it is completed, failed or stopped.
-async fn wait_for(client: &Client, env: &str, id: &str, json: bool) -> Result<Deployment> {
-    let mut last = None;
-    loop {
-        let deployment = client.get_deployment(env, id).await?;
-        let c = deployment.counts;
-        let line = format!(
-            "{}: running {}/{}, pending {}, failed {}",
-            deployment.status, c.running, c.desired, c.pending, c.failed
-        );
-        if last.as_ref() != Some(&line) {
-            if json {
-                eprintln!("{line}");
-            } else {
-                println!("{line}");
-            }
-            last = Some(line);
-        }
-        if matches!(deployment.status.as_str(), "completed" | "failed" | "stopped") {
-            return Ok(deployment);
-        }
-        tokio::time::sleep(POLL).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_parse() {
+        let a = parse_attribute("stack=prod").unwrap();
+        assert_eq!((a.name.as_str(), a.value.as_deref()), ("stack", Some("prod")));
+        let a = parse_attribute("ecs.os-type").unwrap();
+        assert_eq!((a.name.as_str(), a.value), ("ecs.os-type", None));
+        let a = parse_attribute("empty=").unwrap();
+        assert_eq!(a.value.as_deref(), Some(""));
+        assert!(parse_attribute("=x").is_err());
+        assert!(parse_attribute("").is_err());
+    }
+
+    #[test]
+    fn config_flags_send_only_what_is_given() {
+        assert_eq!(ConfigFlags::default().body(), None);
+        let flags = ConfigFlags {
+            failure_threshold: Some(2),
+            no_auto_rollback: true,
+            ..ConfigFlags::default()
+        };
+        let body = flags.body().unwrap();
+        assert_eq!(body.failure_threshold, Some(2));
+        assert_eq!(body.auto_rollback, Some(false));
+        assert_eq!(body.stop_on_drain, None);
     }
 }

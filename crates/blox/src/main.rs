@@ -39,7 +39,7 @@ enum Command {
     /// Daemon environments: what runs one task on every container instance of a cluster.
     #[command(subcommand, name = "env")]
     Env(daemon::EnvCommand),
-    /// Deployments of an environment's latest revision.
+    /// Deployments of an environment's revisions: start, follow, roll back, stop.
     #[command(subcommand)]
     Deploy(daemon::DeployCommand),
     /// Run the cluster-state scale benchmark and print its figures.
@@ -93,7 +93,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("blox: {err:#}");
-            std::process::ExitCode::FAILURE
+            // A deployment followed with --wait that did not complete says how it ended.
+            match err.downcast_ref::<daemon::Ended>() {
+                Some(ended) => std::process::ExitCode::from(ended.code),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
