@@ -50,8 +50,13 @@ impl Harness {
     /// blox on the harness's store and queue, reconciling and planning every second, with ECS
     /// reached at what `env` says.
     async fn blox(&self, env: &[(String, String)]) -> Blox {
+        self.blox_with(env, &[]).await
+    }
+
+    /// [`Harness::blox`] with `extra` flags.
+    async fn blox_with(&self, env: &[(String, String)], extra: &[&str]) -> Blox {
         let store = format!("redb:{}", self.dir.path().join("blox.redb").display());
-        let args = [
+        let mut args = vec![
             "server",
             "--listen",
             "127.0.0.1:0",
@@ -64,6 +69,7 @@ impl Harness {
             "--scheduler-interval",
             "1s",
         ];
+        args.extend_from_slice(extra);
         let process = BloxProcess::start(BLOX, args, env).await.expect("blox starts");
         Blox {
             process,
@@ -451,4 +457,51 @@ async fn start_task_is_sent_once_when_its_answer_is_a_500() {
             assert_eq!(blox.counter(VERIFICATIONS).await - verified, 3);
         }
     }
+}
+
+/// SIGKILL in the middle of a deployment onto 200 instances; a restart on the same store converges
+/// with exactly one task per instance: nothing started twice.
+#[tokio::test]
+async fn killed_mid_deployment_converges_without_duplicates() {
+    let h = Harness::new().await;
+    h.ecs.create_cluster("prod").await.unwrap();
+    h.ecs.register_task_definition("agent").await.unwrap();
+    let instances = h.ecs.register_instances("prod", 200).await.unwrap();
+    // Slow enough (2 StartTask calls of 10 per second) that the kill lands mid-deployment.
+    let mut blox = h
+        .blox_with(&h.moto.env(), &["--scheduler-calls-per-second", "2"])
+        .await;
+    blox.ok(
+        Method::POST,
+        "/v1/prod/environments",
+        Some(json!({"environmentName": "agent", "taskDefinition": "agent"})),
+    )
+    .await;
+    let id = blox.deploy("agent", 1).await;
+    wait_until("the deployment is under way", DEADLINE, || async {
+        !h.live("prod", "agent").await.is_empty()
+    })
+    .await;
+    blox.process.kill();
+    let started = h.live("prod", "agent").await.len();
+    assert!(
+        started < instances.len(),
+        "killed after the deployment finished ({started} tasks)"
+    );
+
+    let blox = h.blox(&h.moto.env()).await;
+    wait_until(
+        "the deployment converges after the restart",
+        Duration::from_secs(180),
+        || async { h.converged("prod", "agent", &instances, &id, "agent:1").await },
+    )
+    .await;
+    blox.wait_completed("agent", &id, instances.len()).await;
+    let ever = h.ever_started("prod", "agent").await;
+    assert_eq!(ever.len(), instances.len());
+    assert!(
+        ever.values().all(|&n| n == 1),
+        "a task was started twice on an instance: {:?}",
+        ever.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
 }
