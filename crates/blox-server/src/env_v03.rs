@@ -92,7 +92,13 @@ pub async fn create_environment(
         &ids,
     )
     .await
-    .map_err(|e| env_api::v03_status(e).v03(format!("An environment with name {name} already exists")))?;
+    .map_err(|e| {
+        if e.code == "EnvironmentExists" {
+            env_api::v03_status(e).v03(format!("An environment with name {name} already exists"))
+        } else {
+            e
+        }
+    })?;
     Ok(Json(environment_body(&state, &stored)))
 }
 

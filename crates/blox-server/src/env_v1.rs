@@ -464,10 +464,16 @@ pub async fn list_deployments(
     let live = env_api::live(&state, &stored);
     let mut deployments = env_api::newest_first(&stored.snapshot);
     if let Some(after) = &after {
-        // The token is the last id of the previous page.
-        if let Some(at) = deployments.iter().position(|d| d.id == *after) {
-            deployments.drain(..=at);
-        }
+        // The token is the last id of the previous page; any other is not a token of this list
+        // (starting over would page forever).
+        let at = deployments.iter().position(|d| d.id == *after).ok_or_else(|| {
+            ApiError::bad_request(
+                "nextToken",
+                "InvalidNextToken",
+                "invalid nextToken: pass back the nextToken of a previous answer unchanged",
+            )
+        })?;
+        deployments.drain(..=at);
     }
     let next_token = match limit {
         Some(limit) if deployments.len() > limit => {

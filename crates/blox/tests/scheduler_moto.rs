@@ -1,22 +1,29 @@
-//! Black-box tests of the daemon scheduler: the `blox` binary against moto through the real AWS SDK,
-//! driven through the Blox v0.3 environment and deployment API. moto emits no ECS events, so blox
-//! learns ECS's state by reconciling every second.
+//! Black-box tests of the daemon scheduler: the `blox` binary against moto (ECS and SQS) through the
+//! real AWS SDK, driven over HTTP through the Blox v1.0 environment API. moto emits no ECS events and
+//! its tasks are RUNNING at once: blox learns ECS's state by reconciling every second, from StartTask
+//! and StopTask answers, and from the events the test publishes itself.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use blox_aws::{DesiredStatus, EcsReader as _, SdkEcs};
 use blox_model::Task;
-use blox_testkit::{BloxProcess, EcsFixture, Moto, wait_until};
+use blox_testkit::{
+    BloxProcess, EcsFixture, EventFeed, Moto, StartTaskFault, StartTaskFaultProxy, wait_until,
+};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 const BLOX: &str = env!("CARGO_BIN_EXE_blox");
 const DEADLINE: Duration = Duration::from_secs(60);
+const QUEUE: &str = "events";
+const VERIFICATIONS: &str = "blox_scheduler_verifications_total";
 
 struct Harness {
     moto: Moto,
     ecs: EcsFixture,
     reader: SdkEcs,
+    feed: EventFeed,
     http: reqwest::Client,
     dir: tempfile::TempDir,
 }
@@ -27,17 +34,27 @@ impl Harness {
             .await
             .expect("moto starts (run scripts/setup-test-env.sh)");
         let ecs = EcsFixture::new(&moto).await;
+        let queue = ecs.create_queue(QUEUE).await.expect("queue");
+        let feed = EventFeed::new(&moto, &queue).await;
         let reader = SdkEcs::new(&moto.sdk_config().await);
         Harness {
             moto,
             ecs,
             reader,
+            feed,
             http: reqwest::Client::new(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    async fn blox(&self, extra: &[&str]) -> BloxProcess {
+    /// blox on the harness's store and queue, reconciling and planning every second, with ECS
+    /// reached at what `env` says.
+    async fn blox(&self, env: &[(String, String)]) -> Blox {
+        self.blox_with(env, &[]).await
+    }
+
+    /// [`Harness::blox`] with `extra` flags.
+    async fn blox_with(&self, env: &[(String, String)], extra: &[&str]) -> Blox {
         let store = format!("redb:{}", self.dir.path().join("blox.redb").display());
         let mut args = vec![
             "server",
@@ -45,20 +62,94 @@ impl Harness {
             "127.0.0.1:0",
             "--store",
             &store,
+            "--queue",
+            QUEUE,
             "--reconcile-interval",
             "1s",
             "--scheduler-interval",
             "1s",
         ];
         args.extend_from_slice(extra);
-        BloxProcess::start(BLOX, args, &self.moto.env())
-            .await
-            .expect("blox starts")
+        let process = BloxProcess::start(BLOX, args, env).await.expect("blox starts");
+        Blox {
+            process,
+            http: self.http.clone(),
+        }
     }
 
+    /// Every task of `cluster` moto holds, stopped ones included, as it describes them.
+    async fn all_tasks(&self, cluster: &str) -> Vec<Task> {
+        let mut arns = Vec::new();
+        for status in [DesiredStatus::Running, DesiredStatus::Stopped] {
+            arns.extend(self.reader.list_tasks(cluster, status).await.expect("ListTasks"));
+        }
+        arns.sort();
+        arns.dedup();
+        self.reader
+            .describe_tasks(cluster, &arns)
+            .await
+            .expect("DescribeTasks")
+    }
+
+    /// The environment's tasks that are not STOPPED, by instance.
+    async fn live(&self, cluster: &str, environment: &str) -> BTreeMap<String, Vec<Task>> {
+        let group = format!("blox:{environment}");
+        let mut out: BTreeMap<String, Vec<Task>> = BTreeMap::new();
+        for task in self.all_tasks(cluster).await {
+            if task.group.as_deref() == Some(group.as_str()) && task.last_status != "STOPPED" {
+                out.entry(task.container_instance_arn.clone().unwrap_or_default())
+                    .or_default()
+                    .push(task);
+            }
+        }
+        out
+    }
+
+    /// Every instance runs exactly one task of the environment, started by `deployment`, of a task
+    /// definition ending in `task_definition` (`agent:2`); nothing else of the environment is live.
+    async fn converged(
+        &self,
+        cluster: &str,
+        environment: &str,
+        instances: &[String],
+        deployment: &str,
+        task_definition: &str,
+    ) -> bool {
+        let live = self.live(cluster, environment).await;
+        live.len() == instances.len()
+            && instances.iter().all(|i| {
+                live.get(i).is_some_and(|tasks| {
+                    tasks.len() == 1
+                        && tasks[0].last_status == "RUNNING"
+                        && tasks[0].started_by.as_deref() == Some(deployment)
+                        && tasks[0].task_definition_arn.ends_with(task_definition)
+                })
+            })
+    }
+
+    /// Tasks of the environment ECS ever started, stopped ones included, by instance.
+    async fn ever_started(&self, cluster: &str, environment: &str) -> BTreeMap<String, usize> {
+        let group = format!("blox:{environment}");
+        let mut out = BTreeMap::new();
+        for task in self.all_tasks(cluster).await {
+            if task.group.as_deref() == Some(group.as_str()) {
+                *out.entry(task.container_instance_arn.clone().unwrap_or_default())
+                    .or_default() += 1;
+            }
+        }
+        out
+    }
+}
+
+struct Blox {
+    process: BloxProcess,
+    http: reqwest::Client,
+}
+
+impl Blox {
     /// (status, body) of a request with an optional JSON body.
-    async fn call(&self, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.http.request(method, url);
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, self.process.url(path));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -73,280 +164,299 @@ impl Harness {
         (status, body)
     }
 
-    /// (status, body) of starting a deployment of environment `agent` with `token`.
-    async fn deploy(&self, blox: &BloxProcess, token: &str) -> (u16, Value) {
-        self.call(
-            reqwest::Method::POST,
-            blox.url(&format!(
-                "/v1/environments/agent/deployments?deploymentToken={token}"
-            )),
-            None,
-        )
-        .await
+    /// A request that must answer 200: its body.
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, answer) = self.call(method.clone(), path, body).await;
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        answer
     }
 
-    /// The cluster's live tasks (desired RUNNING, not STOPPED) as moto describes them.
-    async fn live_tasks(&self, cluster: &str) -> Vec<Task> {
-        let arns = self
-            .reader
-            .list_tasks(cluster, DesiredStatus::Running)
-            .await
-            .expect("ListTasks");
-        self.reader
-            .describe_tasks(cluster, &arns)
-            .await
-            .expect("DescribeTasks")
-            .into_iter()
-            .filter(|t| t.last_status != "STOPPED")
-            .collect()
+    /// Starts a deployment of revision `revision`; returns its id.
+    async fn deploy(&self, environment: &str, revision: u64) -> String {
+        let path = format!("/v1/prod/environments/{environment}/deployments?revisionId={revision}");
+        deployment_id(&self.ok(Method::POST, &path, None).await)
     }
-}
 
-/// Instance → the environment's live tasks on it.
-fn per_instance<'a>(tasks: &'a [Task], group: &str) -> BTreeMap<String, Vec<&'a Task>> {
-    let mut out: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
-    for t in tasks.iter().filter(|t| t.group.as_deref() == Some(group)) {
-        out.entry(t.container_instance_arn.clone().unwrap_or_default())
-            .or_default()
-            .push(t);
+    async fn deployment(&self, environment: &str, id: &str) -> Value {
+        let path = format!("/v1/prod/environments/{environment}/deployments/{id}");
+        self.ok(Method::GET, &path, None).await["deployment"].clone()
     }
-    out
-}
 
-/// Every instance has exactly one task of `group`, started by `deployment`, of `task_definition`.
-fn converged(
-    tasks: &[Task],
-    instances: &[String],
-    group: &str,
-    deployment: &str,
-    task_definition: &str,
-) -> bool {
-    let on = per_instance(tasks, group);
-    on.len() == instances.len()
-        && instances.iter().all(|i| {
-            on.get(i).is_some_and(|ts| {
-                ts.len() == 1
-                    && ts[0].started_by.as_deref() == Some(deployment)
-                    && ts[0].task_definition_arn.ends_with(task_definition)
-            })
+    async fn wait_completed(&self, environment: &str, id: &str, instances: usize) {
+        let counts = json!({"desired": instances, "healthy": instances, "total": instances});
+        wait_until(&format!("deployment {id} completes"), DEADLINE, || async {
+            let d = self.deployment(environment, id).await;
+            d["status"] == "completed" && d["counts"] == counts
         })
+        .await;
+    }
+
+    /// The sum of a counter over its labels, from `/metrics` (0 before its first increment).
+    async fn counter(&self, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(self.process.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// Scheduler passes so far, every trigger.
+    async fn passes(&self) -> u64 {
+        self.counter("blox_scheduler_passes_total").await
+    }
+
+    /// Waits until the scheduler has run `n` more full passes.
+    async fn wait_passes(&self, n: u64) {
+        let from = self.passes().await;
+        wait_until(&format!("{n} more scheduler passes"), DEADLINE, || async {
+            self.passes().await >= from + n
+        })
+        .await;
+    }
 }
 
+fn deployment_id(answer: &Value) -> String {
+    answer["deploymentId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no deploymentId in {answer}"))
+        .to_owned()
+}
+
+/// The whole life of an environment over the v1.0 API, each step checked in moto: create, deploy,
+/// update and deploy, roll back, freeze (a deployment taken, nothing acted on), stop, thaw, delete
+/// with its tasks.
 #[tokio::test]
-async fn environments_deploy_one_task_per_instance_and_keep_it_there() {
+async fn an_environment_lives_and_dies_through_the_v1_api() {
     let h = Harness::new().await;
     h.ecs.create_cluster("prod").await.unwrap();
     h.ecs.register_task_definition("agent").await.unwrap();
-    let mut instances = h.ecs.register_instances("prod", 3).await.unwrap();
-    let blox = h.blox(&[]).await;
-    let url = |path: &str| blox.url(path);
-
-    let (status, _) = h.call(reqwest::Method::GET, url("/v1/ping"), None).await;
-    assert_eq!(status, 200);
-    let (status, env) = h
-        .call(
-            reqwest::Method::POST,
-            url("/v1/environments"),
-            Some(json!({"name": "agent", "instanceGroup": {"cluster": "prod"}, "taskDefinition": "agent"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{env}");
-    assert_eq!(env["name"], "agent");
-    assert!(
-        env["instanceGroup"]["cluster"]
-            .as_str()
-            .unwrap()
-            .ends_with(":cluster/prod"),
-        "{env}"
-    );
-    assert!(
-        env["taskDefinition"]
-            .as_str()
-            .unwrap()
-            .ends_with("task-definition/agent:1"),
-        "{env}"
-    );
-    let token = env["deploymentToken"].as_str().unwrap().to_owned();
-
-    let (status, deployment) = h.deploy(&blox, &token).await;
-    assert_eq!(status, 200, "{deployment}");
-    let first = deployment["id"].as_str().unwrap().to_owned();
-    wait_until(
-        "one task per instance, started by the deployment",
-        DEADLINE,
-        || async {
-            converged(
-                &h.live_tasks("prod").await,
-                &instances,
-                "blox:agent",
-                &first,
-                "agent:1",
-            )
-        },
-    )
-    .await;
-    wait_until("the deployment completes", DEADLINE, || async {
-        let (_, d) = h
-            .call(
-                reqwest::Method::GET,
-                url(&format!("/v1/environments/agent/deployments/{first}")),
-                None,
-            )
-            .await;
-        d["status"] == "completed"
-    })
-    .await;
-
-    // A new instance gets one.
-    instances.extend(h.ecs.register_instances("prod", 1).await.unwrap());
-    wait_until("the new instance gets its task", DEADLINE, || async {
-        converged(
-            &h.live_tasks("prod").await,
-            &instances,
-            "blox:agent",
-            &first,
-            "agent:1",
-        )
-    })
-    .await;
-
-    // A stopped task is restarted.
-    let victim = h.live_tasks("prod").await[0].clone();
-    h.ecs.stop_task("prod", &victim.task_arn, "test").await.unwrap();
-    wait_until("the stopped task is replaced", DEADLINE, || async {
-        let tasks = h.live_tasks("prod").await;
-        !tasks.iter().any(|t| t.task_arn == victim.task_arn)
-            && converged(&tasks, &instances, "blox:agent", &first, "agent:1")
-    })
-    .await;
-
-    // Update + redeploy replaces the task definition everywhere.
     h.ecs.register_task_definition("agent").await.unwrap();
-    let (status, updated) = h
-        .call(
-            reqwest::Method::PUT,
-            url("/v1/environments/agent"),
-            Some(json!({"taskDefinition": "agent:2"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{updated}");
-    let new_token = updated["deploymentToken"].as_str().unwrap().to_owned();
-    assert_ne!(new_token, token);
-    let (status, stale) = h.deploy(&blox, &token).await;
-    assert_eq!(status, 400, "a stale token: {stale}");
-    assert_eq!(stale["field"], "deploymentToken");
-    let (status, second) = h.deploy(&blox, &new_token).await;
-    assert_eq!(status, 200, "{second}");
-    let second = second["id"].as_str().unwrap().to_owned();
-    wait_until(
-        "every instance runs the new task definition",
-        DEADLINE,
-        || async {
-            converged(
-                &h.live_tasks("prod").await,
-                &instances,
-                "blox:agent",
-                &second,
-                "agent:2",
-            )
-        },
-    )
-    .await;
-    let (_, list) = h
-        .call(
-            reqwest::Method::GET,
-            url("/v1/environments/agent/deployments"),
-            None,
-        )
-        .await;
-    let ids: Vec<&str> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [second.as_str(), first.as_str()], "newest first");
+    let instances = h.ecs.register_instances("prod", 3).await.unwrap();
+    let blox = h.blox(&h.moto.env()).await;
+    let env = "/v1/prod/environments/agent";
 
-    // Delete with terminateTasks stops them.
-    let (status, deleted) = h
-        .call(
-            reqwest::Method::DELETE,
-            url("/v1/environments/agent?terminateTasks=true"),
-            None,
+    let created = blox
+        .ok(
+            Method::POST,
+            "/v1/prod/environments",
+            Some(json!({
+                "environmentName": "agent",
+                "taskDefinition": "agent:1",
+                "deploymentMethod": "TerminateThenReplace",
+                "deploymentConfiguration": {"minHealthyPercent": 50},
+            })),
         )
         .await;
-    assert_eq!(status, 200, "{deleted}");
-    assert_eq!(deleted["terminateTasks"], true, "{deleted}");
+    assert_eq!(created["environmentRevisionId"], "1", "{created}");
+    assert!(
+        created["environment"]["clusterArn"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(":cluster/prod")),
+        "{created}"
+    );
+    assert!(
+        h.live("prod", "agent").await.is_empty(),
+        "nothing runs before a deployment"
+    );
+
+    // Deploy revision 1: one task per instance, startedBy the deployment, group blox:agent.
+    let first = blox.deploy("agent", 1).await;
+    wait_until("revision 1 runs on every instance", DEADLINE, || async {
+        h.converged("prod", "agent", &instances, &first, "agent:1").await
+    })
+    .await;
+    blox.wait_completed("agent", &first, 3).await;
+
+    // Update to agent:2 and deploy it: the old tasks are stopped, new ones started.
+    let updated = blox
+        .ok(
+            Method::PUT,
+            env,
+            Some(json!({"taskDefinition": "agent:2", "baseRevisionId": "1"})),
+        )
+        .await;
+    assert_eq!(updated["environmentRevisionId"], "2", "{updated}");
+    let second = blox.deploy("agent", 2).await;
+    wait_until("revision 2 replaces revision 1", DEADLINE, || async {
+        h.converged("prod", "agent", &instances, &second, "agent:2").await
+    })
+    .await;
+    blox.wait_completed("agent", &second, 3).await;
+    let revision = blox.ok(Method::GET, &format!("{env}/revisions/1"), None).await;
+    assert_eq!(
+        revision["environmentRevision"]["counts"],
+        json!({"desired": 0, "healthy": 0, "total": 0})
+    );
+
+    // Roll back (no body: the revision that completed before).
+    let rollback = blox.ok(Method::POST, &format!("{env}/rollback"), None).await;
+    assert_eq!(
+        (
+            &rollback["deployment"]["environmentRevisionId"],
+            &rollback["deployment"]["rollback"]
+        ),
+        (&json!("1"), &json!(true)),
+        "{rollback}"
+    );
+    let third = deployment_id(&rollback);
+    wait_until("the rollback restores revision 1", DEADLINE, || async {
+        h.converged("prod", "agent", &instances, &third, "agent:1").await
+    })
+    .await;
+    blox.wait_completed("agent", &third, 3).await;
+    assert_eq!(blox.deployment("agent", &second).await["status"], "rolled-back");
+
+    // Frozen: a deployment is taken but nothing is started, stopped or restarted.
+    let frozen = blox.ok(Method::POST, &format!("{env}/freeze"), None).await;
+    assert_eq!(frozen["environment"]["environmentStatus"], "Frozen");
+    let fourth = blox.deploy("agent", 2).await;
+    let victim = h.live("prod", "agent").await[&instances[0]][0].task_arn.clone();
+    h.ecs.stop_task("prod", &victim, "test: crash").await.unwrap();
+    h.feed
+        .publish_tasks("prod", std::slice::from_ref(&victim))
+        .await
+        .unwrap();
+    wait_until("blox sees the stopped task", DEADLINE, || async {
+        let r = blox.ok(Method::GET, &format!("{env}/revisions/1"), None).await;
+        r["environmentRevision"]["counts"]["total"] == 2
+    })
+    .await;
+    blox.wait_passes(2).await;
+    let live = h.live("prod", "agent").await;
+    assert_eq!(live.len(), 2, "a frozen environment restarts nothing: {live:?}");
+    assert!(
+        live.values()
+            .flatten()
+            .all(|t| t.started_by.as_deref() == Some(third.as_str())),
+        "a frozen environment starts nothing new: {live:?}"
+    );
+    assert_eq!(blox.deployment("agent", &fourth).await["status"], "pending");
+
+    // Stop the pending deployment; stopping it again is a conflict.
+    let stop = format!("{env}/deployments/{fourth}/stop");
+    let stopped = blox.ok(Method::POST, &stop, None).await;
+    assert_eq!(stopped["deployment"]["status"], "stopped", "{stopped}");
+    let (status, again) = blox.call(Method::POST, &stop, None).await;
+    assert_eq!(
+        (status, &again["code"]),
+        (409, &json!("DeploymentFinished")),
+        "{again}"
+    );
+
+    // Thawed, a new deployment of revision 2 rolls out, on the crashed instance too.
+    let fifth = blox.deploy("agent", 2).await;
+    let thawed = blox.ok(Method::POST, &format!("{env}/thaw"), None).await;
+    assert_eq!(thawed["environment"]["environmentStatus"], "Active");
+    wait_until("revision 2 rolls out after the thaw", DEADLINE, || async {
+        h.converged("prod", "agent", &instances, &fifth, "agent:2").await
+    })
+    .await;
+    blox.wait_completed("agent", &fifth, 3).await;
+
+    let deployments = blox.ok(Method::GET, &format!("{env}/deployments"), None).await;
+    assert_eq!(
+        deployments["deploymentIds"],
+        json!([fifth, fourth, third, second, first]),
+        "newest first"
+    );
+
+    // Delete with its tasks: Deleting until they are stopped, then gone.
+    let deleting = blox
+        .ok(Method::DELETE, &format!("{env}?terminateTasks=true"), None)
+        .await;
+    assert_eq!(deleting["environment"]["environmentStatus"], "Deleting");
     wait_until(
         "the environment's tasks are stopped and it is gone",
         DEADLINE,
         || async {
-            per_instance(&h.live_tasks("prod").await, "blox:agent").is_empty()
-                && h.call(reqwest::Method::GET, url("/v1/environments/agent"), None)
-                    .await
-                    .0
-                    == 404
+            h.live("prod", "agent").await.is_empty() && blox.call(Method::GET, env, None).await.0 == 404
         },
     )
     .await;
+    // 3 instances × 4 deployments that ran (the crashed task's restart is the fifth's start there).
+    let started = h.ever_started("prod", "agent").await;
+    assert_eq!(started.len(), 3, "{started:?}");
+    assert!(started.values().all(|&n| n == 4), "{started:?}");
 }
 
+/// StartTask has no idempotency token, so blox sends it once: when the answer is a 500 it asks ECS
+/// (ListTasks by startedBy and instance) instead of sending it again. An answer lost after ECS acted
+/// is one StartTask and no duplicate; a call refused before ECS acted is sent again only once ECS
+/// has said nothing started.
 #[tokio::test]
-async fn bad_requests_answer_json_errors() {
+async fn start_task_is_sent_once_when_its_answer_is_a_500() {
     let h = Harness::new().await;
-    h.ecs.create_cluster("prod").await.unwrap();
     h.ecs.register_task_definition("agent").await.unwrap();
-    let blox = h.blox(&[]).await;
-    let create = |body: Value| {
-        let url = blox.url("/v1/environments");
-        let h = &h;
-        async move { h.call(reqwest::Method::POST, url, Some(body)).await }
-    };
-    let cases = [
-        (
-            json!({"name": "bad name!", "instanceGroup": {"cluster": "prod"}, "taskDefinition": "agent"}),
-            400,
-            "name",
-        ),
-        (
-            json!({"name": "ok", "instanceGroup": {"cluster": "nowhere"}, "taskDefinition": "agent"}),
-            404,
-            "instanceGroup.cluster",
-        ),
-        (
-            json!({"name": "ok", "instanceGroup": {"cluster": "prod"}, "taskDefinition": "nothing:9"}),
-            404,
-            "taskDefinition",
-        ),
-    ];
-    for (body, want, field) in cases {
-        let (status, error) = create(body.clone()).await;
-        assert_eq!(status, want, "{body} → {error}");
-        assert_eq!(error["field"], field, "{body} → {error}");
-        assert!(
-            error["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{error}"
-        );
+    let mut instances = BTreeMap::new();
+    for cluster in ["prod", "other"] {
+        h.ecs.create_cluster(cluster).await.unwrap();
+        instances.insert(cluster, h.ecs.register_instances(cluster, 3).await.unwrap());
     }
-    let (status, _) =
-        create(json!({"name": "ok", "instanceGroup": {"cluster": "prod"}, "taskDefinition": "agent"})).await;
-    assert_eq!(status, 200);
-    let (status, error) = h
-        .call(
-            reqwest::Method::POST,
-            blox.url("/v1/environments/ok/deployments?deploymentToken=00000000-0000-4000-8000-000000000000"),
-            None,
+    let proxy = StartTaskFaultProxy::start(&h.moto).await.expect("proxy");
+    let blox = h.blox(&proxy.env()).await;
+
+    let cases = [
+        // (cluster, environment, fault, StartTask requests for its one batch of 3 instances)
+        ("prod", "lost", StartTaskFault::LoseAnswer, 1),
+        ("other", "refused", StartTaskFault::Refuse, 2),
+    ];
+    for (cluster, environment, fault, requests) in cases {
+        let before = proxy.start_task_requests();
+        let verified = blox.counter(VERIFICATIONS).await;
+        proxy.fail_next_start_tasks(1, fault);
+        blox.ok(
+            Method::POST,
+            &format!("/v1/{cluster}/environments"),
+            Some(json!({"environmentName": environment, "taskDefinition": "agent"})),
         )
         .await;
-    assert_eq!(
-        (status, &error["field"]),
-        (400, &json!("deploymentToken")),
-        "{error}"
-    );
-    let (status, error) = h
-        .call(reqwest::Method::GET, blox.url("/v1/environments/missing"), None)
+        let (_, answer) = blox
+            .call(
+                Method::POST,
+                &format!("/v1/{cluster}/environments/{environment}/deployments?revisionId=1"),
+                None,
+            )
+            .await;
+        let id = deployment_id(&answer);
+        let path = format!("/v1/{cluster}/environments/{environment}/deployments/{id}");
+        wait_until(
+            &format!("{environment}: the deployment completes"),
+            DEADLINE,
+            || async {
+                let d = blox.ok(Method::GET, &path, None).await;
+                d["deployment"]["status"] == "completed"
+                    && d["deployment"]["counts"] == json!({"desired": 3, "healthy": 3, "total": 3})
+            },
+        )
         .await;
-    assert_eq!(status, 404, "{error}");
+        assert_eq!(proxy.faults_left(), 0, "{environment}: the fault was used");
+        assert_eq!(
+            proxy.start_task_requests() - before,
+            requests,
+            "{environment}: StartTask requests ({fault:?})"
+        );
+        assert!(
+            h.converged(cluster, environment, &instances[cluster], &id, "agent:1")
+                .await
+        );
+        let started = h.ever_started(cluster, environment).await;
+        assert!(
+            started.len() == 3 && started.values().all(|&n| n == 1),
+            "{environment}: one task ever per instance: {started:?}"
+        );
+        if fault == StartTaskFault::Refuse {
+            // Sent again only after ECS said, instance by instance, that nothing had started.
+            assert_eq!(blox.counter(VERIFICATIONS).await - verified, 3);
+        }
+    }
 }
 
 /// SIGKILL in the middle of a deployment onto 200 instances; a restart on the same store converges
@@ -354,64 +464,44 @@ async fn bad_requests_answer_json_errors() {
 #[tokio::test]
 async fn killed_mid_deployment_converges_without_duplicates() {
     let h = Harness::new().await;
-    h.ecs.create_cluster("big").await.unwrap();
+    h.ecs.create_cluster("prod").await.unwrap();
     h.ecs.register_task_definition("agent").await.unwrap();
-    let instances = h.ecs.register_instances("big", 200).await.unwrap();
+    let instances = h.ecs.register_instances("prod", 200).await.unwrap();
     // Slow enough (2 StartTask calls of 10 per second) that the kill lands mid-deployment.
-    let mut blox = h.blox(&["--scheduler-calls-per-second", "2"]).await;
-    let (status, env) = h
-        .call(
-            reqwest::Method::POST,
-            blox.url("/v1/environments"),
-            Some(json!({"name": "agent", "instanceGroup": {"cluster": "big"}, "taskDefinition": "agent"})),
-        )
+    let mut blox = h
+        .blox_with(&h.moto.env(), &["--scheduler-calls-per-second", "2"])
         .await;
-    assert_eq!(status, 200, "{env}");
-    let token = env["deploymentToken"].as_str().unwrap();
-    let (status, deployment) = h.deploy(&blox, token).await;
-    assert_eq!(status, 200, "{deployment}");
-    let id = deployment["id"].as_str().unwrap().to_owned();
+    blox.ok(
+        Method::POST,
+        "/v1/prod/environments",
+        Some(json!({"environmentName": "agent", "taskDefinition": "agent"})),
+    )
+    .await;
+    let id = blox.deploy("agent", 1).await;
     wait_until("the deployment is under way", DEADLINE, || async {
-        !per_instance(&h.live_tasks("big").await, "blox:agent").is_empty()
+        !h.live("prod", "agent").await.is_empty()
     })
     .await;
-    blox.kill();
-    let started = per_instance(&h.live_tasks("big").await, "blox:agent").len();
+    blox.process.kill();
+    let started = h.live("prod", "agent").await.len();
     assert!(
         started < instances.len(),
         "killed after the deployment finished ({started} tasks)"
     );
 
-    let _blox = h.blox(&[]).await;
+    let blox = h.blox(&h.moto.env()).await;
     wait_until(
         "the deployment converges after the restart",
         Duration::from_secs(180),
-        || async {
-            converged(
-                &h.live_tasks("big").await,
-                &instances,
-                "blox:agent",
-                &id,
-                "agent:1",
-            )
-        },
+        || async { h.converged("prod", "agent", &instances, &id, "agent:1").await },
     )
     .await;
-    // Nothing ever ran twice on an instance: every task of the environment moto knows, stopped or
-    // not, is on its own instance.
-    let all = h.reader.list_tasks("big", DesiredStatus::Stopped).await.unwrap();
-    let stopped = h.reader.describe_tasks("big", &all).await.unwrap();
-    let live = h.live_tasks("big").await;
-    let mut seen = BTreeSet::new();
-    for t in live
-        .iter()
-        .chain(&stopped)
-        .filter(|t| t.group.as_deref() == Some("blox:agent"))
-    {
-        assert!(
-            seen.insert(t.container_instance_arn.clone()),
-            "two tasks were started on {:?}",
-            t.container_instance_arn
-        );
-    }
+    blox.wait_completed("agent", &id, instances.len()).await;
+    let ever = h.ever_started("prod", "agent").await;
+    assert_eq!(ever.len(), instances.len());
+    assert!(
+        ever.values().all(|&n| n == 1),
+        "a task was started twice on an instance: {:?}",
+        ever.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
 }
