@@ -506,13 +506,21 @@ pub fn newest_first(snapshot: &Snapshot) -> Vec<&Deployment> {
 
 /// `terminateTasks`: `true` or `false`.
 pub fn terminate_tasks(value: Option<&str>) -> Result<bool, ApiError> {
+    bool_param("terminateTasks", value).map_err(|e| ApiError {
+        code: "InvalidTerminateTasks",
+        ..e
+    })
+}
+
+/// A boolean query parameter, `true` or `false` (absent: false).
+pub fn bool_param(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
     match value {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(other) => Err(ApiError::bad_request(
-            "terminateTasks",
-            "InvalidTerminateTasks",
-            format!("invalid terminateTasks {other:?}: expected true or false"),
+            name,
+            "InvalidParameter",
+            format!("invalid {name} {other:?}: expected true or false"),
         )),
     }
 }

@@ -33,11 +33,19 @@ async fn known_cluster(state: &AppState, reference: &str) -> Result<ClusterName,
             return Ok(cluster);
         }
     }
-    if let Some(control) = state.control.as_deref()
-        && let Ok((described, _)) = control.describe_clusters(&[reference.to_owned()]).await
-        && described.iter().any(|c| c.status == "ACTIVE")
-    {
-        return Ok(cluster);
+    if let Some(control) = state.control.as_deref() {
+        match control.describe_clusters(&[reference.to_owned()]).await {
+            Ok((described, _)) if described.iter().any(|c| c.status == "ACTIVE") => return Ok(cluster),
+            Ok(_) => {}
+            // Not knowing is not "not found".
+            Err(err) => {
+                tracing::warn!(cluster = reference, error = %err, "ECS DescribeClusters failed");
+                return Err(ApiError::unavailable(
+                    "EcsUnavailable",
+                    "ECS DescribeClusters failed; see the server log",
+                ));
+            }
+        }
     }
     Err(
         ApiError::not_found("ClusterNotFound", format!("cluster {reference} not found"))
@@ -241,13 +249,21 @@ pub async fn update_environment(
         base_revision: request.base_revision_id.map(|r| r.0),
     };
     let ids = Ids::new();
+    // The revision this request made (a concurrent update may have made a later one since).
+    let made = std::sync::atomic::AtomicU64::new(0);
     let stored = env_api::command(&state, &name, Depth::Documents, |snapshot| {
-        lifecycle::update_environment(snapshot, update.clone(), ids.fresh())
+        let changes = lifecycle::update_environment(snapshot, update.clone(), ids.fresh())?;
+        for doc in &changes.put {
+            if let daemon::Doc::Revision(r) = doc {
+                made.store(r.number, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(changes)
     })
     .await?
     .ok_or_else(|| ApiError::missing(Resource::Environment, &name))?;
     Ok(Json(RevisionCreated {
-        environment_revision_id: RevisionId(stored.environment().latest_revision),
+        environment_revision_id: RevisionId(made.load(std::sync::atomic::Ordering::Relaxed)),
         environment: environment_body(&state, &stored),
     }))
 }
@@ -257,7 +273,8 @@ pub async fn update_environment(
 #[utoipa::path(delete, path = "/v1/{cluster}/environments/{environmentName}", tag = "environments (v1.0)",
     params(("cluster" = String, Path, description = "A cluster name or ARN"),
         ("environmentName" = String, Path, description = "The environment's name"),
-        ("terminateTasks" = Option<bool>, Query, description = "Stop the environment's tasks first (default false)")),
+        ("terminateTasks" = Option<bool>, Query, description = "Stop the environment's tasks first (default false)"),
+        ("forceDelete" = Option<bool>, Query, description = "v1.0's name for terminateTasks")),
     responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_environment(
     State(state): State<AppState>,
@@ -265,7 +282,9 @@ pub async fn delete_environment(
     RawQuery(query): RawQuery,
 ) -> Result<Json<EnvironmentResponse>, ApiError> {
     let params = Params::parse(query.as_deref(), &["terminateTasks", "forceDelete"])?;
-    let terminate_tasks = env_api::terminate_tasks(params.get("terminateTasks"))?;
+    // v1.0's `forceDelete` (never acted on there) is taken as `terminateTasks`: force the tasks out.
+    let terminate_tasks = env_api::terminate_tasks(params.get("terminateTasks"))?
+        || env_api::bool_param("forceDelete", params.get("forceDelete"))?;
     let before = require(&state, &cluster, &name).await?;
     let mut body = environment_body(&state, &before);
     let now = crate::clock::now_unix_ms();

@@ -137,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn(count_requests));
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
@@ -148,6 +149,17 @@ async fn unknown_route(uri: axum::http::Uri) -> error::ApiError {
         "UnknownRoute",
         format!("no endpoint at {}; see /openapi.json", uri.path()),
     )
+}
+
+/// A known path with a method it does not serve answers JSON too.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "MethodNotAllowed",
+        message: format!("{} does not serve {method}; see /openapi.json", uri.path()),
+        field: None,
+        details: None,
+    }
 }
 
 /// Counts requests by route template and status, never by concrete path (which holds ARNs).

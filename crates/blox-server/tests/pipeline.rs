@@ -262,6 +262,9 @@ struct FakeEcs {
     tasks: Mutex<BTreeMap<String, Vec<Task>>>,
     failing: Mutex<Vec<String>>,
     listing_fails: AtomicBool,
+    /// Task ARNs ECS's listings leave out while its describes still return them (listings are
+    /// eventually consistent: a task just started may not be listed yet).
+    unlisted: Mutex<Vec<String>>,
 }
 
 impl FakeEcs {
@@ -340,6 +343,7 @@ impl EcsReader for FakeEcs {
                     .flatten()
                     .filter(|t| t.desired_status == want)
                     .map(|t| t.task_arn.clone())
+                    .filter(|arn| !self.unlisted.lock().unwrap().contains(arn))
                     .collect()
             }
         };
@@ -481,6 +485,33 @@ async fn reconcile_finds_everything_in_batches_of_100_and_removes_what_ecs_no_lo
     let changes = store.changes(head, 10).await.unwrap();
     assert_eq!(changes.len(), 2);
     assert!(changes.iter().all(|c| c.deleted));
+}
+
+#[tokio::test]
+async fn reconcile_asks_ecs_before_deleting_a_task_its_listing_missed() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let ecs = Arc::new(FakeEcs::default());
+    ecs.instances
+        .lock()
+        .unwrap()
+        .insert("prod".into(), vec![instance("prod", "i1", "ACTIVE", 1)]);
+    let tasks: Vec<Task> = (0..3)
+        .map(|n| task("prod", &format!("t{n}"), "RUNNING", 1))
+        .collect();
+    let arns: Vec<String> = tasks.iter().map(|t| t.task_arn.clone()).collect();
+    ecs.tasks.lock().unwrap().insert("prod".into(), tasks);
+    let (reconciler, _) = reconciler(store.clone(), ecs.clone(), None);
+    reconciler.pass().await;
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 3);
+
+    // The listing misses t0, which ECS still describes: kept (the scheduler would otherwise start a
+    // second daemon where it runs). t1 is gone from ECS altogether: deleted.
+    ecs.unlisted.lock().unwrap().push(arns[0].clone());
+    ecs.tasks.lock().unwrap().get_mut("prod").unwrap().remove(1);
+    let report = reconciler.pass().await;
+    assert_eq!(report.deleted, 1, "{report:?}");
+    let kept: Vec<String> = tasks_in(&store, "prod").await.into_iter().map(|t| t.0).collect();
+    assert_eq!(kept, ["t0", "t2"]);
 }
 
 #[tokio::test]

@@ -700,7 +700,7 @@ async fn intents_left_by_a_dead_engine_are_verified_at_once() {
         .expect("start");
     assert_eq!(started.tasks.len(), 3);
 
-    let began = std::time::Instant::now();
+    let began = tokio::time::Instant::now();
     let _engine = world.engine(options());
     // Only verification can tell the engine about these tasks: it writes what ECS describes.
     wait_until("the engine verified the instances", DEADLINE, || async {
@@ -936,7 +936,7 @@ async fn a_throttled_start_task_still_converges_without_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_is_not_woken_by_its_own_writes() {
+async fn a_second_pass_finds_nothing_left_to_do() {
     let world = world(3).await;
     let id = world.deploy_first().await;
     assert!(

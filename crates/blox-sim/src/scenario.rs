@@ -148,10 +148,11 @@ pub struct Scenario {
 impl Scenario {
     /// `blox up`'s account: three clusters across three zones and a few instance types, two tasks on
     /// most instances, light churn. `log-router` is the daemon to deploy: besides revision 1, which
-    /// the world runs, `log-router:2` is good and health-checked (HEALTHY about 2 s after RUNNING) and
-    /// `log-router:3` is the same but crashes about 3 s after RUNNING, for a failed deployment and
-    /// its rollback. `web:1` is refused (`RESOURCE:PORTS`) on the demo-prod instances already
-    /// running a `web` task on its host port, which is most of them.
+    /// the world runs, `log-router:2` is good and health-checked (HEALTHY about 2 s after RUNNING),
+    /// `log-router:3` is the same but crashes about 3 s after RUNNING (a bad release: a failed
+    /// deployment and its rollback), and `log-router:4` is its fix, so that the bare family name
+    /// resolves to a good revision. `web:1` is refused (`RESOURCE:PORTS`) on the demo-prod instances
+    /// already running a `web` task on its host port, which is most of them.
     pub fn demo() -> Scenario {
         let log_router = RevisionPlan {
             cpu: 128,
@@ -195,6 +196,10 @@ impl Scenario {
                                 after_ms: 3_000,
                                 exit_code: 1,
                             }),
+                            ..log_router.clone()
+                        },
+                        RevisionPlan {
+                            health_check: Some(DEMO_HEALTH_CHECK),
                             ..log_router
                         },
                     ],

@@ -492,12 +492,16 @@ fn the_demo_has_a_good_and_a_bad_later_log_router() {
     let scenario = Scenario::demo();
     scenario.populate(&mut ecs, 1, T0).unwrap();
     let td = |reference: &str| ecs.describe_task_definition(reference, T0).unwrap();
-    let checks: Vec<(i64, bool)> = (1..=3)
+    let checks: Vec<(i64, bool)> = (1..=4)
         .map(|r| td(&format!("log-router:{r}")))
         .map(|d| (d.revision, d.has_health_checks()))
         .collect();
-    assert_eq!(checks, [(1, false), (2, true), (3, true)]);
-    assert_eq!(td("log-router").revision, 3, "the latest is the bad one");
+    assert_eq!(checks, [(1, false), (2, true), (3, true), (4, true)]);
+    assert_eq!(
+        td("log-router").revision,
+        4,
+        "the latest is the fix of the bad one"
+    );
 
     // The world runs revision 1 of every family, at the start and under churn.
     let mut driver = Driver::new(scenario, 1);

@@ -200,7 +200,7 @@ async fn an_environment_is_created_deployed_updated_rolled_back_frozen_and_delet
             "--cluster",
             "demo-prod",
             "--task-definition",
-            "log-router",
+            "log-router:1",
             "--min-healthy-percent",
             "50",
         ],
@@ -469,7 +469,7 @@ async fn failed_deployments_exit_non_zero_and_say_why() {
             "--cluster",
             "demo-prod",
             "--task-definition",
-            "log-router",
+            "log-router:1",
         ],
     )
     .await;
