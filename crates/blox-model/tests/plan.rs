@@ -233,7 +233,21 @@ fn observations<'a>(arn: &'a str, instance: &'a str, code: &str) -> Vec<TaskSpec
             None,
             None,
         )],
-        "c" => vec![stopped(
+        "c" => vec![
+            TaskSpec {
+                health: Some("UNKNOWN"),
+                started_at: Some(NOW - 20_000),
+                updated_at: Some(NOW - 20_000),
+                ..base.clone()
+            },
+            stopped(
+                "Essential container in task exited",
+                Some(NOW - 20_000),
+                Some("UNKNOWN"),
+            ),
+        ],
+        // Only the final record of a task that ran (a view loaded after it stopped).
+        "f" => vec![stopped(
             "Essential container in task exited",
             Some(NOW - 20_000),
             Some("UNKNOWN"),
@@ -1073,6 +1087,11 @@ fn failed_tasks() {
             "crashed without ever being HEALTHY",
             fleet("A:nc").checks(),
             "failed=A.0",
+        ),
+        case(
+            "only its final record: whether it was ever HEALTHY is not known, so it is not counted",
+            fleet("A:nf").checks(),
+            "failed=; starts=A",
         ),
         case(
             "stopped after ten minutes healthy, its last health UNKNOWN",

@@ -267,10 +267,11 @@ impl Reconciler {
                 .filter(|(id, _)| !seen.contains(id))
                 .map(|(id, _)| id)
                 .collect();
-            if kind == Kind::Task && !missing.is_empty() && self.allowed(cluster) {
-                // Absence from a listing is not proof (ECS's lists are eventually consistent, and the
-                // scheduler would start a second daemon where a task it just started is missing): a
-                // task ECS still describes is kept.
+            if !missing.is_empty() && self.allowed(cluster) {
+                // Absence from a listing is not proof (ECS's lists are eventually consistent): a task
+                // missing from the store would let the scheduler start a second daemon beside it, an
+                // instance missing would shrink the fleet its healthy floor is computed from. What ECS
+                // still describes is kept, as described.
                 let mut kept = HashSet::new();
                 for chunk in missing.chunks(blox_aws::DESCRIBE_BATCH) {
                     let docs = self.describe(cluster, kind, chunk).await?;

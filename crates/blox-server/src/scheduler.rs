@@ -144,7 +144,8 @@ const MAX_SLOWDOWN: u32 = 64;
 impl Pacer {
     fn new(calls_per_second: f64) -> Pacer {
         let interval = if calls_per_second.is_finite() && calls_per_second > 0.0 {
-            Duration::from_secs_f64(1.0 / calls_per_second)
+            // At most an hour between calls: a tiny rate is a mistake, not a reason to panic.
+            Duration::from_secs_f64((1.0 / calls_per_second).min(3_600.0))
         } else {
             Duration::ZERO
         };
@@ -365,25 +366,33 @@ impl Scheduler {
     /// One pass over every environment.
     pub async fn pass(&self) -> PassReport {
         let mut report = PassReport::default();
-        let last_write = self.memory().last_write;
-        if !self.view.caught_up(last_write, Duration::from_secs(10)).await {
+        // Plan only from a view that holds everything committed before the pass began (its own
+        // writes, and what the reconciler or the API wrote): a view missing a task would start a
+        // second one beside it.
+        let head = match self.store.log_bounds().await {
+            Ok(bounds) => bounds.head,
+            Err(err) => {
+                tracing::warn!(error = %err, "the scheduler could not read the store's head; pass skipped");
+                report.errors += 1;
+                report.due(self.now() + 1_000);
+                return report;
+            }
+        };
+        let wanted = head.max(self.memory().last_write);
+        if !self.view.caught_up(wanted, Duration::from_secs(10)).await {
             tracing::warn!(
-                last_write,
+                wanted,
                 applied = self.view.applied(),
-                "the view lags behind the executor's writes; pass skipped"
+                "the view lags behind the store; pass skipped"
             );
             report.errors += 1;
             report.due(self.now() + 1_000);
             return report;
         }
-        let environments: Vec<Stored> = {
-            let state = self.view.read();
-            state
-                .environments
-                .keys()
-                .filter_map(|name| crate::environments::from_view(&state, name))
-                .collect()
-        };
+        let names: Vec<String> = self.view.read().environments.keys().cloned().collect();
+        if let Err(err) = self.remove_orphans().await {
+            tracing::warn!(error = %err, "could not remove intents and failure records of deleted deployments");
+        }
         let now = self.now();
         {
             // Forget what no longer exists.
@@ -395,9 +404,13 @@ impl Scheduler {
                 .backoff
                 .retain(|name, _| state.environments.contains_key(name));
         }
-        for stored in environments {
+        for name in names {
+            // Each environment as it stands now, not as it stood when the pass began: a stop,
+            // freeze or deletion acknowledged meanwhile is seen.
+            let Some(stored) = crate::environments::from_view(&self.view.read(), &name) else {
+                continue;
+            };
             report.environments += 1;
-            let name = stored.environment().name.clone();
             if let Some(&(_, until)) = self.memory().backoff.get(&name)
                 && until > now
             {
@@ -446,8 +459,13 @@ impl Scheduler {
             .iter()
             .map(|intent| IntentState {
                 intent,
-                // Not known to be this process's: verified at once.
-                verify_at_ms: lost.get(&intent.id()).copied().unwrap_or(0),
+                // Not known to be this process's (left by an earlier one): verified once a StartTask
+                // sent just before it died would be listed, i.e. at once for any older one.
+                verify_at_ms: lost.get(&intent.id()).copied().unwrap_or_else(|| {
+                    intent
+                        .recorded_at_ms
+                        .saturating_add(self.options.verify_after.as_millis() as u64)
+                }),
             })
             .collect();
         let failures: Vec<&InstanceFailure> = match active {
@@ -516,10 +534,16 @@ impl Scheduler {
             .collect();
         self.apply_ignoring_conflicts(settled).await?;
 
-        // 2. Intents whose outcome is unknown: ask ECS.
+        // 2. Intents whose outcome is unknown: ask ECS. One that cannot be verified now keeps
+        // blocking its instance and is tried again; the others go on.
         for intent in &plan.verify {
-            self.verify(stored, intent).await?;
-            report.verified += 1;
+            match self.verify(stored, intent, &mut failures, report).await {
+                Ok(()) => report.verified += 1,
+                Err(err) => {
+                    tracing::warn!(cluster = %cluster, environment = name, instance = %intent.instance_arn, error = %err, "could not verify a start with ECS");
+                    report.due(now + self.options.verify_after.as_millis() as u64);
+                }
+            }
         }
 
         // 3. Tasks that stopped before they were healthy count as failed attempts.
@@ -710,9 +734,10 @@ impl Scheduler {
         match self.apply(stored.writes(changes)).await {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
-                // A user changed the environment meanwhile: the next pass decides again.
+                // A user changed the environment meanwhile: the next pass decides again, once the
+                // view has the change.
                 ::metrics::counter!(m::SCHEDULER_CONFLICTS, "kind" => "deployment").increment(1);
-                report.due(self.now());
+                report.due(self.now() + 100);
                 return Ok(());
             }
             Err(err) => return Err(err.into()),
@@ -766,9 +791,20 @@ impl Scheduler {
     }
 
     /// Asks ECS what the intent's deployment has on its instance, writes it, and removes the intent.
-    async fn verify(&self, stored: &Stored, intent: &IntentRef) -> Result<(), PassError> {
+    /// When ECS has nothing and the intent's StartTask was this process's (its answer lost), that is
+    /// a failed attempt on the instance.
+    async fn verify(
+        &self,
+        stored: &Stored,
+        intent: &IntentRef,
+        failures: &mut HashMap<String, (Option<u64>, InstanceFailure)>,
+        report: &mut PassReport,
+    ) -> Result<(), PassError> {
         let cluster = &stored.cluster;
-        self.reads.wait().await;
+        // Listing an instance's tasks takes a ListTasks call per desired status at least.
+        for _ in 0..blox_aws::STARTED_TASKS_ORDER.len() {
+            self.reads.wait().await;
+        }
         let listed = self
             .reader
             .list_started_tasks(cluster.as_str(), &intent.deployment_id, &intent.instance_arn)
@@ -776,18 +812,89 @@ impl Scheduler {
         self.reads.outcome("ListTasks", listed.as_ref().map(|_| ()));
         let arns = listed?;
         let tasks = self.describe(cluster, &arns).await?;
+        if tasks.len() < arns.len() {
+            // ECS listed more than it described: not an answer yet.
+            return Err(PassError::Ecs(EcsError {
+                operation: "DescribeTasks",
+                cluster: Some(cluster.to_string()),
+                kind: EcsErrorKind::Other(format!(
+                    "{} of {} listed tasks described",
+                    tasks.len(),
+                    arns.len()
+                )),
+            }));
+        }
         ::metrics::counter!(m::SCHEDULER_VERIFICATIONS).increment(1);
         tracing::info!(cluster = %cluster, deployment = %intent.deployment_id, instance = %intent.instance_arn, tasks = tasks.len(), "verified a start with ECS");
-        let mut writes: Vec<Write> = tasks
-            .iter()
-            .map(|t| Write::Observe(documents::task(cluster.clone(), t)))
-            .collect();
-        writes.extend(self.remove_intent(stored, intent));
-        self.apply_ignoring_conflicts(writes).await?;
-        self.memory()
-            .lost
-            .remove(&instance_record_id(&intent.deployment_id, &intent.instance_arn));
+        let id = instance_record_id(&intent.deployment_id, &intent.instance_arn);
+        let lost = self.memory().lost.contains_key(&id);
+        let mut batch = Batch::default();
+        for task in &tasks {
+            batch.push(Write::Observe(documents::task(cluster.clone(), task)));
+        }
+        batch.writes.extend(self.remove_intent(stored, intent));
+        batch.failures.resize(batch.writes.len(), None);
+        if tasks.is_empty()
+            && lost
+            && let Some(deployment) = stored.snapshot.deployment(&intent.deployment_id)
+        {
+            let config = stored
+                .snapshot
+                .revision(deployment.revision)
+                .map(|r| r.deployment_configuration)
+                .unwrap_or_default();
+            let now = self.now();
+            let (failure, write, retry_at) = record_failure(
+                cluster,
+                failures,
+                (
+                    &stored.environment().name,
+                    &intent.deployment_id,
+                    &intent.instance_arn,
+                ),
+                "StartTask's answer was lost and ECS has no task for it",
+                None,
+                now,
+                &config,
+            );
+            batch.push_failure(failure, write);
+            report.due(retry_at);
+        }
+        match self.apply_batch(batch, failures).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+        self.memory().lost.remove(&id);
         Ok(())
+    }
+
+    /// Removes start intents and failure records whose deployment no longer exists (their
+    /// environment was deleted at once while the executor was acting for it).
+    async fn remove_orphans(&self) -> Result<(), StoreError> {
+        let writes: Vec<Write> = {
+            let state = self.view.read();
+            let intents = state
+                .intents
+                .values()
+                .filter(|e| !state.deployments.contains_key(&e.doc.deployment_id))
+                .map(|e| Write::Remove {
+                    key: Key::intent(e.cluster.clone(), &e.doc.deployment_id, &e.doc.instance_arn),
+                    expect: e.seq,
+                });
+            let failures = state
+                .failures
+                .values()
+                .filter(|e| !state.deployments.contains_key(&e.doc.deployment_id))
+                .map(|e| Write::Remove {
+                    key: Key::failure(e.cluster.clone(), &e.doc.deployment_id, &e.doc.instance_arn),
+                    expect: e.seq,
+                });
+            intents.chain(failures).take(1_000).collect()
+        };
+        match self.apply(writes).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     async fn describe(&self, cluster: &ClusterName, arns: &[String]) -> Result<Vec<Task>, EcsError> {
@@ -801,8 +908,14 @@ impl Scheduler {
         Ok(described)
     }
 
-    /// Writes tasks as ECS just described them (the version rule applies).
+    /// Writes tasks as ECS just described them (the version rule applies), and shows them to the
+    /// view at once: the next plan must count a task ECS was asked to stop as stopping even if the
+    /// write changed nothing (ECS answered with the version the store holds) or failed.
     async fn observe(&self, cluster: &ClusterName, tasks: &[Task]) -> Result<(), StoreError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        self.view.observe_tasks(cluster, tasks);
         let writes = tasks
             .iter()
             .map(|t| Write::Observe(documents::task(cluster.clone(), t)))
@@ -810,21 +923,11 @@ impl Scheduler {
         self.apply(writes).await.map(drop)
     }
 
-    /// After a StopTask whose outcome is unknown: what ECS says of the task goes to the store; a task
-    /// ECS does not know any more is removed from it.
+    /// After a StopTask whose outcome is unknown: what ECS says of the task goes to the store (and
+    /// the view). A task ECS does not describe is left to the reconciler, which confirms its absence
+    /// before removing it.
     async fn settle_task(&self, cluster: &ClusterName, arn: &str) -> Result<(), PassError> {
         let described = self.describe(cluster, &[arn.to_owned()]).await?;
-        if described.is_empty() {
-            let key = Key::task(cluster.clone(), arn);
-            if let Some(record) = self.store.get(&key).await? {
-                self.apply(vec![Write::Delete {
-                    key,
-                    unchanged_since: record.seq,
-                }])
-                .await?;
-            }
-            return Ok(());
-        }
         self.observe(cluster, &described).await?;
         Ok(())
     }
@@ -844,6 +947,11 @@ impl Scheduler {
     ) -> Result<bool, PassError> {
         let cluster = &stored.cluster;
         let environment = stored.environment().name.as_str();
+        if !self.still_current(stored, deployment_id) {
+            // A user stopped, froze, redeployed or deleted meanwhile: plan again first.
+            tracing::debug!(cluster = %cluster, environment, "the environment changed since it was planned; next pass");
+            return Ok(false);
+        }
         let recorded_at = self.now();
         let intents: Vec<StartIntent> = chunk
             .iter()
@@ -993,6 +1101,18 @@ impl Scheduler {
                 Ok(!throttled)
             }
         }
+    }
+
+    /// Whether the environment and the deployment are still what `stored` planned from, as far as
+    /// the view knows.
+    fn still_current(&self, stored: &Stored, deployment_id: &str) -> bool {
+        let state = self.view.read();
+        let env = stored.environment();
+        let same_env = state.environments.get(&env.name).map(|e| e.seq)
+            == stored.seq(&Key::environment(stored.cluster.clone(), env.name.clone()));
+        let same_deployment = state.deployments.get(deployment_id).map(|e| e.seq)
+            == stored.seq(&Key::deployment(stored.cluster.clone(), deployment_id));
+        same_env && same_deployment
     }
 
     /// Notes a start whose outcome is unknown, to verify its intent a little later.

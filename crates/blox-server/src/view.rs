@@ -245,6 +245,19 @@ impl View {
         Ok(view)
     }
 
+    /// Shows tasks as ECS just answered for them (StartTask, StopTask, DescribeTasks), ahead of the
+    /// change log: the executor's next plan must not count a task it asked to stop as running
+    /// because the store already held that version. The change log's later changes of these tasks
+    /// apply over them as usual.
+    pub fn observe_tasks(&self, cluster: &ClusterName, tasks: &[Task]) {
+        let now = (self.clock)();
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let view = state.clusters.entry(cluster.clone()).or_default();
+        for task in tasks {
+            view.upsert_task(task, now);
+        }
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, ViewState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -383,8 +396,10 @@ impl View {
             }
             state.applied
         };
-        self.applied.send_replace(last);
+        // Queued before `applied` moves, so that a reader who sees `applied` finds every relevant
+        // change up to it queued.
         self.signal(relevant);
+        self.applied.send_replace(last);
     }
 
     fn signal(&self, relevant: Vec<u64>) {

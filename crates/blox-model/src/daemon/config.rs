@@ -184,6 +184,22 @@ impl ConfigPatch {
         if let Some(v) = self.stop_on_drain {
             config.stop_on_drain = v;
         }
+        // A deadline no longer than the bake time fails every deployment before its first
+        // replacement can count as healthy.
+        if config.progress_deadline_seconds <= config.min_healthy_seconds {
+            let field = if self.progress_deadline_seconds.is_some() {
+                "deploymentConfiguration.progressDeadlineSeconds"
+            } else {
+                "deploymentConfiguration.minHealthySeconds"
+            };
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "progressDeadlineSeconds ({}) must be longer than minHealthySeconds ({})",
+                    config.progress_deadline_seconds, config.min_healthy_seconds
+                ),
+            ));
+        }
         Ok(config)
     }
 }
@@ -334,6 +350,29 @@ mod tests {
                 ..ConfigPatch::default()
             },
             Some("deploymentConfiguration.progressDeadlineSeconds"),
+        );
+        check(
+            ConfigPatch {
+                min_healthy_seconds: Some(600),
+                ..ConfigPatch::default()
+            },
+            Some("deploymentConfiguration.minHealthySeconds"),
+        );
+        check(
+            ConfigPatch {
+                min_healthy_seconds: Some(60),
+                progress_deadline_seconds: Some(60),
+                ..ConfigPatch::default()
+            },
+            Some("deploymentConfiguration.progressDeadlineSeconds"),
+        );
+        check(
+            ConfigPatch {
+                min_healthy_seconds: Some(60),
+                progress_deadline_seconds: Some(61),
+                ..ConfigPatch::default()
+            },
+            None,
         );
         let applied = ConfigPatch {
             min_healthy_percent: Some(50),

@@ -289,6 +289,9 @@ pub struct InstanceFailure {
     pub tasks: Vec<String>,
 }
 
+/// How many of an instance's failed tasks a failure record remembers.
+pub const MAX_COUNTED_TASKS: usize = 64;
+
 /// The id, within its cluster, of a deployment's intent or failure record on an instance.
 pub fn instance_record_id(deployment_id: &str, instance_arn: &str) -> String {
     format!("{deployment_id}/{instance_arn}")
@@ -340,6 +343,11 @@ impl InstanceFailure {
             && !failure.tasks.iter().any(|t| t == task)
         {
             failure.tasks.push(task.to_owned());
+            // A task is counted once while it can still be seen; ECS forgets stopped tasks after
+            // an hour, and a back-off of minutes allows few attempts in that time.
+            if failure.tasks.len() > MAX_COUNTED_TASKS {
+                failure.tasks.remove(0);
+            }
         }
         failure
     }

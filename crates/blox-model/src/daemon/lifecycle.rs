@@ -202,12 +202,6 @@ impl Snapshot {
         Ok(env)
     }
 
-    /// The most recent deployment, other than `except`, that ever completed (a manual rollback's
-    /// default target: rolling back a rollback goes forward again).
-    fn last_completed(&self, except: &str) -> Option<&Deployment> {
-        self.completed(except, true).into_iter().next()
-    }
-
     /// Deployments other than `except` that completed (and, unless `rolled_back`, were not rolled
     /// back from since), the most recently completed first.
     fn completed(&self, except: &str, rolled_back: bool) -> Vec<&Deployment> {
@@ -407,7 +401,13 @@ pub fn rollback(
     };
     let number = match revision {
         Some(number) => number,
-        None => match snapshot.last_completed(&active.id) {
+        // The last completed one that deployed another revision (rolling back to the active
+        // revision itself would change nothing).
+        None => match snapshot
+            .completed(&active.id, true)
+            .into_iter()
+            .find(|d| d.revision != active.revision)
+        {
             Some(d) => d.revision,
             None => {
                 return Err(conflict(

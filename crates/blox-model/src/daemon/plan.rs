@@ -207,6 +207,12 @@ fn role(instance: &InstanceView, active: &Active<'_>) -> Role {
     }
 }
 
+/// Whether ECS will report what happens to the tasks on an instance: ACTIVE or DRAINING, with its
+/// agent connected.
+fn reachable(instance: &InstanceView) -> bool {
+    instance.agent_connected && matches!(instance.status, InstanceStatus::Active | InstanceStatus::Draining)
+}
+
 /// The environment's tasks, and how to judge them.
 struct Judge<'a> {
     tasks: Option<&'a GroupTasks>,
@@ -300,6 +306,9 @@ impl<'a> Judge<'a> {
         match (since, task.stopped_at) {
             (Some(since), Some(stopped)) => stopped < since.saturating_add(self.min_healthy_ms),
             (Some(_), None) => false,
+            // It ran, but its health was never seen: only its final record is known (the view was
+            // loaded after it stopped), so whether it was ever healthy is not: not counted.
+            (None, _) if self.checked(task) && task.running_since.is_some() && !task.seen_live => false,
             (None, _) => true,
         }
     }
@@ -359,9 +368,17 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     .collect();
                 owned.sort_unstable_by(|a, b| a.arn.cmp(&b.arn));
                 for task in owned {
-                    busy = true;
                     if task.live() {
+                        busy = true;
                         plan.stop(task, StopReason::EnvironmentDeleted);
+                    } else {
+                        // Asked to stop already: wait for STOPPED where ECS will report it, not
+                        // on an instance that is gone, cut off or unknown (ECS orphans such tasks).
+                        busy |= task
+                            .instance
+                            .as_deref()
+                            .and_then(|arn| cluster.instance(arn))
+                            .is_some_and(reachable);
                     }
                 }
             }
@@ -386,7 +403,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .iter()
         .map(|f| (f.instance_arn.as_str(), *f))
         .collect();
-    plan.failed_attempts = input.failures.iter().map(|f| f.attempts).sum();
+    plan.failed_attempts = input
+        .failures
+        .iter()
+        .fold(0u64, |sum, f| sum.saturating_add(f.attempts));
     plan.failure_example = input
         .failures
         .iter()
@@ -440,15 +460,22 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 // A task already asked to stop on an instance that is gone or cut off may never be
                 // seen STOPPED (ECS orphans tasks of a deregistered instance): it does not hold up
                 // completion.
-                let reachable = instance.agent_connected
-                    && matches!(instance.status, InstanceStatus::Active | InstanceStatus::Draining);
+                let reachable = reachable(instance);
                 busy |= here.iter().any(|t| t.live() || reachable);
+                if here.len() > 1 {
+                    surged += 1;
+                }
                 for task in here.iter().filter(|t| t.live()) {
                     plan.stop(task, reason);
                 }
             }
             Role::Keep => {
                 busy |= here.iter().filter(|t| t.live()).count() > 1;
+                // Two tasks here still use a surge slot (the instance may come back eligible with
+                // both).
+                if here.len() > 1 {
+                    surged += 1;
+                }
                 if let Some(kept) = judge.best(&here) {
                     plan.stop_all_but(&here, kept, StopReason::Duplicate);
                 }

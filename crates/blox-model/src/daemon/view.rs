@@ -131,6 +131,8 @@ pub struct TaskView {
     pub healthy_since: Option<u64>,
     pub stopped_at: Option<u64>,
     pub stopped_reason: Option<Arc<str>>,
+    /// The view saw it before it stopped (not only its final record, as after a restart).
+    pub seen_live: bool,
     /// `started_by` and `task_definition` as the view's symbols, so that planning compares numbers,
     /// not strings ([`Sym::NONE`] outside a [`ClusterView`]).
     pub(super) started_by_sym: Sym,
@@ -198,6 +200,8 @@ impl TaskView {
                 .or_else(|| previous.and_then(|p| p.stopped_at))
                 .or_else(|| (task.last_status == "STOPPED").then_some(changed_at)),
             stopped_reason: task.stopped_reason.as_deref().map(Into::into),
+            seen_live: previous.is_some_and(|p| p.seen_live)
+                || !matches!(task.last_status.as_str(), "STOPPED" | "DELETED"),
             started_by_sym: Sym::NONE,
             task_definition_sym: Sym::NONE,
         }
