@@ -1079,8 +1079,13 @@ fn failed_tasks() {
             "failed=A.0",
         ),
         case(
-            "crashed after the bake time",
+            "crashed 15 s after RUNNING, past a 10 s bake time but within the minute of a rollout",
             fleet("A:nc").bake(10),
+            "failed=A.0",
+        ),
+        case(
+            "the same once the deployment completed: only the bake time counts",
+            fleet("A:nc").bake(10).status(DeploymentStatus::Completed),
             "failed=; starts=A",
         ),
         case(

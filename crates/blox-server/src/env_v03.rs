@@ -217,7 +217,12 @@ pub async fn delete_environment(
             message: format!("environment {name} does not exist"),
         }));
     };
-    let running = env_api::live(&state, &before).plan.counts.total;
+    // Every live task of the environment, of any revision.
+    let running: u64 = env_api::live(&state, &before)
+        .by_task_definition
+        .values()
+        .map(|c| c.total)
+        .sum();
     let now = crate::clock::now_unix_ms();
     let after = env_api::command(&state, &name, Depth::Everything, |snapshot| {
         lifecycle::delete(snapshot, terminate_tasks, now)

@@ -3,25 +3,30 @@
 //!
 //! A pass runs when the view applied a change that can alter a plan and that the executor did not
 //! write itself, when something falls due (a back-off, a verification, a bake time), and at least
-//! every [`SchedulerOptions::interval`]. Before planning it waits until the view holds its own last
-//! write. Per environment, in this order:
+//! every [`SchedulerOptions::interval`]. Before planning it waits until the view holds everything the
+//! store had committed when the pass began (its own writes included). Per environment, planned from
+//! the view as it stands then, in this order:
 //!
 //! 1. intents whose task is in view are removed;
 //! 2. intents to verify (left by an earlier process, or whose StartTask answer was lost) are checked
-//!    with ECS (ListTasks by startedBy and instance, then DescribeTasks): what ECS has is written to
-//!    the store, then the intent is removed, in one batch;
-//! 3. tasks that stopped before they were healthy are recorded as failed attempts;
-//! 4. stops (StopTask with the reason; the task as ECS answered is written back, so that the next
-//!    plan counts it as stopping);
-//! 5. starts, at most [`START_TASK_BATCH`] instances per StartTask call, each call preceded by one
-//!    batch recording its intents. StartTask is never retried (it has no idempotency token): its
-//!    tasks and `failures` are written with the intents' removal in one batch; a refused call removes
-//!    them and records failures; a call whose outcome is unknown leaves them to be verified;
-//! 6. the deployment's transition, if any (and an automatic rollback);
-//! 7. a deleting environment whose tasks are gone is removed with everything it owns.
+//!    with ECS (the instance's tasks listed and described, kept by startedBy): what ECS has is
+//!    written to the store, then the intent is removed, in one batch; a lost start ECS has no task
+//!    for is a failed attempt;
+//! 3. tasks of the deployment that failed (stopped before they were healthy) are recorded as
+//!    failed attempts;
+//! 4. the deployment's transition, if any (and an automatic rollback): a deployment that failed
+//!    acts no more;
+//! 5. stops and starts, together. Stops: StopTask with the reason; the task as ECS answered goes to
+//!    the view at once and to the store, so that the next plan counts it as stopping. Starts: at most
+//!    [`START_TASK_BATCH`] instances per StartTask call, each call preceded by one batch recording its
+//!    intents. StartTask is never retried (it has no idempotency token): its tasks and `failures` are
+//!    written with the intents' removal in one batch; a refused call removes them and records
+//!    failures; a call whose outcome is unknown leaves them to be verified;
+//! 6. a deleting environment whose tasks are gone is removed with everything it owns.
 //!
 //! A failing environment backs off on its own; ECS calls are paced under
-//! [`SchedulerOptions::calls_per_second`], slowing down while throttled.
+//! [`SchedulerOptions::calls_per_second`] per API family, slowing down while throttled, and a pass
+//! sends only what its pacers allow in about [`SchedulerOptions::pass_budget`] before planning again.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -214,6 +219,9 @@ struct Memory {
     last_write: u64,
     /// Intents whose StartTask answer was lost, and when to verify them.
     lost: HashMap<String, u64>,
+    /// Per intent id, lost answers in a row that ECS then had no task for: the wait before the next
+    /// verification doubles with each (an ECS answering 5xx is not hammered every few seconds).
+    lost_streak: HashMap<String, u32>,
     /// Each in-progress deployment's progress, for its deadline.
     progress: HashMap<String, lifecycle::Progress>,
     /// Environments whose pass failed: failures in a row and the next try.
@@ -400,6 +408,11 @@ impl Scheduler {
             let mut memory = self.memory();
             memory.progress.retain(|id, _| state.deployments.contains_key(id));
             memory.lost.retain(|id, _| state.intents.contains_key(id));
+            memory.lost_streak.retain(|id, _| {
+                state
+                    .deployments
+                    .contains_key(id.split('/').next().unwrap_or_default())
+            });
             memory
                 .backoff
                 .retain(|name, _| state.environments.contains_key(name));
@@ -537,7 +550,7 @@ impl Scheduler {
         // 2. Intents whose outcome is unknown: ask ECS. One that cannot be verified now keeps
         // blocking its instance and is tried again; the others go on.
         for intent in &plan.verify {
-            match self.verify(stored, intent, &mut failures, report).await {
+            match self.verify(stored, intent, &mut failures).await {
                 Ok(()) => report.verified += 1,
                 Err(err) => {
                     tracing::warn!(cluster = %cluster, environment = name, instance = %intent.instance_arn, error = %err, "could not verify a start with ECS");
@@ -572,38 +585,8 @@ impl Scheduler {
             self.apply_batch(batch, &mut failures).await?;
         }
 
-        // 4 and 5. Stops and starts, at once: a plan's stops and starts are on different instances
-        // (a replacement starts only once its old task has stopped, or beside a task that stays), so
-        // neither waits for the other's calls. A pass does at most what its pacers allow in about
-        // `pass_budget`, and plans again: a rollout flows instead of stalling on one long pass.
-        let mut stops: &[daemon::Stop] = &plan.stops;
-        let mut starts: &[String] = &plan.starts;
-        if let Some(quota) = self.stops.quota(self.options.pass_budget)
-            && stops.len() > quota
-        {
-            stops = &stops[..quota];
-            report.due(now);
-        }
-        if let Some(quota) = self.starts.quota(self.options.pass_budget)
-            && starts.len() > quota * START_TASK_BATCH
-        {
-            starts = &starts[..quota * START_TASK_BATCH];
-            report.due(now);
-        }
-        let mut start_report = PassReport::default();
-        let (stopped, started) = tokio::join!(
-            self.stop_tasks(cluster, name, stops),
-            self.start_tasks(stored, starts, &mut failures, &mut start_report)
-        );
-        report.stopped += stopped?;
-        started?;
-        report.started += start_report.started;
-        report.start_failures += start_report.start_failures;
-        if let Some(at) = start_report.next_due_ms {
-            report.due(at);
-        }
-
-        // 6. The deployment's transition.
+        // 4. The deployment's transition, before acting: a deployment whose failures reached the
+        // threshold fails now, not after one more round of starts.
         let deployment_id = uuid::Uuid::new_v4().to_string();
         let changes = {
             let mut memory = self.memory();
@@ -625,11 +608,55 @@ impl Scheduler {
                 },
             )
         };
+        let mut act = true;
         if !changes.is_empty() {
             self.transition(stored, &changes, report).await?;
+            // Acting on after a failure, or for a deployment that is no longer the active one,
+            // waits for a plan of the new state.
+            act = changes.put.iter().all(|doc| match doc {
+                Doc::Deployment(d) => d.status.acts(),
+                Doc::Environment(e) => e.active_deployment == env.active_deployment,
+                _ => true,
+            });
+            if !act {
+                report.due(self.now());
+            }
         }
 
-        // 7. A deleting environment goes once nothing of it is left.
+        if act {
+            // 5. Stops and starts, at once: a plan's stops and starts are on different instances
+            // (a replacement starts only once its old task has stopped, or beside a task that stays), so
+            // neither waits for the other's calls. A pass does at most what its pacers allow in about
+            // `pass_budget`, and plans again: a rollout flows instead of stalling on one long pass.
+            let mut stops: &[daemon::Stop] = &plan.stops;
+            let mut starts: &[String] = &plan.starts;
+            if let Some(quota) = self.stops.quota(self.options.pass_budget)
+                && stops.len() > quota
+            {
+                stops = &stops[..quota];
+                report.due(now);
+            }
+            if let Some(quota) = self.starts.quota(self.options.pass_budget)
+                && starts.len() > quota * START_TASK_BATCH
+            {
+                starts = &starts[..quota * START_TASK_BATCH];
+                report.due(now);
+            }
+            let mut start_report = PassReport::default();
+            let (stopped, started) = tokio::join!(
+                self.stop_tasks(cluster, name, stops),
+                self.start_tasks(stored, starts, &mut failures, &mut start_report)
+            );
+            report.stopped += stopped?;
+            started?;
+            report.started += start_report.started;
+            report.start_failures += start_report.start_failures;
+            if let Some(at) = start_report.next_due_ms {
+                report.due(at);
+            }
+        }
+
+        // 6. A deleting environment goes once nothing of it is left.
         if env.status.is_deleting() && plan.complete && stored.snapshot.intents.is_empty() {
             let changes = lifecycle::finish_delete(&stored.snapshot);
             match self.apply(stored.writes(&changes)).await {
@@ -791,14 +818,11 @@ impl Scheduler {
     }
 
     /// Asks ECS what the intent's deployment has on its instance, writes it, and removes the intent.
-    /// When ECS has nothing and the intent's StartTask was this process's (its answer lost), that is
-    /// a failed attempt on the instance.
     async fn verify(
         &self,
         stored: &Stored,
         intent: &IntentRef,
         failures: &mut HashMap<String, (Option<u64>, InstanceFailure)>,
-        report: &mut PassReport,
     ) -> Result<(), PassError> {
         let cluster = &stored.cluster;
         // Listing an instance's tasks takes a ListTasks call per desired status at least.
@@ -834,31 +858,15 @@ impl Scheduler {
         }
         batch.writes.extend(self.remove_intent(stored, intent));
         batch.failures.resize(batch.writes.len(), None);
-        if tasks.is_empty()
-            && lost
-            && let Some(deployment) = stored.snapshot.deployment(&intent.deployment_id)
         {
-            let config = stored
-                .snapshot
-                .revision(deployment.revision)
-                .map(|r| r.deployment_configuration)
-                .unwrap_or_default();
-            let now = self.now();
-            let (failure, write, retry_at) = record_failure(
-                cluster,
-                failures,
-                (
-                    &stored.environment().name,
-                    &intent.deployment_id,
-                    &intent.instance_arn,
-                ),
-                "StartTask's answer was lost and ECS has no task for it",
-                None,
-                now,
-                &config,
-            );
-            batch.push_failure(failure, write);
-            report.due(retry_at);
+            // A lost start ECS has nothing for (the call never reached it) is not the revision's
+            // failure; the next one is verified later, and later still after each such loss.
+            let mut memory = self.memory();
+            if lost && tasks.is_empty() {
+                *memory.lost_streak.entry(id.clone()).or_default() += 1;
+            } else {
+                memory.lost_streak.remove(&id);
+            }
         }
         match self.apply_batch(batch, failures).await {
             Ok(_) | Err(StoreError::Conflict { .. }) => {}
@@ -1038,6 +1046,11 @@ impl Scheduler {
                     refused.insert(arn);
                 }
                 for arn in chunk {
+                    if placed.contains(arn.as_str()) {
+                        self.memory()
+                            .lost_streak
+                            .remove(&instance_record_id(deployment_id, arn));
+                    }
                     if placed.contains(arn.as_str()) || refused.contains(arn.as_str()) {
                         if let Some(write) = remove(arn) {
                             batch.push(write);
@@ -1103,24 +1116,35 @@ impl Scheduler {
         }
     }
 
-    /// Whether the environment and the deployment are still what `stored` planned from, as far as
-    /// the view knows.
+    /// Whether the view still lets the deployment act: its environment is there, neither deleting
+    /// nor frozen, with the deployment active, and the deployment not stopped or failed. (A user's
+    /// command acknowledged since the plan was made wins over the plan.)
     fn still_current(&self, stored: &Stored, deployment_id: &str) -> bool {
         let state = self.view.read();
-        let env = stored.environment();
-        let same_env = state.environments.get(&env.name).map(|e| e.seq)
-            == stored.seq(&Key::environment(stored.cluster.clone(), env.name.clone()));
-        let same_deployment = state.deployments.get(deployment_id).map(|e| e.seq)
-            == stored.seq(&Key::deployment(stored.cluster.clone(), deployment_id));
-        same_env && same_deployment
+        let env_ok = state
+            .environments
+            .get(&stored.environment().name)
+            .is_some_and(|e| {
+                !e.doc.frozen
+                    && !e.doc.status.is_deleting()
+                    && e.doc.active_deployment.as_deref() == Some(deployment_id)
+            });
+        env_ok
+            && state
+                .deployments
+                .get(deployment_id)
+                .is_some_and(|d| d.doc.status.acts())
     }
 
     /// Notes a start whose outcome is unknown, to verify its intent a little later.
     fn lose(&self, deployment_id: &str, instance_arn: &str, now: u64) {
-        self.memory().lost.insert(
-            instance_record_id(deployment_id, instance_arn),
-            now + self.options.verify_after.as_millis() as u64,
-        );
+        let id = instance_record_id(deployment_id, instance_arn);
+        let mut memory = self.memory();
+        let streak = memory.lost_streak.get(&id).copied().unwrap_or(0);
+        let wait = (self.options.verify_after.as_millis() as u64)
+            .saturating_mul(1 << streak.min(6))
+            .min(300_000);
+        memory.lost.insert(id, now + wait);
     }
 }
 

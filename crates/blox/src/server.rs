@@ -44,8 +44,9 @@ pub struct ServerArgs {
     /// The daemon scheduler's full pass runs at least this often (it also reacts to changes at once).
     #[arg(long, env = "BLOX_SCHEDULER_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     scheduler_interval: Duration,
-    /// ECS calls per second the daemon scheduler makes at most (StartTask, StopTask, checks); it
-    /// slows down further while ECS throttles.
+    /// ECS calls per second the daemon scheduler makes at most per API family, as ECS throttles
+    /// them (StartTask, of up to 10 instances each; StopTask; ListTasks and DescribeTasks); it slows
+    /// down further while ECS throttles.
     #[arg(long, env = "BLOX_SCHEDULER_CALLS_PER_SECOND", default_value_t = SchedulerOptions::default().calls_per_second)]
     scheduler_calls_per_second: f64,
     /// Which ECS: `aws` (the account of the AWS configuration) or `sim` (the built-in simulator,
@@ -254,6 +255,19 @@ fn print_banner(banner: &Banner, sim: &blox_sim::Simulator, address: std::net::S
         "light" => "light churn".to_owned(),
         n => format!("churn of about {n} events/s"),
     };
+    // The demo account's daemon and its revisions (README: "Try a safe rollout").
+    let rollout = if clusters.iter().any(|c| c == "demo-prod") {
+        format!(
+            "\nA safe rollout (log-router:2 is a good release, :3 a bad one that is rolled back):\n\
+             \x20 blox env create logs --cluster demo-prod --task-definition log-router:1{flag}\n\
+             \x20 blox deploy start logs --wait{flag}\n\
+             \x20 blox env update logs --task-definition log-router:2{flag}\n\
+             \x20 blox deploy start logs --wait{flag}\n\
+             \x20 blox env status logs --watch{flag}\n"
+        )
+    } else {
+        String::new()
+    };
     println!(
         "\nblox is up with a simulated ECS account: {} clusters ({}), {instances} container instances, {tasks} tasks, {churn}.\n\
          \n  API          {endpoint}/v1/instances   {endpoint}/v1/tasks\n\
@@ -264,7 +278,7 @@ fn print_banner(banner: &Banner, sim: &blox_sim::Simulator, address: std::net::S
          \x20 blox instances list{flag}\n\
          \x20 blox tasks list --cluster {first}{flag}\n\
          \x20 blox tasks watch{flag}\n\
-         \x20 curl '{endpoint}/v1/tasks?cluster={first}&status=RUNNING'\n\
+         \x20 curl '{endpoint}/v1/tasks?cluster={first}&status=RUNNING'\n{rollout}\
          \nCtrl-C stops blox; run `blox up` again to carry on where it left off.",
         clusters.len(),
         clusters.join(", "),

@@ -207,6 +207,10 @@ fn role(instance: &InstanceView, active: &Active<'_>) -> Role {
     }
 }
 
+/// While a deployment is in progress, a task of it that stops within this long of becoming healthy
+/// (or within the bake time, if longer) is a failed attempt.
+pub const FAILURE_WINDOW_MS: u64 = 60_000;
+
 /// Whether ECS will report what happens to the tasks on an instance: ACTIVE or DRAINING, with its
 /// agent connected.
 fn reachable(instance: &InstanceView) -> bool {
@@ -288,8 +292,12 @@ impl<'a> Judge<'a> {
         best.map(|(t, _)| t)
     }
 
-    /// Stopped before it was healthy for the bake time: a failed start, unless blox stopped it.
-    fn failed_start(&self, task: &TaskView) -> bool {
+    /// A failed attempt of the deployment, unless blox stopped it: stopped before it was healthy for
+    /// the bake time or, while the deployment is in progress, within [`FAILURE_WINDOW_MS`] of
+    /// becoming healthy if that is longer. A release that passes its health check and crashes a
+    /// moment later would otherwise count as healthy (with no bake time), let the rollout go on, and
+    /// crash-loop the fleet without ever failing the deployment.
+    fn failed_start(&self, task: &TaskView, in_progress: bool) -> bool {
         if task.occupying()
             || task
                 .stopped_reason
@@ -298,13 +306,18 @@ impl<'a> Judge<'a> {
         {
             return false;
         }
+        let window = if in_progress {
+            self.min_healthy_ms.max(FAILURE_WINDOW_MS)
+        } else {
+            self.min_healthy_ms
+        };
         let since = if self.checked(task) {
             task.healthy_since
         } else {
             task.running_since
         };
         match (since, task.stopped_at) {
-            (Some(since), Some(stopped)) => stopped < since.saturating_add(self.min_healthy_ms),
+            (Some(since), Some(stopped)) => stopped < since.saturating_add(window),
             (Some(_), None) => false,
             // It ran, but its health was never seen: only its final record is known (the view was
             // loaded after it stopped), so whether it was ever healthy is not: not counted.
@@ -423,6 +436,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     // Reused across instances: planning a fleet must not allocate per instance.
     let (mut here, mut target, mut old) = (Vec::new(), Vec::new(), Vec::new());
     let active_sym = cluster.sym(&active.deployment.id);
+    let in_progress = active.deployment.status.in_progress();
     for (slot, instance) in cluster.instances() {
         let arn: &str = &instance.arn;
         judge.on(slot, &mut here);
@@ -435,11 +449,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let is_blocked = !blocked.is_empty() && blocked.contains(arn);
         plan.counts.total += here.iter().filter(|t| t.live() && judge.is_target(t)).count() as u64;
         if role == Role::Eligible {
-            // Tasks of the active deployment that stopped here before they were healthy.
+            // Tasks of the active deployment that failed here.
             let counted = failure.map_or(&[][..], |f| f.tasks.as_slice());
             for task in tasks.map_or(&[][..], |t| t.on(slot)) {
                 if Some(task.started_by_sym) == active_sym
-                    && judge.failed_start(task)
+                    && judge.failed_start(task, in_progress)
                     && !counted.iter().any(|c| **c == *task.arn)
                 {
                     fresh.insert(arn);
