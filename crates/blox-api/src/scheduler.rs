@@ -142,29 +142,12 @@ pub struct CreateEnvironmentRequest {
     pub deployment_configuration: Option<DeploymentConfigurationBody>,
 }
 
-/// `PUT /v1/environments/{name}`: a new revision (with a new token) with the fields given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct UpdateEnvironmentRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_definition: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_group: Option<InstanceGroupUpdate>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deployment_method: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deployment_configuration: Option<DeploymentConfigurationBody>,
-    /// Refused with 409 unless it is the latest revision.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_revision_id: Option<RevisionId>,
-}
+/// `PUT /v1/environments/{name}`: a new revision (with a new token) with the fields given; the same
+/// body as v1.0's update.
+pub type UpdateEnvironmentRequest = UpdateEnvironment;
 
 /// A new instance group: its attributes (the cluster cannot change).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct InstanceGroupUpdate {
-    #[serde(default)]
-    pub attributes: Vec<AttributeBody>,
-}
+pub type InstanceGroupUpdate = InstanceGroup;
 
 /// A daemon environment (v0.3 `Environment`, with what blox adds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

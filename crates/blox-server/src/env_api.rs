@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use axum::http::StatusCode;
 use blox_api::{AttributeBody, DeploymentConfigurationBody, InstanceFailureBody, TaskCounts, TransitionBody};
 use blox_aws::EcsErrorKind;
-use blox_model::daemon::lifecycle::{self, CreateEnvironment, Fresh, TaskDefinitionRef};
+use blox_model::daemon::lifecycle::{self, CreateEnvironment, Fresh, TaskDefinitionRef, UpdateEnvironment};
 use blox_model::daemon::{
     self, Active, ConfigPatch, Counts, Deployment, DeploymentConfiguration, DeploymentMethod, Health,
     InstanceFailure, IntentState, Plan, PlanInput, Revision, Snapshot,
@@ -242,6 +242,48 @@ pub async fn resolve_task_definition(
     }
 }
 
+/// An update's body (both APIs take the same), checked; what needs ECS is resolved by
+/// [`UpdateRequest::resolve`], after the environment was found.
+pub struct UpdateRequest {
+    task_definition: Option<String>,
+    update: UpdateEnvironment,
+}
+
+impl UpdateRequest {
+    pub fn parse(body: &[u8]) -> Result<UpdateRequest, ApiError> {
+        let request: blox_api::UpdateEnvironment = parse_body(body)?;
+        let configuration = patch(request.deployment_configuration.as_ref());
+        check_patch(&configuration)?;
+        Ok(UpdateRequest {
+            task_definition: request
+                .task_definition
+                .as_deref()
+                .map(|td| non_empty("taskDefinition", td, "a family, family:revision or ARN"))
+                .transpose()?,
+            update: UpdateEnvironment {
+                task_definition: None,
+                attributes: request
+                    .instance_group
+                    .as_ref()
+                    .map(|g| attributes("instanceGroup.attributes", &g.attributes))
+                    .transpose()?,
+                method: method("deploymentMethod", request.deployment_method.as_deref())?,
+                configuration,
+                base_revision: request.base_revision_id.map(|r| r.0),
+            },
+        })
+    }
+
+    /// The update with its task definition checked against ECS.
+    pub async fn resolve(self, state: &AppState) -> Result<UpdateEnvironment, ApiError> {
+        let mut update = self.update;
+        if let Some(td) = self.task_definition {
+            update.task_definition = Some(resolve_task_definition(state, "taskDefinition", &td).await?);
+        }
+        Ok(update)
+    }
+}
+
 /// Fresh values for a command: the time, a deployment id and a v0.3 token.
 pub struct Ids {
     pub now_ms: u64,
@@ -374,7 +416,7 @@ pub fn live(state: &AppState, stored: &Stored) -> Live {
     let snapshot = &stored.snapshot;
     let env = stored.environment();
     let view = state.view.read();
-    let ids: Vec<&str> = snapshot.deployments.iter().map(|d| d.id.as_str()).collect();
+    let ids = snapshot.deployment_ids();
     let mut failures: HashMap<String, Vec<InstanceFailure>> = HashMap::new();
     for entry in view.failures.values() {
         if ids.contains(&entry.doc.deployment_id.as_str()) {
@@ -393,12 +435,7 @@ pub fn live(state: &AppState, stored: &Stored) -> Live {
             verify_at_ms: u64::MAX,
         })
         .collect();
-    let checked: Vec<&str> = snapshot
-        .revisions
-        .iter()
-        .filter(|r| r.health_checks)
-        .map(|r| r.task_definition.as_str())
-        .collect();
+    let checked = snapshot.health_checked();
     let empty = daemon::ClusterView::default();
     let cluster = view.clusters.get(&stored.cluster).unwrap_or(&empty);
     let now = clock::now_unix_ms();
@@ -429,10 +466,10 @@ pub fn live(state: &AppState, stored: &Stored) -> Live {
         let counts = match active_deployment {
             Some(d) if d.task_definition == revision.task_definition => plan.counts,
             _ => {
+                // A deployment that exists only to count the revision's tasks.
                 let probe = Deployment {
-                    task_definition: revision.task_definition.clone(),
                     status: daemon::DeploymentStatus::Completed,
-                    ..probe_deployment(env, revision)
+                    ..Deployment::new(String::new(), revision, 0)
                 };
                 plan_for(&probe, revision).counts
             }
@@ -445,28 +482,6 @@ pub fn live(state: &AppState, stored: &Stored) -> Live {
         health,
         failures,
         by_task_definition,
-    }
-}
-
-/// A deployment of `revision` that exists only to count its tasks.
-fn probe_deployment(env: &daemon::Environment, revision: &Revision) -> Deployment {
-    Deployment {
-        id: String::new(),
-        environment: env.name.clone(),
-        revision: revision.number,
-        task_definition: revision.task_definition.clone(),
-        previous_revision: None,
-        status: daemon::DeploymentStatus::Completed,
-        rollback: false,
-        rollback_of: None,
-        rolled_back_by: None,
-        superseded_by: None,
-        created_at: 0,
-        started_at: None,
-        ended_at: None,
-        counts: Counts::default(),
-        failed_attempts: 0,
-        history: Vec::new(),
     }
 }
 

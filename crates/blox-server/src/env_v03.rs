@@ -10,9 +10,9 @@ use axum::extract::{Path, RawQuery, State};
 use blox_api::{
     CreateEnvironmentRequest, DeleteEnvironmentResponse, Deployment as ApiDeployment, DeploymentCounts,
     DeploymentFailure, Deployments, Environment as ApiEnvironment, Environments, ErrorBody,
-    InstanceGroupBody, Ping, UpdateEnvironmentRequest,
+    InstanceGroupBody, Ping,
 };
-use blox_model::daemon::lifecycle::{self, CreateEnvironment, DeployTarget, Resource, UpdateEnvironment};
+use blox_model::daemon::lifecycle::{self, CreateEnvironment, DeployTarget, Resource};
 use blox_model::daemon::{self, Deployment, Health};
 use blox_model::emit::rfc3339_millis;
 use blox_store::{Filter, Kind};
@@ -149,7 +149,7 @@ pub async fn get_environment(
 /// the fields given. Nothing is deployed until a deployment quotes the new token.
 #[utoipa::path(put, path = "/v1/environments/{name}", tag = "daemon scheduler (v0.3)",
     params(("name" = String, Path, description = "The environment's name")),
-    request_body = UpdateEnvironmentRequest,
+    request_body = blox_api::UpdateEnvironment,
     responses((status = 200, body = blox_api::Environment), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn update_environment(
@@ -159,32 +159,9 @@ pub async fn update_environment(
     body: Bytes,
 ) -> Result<Json<ApiEnvironment>, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    let request: UpdateEnvironmentRequest = env_api::parse_body(&body)?;
-    let method = env_api::method("deploymentMethod", request.deployment_method.as_deref())?;
-    let configuration = env_api::patch(request.deployment_configuration.as_ref());
-    env_api::check_patch(&configuration)?;
-    let attributes = request
-        .instance_group
-        .as_ref()
-        .map(|g| env_api::attributes("instanceGroup.attributes", &g.attributes))
-        .transpose()?;
-    let task_definition = request
-        .task_definition
-        .as_deref()
-        .map(|td| env_api::non_empty("taskDefinition", td, "a family, family:revision or ARN"))
-        .transpose()?;
+    let request = env_api::UpdateRequest::parse(&body)?;
     require(&state, &name).await?;
-    let task_definition = match task_definition {
-        Some(td) => Some(env_api::resolve_task_definition(&state, "taskDefinition", &td).await?),
-        None => None,
-    };
-    let update = UpdateEnvironment {
-        task_definition,
-        attributes,
-        method,
-        configuration,
-        base_revision: request.base_revision_id.map(|r| r.0),
-    };
+    let update = request.resolve(&state).await?;
     let ids = Ids::new();
     let stored = env_api::command(&state, &name, Depth::Documents, |snapshot| {
         lifecycle::update_environment(snapshot, update.clone(), ids.fresh())

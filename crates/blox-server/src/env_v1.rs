@@ -12,7 +12,7 @@ use blox_api::{
     RevisionId, RevisionList, RevisionResponse, RollbackRequest, UpdateEnvironment as UpdateBody,
 };
 use blox_model::ClusterName;
-use blox_model::daemon::lifecycle::{self, CreateEnvironment, DeployTarget, Resource, UpdateEnvironment};
+use blox_model::daemon::lifecycle::{self, CreateEnvironment, DeployTarget, Resource};
 use blox_model::daemon::{self, Deployment, Health, Revision};
 use blox_model::emit::rfc3339_millis;
 use blox_store::{Cursor, Filter, Kind};
@@ -108,13 +108,7 @@ pub async fn list_environments(
         .filter(|n| n.starts_with(&prefix) && after.as_ref().is_none_or(|a| n > a))
         .collect();
     names.sort();
-    let next_token = match limit {
-        Some(limit) if names.len() > limit => {
-            names.truncate(limit);
-            names.last().map(|n| encode_token(&Cursor(n.as_bytes().to_vec())))
-        }
-        _ => None,
-    };
+    let next_token = cut_page(&mut names, limit, |n| n.as_bytes().to_vec());
     let mut environments = Vec::with_capacity(names.len());
     for name in &names {
         if let Some(stored) = environments::load(state.store.as_ref(), name, Depth::Documents).await? {
@@ -222,32 +216,9 @@ pub async fn update_environment(
     body: Bytes,
 ) -> Result<Json<RevisionCreated>, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    let request: UpdateBody = env_api::parse_body(&body)?;
-    let method = env_api::method("deploymentMethod", request.deployment_method.as_deref())?;
-    let configuration = env_api::patch(request.deployment_configuration.as_ref());
-    env_api::check_patch(&configuration)?;
-    let attributes = request
-        .instance_group
-        .as_ref()
-        .map(|g| env_api::attributes("instanceGroup.attributes", &g.attributes))
-        .transpose()?;
-    let task_definition = request
-        .task_definition
-        .as_deref()
-        .map(|td| env_api::non_empty("taskDefinition", td, "a family, family:revision or ARN"))
-        .transpose()?;
+    let request = env_api::UpdateRequest::parse(&body)?;
     require(&state, &cluster, &name).await?;
-    let task_definition = match task_definition {
-        Some(td) => Some(env_api::resolve_task_definition(&state, "taskDefinition", &td).await?),
-        None => None,
-    };
-    let update = UpdateEnvironment {
-        task_definition,
-        attributes,
-        method,
-        configuration,
-        base_revision: request.base_revision_id.map(|r| r.0),
-    };
+    let update = request.resolve(&state).await?;
     let ids = Ids::new();
     // The revision this request made (a concurrent update may have made a later one since).
     let made = std::sync::atomic::AtomicU64::new(0);
@@ -320,15 +291,7 @@ pub async fn list_revisions(
         .filter(|r| after.is_none_or(|a| r.number > a))
         .collect();
     revisions.sort_by_key(|r| r.number);
-    let next_token = match limit {
-        Some(limit) if revisions.len() > limit => {
-            revisions.truncate(limit);
-            revisions
-                .last()
-                .map(|r| encode_token(&Cursor(r.number.to_be_bytes().to_vec())))
-        }
-        _ => None,
-    };
+    let next_token = cut_page(&mut revisions, limit, |r| r.number.to_be_bytes().to_vec());
     let revisions: Vec<EnvironmentRevision> = revisions
         .into_iter()
         .map(|r| revision_body(&stored, &live, r))
@@ -338,6 +301,14 @@ pub async fn list_revisions(
         revisions,
         next_token,
     }))
+}
+
+/// Cuts `items` to a page of `limit`; the token of the next page, if there is one, is the cursor of
+/// the page's last item.
+fn cut_page<T>(items: &mut Vec<T>, limit: Option<usize>, cursor: impl Fn(&T) -> Vec<u8>) -> Option<String> {
+    let limit = limit.filter(|&l| items.len() > l)?;
+    items.truncate(limit);
+    items.last().map(|last| encode_token(&Cursor(cursor(last))))
 }
 
 fn cursor_number(cursor: &Cursor) -> u64 {
@@ -494,15 +465,7 @@ pub async fn list_deployments(
         })?;
         deployments.drain(..=at);
     }
-    let next_token = match limit {
-        Some(limit) if deployments.len() > limit => {
-            deployments.truncate(limit);
-            deployments
-                .last()
-                .map(|d| encode_token(&Cursor(d.id.as_bytes().to_vec())))
-        }
-        _ => None,
-    };
+    let next_token = cut_page(&mut deployments, limit, |d| d.id.as_bytes().to_vec());
     let deployments: Vec<DeploymentV1> = deployments
         .into_iter()
         .map(|d| deployment_body(&stored, &live, d))

@@ -459,13 +459,8 @@ impl Scheduler {
             let revision = snapshot.revision(deployment.revision)?;
             Some(Active { deployment, revision })
         });
-        let ids: Vec<&str> = snapshot.deployments.iter().map(|d| d.id.as_str()).collect();
-        let checked: Vec<&str> = snapshot
-            .revisions
-            .iter()
-            .filter(|r| r.health_checks)
-            .map(|r| r.task_definition.as_str())
-            .collect();
+        let ids = snapshot.deployment_ids();
+        let checked = snapshot.health_checked();
         let lost = self.memory().lost.clone();
         let intents: Vec<IntentState<'_>> = snapshot
             .intents

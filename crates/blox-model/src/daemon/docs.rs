@@ -219,6 +219,29 @@ pub struct Transition {
 }
 
 impl Deployment {
+    /// A new deployment of `revision`, pending, with no history yet (the caller records why it was
+    /// created with [`Deployment::transition`]).
+    pub fn new(id: impl Into<String>, revision: &Revision, now_ms: u64) -> Deployment {
+        Deployment {
+            id: id.into(),
+            environment: revision.environment.clone(),
+            revision: revision.number,
+            task_definition: revision.task_definition.clone(),
+            previous_revision: None,
+            status: DeploymentStatus::Pending,
+            rollback: false,
+            rollback_of: None,
+            rolled_back_by: None,
+            superseded_by: None,
+            created_at: now_ms,
+            started_at: None,
+            ended_at: None,
+            counts: Counts::default(),
+            failed_attempts: 0,
+            history: Vec::new(),
+        }
+    }
+
     /// The reason of the latest transition.
     pub fn reason(&self) -> Option<&str> {
         self.history.last().map(|t| t.reason.as_str())

@@ -6,8 +6,8 @@
 
 use super::config::{ConfigPatch, DeploymentConfiguration, DeploymentMethod};
 use super::docs::{
-    Counts, Deployment, DeploymentStatus, Environment, EnvironmentStatus, InstanceFailure, InstanceGroup,
-    Revision, StartIntent,
+    Deployment, DeploymentStatus, Environment, EnvironmentStatus, InstanceFailure, InstanceGroup, Revision,
+    StartIntent,
 };
 use super::plan::Plan;
 use crate::arn::ClusterName;
@@ -178,6 +178,20 @@ impl Snapshot {
 
     pub fn deployment(&self, id: &str) -> Option<&Deployment> {
         self.deployments.iter().find(|d| d.id == id)
+    }
+
+    /// The ids of every deployment: a task is the environment's when started by one of them.
+    pub fn deployment_ids(&self) -> Vec<&str> {
+        self.deployments.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    /// The task definitions of the revisions that have container health checks.
+    pub fn health_checked(&self) -> Vec<&str> {
+        self.revisions
+            .iter()
+            .filter(|r| r.health_checks)
+            .map(|r| r.task_definition.as_str())
+            .collect()
     }
 
     pub fn latest_revision(&self) -> Option<&Revision> {
@@ -440,26 +454,14 @@ fn start_deployment(
 ) -> Changes {
     let active = snapshot.active();
     let mut deployment = Deployment {
-        id: fresh.deployment_id.to_owned(),
-        environment: env.name.clone(),
-        revision: revision.number,
-        task_definition: revision.task_definition.clone(),
         previous_revision: active.map(|a| a.revision),
-        status: DeploymentStatus::Pending,
         rollback,
         rollback_of: if rollback {
             active.map(|a| a.id.clone())
         } else {
             None
         },
-        rolled_back_by: None,
-        superseded_by: None,
-        created_at: fresh.now_ms,
-        started_at: None,
-        ended_at: None,
-        counts: Counts::default(),
-        failed_attempts: 0,
-        history: Vec::new(),
+        ..Deployment::new(fresh.deployment_id, revision, fresh.now_ms)
     };
     deployment.transition(DeploymentStatus::Pending, reason, fresh.now_ms);
     let mut changes = Changes::default();
@@ -693,22 +695,10 @@ pub fn advance(snapshot: &Snapshot, plan: &Plan, progress: &mut Progress, fresh:
     // The failed deployment stays failed and records its rollback.
     deployment.rolled_back_by = Some(fresh.deployment_id.to_owned());
     let mut rollback = Deployment {
-        id: fresh.deployment_id.to_owned(),
-        environment: env.name.clone(),
-        revision: target.number,
-        task_definition: target.task_definition.clone(),
         previous_revision: Some(deployment.revision),
-        status: DeploymentStatus::Pending,
         rollback: true,
         rollback_of: Some(deployment.id.clone()),
-        rolled_back_by: None,
-        superseded_by: None,
-        created_at: now,
-        started_at: None,
-        ended_at: None,
-        counts: Counts::default(),
-        failed_attempts: 0,
-        history: Vec::new(),
+        ..Deployment::new(fresh.deployment_id, target, now)
     };
     rollback.transition(
         DeploymentStatus::Pending,

@@ -884,24 +884,7 @@ fn converged(instances: usize, environments: usize) -> Result<Converged> {
             deployment_configuration: daemon::DeploymentConfiguration::default(),
             created_at: 0,
         };
-        let mut deployment = Deployment {
-            id: id.clone(),
-            environment: name.clone(),
-            revision: 1,
-            task_definition: td.clone(),
-            previous_revision: None,
-            status: DeploymentStatus::Pending,
-            rollback: false,
-            rollback_of: None,
-            rolled_back_by: None,
-            superseded_by: None,
-            created_at: 0,
-            started_at: None,
-            ended_at: None,
-            counts: daemon::Counts::default(),
-            failed_attempts: 0,
-            history: Vec::new(),
-        };
+        let mut deployment = Deployment::new(id.clone(), &revision, 0);
         deployment.transition(DeploymentStatus::Running, "started", 0);
         deployment.transition(DeploymentStatus::Completed, "converged", 0);
         for (i, arn) in instance_arns.iter().enumerate() {
