@@ -325,6 +325,13 @@ pub enum DeployCommand {
 
 /// The cluster to put in v1.0 paths: the one given, or the environment's cluster ARN (an ARN rather
 /// than a name, since a cluster may be named like a static path segment).
+/// A client of `endpoint`, and the cluster of environment `name`.
+async fn connect(endpoint: &Endpoint, name: &str, locate: &Locate) -> Result<(Client, String)> {
+    let client = Client::new(&endpoint.endpoint);
+    let cluster = cluster_of(&client, name, locate).await?;
+    Ok((client, cluster))
+}
+
 async fn cluster_of(client: &Client, name: &str, locate: &Locate) -> Result<String> {
     if let Some(cluster) = &locate.cluster {
         return Ok(cluster.clone());
@@ -899,8 +906,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &name, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &name, &locate).await?;
             let request = UpdateEnvironment {
                 task_definition,
                 instance_group: (clear_attributes || !attributes.is_empty())
@@ -925,8 +931,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &name, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &name, &locate).await?;
             let got = client.v1().describe_environment(&cluster, &name).await?;
             if endpoint.json {
                 return print_json(&got);
@@ -940,8 +945,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &name, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &name, &locate).await?;
             status(&client, &cluster, &name, watch, endpoint.json).await
         }
         EnvCommand::List { cluster, endpoint } => {
@@ -993,8 +997,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &name, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &name, &locate).await?;
             let deleted = client
                 .v1()
                 .delete_environment(&cluster, &name, terminate_tasks)
@@ -1018,8 +1021,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &name, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &name, &locate).await?;
             let frozen = client.v1().freeze(&cluster, &name).await?;
             if endpoint.json {
                 return print_json(&frozen);
@@ -1035,8 +1037,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &name, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &name, &locate).await?;
             let thawed = client.v1().thaw(&cluster, &name).await?;
             if endpoint.json {
                 return print_json(&thawed);
@@ -1057,8 +1058,7 @@ pub async fn deploy(command: DeployCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &env, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &env, &locate).await?;
             let revision = match revision {
                 Some(n) => RevisionId(n),
                 None => {
@@ -1084,8 +1084,7 @@ pub async fn deploy(command: DeployCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &env, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &env, &locate).await?;
             let revision = revision.map(RevisionId);
             let deployment = client.v1().rollback(&cluster, &env, revision).await?.deployment;
             started(&client, &cluster, &env, deployment, wait, endpoint.json).await
@@ -1096,8 +1095,7 @@ pub async fn deploy(command: DeployCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &env, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &env, &locate).await?;
             let stopped = client
                 .v1()
                 .stop_deployment(&cluster, &env, &deployment_id)
@@ -1117,8 +1115,7 @@ pub async fn deploy(command: DeployCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &env, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &env, &locate).await?;
             let list = client
                 .v1()
                 .list_deployments(&cluster, &env, &PageQuery::default())
@@ -1136,8 +1133,7 @@ pub async fn deploy(command: DeployCommand) -> Result<()> {
             locate,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
-            let cluster = cluster_of(&client, &env, &locate).await?;
+            let (client, cluster) = connect(&endpoint, &env, &locate).await?;
             let got = client
                 .v1()
                 .describe_deployment(&cluster, &env, &deployment_id)
