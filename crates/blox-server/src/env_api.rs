@@ -232,11 +232,15 @@ pub async fn resolve_task_definition(
         )
         .with_field(field)),
         Err(err) => match &err.kind {
-            EcsErrorKind::Rejected { message, .. } => Err(ApiError::not_found(
-                "TaskDefinitionNotFound",
-                format!("task definition {task_definition} not found: {message}"),
-            )
-            .with_field(field)),
+            // ECS's text stays in the log: a ClientException can be about the caller's permissions.
+            EcsErrorKind::Rejected { .. } => {
+                tracing::info!(task_definition, error = %err, "ECS refused DescribeTaskDefinition");
+                Err(ApiError::not_found(
+                    "TaskDefinitionNotFound",
+                    format!("task definition {task_definition} not found"),
+                )
+                .with_field(field))
+            }
             _ => Err(ecs_unavailable("DescribeTaskDefinition", &err)),
         },
     }

@@ -74,6 +74,21 @@ enum ClusterError {
     Store(#[from] StoreError),
 }
 
+impl ClusterError {
+    /// What `/readyz` says, open to anyone: never AWS's text, which can name the account and the
+    /// role (the whole error goes to the log).
+    fn public_reason(&self) -> &'static str {
+        match self {
+            ClusterError::Ecs(err) => match err.kind {
+                EcsErrorKind::Throttled => "ECS throttled the reconciler",
+                EcsErrorKind::ClusterNotFound => "ECS does not know the cluster",
+                _ => "an ECS call failed; see the server log",
+            },
+            ClusterError::Store(_) => "the store failed; see the server log",
+        }
+    }
+}
+
 /// Drift corrected in one cluster.
 #[derive(Debug, Default, Clone, Copy)]
 struct Drift {
@@ -168,7 +183,7 @@ impl Reconciler {
                     report.failures.push((cluster.to_string(), err.to_string()));
                     failing.push(ClusterFailure {
                         cluster: cluster.to_string(),
-                        reason: err.to_string(),
+                        reason: err.public_reason().to_owned(),
                     });
                 }
             }
