@@ -130,6 +130,21 @@ pub struct StreamError {
     pub error: ErrorBody,
 }
 
+/// A line of a stream that asked for `heartbeat=position`, sent after a quiet spell instead of an
+/// empty line: every change up to `entityVersion` that matches the stream has been sent, so a
+/// client resumes from there (`?entityVersion=`) even when nothing matched for a long time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StreamHeartbeat {
+    pub heartbeat: StreamPosition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPosition {
+    /// The change log's position, as a decimal string like records' `metadata.entityVersion`.
+    pub entity_version: String,
+}
+
 /// Query of `GET /v1/tasks`. Every parameter is optional; unknown or repeated ones are refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
@@ -196,6 +211,13 @@ pub struct StreamQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[param(pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")]
     pub cluster: Option<String>,
+    /// What a heartbeat after a quiet spell is: `empty` (the default), an empty line, which any JSON
+    /// decoder skips; or `position`, a `StreamHeartbeat` line with the stream's position to resume
+    /// from. Decoders that take every line for a record (Blox v0.3's Go client would decode it as an
+    /// empty Task) must not ask for `position`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(pattern = r"^(empty|position)$")]
+    pub heartbeat: Option<String>,
 }
 
 /// Query of paged operational listings.
@@ -203,9 +225,11 @@ pub struct StreamQuery {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size, 1 to 10,000. Without it: 100 dead letters a page; every item of the v1.0 lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[param(minimum = 1, maximum = 10000)]
     pub max_results: Option<u32>,
+    /// `nextToken` of the previous page.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[param(pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)]
     pub next_token: Option<String>,

@@ -239,8 +239,11 @@ impl Client {
                         if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
                             let line = buffer.split_to(end + 1);
                             let line = &line[..end];
-                            // Empty lines are the server's heartbeats.
-                            if line.iter().all(u8::is_ascii_whitespace) {
+                            // Empty lines are the server's heartbeats, and so are position lines
+                            // (`heartbeat=position`).
+                            if line.iter().all(u8::is_ascii_whitespace)
+                                || serde_json::from_slice::<blox_api::StreamHeartbeat>(line).is_ok()
+                            {
                                 continue;
                             }
                             let item = parse_line::<T>(line);

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::error::Path;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blox_api::{
@@ -40,6 +41,8 @@ pub struct AppState {
     pub view: Arc<crate::view::View>,
     /// How errors are written on the v0.3 routes.
     pub v03_errors: crate::error::V03Errors,
+    /// The server's resource bounds and the semaphores behind them.
+    pub gates: crate::limits::Gates,
 }
 
 impl AppState {
@@ -62,6 +65,7 @@ impl AppState {
             environment_writes: Arc::default(),
             view,
             v03_errors: crate::error::V03Errors::Json,
+            gates: crate::limits::Gates::default(),
         })
     }
 }
@@ -349,7 +353,12 @@ fn not_found(what: &str, arn: &str, cluster: &ClusterName) -> ApiError {
     ApiError::not_found(code, format!("{what} {arn} not found in cluster {cluster}"))
 }
 
-/// Messages that could not be applied (not JSON, not a valid ECS event), newest first.
+/// Page size of `GET /v1/dead-letters` without `maxResults`: a parked message can be as large as
+/// SQS allows (256 KiB), so the listing is always paged.
+pub const DEAD_LETTER_PAGE: usize = 100;
+
+/// Messages that could not be applied (not JSON, not a valid ECS event), newest first, a page at a
+/// time: `maxResults` of them (100 without it), with `nextToken` when there are more.
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "operations", params(blox_api::PageQuery),
     responses((status = 200, body = DeadLetters), (status = 400, body = ErrorBody)))]
 pub async fn list_dead_letters(
@@ -361,7 +370,7 @@ pub async fn list_dead_letters(
         .store
         .dead_letters(PageRequest {
             after: params.next_token()?,
-            limit: params.max_results()?,
+            limit: Some(params.max_results()?.unwrap_or(DEAD_LETTER_PAGE)),
         })
         .await?;
     Ok(Json(DeadLetters {

@@ -4,9 +4,10 @@
 //! again and again; a deployment supersedes one in progress; `DELETE` is final at once unless
 //! `terminateTasks=true` asks for the tasks to be stopped first.
 
+use crate::error::Path;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use blox_api::{
     CreateEnvironmentRequest, DeleteEnvironmentResponse, Deployment as ApiDeployment, DeploymentCounts,
     DeploymentFailure, Deployments, Environment as ApiEnvironment, Environments, ErrorBody,

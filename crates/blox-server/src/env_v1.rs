@@ -3,9 +3,10 @@
 //! cluster is a name or, for a cluster named like a static segment (`tasks`, `environments`, …), its
 //! ARN.
 
+use crate::error::Path;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use blox_api::{
     CreateEnvironment as CreateBody, DeploymentList, DeploymentResponse, DeploymentV1, EnvironmentList,
     EnvironmentResponse, EnvironmentRevision, EnvironmentV1, ErrorBody, InstanceGroup, RevisionCreated,

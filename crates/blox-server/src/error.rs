@@ -30,7 +30,13 @@ pub struct Details {
     /// What Blox v0.3 answered in this case, when it said something this one does not derive from
     /// the code (see [`v03_message`]).
     pub v03: Option<String>,
+    /// Seconds a client should wait before trying again (`Retry-After`), on a 503 of a full server.
+    pub retry_after: Option<u64>,
 }
+
+/// Marks a response that is v0.3's plain text on purpose, so that no later layer makes it JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct V03Text;
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
@@ -64,11 +70,22 @@ impl ApiError {
 
     pub fn internal(context: &str, err: &dyn std::error::Error) -> ApiError {
         tracing::error!(context, error = %err, "request failed");
+        ApiError::internal_message(context)
+    }
+
+    /// A 500 that says what failed and nothing of why (the why goes to the log).
+    pub fn internal_message(context: &str) -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
             format!("{context} failed; see the server log"),
         )
+    }
+
+    /// Asks the client to try again after `seconds` (`Retry-After`).
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.details.get_or_insert_default().retry_after = Some(seconds);
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
@@ -142,6 +159,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.details.as_ref().and_then(|d| d.retry_after) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         // Kept for the v0.3 text-error layer.
         response.extensions_mut().insert(self);
         response
@@ -228,6 +250,12 @@ pub async fn v03_errors(State(style): State<V03Errors>, request: Request, next: 
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if let Some(retry_after) = response.headers().get(header::RETRY_AFTER) {
+        rewritten
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after.clone());
+    }
+    rewritten.extensions_mut().insert(V03Text);
     rewritten
 }
 
@@ -252,4 +280,20 @@ pub fn v03_message(error: &ApiError, scheduler: bool) -> String {
         _ => return error.message.clone(),
     };
     fixed.to_owned()
+}
+
+/// axum's `Path`, whose rejection (a segment that is not UTF-8 once decoded, one that does not
+/// parse) is an [`ApiError`] naming the path, as every other error.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::PathRejection) -> ApiError {
+        if rejection.status().is_server_error() {
+            tracing::error!(error = %rejection.body_text(), "path extraction failed");
+            return ApiError::internal_message("reading the path");
+        }
+        ApiError::bad_request("path", "InvalidPath", rejection.body_text())
+    }
 }

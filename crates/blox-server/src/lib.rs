@@ -28,6 +28,7 @@ mod env_v1;
 pub mod environments;
 mod error;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 mod query;
 pub mod reconcile;
@@ -40,6 +41,7 @@ pub use api::{ApiDoc, AppState};
 pub use clock::Clock;
 pub use error::V03Errors;
 pub use ingest::{IngestOptions, Ingestor};
+pub use limits::{Gates, Limits};
 pub use reconcile::{ReadinessState, ReconcileOptions, Reconciler};
 pub use scheduler::{Scheduler, SchedulerOptions};
 pub use stream::StreamOptions;
@@ -81,6 +83,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/environments/{name}/deployments/{id}",
             get(env_v03::get_deployment),
         )
+        // Rejections made JSON first (an `ApiError`), so that the text layer can rewrite them too.
+        .route_layer(middleware::from_fn_with_state(
+            state.gates.limits.max_body_bytes,
+            limits::json_errors,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.v03_errors,
             error::v03_errors,
@@ -129,6 +136,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/{cluster}/environments/{environment}/thaw",
             post(env_v1::thaw),
         );
+    let gates = state.gates.clone();
     let api = v03
         .merge(v1)
         .route("/v1/dead-letters", get(api::list_dead_letters))
@@ -138,9 +146,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(api::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(middleware::from_fn(count_requests));
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .with_state(state);
+    let app = api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    limits::layers(app, gates)
 }
 
 /// Unknown paths answer JSON like every other error.
@@ -198,10 +206,13 @@ pub struct ServerOptions {
     pub scheduler: SchedulerOptions,
     /// How errors are written on the v0.3 routes.
     pub v03_errors: V03Errors,
+    /// The server's resource bounds.
+    pub limits: Limits,
 }
 
 /// Serves until `shutdown`, then stops ingestion (committing what was received), the reconciler and
-/// the streams, and returns.
+/// the streams, and returns within `options.limits.shutdown_grace` (connections and activities still
+/// busy then are abandoned).
 pub async fn serve(
     listener: TcpListener,
     services: Services,
@@ -232,6 +243,7 @@ pub async fn serve(
         environment_writes: Arc::default(),
         view: view.clone(),
         v03_errors: options.v03_errors,
+        gates: Gates::new(options.limits.clone()),
     };
 
     let background = TaskTracker::new();
@@ -274,10 +286,22 @@ pub async fn serve(
     }
     background.close();
 
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    shutdown.cancel();
-    background.wait().await;
+    // Connections and background activities wind down together, each within the grace.
+    let grace = options.limits.shutdown_grace;
+    let http = async {
+        let served = limits::serve_http(listener, router(state), &options.limits, shutdown.clone()).await;
+        shutdown.cancel();
+        served
+    };
+    let background = async {
+        shutdown.cancelled().await;
+        if tokio::time::timeout(grace, background.wait()).await.is_err() {
+            tracing::warn!(
+                grace = %humantime::format_duration(grace),
+                "background activities still busy after the shutdown grace: leaving them"
+            );
+        }
+    };
+    let (served, ()) = tokio::join!(http, background);
     served
 }

@@ -29,7 +29,24 @@ pub const RECONCILE_DRIFT: &str = "blox_reconcile_drift_corrected_total";
 pub const API_REQUESTS: &str = "blox_api_requests_total";
 /// API request durations. Label `route`.
 pub const API_REQUEST_DURATION_SECONDS: &str = "blox_api_request_duration_seconds";
-/// Open stream connections. Label `kind`.
+/// Requests refused with a 503 because the server was full. Label `reason`: in_flight (as many
+/// requests were being answered as `--max-in-flight`) | streams (as many streams were open as
+/// `--max-streams`).
+pub const API_REQUESTS_REJECTED: &str = "blox_api_requests_rejected_total";
+/// Requests being answered (streams and probes aside), under `--max-in-flight`.
+pub const API_REQUESTS_IN_FLIGHT: &str = "blox_api_requests_in_flight";
+/// Requests given up after `--request-timeout`.
+pub const API_REQUEST_TIMEOUTS: &str = "blox_api_request_timeouts_total";
+/// Requests refused for a body over `--max-body-size` (413).
+pub const API_BODIES_TOO_LARGE: &str = "blox_api_bodies_too_large_total";
+/// Open HTTP connections, under `--max-connections`.
+pub const HTTP_CONNECTIONS: &str = "blox_http_connections";
+/// Times the accept loop found `--max-connections` open and waited for one to close.
+pub const HTTP_CONNECTIONS_AT_LIMIT: &str = "blox_http_connections_at_limit_total";
+/// Connections closed because their client accepted no byte for `--write-timeout` (a stream whose
+/// client stopped reading).
+pub const HTTP_WRITE_TIMEOUTS: &str = "blox_http_write_timeouts_total";
+/// Open stream connections (under `--max-streams`). Label `kind`.
 pub const STREAM_CLIENTS: &str = "blox_stream_clients";
 /// Entities in the store. Label `kind`.
 pub const ENTITIES: &str = "blox_entities";

@@ -16,6 +16,7 @@ use blox_store::{Kind, StoreError};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -26,11 +27,14 @@ use crate::render;
 
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
-    /// An empty line is sent after this much silence, so that dead connections are noticed (JSON
-    /// decoders skip whitespace between values, so v0.3 clients are unaffected).
+    /// A heartbeat is sent after this much silence, so that dead connections are noticed and (with
+    /// `heartbeat=position`) so that a client knows how far the stream has read.
     pub heartbeat: Duration,
-    /// Changes read from the log per step.
+    /// Changes read from the log per step. With `chunk` and `buffer`, what a stream holds at most
+    /// while its client does not read (about `batch` changes, `buffer` chunks, and hyper's buffer).
     pub batch: usize,
+    /// Bytes of records per chunk sent (a chunk is cut once it reaches this size).
+    pub chunk: usize,
     /// Chunks buffered per client before its reader waits for it.
     pub buffer: usize,
     /// Ends every stream on shutdown.
@@ -43,8 +47,9 @@ impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
             heartbeat: Duration::from_secs(15),
-            batch: 512,
-            buffer: 16,
+            batch: 128,
+            chunk: 32 * 1024,
+            buffer: 4,
             shutdown: CancellationToken::new(),
             open: Arc::default(),
         }
@@ -55,9 +60,11 @@ impl Default for StreamOptions {
 #[utoipa::path(get, path = "/v1/stream/tasks", tag = "cluster state", params(blox_api::StreamQuery),
     responses(
         (status = 200, content_type = "application/x-ndjson", body = blox_api::TaskRecord,
-         description = "one TaskRecord per line; a final StreamError line if the stream must end. \
+         description = "one TaskRecord per line; a final StreamError line if the stream must end; after a quiet \
+                        spell a heartbeat: an empty line, or a StreamHeartbeat line with heartbeat=position. \
                         Served as application/octet-stream (v0.3's type) to a client that accepts it and not NDJSON"),
-        (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log")))]
+        (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log"),
+        (status = 503, body = ErrorBody, description = "as many streams are open as the server takes (--max-streams); see Retry-After")))]
 pub async fn stream_tasks(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -70,9 +77,11 @@ pub async fn stream_tasks(
 #[utoipa::path(get, path = "/v1/stream/instances", tag = "cluster state", params(blox_api::StreamQuery),
     responses(
         (status = 200, content_type = "application/x-ndjson", body = blox_api::InstanceRecord,
-         description = "one InstanceRecord per line; a final StreamError line if the stream must end. \
+         description = "one InstanceRecord per line; a final StreamError line if the stream must end; after a \
+                        quiet spell a heartbeat: an empty line, or a StreamHeartbeat line with heartbeat=position. \
                         Served as application/octet-stream (v0.3's type) to a client that accepts it and not NDJSON"),
-        (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log")))]
+        (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log"),
+        (status = 503, body = ErrorBody, description = "as many streams are open as the server takes (--max-streams); see Retry-After")))]
 pub async fn stream_instances(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -102,14 +111,34 @@ fn content_type(headers: &HeaderMap) -> &'static str {
     }
 }
 
+/// What a heartbeat line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heartbeat {
+    /// An empty line: every JSON decoder skips it (v0.3's clients included).
+    Empty,
+    /// `{"heartbeat":{"entityVersion":"N"}}`: the stream's position, for clients that asked.
+    Position,
+}
+
 async fn open(
     state: AppState,
     kind: Kind,
     query: Option<String>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query.as_deref(), &["entityVersion", "cluster"])?;
+    let params = Params::parse(query.as_deref(), &["entityVersion", "cluster", "heartbeat"])?;
     let cluster = params.cluster()?.map(|c| c.name);
+    let heartbeat = match params.get("heartbeat") {
+        None | Some("empty") => Heartbeat::Empty,
+        Some("position") => Heartbeat::Position,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "heartbeat",
+                "InvalidHeartbeat",
+                format!("invalid heartbeat {other:?}: expected empty or position"),
+            ));
+        }
+    };
     let start = match params.entity_version()? {
         Some(after) => {
             // Check the resume point now, while the answer can still be a 4xx: the store says
@@ -123,8 +152,25 @@ async fn open(
         }
         None => state.store.log_bounds().await?.head,
     };
+    let Ok(permit) = state.gates.streams.clone().try_acquire_owned() else {
+        metrics::counter!(crate::metrics::API_REQUESTS_REJECTED, "reason" => "streams").increment(1);
+        return Err(crate::limits::busy(
+            "TooManyStreams",
+            format!(
+                "{} streams are open, the most this server takes; retry later",
+                state.gates.limits.max_streams
+            ),
+        ));
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(state.stream.buffer.max(1));
-    tokio::spawn(pump(state, kind, cluster, start, tx));
+    let pump = Pump {
+        kind,
+        cluster,
+        heartbeat,
+        tx,
+        _permit: permit,
+    };
+    tokio::spawn(pump.run(state, start));
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     let mut response = Response::new(body);
     response.headers_mut().insert(
@@ -156,49 +202,111 @@ impl Drop for ClientGauge {
     }
 }
 
-/// Reads the change log from `position` and sends matching records until the client goes away, the
-/// server shuts down, or the client falls behind the retained log.
-async fn pump(
-    state: AppState,
+/// One stream's reader of the change log.
+struct Pump {
     kind: Kind,
     cluster: Option<ClusterName>,
-    mut position: u64,
+    heartbeat: Heartbeat,
     tx: mpsc::Sender<Bytes>,
-) {
-    let _gauge = ClientGauge::open(kind, state.stream.open.clone());
-    let mut head = state.store.subscribe();
-    let options = &state.stream;
-    loop {
-        // Mark the head as seen before reading, so a commit landing after the read wakes the wait below.
-        head.borrow_and_update();
-        let changes = match state.store.changes(position, options.batch).await {
-            Ok(changes) => changes,
-            Err(err) => {
-                let _ = tx.send(error_line(err)).await;
-                return;
-            }
-        };
-        if let Some(last) = changes.last() {
-            position = last.seq;
-            let mut out = Vec::new();
-            for change in changes.iter().filter(|c| c.doc.key.kind == kind) {
-                if cluster.as_ref().is_none_or(|c| *c == change.doc.key.cluster) {
+    /// The stream's place under `--max-streams`, given back when the pump ends.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Pump {
+    /// Reads the change log from `position` and sends matching records until the client goes away,
+    /// the server shuts down, or the client falls behind the retained log. A heartbeat goes out
+    /// whenever nothing was sent for `heartbeat`, also while changes that do not match go by.
+    async fn run(self, state: AppState, mut position: u64) {
+        let _gauge = ClientGauge::open(self.kind, state.stream.open.clone());
+        let mut head = state.store.subscribe();
+        let options = &state.stream;
+        let shutdown = &options.shutdown;
+        let mut last_sent = Instant::now();
+        loop {
+            // Mark the head as seen before reading, so a commit landing after the read wakes the wait
+            // below.
+            head.borrow_and_update();
+            let changes = tokio::select! {
+                changes = state.store.changes(position, options.batch.max(1)) => changes,
+                () = shutdown.cancelled() => return,
+            };
+            let changes = match changes {
+                Ok(changes) => changes,
+                Err(err) => {
+                    let _ = self.send(error_line(err), shutdown).await;
+                    return;
+                }
+            };
+            if let Some(last) = changes.last() {
+                let last = last.seq;
+                let mut out = Vec::new();
+                for change in changes.iter().filter(|c| self.matches(c)) {
                     render::record(&mut out, change.seq, change.deleted, &change.doc.body);
                     out.push(b'\n');
+                    if out.len() >= options.chunk {
+                        if !self.send(Bytes::from(std::mem::take(&mut out)), shutdown).await {
+                            return;
+                        }
+                        last_sent = Instant::now();
+                    }
                 }
+                drop(changes);
+                position = last;
+                if !out.is_empty() {
+                    if !self.send(Bytes::from(out), shutdown).await {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                }
+                // Changes go by but none matches: the client still hears from the stream.
+                if last_sent.elapsed() >= options.heartbeat {
+                    if !self.send(self.heartbeat_line(position), shutdown).await {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                }
+                continue;
             }
-            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
-                return;
+            tokio::select! {
+                changed = head.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep_until(last_sent + options.heartbeat) => {
+                    if !self.send(self.heartbeat_line(position), shutdown).await {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                }
+                () = self.tx.closed() => return,
+                () = shutdown.cancelled() => return,
             }
-            continue;
         }
+    }
+
+    fn matches(&self, change: &blox_store::Change) -> bool {
+        change.doc.key.kind == self.kind && self.cluster.as_ref().is_none_or(|c| *c == change.doc.key.cluster)
+    }
+
+    /// Hands `bytes` to the connection; false once the client is gone or the server shuts down. A
+    /// client that stops reading holds this up only until the write timeout closes its connection.
+    async fn send(&self, bytes: Bytes, shutdown: &CancellationToken) -> bool {
         tokio::select! {
-            changed = head.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(options.heartbeat) => {
-                if tx.send(Bytes::from_static(b"\n")).await.is_err() { return }
+            sent = self.tx.send(bytes) => sent.is_ok(),
+            () = shutdown.cancelled() => false,
+        }
+    }
+
+    fn heartbeat_line(&self, position: u64) -> Bytes {
+        match self.heartbeat {
+            Heartbeat::Empty => Bytes::from_static(b"\n"),
+            Heartbeat::Position => {
+                let heartbeat = blox_api::StreamHeartbeat {
+                    heartbeat: blox_api::StreamPosition {
+                        entity_version: position.to_string(),
+                    },
+                };
+                let mut line = serde_json::to_vec(&heartbeat).unwrap_or_default();
+                line.push(b'\n');
+                Bytes::from(line)
             }
-            () = tx.closed() => return,
-            () = options.shutdown.cancelled() => return,
         }
     }
 }

@@ -236,6 +236,7 @@ pub async fn instances(command: InstancesCommand) -> Result<()> {
                     .stream_instances(&StreamQuery {
                         cluster,
                         entity_version,
+                        heartbeat: None,
                     })
                     .await?,
             );
@@ -296,6 +297,7 @@ pub async fn tasks(command: TasksCommand) -> Result<()> {
                     .stream_tasks(&StreamQuery {
                         cluster,
                         entity_version,
+                        heartbeat: None,
                     })
                     .await?,
             );
@@ -337,9 +339,19 @@ async fn watch<T: serde::Serialize>(
 pub async fn dead_letters(command: DeadLettersCommand) -> Result<()> {
     match command {
         DeadLettersCommand::List { endpoint } => {
-            let list = Client::new(&endpoint.endpoint)
-                .dead_letters(&PageQuery::default())
-                .await?;
+            // The server answers a page at a time: follow nextToken to the end.
+            let client = Client::new(&endpoint.endpoint);
+            let mut list = client.dead_letters(&PageQuery::default()).await?;
+            while let Some(token) = list.next_token.take() {
+                let page = client
+                    .dead_letters(&PageQuery {
+                        next_token: Some(token),
+                        ..PageQuery::default()
+                    })
+                    .await?;
+                list.items.extend(page.items);
+                list.next_token = page.next_token;
+            }
             if endpoint.json {
                 return print_json(&list);
             }

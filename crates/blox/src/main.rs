@@ -89,6 +89,9 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
         }
     });
+    // The server has wound down within its grace; a store call still running on a blocking thread
+    // must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use blox_aws::{EcsControl, EcsReader, EventSource, SdkEcs, SqsOptions, SqsSource};
 use blox_model::ClusterName;
-use blox_server::{IngestOptions, ReconcileOptions, SchedulerOptions, ServerOptions, Services, V03Errors};
+use blox_server::{
+    IngestOptions, Limits, ReconcileOptions, SchedulerOptions, ServerOptions, Services, V03Errors,
+};
 use blox_store::{MemStore, RedbStore, Store, StoreOptions};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +60,68 @@ pub struct ServerArgs {
     #[arg(long = "v03-errors", env = "BLOX_V03_ERRORS", default_value = "json", value_parser = parse_v03_errors)]
     v03_errors: V03Errors,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     sim: SimArgs,
+}
+
+/// The server's own resource bounds (README: "Limits").
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Open connections at most; past it, new connections wait in the kernel's queue until one
+    /// closes.
+    #[arg(long, env = "BLOX_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections, value_parser = parse_positive)]
+    max_connections: usize,
+    /// Open streams at most; past it, a new stream is a 503 with Retry-After.
+    #[arg(long, env = "BLOX_MAX_STREAMS", default_value_t = Limits::default().max_streams, value_parser = parse_positive)]
+    max_streams: usize,
+    /// Requests answered at once at most (streams, /healthz, /readyz and /metrics aside); past it, a
+    /// 503 with Retry-After.
+    #[arg(long, env = "BLOX_MAX_IN_FLIGHT", default_value_t = Limits::default().max_in_flight, value_parser = parse_positive)]
+    max_in_flight: usize,
+    /// A request (streams aside) not answered within this is given up with a 503.
+    #[arg(long, env = "BLOX_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// A connection whose client accepts no byte for this long is closed (a stream whose client
+    /// stopped reading).
+    #[arg(long, env = "BLOX_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, env = "BLOX_MAX_BODY_SIZE", default_value_t = Limits::default().max_body_bytes, value_parser = parse_positive)]
+    max_body_size: usize,
+    /// On SIGTERM or Ctrl-C, how long open connections and background work get to finish; streams
+    /// end at once. blox exits by then.
+    #[arg(long, env = "BLOX_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        let limits = Limits::default();
+        LimitArgs {
+            max_connections: limits.max_connections,
+            max_streams: limits.max_streams,
+            max_in_flight: limits.max_in_flight,
+            request_timeout: limits.request_timeout,
+            write_timeout: limits.write_timeout,
+            max_body_size: limits.max_body_bytes,
+            shutdown_grace: limits.shutdown_grace,
+        }
+    }
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
+            max_in_flight: self.max_in_flight,
+            request_timeout: self.request_timeout,
+            write_timeout: self.write_timeout,
+            max_body_bytes: self.max_body_size,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
 }
 
 fn parse_v03_errors(text: &str) -> Result<V03Errors, String> {
@@ -93,6 +156,7 @@ impl ServerArgs {
             scheduler_calls_per_second: SchedulerOptions::default().calls_per_second,
             ecs: "sim".into(),
             v03_errors: V03Errors::Json,
+            limits: LimitArgs::default(),
             sim,
         }
     }
@@ -111,6 +175,13 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(duration)
+}
+
+fn parse_positive(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a whole number of at least 1".into()),
+    }
 }
 
 fn parse_cluster(value: &str) -> Result<ClusterName, String> {
@@ -159,6 +230,7 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
         ..StoreOptions::default()
     };
     let store = open_store(&args.store, store_options)?;
+    raise_file_limit(args.limits.max_connections);
 
     let (ecs, control, events, sim): (Arc<dyn EcsReader>, Arc<dyn EcsControl>, _, _) = match args.ecs.as_str()
     {
@@ -217,6 +289,7 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
             ..SchedulerOptions::default()
         },
         v03_errors: args.v03_errors,
+        limits: args.limits.limits(),
     };
     let services = Services {
         store,
@@ -317,6 +390,22 @@ async fn connect_aws(args: &ServerArgs) -> Result<AwsServices> {
         }
     };
     Ok((ecs.clone(), ecs, events))
+}
+
+/// Every connection is a file descriptor: raise the soft limit towards the hard one so that
+/// `--max-connections` can be reached, and say so when it cannot.
+fn raise_file_limit(max_connections: usize) {
+    // The store, the log, the listener and the AWS clients' sockets need some too.
+    let wanted = max_connections as u64 + 256;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            limit = got,
+            max_connections,
+            "the open-file limit is lower than --max-connections needs; accepts will fail past it"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

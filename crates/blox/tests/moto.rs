@@ -296,6 +296,7 @@ async fn streams_deliver_live_changes_and_resume_after_an_entity_version() {
             .stream_tasks(&StreamQuery {
                 entity_version: Some(after),
                 cluster: Some("prod".into()),
+                heartbeat: None,
             })
             .await
             .unwrap(),
@@ -320,6 +321,7 @@ async fn streams_deliver_live_changes_and_resume_after_an_entity_version() {
         .stream_tasks(&StreamQuery {
             entity_version: Some(10_000),
             cluster: None,
+            heartbeat: None,
         })
         .await;
     assert!(matches!(
