@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs what blox's tests need besides Rust: a Python venv with moto (the ECS/SQS emulator the
-# wire-level tests run against). Idempotent: does nothing when it is already in place.
+# wire-level tests run against) and schemathesis (the API's property test against openapi/blox.json).
+# Idempotent: does nothing when it is already in place.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${BLOX_VENV:-$root/.venv}"
 
-if "$venv/bin/python" -c 'import moto.server, boto3' 2>/dev/null; then
+SCHEMATHESIS=4.32.5
+
+if "$venv/bin/python" -c 'import moto.server, boto3' 2>/dev/null \
+  && [ "$("$venv/bin/st" --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1)" = "$SCHEMATHESIS" ]; then
   exit 0
 fi
 
@@ -19,6 +23,8 @@ if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2
   fi
 fi
 
-python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6' boto3
+[ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6' boto3 \
+  "schemathesis==$SCHEMATHESIS"
 "$venv/bin/python" -c 'import moto; print("moto", moto.__version__, "in", "'"$venv"'")'
+"$venv/bin/st" --version
