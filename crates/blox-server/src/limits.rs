@@ -429,14 +429,17 @@ impl<I> WriteTimeout<I> {
     ) -> Poll<std::io::Result<T>> {
         match poll {
             Poll::Ready(result) => {
-                self.stalled = None;
+                if self.stalled.take().is_some() {
+                    metrics::gauge!(m::HTTP_CONNECTIONS_STALLED).decrement(1.0);
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => {
                 let timeout = self.timeout;
-                let stalled = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
+                let stalled = self.stalled.get_or_insert_with(|| {
+                    metrics::gauge!(m::HTTP_CONNECTIONS_STALLED).increment(1.0);
+                    Box::pin(tokio::time::sleep_until(Instant::now() + timeout))
+                });
                 match stalled.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         metrics::counter!(m::HTTP_WRITE_TIMEOUTS).increment(1);
@@ -452,6 +455,14 @@ impl<I> WriteTimeout<I> {
                     Poll::Pending => Poll::Pending,
                 }
             }
+        }
+    }
+}
+
+impl<I> Drop for WriteTimeout<I> {
+    fn drop(&mut self) {
+        if self.stalled.is_some() {
+            metrics::gauge!(m::HTTP_CONNECTIONS_STALLED).decrement(1.0);
         }
     }
 }

@@ -43,6 +43,9 @@ pub const API_BODIES_TOO_LARGE: &str = "blox_api_bodies_too_large_total";
 pub const HTTP_CONNECTIONS: &str = "blox_http_connections";
 /// Times the accept loop found `--max-connections` open and waited for one to close.
 pub const HTTP_CONNECTIONS_AT_LIMIT: &str = "blox_http_connections_at_limit_total";
+/// Connections whose writes are waiting for their client to read (closed once that lasts
+/// `--write-timeout`).
+pub const HTTP_CONNECTIONS_STALLED: &str = "blox_http_connections_stalled";
 /// Connections closed because their client accepted no byte for `--write-timeout` (a stream whose
 /// client stopped reading).
 pub const HTTP_WRITE_TIMEOUTS: &str = "blox_http_write_timeouts_total";
