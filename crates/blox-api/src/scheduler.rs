@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 /// A revision id: the revision's number, written as a JSON string (`"2"`, as v1.0's ids were strings);
 /// a plain number is accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ToSchema)]
-#[schema(value_type = String, example = "2")]
+#[schema(value_type = String, example = "2", pattern = r"^[1-9][0-9]{0,17}$")]
 pub struct RevisionId(pub u64);
 
 impl Serialize for RevisionId {
@@ -41,6 +41,7 @@ impl<'de> Deserialize<'de> for RevisionId {
 /// An attribute an instance must carry to be in the group: with a value, that value; without, any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AttributeBody {
+    #[schema(min_length = 1)]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
@@ -54,20 +55,25 @@ pub struct DeploymentConfigurationBody {
     /// TerminateThenReplace: healthy instances never fall below ceil(minHealthyPercent × eligible /
     /// 100) by blox's doing. 0–100, default 90.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100)]
     pub min_healthy_percent: Option<i64>,
     /// ReplaceThenTerminate: at most ceil(maxOverPercent × eligible / 100) instances run two tasks at
     /// once. 1–100, default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_over_percent: Option<i64>,
     /// Bake time: how long a task must have been healthy to count. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 604800)]
     pub min_healthy_seconds: Option<i64>,
     /// Failed start attempts that fail a deployment. Default: 10% of the eligible instances, at least
     /// 3, at most 200 (absent in an answer when it is the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub failure_threshold: Option<i64>,
     /// A deployment fails when its healthy count has not grown for this long. Default 600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 604800)]
     pub progress_deadline_seconds: Option<i64>,
     /// A failed deployment rolls back to the last completed revision by itself. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,6 +126,7 @@ pub struct TransitionBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InstanceGroupBody {
     /// A cluster name or ARN in a request; its ARN in an answer.
+    #[schema(pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")]
     pub cluster: String,
     /// blox's addition: attributes an instance must carry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -131,12 +138,15 @@ pub struct InstanceGroupBody {
 #[serde(rename_all = "camelCase")]
 pub struct CreateEnvironmentRequest {
     /// 1 to 30 letters, digits, '-' or '_'; unique across clusters.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,30}$")]
     pub name: String,
     pub instance_group: InstanceGroupBody,
     /// `FAMILY`, `FAMILY:REVISION` or an ARN; checked against ECS.
+    #[schema(min_length = 1)]
     pub task_definition: String,
     /// `TerminateThenReplace` (default) or `ReplaceThenTerminate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^(TerminateThenReplace|ReplaceThenTerminate)$")]
     pub deployment_method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_configuration: Option<DeploymentConfigurationBody>,
@@ -274,16 +284,20 @@ pub struct InstanceGroup {
 #[serde(rename_all = "camelCase")]
 pub struct CreateEnvironment {
     /// 1 to 30 letters, digits, '-' or '_'; unique across clusters.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,30}$")]
     pub environment_name: String,
     /// `FAMILY`, `FAMILY:REVISION` or an ARN; checked against ECS.
+    #[schema(min_length = 1)]
     pub task_definition: String,
     /// `Daemon` (the only type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^Daemon$")]
     pub environment_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_group: Option<InstanceGroup>,
     /// `TerminateThenReplace` (default) or `ReplaceThenTerminate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^(TerminateThenReplace|ReplaceThenTerminate)$")]
     pub deployment_method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_configuration: Option<DeploymentConfigurationBody>,
@@ -294,10 +308,12 @@ pub struct CreateEnvironment {
 #[serde(rename_all = "camelCase")]
 pub struct UpdateEnvironment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
     pub task_definition: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_group: Option<InstanceGroup>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^(TerminateThenReplace|ReplaceThenTerminate)$")]
     pub deployment_method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_configuration: Option<DeploymentConfigurationBody>,

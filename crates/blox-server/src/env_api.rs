@@ -63,11 +63,12 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// An optional JSON body (absent or empty means `T::default()`).
+/// An optional body: none, or JSON `null`, is the default.
 pub fn parse_optional_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {
-        parse_body(body)
+        parse_body::<Option<T>>(body).map(Option::unwrap_or_default)
     }
 }
 

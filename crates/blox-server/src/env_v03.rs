@@ -105,7 +105,7 @@ pub async fn create_environment(
 
 /// List environments, optionally of one cluster (name or ARN).
 #[utoipa::path(get, path = "/v1/environments", tag = "daemon scheduler (v0.3)",
-    params(("cluster" = Option<String>, Query, description = "A cluster name or ARN")),
+    params(("cluster" = Option<String>, Query, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")),
     responses((status = 200, body = Environments), (status = 400, body = ErrorBody)))]
 pub async fn list_environments(
     State(state): State<AppState>,
@@ -134,8 +134,8 @@ pub async fn list_environments(
 
 /// Get an environment by name.
 #[utoipa::path(get, path = "/v1/environments/{name}", tag = "daemon scheduler (v0.3)",
-    params(("name" = String, Path, description = "The environment's name")),
-    responses((status = 200, body = blox_api::Environment), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
+    responses((status = 200, body = blox_api::Environment), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_environment(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -149,7 +149,7 @@ pub async fn get_environment(
 /// Change an environment: a new revision with a new `deploymentToken`, made of the latest revision and
 /// the fields given. Nothing is deployed until a deployment quotes the new token.
 #[utoipa::path(put, path = "/v1/environments/{name}", tag = "daemon scheduler (v0.3)",
-    params(("name" = String, Path, description = "The environment's name")),
+    params(("name" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
     request_body = blox_api::UpdateEnvironment,
     responses((status = 200, body = blox_api::Environment), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -241,8 +241,9 @@ pub fn delete_body(name: &str, terminate_tasks: bool, running: u64) -> DeleteEnv
 /// Deploy the environment's latest revision, quoting its `deploymentToken`. A deployment still in
 /// progress is superseded; the new one continues from the fleet as it is, under the same floor.
 #[utoipa::path(post, path = "/v1/environments/{name}/deployments", tag = "daemon scheduler (v0.3)",
-    params(("name" = String, Path, description = "The environment's name"),
-        ("deploymentToken" = String, Query, description = "The environment's current deploymentToken")),
+    params(("name" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
+        ("deploymentToken" = String, Query, description = "The environment's current deploymentToken",
+            pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     responses((status = 200, body = blox_api::Deployment), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_deployment(
@@ -291,7 +292,7 @@ pub async fn create_deployment(
 
 /// An environment's deployments, newest first.
 #[utoipa::path(get, path = "/v1/environments/{name}/deployments", tag = "daemon scheduler (v0.3)",
-    params(("name" = String, Path, description = "The environment's name")),
+    params(("name" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
     responses((status = 200, body = Deployments), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_deployments(
     State(state): State<AppState>,
@@ -314,9 +315,9 @@ pub async fn list_deployments(
 
 /// One deployment of an environment.
 #[utoipa::path(get, path = "/v1/environments/{name}/deployments/{id}", tag = "daemon scheduler (v0.3)",
-    params(("name" = String, Path, description = "The environment's name"),
+    params(("name" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
         ("id" = String, Path, description = "The deployment's id")),
-    responses((status = 200, body = blox_api::Deployment), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = blox_api::Deployment), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_deployment(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,

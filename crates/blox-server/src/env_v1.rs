@@ -78,10 +78,10 @@ fn revision_number(field: &str, value: &str) -> Result<u64, ApiError> {
 
 /// List the cluster's environments by name.
 #[utoipa::path(get, path = "/v1/{cluster}/environments", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
         ("environmentNamePrefix" = Option<String>, Query, description = "Only names starting with this"),
-        ("maxResults" = Option<u32>, Query, description = "Page size, 1 to 10,000"),
-        ("nextToken" = Option<String>, Query, description = "nextToken of the previous page")),
+        ("maxResults" = Option<u32>, Query, description = "Page size, 1 to 10,000", minimum = 1, maximum = 10000),
+        ("nextToken" = Option<String>, Query, description = "nextToken of the previous page", pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)),
     responses((status = 200, body = EnvironmentList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_environments(
     State(state): State<AppState>,
@@ -125,7 +125,7 @@ pub async fn list_environments(
 
 /// Create an environment (revision 1); nothing runs until it is deployed.
 #[utoipa::path(post, path = "/v1/{cluster}/environments", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN")),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")),
     request_body = CreateBody,
     responses((status = 200, body = RevisionCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -187,9 +187,9 @@ pub async fn create_environment(
 
 /// Describe an environment.
 #[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name")),
-    responses((status = 200, body = EnvironmentResponse), (status = 404, body = ErrorBody)))]
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
+    responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn describe_environment(
     State(state): State<AppState>,
     Path((cluster, name)): Path<(String, String)>,
@@ -205,8 +205,8 @@ pub async fn describe_environment(
 /// Update an environment: a new revision made of the latest and the fields given (`baseRevisionId`, if
 /// given, must be the latest: 409 otherwise). Nothing is deployed.
 #[utoipa::path(put, path = "/v1/{cluster}/environments/{environmentName}", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name")),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
     request_body = UpdateBody,
     responses((status = 200, body = RevisionCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -243,8 +243,8 @@ pub async fn update_environment(
 /// Delete an environment: at once (tasks left running), or with `terminateTasks=true` once the
 /// scheduler has stopped its tasks (`environmentStatus` `Deleting` until then).
 #[utoipa::path(delete, path = "/v1/{cluster}/environments/{environmentName}", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name"),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
         ("terminateTasks" = Option<bool>, Query, description = "Stop the environment's tasks first (default false)"),
         ("forceDelete" = Option<bool>, Query, description = "v1.0's name for terminateTasks")),
     responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -270,10 +270,10 @@ pub async fn delete_environment(
 
 /// The environment's revisions, oldest first.
 #[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}/revisions", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name"),
-        ("maxResults" = Option<u32>, Query, description = "Page size, 1 to 10,000"),
-        ("nextToken" = Option<String>, Query, description = "nextToken of the previous page")),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
+        ("maxResults" = Option<u32>, Query, description = "Page size, 1 to 10,000", minimum = 1, maximum = 10000),
+        ("nextToken" = Option<String>, Query, description = "nextToken of the previous page", pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)),
     responses((status = 200, body = RevisionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_revisions(
     State(state): State<AppState>,
@@ -322,9 +322,9 @@ fn cursor_number(cursor: &Cursor) -> u64 {
 /// Describe a revision, with live counts.
 #[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}/revisions/{environmentRevisionId}",
     tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name"),
-        ("environmentRevisionId" = String, Path, description = "The revision's number")),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
+        ("environmentRevisionId" = String, Path, description = "The revision's number", pattern = r"^[1-9][0-9]{0,17}$")),
     responses((status = 200, body = RevisionResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn describe_revision(
     State(state): State<AppState>,
@@ -347,9 +347,9 @@ pub async fn describe_revision(
 /// Start a deployment of revision `revisionId`; a revision older than the active one needs
 /// `rollback=true`. A deployment in progress is superseded (rolled back, for a rollback).
 #[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/deployments", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name"),
-        ("revisionId" = String, Query, description = "The revision to deploy"),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
+        ("revisionId" = String, Query, description = "The revision to deploy", pattern = r"^[1-9][0-9]{0,17}$"),
         ("rollback" = Option<bool>, Query, description = "Required to deploy a revision older than the active one")),
     responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
@@ -392,8 +392,8 @@ pub async fn start_deployment(
 /// Roll back: a deployment of the given revision, or by default of the revision of the last deployment
 /// that completed before the active one. The deployment it replaces is marked `rolled-back`.
 #[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/rollback", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name")),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
     request_body(content = Option<RollbackRequest>, description = "Optional: the revision to roll back to"),
     responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
@@ -436,10 +436,10 @@ async fn deployment_command(
 
 /// The environment's deployments, newest first.
 #[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}/deployments", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name"),
-        ("maxResults" = Option<u32>, Query, description = "Page size, 1 to 10,000"),
-        ("nextToken" = Option<String>, Query, description = "nextToken of the previous page")),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
+        ("maxResults" = Option<u32>, Query, description = "Page size, 1 to 10,000", minimum = 1, maximum = 10000),
+        ("nextToken" = Option<String>, Query, description = "nextToken of the previous page", pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)),
     responses((status = 200, body = DeploymentList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_deployments(
     State(state): State<AppState>,
@@ -481,10 +481,10 @@ pub async fn list_deployments(
 /// Describe a deployment: status, counts, failures per instance, history.
 #[utoipa::path(get, path = "/v1/{cluster}/environments/{environmentName}/deployments/{deploymentId}",
     tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name"),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
         ("deploymentId" = String, Path, description = "The deployment's id")),
-    responses((status = 200, body = DeploymentResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn describe_deployment(
     State(state): State<AppState>,
     Path((cluster, name, id)): Path<(String, String, String)>,
@@ -507,10 +507,10 @@ pub async fn describe_deployment(
 /// deployment that already ended).
 #[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/deployments/{deploymentId}/stop",
     tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name"),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
         ("deploymentId" = String, Path, description = "The deployment's id")),
-    responses((status = 200, body = DeploymentResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn stop_deployment(
     State(state): State<AppState>,
     Path((cluster, name, id)): Path<(String, String, String)>,
@@ -538,9 +538,9 @@ pub async fn stop_deployment(
 /// Freeze an environment: deployments are still taken, but nothing is started, stopped or restarted
 /// until it is thawed.
 #[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/freeze", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name")),
-    responses((status = 200, body = EnvironmentResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
+    responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn freeze(
     State(state): State<AppState>,
     Path((cluster, name)): Path<(String, String)>,
@@ -551,9 +551,9 @@ pub async fn freeze(
 
 /// Thaw a frozen environment: the scheduler acts again.
 #[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/thaw", tag = "environments (v1.0)",
-    params(("cluster" = String, Path, description = "A cluster name or ARN"),
-        ("environmentName" = String, Path, description = "The environment's name")),
-    responses((status = 200, body = EnvironmentResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
+    responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn thaw(
     State(state): State<AppState>,
     Path((cluster, name)): Path<(String, String)>,

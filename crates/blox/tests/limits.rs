@@ -94,13 +94,25 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .find_map(|line| {
+            line.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Other requests answer while the streams are stalled, and quickly.
 async fn served(client: &reqwest::Client, base: &str) {
-    for path in ["/healthz", "/v1/tasks?maxResults=10", "/v1/instances", "/v1/dead-letters"] {
+    for path in [
+        "/healthz",
+        "/v1/tasks?maxResults=10",
+        "/v1/instances",
+        "/v1/dead-letters",
+    ] {
         let started = Instant::now();
         let response = client
             .get(format!("{base}{path}"))
@@ -110,7 +122,10 @@ async fn served(client: &reqwest::Client, base: &str) {
         assert!(response.status().is_success(), "{path}: {}", response.status());
         response.bytes().await.unwrap();
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(2), "{path} took {took:?} while streams are stalled");
+        assert!(
+            took < Duration::from_secs(2),
+            "{path} took {took:?} while streams are stalled"
+        );
     }
 }
 
@@ -180,7 +195,8 @@ async fn stalled_streams_over_a_backlog_stay_bounded_and_sigterm_exits_within_th
         "the write timeout closes every stalled stream",
         WRITE_TIMEOUT + Duration::from_secs(60),
         || async {
-            metric(&client, &base, closed).await >= STREAMS as f64 && metric(&client, &base, open).await == 0.0
+            metric(&client, &base, closed).await >= STREAMS as f64
+                && metric(&client, &base, open).await == 0.0
         },
     )
     .await;
@@ -205,10 +221,14 @@ async fn stalled_streams_over_a_backlog_stay_bounded_and_sigterm_exits_within_th
         streams.push(stalled_stream(address).await);
     }
     // Each is stalled: its client's buffers and the kernel's are full, and the server waits to write.
-    wait_until("every stream is open and stalled", Duration::from_secs(30), || async {
-        metric(&client, &base, open).await == STREAMS as f64
-            && metric(&client, &base, "blox_http_connections_stalled").await >= STREAMS as f64
-    })
+    wait_until(
+        "every stream is open and stalled",
+        Duration::from_secs(30),
+        || async {
+            metric(&client, &base, open).await == STREAMS as f64
+                && metric(&client, &base, "blox_http_connections_stalled").await >= STREAMS as f64
+        },
+    )
     .await;
     let signalled = Instant::now();
     let status = blox.terminate(GRACE + Duration::from_secs(10)).await.unwrap();
