@@ -26,7 +26,7 @@ enum Command {
     /// (no AWS account needed). State is kept in --data-dir across runs.
     Up(UpArgs),
     /// Run the server: ingest ECS events from SQS, reconcile with ECS, serve the API.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Container instances.
     #[command(subcommand)]
     Instances(cli::InstancesCommand),
@@ -80,7 +80,7 @@ fn main() -> std::process::ExitCode {
                 let args = server::ServerArgs::up(up.listen, &up.data_dir, up.log_format, up.sim);
                 server::run(args, Some(banner)).await
             }
-            Command::Server(args) => server::run(args, None).await,
+            Command::Server(args) => server::run(*args, None).await,
             Command::Instances(command) => cli::instances(command).await,
             Command::Tasks(command) => cli::tasks(command).await,
             Command::DeadLetters(command) => cli::dead_letters(command).await,

@@ -1,4 +1,4 @@
-//! The API served in-process (`blox_server::router` on a loopback port) over the loaded store: GET and
+//! The API served in-process (`blox_server::router` through `limits::serve_http` on a loopback port) over the loaded store: GET and
 //! list latency through an HTTP client, and the fan-out of one change stream to many clients.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use blox_aws::Message;
 use blox_model::ClusterName;
-use blox_server::{AppState, IngestOptions, Ingestor, ReadinessState};
+use blox_server::{AppState, Gates, IngestOptions, Ingestor, Limits, ReadinessState};
 use blox_store::{Filter, Kind, PageRequest, Store};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
@@ -35,11 +35,23 @@ pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: Prome
     let mut state = AppState::new(store.clone(), None, shutdown.clone()).await?;
     state.readiness = readiness;
     state.metrics = metrics;
+    // The server's own limits, as `blox server` has them, wide enough for the stream clients.
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_streams: defaults.max_streams.max(bench.params.stream_clients),
+        max_connections: defaults.max_connections.max(bench.params.stream_clients + 64),
+        ..defaults
+    };
+    state.gates = Gates::new(limits.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let served = axum::serve(listener, blox_server::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { served.await });
+    let router = blox_server::router(state);
+    let server = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(
+            async move { blox_server::limits::serve_http(listener, router, &limits, shutdown).await },
+        )
+    };
 
     let base = format!("http://{address}");
     let outcome = async {
