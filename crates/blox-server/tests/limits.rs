@@ -547,3 +547,71 @@ async fn readyz_names_failing_clusters_without_aws_text() {
         "an ECS call failed; see the server log"
     );
 }
+
+/// Sends `GET /healthz` on a kept-alive connection and reads the answer's status line.
+async fn healthz_on(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: blox\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "the connection closed");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_wait_until_one_closes() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let app = app(limits.clone(), V03Errors::Json, StoreOptions::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = {
+        let (router, shutdown) = (app.router.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { blox_server::limits::serve_http(listener, router, &limits, shutdown).await },
+        )
+    };
+    // Two kept-alive connections hold both places.
+    let mut first = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(address).await.unwrap();
+    assert_eq!(healthz_on(&mut first).await, "HTTP/1.1 200 OK");
+    assert_eq!(healthz_on(&mut second).await, "HTTP/1.1 200 OK");
+    // A third waits in the kernel's queue: the server does not accept it while both are open.
+    let mut third = tokio::net::TcpStream::connect(address).await.unwrap();
+    let answer = tokio::spawn(async move { healthz_on(&mut third).await });
+    let at_limit = || async {
+        blox_server::metrics::handle()
+            .render()
+            .lines()
+            .any(|l| l.starts_with(blox_server::metrics::HTTP_CONNECTIONS_AT_LIMIT) && !l.ends_with(" 0"))
+    };
+    wait_until("the server waits at its connection limit", DEADLINE, at_limit).await;
+    assert!(
+        !answer.is_finished(),
+        "the third connection was served past the limit"
+    );
+    // One closes: the third is accepted and answered.
+    drop(first);
+    let status = tokio::time::timeout(DEADLINE, answer)
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    drop(second);
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
