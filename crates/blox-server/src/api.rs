@@ -40,6 +40,8 @@ pub struct AppState {
     pub view: Arc<crate::view::View>,
     /// How errors are written on the v0.3 routes.
     pub v03_errors: crate::error::V03Errors,
+    /// The API's tokens (`--auth-token-file`); without them every route is open.
+    pub auth: Option<Arc<crate::auth::Tokens>>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             environment_writes: Arc::default(),
             view,
             v03_errors: crate::error::V03Errors::Json,
+            auth: None,
         })
     }
 }

@@ -20,6 +20,7 @@ use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod documents;
 mod env_api;
@@ -34,6 +35,7 @@ pub mod reconcile;
 mod render;
 pub mod scheduler;
 pub mod stream;
+pub mod tls;
 pub mod view;
 
 pub use api::{ApiDoc, AppState};
@@ -43,6 +45,7 @@ pub use ingest::{IngestOptions, Ingestor};
 pub use reconcile::{ReadinessState, ReconcileOptions, Reconciler};
 pub use scheduler::{Scheduler, SchedulerOptions};
 pub use stream::StreamOptions;
+pub use tls::TlsConfig;
 pub use view::View;
 
 /// The OpenAPI document, as checked in at `openapi/blox.json`.
@@ -52,8 +55,11 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| unreachable!("the OpenAPI document serialises: {e}"))
 }
 
-/// The HTTP application over a state. Used by [`serve`] and by in-process tests.
+/// The HTTP application over a state. Used by [`serve`] and by in-process tests. With
+/// `state.auth`, the token check wraps everything, the OpenAPI document and docs included: no route
+/// but `/healthz` and `/readyz` answers without a token.
 pub fn router(state: AppState) -> Router {
+    let tokens = state.auth.clone();
     // Blox v0.3's routes, whose errors can be v0.3's plain text.
     let v03 = Router::new()
         .route("/v1/tasks", get(api::list_tasks))
@@ -141,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(middleware::from_fn(count_requests));
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .layer(middleware::from_fn_with_state(tokens, auth::require_token))
 }
 
 /// Unknown paths answer JSON like every other error.
@@ -198,6 +205,10 @@ pub struct ServerOptions {
     pub scheduler: SchedulerOptions,
     /// How errors are written on the v0.3 routes.
     pub v03_errors: V03Errors,
+    /// The API's tokens; without them every route is open.
+    pub auth: Option<Arc<auth::Tokens>>,
+    /// HTTPS; without it, HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Serves until `shutdown`, then stops ingestion (committing what was received), the reconciler and
@@ -232,7 +243,9 @@ pub async fn serve(
         environment_writes: Arc::default(),
         view: view.clone(),
         v03_errors: options.v03_errors,
+        auth: options.auth.clone(),
     };
+    let tls = options.tls.clone();
 
     let background = TaskTracker::new();
     match (&services.ecs, services.control) {
@@ -274,9 +287,16 @@ pub async fn serve(
     }
     background.close();
 
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let app = router(state);
+    let stopped = shutdown.clone().cancelled_owned();
+    let served = match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+        Some(tls) => {
+            axum::serve(tls::TlsListener::new(listener, &tls), app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    };
     shutdown.cancel();
     background.wait().await;
     served

@@ -29,6 +29,12 @@ pub const RECONCILE_DRIFT: &str = "blox_reconcile_drift_corrected_total";
 pub const API_REQUESTS: &str = "blox_api_requests_total";
 /// API request durations. Label `route`.
 pub const API_REQUEST_DURATION_SECONDS: &str = "blox_api_request_duration_seconds";
+/// Requests refused by the token check (`--auth-token-file`). Label `reason`: missing (no
+/// Authorization header) | malformed (not one `Bearer TOKEN`) | invalid (not a token of the file) |
+/// forbidden (a read token on a write).
+pub const API_AUTH_FAILURES: &str = "blox_api_auth_failures_total";
+/// TLS handshakes that failed (`--tls-cert`). Label `reason`: error | timeout.
+pub const TLS_HANDSHAKE_FAILURES: &str = "blox_tls_handshake_failures_total";
 /// Open stream connections. Label `kind`.
 pub const STREAM_CLIENTS: &str = "blox_stream_clients";
 /// Entities in the store. Label `kind`.
