@@ -23,3 +23,12 @@ pub use moto::{Moto, workspace_root};
 pub use process::BloxProcess;
 pub use proxy::{StartTaskFault, StartTaskFaultProxy};
 pub use wait::wait_until;
+
+/// A reqwest client builder for tests. The workspace builds reqwest with rustls and no crypto
+/// provider (ring is installed as the process's default, as the AWS SDK uses it): a
+/// `reqwest::Client` built before that panics, so tests build theirs here.
+pub fn http_client() -> reqwest::ClientBuilder {
+    // An error means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}

@@ -133,7 +133,8 @@ impl Moto {
 
     async fn post(&self, path: &str, body: String) -> anyhow::Result<()> {
         let url = format!("{}{path}", self.endpoint());
-        let response = reqwest::Client::new()
+        let response = crate::http_client()
+            .build()?
             .post(&url)
             .body(body)
             .send()

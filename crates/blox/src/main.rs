@@ -63,6 +63,8 @@ struct UpArgs {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Before any HTTP client is built (the CLI's, the benchmark's).
+    blox_client::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
