@@ -18,6 +18,7 @@ use futures::StreamExt as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 
+use crate::auth::BearerDoc;
 use crate::error::ApiError;
 use crate::query::{Params, encode_token, parse_cluster};
 use crate::reconcile::ReadinessState;
@@ -74,6 +75,7 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerDoc),
     info(
         title = "blox",
         description = "ECS cluster state mirrored from ECS events, with Blox v0.3's API. \

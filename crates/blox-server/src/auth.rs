@@ -363,6 +363,73 @@ pub async fn require_token(
     next.run(request).await
 }
 
+/// Declares the bearer scheme in the OpenAPI document: every operation but those of [`OPEN_PATHS`]
+/// takes a token when blox runs with a token file (and none otherwise), may answer 401, and a
+/// write 403.
+pub struct BearerDoc;
+
+impl utoipa::Modify for BearerDoc {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "With --auth-token-file: a read token for GET, an admin token for every method; \
+                 /healthz and /readyz need none.",
+            ))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
+        for (name, description) in [
+            (
+                "Unauthorized",
+                "No usable token: none, not `Bearer TOKEN`, or unknown.",
+            ),
+            ("Forbidden", "A read token on a write."),
+        ] {
+            let error = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content("application/json", error)
+                .build();
+            components.responses.insert(name.to_owned(), RefOr::T(response));
+        }
+        // A token, or none when blox runs without a token file.
+        let security = vec![
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::default(),
+        ];
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if OPEN_PATHS.contains(&path.as_str()) {
+                continue;
+            }
+            let operations = [
+                (&mut item.get, true),
+                (&mut item.head, true),
+                (&mut item.put, false),
+                (&mut item.post, false),
+                (&mut item.delete, false),
+                (&mut item.patch, false),
+                (&mut item.options, false),
+                (&mut item.trace, false),
+            ];
+            for (operation, read) in operations {
+                let Some(operation) = operation else { continue };
+                operation.security = Some(security.clone());
+                let responses = &mut operation.responses.responses;
+                responses.insert("401".into(), RefOr::Ref(Ref::from_response_name("Unauthorized")));
+                if !read {
+                    responses.insert("403".into(), RefOr::Ref(Ref::from_response_name("Forbidden")));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
