@@ -23,8 +23,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HANDSHAKES: usize = 256;
 
 /// The server's TLS configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TlsConfig(Arc<rustls::ServerConfig>);
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Nothing of the key, whatever rustls's own Debug would show.
+        f.write_str("TlsConfig { .. }")
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -13,7 +13,7 @@ use crate::table::{render, short_arn};
 /// Where the CLI looks for blox unless told otherwise (`blox server`'s and `blox up`'s default).
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2000";
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct Endpoint {
     /// The blox server's API.
     #[arg(
@@ -34,6 +34,17 @@ pub struct Endpoint {
     /// certificate; without it, the system's roots.
     #[arg(long, env = "BLOX_CA_CERT", global = true, value_name = "PATH")]
     pub(crate) ca_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("endpoint", &self.endpoint)
+            .field("json", &self.json)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .finish()
+    }
 }
 
 impl Endpoint {
