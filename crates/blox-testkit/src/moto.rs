@@ -48,6 +48,7 @@ impl Moto {
 
     /// [`Moto::start`] with the given python (which must have `moto[server]` installed).
     pub async fn start_with(python: &Path) -> anyhow::Result<Moto> {
+        crate::install_crypto_provider();
         let script = workspace_root().join("scripts/moto_server.py");
         if !python.exists() && python.components().count() > 1 {
             bail!("no python at {}: {SETUP_HINT}", python.display());
