@@ -32,6 +32,40 @@ pub enum ClientError {
     /// A stream ended with an error line.
     #[error("stream ended: {} ({})", .0.message, .0.code)]
     Stream(ErrorBody),
+    /// The client could not be set up (its token or CA certificate).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How a [`Client`] authenticates and whom it trusts.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// Sent as `Authorization: Bearer TOKEN` on every request.
+    pub token: Option<String>,
+    /// PEM certificates: with them, an `https://` endpoint is trusted only if its certificate chains
+    /// to one of these (curl's `--cacert`); without them, to the system's roots.
+    pub ca_certs_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_certs_pem", &self.ca_certs_pem.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// reqwest is built with rustls and no crypto provider (the workspace uses ring, like the AWS SDK,
+/// instead of reqwest's aws-lc): installs ring as the process's default provider, once. Every
+/// `reqwest::Client` of a process that links this crate must be built after this (reqwest panics
+/// otherwise); [`Client`] calls it itself.
+pub fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // An error means another provider is the default already, which does as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 #[derive(Debug, Clone)]
@@ -41,11 +75,49 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client without a token, trusting the system's roots for `https://`.
     pub fn new(endpoint: impl Into<String>) -> Client {
+        install_crypto_provider();
         Client {
             endpoint: endpoint.into().trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A client with a token and/or CA certificates.
+    pub fn with_options(endpoint: impl Into<String>, options: &ClientOptions) -> Result<Client, ClientError> {
+        install_crypto_provider();
+        let mut builder = reqwest::Client::builder();
+        if let Some(token) = &options.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|_| {
+                    ClientError::Setup(
+                        "the token holds a character an HTTP header cannot carry (visible ASCII only)".into(),
+                    )
+                })?;
+            // Kept out of reqwest's debug output.
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        if let Some(pem) = &options.ca_certs_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Setup(format!("the CA certificate is not usable PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(ClientError::Setup(
+                    "the CA certificate file holds no PEM certificate".into(),
+                ));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Setup(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client {
+            endpoint: endpoint.into().trim_end_matches('/').to_owned(),
+            http,
+        })
     }
 
     pub fn endpoint(&self) -> &str {

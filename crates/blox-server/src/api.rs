@@ -19,6 +19,7 @@ use futures::StreamExt as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 
+use crate::auth::BearerDoc;
 use crate::error::ApiError;
 use crate::query::{Params, encode_token, parse_cluster};
 use crate::reconcile::ReadinessState;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub v03_errors: crate::error::V03Errors,
     /// The server's resource bounds and the semaphores behind them.
     pub gates: crate::limits::Gates,
+    /// The API's tokens (`--auth-token-file`); without them every route is open.
+    pub auth: Option<Arc<crate::auth::Tokens>>,
 }
 
 impl AppState {
@@ -66,6 +69,7 @@ impl AppState {
             view,
             v03_errors: crate::error::V03Errors::Json,
             gates: crate::limits::Gates::default(),
+            auth: None,
         })
     }
 }
@@ -75,6 +79,7 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerDoc),
     info(
         title = "blox",
         description = "ECS cluster state mirrored from ECS events, with Blox v0.3's API. \

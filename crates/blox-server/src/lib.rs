@@ -20,6 +20,7 @@ use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod documents;
 mod env_api;
@@ -35,6 +36,7 @@ pub mod reconcile;
 mod render;
 pub mod scheduler;
 pub mod stream;
+pub mod tls;
 pub mod view;
 
 pub use api::{ApiDoc, AppState};
@@ -45,6 +47,7 @@ pub use limits::{Gates, Limits};
 pub use reconcile::{ReadinessState, ReconcileOptions, Reconciler};
 pub use scheduler::{Scheduler, SchedulerOptions};
 pub use stream::StreamOptions;
+pub use tls::TlsConfig;
 pub use view::View;
 
 /// The OpenAPI document, as checked in at `openapi/blox.json`.
@@ -54,8 +57,11 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| unreachable!("the OpenAPI document serialises: {e}"))
 }
 
-/// The HTTP application over a state. Used by [`serve`] and by in-process tests.
+/// The HTTP application over a state. Used by [`serve`] and by in-process tests. With
+/// `state.auth`, the token check wraps everything, the OpenAPI document and docs included: no route
+/// but `/healthz` and `/readyz` answers without a token.
 pub fn router(state: AppState) -> Router {
+    let tokens = state.auth.clone();
     // Blox v0.3's routes, whose errors can be v0.3's plain text.
     let v03 = Router::new()
         .route("/v1/tasks", get(api::list_tasks))
@@ -147,7 +153,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
-    let app = api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    let app = api
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        // Inside the limits: a flood of requests without a token is bounded like any other, and
+        // its 401s are counted.
+        .layer(middleware::from_fn_with_state(tokens, auth::require_token));
     limits::layers(app, gates)
 }
 
@@ -208,6 +218,10 @@ pub struct ServerOptions {
     pub v03_errors: V03Errors,
     /// The server's resource bounds.
     pub limits: Limits,
+    /// The API's tokens; without them every route is open.
+    pub auth: Option<Arc<auth::Tokens>>,
+    /// HTTPS; without it, HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Serves until `shutdown`, then stops ingestion (committing what was received), the reconciler and
@@ -244,7 +258,9 @@ pub async fn serve(
         view: view.clone(),
         v03_errors: options.v03_errors,
         gates: Gates::new(options.limits.clone()),
+        auth: options.auth.clone(),
     };
+    let tls = options.tls.clone();
 
     let background = TaskTracker::new();
     match (&services.ecs, services.control) {
@@ -289,7 +305,14 @@ pub async fn serve(
     // Connections and background activities wind down together, each within the grace.
     let grace = options.limits.shutdown_grace;
     let http = async {
-        let served = limits::serve_http(listener, router(state), &options.limits, shutdown.clone()).await;
+        let app = router(state);
+        let served = match tls {
+            None => limits::serve_http(listener, app, &options.limits, shutdown.clone()).await,
+            Some(tls) => {
+                let listener = tls::TlsListener::new(listener, &tls);
+                limits::serve_http(listener, app, &options.limits, shutdown.clone()).await
+            }
+        };
         shutdown.cancel();
         served
     };

@@ -49,6 +49,12 @@ pub const HTTP_CONNECTIONS_STALLED: &str = "blox_http_connections_stalled";
 /// Connections closed because their client accepted no byte for `--write-timeout` (a stream whose
 /// client stopped reading).
 pub const HTTP_WRITE_TIMEOUTS: &str = "blox_http_write_timeouts_total";
+/// Requests refused by the token check (`--auth-token-file`). Label `reason`: missing (no
+/// Authorization header) | malformed (not one `Bearer TOKEN`) | invalid (not a token of the file) |
+/// forbidden (a read token on a write).
+pub const API_AUTH_FAILURES: &str = "blox_api_auth_failures_total";
+/// TLS handshakes that failed (`--tls-cert`). Label `reason`: error | timeout.
+pub const TLS_HANDSHAKE_FAILURES: &str = "blox_tls_handshake_failures_total";
 /// Open stream connections (under `--max-streams`). Label `kind`.
 pub const STREAM_CLIENTS: &str = "blox_stream_clients";
 /// Entities in the store. Label `kind`.

@@ -30,7 +30,9 @@ impl EcsFixture {
             ecs: aws_sdk_ecs::Client::new(&config),
             sqs: aws_sdk_sqs::Client::new(&config),
             endpoint: moto.endpoint(),
-            http: reqwest::Client::new(),
+            http: crate::http_client()
+                .build()
+                .expect("an HTTP client without options builds"),
         }
     }
 

@@ -23,3 +23,19 @@ pub use moto::{Moto, workspace_root};
 pub use process::BloxProcess;
 pub use proxy::{StartTaskFault, StartTaskFaultProxy};
 pub use wait::wait_until;
+
+/// A reqwest client builder for tests. The workspace builds reqwest with rustls and no crypto
+/// provider (ring is installed as the process's default, as the AWS SDK uses it): a
+/// `reqwest::Client` (or `reqwest::get`) before that panics, so tests build theirs here.
+pub fn http_client() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
+}
+
+/// Installs ring as the process's default crypto provider, which reqwest needs before it builds a
+/// client. [`http_client`], [`Moto::start`] and [`BloxProcess::start`] call it, so that a test's
+/// own `reqwest::get` after either works too.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -48,6 +48,7 @@ impl Moto {
 
     /// [`Moto::start`] with the given python (which must have `moto[server]` installed).
     pub async fn start_with(python: &Path) -> anyhow::Result<Moto> {
+        crate::install_crypto_provider();
         let script = workspace_root().join("scripts/moto_server.py");
         if !python.exists() && python.components().count() > 1 {
             bail!("no python at {}: {SETUP_HINT}", python.display());
@@ -133,7 +134,8 @@ impl Moto {
 
     async fn post(&self, path: &str, body: String) -> anyhow::Result<()> {
         let url = format!("{}{path}", self.endpoint());
-        let response = reqwest::Client::new()
+        let response = crate::http_client()
+            .build()?
             .post(&url)
             .body(body)
             .send()

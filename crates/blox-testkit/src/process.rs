@@ -34,6 +34,7 @@ impl BloxProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        crate::install_crypto_provider();
         let bin = bin.as_ref();
         let mut child = Command::new(bin)
             .args(args)

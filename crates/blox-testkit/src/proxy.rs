@@ -71,7 +71,7 @@ impl StartTaskFaultProxy {
         let shared = Arc::new(Shared {
             upstream: moto.endpoint(),
             // No proxy from the environment: the upstream is on loopback.
-            http: reqwest::Client::builder().no_proxy().build()?,
+            http: crate::http_client().no_proxy().build()?,
             start_task_requests: AtomicU64::new(0),
             faults: Mutex::new(VecDeque::new()),
         });

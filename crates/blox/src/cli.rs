@@ -1,8 +1,10 @@
 //! Client subcommands: a table by default, `--json` for scripts.
 
-use anyhow::Result;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
 use blox_api::{InstanceQuery, InstanceRecord, PageQuery, StreamQuery, TaskQuery, TaskRecord};
-use blox_client::Client;
+use blox_client::{Client, ClientOptions};
 use clap::{Args, Subcommand};
 use futures::StreamExt as _;
 
@@ -11,7 +13,7 @@ use crate::table::{render, short_arn};
 /// Where the CLI looks for blox unless told otherwise (`blox server`'s and `blox up`'s default).
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2000";
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct Endpoint {
     /// The blox server's API.
     #[arg(
@@ -24,6 +26,43 @@ pub struct Endpoint {
     /// Print JSON (the API's own shapes) instead of a table.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// The API token, for a server started with --auth-token-file (sent as `Authorization: Bearer`).
+    /// Prefer BLOX_TOKEN: a flag's value is visible to other users in the process list.
+    #[arg(long, env = "BLOX_TOKEN", global = true, hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Trust only this CA certificate (PEM) for an https:// endpoint, e.g. a self-signed server
+    /// certificate; without it, the system's roots.
+    #[arg(long, env = "BLOX_CA_CERT", global = true, value_name = "PATH")]
+    pub(crate) ca_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("endpoint", &self.endpoint)
+            .field("json", &self.json)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert", &self.ca_cert)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// A client of this endpoint with the token and CA certificate given.
+    pub(crate) fn client(&self) -> Result<Client> {
+        let ca_certs_pem = match &self.ca_cert {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading the CA certificate {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let options = ClientOptions {
+            token: self.token.clone(),
+            ca_certs_pem,
+        };
+        Ok(Client::with_options(&self.endpoint, &options)?)
+    }
 }
 
 /// One entity: `get CLUSTER ARN`, or `get --cluster CLUSTER --arn ARN`.
@@ -194,7 +233,7 @@ pub async fn instances(command: InstancesCommand) -> Result<()> {
             status,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
+            let client = endpoint.client()?;
             let list = client
                 .list_instances(&InstanceQuery {
                     cluster,
@@ -216,9 +255,7 @@ pub async fn instances(command: InstancesCommand) -> Result<()> {
         }
         InstancesCommand::Get { target, endpoint } => {
             let (cluster, arn) = target.resolve();
-            let record = Client::new(&endpoint.endpoint)
-                .get_instance(&cluster, &arn)
-                .await?;
+            let record = endpoint.client()?.get_instance(&cluster, &arn).await?;
             if endpoint.json {
                 return print_json(&record);
             }
@@ -230,7 +267,7 @@ pub async fn instances(command: InstancesCommand) -> Result<()> {
             entity_version,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
+            let client = endpoint.client()?;
             let mut stream = Box::pin(
                 client
                     .stream_instances(&StreamQuery {
@@ -259,7 +296,7 @@ pub async fn tasks(command: TasksCommand) -> Result<()> {
             started_by,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
+            let client = endpoint.client()?;
             let list = client
                 .list_tasks(&TaskQuery {
                     cluster,
@@ -279,7 +316,7 @@ pub async fn tasks(command: TasksCommand) -> Result<()> {
         }
         TasksCommand::Get { target, endpoint } => {
             let (cluster, arn) = target.resolve();
-            let record = Client::new(&endpoint.endpoint).get_task(&cluster, &arn).await?;
+            let record = endpoint.client()?.get_task(&cluster, &arn).await?;
             if endpoint.json {
                 return print_json(&record);
             }
@@ -291,7 +328,7 @@ pub async fn tasks(command: TasksCommand) -> Result<()> {
             entity_version,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
+            let client = endpoint.client()?;
             let mut stream = Box::pin(
                 client
                     .stream_tasks(&StreamQuery {
@@ -340,7 +377,7 @@ pub async fn dead_letters(command: DeadLettersCommand) -> Result<()> {
     match command {
         DeadLettersCommand::List { endpoint } => {
             // The server answers a page at a time: follow nextToken to the end.
-            let client = Client::new(&endpoint.endpoint);
+            let client = endpoint.client()?;
             let mut list = client.dead_letters(&PageQuery::default()).await?;
             while let Some(token) = list.next_token.take() {
                 let page = client

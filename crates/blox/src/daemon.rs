@@ -327,7 +327,7 @@ pub enum DeployCommand {
 /// than a name, since a cluster may be named like a static path segment).
 /// A client of `endpoint`, and the cluster of environment `name`.
 async fn connect(endpoint: &Endpoint, name: &str, locate: &Locate) -> Result<(Client, String)> {
-    let client = Client::new(&endpoint.endpoint);
+    let client = endpoint.client()?;
     let cluster = cluster_of(&client, name, locate).await?;
     Ok((client, cluster))
 }
@@ -876,7 +876,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             attributes,
             endpoint,
         } => {
-            let client = Client::new(&endpoint.endpoint);
+            let client = endpoint.client()?;
             let request = CreateEnvironment {
                 environment_name: name.clone(),
                 task_definition,
@@ -949,9 +949,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             status(&client, &cluster, &name, watch, endpoint.json).await
         }
         EnvCommand::List { cluster, endpoint } => {
-            let list = Client::new(&endpoint.endpoint)
-                .list_environments(cluster.as_deref())
-                .await?;
+            let list = endpoint.client()?.list_environments(cluster.as_deref()).await?;
             if endpoint.json {
                 return print_json(&list);
             }

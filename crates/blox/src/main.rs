@@ -58,11 +58,15 @@ struct UpArgs {
     #[arg(long, env = "BLOX_LOG_FORMAT", default_value = "text")]
     log_format: String,
     #[command(flatten)]
+    security: server::SecurityArgs,
+    #[command(flatten)]
     sim: sim::SimArgs,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Before any HTTP client is built (the CLI's, the benchmark's).
+    blox_client::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -77,7 +81,8 @@ fn main() -> std::process::ExitCode {
                     data_dir: up.data_dir.clone(),
                     churn: up.sim.sim_churn.clone(),
                 };
-                let args = server::ServerArgs::up(up.listen, &up.data_dir, up.log_format, up.sim);
+                let args =
+                    server::ServerArgs::up(up.listen, &up.data_dir, up.log_format, up.security, up.sim);
                 server::run(args, Some(banner)).await
             }
             Command::Server(args) => server::run(*args, None).await,

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use blox_aws::{EcsControl, EcsReader, EventSource, SdkEcs, SqsOptions, SqsSource};
 use blox_model::ClusterName;
+use blox_server::auth::{Role, Tokens};
 use blox_server::{
-    IngestOptions, Limits, ReconcileOptions, SchedulerOptions, ServerOptions, Services, V03Errors,
+    IngestOptions, Limits, ReconcileOptions, SchedulerOptions, ServerOptions, Services, TlsConfig, V03Errors,
 };
 use blox_store::{MemStore, RedbStore, Store, StoreOptions};
 use clap::Args;
@@ -61,6 +62,8 @@ pub struct ServerArgs {
     v03_errors: V03Errors,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -124,6 +127,109 @@ impl LimitArgs {
     }
 }
 
+/// Who may call the API, and over what (README, "Securing blox").
+#[derive(Args, Debug, Clone, Default)]
+pub struct SecurityArgs {
+    /// Require a token on every request but /healthz and /readyz: a file of `ROLE TOKEN` lines, ROLE
+    /// `read` (every GET: lists, streams, metrics, docs) or `admin` (everything); blank lines and
+    /// lines starting with # are skipped. Clients send `Authorization: Bearer TOKEN`.
+    #[arg(
+        long,
+        env = "BLOX_AUTH_TOKEN_FILE",
+        value_name = "PATH",
+        help_heading = "Security"
+    )]
+    auth_token_file: Option<PathBuf>,
+    /// Serve without tokens on an address other than loopback (refused otherwise): anyone who
+    /// reaches the port can then read everything, delete environments and stop their tasks.
+    #[arg(
+        long,
+        env = "BLOX_INSECURE_NO_AUTH",
+        conflicts_with = "auth_token_file",
+        help_heading = "Security"
+    )]
+    insecure_no_auth: bool,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first); needs --tls-key.
+    #[arg(
+        long,
+        env = "BLOX_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(
+        long,
+        env = "BLOX_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    tls_key: Option<PathBuf>,
+}
+
+/// What the security flags resolve to.
+struct Security {
+    tokens: Option<Arc<Tokens>>,
+    tls: Option<TlsConfig>,
+}
+
+impl SecurityArgs {
+    /// Loads the token file and the certificate, and applies the rule: without a token file, blox
+    /// serves only on loopback unless told --insecure-no-auth.
+    async fn resolve(&self, listen: &str) -> Result<Security> {
+        let tokens = match &self.auth_token_file {
+            Some(path) => Some(Arc::new(Tokens::load(path)?)),
+            None => None,
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key)?),
+            (None, None) => None,
+            // clap's `requires` makes these two one pair.
+            _ => bail!("--tls-cert and --tls-key go together: give both or neither"),
+        };
+        let exposed = exposed_address(listen).await?;
+        match (&tokens, exposed) {
+            (None, Some(address)) if !self.insecure_no_auth => bail!(
+                "refusing to serve without authentication on {listen}: {address} is not a loopback \
+                 address, so anyone who can reach it could read every task and delete every \
+                 environment. Give --auth-token-file PATH (one `ROLE TOKEN` line per token, ROLE read \
+                 or admin), or --insecure-no-auth if something in front of blox already decides who \
+                 reaches it, or listen on 127.0.0.1"
+            ),
+            (None, Some(address)) => tracing::warn!(
+                %address,
+                "--insecure-no-auth: serving without authentication on an address other than loopback"
+            ),
+            (Some(tokens), _) => {
+                tracing::info!(
+                    read = tokens.count(Role::Read),
+                    admin = tokens.count(Role::Admin),
+                    "API tokens loaded: every request but /healthz and /readyz needs one"
+                );
+                if exposed.is_some() && tls.is_none() {
+                    tracing::warn!(
+                        "tokens travel in clear text on an address other than loopback: give --tls-cert \
+                         and --tls-key, or terminate TLS in front of blox"
+                    );
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(Security { tokens, tls })
+    }
+}
+
+/// The first address `listen` resolves to that is not loopback, if any (`0.0.0.0` and `[::]`, every
+/// interface, are not).
+async fn exposed_address(listen: &str) -> Result<Option<std::net::SocketAddr>> {
+    let mut addresses = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("--listen {listen:?} is not an address to listen on (HOST:PORT)"))?;
+    Ok(addresses.find(|a| !a.ip().to_canonical().is_loopback()))
+}
+
 fn parse_v03_errors(text: &str) -> Result<V03Errors, String> {
     match text {
         "json" => Ok(V03Errors::Json),
@@ -138,6 +244,7 @@ impl ServerArgs {
         listen: String,
         data_dir: &std::path::Path,
         log_format: String,
+        security: SecurityArgs,
         mut sim: SimArgs,
     ) -> ServerArgs {
         sim.sim_state = Some(data_dir.join("simulator.json"));
@@ -157,6 +264,7 @@ impl ServerArgs {
             ecs: "sim".into(),
             v03_errors: V03Errors::Json,
             limits: LimitArgs::default(),
+            security,
             sim,
         }
     }
@@ -219,6 +327,8 @@ fn open_store(spec: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
 
 pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     init_logging(&args.log_format)?;
+    // Before anything starts: a server that would be exposed does not open its store.
+    let security = args.security.resolve(&args.listen).await?;
     if !(args.scheduler_calls_per_second.is_finite() && args.scheduler_calls_per_second > 0.0) {
         bail!("--scheduler-calls-per-second must be a positive number");
     }
@@ -259,11 +369,12 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr()?;
+    let scheme = if security.tls.is_some() { "https" } else { "http" };
     // Tests and scripts read this line to find the port.
-    println!("{}http://{address}", blox_api::LISTENING_PREFIX);
-    tracing::info!(%address, store = %args.store, queue = ?args.queue, ecs = %args.ecs, "blox server started");
+    println!("{}{scheme}://{address}", blox_api::LISTENING_PREFIX);
+    tracing::info!(%address, scheme, store = %args.store, queue = ?args.queue, ecs = %args.ecs, "blox server started");
     if let (Some(banner), Some(sim)) = (&banner, &sim) {
-        print_banner(banner, sim, address);
+        print_banner(banner, sim, &format!("{scheme}://{address}"));
     }
 
     let shutdown = CancellationToken::new();
@@ -290,6 +401,8 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
         },
         v03_errors: args.v03_errors,
         limits: args.limits.limits(),
+        auth: security.tokens,
+        tls: security.tls,
     };
     let services = Services {
         store,
@@ -307,9 +420,8 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     Ok(())
 }
 
-fn print_banner(banner: &Banner, sim: &blox_sim::Simulator, address: std::net::SocketAddr) {
+fn print_banner(banner: &Banner, sim: &blox_sim::Simulator, endpoint: &str) {
     let (clusters, (instances, tasks)) = sim.read(|ecs| (ecs.cluster_names(), ecs.totals()));
-    let endpoint = format!("http://{address}");
     let flag = if endpoint == crate::cli::DEFAULT_ENDPOINT {
         String::new()
     } else {

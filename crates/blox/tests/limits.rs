@@ -171,7 +171,7 @@ async fn stalled_streams_over_a_backlog_stay_bounded_and_sigterm_exits_within_th
     .unwrap();
     let base = blox.base_url().to_owned();
     let address: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
-    let client = reqwest::Client::builder()
+    let client = blox_testkit::http_client()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();

@@ -42,7 +42,7 @@ impl Harness {
             ecs,
             reader,
             feed,
-            http: reqwest::Client::new(),
+            http: blox_testkit::http_client().build().unwrap(),
             dir: tempfile::tempdir().unwrap(),
         }
     }

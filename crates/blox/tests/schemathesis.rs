@@ -49,7 +49,7 @@ async fn every_answer_matches_the_openapi_document() {
     .unwrap();
     let base = blox.base_url().to_owned();
     // The first reconcile pass has mirrored the demo account: lists have something to return.
-    let client = reqwest::Client::new();
+    let client = blox_testkit::http_client().build().unwrap();
     wait_until("blox is ready", Duration::from_secs(30), || async {
         client
             .get(format!("{base}/readyz"))
