@@ -173,7 +173,7 @@ const INSTANCE_PARAMS: &[&str] = &["status", "cluster", "maxResults", "nextToken
 #[utoipa::path(get, path = "/v1/tasks", tag = "cluster state", params(blox_api::TaskQuery),
     responses((status = 200, body = Tasks), (status = 400, body = ErrorBody)))]
 pub async fn list_tasks(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), TASK_PARAMS)?;
@@ -189,7 +189,7 @@ pub async fn list_tasks(
 #[utoipa::path(get, path = "/v1/instances", tag = "cluster state", params(blox_api::InstanceQuery),
     responses((status = 200, body = Instances), (status = 400, body = ErrorBody)))]
 pub async fn list_instances(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), INSTANCE_PARAMS)?;
@@ -278,7 +278,10 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
 #[utoipa::path(get, path = "/v1/tasks/{cluster}/{arn}", tag = "cluster state",
     params(blox_api::TaskPath),
     responses((status = 200, body = TaskRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_task(State(state): State<AppState>, Path(rest): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_task(
+    State(state): State<Arc<AppState>>,
+    Path(rest): Path<String>,
+) -> Result<Response, ApiError> {
     let (cluster, arn) = split_cluster_and_arn(&rest)?;
     get(&state, Kind::Task, cluster, arn).await
 }
@@ -288,7 +291,7 @@ pub async fn get_task(State(state): State<AppState>, Path(rest): Path<String>) -
     params(blox_api::InstancePath),
     responses((status = 200, body = InstanceRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_instance(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(rest): Path<String>,
 ) -> Result<Response, ApiError> {
     let (cluster, arn) = split_cluster_and_arn(&rest)?;
@@ -367,7 +370,7 @@ pub const DEAD_LETTER_PAGE: usize = 100;
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "operations", params(blox_api::PageQuery),
     responses((status = 200, body = DeadLetters), (status = 400, body = ErrorBody)))]
 pub async fn list_dead_letters(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeadLetters>, ApiError> {
     let params = Params::parse(query.as_deref(), &["maxResults", "nextToken"])?;
@@ -399,7 +402,7 @@ pub async fn list_dead_letters(
     params(blox_api::DeadLetterPath),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_dead_letter(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let parsed = id
@@ -427,7 +430,7 @@ pub async fn healthz() -> Json<Health> {
 /// Ready once the first full reconcile pass has completed; 503 until then.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let readiness = state.readiness.snapshot();
     let status = if readiness.ready {
         StatusCode::OK
@@ -440,7 +443,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     for kind in [Kind::Task, Kind::Instance] {
         if let Ok(n) = state.store.count(kind).await {
             metrics::gauge!(crate::metrics::ENTITIES, "kind" => kind.name()).set(n as f64);
@@ -449,6 +452,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(bounds) = state.store.log_bounds().await {
         metrics::gauge!(crate::metrics::CHANGE_LOG_HEAD).set(bounds.head as f64);
     }
+    metrics::gauge!(crate::metrics::API_REQUESTS_IN_FLIGHT).set(state.gates.in_flight_now() as f64);
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

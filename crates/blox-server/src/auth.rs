@@ -18,11 +18,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::{Choice, ConstantTimeEq};
 
@@ -243,7 +241,7 @@ fn warn_if_readable_by_others(_: &Path) {}
 
 /// Why a request was refused; the `reason` label of [`crate::metrics::API_AUTH_FAILURES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
+pub enum Refusal {
     /// No `Authorization` header.
     Missing,
     /// An `Authorization` header that is not one `Bearer TOKEN`.
@@ -255,7 +253,7 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn reason(self) -> &'static str {
+    pub fn reason(self) -> &'static str {
         match self {
             Refusal::Missing => "missing",
             Refusal::Malformed => "malformed",
@@ -264,7 +262,8 @@ impl Refusal {
         }
     }
 
-    fn response(self, method: &Method) -> Response {
+    /// The 401 or 403 (JSON), counted in [`crate::metrics::API_AUTH_FAILURES`].
+    pub fn response(self, method: &Method) -> Response {
         ::metrics::counter!(crate::metrics::API_AUTH_FAILURES, "reason" => self.reason()).increment(1);
         let (status, code, message) = match self {
             Refusal::Missing => (
@@ -337,30 +336,24 @@ fn authenticate(tokens: &Tokens, request: &Request) -> Result<Role, Refusal> {
     }
 }
 
-/// The layer: with tokens, a request but to [`OPEN_PATHS`] goes on only with a token whose role
-/// allows its method; without tokens (`None`), every request goes on.
-pub async fn require_token(
-    State(tokens): State<Option<Arc<Tokens>>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// The token check, made by the request guard ([`crate::limits`]) inside the in-flight gate: with
+/// tokens, a request but to [`OPEN_PATHS`] goes on only with a token whose role allows its method,
+/// and leaves without its `Authorization` header; without tokens (`None`), every request goes on.
+/// `Err` says why it may not.
+pub fn check(tokens: Option<&Tokens>, request: &mut Request) -> Result<(), Refusal> {
     let Some(tokens) = tokens else {
-        return next.run(request).await;
+        return Ok(());
     };
     if OPEN_PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
+        return Ok(());
     }
-    let refusal = match authenticate(&tokens, &request) {
-        Ok(role) if role.allows(request.method()) => None,
-        Ok(_) => Some(Refusal::Forbidden),
-        Err(refusal) => Some(refusal),
-    };
-    if let Some(refusal) = refusal {
-        tracing::debug!(reason = refusal.reason(), method = %request.method(), "request refused");
-        return refusal.response(request.method());
+    match authenticate(tokens, request) {
+        Ok(role) if role.allows(request.method()) => {}
+        Ok(_) => return Err(Refusal::Forbidden),
+        Err(refusal) => return Err(refusal),
     }
     request.headers_mut().remove(header::AUTHORIZATION);
-    next.run(request).await
+    Ok(())
 }
 
 /// Declares the bearer scheme in the OpenAPI document: every operation but those of [`OPEN_PATHS`]

@@ -4,6 +4,8 @@
 //! again and again; a deployment supersedes one in progress; `DELETE` is final at once unless
 //! `terminateTasks=true` asks for the tasks to be stopped first.
 
+use std::sync::Arc;
+
 use crate::error::Path;
 use axum::Json;
 use axum::body::Bytes;
@@ -51,7 +53,7 @@ async fn require(state: &AppState, name: &str) -> Result<Stored, ApiError> {
     responses((status = 200, body = blox_api::Environment), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_environment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Json<ApiEnvironment>, ApiError> {
@@ -108,7 +110,7 @@ pub async fn create_environment(
     params(("cluster" = Option<String>, Query, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")),
     responses((status = 200, body = Environments), (status = 400, body = ErrorBody)))]
 pub async fn list_environments(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Environments>, ApiError> {
     let params = Params::parse(query.as_deref(), &["cluster"])?;
@@ -137,7 +139,7 @@ pub async fn list_environments(
     params(("name" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
     responses((status = 200, body = blox_api::Environment), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_environment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<ApiEnvironment>, ApiError> {
@@ -154,7 +156,7 @@ pub async fn get_environment(
     responses((status = 200, body = blox_api::Environment), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn update_environment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -181,7 +183,7 @@ pub async fn update_environment(
         ("terminateTasks" = Option<bool>, Query, description = "Stop the environment's tasks (default false)")),
     responses((status = 200, body = DeleteEnvironmentResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete_environment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeleteEnvironmentResponse>, ApiError> {
@@ -247,7 +249,7 @@ pub fn delete_body(name: &str, terminate_tasks: bool, running: u64) -> DeleteEnv
     responses((status = 200, body = blox_api::Deployment), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_deployment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<ApiDeployment>, ApiError> {
@@ -295,7 +297,7 @@ pub async fn create_deployment(
     params(("name" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
     responses((status = 200, body = Deployments), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_deployments(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Deployments>, ApiError> {
@@ -319,7 +321,7 @@ pub async fn list_deployments(
         ("id" = String, Path, description = "The deployment's id")),
     responses((status = 200, body = blox_api::Deployment), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_deployment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((name, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<ApiDeployment>, ApiError> {

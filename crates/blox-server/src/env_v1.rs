@@ -3,6 +3,8 @@
 //! cluster is a name or, for a cluster named like a static segment (`tasks`, `environments`, …), its
 //! ARN.
 
+use std::sync::Arc;
+
 use crate::error::Path;
 use axum::Json;
 use axum::body::Bytes;
@@ -84,7 +86,7 @@ fn revision_number(field: &str, value: &str) -> Result<u64, ApiError> {
         ("nextToken" = Option<String>, Query, description = "nextToken of the previous page", pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)),
     responses((status = 200, body = EnvironmentList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_environments(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(cluster): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<EnvironmentList>, ApiError> {
@@ -130,7 +132,7 @@ pub async fn list_environments(
     responses((status = 200, body = RevisionCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_environment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(cluster): Path<String>,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -191,7 +193,7 @@ pub async fn create_environment(
         ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
     responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn describe_environment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<EnvironmentResponse>, ApiError> {
@@ -211,7 +213,7 @@ pub async fn describe_environment(
     responses((status = 200, body = RevisionCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn update_environment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -249,7 +251,7 @@ pub async fn update_environment(
         ("forceDelete" = Option<bool>, Query, description = "v1.0's name for terminateTasks")),
     responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_environment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<EnvironmentResponse>, ApiError> {
@@ -276,7 +278,7 @@ pub async fn delete_environment(
         ("nextToken" = Option<String>, Query, description = "nextToken of the previous page", pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)),
     responses((status = 200, body = RevisionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_revisions(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<RevisionList>, ApiError> {
@@ -327,7 +329,7 @@ fn cursor_number(cursor: &Cursor) -> u64 {
         ("environmentRevisionId" = String, Path, description = "The revision's number", pattern = r"^[1-9][0-9]{0,17}$")),
     responses((status = 200, body = RevisionResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn describe_revision(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name, revision)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<RevisionResponse>, ApiError> {
@@ -354,7 +356,7 @@ pub async fn describe_revision(
     responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn start_deployment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeploymentResponse>, ApiError> {
@@ -398,7 +400,7 @@ pub async fn start_deployment(
     responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn rollback(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -442,7 +444,7 @@ async fn deployment_command(
         ("nextToken" = Option<String>, Query, description = "nextToken of the previous page", pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)),
     responses((status = 200, body = DeploymentList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_deployments(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeploymentList>, ApiError> {
@@ -486,7 +488,7 @@ pub async fn list_deployments(
         ("deploymentId" = String, Path, description = "The deployment's id")),
     responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn describe_deployment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name, id)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeploymentResponse>, ApiError> {
@@ -512,7 +514,7 @@ pub async fn describe_deployment(
         ("deploymentId" = String, Path, description = "The deployment's id")),
     responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn stop_deployment(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name, id)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeploymentResponse>, ApiError> {
@@ -542,7 +544,7 @@ pub async fn stop_deployment(
         ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
     responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn freeze(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<EnvironmentResponse>, ApiError> {
@@ -555,7 +557,7 @@ pub async fn freeze(
         ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
     responses((status = 200, body = EnvironmentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn thaw(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<EnvironmentResponse>, ApiError> {
@@ -563,7 +565,7 @@ pub async fn thaw(
 }
 
 async fn set_frozen(
-    state: AppState,
+    state: Arc<AppState>,
     cluster: String,
     name: String,
     query: Option<String>,

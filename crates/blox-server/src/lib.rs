@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use axum::routing::{delete, get, post};
 use blox_aws::{EcsControl, EcsReader, EventSource};
 use blox_store::Store;
@@ -61,7 +59,13 @@ pub fn openapi_json() -> String {
 /// `state.auth`, the token check wraps everything, the OpenAPI document and docs included: no route
 /// but `/healthz` and `/readyz` answers without a token.
 pub fn router(state: AppState) -> Router {
-    let tokens = state.auth.clone();
+    let (tokens, gates) = (state.auth.clone(), state.gates.clone());
+    limits::layers(routes(state), gates, tokens)
+}
+
+/// The routes alone: no token check, no limits, panics not caught. Never served by blox; `blox
+/// bench` measures [`router`]'s cost against it.
+pub fn routes(state: AppState) -> Router {
     // Blox v0.3's routes, whose errors can be v0.3's plain text.
     let v03 = Router::new()
         .route("/v1/tasks", get(api::list_tasks))
@@ -142,7 +146,6 @@ pub fn router(state: AppState) -> Router {
             "/v1/{cluster}/environments/{environment}/thaw",
             post(env_v1::thaw),
         );
-    let gates = state.gates.clone();
     let api = v03
         .merge(v1)
         .route("/v1/dead-letters", get(api::list_dead_letters))
@@ -152,13 +155,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(api::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
-    let app = api
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        // Inside the limits: a flood of requests without a token is bounded like any other, and
-        // its 401s are counted.
-        .layer(middleware::from_fn_with_state(tokens, auth::require_token));
-    limits::layers(app, gates)
+        // Shared, not copied: every request clones its route, and with it the state.
+        .with_state(Arc::new(state));
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
 }
 
 /// Unknown paths answer JSON like every other error.
@@ -178,23 +177,6 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         field: None,
         details: None,
     }
-}
-
-/// Counts requests by route template and status, never by concrete path (which holds ARNs).
-async fn count_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = tokio::time::Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    ::metrics::counter!(crate::metrics::API_REQUESTS, "route" => route.clone(), "status" => status)
-        .increment(1);
-    ::metrics::histogram!(crate::metrics::API_REQUEST_DURATION_SECONDS, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
 }
 
 /// What the server is connected to.

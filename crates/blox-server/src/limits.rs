@@ -8,8 +8,10 @@
 //! the connections still open are closed. The middleware here ([`layers`]) bounds what one request
 //! may take.
 
+use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,10 +19,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::FutureExt as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,7 +31,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+use tower::{Layer as _, Service as _};
 
+use crate::auth::{self, Tokens};
 use crate::error::{ApiError, V03Text};
 use crate::metrics as m;
 
@@ -92,6 +97,15 @@ impl Gates {
             limits,
         }
     }
+
+    /// Requests being answered right now (streams and probes aside). Read when metrics are
+    /// scraped: a gauge moved on every request would cost each request two contended atomics.
+    pub fn in_flight_now(&self) -> usize {
+        self.limits
+            .max_in_flight
+            .max(1)
+            .saturating_sub(self.in_flight.available_permits())
+    }
 }
 
 impl Default for Gates {
@@ -114,87 +128,157 @@ fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
-/// Wraps `app` in the request bounds and the JSON error layer, outermost last: errors made JSON ←
-/// panics caught ← requests counted ← in-flight gate ← request timeout ← body limit ← the routes.
-pub fn layers(app: Router, gates: Gates) -> Router {
-    let max_body = gates.limits.max_body_bytes;
-    app.layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(gates.clone(), request_timeout))
-        .layer(middleware::from_fn_with_state(gates, in_flight))
-        .layer(middleware::from_fn(crate::count_requests))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .layer(middleware::from_fn_with_state(max_body, json_errors))
+/// Wraps every route of `app` in the request guard ([`GuardLayer`]). Without `tokens`, every
+/// request goes on.
+pub fn layers(app: Router, gates: Gates, tokens: Option<Arc<Tokens>>) -> Router {
+    app.layer(GuardLayer(Arc::new(Guard { gates, tokens })))
 }
 
-fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    ApiError::internal_message("answering the request").into_response()
+/// What the guard shares between requests.
+struct Guard {
+    gates: Gates,
+    tokens: Option<Arc<Tokens>>,
 }
 
-/// Refuses a request with a 503 when `max_in_flight` are being answered; the permit is held until
-/// the response body has been sent.
-async fn in_flight(State(gates): State<Gates>, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    if is_stream(path) || is_probe(path) {
-        return next.run(request).await;
-    }
-    let Ok(permit) = gates.in_flight.clone().try_acquire_owned() else {
-        metrics::counter!(m::API_REQUESTS_REJECTED, "reason" => "in_flight").increment(1);
-        return busy(
-            "TooManyRequests",
-            format!(
-                "{} requests are being answered, the most this server takes at once; retry later",
-                gates.limits.max_in_flight
-            ),
-        )
-        .into_response();
-    };
-    let gauge = InFlightGauge::new();
-    let response = next.run(request).await;
-    response.map(|body| {
-        Body::new(Held {
-            body,
-            _held: (permit, gauge),
-        })
-    })
-}
+/// The one middleware every request passes, written as a plain service: one boxed future per
+/// request, where a layer per concern (and axum's `from_fn`) costs several boxes and clones of the
+/// route, and `blox bench` holds the whole guard to 5% of a GET's latency. In order:
+///
+/// 1. the in-flight gate: 503 with `Retry-After` when `max_in_flight` are being answered; the
+///    permit is held until the response body is sent. Streams (capped by [`Gates::streams`]) and
+///    probes pass.
+/// 2. the token check ([`auth::check`]), inside the gate, so that a flood without tokens is bounded
+///    like any other;
+/// 3. the body limit (413 past `max_body_bytes`) and the request timeout (503; streams end on
+///    their own);
+/// 4. a panic caught and answered 500; every error made JSON ([`json_errors`]);
+/// 5. the answer counted by route template and status ([`crate::metrics::count_answer`]).
+#[derive(Clone)]
+struct GuardLayer(Arc<Guard>);
 
-/// Gives up a request (streams aside) that has not been answered within `request_timeout`.
-async fn request_timeout(State(gates): State<Gates>, request: Request, next: Next) -> Response {
-    if is_stream(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let limit = gates.limits.request_timeout;
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            metrics::counter!(m::API_REQUEST_TIMEOUTS).increment(1);
-            busy(
-                "RequestTimeout",
-                format!(
-                    "the request was not answered within {}; retry later",
-                    humantime::format_duration(limit)
-                ),
-            )
-            .into_response()
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = GuardService<S>;
+
+    fn layer(&self, inner: S) -> GuardService<S> {
+        GuardService {
+            inner,
+            guard: self.0.clone(),
         }
     }
 }
 
-/// Requests in flight, as a gauge.
-struct InFlightGauge;
+#[derive(Clone)]
+struct GuardService<S> {
+    inner: S,
+    guard: Arc<Guard>,
+}
 
-impl InFlightGauge {
-    fn new() -> InFlightGauge {
-        metrics::gauge!(m::API_REQUESTS_IN_FLIGHT).increment(1.0);
-        InFlightGauge
+impl<S> tower::Service<Request> for GuardService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The readied service answers; a clone waits for the next request.
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        let guard = self.guard.clone();
+        Box::pin(async move { Ok(guard.answer(request, inner).await) })
     }
 }
 
-impl Drop for InFlightGauge {
-    fn drop(&mut self) {
-        metrics::gauge!(m::API_REQUESTS_IN_FLIGHT).decrement(1.0);
+impl Guard {
+    async fn answer<S>(&self, mut request: Request, mut inner: S) -> Response
+    where
+        S: tower::Service<Request, Response = Response, Error = Infallible>,
+    {
+        let started = Instant::now();
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let path = request.uri().path();
+        let (stream, probe) = (is_stream(path), is_probe(path));
+        let limits = &self.gates.limits;
+        let permit = if stream || probe {
+            None
+        } else if let Ok(permit) = self.gates.in_flight.clone().try_acquire_owned() {
+            Some(permit)
+        } else {
+            metrics::counter!(m::API_REQUESTS_REJECTED, "reason" => "in_flight").increment(1);
+            let full = busy(
+                "TooManyRequests",
+                format!(
+                    "{} requests are being answered, the most this server takes at once; retry later",
+                    limits.max_in_flight
+                ),
+            );
+            return counted(route.as_ref(), full.into_response(), started);
+        };
+        let response = match auth::check(self.tokens.as_deref(), &mut request) {
+            Err(refusal) => {
+                tracing::debug!(reason = refusal.reason(), method = %request.method(), "request refused");
+                refusal.response(request.method())
+            }
+            Ok(()) => {
+                let max_body = limits.max_body_bytes;
+                let answer = AssertUnwindSafe(async move {
+                    if request.body().is_end_stream() {
+                        inner.call(request).await
+                    } else {
+                        // The limit as axum's extractors read it (their own is 2 MiB). Only for
+                        // a body: it costs an allocation, and GETs have none.
+                        DefaultBodyLimit::max(max_body).layer(inner).call(request).await
+                    }
+                })
+                .catch_unwind();
+                let answer = if stream {
+                    Ok(answer.await)
+                } else {
+                    tokio::time::timeout(limits.request_timeout, answer).await
+                };
+                match answer {
+                    Ok(Ok(Ok(response))) => response,
+                    Ok(Ok(Err(never))) => match never {},
+                    Ok(Err(_panic)) => {
+                        tracing::error!("a request handler panicked");
+                        ApiError::internal_message("answering the request").into_response()
+                    }
+                    Err(_elapsed) => {
+                        metrics::counter!(m::API_REQUEST_TIMEOUTS).increment(1);
+                        busy(
+                            "RequestTimeout",
+                            format!(
+                                "the request was not answered within {}; retry later",
+                                humantime::format_duration(limits.request_timeout)
+                            ),
+                        )
+                        .into_response()
+                    }
+                }
+            }
+        };
+        let response = counted(
+            route.as_ref(),
+            to_json(response, limits.max_body_bytes).await,
+            started,
+        );
+        match permit {
+            Some(permit) => response.map(|body| Body::new(Held { body, _held: permit })),
+            None => response,
+        }
     }
+}
+
+fn counted(route: Option<&MatchedPath>, response: Response, started: Instant) -> Response {
+    let route = route.map_or("unmatched", MatchedPath::as_str);
+    m::count_answer(route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// A response body that holds something (a permit) until it is sent or dropped.
@@ -227,7 +311,11 @@ impl<T: Unpin> HttpBody for Held<T> {
 /// not UTF-8, a body over the limit, ...) and anything else not written by [`ApiError`]. A 5xx's
 /// text is logged, never sent. Responses already JSON, or v0.3's text on purpose, pass as they are.
 pub async fn json_errors(State(max_body): State<usize>, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+    to_json(next.run(request).await, max_body).await
+}
+
+/// [`json_errors`] on one response.
+async fn to_json(response: Response, max_body: usize) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.extensions().get::<ApiError>().is_some()
@@ -368,7 +456,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _slot = slot;
-    let _gauge = Gauge::open(m::HTTP_CONNECTIONS);
+    let _gauge = RaisedGauge::open(m::HTTP_CONNECTIONS);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -389,16 +477,16 @@ where
 }
 
 /// A gauge raised while this lives.
-struct Gauge(&'static str);
+struct RaisedGauge(&'static str);
 
-impl Gauge {
-    fn open(name: &'static str) -> Gauge {
+impl RaisedGauge {
+    fn open(name: &'static str) -> RaisedGauge {
         metrics::gauge!(name).increment(1.0);
-        Gauge(name)
+        RaisedGauge(name)
     }
 }
 
-impl Drop for Gauge {
+impl Drop for RaisedGauge {
     fn drop(&mut self) {
         metrics::gauge!(self.0).decrement(1.0);
     }

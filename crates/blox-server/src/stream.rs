@@ -66,7 +66,7 @@ impl Default for StreamOptions {
         (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log"),
         (status = 503, body = ErrorBody, description = "as many streams are open as the server takes (--max-streams); see Retry-After")))]
 pub async fn stream_tasks(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -83,7 +83,7 @@ pub async fn stream_tasks(
         (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log"),
         (status = 503, body = ErrorBody, description = "as many streams are open as the server takes (--max-streams); see Retry-After")))]
 pub async fn stream_instances(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -121,7 +121,7 @@ enum Heartbeat {
 }
 
 async fn open(
-    state: AppState,
+    state: Arc<AppState>,
     kind: Kind,
     query: Option<String>,
     headers: &HeaderMap,
@@ -216,7 +216,7 @@ impl Pump {
     /// Reads the change log from `position` and sends matching records until the client goes away,
     /// the server shuts down, or the client falls behind the retained log. A heartbeat goes out
     /// whenever nothing was sent for `heartbeat`, also while changes that do not match go by.
-    async fn run(self, state: AppState, mut position: u64) {
+    async fn run(self, state: Arc<AppState>, mut position: u64) {
         let _gauge = ClientGauge::open(self.kind, state.stream.open.clone());
         let mut head = state.store.subscribe();
         let options = &state.stream;

@@ -1,15 +1,21 @@
-//! The API served in-process (`blox_server::router` through `limits::serve_http` on a loopback port) over the loaded store: GET and
-//! list latency through an HTTP client, and the fan-out of one change stream to many clients.
+//! The API served in-process over the loaded store, as `blox server` serves it (`blox_server::router`
+//! with API tokens, through `limits::serve_http` with its limits) on a loopback port: GET and list
+//! latency through an HTTP client, and the fan-out of one change stream to many clients. Then what
+//! that hardening costs: the same GETs and streams against the bare routes (`blox_server::routes`
+//! through `axum::serve`, no token check, no limits) in the same run, interleaved.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
+use axum::Router;
 use blox_aws::Message;
 use blox_model::ClusterName;
+use blox_server::auth::Tokens;
 use blox_server::{AppState, Gates, IngestOptions, Ingestor, Limits, ReadinessState};
 use blox_store::{Filter, Kind, PageRequest, Store};
 use futures::StreamExt as _;
@@ -17,6 +23,7 @@ use hdrhistogram::Histogram;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +34,76 @@ use super::{Bench, histogram, micros, now, percentile_ms};
 
 /// How long the stream phase may take once the changes are sent, before it reports what it has.
 const STREAM_DEADLINE: Duration = Duration::from_secs(120);
+/// The hardened server's token file: a few tokens, as an operator would have; clients present the
+/// last (the check compares with every digest either way).
+const TOKEN_FILE: &str = "admin bench-admin-token-0123456789\n\
+                          read bench-dashboard-token-0123456789\n\
+                          read bench-reader-token-0123456789\n";
+const READ_TOKEN: &str = "bench-reader-token-0123456789";
+/// Rounds of the hardening comparison's GETs: the two servers alternate round by round, so that
+/// the VM's drifts (other processes, frequency, the page cache) fall on both alike.
+const OVERHEAD_ROUNDS: usize = 20;
+/// How many times the GET workload's requests each server answers in the comparison.
+const OVERHEAD_SAMPLES: usize = 5;
+/// What the hardening may cost: its p99 at most this many times the bare routes' (issue 10).
+const OVERHEAD_GOAL: f64 = 1.05;
+
+/// One HTTP server over the benchmark's store.
+struct Server {
+    address: SocketAddr,
+    /// Sent as `Authorization: Bearer` on every request.
+    token: Option<&'static str>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    fn base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// `blox server`'s router with the token file and limits, through `serve_http`.
+    async fn hardened(mut state: AppState, limits: Limits, shutdown: CancellationToken) -> Result<Server> {
+        state.auth = Some(Arc::new(Tokens::parse(TOKEN_FILE, Path::new("bench tokens"))?));
+        state.gates = Gates::new(limits.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let router = blox_server::router(state);
+        let task = tokio::spawn(async move {
+            blox_server::limits::serve_http(listener, router, &limits, shutdown).await
+        });
+        Ok(Server {
+            address,
+            token: Some(READ_TOKEN),
+            task,
+        })
+    }
+
+    /// The routes alone through `axum::serve`: what blox served before it had limits and tokens.
+    async fn bare(state: AppState, shutdown: CancellationToken) -> Result<Server> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let router: Router = blox_server::routes(state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        });
+        Ok(Server {
+            address,
+            token: None,
+            task,
+        })
+    }
+
+    async fn stop(self, name: &str) {
+        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::warn!(server = name, error = %err, "the in-process server failed"),
+            Ok(Err(err)) => tracing::warn!(server = name, error = %err, "the in-process server panicked"),
+            Err(_) => tracing::warn!(server = name, "the in-process server did not stop within 30 s"),
+        }
+    }
+}
 
 pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: PrometheusHandle) -> Result<()> {
     let shutdown = CancellationToken::new();
@@ -42,39 +119,32 @@ pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: Prome
         max_connections: defaults.max_connections.max(bench.params.stream_clients + 64),
         ..defaults
     };
-    state.gates = Gates::new(limits.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let router = blox_server::router(state);
-    let server = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(
-            async move { blox_server::limits::serve_http(listener, router, &limits, shutdown).await },
-        )
-    };
+    let hardened = Server::hardened(state.clone(), limits, shutdown.clone()).await?;
+    let bare = Server::bare(state, shutdown.clone()).await?;
 
-    let base = format!("http://{address}");
     let outcome = async {
-        get_latency(bench, &base).await?;
-        list_latency(bench, &base).await?;
+        get_latency(bench, &hardened).await?;
+        list_latency(bench, &hardened).await?;
         store_list(bench, store.as_ref()).await?;
-        stream_fan_out(bench, address, store).await
+        stream_fan_out(bench, &hardened, store.clone()).await?;
+        hardening_cost(bench, &bare, &hardened, store).await
     }
     .await;
 
     shutdown.cancel();
-    match tokio::time::timeout(Duration::from_secs(30), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => tracing::warn!(error = %err, "the in-process server failed"),
-        Ok(Err(err)) => tracing::warn!(error = %err, "the in-process server panicked"),
-        Err(_) => tracing::warn!("the in-process server did not stop within 30 s"),
-    }
+    hardened.stop("hardened").await;
+    bare.stop("bare").await;
     outcome
 }
 
-fn client(concurrency: usize) -> Result<reqwest::Client> {
+fn client(concurrency: usize, server: &Server) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = server.token {
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    }
     reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
+        .default_headers(headers)
         // Loopback round trips are what is measured: Nagle's delay would dominate them.
         .tcp_nodelay(true)
         .build()
@@ -123,22 +193,29 @@ async fn load_urls(
     Ok((total, first_body))
 }
 
-async fn get_latency(bench: &mut Bench, base: &str) -> Result<()> {
+/// A random task's `GET /v1/tasks/{cluster}/{arn}` on `base`.
+fn task_url(bench: &mut Bench, base: &str) -> String {
+    let task = bench.rng.below(bench.params.tasks);
+    let w = &bench.workload;
+    format!(
+        "{base}/v1/tasks/{}/{}",
+        w.cluster_name(w.cluster_of_task(task)),
+        w.task_arn(task)
+    )
+}
+
+async fn get_latency(bench: &mut Bench, server: &Server) -> Result<()> {
     let concurrency = bench.params.get_concurrency;
-    let url = |bench: &mut Bench| {
-        let task = bench.rng.below(bench.params.tasks);
-        let w = &bench.workload;
-        format!(
-            "{base}/v1/tasks/{}/{}",
-            w.cluster_name(w.cluster_of_task(task)),
-            w.task_arn(task)
-        )
-    };
-    let client = client(concurrency)?;
+    let base = server.base();
+    let client = client(concurrency, server)?;
     // Opens the connections and touches the code paths before anything is recorded.
-    let warm_up: Vec<String> = (0..bench.params.get_requests / 10).map(|_| url(bench)).collect();
+    let warm_up: Vec<String> = (0..bench.params.get_requests / 10)
+        .map(|_| task_url(bench, &base))
+        .collect();
     load_urls(&client, Arc::new(warm_up), concurrency).await?;
-    let urls: Vec<String> = (0..bench.params.get_requests).map(|_| url(bench)).collect();
+    let urls: Vec<String> = (0..bench.params.get_requests)
+        .map(|_| task_url(bench, &base))
+        .collect();
     let started = now();
     let (latencies, _) = load_urls(&client, Arc::new(urls), concurrency).await?;
     let elapsed = started.elapsed();
@@ -167,16 +244,17 @@ async fn get_latency(bench: &mut Bench, base: &str) -> Result<()> {
     Ok(())
 }
 
-async fn list_latency(bench: &mut Bench, base: &str) -> Result<()> {
+async fn list_latency(bench: &mut Bench, server: &Server) -> Result<()> {
     let concurrency = bench.params.list_concurrency;
     let clusters = bench.params.clusters;
+    let base = server.base();
     let urls: Vec<String> = (0..bench.params.list_requests)
         .map(|_| {
             let cluster = bench.rng.below(clusters);
             format!("{base}/v1/tasks?cluster={}", bench.workload.cluster_name(cluster))
         })
         .collect();
-    let client = client(concurrency)?;
+    let client = client(concurrency, server)?;
     let (latencies, first) = load_urls(&client, Arc::new(urls), concurrency).await?;
     // Counted, not parsed: every item carries exactly one metadata object.
     let items = count(&first, b"{\"metadata\":");
@@ -246,27 +324,177 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
-/// Opens the clients, then commits one task change every `stream_interval_ms` through the ingest
-/// path, and measures for every (client, change) the time from the start of its commit to the client
-/// reading its line. The start of the commit is the reference because the store wakes the streams
-/// before `commit` returns to its caller; the figure therefore includes the commit's fsync.
-async fn stream_fan_out(bench: &mut Bench, address: SocketAddr, store: Arc<dyn Store>) -> Result<()> {
+/// The stream fan-out of the hardened server: its clients, the changes committed, and the latency
+/// of every (client, change).
+async fn stream_fan_out(bench: &mut Bench, server: &Server, store: Arc<dyn Store>) -> Result<()> {
     let clients = bench.params.stream_clients;
-    let updates = bench.params.stream_updates as u64;
     raise_fd_limit(clients, &mut bench.report);
+    let FanOut { latencies, commits } = fan_out(bench, &[server], clients, store).await?;
+    let latencies = &latencies[0];
+    let w = "stream fan-out";
+    bench
+        .report
+        .add(w, "stream clients", clients as f64, "clients", None);
+    bench.report.add(
+        w,
+        "changes committed (one per commit)",
+        bench.params.stream_updates as f64,
+        "changes",
+        None,
+    );
+    bench.report.add(
+        w,
+        "commit rate",
+        1000.0 / bench.params.stream_interval_ms as f64,
+        "changes/s",
+        None,
+    );
+    bench.report.add(
+        w,
+        "single-change commit p50",
+        percentile_ms(&commits, 50.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        "commit → client line p50",
+        percentile_ms(latencies, 50.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        "commit → client line p99",
+        percentile_ms(latencies, 99.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        "commit → client line max",
+        percentile_ms(latencies, 100.0),
+        "ms",
+        None,
+    );
+    Ok(())
+}
 
+/// What the token check and the limits cost, against the bare routes in the same run: GETs in
+/// alternating rounds (each server first in every other round), and one fan-out whose clients are
+/// split between the two servers, connected alternately, so that both see every change at once.
+async fn hardening_cost(
+    bench: &mut Bench,
+    bare: &Server,
+    hardened: &Server,
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let concurrency = bench.params.get_concurrency;
+    let servers = [bare, hardened];
+    let clients = [client(concurrency, bare)?, client(concurrency, hardened)?];
+    // A ratio of two p99s needs more of a tail than one p99: five times the GET workload each.
+    let per_round = (OVERHEAD_SAMPLES * bench.params.get_requests / OVERHEAD_ROUNDS).max(1);
+    for (server, client) in servers.iter().zip(&clients) {
+        let warm_up: Vec<String> = (0..per_round).map(|_| task_url(bench, &server.base())).collect();
+        load_urls(client, Arc::new(warm_up), concurrency).await?;
+    }
+    let mut gets = [histogram(), histogram()];
+    for round in 0..OVERHEAD_ROUNDS {
+        for i in [round % 2, 1 - round % 2] {
+            let base = servers[i].base();
+            let urls: Vec<String> = (0..per_round).map(|_| task_url(bench, &base)).collect();
+            let (latencies, _) = load_urls(&clients[i], Arc::new(urls), concurrency).await?;
+            gets[i].add(&latencies)?;
+        }
+    }
+    let each = (bench.params.stream_clients / 2).max(1);
+    let FanOut {
+        latencies: streams, ..
+    } = fan_out(bench, &servers, each, store).await?;
+
+    let w = "hardening cost";
+    bench.report.add(
+        w,
+        "GET /v1/tasks/{cluster}/{arn} p99, bare routes",
+        percentile_ms(&gets[0], 99.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        "GET /v1/tasks/{cluster}/{arn} p99, tokens + limits",
+        percentile_ms(&gets[1], 99.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        "GET p99, tokens + limits ÷ bare",
+        ratio(&gets[1], &gets[0]),
+        "×",
+        Some(Goal::AtMost(OVERHEAD_GOAL)),
+    );
+    bench.report.add(
+        w,
+        &format!("commit → client line p99, {each} clients of the bare routes"),
+        percentile_ms(&streams[0], 99.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        &format!("commit → client line p99, {each} clients of tokens + limits"),
+        percentile_ms(&streams[1], 99.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        "stream fan-out p99, tokens + limits ÷ bare",
+        ratio(&streams[1], &streams[0]),
+        "×",
+        Some(Goal::AtMost(OVERHEAD_GOAL)),
+    );
+    Ok(())
+}
+
+fn ratio(hardened: &Histogram<u64>, bare: &Histogram<u64>) -> f64 {
+    hardened.value_at_percentile(99.0) as f64 / bare.value_at_percentile(99.0).max(1) as f64
+}
+
+/// What a fan-out measured: per server, the latency of every (client, change); and the commits.
+struct FanOut {
+    latencies: Vec<Histogram<u64>>,
+    commits: Histogram<u64>,
+}
+
+/// Opens `clients_each` stream clients on every server (alternating), then commits one task change
+/// every `stream_interval_ms` through the ingest path, and measures for every (client, change) the
+/// time from the start of its commit to the client reading its line. The start of the commit is the
+/// reference because the store wakes the streams before `commit` returns to its caller; the figure
+/// therefore includes the commit's fsync.
+async fn fan_out(
+    bench: &mut Bench,
+    servers: &[&Server],
+    clients_each: usize,
+    store: Arc<dyn Store>,
+) -> Result<FanOut> {
+    let updates = bench.params.stream_updates as u64;
     let head = store.log_bounds().await?.head;
     let last = head + updates;
+    let targets: Vec<(usize, SocketAddr, Option<&'static str>)> = (0..clients_each)
+        .flat_map(|_| servers.iter().enumerate().map(|(i, s)| (i, s.address, s.token)))
+        .collect();
     // Connects in waves, so that the listen backlog never overflows.
-    let connected: Vec<Result<StreamClient>> = futures::stream::iter(0..clients)
-        .map(|_| StreamClient::connect(address))
+    let connected: Vec<Result<(usize, StreamClient)>> = futures::stream::iter(targets)
+        .map(|(i, address, token)| async move { Ok((i, StreamClient::connect(address, token).await?)) })
         .buffer_unordered(64)
         .collect()
         .await;
     let connected = connected.into_iter().collect::<Result<Vec<_>>>()?;
     let readers: Vec<_> = connected
         .into_iter()
-        .map(|client| tokio::spawn(client.read_until(last)))
+        .map(|(i, client)| (i, tokio::spawn(client.read_until(last))))
         .collect();
 
     let ingestor = Ingestor::new(store, Arc::new(NoEvents), IngestOptions::default());
@@ -295,10 +523,11 @@ async fn stream_fan_out(bench: &mut Bench, address: SocketAddr, store: Arc<dyn S
         sent_at.insert(head + n + 1, started);
     }
 
-    let mut latencies = histogram();
+    let mut latencies: Vec<Histogram<u64>> = servers.iter().map(|_| histogram()).collect();
     let (mut complete, mut missing) = (0_usize, 0_u64);
     let deadline = now() + STREAM_DEADLINE;
-    for reader in readers {
+    let clients = readers.len();
+    for (i, reader) in readers {
         let received = match tokio::time::timeout_at(deadline, reader).await {
             Ok(joined) => joined.context("a stream client panicked")??,
             Err(_) => bail!("stream clients did not receive every change within {STREAM_DEADLINE:?}"),
@@ -306,7 +535,7 @@ async fn stream_fan_out(bench: &mut Bench, address: SocketAddr, store: Arc<dyn S
         let mut seen = 0;
         for (seq, at) in received {
             if let Some(sent) = sent_at.get(&seq) {
-                latencies.record(micros(at.saturating_duration_since(*sent)))?;
+                latencies[i].record(micros(at.saturating_duration_since(*sent)))?;
                 seen += 1;
             }
         }
@@ -317,53 +546,7 @@ async fn stream_fan_out(bench: &mut Bench, address: SocketAddr, store: Arc<dyn S
         missing == 0,
         "{missing} (client, change) pairs were never received; {complete} of {clients} clients got all"
     );
-    let w = "stream fan-out";
-    bench
-        .report
-        .add(w, "stream clients", clients as f64, "clients", None);
-    bench.report.add(
-        w,
-        "changes committed (one per commit)",
-        updates as f64,
-        "changes",
-        None,
-    );
-    bench.report.add(
-        w,
-        "commit rate",
-        1000.0 / bench.params.stream_interval_ms as f64,
-        "changes/s",
-        None,
-    );
-    bench.report.add(
-        w,
-        "single-change commit p50",
-        percentile_ms(&commits, 50.0),
-        "ms",
-        None,
-    );
-    bench.report.add(
-        w,
-        "commit → client line p50",
-        percentile_ms(&latencies, 50.0),
-        "ms",
-        None,
-    );
-    bench.report.add(
-        w,
-        "commit → client line p99",
-        percentile_ms(&latencies, 99.0),
-        "ms",
-        None,
-    );
-    bench.report.add(
-        w,
-        "commit → client line max",
-        percentile_ms(&latencies, 100.0),
-        "ms",
-        None,
-    );
-    Ok(())
+    Ok(FanOut { latencies, commits })
 }
 
 /// Each stream client uses one descriptor here and one in the server: raises the soft limit towards
@@ -392,16 +575,18 @@ struct StreamClient {
 impl StreamClient {
     /// Connects and reads the response head: once it has arrived, the server has fixed the stream's
     /// starting position, so every later change reaches this client.
-    async fn connect(address: SocketAddr) -> Result<StreamClient> {
+    async fn connect(address: SocketAddr, token: Option<&str>) -> Result<StreamClient> {
         let mut socket = TcpStream::connect(address)
             .await
             .context("connecting a stream client")?;
         socket.set_nodelay(true)?;
-        socket
-            .write_all(
-                b"GET /v1/stream/tasks HTTP/1.1\r\nHost: bench\r\nAccept: application/x-ndjson\r\n\r\n",
-            )
-            .await?;
+        let authorization = token
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "GET /v1/stream/tasks HTTP/1.1\r\nHost: bench\r\nAccept: application/x-ndjson\r\n{authorization}\r\n"
+        );
+        socket.write_all(request.as_bytes()).await?;
         let mut reader = BufReader::new(socket);
         let mut line = String::new();
         reader.read_line(&mut line).await?;
