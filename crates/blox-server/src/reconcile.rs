@@ -2,8 +2,16 @@
 //! cluster, list and describe every container instance and task, write what is newer through the same
 //! version rule as events, and delete what ECS no longer lists. It takes no input: every pass
 //! recomputes from ECS and the store. One failing cluster does not stop the others.
+//!
+//! ECS's per-resource `version` only grows, so an entity whose stored version is ahead of what ECS
+//! describes can only come from a bogus event (one near `u64::MAX` would otherwise pin it for good).
+//! The reconciler's descriptions ([`Write::Observe`]) replace such an entity when it was stored before
+//! the *previous* pass over its cluster began: a describe racing a newer event is normal and must not
+//! take the entity back, and ECS's reads are eventually consistent, so a version ahead must have been
+//! stored for a whole interval before it counts as bogus. A bogus version is so corrected within two
+//! intervals.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,6 +105,9 @@ pub struct Reconciler {
     ecs: Arc<dyn EcsReader>,
     options: ReconcileOptions,
     readiness: Arc<ReadinessState>,
+    /// The change log's head when each cluster's entities of a kind were last looked at: what was
+    /// stored before it has been stored for at least an interval when they are looked at again.
+    looked_at: Mutex<HashMap<(ClusterName, Kind), u64>>,
 }
 
 impl Reconciler {
@@ -111,6 +122,7 @@ impl Reconciler {
             ecs,
             options,
             readiness,
+            looked_at: Mutex::default(),
         }
     }
 
@@ -226,6 +238,18 @@ impl Reconciler {
             // Read before looking at ECS: an entity changed after this (by an event) is never deleted
             // by this pass, even if the listing below missed it.
             let snapshot = self.store.log_bounds().await?.head;
+            // What was stored before the previous look (0: none) is corrected if ECS now describes it
+            // at a lower version (see the module's documentation).
+            let settled = self
+                .looked_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((cluster.clone(), kind), snapshot)
+                .unwrap_or(0);
+            let observe = |doc| Write::Observe {
+                doc,
+                unchanged_since: settled,
+            };
             // Pages are described as they are listed (each listing is sequential: a page needs the
             // previous page's token), so that ECS's list and describe budgets are spent together.
             let listings = if self.allowed(cluster) {
@@ -250,10 +274,7 @@ impl Reconciler {
             let mut seen = HashSet::new();
             while let Some(docs) = described.try_next().await? {
                 seen.extend(docs.iter().map(|d| d.key.id.clone()));
-                let outcomes = self
-                    .store
-                    .apply(docs.into_iter().map(Write::Observe).collect())
-                    .await?;
+                let outcomes = self.store.apply(docs.into_iter().map(observe).collect()).await?;
                 kind_upserted += outcomes
                     .iter()
                     .filter(|o| matches!(o, Outcome::Written { .. }))
@@ -276,10 +297,7 @@ impl Reconciler {
                 for chunk in missing.chunks(blox_aws::DESCRIBE_BATCH) {
                     let docs = self.describe(cluster, kind, chunk).await?;
                     kept.extend(docs.iter().map(|d| d.key.id.clone()));
-                    let outcomes = self
-                        .store
-                        .apply(docs.into_iter().map(Write::Observe).collect())
-                        .await?;
+                    let outcomes = self.store.apply(docs.into_iter().map(observe).collect()).await?;
                     kind_upserted += outcomes
                         .iter()
                         .filter(|o| matches!(o, Outcome::Written { .. }))
@@ -296,6 +314,7 @@ impl Reconciler {
                         id,
                     },
                     unchanged_since: snapshot,
+                    at_ms: clock::now_unix_ms(),
                 })
                 .collect();
             for batch in gone.chunks(1_000) {
