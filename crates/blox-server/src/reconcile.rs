@@ -24,6 +24,7 @@ use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use crate::ingest::Mirrored;
 use crate::{clock, documents, metrics as m};
 
 #[derive(Debug, Clone)]
@@ -37,6 +38,9 @@ pub struct ReconcileOptions {
     pub describe_concurrency: usize,
     /// Wait before retrying a pass that could not even list the clusters.
     pub retry_after_failure: Duration,
+    /// The account and region mirrored; the reconciler learns the account from the ARNs ECS answers
+    /// with. Share it with the ingestor's options.
+    pub mirrored: Arc<Mirrored>,
 }
 
 impl Default for ReconcileOptions {
@@ -47,6 +51,7 @@ impl Default for ReconcileOptions {
             cluster_concurrency: 4,
             describe_concurrency: 4,
             retry_after_failure: Duration::from_secs(10),
+            mirrored: Arc::default(),
         }
     }
 }
@@ -207,6 +212,7 @@ impl Reconciler {
             Some(allowed) => clusters.extend(allowed.iter().cloned()),
             None => {
                 for arn in self.ecs.list_clusters().await? {
+                    self.options.mirrored.learn(&arn);
                     match ClusterName::from_arn(&arn) {
                         Ok(name) => {
                             clusters.insert(name);
@@ -376,6 +382,7 @@ impl Reconciler {
         arns: &[String],
     ) -> Result<Vec<Document>, EcsError> {
         let name = cluster.as_str();
+        let mirrored = &self.options.mirrored;
         let docs = match kind {
             Kind::Instance => self
                 .ecs
@@ -383,7 +390,9 @@ impl Reconciler {
                 .await?
                 .into_iter()
                 .filter_map(|mut i| {
-                    usable(cluster, i.validate(), || documents::instance(cluster.clone(), &i))
+                    let validated = i.validate();
+                    mirrored.learn(&i.cluster_arn);
+                    usable(cluster, validated, || documents::instance(cluster.clone(), &i))
                 })
                 .collect(),
             Kind::Task => self
@@ -391,7 +400,11 @@ impl Reconciler {
                 .describe_tasks(name, arns)
                 .await?
                 .into_iter()
-                .filter_map(|mut t| usable(cluster, t.validate(), || documents::task(cluster.clone(), &t)))
+                .filter_map(|mut t| {
+                    let validated = t.validate();
+                    mirrored.learn(&t.cluster_arn);
+                    usable(cluster, validated, || documents::task(cluster.clone(), &t))
+                })
                 .collect(),
             Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => {
                 Vec::new()
