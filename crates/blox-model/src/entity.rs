@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::arn::{Arn, ArnError, ClusterName, ResourceArn};
+use crate::storable::check_storable;
 
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
@@ -339,17 +340,28 @@ impl Task {
     }
 
     /// Checks the identifiers ECS gave: a cluster ARN, a task ARN (whose cluster, in the long format,
-    /// must be that cluster), and a container-instance ARN when there is one. A missing cluster ARN
+    /// must be that cluster, and whose account and region must be the cluster's), and a
+    /// container-instance ARN when there is one; and that what the store keys and indexes a task by
+    /// (cluster, ARN, `lastStatus`, `startedBy`) is [storable](crate::storable). A missing cluster ARN
     /// is filled in from a long-format task ARN.
     pub fn validate(&mut self) -> Result<ClusterName, FieldError> {
+        check_storable("taskArn", &self.task_arn)?;
+        check_storable("clusterArn", &self.cluster_arn)?;
+        check_storable("lastStatus", &self.last_status)?;
+        if let Some(started_by) = &self.started_by {
+            check_storable("startedBy", started_by)?;
+        }
         let task = ResourceArn::task(&self.task_arn).map_err(|e| FieldError::new("taskArn", e))?;
         fill_cluster_arn(&mut self.cluster_arn, &self.task_arn, &task);
         let cluster = self.cluster().map_err(|e| FieldError::new("clusterArn", e))?;
         check_same_cluster("taskArn", &task, &cluster)?;
+        check_same_origin("taskArn", &self.task_arn, &self.cluster_arn)?;
         if let Some(arn) = &self.container_instance_arn {
+            check_storable("containerInstanceArn", arn)?;
             let instance = ResourceArn::container_instance(arn)
                 .map_err(|e| FieldError::new("containerInstanceArn", e))?;
             check_same_cluster("containerInstanceArn", &instance, &cluster)?;
+            check_same_origin("containerInstanceArn", arn, &self.cluster_arn)?;
         }
         require_status("lastStatus", &self.last_status)?;
         require_status("desiredStatus", &self.desired_status)?;
@@ -362,14 +374,24 @@ impl ContainerInstance {
         ClusterName::from_arn(&self.cluster_arn)
     }
 
-    /// Checks the cluster and container-instance ARNs and the status. A missing cluster ARN is
-    /// filled in from a long-format container-instance ARN.
+    /// Checks the cluster and container-instance ARNs (the same cluster, account and region) and the
+    /// status, and that what the store keys and indexes an instance by (cluster, ARN, status) is
+    /// [storable](crate::storable). A missing cluster ARN is filled in from a long-format
+    /// container-instance ARN.
     pub fn validate(&mut self) -> Result<ClusterName, FieldError> {
+        check_storable("containerInstanceArn", &self.container_instance_arn)?;
+        check_storable("clusterArn", &self.cluster_arn)?;
+        check_storable("status", &self.status)?;
         let instance = ResourceArn::container_instance(&self.container_instance_arn)
             .map_err(|e| FieldError::new("containerInstanceArn", e))?;
         fill_cluster_arn(&mut self.cluster_arn, &self.container_instance_arn, &instance);
         let cluster = self.cluster().map_err(|e| FieldError::new("clusterArn", e))?;
         check_same_cluster("containerInstanceArn", &instance, &cluster)?;
+        check_same_origin(
+            "containerInstanceArn",
+            &self.container_instance_arn,
+            &self.cluster_arn,
+        )?;
         require_status("status", &self.status)?;
         Ok(cluster)
     }
@@ -418,6 +440,31 @@ fn check_same_cluster(
         )),
         _ => Ok(()),
     }
+}
+
+/// A resource ARN in the partition, account and region of its cluster ARN (both already parsed).
+fn check_same_origin(field: &'static str, arn: &str, cluster_arn: &str) -> Result<(), FieldError> {
+    let (Ok(resource), Ok(cluster)) = (Arn::parse(arn), Arn::parse(cluster_arn)) else {
+        return Ok(());
+    };
+    let same = resource.partition == cluster.partition
+        && resource.account == cluster.account
+        && resource.region == cluster.region;
+    if !same {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "is in {}:{}:{} but clusterArn in {}:{}:{}",
+                resource.partition,
+                resource.region,
+                resource.account,
+                cluster.partition,
+                cluster.region,
+                cluster.account
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn require_status(field: &'static str, value: &str) -> Result<(), FieldError> {

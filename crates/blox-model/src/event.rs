@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::arn::ClusterName;
 use crate::entity::{ContainerInstance, FieldError, Task};
+use crate::scope::Origin;
 
 pub const TASK_STATE_CHANGE: &str = "ECS Task State Change";
 pub const CONTAINER_INSTANCE_STATE_CHANGE: &str = "ECS Container Instance State Change";
@@ -42,6 +43,14 @@ pub enum EventError {
     BadVersion,
     #[error("detail.{0}")]
     Field(#[from] FieldError),
+    /// The envelope's `account` or `region` is not the one its resources' ARNs name (EventBridge
+    /// keeps the source's in both, also when it forwards events between accounts or regions).
+    #[error("the envelope's {field} {envelope:?} is not the {field} of detail.clusterArn ({resource:?})")]
+    EnvelopeMismatch {
+        field: &'static str,
+        envelope: String,
+        resource: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -50,6 +59,10 @@ struct Envelope<'a> {
     detail_type: String,
     #[serde(borrow)]
     detail: &'a RawValue,
+    #[serde(default)]
+    account: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
 }
 
 /// Reads only `detail.version`, skipping the rest of the detail.
@@ -74,6 +87,7 @@ impl EcsEvent {
                 let mut task: Task = serde_json::from_str(detail).map_err(detail_error)?;
                 task.version = version;
                 let cluster = task.validate()?;
+                check_envelope(&envelope, &task.cluster_arn)?;
                 Ok(EcsEvent::Task { cluster, task })
             }
             CONTAINER_INSTANCE_STATE_CHANGE => {
@@ -81,6 +95,7 @@ impl EcsEvent {
                 let mut instance: ContainerInstance = serde_json::from_str(detail).map_err(detail_error)?;
                 instance.version = version;
                 let cluster = instance.validate()?;
+                check_envelope(&envelope, &instance.cluster_arn)?;
                 Ok(EcsEvent::ContainerInstance { cluster, instance })
             }
             other => Ok(EcsEvent::Other {
@@ -88,6 +103,42 @@ impl EcsEvent {
             }),
         }
     }
+}
+
+impl EcsEvent {
+    /// The account and region of the event's resource (from its cluster ARN); `None` for
+    /// [`EcsEvent::Other`].
+    pub fn origin(&self) -> Option<Origin> {
+        let cluster_arn = match self {
+            EcsEvent::Task { task, .. } => &task.cluster_arn,
+            EcsEvent::ContainerInstance { instance, .. } => &instance.cluster_arn,
+            EcsEvent::Other { .. } => return None,
+        };
+        // Validated when parsed, so it parses.
+        Origin::of_arn(cluster_arn).ok()
+    }
+}
+
+/// The envelope's account and region, when given, must be those of the resource.
+fn check_envelope(envelope: &Envelope<'_>, cluster_arn: &str) -> Result<(), EventError> {
+    let Ok(origin) = Origin::of_arn(cluster_arn) else {
+        return Ok(());
+    };
+    for (field, given, resource) in [
+        ("account", &envelope.account, origin.account),
+        ("region", &envelope.region, origin.region),
+    ] {
+        if let Some(given) = given
+            && *given != resource
+        {
+            return Err(EventError::EnvelopeMismatch {
+                field,
+                envelope: given.clone(),
+                resource,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn detail_version(detail: &str) -> Result<u64, EventError> {
@@ -222,6 +273,91 @@ mod tests {
             &task_with(|v| v["detail"]["lastStatus"] = "".into()),
             "detail.lastStatus",
         );
+    }
+
+    /// What the store would refuse (a NUL in a key or an indexed field) is refused here, naming the
+    /// field, so that such a message is parked on its own instead of failing its batch's commit.
+    #[test]
+    fn what_the_store_cannot_key_or_index_is_rejected_naming_the_field() {
+        let nul = r"a\u0000b";
+        let cases: [(&str, &str); 5] = [
+            ("startedBy", "detail.startedBy: contains a NUL byte"),
+            ("lastStatus", "detail.lastStatus: contains a NUL byte"),
+            ("taskArn", "detail.taskArn: contains a NUL byte"),
+            ("clusterArn", "detail.clusterArn: contains a NUL byte"),
+            (
+                "containerInstanceArn",
+                "detail.containerInstanceArn: contains a NUL byte",
+            ),
+        ];
+        for (field, want) in cases {
+            // As SQS carries it: JSON's \u0000 escape (SQS refuses a raw NUL in a body).
+            let body = task_with(|v| v["detail"][field] = "PLACEHOLDER".into()).replace("PLACEHOLDER", nul);
+            check_rejected(&body, want);
+        }
+        let mut instance: serde_json::Value = serde_json::from_str(INSTANCE).unwrap();
+        instance["detail"]["status"] = "PLACEHOLDER".into();
+        check_rejected(
+            &instance.to_string().replace("PLACEHOLDER", nul),
+            "detail.status: contains a NUL byte",
+        );
+        // Other fields are only stored in the body: a NUL there is fine.
+        let body =
+            task_with(|v| v["detail"]["stoppedReason"] = "PLACEHOLDER".into()).replace("PLACEHOLDER", nul);
+        let EcsEvent::Task { task, .. } = EcsEvent::parse(&body).unwrap() else {
+            panic!("not a task")
+        };
+        assert_eq!(task.stopped_reason.as_deref(), Some("a\0b"));
+    }
+
+    #[test]
+    fn account_and_region_are_the_resources_own() {
+        let EcsEvent::Task { .. } = EcsEvent::parse(TASK).unwrap() else {
+            panic!("not a task")
+        };
+        assert_eq!(
+            EcsEvent::parse(TASK).unwrap().origin(),
+            Some(Origin {
+                account: "111122223333".into(),
+                region: "us-east-1".into()
+            })
+        );
+        assert_eq!(
+            EcsEvent::parse(r#"{"detail-type":"ECS Service Action","detail":{}}"#)
+                .unwrap()
+                .origin(),
+            None
+        );
+        // Resources of one event are in one account and region, the envelope's.
+        check_rejected(
+            &task_with(|v| {
+                v["detail"]["taskArn"] =
+                    "arn:aws:ecs:us-east-1:444455556666:task/b99d40b3-5176-4f71-9a52-9dbd6f1cebef".into()
+            }),
+            "detail.taskArn: is in aws:us-east-1:444455556666 but clusterArn in aws:us-east-1:111122223333",
+        );
+        check_rejected(
+            &task_with(|v| {
+                v["detail"]["containerInstanceArn"] =
+                    "arn:aws:ecs:eu-west-1:111122223333:container-instance/b54a2a04".into()
+            }),
+            "detail.containerInstanceArn: is in aws:eu-west-1:111122223333",
+        );
+        check_rejected(
+            &task_with(|v| v["account"] = "444455556666".into()),
+            "the envelope's account \"444455556666\" is not the account of detail.clusterArn",
+        );
+        check_rejected(
+            &task_with(|v| v["region"] = "eu-west-1".into()),
+            "the envelope's region \"eu-west-1\" is not the region of detail.clusterArn",
+        );
+        // An envelope without them is taken at its resources' word.
+        let bare = task_with(|v| {
+            let envelope = v.as_object_mut().unwrap();
+            envelope.remove("account");
+            envelope.remove("region");
+        });
+        assert!(EcsEvent::parse(&bare).is_ok());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The pure core of blox: identifiers, the ECS entities blox mirrors, ECS event parsing, the rule
-//! that orders writes by ECS's per-resource `version`, and the daemon scheduler's documents and planner.
+//! of what the store can key and index by, the rule that orders writes by ECS's per-resource `version`, and the daemon scheduler's documents and planner.
 //!
 //! Nothing here performs I/O, reads a clock or draws randomness: callers pass those in.
 
@@ -8,6 +8,8 @@ pub mod daemon;
 pub mod emit;
 pub mod entity;
 pub mod event;
+pub mod scope;
+pub mod storable;
 pub mod version;
 
 pub use arn::{Arn, ArnError, ClusterName, ClusterRef, ResourceArn, ResourceKind};
@@ -21,4 +23,6 @@ pub use entity::{
     INSTANCE_STATUSES, NetworkBinding, Overrides, Resource, TASK_STATUSES, Task, VersionInfo,
 };
 pub use event::{EcsEvent, EventError};
+pub use scope::{Foreign, Origin, Scope};
+pub use storable::{check_storable, storable};
 pub use version::supersedes;

@@ -1,15 +1,24 @@
 //! Event ingestion: several receivers long-poll the queue; one committer gathers what they received
 //! into a batch, applies it to the store in one durable transaction, and only then deletes the
-//! messages. A message that is not a valid ECS event is parked (in the same transaction) and deleted:
-//! it never blocks the queue and is never retried forever. Other ECS detail types are counted and
-//! dropped. If a commit fails, nothing is deleted and the queue redelivers later.
+//! messages. A message that is not a valid ECS event, or is an event of another account or region than
+//! the one mirrored, is parked (in the same transaction) and deleted: it never blocks the queue and is
+//! never retried forever. Other ECS detail types are counted and dropped.
+//!
+//! Parsing checks everything the store checks of a document ([`blox_model::storable`]), so a batch's
+//! commit does not fail because of one message. Should the store still refuse a write of a batch
+//! (an error about the writes, [`StoreError::is_about_the_writes`]), the batch is split in halves and
+//! each half committed on its own, down to the one message the store refuses, which is parked with the
+//! store's reason: the good messages commit, the bad one is parked. If the backend fails (disk full,
+//! I/O), nothing more is committed and only the messages whose effect is committed are deleted: the
+//! rest come back after their visibility timeout.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use blox_aws::{EventSource, Message};
-use blox_model::{ClusterName, EcsEvent};
-use blox_store::{DeadLetter, Kind, Outcome, Store, Write};
+use blox_model::{ClusterName, EcsEvent, Origin, Scope};
+use blox_store::{DeadLetter, Kind, Outcome, Store, StoreError, Write};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +37,9 @@ pub struct IngestOptions {
     pub clusters: Option<Vec<ClusterName>>,
     /// How often the queue depth is sampled for the metrics.
     pub depth_interval: Duration,
+    /// The account and region mirrored: events of others are parked. Share it with the reconciler's
+    /// options, which learns the account from what ECS answers.
+    pub mirrored: Arc<Mirrored>,
 }
 
 impl Default for IngestOptions {
@@ -37,6 +49,71 @@ impl Default for IngestOptions {
             max_batch: 10_000,
             clusters: None,
             depth_interval: Duration::from_secs(30),
+            mirrored: Arc::default(),
+        }
+    }
+}
+
+/// The account and region this blox mirrors, as far as known: the region from the AWS configuration
+/// (or the simulator's), the account from `--account-id` (or the simulator's), or else learnt from the
+/// first ARN ECS answers the reconciler with. What is not known yet is not checked.
+#[derive(Debug, Default)]
+pub struct Mirrored {
+    account: OnceLock<String>,
+    region: OnceLock<String>,
+    /// Whether a learnt account that disagrees with the given one was reported.
+    disagreement_reported: AtomicBool,
+}
+
+impl Mirrored {
+    pub fn new(account: Option<String>, region: Option<String>) -> Mirrored {
+        let mirrored = Mirrored::default();
+        if let Some(account) = account {
+            let _ = mirrored.account.set(account);
+        }
+        if let Some(region) = region {
+            let _ = mirrored.region.set(region);
+        }
+        mirrored
+    }
+
+    /// What is known now.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            account: self.account.get().cloned(),
+            region: self.region.get().cloned(),
+        }
+    }
+
+    /// Takes the account and region of an ARN ECS answered with, where they are not known yet. A given
+    /// account stays; one that disagrees with ECS's is reported once (events of ECS's account are
+    /// then parked: the configuration is wrong).
+    pub fn learn(&self, arn: &str) {
+        let Ok(origin) = Origin::of_arn(arn) else {
+            return;
+        };
+        for (what, known) in [("account", &self.account), ("region", &self.region)] {
+            let answered = match what {
+                "account" => &origin.account,
+                _ => &origin.region,
+            };
+            match known.get() {
+                Some(known) if known == answered => {}
+                Some(known) => {
+                    if !self.disagreement_reported.swap(true, Ordering::Relaxed) {
+                        tracing::error!(
+                            mirrored = %known,
+                            ecs = %answered,
+                            "ECS answers for another {what} than the one blox mirrors: its events will be parked; check --account-id and the AWS configuration"
+                        );
+                    }
+                }
+                None => {
+                    if known.set(answered.clone()).is_ok() {
+                        tracing::info!(%answered, "mirroring the {what} ECS answers for; events of others are parked");
+                    }
+                }
+            }
         }
     }
 }
@@ -52,8 +129,58 @@ pub struct Ingestor {
 pub struct BatchReport {
     pub applied: usize,
     pub stale: usize,
+    /// Invalid messages, events of another account or region, and messages the store refused.
     pub parked: usize,
     pub dropped: usize,
+    /// Times a part of the batch was split in two because the store refused one of its writes.
+    pub splits: usize,
+}
+
+/// Why a message is parked (the `reason` label of `blox_events_parked_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParkedAs {
+    /// Not a valid ECS event.
+    Invalid,
+    /// An event of another account or region.
+    Foreign,
+    /// The store refused its write (found by splitting a batch whose commit failed).
+    Refused,
+}
+
+impl ParkedAs {
+    fn label(self) -> &'static str {
+        match self {
+            ParkedAs::Invalid => "invalid",
+            ParkedAs::Foreign => "foreign",
+            ParkedAs::Refused => "refused",
+        }
+    }
+}
+
+/// A received message and what it becomes.
+struct Entry {
+    message: Message,
+    /// `None`: dropped on purpose.
+    write: Option<Write>,
+    /// The entity kind of an event's write, for the metrics.
+    kind: Option<Kind>,
+    parked_as: Option<ParkedAs>,
+    /// Set once the write is committed.
+    outcome: Option<Outcome>,
+}
+
+impl Entry {
+    fn park(&mut self, as_: ParkedAs, reason: String, received_at: &str) {
+        self.write = Some(Write::Park(DeadLetter {
+            id: 0,
+            message_id: Some(self.message.id.clone()),
+            received_at: received_at.to_owned(),
+            reason,
+            body: self.message.body.clone(),
+        }));
+        self.kind = None;
+        self.parked_as = Some(as_);
+    }
 }
 
 impl Ingestor {
@@ -67,6 +194,14 @@ impl Ingestor {
 
     /// Runs until `shutdown`; messages already received are committed before it returns.
     pub async fn run(self, shutdown: CancellationToken) {
+        let scope = self.options.mirrored.scope();
+        if scope.account.is_none() || scope.region.is_none() {
+            tracing::info!(
+                account = scope.account.as_deref().unwrap_or("unknown"),
+                region = scope.region.as_deref().unwrap_or("unknown"),
+                "events are not checked against what is not known yet of the mirrored account and region (the reconciler learns the account from ECS; --account-id gives it)"
+            );
+        }
         let receivers = self.options.receivers.max(1);
         // Room for about one commit's worth of receives (SQS gives at most 10 messages each), so
         // that a backlog is committed in large batches while receivers keep receiving; not more,
@@ -108,97 +243,177 @@ impl Ingestor {
         tasks.wait().await;
     }
 
-    /// Applies one batch; deletes its messages from the queue only once the store has committed it.
+    /// Applies one batch; deletes its messages from the queue only once the store has committed their
+    /// effect (or their parking). `Err` when the backend failed: then the messages whose effect was
+    /// committed before the failure are deleted, and the others stay in the queue.
     pub async fn commit(&self, batch: Vec<Message>) -> Result<BatchReport, ()> {
-        let mut report = BatchReport::default();
-        let mut writes = Vec::with_capacity(batch.len());
-        let mut kinds = Vec::with_capacity(batch.len());
-        let mut receipts = Vec::with_capacity(batch.len());
         let oldest_sent = batch.iter().filter_map(|msg| msg.sent_at_ms).min();
-        for msg in batch {
-            receipts.push(msg.receipt);
-            let write = match EcsEvent::parse(&msg.body) {
-                Ok(EcsEvent::Task { cluster, task }) if self.allowed(&cluster) => {
-                    Some((Write::Upsert(documents::task(cluster, &task)), Some(Kind::Task)))
-                }
-                Ok(EcsEvent::ContainerInstance { cluster, instance }) if self.allowed(&cluster) => Some((
-                    Write::Upsert(documents::instance(cluster, &instance)),
-                    Some(Kind::Instance),
-                )),
-                Ok(EcsEvent::Task { .. } | EcsEvent::ContainerInstance { .. }) => {
-                    metrics::counter!(m::EVENTS_DROPPED, "reason" => "cluster_not_allowed").increment(1);
-                    None
-                }
-                Ok(EcsEvent::Other { detail_type }) => {
-                    tracing::debug!(
-                        detail_type,
-                        message_id = msg.id,
-                        "dropping an ECS event blox does not mirror"
-                    );
-                    metrics::counter!(m::EVENTS_DROPPED, "reason" => "other_detail_type").increment(1);
-                    None
-                }
-                Err(err) => {
-                    tracing::warn!(message_id = msg.id, error = %err, "parking a message that is not a valid ECS event");
-                    let parked = DeadLetter {
-                        id: 0,
-                        message_id: Some(msg.id),
-                        received_at: clock::now_rfc3339(),
-                        reason: err.to_string(),
-                        body: msg.body,
-                    };
-                    Some((Write::Park(parked), None))
-                }
-            };
-            match write {
-                Some((write, kind)) => {
-                    writes.push(write);
-                    kinds.push(kind);
-                }
-                None => report.dropped += 1,
-            }
-        }
-        let outcomes = match self.store.apply(writes).await {
-            Ok(outcomes) => outcomes,
-            Err(err) => {
-                metrics::counter!(m::INGEST_COMMIT_FAILURES).increment(1);
-                tracing::error!(error = %err, messages = receipts.len(), "commit failed; the messages stay in the queue");
-                return Err(());
-            }
-        };
-        for (outcome, kind) in outcomes.iter().zip(&kinds) {
-            let label = kind.map(Kind::name).unwrap_or("none");
-            match outcome {
-                Outcome::Written { .. } => {
+        let scope = self.options.mirrored.scope();
+        let received_at = clock::now_rfc3339();
+        let mut entries: Vec<Entry> = batch
+            .into_iter()
+            .map(|message| self.entry(message, &scope, &received_at))
+            .collect();
+        let mut report = BatchReport::default();
+        let committed = self
+            .apply_isolating(&mut entries, &received_at, &mut report)
+            .await;
+        for entry in &entries {
+            let label = entry.kind.map(Kind::name).unwrap_or("none");
+            match (entry.outcome, &entry.write) {
+                (_, None) => report.dropped += 1,
+                (None, Some(_)) => {}
+                (Some(Outcome::Written { .. }), _) => {
                     report.applied += 1;
                     metrics::counter!(m::EVENTS_APPLIED, "kind" => label).increment(1);
                 }
-                Outcome::Parked { .. } => {
+                (Some(Outcome::Parked { .. }), _) => {
                     report.parked += 1;
-                    metrics::counter!(m::EVENTS_PARKED).increment(1);
+                    let reason = entry.parked_as.unwrap_or(ParkedAs::Invalid).label();
+                    metrics::counter!(m::EVENTS_PARKED, "reason" => reason).increment(1);
                 }
-                Outcome::Stale | Outcome::Kept | Outcome::Deleted { .. } => {
+                (Some(Outcome::Stale | Outcome::Kept | Outcome::Deleted { .. }), _) => {
                     report.stale += 1;
                     metrics::counter!(m::EVENTS_STALE, "kind" => label).increment(1);
                 }
             }
         }
-        if let Some(sent) = oldest_sent {
+        let receipts: Vec<String> = match &committed {
+            Ok(()) => entries.into_iter().map(|entry| entry.message.receipt).collect(),
+            Err(err) => {
+                metrics::counter!(m::INGEST_COMMIT_FAILURES).increment(1);
+                let done: Vec<String> = entries
+                    .into_iter()
+                    .filter(|entry| entry.outcome.is_some())
+                    .map(|entry| entry.message.receipt)
+                    .collect();
+                tracing::error!(
+                    error = %err,
+                    committed = done.len(),
+                    "commit failed; the messages not committed stay in the queue"
+                );
+                done
+            }
+        };
+        if committed.is_ok()
+            && let Some(sent) = oldest_sent
+        {
             let lag_ms = clock::now_unix_ms().saturating_sub(sent);
             metrics::gauge!(m::QUEUE_LAG_SECONDS).set(lag_ms as f64 / 1000.0);
         }
         // Committed: now the messages may go. A failed delete only means a harmless redelivery.
-        match self.source.delete(&receipts).await {
-            Ok(failed) if failed.is_empty() => {}
-            Ok(failed) => tracing::warn!(
-                failed = failed.len(),
-                "some messages could not be deleted; they will be redelivered"
-            ),
-            Err(err) => {
-                tracing::warn!(error = %err, "deleting committed messages failed; they will be redelivered")
+        if !receipts.is_empty() {
+            match self.source.delete(&receipts).await {
+                Ok(failed) if failed.is_empty() => {}
+                Ok(failed) => tracing::warn!(
+                    failed = failed.len(),
+                    "some messages could not be deleted; they will be redelivered"
+                ),
+                Err(err) => {
+                    tracing::warn!(error = %err, "deleting committed messages failed; they will be redelivered")
+                }
             }
         }
-        Ok(report)
+        committed.map(|()| report).map_err(|_| ())
+    }
+
+    /// What a message becomes: an event's write, a parked message, or nothing (dropped).
+    fn entry(&self, message: Message, scope: &Scope, received_at: &str) -> Entry {
+        let mut entry = Entry {
+            message,
+            write: None,
+            kind: None,
+            parked_as: None,
+            outcome: None,
+        };
+        let event = match EcsEvent::parse(&entry.message.body) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(message_id = entry.message.id, error = %err, "parking a message that is not a valid ECS event");
+                entry.park(ParkedAs::Invalid, err.to_string(), received_at);
+                return entry;
+            }
+        };
+        if let Some(origin) = event.origin()
+            && let Err(foreign) = scope.check(&origin)
+        {
+            tracing::warn!(message_id = entry.message.id, error = %foreign, "parking an event of another account or region");
+            entry.park(ParkedAs::Foreign, foreign.to_string(), received_at);
+            return entry;
+        }
+        match event {
+            EcsEvent::Task { cluster, task } if self.allowed(&cluster) => {
+                entry.write = Some(Write::Upsert(documents::task(cluster, &task)));
+                entry.kind = Some(Kind::Task);
+            }
+            EcsEvent::ContainerInstance { cluster, instance } if self.allowed(&cluster) => {
+                entry.write = Some(Write::Upsert(documents::instance(cluster, &instance)));
+                entry.kind = Some(Kind::Instance);
+            }
+            EcsEvent::Task { .. } | EcsEvent::ContainerInstance { .. } => {
+                metrics::counter!(m::EVENTS_DROPPED, "reason" => "cluster_not_allowed").increment(1);
+            }
+            EcsEvent::Other { detail_type } => {
+                tracing::debug!(
+                    detail_type,
+                    message_id = entry.message.id,
+                    "dropping an ECS event blox does not mirror"
+                );
+                metrics::counter!(m::EVENTS_DROPPED, "reason" => "other_detail_type").increment(1);
+            }
+        }
+        entry
+    }
+
+    /// Commits the entries' writes: all in one transaction when the store takes them; when it refuses
+    /// one of them, each half on its own, down to the single write it refuses, which is parked with
+    /// the store's reason instead. Parts commit in the batch's order. Sets the outcome of every entry
+    /// committed; `Err` on a failure of the backend (entries committed before it keep their outcome).
+    async fn apply_isolating(
+        &self,
+        entries: &mut [Entry],
+        received_at: &str,
+        report: &mut BatchReport,
+    ) -> Result<(), StoreError> {
+        // Ranges of entries still to commit; the next one on top.
+        let mut pending = vec![(0, entries.len())];
+        while let Some((start, end)) = pending.pop() {
+            let part: Vec<usize> = (start..end).filter(|&i| entries[i].write.is_some()).collect();
+            let writes: Vec<Write> = part.iter().filter_map(|&i| entries[i].write.clone()).collect();
+            if writes.is_empty() {
+                continue;
+            }
+            match self.store.apply(writes).await {
+                Ok(outcomes) => {
+                    for (&i, outcome) in part.iter().zip(outcomes) {
+                        entries[i].outcome = Some(outcome);
+                    }
+                }
+                Err(err) if err.is_about_the_writes() && part.len() > 1 => {
+                    metrics::counter!(m::INGEST_BATCH_SPLITS).increment(1);
+                    report.splits += 1;
+                    tracing::warn!(error = %err, messages = part.len(), "the store refused a write of the batch; committing it in halves");
+                    let middle = part[part.len() / 2];
+                    pending.push((middle, end));
+                    pending.push((start, middle));
+                }
+                Err(err)
+                    if err.is_about_the_writes()
+                        && !matches!(entries[part[0]].write, Some(Write::Park(_))) =>
+                {
+                    let entry = &mut entries[part[0]];
+                    tracing::warn!(message_id = entry.message.id, error = %err, "parking a message the store refused");
+                    entry.park(
+                        ParkedAs::Refused,
+                        format!("the store refused it: {err}"),
+                        received_at,
+                    );
+                    pending.push((start, end));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
     }
 
     fn allowed(&self, cluster: &ClusterName) -> bool {

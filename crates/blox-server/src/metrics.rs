@@ -13,12 +13,17 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub const EVENTS_APPLIED: &str = "blox_events_applied_total";
 /// Events that changed nothing (duplicate or older version). Label `kind`.
 pub const EVENTS_STALE: &str = "blox_events_stale_total";
-/// Messages parked in the dead-letter table.
+/// Messages parked in the dead-letter table. Label `reason`: invalid (not a valid ECS event) |
+/// foreign (an event of another account or region) | refused (the store refused its write).
 pub const EVENTS_PARKED: &str = "blox_events_parked_total";
 /// Messages dropped on purpose. Label `reason`: other_detail_type | cluster_not_allowed.
 pub const EVENTS_DROPPED: &str = "blox_events_dropped_total";
-/// Batches whose commit failed (their messages stay in the queue and come back).
+/// Batches whose commit failed in the backend (their messages not committed stay in the queue and
+/// come back).
 pub const INGEST_COMMIT_FAILURES: &str = "blox_ingest_commit_failures_total";
+/// Parts of batches split in two because the store refused one of their writes (the refused message
+/// is parked; the rest commit).
+pub const INGEST_BATCH_SPLITS: &str = "blox_ingest_batch_splits_total";
 /// Age of the oldest message of the last committed batch, from the queue's SentTimestamp.
 pub const QUEUE_LAG_SECONDS: &str = "blox_queue_lag_seconds";
 /// Approximate messages in the queue. Label `state`: visible | in_flight.

@@ -2,8 +2,16 @@
 //! cluster, list and describe every container instance and task, write what is newer through the same
 //! version rule as events, and delete what ECS no longer lists. It takes no input: every pass
 //! recomputes from ECS and the store. One failing cluster does not stop the others.
+//!
+//! ECS's per-resource `version` only grows, so an entity whose stored version is ahead of what ECS
+//! describes can only come from a bogus event (one near `u64::MAX` would otherwise pin it for good).
+//! The reconciler's descriptions ([`Write::Observe`]) replace such an entity when it was stored before
+//! the *previous* pass over its cluster began: a describe racing a newer event is normal and must not
+//! take the entity back, and ECS's reads are eventually consistent, so a version ahead must have been
+//! stored for a whole interval before it counts as bogus. A bogus version is so corrected within two
+//! intervals.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +24,7 @@ use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use crate::ingest::Mirrored;
 use crate::{clock, documents, metrics as m};
 
 #[derive(Debug, Clone)]
@@ -29,6 +38,9 @@ pub struct ReconcileOptions {
     pub describe_concurrency: usize,
     /// Wait before retrying a pass that could not even list the clusters.
     pub retry_after_failure: Duration,
+    /// The account and region mirrored; the reconciler learns the account from the ARNs ECS answers
+    /// with. Share it with the ingestor's options.
+    pub mirrored: Arc<Mirrored>,
 }
 
 impl Default for ReconcileOptions {
@@ -39,6 +51,7 @@ impl Default for ReconcileOptions {
             cluster_concurrency: 4,
             describe_concurrency: 4,
             retry_after_failure: Duration::from_secs(10),
+            mirrored: Arc::default(),
         }
     }
 }
@@ -112,6 +125,9 @@ pub struct Reconciler {
     ecs: Arc<dyn EcsReader>,
     options: ReconcileOptions,
     readiness: Arc<ReadinessState>,
+    /// The change log's head when each cluster's entities of a kind were last looked at: what was
+    /// stored before it has been stored for at least an interval when they are looked at again.
+    looked_at: Mutex<HashMap<(ClusterName, Kind), u64>>,
 }
 
 impl Reconciler {
@@ -126,6 +142,7 @@ impl Reconciler {
             ecs,
             options,
             readiness,
+            looked_at: Mutex::default(),
         }
     }
 
@@ -210,6 +227,7 @@ impl Reconciler {
             Some(allowed) => clusters.extend(allowed.iter().cloned()),
             None => {
                 for arn in self.ecs.list_clusters().await? {
+                    self.options.mirrored.learn(&arn);
                     match ClusterName::from_arn(&arn) {
                         Ok(name) => {
                             clusters.insert(name);
@@ -241,6 +259,18 @@ impl Reconciler {
             // Read before looking at ECS: an entity changed after this (by an event) is never deleted
             // by this pass, even if the listing below missed it.
             let snapshot = self.store.log_bounds().await?.head;
+            // What was stored before the previous look (0: none) is corrected if ECS now describes it
+            // at a lower version (see the module's documentation).
+            let settled = self
+                .looked_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((cluster.clone(), kind), snapshot)
+                .unwrap_or(0);
+            let observe = |doc| Write::Observe {
+                doc,
+                unchanged_since: settled,
+            };
             // Pages are described as they are listed (each listing is sequential: a page needs the
             // previous page's token), so that ECS's list and describe budgets are spent together.
             let listings = if self.allowed(cluster) {
@@ -265,10 +295,7 @@ impl Reconciler {
             let mut seen = HashSet::new();
             while let Some(docs) = described.try_next().await? {
                 seen.extend(docs.iter().map(|d| d.key.id.clone()));
-                let outcomes = self
-                    .store
-                    .apply(docs.into_iter().map(Write::Observe).collect())
-                    .await?;
+                let outcomes = self.store.apply(docs.into_iter().map(observe).collect()).await?;
                 kind_upserted += outcomes
                     .iter()
                     .filter(|o| matches!(o, Outcome::Written { .. }))
@@ -291,10 +318,7 @@ impl Reconciler {
                 for chunk in missing.chunks(blox_aws::DESCRIBE_BATCH) {
                     let docs = self.describe(cluster, kind, chunk).await?;
                     kept.extend(docs.iter().map(|d| d.key.id.clone()));
-                    let outcomes = self
-                        .store
-                        .apply(docs.into_iter().map(Write::Observe).collect())
-                        .await?;
+                    let outcomes = self.store.apply(docs.into_iter().map(observe).collect()).await?;
                     kind_upserted += outcomes
                         .iter()
                         .filter(|o| matches!(o, Outcome::Written { .. }))
@@ -311,6 +335,7 @@ impl Reconciler {
                         id,
                     },
                     unchanged_since: snapshot,
+                    at_ms: clock::now_unix_ms(),
                 })
                 .collect();
             for batch in gone.chunks(1_000) {
@@ -372,6 +397,7 @@ impl Reconciler {
         arns: &[String],
     ) -> Result<Vec<Document>, EcsError> {
         let name = cluster.as_str();
+        let mirrored = &self.options.mirrored;
         let docs = match kind {
             Kind::Instance => self
                 .ecs
@@ -379,7 +405,9 @@ impl Reconciler {
                 .await?
                 .into_iter()
                 .filter_map(|mut i| {
-                    usable(cluster, i.validate(), || documents::instance(cluster.clone(), &i))
+                    let validated = i.validate();
+                    mirrored.learn(&i.cluster_arn);
+                    usable(cluster, validated, || documents::instance(cluster.clone(), &i))
                 })
                 .collect(),
             Kind::Task => self
@@ -387,7 +415,11 @@ impl Reconciler {
                 .describe_tasks(name, arns)
                 .await?
                 .into_iter()
-                .filter_map(|mut t| usable(cluster, t.validate(), || documents::task(cluster.clone(), &t)))
+                .filter_map(|mut t| {
+                    let validated = t.validate();
+                    mirrored.learn(&t.cluster_arn);
+                    usable(cluster, validated, || documents::task(cluster.clone(), &t))
+                })
                 .collect(),
             Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => {
                 Vec::new()

@@ -849,7 +849,7 @@ impl Scheduler {
         let lost = self.memory().lost.contains_key(&id);
         let mut batch = Batch::default();
         for task in &tasks {
-            batch.push(Write::Observe(documents::task(cluster.clone(), task)));
+            batch.push(Write::observe(documents::task(cluster.clone(), task)));
         }
         batch.writes.extend(self.remove_intent(stored, intent));
         batch.failures.resize(batch.writes.len(), None);
@@ -921,7 +921,7 @@ impl Scheduler {
         self.view.observe_tasks(cluster, tasks);
         let writes = tasks
             .iter()
-            .map(|t| Write::Observe(documents::task(cluster.clone(), t)))
+            .map(|t| Write::observe(documents::task(cluster.clone(), t)))
             .collect();
         self.apply(writes).await.map(drop)
     }
@@ -1011,7 +1011,7 @@ impl Scheduler {
             Ok(started) => {
                 let mut batch = Batch::default();
                 for task in &started.tasks {
-                    batch.push(Write::Observe(documents::task(cluster.clone(), task)));
+                    batch.push(Write::observe(documents::task(cluster.clone(), task)));
                 }
                 let placed: HashSet<&str> = started
                     .tasks

@@ -614,6 +614,7 @@ async fn stream_replays_then_goes_live_with_deletions() {
         .apply(vec![Write::Delete {
             key: Key::task(name("dev"), task_arn("dev", "b1")),
             unchanged_since: head,
+            at_ms: 0,
         }])
         .await
         .unwrap();

@@ -2,7 +2,7 @@
 //! versions of these tests, against moto, live in the `blox` crate).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use blox_aws::{
     EcsError, EcsErrorKind, EcsReader, EventSource, ListPage, Listing, Message, QueueDepth, SourceError,
 };
 use blox_model::{ClusterName, ContainerInstance, Task};
+use blox_server::ingest::Mirrored;
 use blox_server::{IngestOptions, Ingestor, ReadinessState, ReconcileOptions, Reconciler};
 use blox_store::{
     Change, DeadLetter, Filter, Key, Kind, LogBounds, MemStore, Outcome, Page, PageRequest, Record, Store,
@@ -176,53 +177,95 @@ async fn malformed_messages_are_parked_and_deleted_other_types_dropped() {
     assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
 }
 
-/// A store whose commits fail, to show that nothing is deleted from the queue then.
-struct BrokenStore(MemStore);
+/// A store in memory that refuses, as an error about the writes, any batch holding a task whose
+/// status is `refuse_status` (as the store refuses a NUL it cannot encode, which parsing now catches
+/// first), and fails as a backend from its `backend_fails_from`-th apply on (0: at once).
+struct FaultyStore {
+    inner: MemStore,
+    refuse_status: Option<&'static str>,
+    backend_fails_from: Option<usize>,
+    applies: AtomicUsize,
+}
+
+impl FaultyStore {
+    fn new(refuse_status: Option<&'static str>, backend_fails_from: Option<usize>) -> FaultyStore {
+        FaultyStore {
+            inner: MemStore::new(StoreOptions::default()),
+            refuse_status,
+            backend_fails_from,
+            applies: AtomicUsize::new(0),
+        }
+    }
+}
 
 #[async_trait]
-impl Store for BrokenStore {
-    async fn apply(&self, _: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
-        Err(StoreError::Backend {
-            backend: "test",
-            operation: "apply",
-            message: "disk full".into(),
-        })
+impl Store for FaultyStore {
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
+        let call = self.applies.fetch_add(1, Ordering::SeqCst);
+        if self.backend_fails_from.is_some_and(|from| call >= from) {
+            return Err(StoreError::Backend {
+                backend: "test",
+                operation: "apply",
+                message: "disk full".into(),
+            });
+        }
+        let refused = writes
+            .iter()
+            .any(|w| matches!(w, Write::Upsert(doc) if Some(doc.status.as_str()) == self.refuse_status));
+        if refused {
+            return Err(StoreError::InvalidValue { field: "status" });
+        }
+        self.inner.apply(writes).await
     }
     async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
-        self.0.get(key).await
+        self.inner.get(key).await
     }
     async fn list(&self, kind: Kind, filter: &Filter, page: PageRequest) -> Result<Page<Record>, StoreError> {
-        self.0.list(kind, filter, page).await
+        self.inner.list(kind, filter, page).await
     }
     async fn ids(&self, kind: Kind, cluster: &ClusterName) -> Result<Vec<(String, u64)>, StoreError> {
-        self.0.ids(kind, cluster).await
+        self.inner.ids(kind, cluster).await
     }
     async fn clusters(&self, kind: Kind) -> Result<Vec<ClusterName>, StoreError> {
-        self.0.clusters(kind).await
+        self.inner.clusters(kind).await
     }
     async fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
-        self.0.changes(after, limit).await
+        self.inner.changes(after, limit).await
     }
     async fn log_bounds(&self) -> Result<LogBounds, StoreError> {
-        self.0.log_bounds().await
+        self.inner.log_bounds().await
     }
     fn subscribe(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
+        self.inner.subscribe()
     }
     async fn dead_letters(&self, page: PageRequest) -> Result<Page<DeadLetter>, StoreError> {
-        self.0.dead_letters(page).await
+        self.inner.dead_letters(page).await
     }
     async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
-        self.0.remove_dead_letter(id).await
+        self.inner.remove_dead_letter(id).await
     }
     async fn count(&self, kind: Kind) -> Result<u64, StoreError> {
-        self.0.count(kind).await
+        self.inner.count(kind).await
     }
+}
+
+/// Messages with distinct ids and receipts (`m{n}`, `r{n}`).
+fn messages(bodies: impl IntoIterator<Item = String>) -> Vec<Message> {
+    bodies
+        .into_iter()
+        .enumerate()
+        .map(|(n, body)| Message {
+            id: format!("m{n}"),
+            receipt: format!("r{n}"),
+            body,
+            sent_at_ms: None,
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn nothing_is_deleted_when_the_commit_fails() {
-    let store = Arc::new(BrokenStore(MemStore::new(StoreOptions::default())));
+    let store = Arc::new(FaultyStore::new(None, Some(0)));
     let queue = Arc::new(FakeQueue::default());
     let ingest = ingestor(store, queue.clone(), None);
     let result = ingest
@@ -233,6 +276,107 @@ async fn nothing_is_deleted_when_the_commit_fails() {
         .await;
     assert!(result.is_err());
     assert_eq!(queue.deleted(), 0);
+}
+
+/// A batch whose commit the store refuses is split until the refused message stands alone: it is
+/// parked with the store's reason, every other message commits, and all leave the queue. Cases:
+/// (batch size, positions of refused messages).
+#[tokio::test]
+async fn a_refused_batch_is_split_so_that_the_good_messages_commit_and_the_bad_ones_are_parked() {
+    let cases: [(usize, &[usize]); 8] = [
+        (10, &[3]),
+        (10, &[0]),
+        (10, &[9]),
+        (10, &[2, 7]),
+        (10, &[4, 5]),
+        (1, &[0]),
+        (2, &[1]),
+        (1_000, &[0, 500, 999]),
+    ];
+    for (size, bad) in cases {
+        let store = Arc::new(FaultyStore::new(Some("POISON"), None));
+        let queue = Arc::new(FakeQueue::default());
+        let ingest = ingestor(store.clone(), queue.clone(), None);
+        let bodies = (0..size).map(|n| {
+            let status = if bad.contains(&n) { "POISON" } else { "RUNNING" };
+            task_event(&task("prod", &format!("t{n}"), status, 1), 1)
+        });
+        // A message that is not an event, and one of a type blox drops, ride along.
+        let batch = messages(
+            ["garbage".to_owned(), OTHER_TYPE.to_owned()]
+                .into_iter()
+                .chain(bodies),
+        );
+        let report = ingest.commit(batch).await.unwrap();
+        let case = format!("{size} with {bad:?}");
+        assert_eq!(
+            (report.applied, report.parked, report.dropped),
+            (size - bad.len(), bad.len() + 1, 1),
+            "{case}"
+        );
+        assert!(report.splits >= 1, "{case}");
+        // Each refused message costs at most two applies per halving, and one to park it.
+        let bound = 1 + bad.len() * (2 * (usize::BITS - size.leading_zeros()) as usize + 2);
+        let applies = store.applies.load(Ordering::SeqCst);
+        assert!(applies <= bound, "{case}: {applies} applies > {bound}");
+        assert_eq!(
+            queue.deleted(),
+            size + 2,
+            "{case}: every message leaves the queue"
+        );
+        assert_eq!(
+            store.count(Kind::Task).await.unwrap(),
+            (size - bad.len()) as u64,
+            "{case}"
+        );
+        let parked = store.dead_letters(PageRequest::default()).await.unwrap().items;
+        let refused: Vec<&DeadLetter> = parked
+            .iter()
+            .filter(|d| {
+                d.reason
+                    .starts_with("the store refused it: status contains a NUL byte")
+            })
+            .collect();
+        assert_eq!(refused.len(), bad.len(), "{case}: {parked:?}");
+        for letter in refused {
+            // Message n + 2 is task n.
+            let n: usize = letter.message_id.as_deref().unwrap()[1..].parse().unwrap();
+            assert!(bad.contains(&(n - 2)), "{case}: {letter:?}");
+        }
+    }
+}
+
+const OTHER_TYPE: &str = r#"{"detail-type":"ECS Service Action","source":"aws.ecs","detail":{}}"#;
+
+/// When the backend fails while a refused batch is being split, the parts committed before stay
+/// committed and their messages are deleted; the others stay in the queue (nothing is lost).
+#[tokio::test]
+async fn a_backend_failure_while_splitting_deletes_only_what_was_committed() {
+    // Apply 1 (all 8) is refused; 2 (the first half, good) commits; 3 (the second half) fails.
+    let store = Arc::new(FaultyStore::new(Some("POISON"), Some(2)));
+    let queue = Arc::new(FakeQueue::default());
+    let ingest = ingestor(store.clone(), queue.clone(), None);
+    let bodies: Vec<String> = (0..8)
+        .map(|n| {
+            let status = if n == 6 { "POISON" } else { "RUNNING" };
+            task_event(&task("prod", &format!("t{n}"), status, 1), 1)
+        })
+        .collect();
+    assert!(ingest.commit(messages(bodies)).await.is_err());
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 4);
+    assert_eq!(
+        *queue.deleted.lock().unwrap(),
+        ["r0", "r1", "r2", "r3"],
+        "only the committed half is deleted"
+    );
+    assert!(
+        store
+            .dead_letters(PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -604,4 +748,208 @@ async fn a_pass_that_cannot_list_clusters_is_not_ready() {
     let report = reconciler.pass().await;
     assert!(!report.listed);
     assert!(!readiness.snapshot().ready);
+}
+
+/// The task `entities::task` makes, in another account and/or region (every ARN of it).
+fn task_of(account: &str, region: &str, id: &str) -> Task {
+    let place = |arn: String| {
+        arn.replace(ACCOUNT, account)
+            .replace(":us-east-1:", &format!(":{region}:"))
+    };
+    let t = task("prod", id, "RUNNING", 1);
+    Task {
+        cluster_arn: place(t.cluster_arn.clone()),
+        task_arn: place(t.task_arn.clone()),
+        container_instance_arn: t.container_instance_arn.clone().map(place),
+        task_definition_arn: place(t.task_definition_arn.clone()),
+        ..t
+    }
+}
+
+/// Events of another account or region than the mirrored one are parked with that reason; what is
+/// not known of the mirrored scope is not checked. Cases: (mirrored account, mirrored region, the
+/// event's account, the event's region, the reason it is parked for).
+#[tokio::test]
+async fn events_of_another_account_or_region_are_parked_with_that_reason() {
+    const OTHER: &str = "210987654321";
+    /// Mirrored account and region, the event's account and region, the reason it is parked for.
+    type Case<'a> = (
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: [Case<'_>; 7] = [
+        (Some(ACCOUNT), Some("us-east-1"), ACCOUNT, "us-east-1", None),
+        (
+            Some(ACCOUNT),
+            Some("us-east-1"),
+            OTHER,
+            "us-east-1",
+            Some("the event is from account 210987654321, but blox mirrors account 123456789012"),
+        ),
+        (
+            Some(ACCOUNT),
+            Some("us-east-1"),
+            ACCOUNT,
+            "eu-west-1",
+            Some("the event is from region eu-west-1, but blox mirrors region us-east-1"),
+        ),
+        (
+            Some(ACCOUNT),
+            Some("us-east-1"),
+            OTHER,
+            "eu-west-1",
+            Some("the event is from account 210987654321"),
+        ),
+        (None, Some("us-east-1"), OTHER, "us-east-1", None),
+        (
+            None,
+            Some("us-east-1"),
+            OTHER,
+            "eu-west-1",
+            Some("the event is from region eu-west-1"),
+        ),
+        (None, None, OTHER, "eu-west-1", None),
+    ];
+    for (account, region, event_account, event_region, parked_for) in cases {
+        let case = format!("{account:?} {region:?} ← {event_account} {event_region}");
+        let store = Arc::new(MemStore::new(StoreOptions::default()));
+        let queue = Arc::new(FakeQueue::default());
+        let options = IngestOptions {
+            mirrored: Arc::new(Mirrored::new(account.map(String::from), region.map(String::from))),
+            ..IngestOptions::default()
+        };
+        let ingest = Ingestor::new(store.clone(), queue.clone(), options);
+        let event = task_event(&task_of(event_account, event_region, "t1"), 1);
+        let report = ingest.commit(messages([event.clone()])).await.unwrap();
+        assert_eq!(queue.deleted(), 1, "{case}");
+        let parked = store.dead_letters(PageRequest::default()).await.unwrap().items;
+        match parked_for {
+            None => {
+                assert_eq!((report.applied, report.parked), (1, 0), "{case}");
+                assert!(parked.is_empty(), "{case}");
+            }
+            Some(reason) => {
+                assert_eq!((report.applied, report.parked), (0, 1), "{case}");
+                assert!(
+                    parked[0].reason.starts_with(reason),
+                    "{case}: {:?}",
+                    parked[0].reason
+                );
+                assert_eq!(parked[0].body, event, "{case}");
+                assert_eq!(store.count(Kind::Task).await.unwrap(), 0, "{case}");
+            }
+        }
+    }
+}
+
+/// Without `--account-id`, the account is learnt from the cluster ARNs ECS lists to the reconciler;
+/// until then, events of any account are taken.
+#[tokio::test]
+async fn the_account_is_learnt_from_what_ecs_lists() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let ecs = Arc::new(FakeEcs::default());
+    ecs.tasks
+        .lock()
+        .unwrap()
+        .insert("prod".into(), vec![task("prod", "t1", "RUNNING", 1)]);
+    let mirrored = Arc::new(Mirrored::new(None, Some("us-east-1".into())));
+    let queue = Arc::new(FakeQueue::default());
+    let ingest = Ingestor::new(
+        store.clone(),
+        queue.clone(),
+        IngestOptions {
+            mirrored: mirrored.clone(),
+            ..IngestOptions::default()
+        },
+    );
+    let foreign = || task_event(&task_of("210987654321", "us-east-1", "f1"), 1);
+    assert_eq!(ingest.commit(messages([foreign()])).await.unwrap().applied, 1);
+    assert_eq!(mirrored.scope().account, None);
+
+    let reconciler = Reconciler::new(
+        store.clone(),
+        ecs,
+        ReconcileOptions {
+            mirrored: mirrored.clone(),
+            ..ReconcileOptions::default()
+        },
+        Arc::new(ReadinessState::default()),
+    );
+    reconciler.pass().await;
+    assert_eq!(mirrored.scope().account.as_deref(), Some(ACCOUNT));
+    let report = ingest.commit(messages([foreign()])).await.unwrap();
+    assert_eq!((report.applied, report.parked), (0, 1));
+    // A given account stays, whatever ECS answers.
+    let given = Mirrored::new(Some("444455556666".into()), None);
+    given.learn(&entities::cluster_arn("prod"));
+    assert_eq!(given.scope().account.as_deref(), Some("444455556666"));
+    assert_eq!(given.scope().region.as_deref(), Some("us-east-1"));
+}
+
+/// An event whose version is ahead of anything ECS describes (near u64::MAX) pins the task against
+/// events and describes; the reconciler corrects it once it has been stored since before its previous
+/// look at the cluster (a whole interval), but never takes back a newer event a describe raced.
+#[tokio::test]
+async fn reconcile_corrects_a_version_ahead_of_ecs_but_not_a_newer_event_it_raced() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let queue = Arc::new(FakeQueue::default());
+    let ingest = ingestor(store.clone(), queue, None);
+    let ecs = Arc::new(FakeEcs::default());
+    ecs.tasks
+        .lock()
+        .unwrap()
+        .insert("prod".into(), vec![task("prod", "t1", "RUNNING", 4)]);
+    let (reconciler, _) = reconciler(store.clone(), ecs.clone(), None);
+    let bogus = task_event(&task("prod", "t1", "STOPPED", u64::MAX - 1), u64::MAX - 1);
+    ingest.commit(messages([bogus])).await.unwrap();
+
+    // The first look: the bogus version may be an event the describe raced. Kept.
+    reconciler.pass().await;
+    let stored = || tasks_in(&store, "prod");
+    assert_eq!(stored().await, [("t1".into(), "STOPPED".into(), u64::MAX - 1)]);
+    // The next look: stored before the previous one began, and ECS still describes 4. Corrected.
+    assert_eq!(reconciler.pass().await.upserted, 1);
+    assert_eq!(stored().await, [("t1".into(), "RUNNING".into(), 4)]);
+    // Events at real versions apply again.
+    let newer = task_event(&task("prod", "t1", "STOPPED", 5), 5);
+    assert_eq!(ingest.commit(messages([newer])).await.unwrap().applied, 1);
+    assert_eq!(stored().await, [("t1".into(), "STOPPED".into(), 5)]);
+    // ECS's describe lags behind the event (still 4): the event arrived after the previous look,
+    // so the describe is what raced it. Kept.
+    assert_eq!(reconciler.pass().await.upserted, 0);
+    assert_eq!(stored().await, [("t1".into(), "STOPPED".into(), 5)]);
+    // ECS catches up; nothing to correct.
+    ecs.tasks.lock().unwrap().get_mut("prod").unwrap()[0] = task("prod", "t1", "STOPPED", 5);
+    assert_eq!(reconciler.pass().await.upserted, 0);
+    assert_eq!(stored().await, [("t1".into(), "STOPPED".into(), 5)]);
+}
+
+/// A task the reconciler deleted stays deleted when a late event of it arrives after a burst of
+/// changes trimmed its deletion from the change log: its tombstone is kept for a duration. With no
+/// duration, it is back (the old behaviour). Cases: (tombstone retention, resurrected).
+#[tokio::test]
+async fn a_late_event_after_a_burst_does_not_resurrect_a_deleted_task() {
+    for (retention, resurrected) in [(StoreOptions::TOMBSTONE_RETENTION, false), (Duration::ZERO, true)] {
+        let store = Arc::new(MemStore::new(StoreOptions {
+            change_log_retention: 5,
+            tombstone_retention: retention,
+            ..StoreOptions::default()
+        }));
+        let ecs = Arc::new(FakeEcs::default());
+        let old = task("prod", "t1", "STOPPED", 3);
+        ecs.tasks.lock().unwrap().insert("prod".into(), vec![old.clone()]);
+        let (reconciler, _) = reconciler(store.clone(), ecs.clone(), None);
+        reconciler.pass().await;
+        ecs.tasks.lock().unwrap().get_mut("prod").unwrap().clear();
+        assert_eq!(reconciler.pass().await.deleted, 1);
+        let ingest = ingestor(store.clone(), Arc::new(FakeQueue::default()), None);
+        let burst = (0..10).map(|n| task_event(&task("prod", &format!("b{n}"), "RUNNING", 1), 1));
+        ingest.commit(messages(burst)).await.unwrap();
+        assert!(store.log_bounds().await.unwrap().oldest_resumable > 2);
+        let late = ingest.commit(messages([task_event(&old, 3)])).await.unwrap();
+        assert_eq!(late.applied == 1, resurrected, "{retention:?}");
+    }
 }

@@ -70,8 +70,10 @@ pub(crate) enum Index {
     StartedBy = 2,
 }
 
+/// Whether a string cannot be part of a key or an indexed value: [`blox_model::storable`]'s rule,
+/// which event parsing applies too, so that what parses is what the store accepts.
 pub(crate) fn has_nul(value: &str) -> bool {
-    value.as_bytes().contains(&0)
+    !blox_model::storable(value)
 }
 
 pub(crate) fn check_nul(field: &'static str, value: &str) -> Result<(), StoreError> {
@@ -501,18 +503,63 @@ pub(crate) fn decode_change(seq: u64, bytes: &[u8]) -> Result<Change, StoreError
     Ok(Change { seq, deleted, doc })
 }
 
-/// A tombstone: the deleted entity's version and the sequence number of its deletion.
-pub(crate) fn encode_tombstone(version: u64, seq: u64) -> [u8; 17] {
-    let mut out = [0; 17];
+/// A deleted entity's tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tombstone {
+    /// The deleted entity's version.
+    pub version: u64,
+    /// The sequence number of its deletion.
+    pub seq: u64,
+    /// The deletion's time (ms since the Unix epoch, the caller's); 0 when none was given.
+    pub at_ms: u64,
+}
+
+impl Tombstone {
+    /// Its key in the tombstone time table.
+    pub(crate) fn time_key(&self) -> [u8; 16] {
+        tombstone_time_key(self.at_ms, self.seq)
+    }
+}
+
+/// A tombstone: version, seq, and (since deletions carry a time) the time. Tombstones written before
+/// that end after the seq, and read with time 0.
+pub(crate) fn encode_tombstone(tombstone: &Tombstone) -> [u8; 25] {
+    let mut out = [0; 25];
     out[0] = FORMAT;
-    out[1..9].copy_from_slice(&version.to_be_bytes());
-    out[9..].copy_from_slice(&seq.to_be_bytes());
+    out[1..9].copy_from_slice(&tombstone.version.to_be_bytes());
+    out[9..17].copy_from_slice(&tombstone.seq.to_be_bytes());
+    out[17..].copy_from_slice(&tombstone.at_ms.to_be_bytes());
     out
 }
 
-pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<(u64, u64), StoreError> {
+pub(crate) fn decode_tombstone(bytes: &[u8]) -> Result<Tombstone, StoreError> {
     let mut r = Reader::new(bytes, "tombstone")?;
-    Ok((r.u64()?, r.u64()?))
+    let (version, seq) = (r.u64()?, r.u64()?);
+    let at_ms = match r.buf.len() {
+        0 => 0,
+        _ => r.u64()?,
+    };
+    if !r.buf.is_empty() {
+        return Err(r.corrupt());
+    }
+    Ok(Tombstone { version, seq, at_ms })
+}
+
+/// `at_ms seq`, both u64 BE: the time table's keys sort by time, then by deletion.
+pub(crate) fn tombstone_time_key(at_ms: u64, seq: u64) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&at_ms.to_be_bytes());
+    out[8..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// The (time, seq) of a time table key.
+pub(crate) fn decode_tombstone_time_key(key: &[u8]) -> Result<(u64, u64), StoreError> {
+    let what = "tombstone time key";
+    if key.len() != 16 {
+        return Err(StoreError::Corrupt { what });
+    }
+    Ok((decode_u64(&key[..8], what)?, decode_u64(&key[8..], what)?))
 }
 
 pub(crate) fn encode_dead_letter(letter: &DeadLetter) -> Vec<u8> {
@@ -754,10 +801,29 @@ mod tests {
 
     #[test]
     fn small_values_round_trip() {
-        let bytes = encode_tombstone(3, 99);
-        assert_eq!(decode_tombstone(&bytes).unwrap(), (3, 99));
+        let tombstone = Tombstone {
+            version: 3,
+            seq: 99,
+            at_ms: 1_700_000_000_000,
+        };
+        let bytes = encode_tombstone(&tombstone);
+        assert_eq!(decode_tombstone(&bytes).unwrap(), tombstone);
         check_truncations(&bytes, decode_tombstone);
         assert!(decode_tombstone(&bytes[..16]).is_err());
+        assert!(decode_tombstone(&bytes[..24]).is_err());
+        assert!(decode_tombstone(&[&bytes[..], b"x"].concat()).is_err());
+        // A tombstone of a file written before deletions carried a time: version and seq only.
+        assert_eq!(
+            decode_tombstone(&bytes[..17]).unwrap(),
+            Tombstone {
+                at_ms: 0,
+                ..tombstone
+            }
+        );
+        let key = tombstone.time_key();
+        assert_eq!(decode_tombstone_time_key(&key).unwrap(), (1_700_000_000_000, 99));
+        assert!(tombstone_time_key(5, u64::MAX) < tombstone_time_key(6, 0));
+        assert!(decode_tombstone_time_key(&key[..15]).is_err());
 
         for message_id in [None, Some("m-1".to_owned())] {
             let letter = DeadLetter {

@@ -37,7 +37,10 @@ macro_rules! conformance_tests {
             delete_kept_when_changed_after,
             tombstone_blocks_stale_allows_newer,
             observed_entity_returns_after_deletion,
+            observe_corrects_a_version_ahead_of_ecs,
             tombstone_trimmed_with_its_deletion,
+            tombstone_kept_for_its_retention,
+            tombstones_expire_oldest_first,
             changes_paginate,
             changes_compacted_and_future,
             retention_trims_exactly,
@@ -413,6 +416,7 @@ pub async fn sequence_strictly_increasing<S: Store, G>(make: impl Fn(StoreOption
             writes.push(Write::Delete {
                 key: task_key("c", "t0"),
                 unchanged_since: u64::MAX,
+                at_ms: 0,
             });
         }
         for outcome in apply(&store, writes).await {
@@ -706,6 +710,7 @@ pub async fn index_follows_changes<S: Store, G>(make: impl Fn(StoreOptions) -> (
         Write::Delete {
             key: task_key("c", "t"),
             unchanged_since: u64::MAX,
+            at_ms: 0,
         },
     )
     .await;
@@ -733,7 +738,8 @@ pub async fn delete_when_unchanged<S: Store, G>(make: impl Fn(StoreOptions) -> (
             &store,
             Write::Delete {
                 key: key.clone(),
-                unchanged_since: 0
+                unchanged_since: 0,
+                at_ms: 0,
             }
         )
         .await,
@@ -745,7 +751,8 @@ pub async fn delete_when_unchanged<S: Store, G>(make: impl Fn(StoreOptions) -> (
             &store,
             Write::Delete {
                 key: key.clone(),
-                unchanged_since: 1
+                unchanged_since: 1,
+                at_ms: 0,
             }
         )
         .await,
@@ -770,7 +777,8 @@ pub async fn delete_when_unchanged<S: Store, G>(make: impl Fn(StoreOptions) -> (
             &store,
             Write::Delete {
                 key: key.clone(),
-                unchanged_since: u64::MAX
+                unchanged_since: u64::MAX,
+                at_ms: 0,
             }
         )
         .await,
@@ -781,7 +789,8 @@ pub async fn delete_when_unchanged<S: Store, G>(make: impl Fn(StoreOptions) -> (
             &store,
             Write::Delete {
                 key: task_key("c", "never"),
-                unchanged_since: 9
+                unchanged_since: 9,
+                at_ms: 0,
             }
         )
         .await,
@@ -799,6 +808,7 @@ pub async fn delete_kept_when_changed_after<S: Store, G>(make: impl Fn(StoreOpti
     let delete = Write::Delete {
         key: newer.key.clone(),
         unchanged_since: position,
+        at_ms: 0,
     };
     assert_eq!(one(&store, delete).await, Outcome::Kept);
     assert_eq!(
@@ -811,6 +821,7 @@ pub async fn delete_kept_when_changed_after<S: Store, G>(make: impl Fn(StoreOpti
     let delete = Write::Delete {
         key: newer.key.clone(),
         unchanged_since: 2,
+        at_ms: 0,
     };
     assert_eq!(one(&store, delete).await, Outcome::Deleted { seq: 3 });
 }
@@ -826,6 +837,7 @@ pub async fn observed_entity_returns_after_deletion<S: Store, G>(make: impl Fn(S
         Write::Delete {
             key: key.clone(),
             unchanged_since: u64::MAX,
+            at_ms: 0,
         },
     )
     .await;
@@ -834,13 +846,13 @@ pub async fn observed_entity_returns_after_deletion<S: Store, G>(make: impl Fn(S
         Outcome::Stale
     );
     assert_eq!(
-        one(&store, Write::Observe(task("c", "t", 4, "RUNNING"))).await,
+        one(&store, Write::observe(task("c", "t", 4, "RUNNING"))).await,
         Outcome::Stale
     );
     assert_eq!(get(&store, &key).await, None);
     let again = task("c", "t", 5, "RUNNING");
     assert_eq!(
-        one(&store, Write::Observe(again.clone())).await,
+        one(&store, Write::observe(again.clone())).await,
         Outcome::Written { seq: 3 }
     );
     assert_eq!(
@@ -851,13 +863,13 @@ pub async fn observed_entity_returns_after_deletion<S: Store, G>(make: impl Fn(S
         })
     );
     // Once present, Observe follows the ordinary version rule.
-    assert_eq!(one(&store, Write::Observe(again)).await, Outcome::Stale);
+    assert_eq!(one(&store, Write::observe(again)).await, Outcome::Stale);
     assert_eq!(
-        one(&store, Write::Observe(task("c", "t", 4, "STOPPED"))).await,
+        one(&store, Write::observe(task("c", "t", 4, "STOPPED"))).await,
         Outcome::Stale
     );
     assert_eq!(
-        one(&store, Write::Observe(task("c", "t", 6, "STOPPED"))).await,
+        one(&store, Write::observe(task("c", "t", 6, "STOPPED"))).await,
         Outcome::Written { seq: 4 }
     );
     assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
@@ -872,6 +884,7 @@ pub async fn tombstone_blocks_stale_allows_newer<S: Store, G>(make: impl Fn(Stor
         Write::Delete {
             key: key.clone(),
             unchanged_since: u64::MAX,
+            at_ms: 0,
         },
     )
     .await;
@@ -898,6 +911,7 @@ pub async fn tombstone_blocks_stale_allows_newer<S: Store, G>(make: impl Fn(Stor
         Write::Delete {
             key: unversioned.key.clone(),
             unchanged_since: u64::MAX,
+            at_ms: 0,
         },
     )
     .await;
@@ -917,6 +931,7 @@ pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl Fn(Stor
     let delete_a = Write::Delete {
         key: a.key.clone(),
         unchanged_since: u64::MAX,
+        at_ms: 0,
     };
     assert_eq!(one(&store, delete_a.clone()).await, Outcome::Deleted { seq: 2 });
     one(&store, up(&task("c", "x", 1, "RUNNING"))).await;
@@ -947,6 +962,7 @@ pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl Fn(Stor
     let delete_b = Write::Delete {
         key: b1.key.clone(),
         unchanged_since: u64::MAX,
+        at_ms: 0,
     };
     let outcomes = apply(&store, vec![up(&b1), delete_b.clone(), up(&b2)]).await;
     assert_eq!(
@@ -971,6 +987,199 @@ pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl Fn(Stor
     assert_eq!(get(&store, &b2.key).await, None);
 }
 
+/// A version ahead of what ECS describes, stored before the caller looked at ECS, is bogus (ECS's
+/// per-resource version only grows): an `Observe` replaces it. One stored after (`unchanged_since`),
+/// is a newer event the description raced, and stays; an event (`Upsert`) never corrects; an
+/// unversioned description proves nothing about versions.
+pub async fn observe_corrects_a_version_ahead_of_ecs<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default());
+    let observe = |doc: &Document, unchanged_since: u64| Write::Observe {
+        doc: doc.clone(),
+        unchanged_since,
+    };
+    let key = task_key("c", "t");
+    // An event with a version near u64::MAX pins the entity against events and describes as usual...
+    let bogus = task("c", "t", u64::MAX - 1, "RUNNING");
+    assert_eq!(one(&store, up(&bogus)).await, Outcome::Written { seq: 1 });
+    let described = task("c", "t", 5, "STOPPED");
+    assert_eq!(one(&store, up(&described)).await, Outcome::Stale);
+    assert_eq!(
+        one(&store, Write::observe(described.clone())).await,
+        Outcome::Stale
+    );
+    // ...and a description racing it (the entity changed after `unchanged_since`) does not correct it.
+    assert_eq!(one(&store, observe(&described, 0)).await, Outcome::Stale);
+    assert_eq!(get(&store, &key).await.unwrap().doc, bogus);
+    // Stored at or before `unchanged_since`: ECS's answer replaces it.
+    assert_eq!(
+        one(&store, observe(&described, 1)).await,
+        Outcome::Written { seq: 2 }
+    );
+    assert_eq!(
+        get(&store, &key).await,
+        Some(Record {
+            seq: 2,
+            doc: described.clone()
+        })
+    );
+    // From there, events at real versions apply again, and a description that raced one (asked for
+    // before it was stored) does not take the entity back.
+    let next = task("c", "t", 6, "STOPPED");
+    assert_eq!(one(&store, up(&next)).await, Outcome::Written { seq: 3 });
+    assert_eq!(one(&store, observe(&described, 2)).await, Outcome::Stale);
+    assert_eq!(get(&store, &key).await.unwrap().doc, next);
+    // Equal versions are not "ahead" (an event and a describe of one version may differ in body).
+    let same_version = task("c", "t", 6, "RUNNING");
+    assert_eq!(
+        one(&store, observe(&same_version, u64::MAX)).await,
+        Outcome::Stale
+    );
+    // An unversioned description (version 0) corrects nothing.
+    assert_eq!(
+        one(&store, observe(&task("c", "t", 0, "RUNNING"), u64::MAX)).await,
+        Outcome::Stale
+    );
+    assert_eq!(get(&store, &key).await.unwrap().doc, next);
+
+    // A tombstone carrying a bogus version blocks the entity's return only until the deletion is
+    // older than `unchanged_since`.
+    let gone = task("c", "g", u64::MAX, "RUNNING");
+    let created = written(one(&store, up(&gone)).await);
+    let deleted = match one(
+        &store,
+        Write::Delete {
+            key: gone.key.clone(),
+            unchanged_since: created,
+            at_ms: 0,
+        },
+    )
+    .await
+    {
+        Outcome::Deleted { seq } => seq,
+        other => panic!("expected Deleted, got {other:?}"),
+    };
+    let back = task("c", "g", 3, "RUNNING");
+    assert_eq!(one(&store, up(&back)).await, Outcome::Stale);
+    assert_eq!(one(&store, observe(&back, deleted - 1)).await, Outcome::Stale);
+    assert_eq!(get(&store, &gone.key).await, None);
+    assert!(matches!(
+        one(&store, observe(&back, deleted)).await,
+        Outcome::Written { .. }
+    ));
+    assert_eq!(get(&store, &gone.key).await.unwrap().doc, back);
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 2);
+}
+
+/// A tombstone is kept at least `tombstone_retention` after its deletion's time (the store's clock is
+/// the latest deletion time it was given), even when a burst of changes trimmed the deletion from the
+/// change log; and as long as the deletion is in the log, whatever its age.
+pub async fn tombstone_kept_for_its_retention<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions {
+        change_log_retention: 3,
+        tombstone_retention: std::time::Duration::from_millis(1_000),
+        ..StoreOptions::default()
+    });
+    let delete_at = |key: &Key, at_ms: u64| Write::Delete {
+        key: key.clone(),
+        unchanged_since: u64::MAX,
+        at_ms,
+    };
+    let a = task("c", "a", 5, "RUNNING");
+    one(&store, up(&a)).await;
+    assert_eq!(
+        one(&store, delete_at(&a.key, 10_000)).await,
+        Outcome::Deleted { seq: 2 }
+    );
+    // A burst of changes trims the deletion from the log: the tombstone stays.
+    for n in 0..5 {
+        one(&store, up(&task("c", &format!("x{n}"), 1, "RUNNING"))).await;
+    }
+    assert!(store.log_bounds().await.unwrap().oldest_resumable > 2);
+    assert_eq!(one(&store, up(&a)).await, Outcome::Stale);
+    // Another deletion 999 ms later: the tombstone is younger than its retention, and stays.
+    let b = task("c", "b", 1, "RUNNING");
+    one(&store, up(&b)).await;
+    one(&store, delete_at(&b.key, 10_999)).await;
+    assert_eq!(one(&store, up(&a)).await, Outcome::Stale);
+    // A deletion time 1000 ms after a's: a's tombstone has had its retention and goes. (A deletion
+    // that finds nothing to delete still tells the time.)
+    one(&store, delete_at(&task_key("c", "nothing"), 11_000)).await;
+    assert_eq!(one(&store, up(&a)).await, Outcome::Written { seq: 10 });
+
+    // A deletion still in the log keeps its tombstone, however old.
+    let (store, _guard) = make(StoreOptions {
+        change_log_retention: 100,
+        tombstone_retention: std::time::Duration::from_millis(1_000),
+        ..StoreOptions::default()
+    });
+    one(&store, up(&a)).await;
+    one(&store, delete_at(&a.key, 1)).await;
+    one(&store, delete_at(&task_key("c", "nothing"), 1_000_000)).await;
+    assert_eq!(one(&store, up(&a)).await, Outcome::Stale);
+    // Without a time (0), a tombstone goes with its deletion's change, as before.
+    let (store, _guard) = make(StoreOptions {
+        change_log_retention: 2,
+        tombstone_retention: std::time::Duration::from_secs(3_600),
+        ..StoreOptions::default()
+    });
+    one(&store, up(&a)).await;
+    one(&store, delete_at(&a.key, 0)).await;
+    one(&store, up(&task("c", "y", 1, "RUNNING"))).await;
+    assert_eq!(one(&store, up(&a)).await, Outcome::Stale);
+    one(&store, up(&task("c", "z", 1, "RUNNING"))).await;
+    assert!(matches!(one(&store, up(&a)).await, Outcome::Written { .. }));
+}
+
+/// Many tombstones past their retention go at once, oldest first; a tombstone removed by the entity's
+/// return takes its time entry along (the entity's next tombstone is timed on its own); and a time
+/// going back (a deletion given an earlier time) does not move the store's clock back.
+pub async fn tombstones_expire_oldest_first<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions {
+        change_log_retention: 1,
+        tombstone_retention: std::time::Duration::from_millis(100),
+        ..StoreOptions::default()
+    });
+    let delete_at = |key: &Key, at_ms: u64| Write::Delete {
+        key: key.clone(),
+        unchanged_since: u64::MAX,
+        at_ms,
+    };
+    let docs: Vec<Document> = (0..20)
+        .map(|n| task("c", &format!("t{n:02}"), 7, "RUNNING"))
+        .collect();
+    apply(&store, docs.iter().map(up).collect()).await;
+    // Deleted at 1000, 1010, ..., 1190; t05 comes back at once (a newer version), to be deleted
+    // again at 1300.
+    let t05 = task("c", "t05", 8, "RUNNING");
+    for (n, doc) in docs.iter().enumerate() {
+        one(&store, delete_at(&doc.key, 1_000 + 10 * n as u64)).await;
+        if n == 5 {
+            assert!(matches!(one(&store, up(&t05)).await, Outcome::Written { .. }));
+        }
+    }
+    one(&store, delete_at(&t05.key, 1_300)).await;
+    // The clock is at 1300: everything deleted up to 1200 has had its retention; t05's tombstone
+    // (of 1300) has not.
+    for (n, doc) in docs.iter().enumerate() {
+        if n == 5 {
+            assert_eq!(one(&store, up(&t05)).await, Outcome::Stale, "t05");
+        } else {
+            let outcome = one(&store, up(doc)).await;
+            assert!(matches!(outcome, Outcome::Written { .. }), "t{n:02}: {outcome:?}");
+        }
+    }
+    // An earlier time does not move the clock back.
+    let again = task("c", "again", 1, "RUNNING");
+    one(&store, up(&again)).await;
+    one(&store, delete_at(&again.key, 1_290)).await;
+    one(&store, up(&task("c", "other", 1, "RUNNING"))).await;
+    one(&store, delete_at(&task_key("c", "nothing"), 5)).await;
+    assert_eq!(one(&store, up(&again)).await, Outcome::Stale);
+    one(&store, delete_at(&task_key("c", "nothing"), 1_390)).await;
+    assert!(matches!(one(&store, up(&again)).await, Outcome::Written { .. }));
+    assert_eq!(store.count(Kind::Task).await.unwrap(), 21);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The change log
 // ---------------------------------------------------------------------------------------------------
@@ -990,6 +1199,7 @@ pub async fn changes_paginate<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)
         Write::Delete {
             key: docs[2].key.clone(),
             unchanged_since: u64::MAX,
+            at_ms: 0,
         },
     )
     .await;
@@ -1158,6 +1368,7 @@ pub async fn subscribe_sees_head<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
         Write::Delete {
             key: task_key("c", "b"),
             unchanged_since: u64::MAX,
+            at_ms: 0,
         },
     )
     .await;
@@ -1320,6 +1531,7 @@ pub async fn count_tracks_entities<S: Store, G>(make: impl Fn(StoreOptions) -> (
             id: id.to_owned(),
         },
         unchanged_since: u64::MAX,
+        at_ms: 0,
     };
     apply(
         &store,
@@ -1358,6 +1570,7 @@ pub async fn clusters_distinct_in_order<S: Store, G>(make: impl Fn(StoreOptions)
         Write::Delete {
             key: task_key("c10", "t7"),
             unchanged_since: u64::MAX,
+            at_ms: 0,
         },
     )
     .await;
@@ -1406,6 +1619,7 @@ pub async fn nul_rejected<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
             Write::Delete {
                 key: task_key("c", "\0"),
                 unchanged_since: u64::MAX,
+                at_ms: 0,
             },
         ),
         (
@@ -1470,6 +1684,7 @@ pub async fn batch_is_atomic<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G))
     let (store, _guard) = make(StoreOptions {
         change_log_retention: 2,
         dead_letter_retention: 1,
+        ..StoreOptions::default()
     });
     let a1 = doc(Kind::Task, "c", "a", 1, "PENDING", Some("x"), "a1");
     let b1 = task("c", "b", 1, "RUNNING");
@@ -1484,6 +1699,7 @@ pub async fn batch_is_atomic<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G))
         Write::Delete {
             key: d1.key.clone(),
             unchanged_since: u64::MAX,
+            at_ms: 0,
         },
     )
     .await;
@@ -1515,6 +1731,7 @@ pub async fn batch_is_atomic<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G))
         Write::Delete {
             key: b1.key.clone(),
             unchanged_since: u64::MAX,
+            at_ms: 0,
         },
         up(&task("c2", "new", 1, "RUNNING")),
         Write::Park(letter("lost")),
@@ -1549,16 +1766,19 @@ pub async fn outcomes_in_batch_order<S: Store, G>(make: impl Fn(StoreOptions) ->
             Write::Delete {
                 key: x1.key.clone(),
                 unchanged_since: 0,
+                at_ms: 0,
             },
             Write::Delete {
                 key: x1.key.clone(),
                 unchanged_since: 1,
+                at_ms: 0,
             },
             up(&x2),
             up(&task("c", "x", 3, "RUNNING")),
             Write::Delete {
                 key: task_key("c", "nothing"),
                 unchanged_since: 1,
+                at_ms: 0,
             },
         ],
     )
@@ -1992,13 +2212,14 @@ pub async fn wrong_write_refused<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
     let refused: [(Write, &str, Kind); 11] = [
         (up(&d), "Upsert", Kind::Deployment),
         (up(&intent), "Upsert", Kind::Intent),
-        (Write::Observe(failure.clone()), "Observe", Kind::Failure),
+        (Write::observe(failure.clone()), "Observe", Kind::Failure),
         (up(&e), "Upsert", Kind::Environment),
-        (Write::Observe(r.clone()), "Observe", Kind::Revision),
+        (Write::observe(r.clone()), "Observe", Kind::Revision),
         (
             Write::Delete {
                 key: e.key.clone(),
                 unchanged_since: u64::MAX,
+                at_ms: 0,
             },
             "Delete",
             Kind::Environment,
@@ -2007,6 +2228,7 @@ pub async fn wrong_write_refused<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
             Write::Delete {
                 key: d.key.clone(),
                 unchanged_since: u64::MAX,
+                at_ms: 0,
             },
             "Delete",
             Kind::Deployment,

@@ -18,22 +18,26 @@ pub(crate) enum Table {
     Index,
     /// seq (u64 BE) → encoded change.
     Log,
-    /// entity key → (version, seq of the deletion).
+    /// entity key → (version, seq of the deletion, time of the deletion).
     Tombstones,
     /// name → u64 BE: head, first retained seq, dead-letter counters, entity counts.
     Meta,
     /// dead-letter id (u64 BE) → encoded dead letter.
     DeadLetters,
+    /// (deletion time in ms, seq of the deletion) (u64 BE each) → entity key: the tombstones that carry
+    /// a time, oldest first, so that those past their retention are found without a scan.
+    TombstoneTimes,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 6] = [
+    pub(crate) const ALL: [Table; 7] = [
         Table::Entities,
         Table::Index,
         Table::Log,
         Table::Tombstones,
         Table::Meta,
         Table::DeadLetters,
+        Table::TombstoneTimes,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Table {
             Table::Tombstones => "tombstones",
             Table::Meta => "meta",
             Table::DeadLetters => "dead_letters",
+            Table::TombstoneTimes => "tombstone_times",
         }
     }
 

@@ -11,8 +11,8 @@ use blox_model::{ClusterName, supersedes};
 use tokio::sync::watch;
 
 use crate::codec::{
-    self, Body, EntityView, Index, check_nul, decode_u64, entity_key, entity_key_of_index, has_nul,
-    index_key, u64_key,
+    self, Body, EntityView, Index, Tombstone, check_nul, decode_u64, entity_key, entity_key_of_index,
+    has_nul, index_key, u64_key,
 };
 use crate::engine::{Direction, Engine, ReadTx, Table, WriteTx};
 use crate::{
@@ -32,18 +32,25 @@ struct Meta {
     dead_letter_next: u64,
     /// Number of parked messages.
     dead_letter_count: u64,
+    /// The latest deletion time given ([`Write::Delete`]'s `at_ms`): the store's measure of a
+    /// tombstone's age, since it reads no clock.
+    clock_ms: u64,
     /// Number of entities, by [`count_slot`].
     counts: [u64; KINDS],
 }
 
 const KINDS: usize = Kind::ALL.len();
 
-/// The meta table's keys: four counters, then one count per kind in [`count_slot`] order.
-const META_KEYS: [&[u8]; 4 + KINDS] = [
+/// The meta table's counters before the counts.
+const COUNTERS: usize = 5;
+
+/// The meta table's keys: five counters, then one count per kind in [`count_slot`] order.
+const META_KEYS: [&[u8]; COUNTERS + KINDS] = [
     b"head",
     b"first",
     b"dead_letters.next",
     b"dead_letters.count",
+    b"tombstones.clock_ms",
     b"count.task",
     b"count.instance",
     b"count.environment",
@@ -66,27 +73,35 @@ fn count_slot(kind: Kind) -> usize {
 }
 
 impl Meta {
-    fn values(&self) -> [u64; 4 + KINDS] {
-        let mut values = [0; 4 + KINDS];
-        values[..4].copy_from_slice(&[
+    fn values(&self) -> [u64; COUNTERS + KINDS] {
+        let mut values = [0; COUNTERS + KINDS];
+        values[..COUNTERS].copy_from_slice(&[
             self.head,
             self.first,
             self.dead_letter_next,
             self.dead_letter_count,
+            self.clock_ms,
         ]);
-        values[4..].copy_from_slice(&self.counts);
+        values[COUNTERS..].copy_from_slice(&self.counts);
         values
     }
 
     fn load(tx: &dyn ReadTx) -> Result<Meta, StoreError> {
-        let mut values = [None; 4 + KINDS];
+        let mut values = [None; COUNTERS + KINDS];
         for (value, key) in values.iter_mut().zip(META_KEYS) {
             *value = tx
                 .get(Table::Meta, key)?
                 .map(|bytes| decode_u64(&bytes, "meta value"))
                 .transpose()?;
         }
-        let [head, first, dead_letter_next, dead_letter_count, counts @ ..] = values;
+        let [
+            head,
+            first,
+            dead_letter_next,
+            dead_letter_count,
+            clock_ms,
+            counts @ ..,
+        ] = values;
         // Absent keys hold their initial values (an empty store's): a key is written once it changes.
         // That is also what keeps files from before the scheduler kinds readable.
         let meta = Meta {
@@ -94,6 +109,7 @@ impl Meta {
             first: first.unwrap_or(1),
             dead_letter_next: dead_letter_next.unwrap_or(1),
             dead_letter_count: dead_letter_count.unwrap_or(0),
+            clock_ms: clock_ms.unwrap_or(0),
             counts: counts.map(|count| count.unwrap_or(0)),
         };
         if meta.first == 0 || meta.first > meta.head + 1 || meta.dead_letter_next == 0 {
@@ -375,7 +391,7 @@ fn read_changes(tx: &dyn ReadTx, after: u64, limit: usize, head: u64) -> Result<
 fn check_families(writes: &[Write]) -> Result<(), StoreError> {
     for write in writes {
         let (kind, ecs_write) = match write {
-            Write::Upsert(doc) | Write::Observe(doc) => (doc.key.kind, true),
+            Write::Upsert(doc) | Write::Observe { doc, .. } => (doc.key.kind, true),
             Write::Delete { key, .. } => (key.kind, true),
             Write::Put { doc, expect } => {
                 if doc.key.kind == Kind::Revision && *expect != Expect::Absent {
@@ -407,9 +423,13 @@ fn apply_batch(
     let mut outcomes = Vec::with_capacity(writes.len());
     for write in writes {
         outcomes.push(match write {
-            Write::Upsert(doc) => upsert(tx, &mut meta, doc, false)?,
-            Write::Observe(doc) => upsert(tx, &mut meta, doc, true)?,
-            Write::Delete { key, unchanged_since } => delete(tx, &mut meta, key, *unchanged_since)?,
+            Write::Upsert(doc) => upsert(tx, &mut meta, doc, None)?,
+            Write::Observe { doc, unchanged_since } => upsert(tx, &mut meta, doc, Some(*unchanged_since))?,
+            Write::Delete {
+                key,
+                unchanged_since,
+                at_ms,
+            } => delete(tx, &mut meta, key, *unchanged_since, *at_ms)?,
             Write::Put { doc, expect } => put(tx, &mut meta, doc, *expect)?,
             Write::Remove { key, expect } => remove(tx, &mut meta, key, *expect)?,
             Write::Park(letter) => {
@@ -425,47 +445,65 @@ fn apply_batch(
             }
         });
     }
-    trim_log(tx, &mut meta, options.change_log_retention.max(1))?;
+    let tombstone_retention_ms = u64::try_from(options.tombstone_retention.as_millis()).unwrap_or(u64::MAX);
+    trim_log(
+        tx,
+        &mut meta,
+        options.change_log_retention.max(1),
+        tombstone_retention_ms,
+    )?;
+    if meta.clock_ms > before.clock_ms {
+        expire_tombstones(tx, &meta, tombstone_retention_ms)?;
+    }
     trim_dead_letters(tx, &mut meta, options.dead_letter_retention)?;
     meta.store(tx, &before)?;
     Ok((outcomes, before.head, meta.head))
 }
 
-/// `observed`: the document is ECS's answer to a Describe, which proves the entity exists now.
+/// `observed`: the document is ECS's answer to a Describe, which proves the entity exists now, with
+/// the `unchanged_since` of [`Write::Observe`].
 fn upsert(
     tx: &mut dyn WriteTx,
     meta: &mut Meta,
     doc: &Document,
-    observed: bool,
+    observed: Option<u64>,
 ) -> Result<Outcome, StoreError> {
     let key = document_key(doc)?;
     let stored_bytes = tx.get(Table::Entities, &key)?;
     let stored = stored_bytes.as_deref().map(EntityView::decode).transpose()?;
+    // A version ahead of what ECS describes, stored before the caller asked ECS: bogus (see
+    // `Write::Observe`).
+    let bogus = |version: u64, seq: u64| {
+        observed.is_some_and(|unchanged_since| {
+            doc.version != 0 && version > doc.version && seq <= unchanged_since
+        })
+    };
     match &stored {
         Some(stored) => {
             let identical = stored.version == doc.version
                 && stored.status == doc.status
                 && stored.started_by == doc.started_by.as_deref()
                 && stored.body.equals(&doc.body)?;
-            if !supersedes(Some(stored.version), doc.version, identical) {
+            if !supersedes(Some(stored.version), doc.version, identical) && !bogus(stored.version, stored.seq)
+            {
                 return Ok(Outcome::Stale);
             }
         }
         None => {
             // A tombstone stands for the deleted entity, whose content is gone: never identical.
-            if let Some(tombstone) = tx.get(Table::Tombstones, &key)? {
-                let (version, _) = codec::decode_tombstone(&tombstone)?;
+            if let Some(bytes) = tx.get(Table::Tombstones, &key)? {
+                let tombstone = codec::decode_tombstone(&bytes)?;
                 // An event no newer than the deletion is a late duplicate; a Describe at the same
                 // version means ECS lists the entity again (e.g. its cluster is mirrored again).
-                let blocked = if observed {
-                    doc.version < version
+                let blocked = if observed.is_some() {
+                    doc.version < tombstone.version && !bogus(tombstone.version, tombstone.seq)
                 } else {
-                    !supersedes(Some(version), doc.version, false)
+                    !supersedes(Some(tombstone.version), doc.version, false)
                 };
                 if blocked {
                     return Ok(Outcome::Stale);
                 }
-                tx.delete(Table::Tombstones, &key)?;
+                remove_tombstone(tx, &key, &tombstone)?;
             }
             meta.counts[count_slot(doc.key.kind)] += 1;
         }
@@ -566,8 +604,11 @@ fn delete(
     meta: &mut Meta,
     key: &Key,
     unchanged_since: u64,
+    at_ms: u64,
 ) -> Result<Outcome, StoreError> {
     let entity_key = entity_key(key)?;
+    // The clock moves with every deletion given a time, even one that deletes nothing.
+    meta.clock_ms = meta.clock_ms.max(at_ms);
     let Some(bytes) = tx.get(Table::Entities, &entity_key)? else {
         return Ok(Outcome::Kept);
     };
@@ -576,12 +617,79 @@ fn delete(
         return Ok(Outcome::Kept);
     }
     let seq = remove_entity(tx, meta, &entity_key, key.kind, &stored)?;
+    let tombstone = Tombstone {
+        version: stored.version,
+        seq,
+        at_ms,
+    };
     tx.put(
         Table::Tombstones,
         &entity_key,
-        &codec::encode_tombstone(stored.version, seq),
+        &codec::encode_tombstone(&tombstone),
     )?;
+    if at_ms != 0 {
+        tx.put(Table::TombstoneTimes, &tombstone.time_key(), &entity_key)?;
+    }
     Ok(Outcome::Deleted { seq })
+}
+
+/// Removes an entity's tombstone and its time entry.
+fn remove_tombstone(
+    tx: &mut dyn WriteTx,
+    entity_key: &[u8],
+    tombstone: &Tombstone,
+) -> Result<(), StoreError> {
+    tx.delete(Table::Tombstones, entity_key)?;
+    if tombstone.at_ms != 0 {
+        tx.delete(Table::TombstoneTimes, &tombstone.time_key())?;
+    }
+    Ok(())
+}
+
+/// Whether a tombstone is past its retention: kept for at least `retention_ms` after its deletion's
+/// time, as the store's clock measures it. One without a time (0) is, as soon as asked: it lives as
+/// long as its deletion is in the change log, as tombstones always did.
+fn expired(tombstone: &Tombstone, clock_ms: u64, retention_ms: u64) -> bool {
+    tombstone.at_ms == 0 || tombstone.at_ms.saturating_add(retention_ms) <= clock_ms
+}
+
+/// Removes the tombstones whose deletion left the change log and whose retention has passed at the
+/// store's clock: the entries of the time table up to the cutoff, oldest first. A tombstone whose
+/// deletion is still in the log loses its time entry only: [`trim_log`] removes it with its deletion
+/// (it is expired by then, the clock never going back).
+fn expire_tombstones(tx: &mut dyn WriteTx, meta: &Meta, retention_ms: u64) -> Result<(), StoreError> {
+    let Some(cutoff) = meta.clock_ms.checked_sub(retention_ms) else {
+        return Ok(());
+    };
+    // Entries with a time up to the cutoff, inclusive: every key below (cutoff + 1, seq 0).
+    let end = codec::tombstone_time_key(cutoff.saturating_add(1), 0);
+    let mut due = Vec::new();
+    tx.range(
+        Table::TombstoneTimes,
+        Bound::Unbounded,
+        Bound::Excluded(&end),
+        Direction::Forward,
+        &mut |key, entity_key| {
+            due.push((
+                key.to_vec(),
+                codec::decode_tombstone_time_key(key)?.1,
+                entity_key.to_vec(),
+            ));
+            Ok(true)
+        },
+    )?;
+    for (time_key, seq, entity_key) in due {
+        tx.delete(Table::TombstoneTimes, &time_key)?;
+        if seq >= meta.first {
+            continue;
+        }
+        if let Some(bytes) = tx.get(Table::Tombstones, &entity_key)?
+            && codec::decode_tombstone(&bytes)?.seq == seq
+        {
+            tx.delete(Table::Tombstones, &entity_key)?;
+        }
+    }
+    Ok(())
 }
 
 /// A compare-and-swap removal of a scheduler document. No tombstone: it would guard an ECS version
@@ -626,9 +734,16 @@ fn remove_entity(
     Ok(seq)
 }
 
-/// Drops the oldest changes beyond `retention`, and with each trimmed deletion its tombstone, unless
-/// the entity was deleted again since (then the tombstone belongs to the later deletion).
-fn trim_log(tx: &mut dyn WriteTx, meta: &mut Meta, retention: u64) -> Result<(), StoreError> {
+/// Drops the oldest changes beyond `retention`, and with each trimmed deletion its tombstone if it is
+/// past its retention (see [`expired`]) and still the deletion's (the entity may have been deleted
+/// again since: then the tombstone belongs to the later deletion). A tombstone kept here is removed
+/// by [`expire_tombstones`] once a later deletion's time passes its retention.
+fn trim_log(
+    tx: &mut dyn WriteTx,
+    meta: &mut Meta,
+    retention: u64,
+    tombstone_retention_ms: u64,
+) -> Result<(), StoreError> {
     let retained = meta.head + 1 - meta.first;
     if retained <= retention {
         return Ok(());
@@ -652,10 +767,11 @@ fn trim_log(tx: &mut dyn WriteTx, meta: &mut Meta, retention: u64) -> Result<(),
         tx.delete(Table::Log, &u64_key(seq))?;
     }
     for (seq, entity_key) in deletions {
-        if let Some(tombstone) = tx.get(Table::Tombstones, &entity_key)?
-            && codec::decode_tombstone(&tombstone)?.1 == seq
-        {
-            tx.delete(Table::Tombstones, &entity_key)?;
+        if let Some(bytes) = tx.get(Table::Tombstones, &entity_key)? {
+            let tombstone = codec::decode_tombstone(&bytes)?;
+            if tombstone.seq == seq && expired(&tombstone, meta.clock_ms, tombstone_retention_ms) {
+                remove_tombstone(tx, &entity_key, &tombstone)?;
+            }
         }
     }
     tracing::trace!(from = meta.first, to = new_first, "trimmed the change log");

@@ -11,8 +11,9 @@
 //!   entries;
 //! - a **change log**: one global, strictly increasing sequence, every insert, replace and delete with
 //!   the document as it became, kept for a bounded, configurable number of changes;
-//! - **tombstones** of deleted entities (as long as their deletion is in the change log), so that a stale
-//!   event cannot resurrect what the reconciler removed;
+//! - **tombstones** of deleted entities (as long as their deletion is in the change log, and at least
+//!   [`StoreOptions::tombstone_retention`] after it), so that a stale event cannot resurrect what the
+//!   reconciler removed;
 //! - **parked messages** (the dead-letter table): bodies that could not be applied, with the reason.
 //!
 //! Writes go through [`Store::apply`]: one durable transaction per call, which is what lets the SQS
@@ -224,14 +225,28 @@ pub enum Write {
     /// Insert the document, or replace the stored one when [`blox_model::supersedes`] says so (a deleted
     /// entity's tombstone counts as stored, with the version it had). Otherwise nothing changes.
     Upsert(Document),
-    /// An entity as ECS described it just now (the reconciler's writes). Like `Upsert`, except that a
-    /// tombstone blocks it only when the description is older than the deletion: ECS listing the
-    /// entity again proves it exists, even at the version it had when it was deleted.
-    Observe(Document),
+    /// An entity as ECS described it just now (the reconciler's and the executor's writes). Like
+    /// `Upsert`, except that:
+    /// - a tombstone blocks it only when the description is older than the deletion: ECS listing the
+    ///   entity again proves it exists, even at the version it had when it was deleted;
+    /// - it replaces a stored entity (or passes a tombstone) whose version is *ahead* of the
+    ///   description's when that entity's last change (the deletion's, for a tombstone) is not after
+    ///   `unchanged_since`, and the description has a version (not 0). ECS's per-resource version only
+    ///   grows, so a version ECS described after it was stored, and ahead of what ECS describes, can
+    ///   only have come from a bogus event; a description racing a newer event (stored after
+    ///   `unchanged_since`) is stale as usual. `unchanged_since: 0` never corrects ([`Write::observe`]).
+    Observe { doc: Document, unchanged_since: u64 },
     /// Delete the entity if it exists and its last change is not after `unchanged_since` (a sequence
     /// number read before the caller looked at ECS). This is how the reconciler removes what ECS no
-    /// longer lists without racing events that arrived meanwhile. Leaves a tombstone.
-    Delete { key: Key, unchanged_since: u64 },
+    /// longer lists without racing events that arrived meanwhile. Leaves a tombstone, kept while the
+    /// deletion is in the change log and at least [`StoreOptions::tombstone_retention`] after `at_ms`
+    /// (milliseconds since the Unix epoch, given by the caller: the store reads no clock; 0 for "no
+    /// time", whose tombstone goes with its deletion's change as before).
+    Delete {
+        key: Key,
+        unchanged_since: u64,
+        at_ms: u64,
+    },
     /// Park a message. `id` of the given value is ignored: the store assigns it.
     Park(DeadLetter),
     /// Insert or replace a scheduler document if the live record is as expected; otherwise the whole
@@ -244,11 +259,19 @@ pub enum Write {
 }
 
 impl Write {
+    /// An `Observe` that corrects no version ahead of it: an answer of ECS that may race events.
+    pub fn observe(doc: Document) -> Write {
+        Write::Observe {
+            doc,
+            unchanged_since: 0,
+        }
+    }
+
     /// The variant's name, for errors.
     pub fn name(&self) -> &'static str {
         match self {
             Write::Upsert(_) => "Upsert",
-            Write::Observe(_) => "Observe",
+            Write::Observe { .. } => "Observe",
             Write::Delete { .. } => "Delete",
             Write::Park(_) => "Park",
             Write::Put { .. } => "Put",
@@ -338,6 +361,16 @@ pub struct StoreOptions {
     pub change_log_retention: u64,
     /// How many parked messages are kept; the oldest are dropped beyond it.
     pub dead_letter_retention: u64,
+    /// How long a deletion's tombstone is kept at least, measured from its [`Write::Delete`]'s `at_ms`
+    /// to the latest `at_ms` the store was given (it reads no clock), whatever the change log keeps.
+    /// A tombstone also stays as long as its deletion is in the change log.
+    pub tombstone_retention: std::time::Duration,
+}
+
+impl StoreOptions {
+    /// The default of [`StoreOptions::tombstone_retention`]: an hour, longer than an event can stay
+    /// in flight (a visibility timeout, 60 s by default) plus a reconcile interval (5 min by default).
+    pub const TOMBSTONE_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 }
 
 impl Default for StoreOptions {
@@ -345,6 +378,7 @@ impl Default for StoreOptions {
         StoreOptions {
             change_log_retention: 1_000_000,
             dead_letter_retention: 10_000,
+            tombstone_retention: Self::TOMBSTONE_RETENTION,
         }
     }
 }
@@ -398,6 +432,25 @@ pub enum StoreError {
     /// a new revision). The batch was refused whole.
     #[error("{key} is a revision and cannot be replaced: write a new revision instead")]
     ImmutableRevision { key: Key },
+}
+
+impl StoreError {
+    /// Whether the error is about the writes given (a value the store cannot encode, a write the
+    /// store refuses, a compare-and-swap conflict), not about the backend: the same batch fails the
+    /// same way however often it is tried, while a batch without the offending write may commit. A
+    /// backend failure (disk full, I/O) or corruption is not: nothing of the batch is at fault.
+    pub fn is_about_the_writes(&self) -> bool {
+        match self {
+            StoreError::InvalidValue { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::WrongWrite { .. }
+            | StoreError::ImmutableRevision { .. } => true,
+            StoreError::Compacted { .. }
+            | StoreError::Future { .. }
+            | StoreError::Backend { .. }
+            | StoreError::Corrupt { .. } => false,
+        }
+    }
 }
 
 #[async_trait]

@@ -25,6 +25,7 @@ const DEFS: [Def; Table::ALL.len()] = [
     TableDefinition::new("tombstones"),
     TableDefinition::new("meta"),
     TableDefinition::new("dead_letters"),
+    TableDefinition::new("tombstone_times"),
 ];
 
 fn def(table: Table) -> Def {

@@ -18,6 +18,9 @@ mod redb {
     });
 }
 
+/// When the test's deletion happened, in ms since the epoch.
+const DELETED_AT: u64 = 1_000;
+
 #[tokio::test]
 async fn redb_reopen_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -26,6 +29,7 @@ async fn redb_reopen_keeps_everything() {
     let options = StoreOptions {
         change_log_retention: 3,
         dead_letter_retention: 10,
+        tombstone_retention: std::time::Duration::from_secs(3_600),
     };
     let a = task("c", "a", 1, "RUNNING");
     let (records, changes, letters) = {
@@ -45,6 +49,7 @@ async fn redb_reopen_keeps_everything() {
             .apply(vec![Write::Delete {
                 key: a.key.clone(),
                 unchanged_since: 1,
+                at_ms: DELETED_AT,
             }])
             .await
             .unwrap();
@@ -154,6 +159,34 @@ async fn redb_reopen_keeps_everything() {
             Outcome::Written { seq: 11 },
             Outcome::Written { seq: 12 }
         ]
+    );
+    drop(store);
+
+    // The tombstone of `a` outlived its deletion's change (long trimmed) by its time, which survives
+    // a reopen: it goes once a deletion an hour later is given.
+    let store = RedbStore::open(&path, options).unwrap();
+    let delete_nothing_at = |at_ms| Write::Delete {
+        key: task("c", "nothing", 1, "RUNNING").key,
+        unchanged_since: u64::MAX,
+        at_ms,
+    };
+    store
+        .apply(vec![delete_nothing_at(DELETED_AT + 3_599_999)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.apply(vec![Write::Upsert(a.clone())]).await.unwrap(),
+        [Outcome::Stale]
+    );
+    drop(store);
+    let store = RedbStore::open(&path, options).unwrap();
+    store
+        .apply(vec![delete_nothing_at(DELETED_AT + 3_600_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.apply(vec![Write::Upsert(a)]).await.unwrap(),
+        [Outcome::Written { seq: 13 }]
     );
 }
 

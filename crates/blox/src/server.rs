@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use blox_aws::{EcsControl, EcsReader, EventSource, SdkEcs, SqsOptions, SqsSource};
 use blox_model::ClusterName;
 use blox_server::auth::{Role, Tokens};
+use blox_server::ingest::Mirrored;
 use blox_server::{
     IngestOptions, Limits, ReconcileOptions, SchedulerOptions, ServerOptions, Services, TlsConfig, V03Errors,
 };
@@ -41,6 +42,16 @@ pub struct ServerArgs {
     /// How many changes the change log keeps for stream resumption.
     #[arg(long, env = "BLOX_CHANGE_LOG_RETENTION", default_value_t = StoreOptions::default().change_log_retention)]
     change_log_retention: u64,
+    /// How long a deleted entity's tombstone is kept at least (it also stays while its deletion is in
+    /// the change log), so that a late event cannot bring it back. Keep it longer than the visibility
+    /// timeout plus the reconcile interval.
+    #[arg(long, env = "BLOX_TOMBSTONE_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    tombstone_retention: Duration,
+    /// The AWS account mirrored (12 digits): events of other accounts are parked. Default: the account
+    /// of the cluster ARNs ECS lists (until the reconciler has listed one, events are not checked
+    /// against an account).
+    #[arg(long, env = "BLOX_ACCOUNT_ID", value_parser = parse_account_id)]
+    account_id: Option<String>,
     /// Log format on stderr: `text` or `json`.
     #[arg(long, env = "BLOX_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -258,6 +269,8 @@ impl ServerArgs {
             reconcile_interval: Duration::from_secs(60),
             clusters: None,
             change_log_retention: StoreOptions::default().change_log_retention,
+            tombstone_retention: StoreOptions::TOMBSTONE_RETENTION,
+            account_id: None,
             log_format,
             scheduler_interval: SchedulerOptions::default().interval,
             scheduler_calls_per_second: SchedulerOptions::default().calls_per_second,
@@ -289,6 +302,15 @@ fn parse_positive(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err("must be a whole number of at least 1".into()),
+    }
+}
+
+fn parse_account_id(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.len() == 12 && value.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("{value:?} is not an AWS account id: 12 digits"))
     }
 }
 
@@ -337,33 +359,54 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     }
     let store_options = StoreOptions {
         change_log_retention: args.change_log_retention,
+        tombstone_retention: args.tombstone_retention,
         ..StoreOptions::default()
     };
+    if args.tombstone_retention < args.visibility_timeout + args.reconcile_interval {
+        tracing::warn!(
+            tombstone_retention = %humantime::format_duration(args.tombstone_retention),
+            "--tombstone-retention is shorter than --visibility-timeout plus --reconcile-interval: a late event may bring back a deleted entity until the next reconcile pass"
+        );
+    }
     let store = open_store(&args.store, store_options)?;
     raise_file_limit(args.limits.max_connections);
 
-    let (ecs, control, events, sim): (Arc<dyn EcsReader>, Arc<dyn EcsControl>, _, _) = match args.ecs.as_str()
-    {
-        "aws" => {
-            let (ecs, control, events) = connect_aws(&args).await?;
-            (ecs, control, events, None)
-        }
-        "sim" => {
-            if args.queue.is_some() {
-                bail!("--queue cannot be used with --ecs sim: the simulator delivers its own events");
+    // The account and region mirrored: the region from the AWS configuration, the account from
+    // --account-id or else from the ARNs ECS answers the reconciler with; the simulator's own.
+    let (ecs, control, events, sim, mirrored): (Arc<dyn EcsReader>, Arc<dyn EcsControl>, _, _, _) =
+        match args.ecs.as_str() {
+            "aws" => {
+                let (ecs, control, events, region) = connect_aws(&args).await?;
+                (
+                    ecs,
+                    control,
+                    events,
+                    None,
+                    Mirrored::new(args.account_id.clone(), region),
+                )
             }
-            let (sim, restored) = args.sim.open()?;
-            let (instances, tasks) = sim.read(|ecs| ecs.totals());
-            tracing::info!(restored, instances, tasks, "ECS simulator started");
-            (
-                Arc::new(sim.clone()),
-                Arc::new(sim.clone()),
-                Some(Arc::new(sim.clone()) as Arc<dyn EventSource>),
-                Some(sim),
-            )
-        }
-        other => bail!("--ecs must be aws or sim, not {other:?}"),
-    };
+            "sim" => {
+                if args.queue.is_some() {
+                    bail!("--queue cannot be used with --ecs sim: the simulator delivers its own events");
+                }
+                let (sim, restored) = args.sim.open()?;
+                let (instances, tasks) = sim.read(|ecs| ecs.totals());
+                tracing::info!(restored, instances, tasks, "ECS simulator started");
+                let (account, region) =
+                    sim.read(|ecs| (ecs.config().account.clone(), ecs.config().region.clone()));
+                if args.account_id.as_ref().is_some_and(|given| *given != account) {
+                    bail!("--account-id is not the simulated account ({account})");
+                }
+                (
+                    Arc::new(sim.clone()),
+                    Arc::new(sim.clone()),
+                    Some(Arc::new(sim.clone()) as Arc<dyn EventSource>),
+                    Some(sim),
+                    Mirrored::new(Some(account), Some(region)),
+                )
+            }
+            other => bail!("--ecs must be aws or sim, not {other:?}"),
+        };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -383,14 +426,17 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { sim.run(shutdown).await })
     });
+    let mirrored = Arc::new(mirrored);
     let options = ServerOptions {
         reconcile: ReconcileOptions {
             interval: args.reconcile_interval,
             clusters: args.clusters.clone(),
+            mirrored: mirrored.clone(),
             ..ReconcileOptions::default()
         },
         ingest: IngestOptions {
             clusters: args.clusters,
+            mirrored,
             ..IngestOptions::default()
         },
         stream_heartbeat: None,
@@ -471,10 +517,12 @@ fn print_banner(banner: &Banner, sim: &blox_sim::Simulator, endpoint: &str) {
     );
 }
 
+/// ECS, its control calls, the event queue, and the configured region.
 type AwsServices = (
     Arc<dyn EcsReader>,
     Arc<dyn EcsControl>,
     Option<Arc<dyn EventSource>>,
+    Option<String>,
 );
 
 async fn connect_aws(args: &ServerArgs) -> Result<AwsServices> {
@@ -501,7 +549,8 @@ async fn connect_aws(args: &ServerArgs) -> Result<AwsServices> {
             None
         }
     };
-    Ok((ecs.clone(), ecs, events))
+    let region = aws.region().map(|region| region.to_string());
+    Ok((ecs.clone(), ecs, events, region))
 }
 
 /// Every connection is a file descriptor: raise the soft limit towards the hard one so that

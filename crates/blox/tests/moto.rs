@@ -251,9 +251,181 @@ async fn malformed_messages_are_parked_and_never_block_the_queue() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("blox_events_parked_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("blox_events_parked_total{reason=\"invalid\"} 2"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("blox_events_dropped_total{reason=\"other_detail_type\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// The poison batch: one message whose `startedBy` holds a NUL byte (as JSON's `\u0000`: SQS refuses a
+/// raw NUL), sent in one SendMessageBatch with nine valid events. With reconciliation off, the nine
+/// reach the store by their events (their tasks exist nowhere else: not in moto), the bad one is parked
+/// with its reason, and the queue drains.
+#[tokio::test]
+async fn a_poison_message_is_parked_and_the_nine_of_its_batch_commit_by_their_events() {
+    let h = Harness::new().await;
+    let queue = h.ecs.create_queue("events").await.unwrap();
+    let blox = h
+        .blox(&[
+            "--queue",
+            &queue,
+            "--reconcile-interval",
+            "1h",
+            "--account-id",
+            blox_testkit::entities::ACCOUNT,
+        ])
+        .await;
+    let client = Client::new(blox.base_url());
+    wait_until("blox is ready", DEADLINE, || async {
+        client.readiness().await.is_ok_and(|r| r.ready)
+    })
+    .await;
+    let bodies: Vec<String> = (0..10)
+        .map(|n| {
+            let task = blox_model::Task {
+                started_by: Some(if n == 4 { "a\0b".into() } else { "svc".into() }),
+                ..blox_testkit::entities::task("prod", &format!("t{n}"))
+            };
+            blox_testkit::task_event(&task, 7)
+        })
+        .collect();
+    assert!(bodies[4].contains(r"a\u0000b"), "{}", bodies[4]);
+    h.ecs.send_messages(&queue, &bodies).await.unwrap();
+
+    wait_until("nine tasks served and one message parked", DEADLINE, || async {
+        task_count(&client, TaskQuery::default()).await == 9
+            && client
+                .dead_letters(&Default::default())
+                .await
+                .is_ok_and(|d| d.items.len() == 1)
+    })
+    .await;
+    wait_until("the queue is empty", DEADLINE, || async {
+        h.ecs
+            .queue_depth(&queue)
+            .await
+            .is_ok_and(|d| d.visible == 0 && d.in_flight == 0)
+    })
+    .await;
+    let tasks = client.list_tasks(&TaskQuery::default()).await.unwrap();
+    assert!(
+        tasks
+            .items
+            .iter()
+            .all(|t| t.entity.version == 7 && t.entity.started_by.as_deref() == Some("svc")),
+        "every task is its event's: {tasks:?}"
+    );
+    let parked = client.dead_letters(&Default::default()).await.unwrap();
+    assert_eq!(
+        parked.items[0].reason,
+        "detail.startedBy: contains a NUL byte, which blox cannot key or index by"
+    );
+    assert_eq!(parked.items[0].body, bodies[4]);
+    let metrics = reqwest::get(blox.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("blox_events_parked_total{reason=\"invalid\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("blox_events_applied_total{kind=\"task\"} 9"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("blox_ingest_commit_failures_total"),
+        "no commit failed: {metrics}"
+    );
+}
+
+/// Events of another account (a cluster of the same name) or region than the mirrored one are parked
+/// with that reason. Without `--account-id`, the account is the one of the clusters ECS lists.
+#[tokio::test]
+async fn events_of_another_account_or_region_are_parked_with_their_reason() {
+    let h = Harness::new().await;
+    let queue = h.ecs.create_queue("events").await.unwrap();
+    // A cluster for the first reconcile pass to list: its ARN tells blox the account.
+    h.ecs.create_cluster("prod").await.unwrap();
+    let blox = h.blox(&["--queue", &queue, "--reconcile-interval", "1h"]).await;
+    let client = Client::new(blox.base_url());
+    wait_until("blox is ready", DEADLINE, || async {
+        client.readiness().await.is_ok_and(|r| r.ready)
+    })
+    .await;
+    let elsewhere = |account: &str, region: &str, id: &str| {
+        let place = |arn: String| {
+            arn.replace(blox_testkit::entities::ACCOUNT, account)
+                .replace(":us-east-1:", &format!(":{region}:"))
+        };
+        let task = blox_testkit::entities::task("prod", id);
+        blox_model::Task {
+            cluster_arn: place(task.cluster_arn.clone()),
+            task_arn: place(task.task_arn.clone()),
+            container_instance_arn: task.container_instance_arn.clone().map(place),
+            task_definition_arn: place(task.task_definition_arn.clone()),
+            ..task
+        }
+    };
+    let bodies = [
+        blox_testkit::task_event(&elsewhere("210987654321", "us-east-1", "other-account"), 1),
+        blox_testkit::task_event(&elsewhere("123456789012", "eu-west-1", "other-region"), 1),
+        blox_testkit::task_event(&elsewhere("123456789012", "us-east-1", "mirrored"), 1),
+    ];
+    h.ecs.send_messages(&queue, &bodies).await.unwrap();
+    wait_until("one task served and two messages parked", DEADLINE, || async {
+        task_count(&client, TaskQuery::default()).await == 1
+            && client
+                .dead_letters(&Default::default())
+                .await
+                .is_ok_and(|d| d.items.len() == 2)
+    })
+    .await;
+    wait_until("the queue is empty", DEADLINE, || async {
+        h.ecs
+            .queue_depth(&queue)
+            .await
+            .is_ok_and(|d| d.visible == 0 && d.in_flight == 0)
+    })
+    .await;
+    let tasks = client.list_tasks(&TaskQuery::default()).await.unwrap();
+    assert!(tasks.items[0].entity.task_arn.ends_with("/mirrored"));
+    let mut reasons: Vec<(String, String)> = client
+        .dead_letters(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|d| (d.reason, d.body))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            (
+                "the event is from account 210987654321, but blox mirrors account 123456789012".to_owned(),
+                bodies[0].clone()
+            ),
+            (
+                "the event is from region eu-west-1, but blox mirrors region us-east-1".to_owned(),
+                bodies[1].clone()
+            ),
+        ]
+    );
+    let metrics = reqwest::get(blox.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("blox_events_parked_total{reason=\"foreign\"} 2"),
         "{metrics}"
     );
 }
