@@ -9,11 +9,6 @@ mod table;
 
 use clap::{Parser, Subcommand};
 
-// mimalloc: the server's requests allocate on one worker thread and free on another; with it a GET
-// costs about 30% less CPU than with glibc's allocator (`blox bench`, BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "blox",
