@@ -46,6 +46,34 @@ impl Harness {
     }
 }
 
+async fn ready(client: &Client) {
+    wait_until("blox is ready", DEADLINE, || async {
+        client.readiness().await.is_ok_and(|r| r.ready)
+    })
+    .await;
+}
+
+/// Waits until no message is left in `queue`, visible or in flight.
+async fn drained(h: &Harness, queue: &str) {
+    wait_until("the queue is empty", DEADLINE, || async {
+        h.ecs
+            .queue_depth(queue)
+            .await
+            .is_ok_and(|d| d.visible == 0 && d.in_flight == 0)
+    })
+    .await;
+}
+
+/// The server's `/metrics` text.
+async fn metrics(blox: &BloxProcess) -> String {
+    reqwest::get(blox.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn task_count(client: &Client, query: TaskQuery) -> usize {
     client
         .list_tasks(&query)
@@ -61,10 +89,7 @@ async fn events_from_the_queue_are_served_with_filters() {
     // Serve first, so that the reconciler's first pass finds nothing and events alone fill the store.
     let blox = h.blox(&["--queue", "events", "--reconcile-interval", "1h"]).await;
     let client = Client::new(blox.base_url());
-    wait_until("blox is ready", DEADLINE, || async {
-        client.readiness().await.is_ok_and(|r| r.ready)
-    })
-    .await;
+    ready(&client).await;
 
     let task_def = h.ecs.register_task_definition("agent").await.unwrap();
     let feed = EventFeed::new(&h.moto, &queue).await;
@@ -230,13 +255,7 @@ async fn malformed_messages_are_parked_and_never_block_the_queue() {
         },
     )
     .await;
-    wait_until("the queue is empty", DEADLINE, || async {
-        h.ecs
-            .queue_depth(&queue)
-            .await
-            .is_ok_and(|d| d.visible == 0 && d.in_flight == 0)
-    })
-    .await;
+    drained(&h, &queue).await;
     let parked = client.dead_letters(&Default::default()).await.unwrap();
     assert!(
         parked
@@ -245,12 +264,7 @@ async fn malformed_messages_are_parked_and_never_block_the_queue() {
             .any(|d| d.reason.contains("detail.version is missing"))
     );
     assert!(parked.items.iter().any(|d| d.body == "{not json"));
-    let metrics = reqwest::get(blox.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&blox).await;
     assert!(
         metrics.contains("blox_events_parked_total{reason=\"invalid\"} 2"),
         "{metrics}"
@@ -280,10 +294,7 @@ async fn a_poison_message_is_parked_and_the_nine_of_its_batch_commit_by_their_ev
         ])
         .await;
     let client = Client::new(blox.base_url());
-    wait_until("blox is ready", DEADLINE, || async {
-        client.readiness().await.is_ok_and(|r| r.ready)
-    })
-    .await;
+    ready(&client).await;
     let bodies: Vec<String> = (0..10)
         .map(|n| {
             let task = blox_model::Task {
@@ -304,13 +315,7 @@ async fn a_poison_message_is_parked_and_the_nine_of_its_batch_commit_by_their_ev
                 .is_ok_and(|d| d.items.len() == 1)
     })
     .await;
-    wait_until("the queue is empty", DEADLINE, || async {
-        h.ecs
-            .queue_depth(&queue)
-            .await
-            .is_ok_and(|d| d.visible == 0 && d.in_flight == 0)
-    })
-    .await;
+    drained(&h, &queue).await;
     let tasks = client.list_tasks(&TaskQuery::default()).await.unwrap();
     assert!(
         tasks
@@ -325,12 +330,7 @@ async fn a_poison_message_is_parked_and_the_nine_of_its_batch_commit_by_their_ev
         "detail.startedBy: contains a NUL byte, which blox cannot key or index by"
     );
     assert_eq!(parked.items[0].body, bodies[4]);
-    let metrics = reqwest::get(blox.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&blox).await;
     assert!(
         metrics.contains("blox_events_parked_total{reason=\"invalid\"} 1"),
         "{metrics}"
@@ -355,10 +355,7 @@ async fn events_of_another_account_or_region_are_parked_with_their_reason() {
     h.ecs.create_cluster("prod").await.unwrap();
     let blox = h.blox(&["--queue", &queue, "--reconcile-interval", "1h"]).await;
     let client = Client::new(blox.base_url());
-    wait_until("blox is ready", DEADLINE, || async {
-        client.readiness().await.is_ok_and(|r| r.ready)
-    })
-    .await;
+    ready(&client).await;
     let elsewhere = |account: &str, region: &str, id: &str| {
         let place = |arn: String| {
             arn.replace(blox_testkit::entities::ACCOUNT, account)
@@ -387,13 +384,7 @@ async fn events_of_another_account_or_region_are_parked_with_their_reason() {
                 .is_ok_and(|d| d.items.len() == 2)
     })
     .await;
-    wait_until("the queue is empty", DEADLINE, || async {
-        h.ecs
-            .queue_depth(&queue)
-            .await
-            .is_ok_and(|d| d.visible == 0 && d.in_flight == 0)
-    })
-    .await;
+    drained(&h, &queue).await;
     let tasks = client.list_tasks(&TaskQuery::default()).await.unwrap();
     assert!(tasks.items[0].entity.task_arn.ends_with("/mirrored"));
     let mut reasons: Vec<(String, String)> = client
@@ -418,12 +409,7 @@ async fn events_of_another_account_or_region_are_parked_with_their_reason() {
             ),
         ]
     );
-    let metrics = reqwest::get(blox.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&blox).await;
     assert!(
         metrics.contains("blox_events_parked_total{reason=\"foreign\"} 2"),
         "{metrics}"
@@ -567,12 +553,7 @@ async fn the_reconciler_alone_finds_everything_and_removes_what_ecs_no_longer_li
         client.get_instance("dev", &dev[0]).await,
         Err(blox_client::ClientError::Api { status: 404, .. })
     ));
-    let metrics = reqwest::get(blox.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&blox).await;
     assert!(
         metrics.contains("blox_reconcile_drift_corrected_total{kind=\"instance\",action=\"delete\"} 1"),
         "{metrics}"
