@@ -20,7 +20,7 @@ mod wait;
 pub use events::{EventFeed, instance_event, task_event};
 pub use fixture::EcsFixture;
 pub use moto::{Moto, workspace_root};
-pub use process::BloxProcess;
+pub use process::{BloxProcess, Finished, run_to_end};
 pub use proxy::{StartTaskFault, StartTaskFaultProxy};
 pub use wait::wait_until;
 

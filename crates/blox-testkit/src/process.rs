@@ -185,3 +185,35 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/blox"), "{err}");
     }
 }
+
+/// What a command that ran to its end printed, and how it exited.
+#[derive(Debug)]
+pub struct Finished {
+    /// `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to its end (killed if the test gives up first); panics past `deadline` or on
+/// output that is not UTF-8.
+pub async fn run_to_end(mut command: tokio::process::Command, deadline: Duration) -> Finished {
+    let description = format!("{:?}", command.as_std());
+    let child = command.kill_on_drop(true).output();
+    let out = tokio::time::timeout(deadline, child)
+        .await
+        .unwrap_or_else(|_| panic!("{description} did not finish within {deadline:?}"))
+        .unwrap_or_else(|e| panic!("{description} does not run: {e}"));
+    Finished::from(out)
+}
+
+impl From<std::process::Output> for Finished {
+    /// Panics on output that is not UTF-8.
+    fn from(out: std::process::Output) -> Finished {
+        Finished {
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout).expect("UTF-8 on stdout"),
+            stderr: String::from_utf8(out.stderr).expect("UTF-8 on stderr"),
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use blox_api::InstanceQuery;
 use blox_client::{Client, ClientError, ClientOptions};
-use blox_testkit::{BloxProcess, wait_until};
+use blox_testkit::{BloxProcess, Finished, run_to_end, wait_until};
 
 const BLOX: &str = env!("CARGO_BIN_EXE_blox");
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -58,32 +58,14 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs blox to its end with `env` (and none of [`BLOX_ENV`] but those given).
-async fn run(args: &[&str], env: &[(&str, &str)]) -> Out {
+async fn run(args: &[&str], env: &[(&str, &str)]) -> Finished {
     let mut command = tokio::process::Command::new(BLOX);
     for name in BLOX_ENV {
         command.env_remove(name);
     }
-    let child = command
-        .args(args)
-        .envs(env.iter().copied())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(DEADLINE, child)
-        .await
-        .unwrap_or_else(|_| panic!("blox {args:?} did not finish within {DEADLINE:?}"))
-        .expect("blox runs");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8"),
-    }
+    command.args(args).envs(env.iter().copied());
+    run_to_end(command, DEADLINE).await
 }
 
 const SIM: &[&str] = &[

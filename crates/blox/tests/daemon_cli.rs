@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use blox_api::{PageQuery, RevisionId, TaskQuery};
 use blox_client::Client;
-use blox_testkit::{BloxProcess, wait_until};
+use blox_testkit::{BloxProcess, Finished, run_to_end, wait_until};
 use tokio::io::AsyncReadExt as _;
 
 const BLOX: &str = env!("CARGO_BIN_EXE_blox");
@@ -21,29 +21,11 @@ const STOPPED: i32 = 4;
 const SUPERSEDED: i32 = 5;
 const ROLLED_BACK: i32 = 6;
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs the CLI with `--endpoint`.
-async fn run(endpoint: &str, args: &[&str]) -> Out {
-    let child = tokio::process::Command::new(BLOX)
-        .args(args)
-        .arg("--endpoint")
-        .arg(endpoint)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(DEADLINE, child)
-        .await
-        .unwrap_or_else(|_| panic!("blox {args:?} did not finish within {DEADLINE:?}"))
-        .expect("blox runs");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8"),
-    }
+async fn run(endpoint: &str, args: &[&str]) -> Finished {
+    let mut command = tokio::process::Command::new(BLOX);
+    command.args(args).arg("--endpoint").arg(endpoint);
+    run_to_end(command, DEADLINE).await
 }
 
 async fn cli(endpoint: &str, args: &[&str]) -> String {
@@ -102,17 +84,13 @@ impl Running {
     }
 
     /// Waits for the command to exit by itself.
-    async fn finish(self) -> Out {
+    async fn finish(self) -> Finished {
         let args = self.args;
         let out = tokio::time::timeout(DEADLINE, self.child.wait_with_output())
             .await
             .unwrap_or_else(|_| panic!("blox {args:?} did not finish within {DEADLINE:?}"))
             .expect("blox runs");
-        Out {
-            code: out.status.code(),
-            stdout: String::from_utf8(out.stdout).expect("UTF-8"),
-            stderr: String::from_utf8(out.stderr).expect("UTF-8"),
-        }
+        Finished::from(out)
     }
 }
 
