@@ -744,31 +744,6 @@ fn serde_as_a_string() {
     );
 }
 
-/// Not a benchmark, a tripwire: a three-clause query must stay far below 1 µs per instance in a
-/// release build. Run with `cargo test --release -p blox-model --test cql -- --ignored --nocapture`.
-#[test]
-#[ignore]
-#[allow(clippy::disallowed_methods)] // measuring is the point; the model itself still reads no clock
-fn evaluation_is_cheap() {
-    let query: Query =
-        "attribute:ecs.instance-type =~ g2.* and agentVersion >= 1.14.0 and task:group != batch"
-            .parse()
-            .unwrap();
-    let facts = full();
-    let instance = facts.instance();
-    let groups = ["web", "database"];
-    let subject = InstanceFacts::new(&instance).with_task_groups(&groups);
-    let rounds = 1_000_000;
-    let start = std::time::Instant::now();
-    let mut matched = 0;
-    for _ in 0..rounds {
-        matched += usize::from(std::hint::black_box(&query).matches(std::hint::black_box(&subject)));
-    }
-    let per_evaluation = start.elapsed() / rounds;
-    println!("{per_evaluation:?} per evaluation ({matched} matched)");
-    assert_eq!(matched, rounds as usize);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Properties.
 

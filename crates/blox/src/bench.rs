@@ -19,6 +19,7 @@
 //! sizes compare. Figures are printed as a table and written as JSON.
 
 mod process;
+mod query;
 mod report;
 mod scheduler;
 mod serve;
@@ -334,6 +335,7 @@ impl Bench {
         self.split_apply(store.as_ref()).await?;
         drop(ingestor);
         serve::run(self, store.clone(), metrics).await?;
+        query::run(self)?;
         // The server process must be able to open the file: every handle of this process must be gone.
         release(store).await?;
         process::run(self, &path).await
