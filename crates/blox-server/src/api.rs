@@ -21,6 +21,7 @@ use utoipa::OpenApi;
 
 use crate::auth::BearerDoc;
 use crate::error::ApiError;
+use crate::limits::GuardDoc;
 use crate::query::{Params, encode_token, parse_cluster};
 use crate::reconcile::ReadinessState;
 use crate::render;
@@ -79,7 +80,7 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
 
 #[derive(OpenApi)]
 #[openapi(
-    modifiers(&BearerDoc),
+    modifiers(&BearerDoc, &GuardDoc),
     info(
         title = "blox",
         description = "ECS cluster state mirrored from ECS events, with Blox v0.3's API. \

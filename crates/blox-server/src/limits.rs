@@ -598,3 +598,58 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<I> {
         this.progress(poll, cx)
     }
 }
+
+/// Declares in the OpenAPI document what the request guard may answer on any route: a 503 when the
+/// server is full or a request times out (streams declare their own; probes pass the gate), and a
+/// 413 on every operation that takes a body.
+pub struct GuardDoc;
+
+impl utoipa::Modify for GuardDoc {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, description) in [
+            (
+                "Busy",
+                "As many requests are being answered as the server takes (`TooManyRequests`, \
+                 --max-in-flight) or the request was not answered within --request-timeout \
+                 (`RequestTimeout`); retry after `Retry-After` seconds.",
+            ),
+            ("BodyTooLarge", "The body is larger than --max-body-size."),
+        ] {
+            let error = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content("application/json", error)
+                .build();
+            components.responses.insert(name.to_owned(), RefOr::T(response));
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if is_probe(path) || is_stream(path) {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.head,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("503".into())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name("Busy")));
+                if operation.request_body.is_some() {
+                    responses
+                        .entry("413".into())
+                        .or_insert_with(|| RefOr::Ref(Ref::from_response_name("BodyTooLarge")));
+                }
+            }
+        }
+    }
+}
