@@ -53,7 +53,8 @@ pub struct AttributeBody {
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentConfigurationBody {
     /// TerminateThenReplace: healthy instances never fall below ceil(minHealthyPercent × eligible /
-    /// 100) by blox's doing. 0–100, default 90.
+    /// 100), and below 100 at most eligible − 1 (so that one can always be replaced), by blox's
+    /// doing. 0–100, default 90.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 100)]
     pub min_healthy_percent: Option<i64>,
