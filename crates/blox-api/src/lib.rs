@@ -197,6 +197,13 @@ pub struct InstanceQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[param(pattern = r"^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$", min_length = 2)]
     pub next_token: Option<String>,
+    /// blox's addition: only instances matching this cluster query (ECS's cluster query language,
+    /// e.g. `attribute:ecs.instance-type =~ m5.* and task:group != batch`), answered from memory.
+    /// A page of a filtered listing may hold fewer than `maxResults` instances; its `nextToken`
+    /// serves only the same filter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1, max_length = 4096)]
+    pub filter: Option<String>,
 }
 
 /// Query of the stream endpoints.

@@ -132,6 +132,10 @@ pub struct InstanceGroupBody {
     /// blox's addition: attributes an instance must carry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<AttributeBody>,
+    /// blox's addition: a cluster query instances must match (ECS's cluster query language, e.g.
+    /// `attribute:stack == prod and agentVersion >= 1.70.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 /// `POST /v1/environments`.
@@ -273,11 +277,16 @@ pub struct Ping {}
 
 // ---- v1.0 ------------------------------------------------------------------------------------------
 
-/// The instances of the cluster a revision runs on: those carrying every attribute listed.
+/// The instances of the cluster a revision runs on: those carrying every attribute listed and
+/// matching the query, if one is given. An update's instance group replaces the whole group.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InstanceGroup {
     #[serde(default)]
     pub attributes: Vec<AttributeBody>,
+    /// A cluster query (ECS's cluster query language), e.g. `attribute:stack == prod and
+    /// task:group != batch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 /// `POST /v1/{cluster}/environments`.

@@ -657,6 +657,7 @@ fn instance_from_sdk(cluster: &str, i: &ecs::ContainerInstance) -> Result<Contai
             .unwrap_or_default(),
         running_tasks_count: Some(i64::from(i.running_tasks_count())),
         pending_tasks_count: Some(i64::from(i.pending_tasks_count())),
+        registered_at: i.registered_at().and_then(timestamp),
         version: version(i.version()),
         updated_at: None,
     })

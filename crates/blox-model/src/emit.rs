@@ -140,6 +140,7 @@ pub fn instance_event(instance: &ContainerInstance, version: u64, time: &str) ->
     if let Some(n) = instance.pending_tasks_count {
         d.insert("pendingTasksCount".into(), json!(n));
     }
+    put_opt(&mut d, "registeredAt", &instance.registered_at);
     put_opt(&mut d, "updatedAt", &instance.updated_at);
     d.insert("version".into(), json!(version));
     envelope(

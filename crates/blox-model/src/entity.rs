@@ -159,6 +159,10 @@ pub struct ContainerInstance {
     pub running_tasks_count: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_tasks_count: Option<i64>,
+    /// When the instance registered with its cluster (events and DescribeContainerInstances carry
+    /// it; v0.3 did not keep it): the cluster query language's `registeredAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at: Option<String>,
     /// ECS's per-resource version; 0 when ECS did not say (moto never does).
     #[serde(default)]
     pub version: u64,

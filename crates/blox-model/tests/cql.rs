@@ -47,6 +47,7 @@ impl Facts {
             },
             running_tasks_count: self.count,
             pending_tasks_count: None,
+            registered_at: self.registered_at.clone(),
             version: 0,
             updated_at: None,
         }
@@ -62,9 +63,7 @@ impl Facts {
     fn evaluate(&self, query: &Query) -> bool {
         let instance = self.instance();
         let groups: Vec<&str> = self.groups.iter().map(String::as_str).collect();
-        let facts = InstanceFacts::new(&instance)
-            .with_task_groups(&groups)
-            .with_registered_at(self.registered_at.as_deref());
+        let facts = InstanceFacts::new(&instance).with_task_groups(&groups);
         query.matches(&facts)
     }
 }

@@ -34,8 +34,8 @@ use blox_model::daemon::lifecycle::{
 };
 use blox_model::daemon::{
     self, Active, Changes, ClusterView, ConfigPatch, Deployment, DeploymentConfiguration, DeploymentMethod,
-    DeploymentStatus, Doc, InstanceFailure, InstanceGroup, IntentState, Plan, PlanInput, Revision, Snapshot,
-    StartIntent,
+    DeploymentStatus, Doc, InstanceFailure, InstanceGroup, InstanceSelection, IntentState, Plan, PlanInput,
+    Revision, Snapshot, StartIntent,
 };
 use blox_model::{Attribute, ClusterName};
 use common::{TaskSpec, attribute, container_instance};
@@ -472,7 +472,10 @@ impl Sim {
                     cluster: ClusterName::new("prod").unwrap(),
                     cluster_arn: common::CLUSTER_ARN.into(),
                     task_definition,
-                    attributes,
+                    instance_group: InstanceSelection {
+                        attributes,
+                        query: None,
+                    },
                     method,
                     configuration,
                 },
@@ -483,7 +486,10 @@ impl Sim {
                 &self.snap,
                 UpdateEnvironment {
                     task_definition: Some(task_definition),
-                    attributes: Some(attributes),
+                    instance_group: Some(InstanceSelection {
+                        attributes,
+                        query: None,
+                    }),
                     method,
                     configuration,
                     base_revision: None,
@@ -1603,6 +1609,7 @@ fn ten_thousand_instances_and_twenty_environments() {
                 } else {
                     vec![attribute("stack", Some("prod"))]
                 },
+                query: None,
             },
             deployment_method: DeploymentMethod::TerminateThenReplace,
             deployment_configuration: DeploymentConfiguration::default(),

@@ -14,7 +14,7 @@ use blox_model::daemon::lifecycle::{
 };
 use blox_model::daemon::{
     Changes, CommandError, ConfigPatch, Counts, Deployment, DeploymentMethod, DeploymentStatus, Doc,
-    Environment, Fleet, InstanceFailure, Plan, Revision, Snapshot, StartIntent,
+    Environment, Fleet, InstanceFailure, InstanceSelection, Plan, Revision, Snapshot, StartIntent,
 };
 use common::attribute;
 
@@ -78,7 +78,10 @@ impl World {
                         arn: arg("td").unwrap().to_owned(),
                         health_checks: words.contains(&"checks"),
                     },
-                    attributes: vec![attribute("stack", Some("prod"))],
+                    instance_group: InstanceSelection {
+                        attributes: vec![attribute("stack", Some("prod"))],
+                        query: None,
+                    },
                     method: arg("method").map(method),
                     configuration: patch(&words),
                 },
@@ -91,13 +94,15 @@ impl World {
                         arn: td.to_owned(),
                         health_checks: words.contains(&"checks"),
                     }),
-                    attributes: arg("attrs").map(|a| {
-                        a.split(',')
+                    instance_group: arg("attrs").map(|a| InstanceSelection {
+                        attributes: a
+                            .split(',')
                             .map(|kv| match kv.split_once('=') {
                                 Some((k, v)) => attribute(k, Some(v)),
                                 None => attribute(kv, None),
                             })
-                            .collect()
+                            .collect(),
+                        query: None,
                     }),
                     method: arg("method").map(method),
                     configuration: patch(&words),

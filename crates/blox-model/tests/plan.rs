@@ -52,6 +52,8 @@ struct Setup {
     frozen: bool,
     env_status: EnvironmentStatus,
     deployed: bool,
+    /// The instance group as a cluster query instead of the attribute `stack=prod`.
+    group_query: Option<&'static str>,
 }
 
 fn fleet(spec: &str) -> Setup {
@@ -69,6 +71,7 @@ fn fleet(spec: &str) -> Setup {
         frozen: false,
         env_status: EnvironmentStatus::Active,
         deployed: true,
+        group_query: None,
     }
 }
 
@@ -127,6 +130,10 @@ impl Setup {
     }
     fn undeployed(mut self) -> Self {
         self.deployed = false;
+        self
+    }
+    fn group_query(mut self, query: &'static str) -> Self {
+        self.group_query = Some(query);
         self
     }
 }
@@ -312,9 +319,17 @@ fn revision(number: u64, setup: &Setup) -> Revision {
         token: format!("token-{number}"),
         task_definition: format!("td:{number}"),
         health_checks: setup.checked.contains(&format!("td:{number}").as_str()),
-        instance_group: InstanceGroup {
-            cluster_arn: common::CLUSTER_ARN.to_owned(),
-            attributes: vec![attribute("stack", Some("prod"))],
+        instance_group: match setup.group_query {
+            None => InstanceGroup {
+                cluster_arn: common::CLUSTER_ARN.to_owned(),
+                attributes: vec![attribute("stack", Some("prod"))],
+                query: None,
+            },
+            Some(query) => InstanceGroup {
+                cluster_arn: common::CLUSTER_ARN.to_owned(),
+                attributes: Vec::new(),
+                query: Some(query.parse().expect("a valid query")),
+            },
         },
         deployment_method: setup.method,
         deployment_configuration: DeploymentConfiguration {
@@ -529,6 +544,12 @@ fn check(cases: Vec<Case>) {
         if plan != run(setup, true) {
             errors.push(format!("{name}: the order of the input changes the plan"));
         }
+        if setup.group_query.is_none() {
+            let as_query = setup.clone().group_query("attribute:stack == prod");
+            if plan != run(&as_query, false) {
+                errors.push(format!("{name}: the group as a query plans otherwise"));
+            }
+        }
         // Every stop carries the prefix that keeps it from being taken for a failed start.
         for stop in &plan.stops {
             assert!(stop.reason.to_string().starts_with(daemon::STOP_REASON_PREFIX));
@@ -672,6 +693,37 @@ fn classification() {
             "the counts of the target: desired are the eligible ones, total the live ones anywhere",
             fleet("A:n B:np C~:n D-:n E:o F:nx"),
             "desired=4; target_healthy=1; total=4; eligible=4; healthy=2",
+        ),
+    ]);
+}
+
+#[test]
+fn instance_group_by_query() {
+    check(vec![
+        case(
+            "an instance with a task of another group is left out by task:group",
+            fleet("A:n B:g C:").group_query("attribute:stack == prod and not(task:group == blox:api)"),
+            "starts=C; stops=; eligible=2",
+        ),
+        case(
+            "!= on an attribute every instance has",
+            fleet("A:n B-:").group_query("attribute:stack != prod"),
+            "starts=B; stops=A.0:not-in-group; eligible=1",
+        ),
+        case(
+            "exists takes every instance with the attribute",
+            fleet("A:n B-:").group_query("attribute:stack exists"),
+            "starts=B; stops=; eligible=2",
+        ),
+        case(
+            "an attribute no instance has",
+            fleet("A:n B:").group_query("attribute:gpu exists"),
+            "starts=; stops=A.0:not-in-group; eligible=0",
+        ),
+        case(
+            "agentConnected in the query: a disconnected instance is out of the group, not kept",
+            fleet("A:n B!:o").group_query("agentConnected == true"),
+            "stops=B.0:not-in-group; eligible=1",
         ),
     ]);
 }

@@ -168,7 +168,7 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
 pub struct ApiDoc;
 
 const TASK_PARAMS: &[&str] = &["status", "cluster", "startedBy", "maxResults", "nextToken"];
-const INSTANCE_PARAMS: &[&str] = &["status", "cluster", "maxResults", "nextToken"];
+const INSTANCE_PARAMS: &[&str] = &["status", "cluster", "maxResults", "nextToken", "filter"];
 
 /// List tasks, optionally filtered by status, cluster and startedBy.
 #[utoipa::path(get, path = "/v1/tasks", tag = "cluster state", params(blox_api::TaskQuery),
@@ -199,7 +199,95 @@ pub async fn list_instances(
         status: params.status(INSTANCE_STATUSES)?,
         started_by: None,
     };
-    list(&state, Kind::Instance, filter, &params).await
+    match params.get("filter") {
+        Some(text) => {
+            let query = crate::env_api::cluster_query("filter", text)?;
+            filtered_instances(&state, &filter, &query, &params)
+        }
+        None => list(&state, Kind::Instance, filter, &params).await,
+    }
+}
+
+/// The instances matching a cluster query, from the in-memory view (which follows the store within
+/// milliseconds), in the unfiltered listing's order: by cluster, then ARN. Its `nextToken` is the
+/// last cluster and ARN answered.
+fn filtered_instances(
+    state: &AppState,
+    filter: &Filter,
+    query: &blox_model::Query,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let limit = params.max_results()?;
+    let after = params
+        .next_token()?
+        .map(|cursor| {
+            String::from_utf8(cursor.0)
+                .ok()
+                .and_then(|text| {
+                    let (cluster, arn) = text.split_once('\n')?;
+                    Some((ClusterName::new(cluster).ok()?, arn.to_owned()))
+                })
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "nextToken",
+                        "InvalidNextToken",
+                        "invalid nextToken: pass back the nextToken of a previous answer with the same filter",
+                    )
+                })
+        })
+        .transpose()?;
+    let view = state.view.read();
+    let mut out = render::LIST_START.to_vec();
+    let mut answered = 0usize;
+    let mut last: Option<(&ClusterName, &str)> = None;
+    let mut more = false;
+    'clusters: for (name, cluster) in &view.clusters {
+        if filter.cluster.as_ref().is_some_and(|wanted| wanted != name)
+            || after.as_ref().is_some_and(|(c, _)| name < c)
+        {
+            continue;
+        }
+        let Some(records) = view.instance_records.get(name) else {
+            continue;
+        };
+        for (_, instance) in cluster.instances() {
+            if let Some((c, arn)) = &after
+                && c == name
+                && *instance.arn <= **arn
+            {
+                continue;
+            }
+            if filter
+                .status
+                .as_deref()
+                .is_some_and(|status| status != instance.status.as_str())
+                || !query.matches(&cluster.subject(instance))
+            {
+                continue;
+            }
+            let Some((seq, body)) = records.get(&instance.arn) else {
+                continue;
+            };
+            if limit == Some(answered) {
+                more = true;
+                break 'clusters;
+            }
+            if answered > 0 {
+                out.push(b',');
+            }
+            render::record(&mut out, *seq, false, body);
+            answered += 1;
+            last = Some((name, &instance.arn));
+        }
+    }
+    let token = match (more, last) {
+        (true, Some((cluster, arn))) => Some(encode_token(&blox_store::Cursor(
+            format!("{cluster}\n{arn}").into_bytes(),
+        ))),
+        _ => None,
+    };
+    render::list_end(&mut out, token.as_deref());
+    Ok(json(out))
 }
 
 async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> Result<Response, ApiError> {

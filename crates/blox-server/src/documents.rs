@@ -119,6 +119,14 @@ pub fn parse<T: serde::de::DeserializeOwned>(doc: &Document) -> Result<T, Docume
     })
 }
 
+/// [`parse`] into a type that borrows from the body.
+pub fn parse_borrowed<'a, T: serde::Deserialize<'a>>(doc: &'a Document) -> Result<T, DocumentError> {
+    serde_json::from_slice(&doc.body).map_err(|source| DocumentError {
+        key: doc.key.to_string(),
+        source,
+    })
+}
+
 /// A stored body that does not parse as what its kind should hold.
 #[derive(Debug, thiserror::Error)]
 #[error("stored {key} does not parse: {source}")]

@@ -11,10 +11,10 @@ use blox_aws::EcsErrorKind;
 use blox_model::daemon::lifecycle::{self, CreateEnvironment, Fresh, TaskDefinitionRef, UpdateEnvironment};
 use blox_model::daemon::{
     self, Active, ConfigPatch, Counts, Deployment, DeploymentConfiguration, DeploymentMethod, Health,
-    InstanceFailure, IntentState, Plan, PlanInput, Revision, Snapshot,
+    InstanceFailure, InstanceGroup, InstanceSelection, IntentState, Plan, PlanInput, Revision, Snapshot,
 };
 use blox_model::emit::rfc3339_millis;
-use blox_model::{Attribute, ClusterName};
+use blox_model::{Attribute, ClusterName, Query};
 use serde::de::DeserializeOwned;
 
 use crate::api::AppState;
@@ -133,6 +133,36 @@ pub fn attributes(field: &str, body: &[AttributeBody]) -> Result<Vec<Attribute>,
             }
         })
         .collect()
+}
+
+/// A request's instance group (`instanceGroup.attributes` and `instanceGroup.query`), checked.
+pub fn selection(
+    attributes_body: &[AttributeBody],
+    query: Option<&str>,
+) -> Result<InstanceSelection, ApiError> {
+    Ok(InstanceSelection {
+        attributes: attributes("instanceGroup.attributes", attributes_body)?,
+        query: query
+            .map(|q| cluster_query("instanceGroup.query", q))
+            .transpose()?,
+    })
+}
+
+/// A cluster query from a request; the error names the field and the column where the query goes
+/// wrong.
+pub fn cluster_query(field: &str, text: &str) -> Result<Query, ApiError> {
+    Query::parse(text).map_err(|e| {
+        ApiError::bad_request(
+            field,
+            "InvalidQuery",
+            format!("{text:?} is not a valid cluster query: {e}"),
+        )
+    })
+}
+
+/// The instance group's query as the API shows it (canonical form).
+pub fn query_text(group: &InstanceGroup) -> Option<String> {
+    group.query.as_ref().map(ToString::to_string)
 }
 
 pub fn attribute_bodies(attributes: &[Attribute]) -> Vec<AttributeBody> {
@@ -267,10 +297,10 @@ impl UpdateRequest {
                 .transpose()?,
             update: UpdateEnvironment {
                 task_definition: None,
-                attributes: request
+                instance_group: request
                     .instance_group
                     .as_ref()
-                    .map(|g| attributes("instanceGroup.attributes", &g.attributes))
+                    .map(|g| selection(&g.attributes, g.query.as_deref()))
                     .transpose()?,
                 method: method("deploymentMethod", request.deployment_method.as_deref())?,
                 configuration,

@@ -75,7 +75,10 @@ pub async fn create_environment(
     let method = env_api::method("deploymentMethod", request.deployment_method.as_deref())?;
     let configuration = env_api::patch(request.deployment_configuration.as_ref());
     env_api::check_patch(&configuration)?;
-    let attributes = env_api::attributes("instanceGroup.attributes", &request.instance_group.attributes)?;
+    let instance_group = env_api::selection(
+        &request.instance_group.attributes,
+        request.instance_group.query.as_deref(),
+    )?;
     let (cluster, cluster_arn) = env_api::resolve_cluster(&state, "instanceGroup.cluster", &cluster).await?;
     let task_definition =
         env_api::resolve_task_definition(&state, "taskDefinition", &task_definition).await?;
@@ -88,7 +91,7 @@ pub async fn create_environment(
             cluster,
             cluster_arn,
             task_definition,
-            attributes,
+            instance_group,
             method,
             configuration,
         },
@@ -348,6 +351,7 @@ pub fn environment_body(state: &AppState, stored: &Stored) -> ApiEnvironment {
             attributes: latest
                 .map(|r| env_api::attribute_bodies(&r.instance_group.attributes))
                 .unwrap_or_default(),
+            query: latest.and_then(|r| env_api::query_text(&r.instance_group)),
         },
         task_definition: latest.map(|r| r.task_definition.clone()).unwrap_or_default(),
         health: match health {

@@ -159,9 +159,9 @@ pub async fn create_environment(
     let method = env_api::method("deploymentMethod", request.deployment_method.as_deref())?;
     let configuration = env_api::patch(request.deployment_configuration.as_ref());
     env_api::check_patch(&configuration)?;
-    let attributes = env_api::attributes(
-        "instanceGroup.attributes",
+    let instance_group = env_api::selection(
         request.instance_group.as_ref().map_or(&[][..], |g| &g.attributes),
+        request.instance_group.as_ref().and_then(|g| g.query.as_deref()),
     )?;
     let (cluster, cluster_arn) = env_api::resolve_cluster(&state, "cluster", &cluster).await?;
     let task_definition =
@@ -174,7 +174,7 @@ pub async fn create_environment(
             cluster,
             cluster_arn,
             task_definition,
-            attributes,
+            instance_group,
             method,
             configuration,
         },
@@ -622,6 +622,7 @@ pub fn environment_body(state: &AppState, stored: &Stored) -> EnvironmentV1 {
             attributes: latest
                 .map(|r| env_api::attribute_bodies(&r.instance_group.attributes))
                 .unwrap_or_default(),
+            query: latest.and_then(|r| env_api::query_text(&r.instance_group)),
         },
         active_environment_revision_id: active.map(|d| RevisionId(d.revision)),
         latest_environment_revision_id: RevisionId(env.latest_revision),
@@ -640,6 +641,7 @@ fn revision_body(stored: &Stored, live: &Live, revision: &Revision) -> Environme
         health_checks: revision.health_checks,
         instance_group: InstanceGroup {
             attributes: env_api::attribute_bodies(&revision.instance_group.attributes),
+            query: env_api::query_text(&revision.instance_group),
         },
         deployment_method: revision.deployment_method.name().to_owned(),
         deployment_configuration: env_api::config_body(&revision.deployment_configuration),

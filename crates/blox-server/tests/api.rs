@@ -61,6 +61,7 @@ fn instance(cluster: &str, id: &str, status: &str, version: u64) -> ContainerIns
         status: status.into(),
         running_tasks_count: Some(1),
         pending_tasks_count: Some(0),
+        registered_at: None,
         version,
         ..entities::instance(cluster, id)
     }
@@ -734,4 +735,166 @@ async fn a_slow_client_never_stalls_writers_and_a_gone_client_is_freed() {
     // The reader drops the connection: its pump ends and nothing is left open.
     drop(body);
     wait_until("the dropped stream's pump ends", Duration::from_secs(10), open(0)).await;
+}
+
+/// `?filter=`: a cluster query over the instances, answered from the view (which follows writes),
+/// in the listing's order, paged, with the query's errors naming the column.
+#[tokio::test]
+async fn instances_filtered_by_a_cluster_query() {
+    let store = Arc::new(MemStore::new(StoreOptions::default()));
+    let typed = |cluster: &str, id: &str, kind: &str, agent: &str| ContainerInstance {
+        attributes: vec![
+            Attribute {
+                name: "ecs.instance-type".into(),
+                value: Some(kind.into()),
+            },
+            Attribute {
+                name: "stack".into(),
+                value: Some(if id.ends_with('1') { "prod" } else { "dev" }.into()),
+            },
+        ],
+        version_info: blox_model::VersionInfo {
+            agent_version: Some(agent.into()),
+            ..Default::default()
+        },
+        ..entities::instance(cluster, id)
+    };
+    let mut writes = vec![
+        Write::Upsert(documents::instance(
+            name("prod"),
+            &typed("prod", "i1", "m5.large", "1.70.0"),
+        )),
+        Write::Upsert(documents::instance(
+            name("prod"),
+            &typed("prod", "i2", "c5.xlarge", "1.89.0"),
+        )),
+        Write::Upsert(documents::instance(
+            name("prod"),
+            &typed("prod", "i3", "m5.xlarge", "1.89.0"),
+        )),
+        Write::Upsert(documents::instance(
+            name("dev"),
+            &typed("dev", "i1", "m5.large", "1.89.0"),
+        )),
+    ];
+    // A batch job on prod/i3, a stopped one on prod/i1.
+    for (id, instance, status) in [("t1", "i3", "RUNNING"), ("t2", "i1", "STOPPED")] {
+        let task = Task {
+            group: Some("batch".into()),
+            container_instance_arn: Some(entities::instance_arn("prod", instance)),
+            last_status: status.into(),
+            ..entities::task("prod", id)
+        };
+        writes.push(Write::Upsert(documents::task(name("prod"), &task)));
+    }
+    store.apply(writes).await.unwrap();
+    let state = AppState::new(store.clone(), None, CancellationToken::new())
+        .await
+        .unwrap();
+    let app = blox_server::router(state.clone());
+    let ids = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let arn = i["entity"]["containerInstanceARN"].as_str().unwrap();
+                let mut parts = arn.rsplit('/');
+                let id = parts.next().unwrap();
+                format!("{}/{id}", parts.next().unwrap())
+            })
+            .collect()
+    };
+    let get = |query: &str| {
+        format!(
+            "/v1/instances?{}",
+            serde_urlencoded::to_string([("filter", query)]).unwrap()
+        )
+    };
+    for (query, extra, want) in [
+        (
+            "ec2InstanceType =~ m5.*",
+            "",
+            &["dev/i1", "prod/i1", "prod/i3"][..],
+        ),
+        (
+            "ec2InstanceType =~ m5.*",
+            "&cluster=prod",
+            &["prod/i1", "prod/i3"],
+        ),
+        (
+            "agentVersion >= 1.80.0 and attribute:stack == dev",
+            "",
+            &["prod/i2", "prod/i3"],
+        ),
+        ("task:group == batch", "", &["prod/i3"]),
+        (
+            "not(task:group == batch) and attribute:stack == prod",
+            "",
+            &["dev/i1", "prod/i1"],
+        ),
+        (
+            "task:group != batch",
+            "&status=active",
+            &["dev/i1", "prod/i1", "prod/i2"],
+        ),
+        ("task:group != batch", "&status=draining", &[]),
+        ("attribute:gpu exists", "", &[]),
+    ] {
+        let (status, body) = call(&app, &format!("{}{extra}", get(query))).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(ids(&body), want, "{query}{extra}");
+    }
+
+    // Paged: two, then the rest, then nothing more.
+    let (_, first) = call(&app, &format!("{}&maxResults=2", get("agentConnected == true"))).await;
+    assert_eq!(ids(&first), ["dev/i1", "prod/i1"]);
+    let token = first["nextToken"].as_str().expect("a next page").to_owned();
+    let (_, second) = call(
+        &app,
+        &format!("{}&maxResults=2&nextToken={token}", get("agentConnected == true")),
+    )
+    .await;
+    assert_eq!(ids(&second), ["prod/i2", "prod/i3"]);
+    assert!(second.get("nextToken").is_none(), "{second}");
+
+    // The view follows writes: the batch job moves to prod/i2.
+    let moved = Task {
+        group: Some("batch".into()),
+        container_instance_arn: Some(entities::instance_arn("prod", "i2")),
+        version: 2,
+        ..entities::task("prod", "t1")
+    };
+    store
+        .apply(vec![Write::Upsert(documents::task(name("prod"), &moved))])
+        .await
+        .unwrap();
+    wait_until("the view follows the task", Duration::from_secs(5), || {
+        let app = app.clone();
+        let uri = get("task:group == batch");
+        async move { ids(&call(&app, &uri).await.1) == ["prod/i2"] }
+    })
+    .await;
+
+    // Errors name the field and the column.
+    for (query, column) in [
+        ("agentVersion >= ", "column 17"),
+        ("attribute:x == a and", "column 21"),
+        ("(a", "column"),
+    ] {
+        let (status, body) = call(&app, &get(query)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["field"], "filter", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(column),
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = call(
+        &app,
+        "/v1/instances?filter=agentConnected%20%3D%3D%20true&nextToken=AAAA",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "nextToken");
 }

@@ -1025,6 +1025,18 @@ async fn bad_input_on_every_route() {
         case(
             &post,
             "/v1/prod/environments",
+            new_v1(json!({"instanceGroup": {"query": "attribute:stack =="}})),
+            json_error(400, "InvalidQuery", Some("instanceGroup.query")),
+        ),
+        case(
+            &post,
+            "/v1/prod/environments",
+            new_v1(json!({"instanceGroup": {"query": 7}})),
+            json_error(400, "InvalidBody", Some("instanceGroup.query")),
+        ),
+        case(
+            &post,
+            "/v1/prod/environments",
             new_v1(json!({"environmentName": "web"})),
             json_error(409, "EnvironmentExists", Some("environmentName")),
         ),
@@ -1404,6 +1416,12 @@ async fn bad_input_on_every_route() {
             "/v1/environments",
             new_v03(json!({"instanceGroup": {"cluster": "bad name"}})),
             json_error(400, "InvalidCluster", Some("instanceGroup.cluster")),
+        ),
+        case(
+            &post,
+            "/v1/environments",
+            new_v03(json!({"instanceGroup": {"cluster": CLUSTER, "query": "(agentConnected == true"}})),
+            json_error(400, "InvalidQuery", Some("instanceGroup.query")),
         ),
         case(
             &post,
@@ -1814,6 +1832,53 @@ async fn stream_content_type_follows_accept() {
 }
 
 // ---- live counts -----------------------------------------------------------------------------------
+
+/// An instance group by cluster query through both APIs: stored, shown in its canonical form, replaced
+/// as a whole by an update.
+#[tokio::test]
+async fn instance_groups_take_a_cluster_query() {
+    let account = account(2);
+    let app = app(&account, V03Errors::Json).await;
+    let created = ok(
+        &app,
+        Method::POST,
+        "/v1/prod/environments",
+        Some(json!({
+            "environmentName": "gpu",
+            "taskDefinition": "daemon:1",
+            "instanceGroup": {"query": "attribute:ecs.instance-type=~g4dn.*  &&  agentConnected==true"},
+        })),
+    )
+    .await;
+    assert_eq!(
+        created["environment"]["instanceGroup"],
+        json!({"attributes": [], "query": "attribute:ecs.instance-type =~ g4dn.* && agentConnected == true"})
+    );
+    let v03 = ok(&app, Method::GET, "/v1/environments/gpu", None).await;
+    assert_eq!(
+        v03["instanceGroup"]["query"],
+        "attribute:ecs.instance-type =~ g4dn.* && agentConnected == true"
+    );
+    // An update's group replaces attributes and query both.
+    let updated = ok(
+        &app,
+        Method::PUT,
+        "/v1/prod/environments/gpu",
+        Some(json!({"instanceGroup": {"attributes": [{"name": "stack", "value": "prod"}]}})),
+    )
+    .await;
+    assert_eq!(
+        updated["environment"]["instanceGroup"],
+        json!({"attributes": [{"name": "stack", "value": "prod"}]})
+    );
+    let revision = ok(&app, Method::GET, "/v1/prod/environments/gpu/revisions/1", None).await;
+    assert_eq!(
+        revision["environmentRevision"]["instanceGroup"]["query"],
+        "attribute:ecs.instance-type =~ g4dn.* && agentConnected == true",
+        "revisions are immutable"
+    );
+    app.shutdown.cancel();
+}
 
 /// The API over the real ingestion (the simulator's events), one reconciliation, the view and the
 /// executor: counts converge to the instances, failures are reported per instance.

@@ -19,7 +19,7 @@ use blox_model::daemon::lifecycle::{
 };
 use blox_model::daemon::{
     ConfigPatch, Deployment, DeploymentMethod, DeploymentStatus, Doc, Environment, InstanceFailure,
-    StartIntent,
+    InstanceSelection, StartIntent,
 };
 use blox_model::{ClusterName, Task};
 use blox_server::environments::{self, Depth};
@@ -197,7 +197,7 @@ impl World {
                 arn: task_definition.into(),
                 health_checks: false,
             },
-            attributes: vec![],
+            instance_group: InstanceSelection::default(),
             method: Some(method),
             configuration: patch,
         };
@@ -959,4 +959,99 @@ async fn a_second_pass_finds_nothing_left_to_do() {
     let report = scheduler.pass().await;
     assert_eq!((report.started, report.errors), (0, 0), "{report:?}");
     let _ = world.deployment(&id).await;
+}
+
+/// Changing the instance group (a cluster query) adopts the tasks on instances that still match and
+/// starts and stops only the difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_change_starts_and_stops_only_the_difference() {
+    let world = world(20).await;
+    let _engine = world.engine(options());
+    let ec2_ids: BTreeMap<String, String> = {
+        let view = world.view.read();
+        view.clusters[&world.cluster]
+            .instances()
+            .map(|(_, i)| {
+                (
+                    i.arn.to_string(),
+                    i.ec2_instance_id.as_deref().expect("an EC2 id").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let ids_of = |range: std::ops::Range<usize>| -> String {
+        let ids: Vec<&str> = world.instances[range]
+            .iter()
+            .map(|arn| ec2_ids[arn].as_str())
+            .collect();
+        format!("ec2InstanceId in [{}]", ids.join(", "))
+    };
+    let group = |query: String| InstanceSelection {
+        attributes: Vec::new(),
+        query: Some(query.parse().expect("query")),
+    };
+    world
+        .create(
+            &world.td1.clone(),
+            DeploymentMethod::TerminateThenReplace,
+            ConfigPatch::default(),
+            |_| {},
+        )
+        .await;
+    let first_group = group(ids_of(0..12));
+    world
+        .command(|stored| {
+            lifecycle::update_environment(
+                &stored.expect("env").snapshot,
+                UpdateEnvironment {
+                    instance_group: Some(first_group.clone()),
+                    ..UpdateEnvironment::default()
+                },
+                world.fresh(""),
+            )
+        })
+        .await;
+    let first = world.deploy(2).await;
+    world.wait_status(&first, DeploymentStatus::Completed).await;
+    assert!(world.converged(&world.instances[0..12], &world.td1));
+    let before: BTreeMap<String, String> = world
+        .live()
+        .into_iter()
+        .map(|(instance, tasks)| (instance, tasks[0].task_arn.clone()))
+        .collect();
+
+    let second_group = group(ids_of(6..20));
+    world
+        .command(|stored| {
+            lifecycle::update_environment(
+                &stored.expect("env").snapshot,
+                UpdateEnvironment {
+                    instance_group: Some(second_group.clone()),
+                    ..UpdateEnvironment::default()
+                },
+                world.fresh(""),
+            )
+        })
+        .await;
+    let second = world.deploy(3).await;
+    world.wait_status(&second, DeploymentStatus::Completed).await;
+    wait_until(
+        "the instances that left the group lost their daemon",
+        DEADLINE,
+        || async { world.converged(&world.instances[6..20], &world.td1) },
+    )
+    .await;
+    let after = world.live();
+    for instance in &world.instances[6..12] {
+        assert_eq!(
+            after[instance][0].task_arn, before[instance],
+            "the task on {instance}, still in the group, is adopted"
+        );
+    }
+    for instance in &world.instances[12..20] {
+        assert!(!before.contains_key(instance));
+    }
+    for instance in &world.instances[12..20] {
+        assert_eq!(after[instance][0].started_by.as_deref(), Some(second.as_str()));
+    }
 }

@@ -795,6 +795,7 @@ impl Ecs {
                 },
                 running_tasks_count: Some(0),
                 pending_tasks_count: Some(0),
+                registered_at: Some(rfc3339_millis(now)),
                 version: 0,
                 updated_at: None,
             }),

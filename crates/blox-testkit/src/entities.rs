@@ -58,6 +58,7 @@ pub fn instance(cluster: &str, id: &str) -> ContainerInstance {
         version_info: VersionInfo::default(),
         running_tasks_count: None,
         pending_tasks_count: None,
+        registered_at: None,
         version: 1,
         updated_at: None,
     }

@@ -259,6 +259,7 @@ mod tests {
             },
             running_tasks_count: Some(3),
             pending_tasks_count: Some(0),
+            registered_at: Some("2016-12-06T16:41:05.000Z".into()),
             version: 0,
             updated_at: Some("2024-01-02T03:05:00.501Z".into()),
         }
@@ -279,6 +280,7 @@ mod tests {
             version_info: VersionInfo::default(),
             running_tasks_count: None,
             pending_tasks_count: None,
+            registered_at: None,
             version: 0,
             updated_at: None,
         }

@@ -103,6 +103,10 @@ pub enum InstancesCommand {
         /// active, draining, inactive, ...
         #[arg(long)]
         status: Option<String>,
+        /// Only instances matching this cluster query, e.g.
+        /// 'attribute:ecs.instance-type =~ m5.* and task:group != batch'.
+        #[arg(long)]
+        filter: Option<String>,
         #[command(flatten)]
         endpoint: Endpoint,
     },
@@ -231,6 +235,7 @@ pub async fn instances(command: InstancesCommand) -> Result<()> {
         InstancesCommand::List {
             cluster,
             status,
+            filter,
             endpoint,
         } => {
             let client = endpoint.client()?;
@@ -238,6 +243,7 @@ pub async fn instances(command: InstancesCommand) -> Result<()> {
                 .list_instances(&InstanceQuery {
                     cluster,
                     status,
+                    filter,
                     ..InstanceQuery::default()
                 })
                 .await?;

@@ -173,6 +173,9 @@ pub enum EnvCommand {
         /// Run only on instances with this attribute (any value) or this value; repeatable.
         #[arg(long = "attribute", value_name = "NAME[=VALUE]", value_parser = parse_attribute)]
         attributes: Vec<AttributeBody>,
+        /// Run only on instances matching this cluster query, e.g. 'attribute:stack == prod'.
+        #[arg(long, value_name = "QUERY")]
+        query: Option<String>,
         #[command(flatten)]
         endpoint: Endpoint,
     },
@@ -185,11 +188,15 @@ pub enum EnvCommand {
         task_definition: Option<String>,
         #[command(flatten)]
         config: ConfigFlags,
-        /// The new instance group's attributes (replacing the latest revision's); repeatable.
+        /// The new instance group's attributes; repeatable. `--attribute` and `--query` together are
+        /// the new group: they replace the latest revision's attributes and query both.
         #[arg(long = "attribute", value_name = "NAME[=VALUE]", value_parser = parse_attribute)]
         attributes: Vec<AttributeBody>,
+        /// The new instance group's cluster query, e.g. 'attribute:stack == prod'.
+        #[arg(long, value_name = "QUERY")]
+        query: Option<String>,
         /// Run on every instance of the cluster again.
-        #[arg(long, conflicts_with = "attributes")]
+        #[arg(long, conflicts_with_all = ["attributes", "query"])]
         clear_attributes: bool,
         /// Refuse the update unless revision N is still the latest (someone else's update wins).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -355,18 +362,20 @@ fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-fn attributes_text(attributes: &[AttributeBody]) -> String {
-    if attributes.is_empty() {
-        return "every instance of the cluster".to_owned();
-    }
-    attributes
+fn group_text(group: &InstanceGroup) -> String {
+    let mut parts: Vec<String> = group
+        .attributes
         .iter()
         .map(|a| match &a.value {
             Some(value) => format!("{}={value}", a.name),
             None => a.name.clone(),
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    parts.extend(group.query.iter().map(|q| format!("query: {q}")));
+    if parts.is_empty() {
+        return "every instance of the cluster".to_owned();
+    }
+    parts.join(", ")
 }
 
 fn config_fields(method: &str, c: &DeploymentConfigurationBody) -> Vec<(&'static str, String)> {
@@ -412,7 +421,7 @@ fn show_environment(e: &EnvironmentV1) {
         ("Active deployment", or_dash(e.active_deployment_id.as_deref())),
         ("Tasks", counts_text(&e.counts)),
         ("Task definition", e.task_definition.clone()),
-        ("Instances", attributes_text(&e.instance_group.attributes)),
+        ("Instances", group_text(&e.instance_group)),
     ];
     fields.extend(config_fields(&e.deployment_method, &e.deployment_configuration));
     fields.push(("Created", e.created_at.clone()));
@@ -874,6 +883,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             task_definition,
             config,
             attributes,
+            query,
             endpoint,
         } => {
             let client = endpoint.client()?;
@@ -881,7 +891,8 @@ pub async fn env(command: EnvCommand) -> Result<()> {
                 environment_name: name.clone(),
                 task_definition,
                 environment_type: None,
-                instance_group: (!attributes.is_empty()).then_some(InstanceGroup { attributes }),
+                instance_group: (!attributes.is_empty() || query.is_some())
+                    .then_some(InstanceGroup { attributes, query }),
                 deployment_method: config.method(),
                 deployment_configuration: config.body(),
             };
@@ -901,6 +912,7 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             task_definition,
             config,
             attributes,
+            query,
             clear_attributes,
             base_revision,
             locate,
@@ -909,8 +921,8 @@ pub async fn env(command: EnvCommand) -> Result<()> {
             let (client, cluster) = connect(&endpoint, &name, &locate).await?;
             let request = UpdateEnvironment {
                 task_definition,
-                instance_group: (clear_attributes || !attributes.is_empty())
-                    .then_some(InstanceGroup { attributes }),
+                instance_group: (clear_attributes || !attributes.is_empty() || query.is_some())
+                    .then_some(InstanceGroup { attributes, query }),
                 deployment_method: config.method(),
                 deployment_configuration: config.body(),
                 base_revision_id: base_revision.map(RevisionId),

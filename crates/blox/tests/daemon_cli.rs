@@ -643,6 +643,7 @@ async fn flags_reach_the_api_and_the_client_speaks_v1() {
                         name: "stack".into(),
                         value: None,
                     }],
+                    query: None,
                 }),
                 ..blox_api::UpdateEnvironmentRequest::default()
             },

@@ -9,7 +9,10 @@ pub trait Subject {
     fn agent_connected(&self) -> bool;
     fn agent_version(&self) -> Option<&str>;
     fn ec2_instance_id(&self) -> Option<&str>;
-    fn ec2_instance_type(&self) -> Option<&str>;
+    /// The attribute ECS derives it from.
+    fn ec2_instance_type(&self) -> Option<&str> {
+        self.attribute(INSTANCE_TYPE_ATTRIBUTE).flatten()
+    }
     /// As ECS writes it: `2018-06-18T22:28:28+00:00`, `…Z`, `…28` (UTC) or `2018-06-18`
     /// (midnight UTC), seconds maybe with a fraction. Another form matches no predicate.
     fn registered_at(&self) -> Option<&str>;
@@ -20,34 +23,25 @@ pub trait Subject {
     fn task_groups(&self) -> impl Iterator<Item = &str>;
 }
 
-/// A container instance as a query sees it, with what the instance record does not carry: the
-/// groups of its tasks and its registration time.
+/// A container instance record as a query sees it, with what the record does not carry: the groups
+/// of its tasks. (The scheduler's view answers queries itself, from memory.)
 #[derive(Clone, Copy, Debug)]
 pub struct InstanceFacts<'a> {
     instance: &'a ContainerInstance,
     task_groups: &'a [&'a str],
-    registered_at: Option<&'a str>,
 }
 
 impl<'a> InstanceFacts<'a> {
-    /// Facts of an instance with no tasks and an unknown registration time.
+    /// Facts of an instance with no tasks.
     pub fn new(instance: &'a ContainerInstance) -> Self {
         InstanceFacts {
             instance,
             task_groups: &[],
-            registered_at: None,
         }
     }
 
     pub fn with_task_groups(self, task_groups: &'a [&'a str]) -> Self {
         InstanceFacts { task_groups, ..self }
-    }
-
-    pub fn with_registered_at(self, registered_at: Option<&'a str>) -> Self {
-        InstanceFacts {
-            registered_at,
-            ..self
-        }
     }
 }
 
@@ -67,12 +61,8 @@ impl Subject for InstanceFacts<'_> {
         self.instance.ec2_instance_id.as_deref()
     }
 
-    fn ec2_instance_type(&self) -> Option<&str> {
-        self.attribute(INSTANCE_TYPE_ATTRIBUTE).flatten()
-    }
-
     fn registered_at(&self) -> Option<&str> {
-        self.registered_at
+        self.instance.registered_at.as_deref()
     }
 
     fn running_tasks_count(&self) -> Option<i64> {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{DeploymentConfiguration, DeploymentMethod};
 use super::time::{rfc3339, rfc3339_opt};
 use crate::arn::ClusterName;
+use crate::cql::{Query, Subject};
 use crate::entity::Attribute;
 
 /// A daemon environment: what the scheduler keeps running on an instance group, through revisions
@@ -84,7 +85,8 @@ pub struct Revision {
     pub created_at: u64,
 }
 
-/// The container instances a revision runs on: those of the cluster that carry every attribute listed.
+/// The container instances a revision runs on: those of the cluster that carry every attribute listed
+/// and match the query, if there is one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceGroup {
@@ -94,17 +96,30 @@ pub struct InstanceGroup {
     /// value matches the name with any value (or none).
     #[serde(default)]
     pub attributes: Vec<Attribute>,
+    /// A cluster query (ECS's cluster query language), e.g. `attribute:stack == prod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<Query>,
 }
 
 impl InstanceGroup {
-    /// Whether an instance with these attributes belongs to the group.
-    pub fn matches(&self, attributes: &[Attribute]) -> bool {
-        self.attributes.iter().all(|wanted| {
-            attributes
-                .iter()
-                .any(|a| a.name == wanted.name && (wanted.value.is_none() || a.value == wanted.value))
-        })
+    /// Whether an instance belongs to the group.
+    pub fn matches(&self, instance: &impl Subject) -> bool {
+        self.attributes
+            .iter()
+            .all(|wanted| match instance.attribute(&wanted.name) {
+                Some(value) => wanted.value.is_none() || value == wanted.value.as_deref(),
+                None => false,
+            })
+            && self.query.as_ref().is_none_or(|query| query.matches(instance))
     }
+}
+
+/// Which instances of its cluster an environment runs on: what a request gives for
+/// [`InstanceGroup`] (whose cluster is the environment's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceSelection {
+    pub attributes: Vec<Attribute>,
+    pub query: Option<Query>,
 }
 
 /// One vocabulary for both APIs: v0.3 clients see pending → running → completed as before.

@@ -6,12 +6,12 @@
 
 use super::config::{ConfigPatch, DeploymentConfiguration, DeploymentMethod};
 use super::docs::{
-    Deployment, DeploymentStatus, Environment, EnvironmentStatus, InstanceFailure, InstanceGroup, Revision,
-    StartIntent,
+    Deployment, DeploymentStatus, Environment, EnvironmentStatus, InstanceFailure, InstanceGroup,
+    InstanceSelection, Revision, StartIntent,
 };
 use super::plan::Plan;
 use crate::arn::ClusterName;
-use crate::entity::{Attribute, FieldError};
+use crate::entity::FieldError;
 
 /// What is stored of one environment.
 #[derive(Debug, Clone, Default)]
@@ -130,7 +130,7 @@ pub struct CreateEnvironment {
     pub cluster: ClusterName,
     pub cluster_arn: String,
     pub task_definition: TaskDefinitionRef,
-    pub attributes: Vec<Attribute>,
+    pub instance_group: InstanceSelection,
     pub method: Option<DeploymentMethod>,
     pub configuration: ConfigPatch,
 }
@@ -139,7 +139,8 @@ pub struct CreateEnvironment {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpdateEnvironment {
     pub task_definition: Option<TaskDefinitionRef>,
-    pub attributes: Option<Vec<Attribute>>,
+    /// Replaces the whole group (attributes and query).
+    pub instance_group: Option<InstanceSelection>,
     pub method: Option<DeploymentMethod>,
     pub configuration: ConfigPatch,
     /// The revision the caller based the update on: refused if it is not the latest.
@@ -269,7 +270,8 @@ pub fn create_environment(
         health_checks: request.task_definition.health_checks,
         instance_group: InstanceGroup {
             cluster_arn: request.cluster_arn,
-            attributes: request.attributes,
+            attributes: request.instance_group.attributes,
+            query: request.instance_group.query,
         },
         deployment_method: request.method.unwrap_or_default(),
         deployment_configuration: configuration,
@@ -300,7 +302,7 @@ pub fn update_environment(
         ));
     }
     if request.task_definition.is_none()
-        && request.attributes.is_none()
+        && request.instance_group.is_none()
         && request.method.is_none()
         && request.configuration.is_empty()
     {
@@ -328,8 +330,9 @@ pub fn update_environment(
         revision.task_definition = td.arn;
         revision.health_checks = td.health_checks;
     }
-    if let Some(attributes) = request.attributes {
-        revision.instance_group.attributes = attributes;
+    if let Some(selection) = request.instance_group {
+        revision.instance_group.attributes = selection.attributes;
+        revision.instance_group.query = selection.query;
     }
     if let Some(method) = request.method {
         revision.deployment_method = method;

@@ -21,12 +21,15 @@ pub use config::{
 };
 pub use docs::{
     Counts, Deployment, DeploymentStatus, Environment, EnvironmentStatus, InstanceFailure, InstanceGroup,
-    Revision, StartIntent, Transition, instance_record_id,
+    InstanceSelection, Revision, StartIntent, Transition, instance_record_id,
 };
 pub use lifecycle::{Changes, CommandError, Doc, Snapshot};
 pub use plan::{Active, FailedTask, Fleet, IntentRef, IntentState, Plan, PlanInput, Stop, StopReason, plan};
 pub use time::parse_rfc3339_ms;
-pub use view::{ClusterView, GroupTasks, HealthStatus, InstanceStatus, InstanceView, TaskStatus, TaskView};
+pub use view::{
+    ClusterView, GroupTasks, HealthStatus, InstanceStatus, InstanceSubject, InstanceView, TaskStatus,
+    TaskView,
+};
 
 use crate::entity::FieldError;
 

@@ -193,9 +193,9 @@ enum Role {
     Evict(StopReason),
 }
 
-fn role(instance: &InstanceView, active: &Active<'_>) -> Role {
+fn role(cluster: &ClusterView, instance: &InstanceView, active: &Active<'_>) -> Role {
     let config = &active.revision.deployment_configuration;
-    let in_group = || active.revision.instance_group.matches(&instance.attributes);
+    let in_group = || active.revision.instance_group.matches(&cluster.subject(instance));
     match instance.status {
         InstanceStatus::Active if !in_group() => Role::Evict(StopReason::NotInGroup),
         InstanceStatus::Active if instance.agent_connected => Role::Eligible,
@@ -440,7 +440,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     for (slot, instance) in cluster.instances() {
         let arn: &str = &instance.arn;
         judge.on(slot, &mut here);
-        let role = role(instance, &active);
+        let role = role(cluster, instance, &active);
         let failure = if failures.is_empty() {
             None
         } else {

@@ -1,13 +1,16 @@
 //! The planner's view of a cluster: its container instances and the tasks of scheduler groups
 //! (`blox:<environment>`), parsed once and kept up to date change by change, so that a pass plans
-//! from memory instead of re-reading and re-parsing the store.
+//! from memory instead of re-reading and re-parsing the store. It also counts every live task's
+//! group per instance, so that a cluster query (`task:group`) is answered from memory too.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use super::GROUP_PREFIX;
 use super::time::parse_rfc3339_ms;
+use crate::cql::Subject;
 use crate::entity::{Attribute, ContainerInstance, Task};
 
 /// A container instance's status, as the planner tells them apart.
@@ -21,6 +24,16 @@ pub enum InstanceStatus {
 }
 
 impl InstanceStatus {
+    /// As ECS writes it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            InstanceStatus::Active => "ACTIVE",
+            InstanceStatus::Draining => "DRAINING",
+            InstanceStatus::Inactive => "INACTIVE",
+            InstanceStatus::Other(status) => status,
+        }
+    }
+
     pub fn parse(status: &str) -> InstanceStatus {
         match status {
             "ACTIVE" => InstanceStatus::Active,
@@ -93,23 +106,77 @@ impl HealthStatus {
     }
 }
 
-/// The planner's view of a container instance.
+/// The planner's view of a container instance: what planning and the cluster query language read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceView {
     pub arn: Arc<str>,
     pub status: InstanceStatus,
     pub agent_connected: bool,
     pub attributes: Arc<[Attribute]>,
+    pub agent_version: Option<Arc<str>>,
+    pub ec2_instance_id: Option<Arc<str>>,
+    pub registered_at: Option<Arc<str>>,
+    pub running_tasks_count: Option<i64>,
 }
 
 impl InstanceView {
     pub fn of(instance: &ContainerInstance) -> InstanceView {
+        let text = |value: &Option<String>| value.as_deref().map(Arc::from);
         InstanceView {
             arn: instance.container_instance_arn.as_str().into(),
             status: InstanceStatus::parse(&instance.status),
             agent_connected: instance.agent_connected,
             attributes: instance.attributes.clone().into(),
+            agent_version: text(&instance.version_info.agent_version),
+            ec2_instance_id: text(&instance.ec2_instance_id),
+            registered_at: text(&instance.registered_at),
+            running_tasks_count: instance.running_tasks_count,
         }
+    }
+}
+
+/// An instance of a [`ClusterView`] as the cluster query language sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceSubject<'a> {
+    instance: &'a InstanceView,
+    /// The groups of its live tasks, as symbols, with how many tasks each.
+    groups: &'a [(Sym, u32)],
+    names: &'a [Arc<str>],
+}
+
+impl Subject for InstanceSubject<'_> {
+    fn agent_connected(&self) -> bool {
+        self.instance.agent_connected
+    }
+
+    fn agent_version(&self) -> Option<&str> {
+        self.instance.agent_version.as_deref()
+    }
+
+    fn ec2_instance_id(&self) -> Option<&str> {
+        self.instance.ec2_instance_id.as_deref()
+    }
+
+    fn registered_at(&self) -> Option<&str> {
+        self.instance.registered_at.as_deref()
+    }
+
+    fn running_tasks_count(&self) -> Option<i64> {
+        self.instance.running_tasks_count
+    }
+
+    fn attribute(&self, name: &str) -> Option<Option<&str>> {
+        self.instance
+            .attributes
+            .iter()
+            .find(|attribute| attribute.name == name)
+            .map(|attribute| attribute.value.as_deref())
+    }
+
+    fn task_groups(&self) -> impl Iterator<Item = &str> {
+        self.groups
+            .iter()
+            .map(|(sym, _)| self.names[sym.0 as usize - 1].as_ref())
     }
 }
 
@@ -394,6 +461,22 @@ pub struct ClusterView {
     /// Task ARN → its group and place, to find a task when it is removed or moves.
     homes: FastMap<Arc<str>, (Sym, Place)>,
     symbols: FastMap<Arc<str>, Sym>,
+    /// Symbol → its text (symbol `n` at `n - 1`).
+    names: Vec<Arc<str>>,
+    /// Every live task with a group, of any group, by [`task_key`]: its instance and group. Keyed by
+    /// a hash rather than the ARN because it holds every task of the cluster (100,000 ARNs would
+    /// cost ~15 MB); a collision (odds ~1e-10 at that size) would only miscount a `task:group`.
+    task_groups: FastMap<u64, (Arc<str>, Sym)>,
+    /// Instance ARN → the groups of its live tasks, with how many tasks each.
+    group_counts: FastMap<Arc<str>, Vec<(Sym, u32)>>,
+}
+
+/// The key of a task in [`ClusterView::task_groups`]: SipHash with fixed keys, so that ARNs that
+/// differ in a few characters do not collide (FxHash gives no such promise).
+fn task_key(arn: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    arn.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl ClusterView {
@@ -426,7 +509,75 @@ impl ClusterView {
         // (deployments, task definitions, groups).
         let sym = Sym(self.symbols.len() as u32 + 1);
         self.symbols.insert(text.clone(), sym);
+        self.names.push(text.clone());
         sym
+    }
+
+    /// [`ClusterView::intern`] for a borrowed string: allocates only the first time.
+    fn intern_str(&mut self, text: &str) -> Sym {
+        match self.symbols.get(text) {
+            Some(&sym) => sym,
+            None => self.intern(&Arc::from(text)),
+        }
+    }
+
+    /// Follows a task's group and instance for `task:group`: a live task with a group counts on its
+    /// instance; a stopped one, or one without a group or an instance, counts nowhere. What
+    /// [`ClusterView::upsert_task`] does first; on its own, for the tasks of other groups, which the
+    /// view keeps nothing else of.
+    pub fn note_task_group(
+        &mut self,
+        task_arn: &str,
+        instance: Option<&str>,
+        group: Option<&str>,
+        last_status: &str,
+    ) {
+        let key = task_key(task_arn);
+        if let Some((instance, sym)) = self.task_groups.remove(&key) {
+            self.uncount(&instance, sym);
+        }
+        let live = !matches!(last_status, "STOPPED" | "DELETED");
+        let (Some(group), Some(instance), true) = (group.filter(|g| !g.is_empty()), instance, live) else {
+            return;
+        };
+        let sym = self.intern_str(group);
+        let instance: Arc<str> = match self.group_counts.get_key_value(instance) {
+            Some((arn, _)) => arn.clone(),
+            None => instance.into(),
+        };
+        let counts = self.group_counts.entry(instance.clone()).or_default();
+        match counts.iter_mut().find(|(s, _)| *s == sym) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((sym, 1)),
+        }
+        self.task_groups.insert(key, (instance, sym));
+    }
+
+    fn uncount(&mut self, instance: &str, sym: Sym) {
+        let Some(counts) = self.group_counts.get_mut(instance) else {
+            return;
+        };
+        if let Some(at) = counts.iter().position(|(s, _)| *s == sym) {
+            counts[at].1 -= 1;
+            if counts[at].1 == 0 {
+                counts.swap_remove(at);
+            }
+        }
+        if counts.is_empty() {
+            self.group_counts.remove(instance);
+        }
+    }
+
+    /// The instance as the cluster query language sees it.
+    pub fn subject<'a>(&'a self, instance: &'a InstanceView) -> InstanceSubject<'a> {
+        InstanceSubject {
+            instance,
+            groups: self
+                .group_counts
+                .get(&*instance.arn)
+                .map_or(&[][..], Vec::as_slice),
+            names: &self.names,
+        }
     }
 
     pub fn upsert_instance(&mut self, instance: &ContainerInstance) {
@@ -480,8 +631,15 @@ impl ClusterView {
         self.free.push(slot);
     }
 
-    /// Keeps the task if it belongs to a scheduler group (only those can be an environment's).
+    /// Counts the task's group on its instance, and keeps the task if it belongs to a scheduler group
+    /// (only those can be an environment's).
     pub fn upsert_task(&mut self, task: &Task, observed_ms: u64) {
+        self.note_task_group(
+            &task.task_arn,
+            task.container_instance_arn.as_deref(),
+            task.group.as_deref(),
+            &task.last_status,
+        );
         let in_scheduler_group = task.group.as_deref().is_some_and(|g| g.starts_with(GROUP_PREFIX));
         let previous = self.take_task(&task.task_arn);
         if !in_scheduler_group {
@@ -504,6 +662,9 @@ impl ClusterView {
     }
 
     pub fn remove_task(&mut self, arn: &str) {
+        if let Some((instance, sym)) = self.task_groups.remove(&task_key(arn)) {
+            self.uncount(&instance, sym);
+        }
         self.take_task(arn);
     }
 
@@ -632,6 +793,52 @@ mod tests {
         assert!(view.group("blox:web").unwrap().on(slot).is_empty());
         view.remove_task("t4");
         assert_eq!(view.task_count(), 0);
+    }
+
+    #[test]
+    fn every_live_task_counts_its_group_on_its_instance() {
+        let mut view = ClusterView::default();
+        let instance: ContainerInstance = serde_json::from_value(serde_json::json!({
+            "agentConnected": true, "status": "ACTIVE", "containerInstanceARN": "i1",
+            "EC2InstanceID": "i-0abc", "versionInfo": {"agentVersion": "1.89.0"},
+            "registeredAt": "2026-01-02T03:04:05.000Z", "runningTasksCount": 3,
+            "attributes": [{"name": "ecs.instance-type", "value": "m5.large"}],
+        }))
+        .unwrap();
+        view.upsert_instance(&instance);
+        let groups = |view: &ClusterView| -> Vec<String> {
+            let mut groups: Vec<String> = view
+                .subject(view.instance("i1").unwrap())
+                .task_groups()
+                .map(str::to_owned)
+                .collect();
+            groups.sort();
+            groups
+        };
+        view.upsert_task(&task("t1", "i1", "service:web", "RUNNING"), 1);
+        view.upsert_task(&task("t2", "i1", "service:web", "PENDING"), 1);
+        view.upsert_task(&task("t3", "i1", "blox:logs", "RUNNING"), 1);
+        view.upsert_task(&task("t4", "i2", "batch", "RUNNING"), 1);
+        assert_eq!(groups(&view), ["blox:logs", "service:web"]);
+        view.upsert_task(&task("t1", "i1", "service:web", "STOPPED"), 2);
+        assert_eq!(groups(&view), ["blox:logs", "service:web"], "t2 is still there");
+        view.remove_task("t2");
+        assert_eq!(groups(&view), ["blox:logs"]);
+        view.upsert_task(&task("t4", "i1", "batch", "RUNNING"), 3);
+        assert_eq!(groups(&view), ["batch", "blox:logs"], "moved in");
+        view.upsert_task(&task("t3", "i1", "blox:logs", "STOPPED"), 4);
+        view.remove_task("t4");
+        assert!(groups(&view).is_empty());
+        assert!(view.group_counts.is_empty() && view.task_groups.is_empty());
+
+        let subject = view.subject(view.instance("i1").unwrap());
+        assert_eq!(subject.agent_version(), Some("1.89.0"));
+        assert_eq!(subject.ec2_instance_id(), Some("i-0abc"));
+        assert_eq!(subject.ec2_instance_type(), Some("m5.large"));
+        assert_eq!(subject.registered_at(), Some("2026-01-02T03:04:05.000Z"));
+        assert_eq!(subject.running_tasks_count(), Some(3));
+        let query: crate::cql::Query = "ec2InstanceType =~ m5.* and task:group != batch".parse().unwrap();
+        assert!(query.matches(&subject));
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn container_instance(
         version_info: VersionInfo::default(),
         running_tasks_count: None,
         pending_tasks_count: None,
+        registered_at: None,
         version: 0,
         updated_at: None,
     }

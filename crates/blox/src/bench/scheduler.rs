@@ -273,7 +273,7 @@ async fn create(
             arn: task_definition.into(),
             health_checks: false,
         },
-        attributes: vec![],
+        instance_group: daemon::InstanceSelection::default(),
         method: Some(method),
         configuration: patch,
     };
@@ -879,6 +879,7 @@ fn converged(instances: usize, environments: usize) -> Result<Converged> {
             instance_group: InstanceGroup {
                 cluster_arn: cluster_arn.clone(),
                 attributes: vec![],
+                query: None,
             },
             deployment_method: DeploymentMethod::TerminateThenReplace,
             deployment_configuration: daemon::DeploymentConfiguration::default(),
