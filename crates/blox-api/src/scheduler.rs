@@ -83,6 +83,41 @@ pub struct DeploymentConfigurationBody {
     /// outlive the tasks they serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_on_drain: Option<bool>,
+    /// Roll out to a few instances first, hold for `minHealthySeconds`, then wait in
+    /// `awaiting-promotion` for `POST …/deployments/{id}/promote`. Absent: no canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryBody>,
+    /// CloudWatch alarms watched while a deployment runs: one in ALARM fails it (and rolls back when
+    /// `autoRollback`). An update's list replaces the latest revision's (`[]` removes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 100)]
+    pub alarms: Option<Vec<String>>,
+    /// An eligible instance without a healthy task of the active revision for longer than this is
+    /// `uncovered`. 0–604800, default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 604800)]
+    pub coverage_grace_seconds: Option<i64>,
+}
+
+/// A canary: exactly one of `instances`, `percent` and `query`. In an update, `{"instances": 0}`
+/// removes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryBody {
+    /// The first N eligible instances (by ARN; those already running the revision first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100000)]
+    pub instances: Option<i64>,
+    /// ceil(percent × eligible / 100) instances, at least one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub percent: Option<i64>,
+    /// Every eligible instance matching this cluster query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Promote by itself once the canary has been healthy for `minHealthySeconds`. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promote: Option<bool>,
 }
 
 /// Live progress of a revision or deployment over the eligible instances (ACTIVE, agent connected,
@@ -115,7 +150,8 @@ pub struct InstanceFailureBody {
 /// A status a deployment entered, when and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TransitionBody {
-    /// `pending`, `running`, `completed`, `failed`, `stopped`, `superseded` or `rolled-back`.
+    /// `pending`, `running`, `awaiting-promotion`, `completed`, `failed`, `stopped`, `superseded` or
+    /// `rolled-back`.
     pub status: String,
     pub at: String,
     pub reason: String,
@@ -189,6 +225,10 @@ pub struct Environment {
     pub frozen: bool,
     pub deployment_method: String,
     pub deployment_configuration: DeploymentConfigurationBody,
+    /// blox's addition: eligible instances without a healthy task of the active revision for longer
+    /// than `coverageGraceSeconds`.
+    pub uncovered: u64,
+    pub uncovered_instances: Vec<UncoveredInstance>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -230,7 +270,8 @@ pub struct DeploymentCounts {
 pub struct Deployment {
     pub id: String,
     pub environment_name: String,
-    /// `pending`, `running`, `completed`, `failed`, `stopped`, `superseded` or `rolled-back`.
+    /// `pending`, `running`, `awaiting-promotion`, `completed`, `failed`, `stopped`, `superseded` or
+    /// `rolled-back`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
@@ -248,6 +289,11 @@ pub struct Deployment {
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
+    /// blox's addition: the instances its canary runs on, once chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_instances: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<String>,
 }
 
 /// An environment's deployments, newest first.
@@ -361,6 +407,11 @@ pub struct EnvironmentV1 {
     pub active_deployment_id: Option<String>,
     /// Live counts of the active deployment's revision.
     pub counts: TaskCounts,
+    /// Eligible instances that have had no healthy task of the active revision for longer than
+    /// `coverageGraceSeconds` (one still served by an older revision's healthy task is not counted
+    /// while its deployment is in progress): the number to page on.
+    pub uncovered: u64,
+    pub uncovered_instances: Vec<UncoveredInstance>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -429,7 +480,8 @@ pub struct RevisionList {
 pub struct DeploymentV1 {
     pub deployment_id: String,
     pub environment_name: String,
-    /// `pending`, `running`, `completed`, `failed`, `stopped`, `superseded` or `rolled-back`.
+    /// `pending`, `running`, `awaiting-promotion`, `completed`, `failed`, `stopped`, `superseded` or
+    /// `rolled-back`.
     pub status: String,
     /// Why it entered its status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -465,6 +517,21 @@ pub struct DeploymentV1 {
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
+    /// The container instances its canary runs on, once chosen (its first pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_instances: Option<Vec<String>>,
+    /// When its canary was promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<String>,
+}
+
+/// An instance without its daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UncoveredInstance {
+    pub container_instance_arn: String,
+    /// Since when it has had no healthy task of the active revision.
+    pub since: String,
 }
 
 /// `{deploymentId, deployment}`: a started, stopped or described deployment.

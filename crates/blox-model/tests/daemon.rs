@@ -455,6 +455,7 @@ impl Sim {
             progress_deadline_seconds: Some(spec.deadline_s as i64),
             auto_rollback: Some(spec.auto_rollback),
             stop_on_drain: Some(spec.stop_on_drain),
+            ..ConfigPatch::default()
         };
         self.now += 1;
         let token = format!("tok{}", self.snap.revisions.len() + 1);
@@ -1234,6 +1235,7 @@ impl Sim {
         let changes = lifecycle::advance(
             snap,
             plan,
+            lifecycle::Observed::default(),
             progress,
             Fresh {
                 now_ms: self.now,
@@ -1632,6 +1634,8 @@ fn ten_thousand_instances_and_twenty_environments() {
             counts: Default::default(),
             failed_attempts: 0,
             history: vec![],
+            canary_instances: None,
+            promoted_at: None,
         };
         let environment = blox_model::Environment {
             name,

@@ -10,10 +10,11 @@ mod common;
 
 use blox_model::ClusterName;
 use blox_model::daemon::lifecycle::{
-    self, CreateEnvironment, DeployTarget, Fresh, Progress, TaskDefinitionRef, UpdateEnvironment,
+    self, CreateEnvironment, DeployTarget, Fresh, Observed, Progress, TaskDefinitionRef, UpdateEnvironment,
 };
 use blox_model::daemon::{
-    Changes, CommandError, ConfigPatch, Counts, Deployment, DeploymentMethod, DeploymentStatus, Doc,
+    CanaryPatch, CanaryPlan, Changes, CommandError, ConfigPatch, Counts, Deployment, DeploymentMethod,
+    DeploymentStatus, Doc,
     Environment, Fleet, InstanceFailure, InstanceSelection, Plan, Revision, Snapshot, StartIntent,
 };
 use common::attribute;
@@ -122,6 +123,7 @@ impl World {
             }
             "rollback" => lifecycle::rollback(snap, num("rev"), fresh),
             "stop" => lifecycle::stop(snap, words[1], self.now),
+            "promote" => lifecycle::promote(snap, words[1], self.now),
             "freeze" => lifecycle::freeze(snap, true, self.now),
             "thaw" => lifecycle::freeze(snap, false, self.now),
             "delete" => lifecycle::delete(snap, words.contains(&"terminate"), self.now),
@@ -166,6 +168,10 @@ impl World {
 
     /// `lifecycle::advance` with the executor's memory of progress (one per active deployment).
     fn advance(&mut self, plan: &Plan) -> Changes {
+        self.advance_observing(plan, None)
+    }
+
+    fn advance_observing(&mut self, plan: &Plan, alarm: Option<&str>) -> Changes {
         let id = format!("d{}", self.snap.deployments.len() + 1);
         let active = self.snap.active().map(|d| d.id.clone()).unwrap_or_default();
         if self.progress.as_ref().is_none_or(|(of, _)| *of != active) {
@@ -175,6 +181,7 @@ impl World {
         let changes = lifecycle::advance(
             &self.snap,
             plan,
+            Observed { alarm },
             progress,
             Fresh {
                 now_ms: self.now,
@@ -227,11 +234,24 @@ fn patch(words: &[&str]) -> ConfigPatch {
         progress_deadline_seconds: num("deadline"),
         auto_rollback: flag("auto", "noauto"),
         stop_on_drain: flag("drain", "nodrain"),
+        canary: num("canary").map(|n| CanaryPatch {
+            instances: Some(n),
+            auto_promote: flag("autopromote", "noautopromote"),
+            ..CanaryPatch::default()
+        }),
+        alarms: None,
+        coverage_grace_seconds: None,
     }
 }
 
+/// The alarm a step observes: `alarm=NAME`.
+fn alarm(spec: &str) -> Option<&str> {
+    spec.split_whitespace().find_map(|w| w.strip_prefix("alarm="))
+}
+
 /// A plan as `advance` reads it: `e` eligible (and desired), `h` healthy on the target, `a` failed
-/// attempts, `done` complete.
+/// attempts, `done` complete; `pick=A,B` a canary picked now, `canary=A,B` the recorded one,
+/// `canaryok` the canary complete (`alarm=` is for [`alarm`]).
 fn plan(spec: &str) -> Plan {
     let mut plan = Plan {
         acting: true,
@@ -252,6 +272,15 @@ fn plan(spec: &str) -> Plan {
                 plan.counts.total = plan.counts.healthy;
             }
             Some(("a", n)) => plan.failed_attempts = n.parse().unwrap(),
+            Some(("alarm", _)) => {}
+            Some((which @ ("pick" | "canary"), set)) => {
+                plan.canary = Some(CanaryPlan {
+                    instances: set.split(',').map(str::to_owned).collect(),
+                    recorded: which == "canary",
+                    complete: false,
+                });
+            }
+            None if word == "canaryok" => plan.canary.as_mut().expect("a canary first").complete = true,
             None if word == "done" => plan.complete = true,
             _ => panic!("bad plan {spec}"),
         }
@@ -275,6 +304,12 @@ fn describe_deployment(d: &Deployment) -> String {
     }
     if let Some(p) = d.previous_revision {
         s += &format!(" prev={p}");
+    }
+    if let Some(set) = &d.canary_instances {
+        s += &format!(" canary={}", set.join(","));
+    }
+    if d.promoted_at.is_some() {
+        s += " promoted";
     }
     s
 }
@@ -916,7 +951,7 @@ fn check_runs(runs: Vec<Run>) {
             let offset: u64 = offset.strip_prefix('+').unwrap().parse().unwrap();
             world.now = start + offset * 1_000;
             if what.starts_with("e=") {
-                world.advance(&plan(what));
+                world.advance_observing(&plan(what), alarm(what));
             } else {
                 world.now -= 1_000; // a command takes its second
                 world.must(what);
@@ -940,6 +975,160 @@ fn check_runs(runs: Vec<Run>) {
 
 /// Revision 2 (td:2) deployed as d2 after revision 1 (td:1) completed as d1.
 const SECOND: &[&str] = &["deploy rev=1", "complete", "update td=td:2", "deploy rev=2"];
+
+/// [`SECOND`] with a canary of 2 on revision 2.
+const CANARY: &[&str] = &["deploy rev=1", "complete", "update td=td:2 canary=2", "deploy rev=2"];
+
+#[test]
+fn canaries_and_alarms() {
+    check_runs(vec![
+        run(
+            "the picked canary is recorded",
+            CANARY,
+            &["+0 e=5 h=0 pick=i1,i2"],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 running prev=1 canary=i1,i2",
+                "env latest=2 active=d2",
+            ],
+        ),
+        run(
+            "a healthy canary waits for promotion, and the deadline does not run meanwhile",
+            CANARY,
+            &[
+                "+0 e=5 h=0 pick=i1,i2",
+                "+10 e=5 h=2 canary=i1,i2 canaryok",
+                "+5000 e=5 h=2 canary=i1,i2 canaryok",
+            ],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 awaiting-promotion prev=1 canary=i1,i2",
+                "env latest=2 active=d2",
+            ],
+        ),
+        run(
+            "promoted, it rolls on and completes",
+            CANARY,
+            &[
+                "+0 e=5 h=0 pick=i1,i2",
+                "+10 e=5 h=2 canary=i1,i2 canaryok",
+                "+20 promote d2",
+                "+30 e=5 h=5 done",
+            ],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 completed prev=1 canary=i1,i2 promoted",
+                "env latest=2 active=d2",
+            ],
+        ),
+        run(
+            "autoPromote promotes by itself",
+            &["deploy rev=1", "complete", "update td=td:2 canary=2 autopromote", "deploy rev=2"],
+            &["+0 e=5 h=0 pick=i1,i2", "+10 e=5 h=2 canary=i1,i2 canaryok"],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 running prev=1 canary=i1,i2 promoted",
+                "env latest=2 active=d2",
+            ],
+        ),
+        run(
+            "a failing canary fails and rolls back",
+            CANARY,
+            &["+0 e=5 h=0 pick=i1,i2", "+10 e=5 h=0 a=3 canary=i1,i2"],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 failed by=d3 prev=1 canary=i1,i2",
+                "dep d3 rev=1 pending rollback of=d2 prev=2",
+                "env latest=2 active=d3",
+            ],
+        ),
+        run(
+            "stopping a canary awaiting promotion",
+            CANARY,
+            &[
+                "+0 e=5 h=0 pick=i1,i2",
+                "+10 e=5 h=2 canary=i1,i2 canaryok",
+                "+20 stop d2",
+            ],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 stopped prev=1 canary=i1,i2",
+                "env latest=2 active=d2",
+            ],
+        ),
+        run(
+            "an alarm in ALARM fails the deployment and rolls back",
+            SECOND,
+            &["+0 e=5 h=0", "+10 e=5 h=2 alarm=cpu-high"],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 failed by=d3 prev=1",
+                "dep d3 rev=1 pending rollback of=d2 prev=2",
+                "env latest=2 active=d3",
+            ],
+        ),
+        run(
+            "an alarm wins over completion in the same pass",
+            SECOND,
+            &["+0 e=5 h=5 done alarm=cpu-high"],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 failed by=d3 prev=1",
+                "dep d3 rev=1 pending rollback of=d2 prev=2",
+                "env latest=2 active=d3",
+            ],
+        ),
+    ]);
+    let mut world = World::new();
+    for op in CANARY {
+        world.must(op);
+    }
+    world.advance_observing(&plan("e=5 h=2 alarm=disk-full"), alarm("e=5 h=2 alarm=disk-full"));
+    let failed = world.snap.deployment("d2").unwrap();
+    assert_eq!(failed.reason(), Some("alarm disk-full is in ALARM"));
+}
+
+#[test]
+fn promotion_is_refused_without_a_canary_awaiting() {
+    check(vec![
+        case(
+            "no canary",
+            SECOND,
+            "promote d2",
+            &["Conflict NotAwaitingPromotion"],
+        ),
+        case(
+            "promoted already",
+            &[
+                "deploy rev=1",
+                "complete",
+                "update td=td:2 canary=2",
+                "deploy rev=2",
+                "promote d2",
+            ],
+            "promote d2",
+            &["Conflict NotAwaitingPromotion"],
+        ),
+        case(
+            "a finished deployment",
+            &["deploy rev=1", "complete"],
+            "promote d1",
+            &["Conflict NotAwaitingPromotion"],
+        ),
+        case(
+            "no such deployment",
+            CANARY,
+            "promote d9",
+            &["NotFound deployment d9"],
+        ),
+        case(
+            "early promotion of a running canary",
+            CANARY,
+            "promote d2",
+            &["dep d2 rev=2 running prev=1 promoted"],
+        ),
+    ]);
+}
 
 #[test]
 fn advance() {

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use blox_model::ClusterName;
 use blox_model::daemon::{
-    self, Active, ClusterView, Counts, Deployment, DeploymentConfiguration, DeploymentMethod,
+    self, Active, Canary, ClusterView, Counts, Deployment, DeploymentConfiguration, DeploymentMethod,
     DeploymentStatus, Environment, EnvironmentStatus, InstanceFailure, InstanceGroup, IntentState, Plan,
     PlanInput, Revision, StartIntent,
 };
@@ -54,6 +54,12 @@ struct Setup {
     deployed: bool,
     /// The instance group as a cluster query instead of the attribute `stack=prod`.
     group_query: Option<&'static str>,
+    /// The revision's canary (instances), and the set its deployment recorded.
+    canary: Option<Canary>,
+    canary_recorded: Option<Vec<&'static str>>,
+    promoted: bool,
+    /// When the deployment was created, relative to now.
+    created: i64,
 }
 
 fn fleet(spec: &str) -> Setup {
@@ -72,6 +78,10 @@ fn fleet(spec: &str) -> Setup {
         env_status: EnvironmentStatus::Active,
         deployed: true,
         group_query: None,
+        canary: None,
+        canary_recorded: None,
+        promoted: false,
+        created: -600_000,
     }
 }
 
@@ -134,6 +144,36 @@ impl Setup {
     }
     fn group_query(mut self, query: &'static str) -> Self {
         self.group_query = Some(query);
+        self
+    }
+    fn canary(mut self, instances: u64) -> Self {
+        self.canary = Some(Canary {
+            instances: Some(instances),
+            percent: None,
+            query: None,
+            auto_promote: false,
+        });
+        self
+    }
+    fn canary_query(mut self, query: &'static str) -> Self {
+        self.canary = Some(Canary {
+            instances: None,
+            percent: None,
+            query: Some(query.parse().expect("a valid query")),
+            auto_promote: false,
+        });
+        self
+    }
+    fn recorded(mut self, instances: &[&'static str]) -> Self {
+        self.canary_recorded = Some(instances.to_vec());
+        self
+    }
+    fn promoted(mut self) -> Self {
+        self.promoted = true;
+        self
+    }
+    fn created(mut self, relative_ms: i64) -> Self {
+        self.created = relative_ms;
         self
     }
 }
@@ -337,30 +377,36 @@ fn revision(number: u64, setup: &Setup) -> Revision {
             max_over_percent: setup.max_over,
             min_healthy_seconds: setup.bake_s,
             stop_on_drain: setup.stop_on_drain,
+            canary: setup.canary.clone(),
             ..DeploymentConfiguration::default()
         },
         created_at: 0,
     }
 }
 
-fn deployment(number: u64, status: DeploymentStatus) -> Deployment {
+fn deployment(number: u64, setup: &Setup) -> Deployment {
     Deployment {
         id: format!("d{number}"),
         environment: ENV.to_owned(),
         revision: number,
         task_definition: format!("td:{number}"),
         previous_revision: None,
-        status,
+        status: setup.status,
         rollback: false,
         rollback_of: None,
         rolled_back_by: None,
         superseded_by: None,
-        created_at: 0,
+        created_at: at(setup.created),
         started_at: None,
         ended_at: None,
         counts: Counts::default(),
         failed_attempts: 0,
         history: Vec::new(),
+        canary_instances: setup
+            .canary_recorded
+            .as_ref()
+            .map(|set| set.iter().map(|i| (*i).to_owned()).collect()),
+        promoted_at: setup.promoted.then_some(NOW - 1_000),
     }
 }
 
@@ -378,7 +424,7 @@ fn run(setup: &Setup, reversed: bool) -> Plan {
         updated_at: 0,
     };
     let target = revision(3, setup);
-    let active = deployment(3, setup.status);
+    let active = deployment(3, setup);
     let instances = parse_fleet(&setup.fleet);
     let mut cluster = ClusterView::default();
     let mut order: Vec<&InstanceSpec> = instances.iter().collect();
@@ -522,6 +568,27 @@ fn summary(plan: &Plan) -> BTreeMap<&'static str, String> {
         ("example", plan.failure_example.clone().unwrap_or_default()),
         ("complete", yes(plan.complete)),
         ("acting", yes(plan.acting)),
+        ("held", f.held.to_string()),
+        (
+            "canary",
+            plan.canary.as_ref().map_or("-".to_owned(), |c| {
+                format!(
+                    "{}{}{}",
+                    c.instances.join(","),
+                    if c.recorded { "" } else { " (picked)" },
+                    if c.complete { " complete" } else { "" }
+                )
+            }),
+        ),
+        (
+            "uncovered",
+            join(
+                plan.uncovered
+                    .iter()
+                    .map(|u| format!("{}@{}", u.instance_arn, rel(u.since_ms)))
+                    .collect(),
+            ),
+        ),
     ])
 }
 
@@ -724,6 +791,98 @@ fn instance_group_by_query() {
             "agentConnected in the query: a disconnected instance is out of the group, not kept",
             fleet("A:n B!:o").group_query("agentConnected == true"),
             "stops=B.0:not-in-group; eligible=1",
+        ),
+    ]);
+}
+
+#[test]
+fn canaries() {
+    check(vec![
+        case(
+            "the first pass picks the canary and waits for it to be recorded",
+            fleet("A:o B:o C:o D:o E:").canary(2).ttr(0),
+            "canary=A,B (picked); acting=no; starts=; stops=; held=3; desired=2; complete=no",
+        ),
+        case(
+            "instances already on the revision are picked first",
+            fleet("A:o B:o C:n D:o E:").canary(2),
+            "canary=A,C (picked)",
+        ),
+        case(
+            "a query picks every eligible instance it matches",
+            fleet("A:o B-:o C:o D-:")
+                .group_query("attribute:stack exists")
+                .canary_query("attribute:stack == dev"),
+            "canary=B,D (picked)",
+        ),
+        case(
+            "recorded: only the canary is replaced, nothing starts elsewhere",
+            fleet("A:o B:o C:o D:o E:").canary(2).recorded(&["A", "B"]).ttr(0),
+            "canary=A,B; acting=yes; stops=A.0:replaced B.0:replaced; starts=; held=3; desired=2; complete=no",
+        ),
+        case(
+            "the canary is under the method's floor over the whole fleet",
+            fleet("A:o B:o C:o D:o E:o").canary(2).recorded(&["A", "B"]).ttr(80),
+            "stops=A.0:replaced; floor=4; healthy=5",
+        ),
+        case(
+            "a healthy canary is complete; the deployment is not",
+            fleet("A:n B:n C:o D:o E:").canary(2).recorded(&["A", "B"]),
+            "canary=A,B complete; starts=; stops=; complete=no; target_healthy=2",
+        ),
+        case(
+            "a canary instance that left the cluster shrinks the canary",
+            fleet("A:n C:o D:o").canary(2).recorded(&["A", "B"]),
+            "canary=A,B complete; held=2",
+        ),
+        case(
+            "promoted: the rest is rolled out",
+            fleet("A:n B:n C:o D:o E:").canary(2).recorded(&["A", "B"]).promoted().ttr(0),
+            "canary=-; starts=E; stops=C.0:replaced D.0:replaced; held=0",
+        ),
+        case(
+            "a crashed canary is restarted while awaiting promotion",
+            fleet("A:n B: C:o")
+                .canary(2)
+                .recorded(&["A", "B"])
+                .status(DeploymentStatus::AwaitingPromotion),
+            "starts=B; acting=yes",
+        ),
+    ]);
+}
+
+#[test]
+fn coverage() {
+    check(vec![
+        case(
+            "an instance without the daemon past the grace is uncovered",
+            fleet("A:n B: C:o"),
+            "uncovered=B@-600000",
+        ),
+        case(
+            "an old healthy daemon covers while the deployment is in progress, not after",
+            fleet("A:n C:o").status(DeploymentStatus::Stopped),
+            "uncovered=C@-600000",
+        ),
+        case(
+            "within the grace: not yet",
+            fleet("A:n B:").created(-30_000),
+            "uncovered=",
+        ),
+        case(
+            "an unhealthy task of the revision does not cover",
+            fleet("A:nu B:n").checks(),
+            "uncovered=A@-600000",
+        ),
+        case(
+            "instances the canary holds back are not expected to run it yet",
+            fleet("A:n B: C:").canary(1).recorded(&["A"]),
+            "uncovered=",
+        ),
+        case(
+            "outside the group, draining or disconnected: not counted",
+            fleet("A:n B-: C~: D!:"),
+            "uncovered=",
         ),
     ]);
 }

@@ -118,6 +118,7 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         crate::env_v1::list_deployments,
         crate::env_v1::describe_deployment,
         crate::env_v1::stop_deployment,
+        crate::env_v1::promote_deployment,
         crate::env_v1::rollback,
         crate::env_v1::freeze,
         crate::env_v1::thaw

@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 
 use axum::http::StatusCode;
-use blox_api::{AttributeBody, DeploymentConfigurationBody, InstanceFailureBody, TaskCounts, TransitionBody};
+use blox_api::{AttributeBody, CanaryBody, DeploymentConfigurationBody, UncoveredInstance, InstanceFailureBody, TaskCounts, TransitionBody};
 use blox_aws::EcsErrorKind;
 use blox_model::daemon::lifecycle::{self, CreateEnvironment, Fresh, TaskDefinitionRef, UpdateEnvironment};
 use blox_model::daemon::{
-    self, Active, ConfigPatch, Counts, Deployment, DeploymentConfiguration, DeploymentMethod, Health,
+    self, Active, CanaryPatch, ConfigPatch, Counts, Deployment, DeploymentConfiguration, DeploymentMethod, Health,
     InstanceFailure, InstanceGroup, InstanceSelection, IntentState, Plan, PlanInput, Revision, Snapshot,
 };
 use blox_model::emit::rfc3339_millis;
@@ -92,11 +92,29 @@ pub fn method(field: &'static str, value: Option<&str>) -> Result<Option<Deploym
         .map_err(|e| ApiError::bad_request(e.field, "InvalidDeploymentMethod", e.reason))
 }
 
-pub fn patch(body: Option<&DeploymentConfigurationBody>) -> ConfigPatch {
+/// A request's `deploymentConfiguration`, each field still optional; a canary's query is parsed
+/// here (its error names the field), the ranges are checked by [`check_patch`].
+pub fn patch(body: Option<&DeploymentConfigurationBody>) -> Result<ConfigPatch, ApiError> {
     let Some(b) = body else {
-        return ConfigPatch::default();
+        return Ok(ConfigPatch::default());
     };
-    ConfigPatch {
+    let canary = b
+        .canary
+        .as_ref()
+        .map(|c| -> Result<CanaryPatch, ApiError> {
+            Ok(CanaryPatch {
+                instances: c.instances,
+                percent: c.percent,
+                query: c
+                    .query
+                    .as_deref()
+                    .map(|q| cluster_query("deploymentConfiguration.canary.query", q))
+                    .transpose()?,
+                auto_promote: c.auto_promote,
+            })
+        })
+        .transpose()?;
+    Ok(ConfigPatch {
         min_healthy_percent: b.min_healthy_percent,
         max_over_percent: b.max_over_percent,
         min_healthy_seconds: b.min_healthy_seconds,
@@ -104,7 +122,10 @@ pub fn patch(body: Option<&DeploymentConfigurationBody>) -> ConfigPatch {
         progress_deadline_seconds: b.progress_deadline_seconds,
         auto_rollback: b.auto_rollback,
         stop_on_drain: b.stop_on_drain,
-    }
+        canary,
+        alarms: b.alarms.clone(),
+        coverage_grace_seconds: b.coverage_grace_seconds,
+    })
 }
 
 /// Checks a patch on its own, so that a bad value is a 400 before ECS is asked anything.
@@ -184,6 +205,14 @@ pub fn config_body(config: &DeploymentConfiguration) -> DeploymentConfigurationB
         progress_deadline_seconds: Some(config.progress_deadline_seconds as i64),
         auto_rollback: Some(config.auto_rollback),
         stop_on_drain: Some(config.stop_on_drain),
+        canary: config.canary.as_ref().map(|c| CanaryBody {
+            instances: c.instances.map(|n| n as i64),
+            percent: c.percent.map(i64::from),
+            query: c.query.as_ref().map(ToString::to_string),
+            auto_promote: Some(c.auto_promote),
+        }),
+        alarms: Some(config.alarms.clone()),
+        coverage_grace_seconds: Some(config.coverage_grace_seconds as i64),
     }
 }
 
@@ -287,7 +316,7 @@ pub struct UpdateRequest {
 impl UpdateRequest {
     pub fn parse(body: &[u8]) -> Result<UpdateRequest, ApiError> {
         let request: blox_api::UpdateEnvironment = parse_body(body)?;
-        let configuration = patch(request.deployment_configuration.as_ref());
+        let configuration = patch(request.deployment_configuration.as_ref())?;
         check_patch(&configuration)?;
         Ok(UpdateRequest {
             task_definition: request
@@ -404,6 +433,18 @@ pub struct Live {
 }
 
 impl Live {
+    /// The active revision's uncovered instances.
+    pub fn uncovered(&self) -> Vec<UncoveredInstance> {
+        self.plan
+            .uncovered
+            .iter()
+            .map(|u| UncoveredInstance {
+                container_instance_arn: u.instance_arn.clone(),
+                since: rfc3339_millis(u.since_ms),
+            })
+            .collect()
+    }
+
     /// Live counts of a revision: `desired` only for the active one.
     pub fn revision_counts(&self, revision: &Revision, active: Option<&Deployment>) -> TaskCounts {
         let counts = self

@@ -73,7 +73,7 @@ pub async fn create_environment(
         "a family, family:revision or ARN",
     )?;
     let method = env_api::method("deploymentMethod", request.deployment_method.as_deref())?;
-    let configuration = env_api::patch(request.deployment_configuration.as_ref());
+    let configuration = env_api::patch(request.deployment_configuration.as_ref())?;
     env_api::check_patch(&configuration)?;
     let instance_group = env_api::selection(
         &request.instance_group.attributes,
@@ -375,8 +375,10 @@ pub fn environment_body(state: &AppState, stored: &Stored) -> ApiEnvironment {
             .name()
             .to_owned(),
         deployment_configuration: env_api::config_body(
-            &latest.map(|r| r.deployment_configuration).unwrap_or_default(),
+            &latest.map(|r| r.deployment_configuration.clone()).unwrap_or_default(),
         ),
+        uncovered: live.plan.uncovered.len() as u64,
+        uncovered_instances: live.uncovered(),
         created_at: rfc3339_millis(env.created_at),
         updated_at: rfc3339_millis(env.updated_at),
     }
@@ -421,5 +423,7 @@ pub fn deployment_body(stored: &Stored, live: &Live, deployment: &Deployment) ->
         created_at: rfc3339_millis(deployment.created_at),
         started_at: deployment.started_at.map(rfc3339_millis),
         ended_at: deployment.ended_at.map(rfc3339_millis),
+        canary_instances: deployment.canary_instances.clone(),
+        promoted_at: deployment.promoted_at.map(rfc3339_millis),
     }
 }

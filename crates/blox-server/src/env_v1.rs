@@ -157,7 +157,7 @@ pub async fn create_environment(
         "a family, family:revision or ARN",
     )?;
     let method = env_api::method("deploymentMethod", request.deployment_method.as_deref())?;
-    let configuration = env_api::patch(request.deployment_configuration.as_ref());
+    let configuration = env_api::patch(request.deployment_configuration.as_ref())?;
     env_api::check_patch(&configuration)?;
     let instance_group = env_api::selection(
         request.instance_group.as_ref().map_or(&[][..], |g| &g.attributes),
@@ -537,6 +537,38 @@ pub async fn stop_deployment(
     }))
 }
 
+/// Promote a deployment's canary: the rest of the fleet is rolled out. Allowed while the canary holds
+/// the fleet back (awaiting promotion, or before, to cut the wait short); 409 otherwise.
+#[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/deployments/{deploymentId}/promote",
+    tag = "environments (v1.0)",
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
+        ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
+        ("deploymentId" = String, Path, description = "The deployment's id")),
+    responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn promote_deployment(
+    State(state): State<Arc<AppState>>,
+    Path((cluster, name, id)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeploymentResponse>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    require(&state, &cluster, &name).await?;
+    let now = crate::clock::now_unix_ms();
+    let stored = env_api::command(&state, &name, Depth::Documents, |snapshot| {
+        lifecycle::promote(snapshot, &id, now)
+    })
+    .await?
+    .ok_or_else(|| ApiError::missing(Resource::Environment, &name))?;
+    let deployment = stored
+        .snapshot
+        .deployment(&id)
+        .ok_or_else(|| ApiError::missing(Resource::Deployment, &id))?;
+    let live = env_api::live(&state, &stored);
+    Ok(Json(DeploymentResponse {
+        deployment_id: deployment.id.clone(),
+        deployment: deployment_body(&stored, &live, deployment),
+    }))
+}
+
 /// Freeze an environment: deployments are still taken, but nothing is started, stopped or restarted
 /// until it is thawed.
 #[utoipa::path(post, path = "/v1/{cluster}/environments/{environmentName}/freeze", tag = "environments (v1.0)",
@@ -615,7 +647,7 @@ pub fn environment_body(state: &AppState, stored: &Stored) -> EnvironmentV1 {
             .name()
             .to_owned(),
         deployment_configuration: env_api::config_body(
-            &latest.map(|r| r.deployment_configuration).unwrap_or_default(),
+            &latest.map(|r| r.deployment_configuration.clone()).unwrap_or_default(),
         ),
         task_definition: latest.map(|r| r.task_definition.clone()).unwrap_or_default(),
         instance_group: InstanceGroup {
@@ -628,6 +660,8 @@ pub fn environment_body(state: &AppState, stored: &Stored) -> EnvironmentV1 {
         latest_environment_revision_id: RevisionId(env.latest_revision),
         active_deployment_id: env.active_deployment.clone(),
         counts: env_api::task_counts(live.plan.counts),
+        uncovered: live.plan.uncovered.len() as u64,
+        uncovered_instances: live.uncovered(),
         created_at: rfc3339_millis(env.created_at),
         updated_at: rfc3339_millis(env.updated_at),
     }
@@ -656,7 +690,7 @@ pub fn deployment_body(stored: &Stored, live: &Live, deployment: &Deployment) ->
     let config = stored
         .snapshot
         .revision(deployment.revision)
-        .map(|r| r.deployment_configuration)
+        .map(|r| r.deployment_configuration.clone())
         .unwrap_or_default();
     let failures = live.failures_of(&deployment.id);
     let failed_attempts = if is_active {
@@ -695,5 +729,7 @@ pub fn deployment_body(stored: &Stored, live: &Live, deployment: &Deployment) ->
         created_at: rfc3339_millis(deployment.created_at),
         started_at: deployment.started_at.map(rfc3339_millis),
         ended_at: deployment.ended_at.map(rfc3339_millis),
+        canary_instances: deployment.canary_instances.clone(),
+        promoted_at: deployment.promoted_at.map(rfc3339_millis),
     }
 }

@@ -135,6 +135,10 @@ pub fn routes(state: AppState) -> Router {
             post(env_v1::stop_deployment),
         )
         .route(
+            "/v1/{cluster}/environments/{environment}/deployments/{deployment}/promote",
+            post(env_v1::promote_deployment),
+        )
+        .route(
             "/v1/{cluster}/environments/{environment}/rollback",
             post(env_v1::rollback),
         )

@@ -559,7 +559,7 @@ impl Scheduler {
             let config = stored
                 .snapshot
                 .revision(active.revision)
-                .map(|r| r.deployment_configuration)
+                .map(|r| r.deployment_configuration.clone())
                 .unwrap_or_default();
             let mut batch = Batch::default();
             for failed in &plan.failed_tasks {
@@ -595,6 +595,7 @@ impl Scheduler {
             lifecycle::advance(
                 &stored.snapshot,
                 &plan,
+                lifecycle::Observed::default(),
                 progress,
                 lifecycle::Fresh {
                     now_ms: now,
@@ -606,6 +607,9 @@ impl Scheduler {
         let mut act = true;
         if !changes.is_empty() {
             self.transition(stored, &changes, report).await?;
+            // The next plan reads the new state (a canary recorded or promoted) without waiting for
+            // the interval: the executor's own writes wake nobody.
+            report.due(self.now());
             // Acting on after a failure, or for a deployment that is no longer the active one,
             // waits for a plan of the new state.
             act = changes.put.iter().all(|doc| match doc {
@@ -725,7 +729,7 @@ impl Scheduler {
         let config = stored
             .snapshot
             .revision(active.revision)
-            .map(|r| r.deployment_configuration)
+            .map(|r| r.deployment_configuration.clone())
             .unwrap_or_default();
         for chunk in starts.chunks(START_TASK_BATCH) {
             let go_on = self

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use blox_api::{
-    AttributeBody, CreateEnvironment, DeploymentConfigurationBody, DeploymentV1, EnvironmentRevision,
+    AttributeBody, CanaryBody, CreateEnvironment, DeploymentConfigurationBody, DeploymentV1, EnvironmentRevision,
     EnvironmentV1, InstanceGroup, PageQuery, RevisionId, TaskCounts, UpdateEnvironment,
 };
 use blox_client::{Client, ClientError};
@@ -109,6 +109,29 @@ pub struct ConfigFlags {
     /// Keep the daemon on draining instances (the default).
     #[arg(long, overrides_with = "stop_on_drain")]
     no_stop_on_drain: bool,
+    /// Canary: roll out to this many instances first, then wait for `blox deploy promote`
+    /// (0 removes the canary).
+    #[arg(long, value_name = "N", conflicts_with_all = ["canary_percent", "canary_query"])]
+    canary_instances: Option<u32>,
+    /// Canary: roll out to this percentage of the instances first (1-100).
+    #[arg(long, value_name = "P", conflicts_with = "canary_query")]
+    canary_percent: Option<u32>,
+    /// Canary: roll out to the instances matching this cluster query first.
+    #[arg(long, value_name = "QUERY")]
+    canary_query: Option<String>,
+    /// Promote the canary by itself once it has been healthy for the bake time.
+    #[arg(long)]
+    auto_promote: bool,
+    /// A CloudWatch alarm that fails the deployment when in ALARM; repeatable (replaces the list).
+    #[arg(long = "alarm", value_name = "NAME")]
+    alarms: Vec<String>,
+    /// Watch no CloudWatch alarm any more.
+    #[arg(long, conflicts_with = "alarms")]
+    no_alarms: bool,
+    /// An instance without a healthy daemon of the active revision for longer than this is
+    /// uncovered (default 60).
+    #[arg(long, value_name = "N")]
+    coverage_grace_seconds: Option<u32>,
 }
 
 impl ConfigFlags {
@@ -135,6 +158,21 @@ impl ConfigFlags {
             progress_deadline_seconds: self.progress_deadline_seconds.map(i64::from),
             auto_rollback: flag(self.auto_rollback, self.no_auto_rollback),
             stop_on_drain: flag(self.stop_on_drain, self.no_stop_on_drain),
+            canary: (self.canary_instances.is_some()
+                || self.canary_percent.is_some()
+                || self.canary_query.is_some())
+            .then(|| CanaryBody {
+                instances: self.canary_instances.map(i64::from),
+                percent: self.canary_percent.map(i64::from),
+                query: self.canary_query.clone(),
+                auto_promote: self.auto_promote.then_some(true),
+            }),
+            alarms: if self.no_alarms {
+                Some(Vec::new())
+            } else {
+                (!self.alarms.is_empty()).then(|| self.alarms.clone())
+            },
+            coverage_grace_seconds: self.coverage_grace_seconds.map(i64::from),
         };
         (body != DeploymentConfigurationBody::default()).then_some(body)
     }

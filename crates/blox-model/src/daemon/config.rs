@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cql::Query;
 use crate::entity::FieldError;
 
 /// How old daemons give way to new ones on an instance.
@@ -52,12 +53,16 @@ pub const DEFAULT_MIN_HEALTHY_PERCENT: u8 = 90;
 pub const DEFAULT_MAX_OVER_PERCENT: u8 = 10;
 pub const DEFAULT_MIN_HEALTHY_SECONDS: u64 = 0;
 pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: u64 = 600;
+pub const DEFAULT_COVERAGE_GRACE_SECONDS: u64 = 60;
+/// CloudWatch alarms a deployment watches, at most (DescribeAlarms takes 100 names a call).
+pub const MAX_ALARMS: usize = 100;
+pub const MAX_CANARY_INSTANCES: u64 = 100_000;
 /// A bake time or a deadline longer than a week is a mistake, not a choice.
 pub const MAX_SECONDS: u64 = 7 * 24 * 3600;
 pub const MAX_FAILURE_THRESHOLD: u64 = 100_000;
 
 /// A revision's rollout configuration. Stored with every revision (immutable with it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentConfiguration {
     /// TerminateThenReplace never stops a healthy daemon when that would leave fewer than
@@ -91,6 +96,56 @@ pub struct DeploymentConfiguration {
     /// ...up to this.
     #[serde(default = "default_backoff_max")]
     pub start_backoff_max_ms: u64,
+    /// Roll out to these instances first, then wait for promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// CloudWatch alarms watched while the deployment runs (and for `minHealthySeconds` after its
+    /// last start): one in ALARM fails the deployment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<String>,
+    /// An instance that should run the active revision and has had no healthy task of it for longer
+    /// than this is uncovered.
+    #[serde(default = "default_coverage_grace_seconds")]
+    pub coverage_grace_seconds: u64,
+}
+
+/// A canary: which instances a deployment rolls out to first. Exactly one of `instances`,
+/// `percent` and `query` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Canary {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<Query>,
+    /// Promote by itself once the canary has been healthy for `minHealthySeconds`, instead of
+    /// waiting in `awaiting-promotion`.
+    #[serde(default)]
+    pub auto_promote: bool,
+}
+
+impl Canary {
+    /// How many of `eligible` instances the canary takes, when it is sized by a number (at least
+    /// one for a percentage of a non-empty fleet); `None` for a query, which takes every eligible
+    /// instance it matches.
+    pub fn count(&self, eligible: u64) -> Option<u64> {
+        match (self.instances, self.percent) {
+            (Some(n), _) => Some(n.min(eligible)),
+            (None, Some(p)) => Some(ceil_percent(p, eligible).max(u64::from(eligible > 0))),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A request's canary, each field optional; checked by [`ConfigPatch::apply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CanaryPatch {
+    pub instances: Option<i64>,
+    pub percent: Option<i64>,
+    pub query: Option<Query>,
+    pub auto_promote: Option<bool>,
 }
 
 fn default_min_healthy_percent() -> u8 {
@@ -111,6 +166,9 @@ fn default_backoff_initial() -> u64 {
 fn default_backoff_max() -> u64 {
     300_000
 }
+fn default_coverage_grace_seconds() -> u64 {
+    DEFAULT_COVERAGE_GRACE_SECONDS
+}
 
 impl Default for DeploymentConfiguration {
     fn default() -> Self {
@@ -124,6 +182,9 @@ impl Default for DeploymentConfiguration {
             stop_on_drain: false,
             start_backoff_initial_ms: default_backoff_initial(),
             start_backoff_max_ms: default_backoff_max(),
+            canary: None,
+            alarms: Vec::new(),
+            coverage_grace_seconds: DEFAULT_COVERAGE_GRACE_SECONDS,
         }
     }
 }
@@ -131,7 +192,7 @@ impl Default for DeploymentConfiguration {
 /// The fields a request may set, each optional: applied over the defaults (create) or over the
 /// latest revision's configuration (update). Numbers are wide so that an out-of-range value is
 /// reported by [`ConfigPatch::apply`] with its field, not lost in a parse error.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigPatch {
     pub min_healthy_percent: Option<i64>,
     pub max_over_percent: Option<i64>,
@@ -140,6 +201,11 @@ pub struct ConfigPatch {
     pub progress_deadline_seconds: Option<i64>,
     pub auto_rollback: Option<bool>,
     pub stop_on_drain: Option<bool>,
+    /// `{"instances": 0}` removes the canary.
+    pub canary: Option<CanaryPatch>,
+    /// Replaces the list (an empty one removes every alarm).
+    pub alarms: Option<Vec<String>>,
+    pub coverage_grace_seconds: Option<i64>,
 }
 
 impl ConfigPatch {
@@ -184,6 +250,16 @@ impl ConfigPatch {
         if let Some(v) = self.stop_on_drain {
             config.stop_on_drain = v;
         }
+        if let Some(v) = self.coverage_grace_seconds {
+            config.coverage_grace_seconds =
+                in_range("deploymentConfiguration.coverageGraceSeconds", v, 0, MAX_SECONDS)?;
+        }
+        if let Some(canary) = &self.canary {
+            config.canary = canary.apply()?;
+        }
+        if let Some(alarms) = &self.alarms {
+            config.alarms = check_alarms(alarms)?;
+        }
         // A deadline no longer than the bake time fails every deployment before its first
         // replacement can count as healthy.
         if config.progress_deadline_seconds <= config.min_healthy_seconds {
@@ -202,6 +278,64 @@ impl ConfigPatch {
         }
         Ok(config)
     }
+}
+
+impl CanaryPatch {
+    /// The canary, or none for `{"instances": 0}`.
+    fn apply(&self) -> Result<Option<Canary>, FieldError> {
+        let given = [
+            self.instances.is_some(),
+            self.percent.is_some(),
+            self.query.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(FieldError::new(
+                "deploymentConfiguration.canary",
+                "give exactly one of instances, percent and query",
+            ));
+        }
+        let instances = self
+            .instances
+            .map(|n| in_range("deploymentConfiguration.canary.instances", n, 0, MAX_CANARY_INSTANCES))
+            .transpose()?;
+        if instances == Some(0) {
+            return Ok(None);
+        }
+        let percent = self
+            .percent
+            .map(|p| in_range("deploymentConfiguration.canary.percent", p, 1, 100).map(|p| p as u8))
+            .transpose()?;
+        Ok(Some(Canary {
+            instances,
+            percent,
+            query: self.query.clone(),
+            auto_promote: self.auto_promote.unwrap_or(false),
+        }))
+    }
+}
+
+/// Alarm names as CloudWatch takes them: 1 to 255 characters, no control characters; duplicates
+/// dropped, at most [`MAX_ALARMS`].
+fn check_alarms(alarms: &[String]) -> Result<Vec<String>, FieldError> {
+    if alarms.len() > MAX_ALARMS {
+        return Err(FieldError::new(
+            "deploymentConfiguration.alarms",
+            format!("{} alarms: at most {MAX_ALARMS}", alarms.len()),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(alarms.len());
+    for name in alarms {
+        if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "deploymentConfiguration.alarms",
+                format!("{name:?} is not a CloudWatch alarm name: 1 to 255 characters, no control characters"),
+            ));
+        }
+        if !out.contains(name) {
+            out.push(name.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn in_range(field: &'static str, value: i64, min: u64, max: u64) -> Result<u64, FieldError> {
@@ -272,14 +406,14 @@ mod tests {
         assert_eq!(config.healthy_floor(0), 0);
         let all = DeploymentConfiguration {
             min_healthy_percent: 100,
-            ..config
+            ..config.clone()
         };
         assert_eq!(all.healthy_floor(9), 9);
         assert_eq!(config.surge(12), 2);
         assert_eq!(config.surge(0), 0);
         let one = DeploymentConfiguration {
             max_over_percent: 1,
-            ..config
+            ..config.clone()
         };
         assert_eq!(one.surge(5), 1);
         for (eligible, want) in [(0, 3), (12, 3), (30, 3), (31, 4), (100, 10), (5_000, 200)] {
@@ -287,7 +421,7 @@ mod tests {
         }
         let fixed = DeploymentConfiguration {
             failure_threshold: Some(1),
-            ..config
+            ..config.clone()
         };
         assert_eq!(fixed.failure_threshold(5_000), 1);
     }

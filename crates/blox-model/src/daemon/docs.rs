@@ -129,6 +129,9 @@ pub enum DeploymentStatus {
     /// Created, not acted on yet (or its environment is frozen).
     Pending,
     Running,
+    /// Its canary has been healthy for the bake time; nothing more is rolled out until it is
+    /// promoted (or stopped, or rolled back).
+    AwaitingPromotion,
     /// Every eligible instance ran a healthy task of the revision. A completed deployment keeps
     /// acting: new instances get the daemon, a daemon that stops is replaced.
     Completed,
@@ -143,9 +146,10 @@ pub enum DeploymentStatus {
 }
 
 impl DeploymentStatus {
-    pub const ALL: [DeploymentStatus; 7] = [
+    pub const ALL: [DeploymentStatus; 8] = [
         DeploymentStatus::Pending,
         DeploymentStatus::Running,
+        DeploymentStatus::AwaitingPromotion,
         DeploymentStatus::Completed,
         DeploymentStatus::Failed,
         DeploymentStatus::Stopped,
@@ -158,6 +162,7 @@ impl DeploymentStatus {
         match self {
             DeploymentStatus::Pending => "pending",
             DeploymentStatus::Running => "running",
+            DeploymentStatus::AwaitingPromotion => "awaiting-promotion",
             DeploymentStatus::Completed => "completed",
             DeploymentStatus::Failed => "failed",
             DeploymentStatus::Stopped => "stopped",
@@ -168,14 +173,21 @@ impl DeploymentStatus {
 
     /// Still in progress: a user can stop it, a newer deployment supersedes it.
     pub fn in_progress(self) -> bool {
-        matches!(self, DeploymentStatus::Pending | DeploymentStatus::Running)
+        matches!(
+            self,
+            DeploymentStatus::Pending | DeploymentStatus::Running | DeploymentStatus::AwaitingPromotion
+        )
     }
 
-    /// The scheduler acts for an active deployment in these statuses only.
+    /// The scheduler acts for an active deployment in these statuses only (awaiting promotion, it
+    /// keeps the canary and the rest of the fleet as they are: a crashed canary is restarted).
     pub fn acts(self) -> bool {
         matches!(
             self,
-            DeploymentStatus::Pending | DeploymentStatus::Running | DeploymentStatus::Completed
+            DeploymentStatus::Pending
+                | DeploymentStatus::Running
+                | DeploymentStatus::AwaitingPromotion
+                | DeploymentStatus::Completed
         )
     }
 }
@@ -221,6 +233,13 @@ pub struct Deployment {
     /// Every transition, oldest first.
     #[serde(default)]
     pub history: Vec<Transition>,
+    /// The instances its canary runs on, chosen by the planner on the deployment's first pass (the
+    /// revision's `canary`; a rollback has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_instances: Option<Vec<String>>,
+    /// When its canary was promoted (by a user, or by itself with `autoPromote`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_opt")]
+    pub promoted_at: Option<u64>,
 }
 
 /// A status a deployment entered, when and why.
@@ -254,7 +273,15 @@ impl Deployment {
             counts: Counts::default(),
             failed_attempts: 0,
             history: Vec::new(),
+            canary_instances: None,
+            promoted_at: None,
         }
+    }
+
+    /// Whether its canary still holds the rest of the fleet back: the revision has a canary, this is
+    /// not a rollback (which restores a known revision everywhere at once), and it was not promoted.
+    pub fn in_canary(&self, revision: &Revision) -> bool {
+        revision.deployment_configuration.canary.is_some() && !self.rollback && self.promoted_at.is_none()
     }
 
     /// The reason of the latest transition.

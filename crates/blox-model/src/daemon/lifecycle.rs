@@ -337,7 +337,9 @@ pub fn update_environment(
     if let Some(method) = request.method {
         revision.deployment_method = method;
     }
-    revision.deployment_configuration = request.configuration.apply(latest.deployment_configuration)?;
+    revision.deployment_configuration = request
+        .configuration
+        .apply(latest.deployment_configuration.clone())?;
     let mut env = env.clone();
     env.latest_revision = revision.number;
     env.updated_at = fresh.now_ms;
@@ -475,7 +477,10 @@ fn start_deployment(
             // A failed deployment stays failed: the failure is what a user needs to see.
             matches!(
                 previous.status,
-                DeploymentStatus::Pending | DeploymentStatus::Running | DeploymentStatus::Completed
+                DeploymentStatus::Pending
+                    | DeploymentStatus::Running
+                    | DeploymentStatus::AwaitingPromotion
+                    | DeploymentStatus::Completed
             )
             .then(|| {
                 (
@@ -519,13 +524,46 @@ pub fn stop(snapshot: &Snapshot, deployment_id: &str, now_ms: u64) -> Result<Cha
         return Err(conflict(
             "DeploymentFinished",
             format!(
-                "deployment {deployment_id} is {}: only a pending or running deployment can be stopped",
+                "deployment {deployment_id} is {}: only a deployment in progress (pending, running or awaiting promotion) can be stopped",
                 deployment.status.name()
             ),
         ));
     }
     let mut deployment = deployment.clone();
     deployment.transition(DeploymentStatus::Stopped, "stopped by a user", now_ms);
+    Ok(Changes {
+        put: vec![Doc::Deployment(deployment)],
+        remove: Vec::new(),
+    })
+}
+
+/// Promotes a deployment's canary: the rest of the fleet is rolled out. Allowed while the canary
+/// holds the fleet back, awaiting promotion or before (to cut the wait short).
+pub fn promote(snapshot: &Snapshot, deployment_id: &str, now_ms: u64) -> Result<Changes, CommandError> {
+    let env = snapshot.require_active_environment()?;
+    let deployment = snapshot
+        .deployment(deployment_id)
+        .filter(|d| d.environment == env.name)
+        .ok_or_else(|| not_found(Resource::Deployment, deployment_id))?;
+    let revision = snapshot
+        .revision(deployment.revision)
+        .ok_or_else(|| not_found(Resource::Revision, deployment.revision))?;
+    let refuse = |why: String| Err(conflict("NotAwaitingPromotion", why));
+    if !deployment.status.in_progress() {
+        return refuse(format!(
+            "deployment {deployment_id} is {}: only a deployment in progress can be promoted",
+            deployment.status.name()
+        ));
+    }
+    if !deployment.in_canary(revision) {
+        return refuse(match deployment.promoted_at {
+            Some(_) => format!("deployment {deployment_id} was promoted already"),
+            None => format!("deployment {deployment_id} has no canary to promote"),
+        });
+    }
+    let mut deployment = deployment.clone();
+    deployment.promoted_at = Some(now_ms);
+    deployment.transition(DeploymentStatus::Running, "promoted by a user", now_ms);
     Ok(Changes {
         put: vec![Doc::Deployment(deployment)],
         remove: Vec::new(),
@@ -607,10 +645,23 @@ impl Progress {
     }
 }
 
+/// What the executor observed besides the plan.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observed<'a> {
+    /// One of the deployment's CloudWatch alarms in state ALARM, by name.
+    pub alarm: Option<&'a str>,
+}
+
 /// What a plan means for the active deployment: its next status, if it changes, and (when it fails
 /// with automatic rollback) the rollback deployment, whose id is `fresh.deployment_id`. `progress` is
 /// updated in place.
-pub fn advance(snapshot: &Snapshot, plan: &Plan, progress: &mut Progress, fresh: Fresh<'_>) -> Changes {
+pub fn advance(
+    snapshot: &Snapshot,
+    plan: &Plan,
+    observed: Observed<'_>,
+    progress: &mut Progress,
+    fresh: Fresh<'_>,
+) -> Changes {
     let now = fresh.now_ms;
     let (Some(env), Some(active)) = (snapshot.environment.as_ref(), snapshot.active()) else {
         return Changes::default();
@@ -637,8 +688,37 @@ pub fn advance(snapshot: &Snapshot, plan: &Plan, progress: &mut Progress, fresh:
             since_ms: now,
         };
     }
+    if let Some(canary) = &plan.canary
+        && !canary.recorded
+    {
+        deployment.canary_instances = Some(canary.instances.clone());
+    }
+    let awaiting = deployment.status == DeploymentStatus::AwaitingPromotion;
+    if let Some(canary) = plan.canary.as_ref().filter(|c| c.complete && !awaiting) {
+        let held = format!(
+            "the canary ({} instances) is healthy on revision {}",
+            canary.instances.len(),
+            revision.number
+        );
+        if config.canary.as_ref().is_some_and(|c| c.auto_promote) {
+            deployment.promoted_at = Some(now);
+            deployment.transition(
+                DeploymentStatus::Running,
+                format!("{held}: promoted by itself (autoPromote)"),
+                now,
+            );
+        } else {
+            deployment.transition(
+                DeploymentStatus::AwaitingPromotion,
+                format!("{held}: waiting for promotion"),
+                now,
+            );
+        }
+    }
     let threshold = config.failure_threshold(plan.fleet.eligible);
-    let failure = if plan.complete {
+    let failure = if let Some(alarm) = observed.alarm {
+        Some(format!("alarm {alarm} is in ALARM"))
+    } else if plan.complete {
         deployment.transition(
             DeploymentStatus::Completed,
             format!(
@@ -663,6 +743,13 @@ pub fn advance(snapshot: &Snapshot, plan: &Plan, progress: &mut Progress, fresh:
             since_ms: now,
         };
         None
+    } else if deployment.status == DeploymentStatus::AwaitingPromotion {
+        // Waiting on a person is not a stalled rollout.
+        *progress = Progress {
+            best_healthy: plan.counts.healthy,
+            since_ms: now,
+        };
+        None
     } else if now.saturating_sub(progress.since_ms) >= config.progress_deadline_seconds.saturating_mul(1_000)
     {
         Some(format!(
@@ -674,7 +761,9 @@ pub fn advance(snapshot: &Snapshot, plan: &Plan, progress: &mut Progress, fresh:
     };
     let mut changes = Changes::default();
     let Some(reason) = failure else {
-        if deployment.status != active.status {
+        if deployment.history.len() != active.history.len()
+            || deployment.canary_instances != active.canary_instances
+        {
             changes.put.push(Doc::Deployment(deployment));
         }
         return changes;

@@ -16,15 +16,18 @@ mod time;
 mod view;
 
 pub use config::{
-    ConfigPatch, DEFAULT_MAX_OVER_PERCENT, DEFAULT_MIN_HEALTHY_PERCENT, DEFAULT_MIN_HEALTHY_SECONDS,
-    DEFAULT_PROGRESS_DEADLINE_SECONDS, DeploymentConfiguration, DeploymentMethod, ceil_percent,
+    Canary, CanaryPatch, ConfigPatch, DEFAULT_COVERAGE_GRACE_SECONDS, DEFAULT_MAX_OVER_PERCENT,
+    DEFAULT_MIN_HEALTHY_PERCENT, DEFAULT_MIN_HEALTHY_SECONDS, DEFAULT_PROGRESS_DEADLINE_SECONDS, DeploymentConfiguration,
+    DeploymentMethod, MAX_ALARMS, ceil_percent,
 };
 pub use docs::{
     Counts, Deployment, DeploymentStatus, Environment, EnvironmentStatus, InstanceFailure, InstanceGroup,
     InstanceSelection, Revision, StartIntent, Transition, instance_record_id,
 };
-pub use lifecycle::{Changes, CommandError, Doc, Snapshot};
-pub use plan::{Active, FailedTask, Fleet, IntentRef, IntentState, Plan, PlanInput, Stop, StopReason, plan};
+pub use lifecycle::{Changes, CommandError, Doc, Observed, Snapshot};
+pub use plan::{
+    Active, CanaryPlan, FailedTask, Fleet, IntentRef, IntentState, Plan, PlanInput, Stop, StopReason, Uncovered, plan,
+};
 pub use time::parse_rfc3339_ms;
 pub use view::{
     ClusterView, GroupTasks, HealthStatus, InstanceStatus, InstanceSubject, InstanceView, TaskStatus,

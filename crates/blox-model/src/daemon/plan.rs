@@ -89,9 +89,37 @@ pub struct Plan {
     /// start is in flight. Daemons kept on draining or disconnected instances do not hold this up. A
     /// deleting environment is complete once no task of it is left and no start is in flight.
     pub complete: bool,
-    /// Whether the plan may act at all (not frozen, a deployment that acts); when not, the lists of
-    /// actions are empty and the counts are still right.
+    /// Whether the plan may act at all (not frozen, a deployment that acts, its canary recorded);
+    /// when not, the lists of actions are empty and the counts are still right.
     pub acting: bool,
+    /// The active deployment's canary, while it holds the rest of the fleet back.
+    pub canary: Option<CanaryPlan>,
+    /// Eligible instances that should run the active revision and have had no healthy task of it
+    /// for longer than `coverageGraceSeconds`, in ARN order. An instance still served by a healthy
+    /// task of an older revision is not counted while the deployment is in progress (the rollout
+    /// will reach it), nor is one the canary holds back.
+    pub uncovered: Vec<Uncovered>,
+}
+
+/// A deployment's canary as the planner sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CanaryPlan {
+    /// The canary's instances, in ARN order: as recorded on the deployment, or (when `recorded` is
+    /// false) as the planner picks them now: every eligible instance its query matches, or the first
+    /// N eligible ones by ARN, those already running the revision first.
+    pub instances: Vec<String>,
+    /// The deployment carries the set already; until it does, nothing is acted on.
+    pub recorded: bool,
+    /// Every eligible canary instance runs one healthy task of the revision (for the bake time) and
+    /// no start is in flight on them: the canary may be promoted.
+    pub complete: bool,
+}
+
+/// An instance without its daemon, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Uncovered {
+    pub instance_arn: String,
+    pub since_ms: u64,
 }
 
 /// How the fleet stands against the rollout's limits.
@@ -112,6 +140,9 @@ pub struct Fleet {
     pub surged: u64,
     /// How many may (ReplaceThenTerminate).
     pub surge: u64,
+    /// Eligible instances the canary holds back: nothing is started or replaced on them until
+    /// promotion.
+    pub held: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -406,9 +437,22 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         plan.finish(&judge);
         return plan;
     };
-    let config = active.revision.deployment_configuration;
+    let config = &active.revision.deployment_configuration;
     let method = active.revision.deployment_method;
     plan.acting = !env.frozen && active.deployment.status.acts();
+    let canary = canary_set(input, &active, &mut judge);
+    if let Some((set, recorded)) = &canary {
+        plan.acting &= *recorded;
+        plan.canary = Some(CanaryPlan {
+            instances: set.iter().map(|s| (*s).to_owned()).collect(),
+            recorded: *recorded,
+            complete: false,
+        });
+    }
+    let in_canary = |arn: &str| canary.as_ref().is_none_or(|(set, _)| set.contains(arn));
+    let grace_ms = config.coverage_grace_seconds.saturating_mul(1_000);
+    // Nobody expected the revision anywhere before its deployment was made.
+    let expected_from = active.deployment.created_at;
 
     // Failure records and fresh failed attempts of the active deployment, by instance.
     let failures: std::collections::HashMap<&str, &InstanceFailure> = input
@@ -494,6 +538,24 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     plan.stop_all_but(&here, kept, StopReason::Duplicate);
                 }
             }
+            Role::Eligible if !in_canary(arn) => {
+                // Held back by the canary: kept as it is (a duplicate still goes), nothing started.
+                plan.fleet.eligible += 1;
+                plan.fleet.held += 1;
+                if here.len() > 1 {
+                    surged += 1;
+                }
+                let live: Vec<&TaskView> = here.iter().copied().filter(|t| t.live()).collect();
+                if let Some(kept) = judge.best(&live) {
+                    if judge.healthy(kept) {
+                        plan.fleet.healthy += 1;
+                    }
+                    if judge.is_target(kept) && judge.healthy(kept) {
+                        plan.counts.healthy += 1;
+                    }
+                    plan.stop_all_but(&live, kept, StopReason::Duplicate);
+                }
+            }
             Role::Eligible => {
                 plan.fleet.eligible += 1;
                 target.clear();
@@ -517,6 +579,35 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
                 if target_healthy || old_healthy {
                     plan.fleet.healthy += 1;
+                }
+                let covered = best_target.is_some_and(|t| judge.healthy_from(t).is_some())
+                    || (in_progress && old_healthy);
+                if !covered {
+                    // Since the latest of: the deployment, the instance's registration, the stop of
+                    // its last task of the revision.
+                    let registered = instance
+                        .registered_at
+                        .as_deref()
+                        .and_then(|t| super::time::parse_rfc3339_ms(t).ok());
+                    let last_stop = tasks
+                        .map_or(&[][..], |t| t.on(slot))
+                        .iter()
+                        .filter(|t| judge.owned(t) && judge.is_target(t))
+                        .filter_map(|t| t.stopped_at)
+                        .max();
+                    let since = [Some(expected_from), registered, last_stop]
+                        .into_iter()
+                        .flatten()
+                        .max()
+                        .unwrap_or(expected_from);
+                    // Not a reason to plan again when the grace ends: coverage changes no action,
+                    // and the executor's interval and the API's live plans show it soon enough.
+                    if input.now_ms.saturating_sub(since) > grace_ms {
+                        plan.uncovered.push(Uncovered {
+                            instance_arn: arn.to_owned(),
+                            since_ms: since,
+                        });
+                    }
                 }
                 let in_back_off = (!fresh.is_empty() && fresh.contains(arn))
                     || failure.is_some_and(|f| f.retry_at_ms > input.now_ms);
@@ -593,7 +684,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     if let Some(f) = plan.failed_tasks.first() {
         plan.failure_example = Some(format!("{} on {}", f.reason, f.instance_arn));
     }
-    plan.counts.desired = plan.fleet.eligible;
+    plan.counts.desired = plan.fleet.eligible - plan.fleet.held;
     // Counted per instance in the loop; tasks on instances the view lacks are counted here.
     plan.counts.total += tasks
         .into_iter()
@@ -639,7 +730,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
     plan.starts = new_starts;
     plan.starts.extend(replacements);
-    plan.complete = !busy;
+    match &mut plan.canary {
+        // The canary is done when nothing on its instances is left to do; the deployment is not
+        // complete before its promotion.
+        Some(canary) => {
+            canary.complete = !busy && canary.recorded;
+            plan.complete = false;
+        }
+        None => plan.complete = !busy,
+    }
     if !plan.acting {
         plan.starts.clear();
         plan.stops.clear();
@@ -691,6 +790,53 @@ impl Plan {
             self.due(at);
         }
     }
+}
+
+/// The canary's instances while the deployment is in its canary phase, and whether the deployment
+/// records them already. Picked when not recorded: every eligible instance the canary's query
+/// matches, or the first N eligible instances by ARN, those already running the revision first (so
+/// that a pick made again after a lost write picks the same).
+fn canary_set<'a>(
+    input: &PlanInput<'a>,
+    active: &Active<'a>,
+    judge: &mut Judge<'_>,
+) -> Option<(BTreeSet<&'a str>, bool)> {
+    let canary = active.revision.deployment_configuration.canary.as_ref()?;
+    if !active.deployment.in_canary(active.revision) {
+        return None;
+    }
+    if let Some(set) = &active.deployment.canary_instances {
+        return Some((set.iter().map(String::as_str).collect(), true));
+    }
+    let cluster = input.cluster;
+    let mut here = Vec::new();
+    // Matched by the query; or, for a count, already running the revision (picked first).
+    let mut first = Vec::new();
+    let mut others = Vec::new();
+    for (slot, instance) in cluster.instances() {
+        if role(cluster, instance, active) != Role::Eligible {
+            continue;
+        }
+        let subject = cluster.subject(instance);
+        if let Some(query) = &canary.query {
+            if query.matches(&subject) {
+                first.push(&*instance.arn);
+            }
+            continue;
+        }
+        judge.on(slot, &mut here);
+        if here.iter().any(|t| t.live() && judge.is_target(t)) {
+            first.push(&*instance.arn);
+        } else {
+            others.push(&*instance.arn);
+        }
+    }
+    let eligible = (first.len() + others.len()) as u64;
+    let picked: BTreeSet<&'a str> = match canary.count(eligible) {
+        None => first.into_iter().collect(),
+        Some(n) => first.into_iter().chain(others).take(n as usize).collect(),
+    };
+    Some((picked, false))
 }
 
 /// Settles the intents whose task is in view, lists those to verify, and returns the instances the

@@ -696,7 +696,7 @@ async fn deployments(bench: &mut Bench, dir: &Path, sizes: Sizes) -> Result<()> 
         ),
     ];
     for (method, td, patch, id, revision) in updates {
-        update(store.as_ref(), "roll", &td, method, patch).await?;
+        update(store.as_ref(), "roll", &td, method, patch.clone()).await?;
         let config = patch.apply(daemon::DeploymentConfiguration::default())?;
         let healthy_floor = config.healthy_floor(n as u64) as usize;
         let surge = config.surge(n as u64) as usize;
