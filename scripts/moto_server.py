@@ -12,13 +12,33 @@ import sys
 import threading
 
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+from moto_cbor_bridge import CloudWatchCborBridge
+
+
+class BridgedMotoServer(ThreadedMotoServer):
+    """moto's threaded server with CloudWatch also answering in CBOR, as the Rust SDK calls it."""
+
+    def _server_entry(self) -> None:
+        app = CloudWatchCborBridge(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(
+            self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
 
 
 def main() -> None:
     # Request logs on every call would drown the test output; errors still show.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = BridgedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     _, port = server.get_host_and_port()
     print(f"PORT={port}", flush=True)

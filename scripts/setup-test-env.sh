@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Installs what blox's tests need besides Rust: a Python venv with moto (the ECS/SQS emulator the
-# wire-level tests run against) and schemathesis (the API's property test against openapi/blox.json).
+# Installs what blox's tests need besides Rust: a Python venv with moto (the ECS/SQS/CloudWatch
+# emulator the wire-level tests run against) and schemathesis (the API's property test against
+# openapi/blox.json). CloudWatch needs moto >= 5.1.12 (its JSON protocol) and botocore >= 1.38 (the
+# CBOR codec): scripts/moto_cbor_bridge.py turns the Rust SDK's CBOR calls into JSON ones for moto.
 # Idempotent: does nothing when it is already in place.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${BLOX_VENV:-$root/.venv}"
 
 SCHEMATHESIS=4.32.5
+VENV_OK='
+import moto, moto.server, boto3
+from botocore.serialize import RpcV2CBORSerializer
+assert tuple(int(p) for p in moto.__version__.split(".")[:3]) >= (5, 1, 12), moto.__version__
+'
 
-if "$venv/bin/python" -c 'import moto.server, boto3' 2>/dev/null \
+if "$venv/bin/python" -c "$VENV_OK" 2>/dev/null \
   && [ "$("$venv/bin/st" --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1)" = "$SCHEMATHESIS" ]; then
   exit 0
 fi
@@ -24,7 +31,7 @@ if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2
 fi
 
 [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6' boto3 \
+"$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1.12,<6' 'boto3>=1.38' \
   "schemathesis==$SCHEMATHESIS"
 "$venv/bin/python" -c 'import moto; print("moto", moto.__version__, "in", "'"$venv"'")'
 "$venv/bin/st" --version

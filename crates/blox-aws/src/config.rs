@@ -1,6 +1,6 @@
 //! Loading the AWS configuration: the standard environment chain (region, credentials,
-//! `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_ECS` / `AWS_ENDPOINT_URL_SQS`) on a rustls + ring HTTP client,
-//! with retry and timeout settings suited to blox's calls.
+//! `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_ECS` / `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL_CLOUDWATCH`)
+//! on a rustls + ring HTTP client, with retry and timeout settings suited to blox's calls.
 
 use std::time::Duration;
 

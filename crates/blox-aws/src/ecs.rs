@@ -23,8 +23,8 @@ use crate::{
 const LIST_PAGE_SIZE: i32 = LIST_PAGE as i32;
 
 /// Error codes AWS uses for throttling (the set the SDK's own retry classifier treats as throttling,
-/// restricted to those ECS can answer).
-const THROTTLING_CODES: &[&str] = &[
+/// restricted to those ECS and CloudWatch can answer).
+pub(crate) const THROTTLING_CODES: &[&str] = &[
     "ThrottlingException",
     "Throttling",
     "ThrottledException",

@@ -3,19 +3,22 @@
 //!
 //! - [`EcsReader`]: the List/Describe calls of the reconciler (ECS is the truth);
 //! - [`EventSource`]: a queue of ECS events (SQS), received in batches and deleted only when the caller
-//!   says their effects are committed.
+//!   says their effects are committed;
+//! - [`AlarmReader`]: the states of CloudWatch alarms, which a deployment watches to roll back.
 //!
-//! The SDK implementations are [`SdkEcs`] and [`SqsSource`]; [`sdk_config`] loads the standard AWS
-//! configuration chain (region, credentials, `AWS_ENDPOINT_URL*` overrides for emulators).
+//! The SDK implementations are [`SdkEcs`], [`SqsSource`] and [`SdkAlarms`]; [`sdk_config`] loads the
+//! standard AWS configuration chain (region, credentials, `AWS_ENDPOINT_URL*` overrides for emulators).
 
 use async_trait::async_trait;
 use blox_model::{ContainerInstance, Task};
 use thiserror::Error;
 
+mod cloudwatch;
 mod config;
 mod ecs;
 mod sqs;
 
+pub use cloudwatch::SdkAlarms;
 pub use config::{ConfigError, sdk_config};
 pub use ecs::SdkEcs;
 pub use sqs::{SqsOptions, SqsSource};
@@ -140,6 +143,91 @@ pub trait EcsReader: Send + Sync + 'static {
         started_by: &str,
         container_instance: &str,
     ) -> Result<Vec<String>, EcsError>;
+}
+
+/// CloudWatch limit: alarm names per DescribeAlarms call.
+pub const ALARM_BATCH: usize = 100;
+
+/// The state of a CloudWatch alarm (metric or composite), as DescribeAlarms reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmState {
+    pub name: String,
+    pub state: AlarmStateValue,
+    /// CloudWatch's explanation of the state (StateReason), for the deployment's failure message.
+    pub reason: Option<String>,
+    /// When the state or its reason last changed (StateUpdatedTimestamp), milliseconds since the Unix
+    /// epoch.
+    pub updated_at_ms: Option<u64>,
+}
+
+/// An alarm's StateValue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AlarmStateValue {
+    Ok,
+    Alarm,
+    InsufficientData,
+    /// A value this version of blox does not know (CloudWatch may add some); never treated as ALARM.
+    Other(String),
+}
+
+impl AlarmStateValue {
+    /// As CloudWatch writes it (`OK`, `ALARM`, `INSUFFICIENT_DATA`).
+    pub fn as_str(&self) -> &str {
+        match self {
+            AlarmStateValue::Ok => "OK",
+            AlarmStateValue::Alarm => "ALARM",
+            AlarmStateValue::InsufficientData => "INSUFFICIENT_DATA",
+            AlarmStateValue::Other(other) => other,
+        }
+    }
+
+    /// From CloudWatch's spelling; anything else is [`AlarmStateValue::Other`].
+    pub fn parse(value: &str) -> AlarmStateValue {
+        match value {
+            "OK" => AlarmStateValue::Ok,
+            "ALARM" => AlarmStateValue::Alarm,
+            "INSUFFICIENT_DATA" => AlarmStateValue::InsufficientData,
+            other => AlarmStateValue::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for AlarmStateValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A CloudWatch call that failed after the SDK's own retries.
+#[derive(Debug, Error)]
+#[error("CloudWatch {operation} failed: {kind}")]
+pub struct AlarmError {
+    pub operation: &'static str,
+    pub kind: AlarmErrorKind,
+}
+
+#[derive(Debug, Error)]
+pub enum AlarmErrorKind {
+    /// Throttled even after the SDK's retries with back-off.
+    #[error("throttled")]
+    Throttled,
+    /// CloudWatch refused the request as invalid (e.g. `InvalidParameterValue` for a malformed alarm
+    /// name, `InvalidNextToken`): not worth retrying as is. The message is CloudWatch's.
+    #[error("{code}: {message}")]
+    Rejected { code: String, message: String },
+    /// Any other service or transport error (access denied included), with its code when AWS gave one.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The read side of CloudWatch alarms that a deployment watches: it fails (and rolls back) when one of
+/// its alarms is in ALARM.
+#[async_trait]
+pub trait AlarmReader: Send + Sync + 'static {
+    /// The state of each named alarm that exists (metric and composite alarms), in the order of
+    /// `names` and each once; names CloudWatch does not know are absent from the result. No names
+    /// means no call and no alarms.
+    async fn alarm_states(&self, names: &[String]) -> Result<Vec<AlarmState>, AlarmError>;
 }
 
 /// ECS limit: container instances per StartTask call.

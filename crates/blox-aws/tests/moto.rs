@@ -4,11 +4,18 @@
 use std::collections::{BTreeSet, HashSet};
 use std::process::Command;
 
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_cloudwatch::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_cloudwatch::config::{ConfigBag, Intercept};
+use aws_sdk_cloudwatch::operation::describe_alarms::DescribeAlarmsInput;
+use aws_sdk_cloudwatch::types::{AlarmType, ComparisonOperator, StateValue, Statistic};
 use aws_sdk_ecs::types as sdk;
 use blox_aws::{
-    ClusterDescription, ConfigError, ContainerDefinition, DESCRIBE_BATCH, DesiredStatus, EcsControl,
-    EcsErrorKind, EcsReader, EventSource, Failure, Message, QueueDepth, START_TASK_BATCH, SdkEcs, SqsOptions,
-    SqsSource, StartTask, TaskDefinitionDescription, sdk_config,
+    ALARM_BATCH, AlarmErrorKind, AlarmReader, AlarmStateValue, ClusterDescription, ConfigError,
+    ContainerDefinition, DESCRIBE_BATCH, DesiredStatus, EcsControl, EcsErrorKind, EcsReader, EventSource,
+    Failure, Message, QueueDepth, START_TASK_BATCH, SdkAlarms, SdkEcs, SqsOptions, SqsSource, StartTask,
+    TaskDefinitionDescription, sdk_config,
 };
 use blox_model::{EcsEvent, Task};
 use blox_testkit::{EcsFixture, EventFeed, Moto, StartTaskFault, StartTaskFaultProxy};
@@ -820,6 +827,224 @@ async fn sqs_unknown_queue_name_fails_to_open() {
     );
 }
 
+/// Creates a metric alarm (moto starts it in OK; CloudWatch in INSUFFICIENT_DATA).
+async fn put_alarm(cloudwatch: &aws_sdk_cloudwatch::Client, name: &str) {
+    cloudwatch
+        .put_metric_alarm()
+        .alarm_name(name)
+        .namespace("AWS/ECS")
+        .metric_name("CPUUtilization")
+        .statistic(Statistic::Average)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(90.0)
+        .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .expect("put metric alarm");
+}
+
+async fn set_alarm(cloudwatch: &aws_sdk_cloudwatch::Client, name: &str, state: StateValue, reason: &str) {
+    cloudwatch
+        .set_alarm_state()
+        .alarm_name(name)
+        .state_value(state)
+        .state_reason(reason)
+        .send()
+        .await
+        .expect("set alarm state");
+}
+
+fn names(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The DescribeAlarms requests a client made, as the SDK was about to send them.
+#[derive(Debug, Clone, Default)]
+struct DescribeAlarmsCalls(Arc<Mutex<Vec<DescribeAlarmsInput>>>);
+
+impl DescribeAlarmsCalls {
+    /// An [`SdkAlarms`] on `moto` whose calls this records.
+    async fn alarms(&self, moto: &Moto) -> SdkAlarms {
+        let config = aws_sdk_cloudwatch::config::Builder::from(&moto.sdk_config().await)
+            .interceptor(self.clone())
+            .build();
+        SdkAlarms::from_client(aws_sdk_cloudwatch::Client::from_conf(config))
+    }
+
+    fn inputs(&self) -> Vec<DescribeAlarmsInput> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Intercept for DescribeAlarmsCalls {
+    fn name(&self) -> &'static str {
+        "DescribeAlarmsCalls"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_cloudwatch::error::BoxError> {
+        if let Some(input) = context.input().downcast_ref::<DescribeAlarmsInput>() {
+            self.0.lock().unwrap().push(input.clone());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn alarms_report_states_reasons_and_changes() {
+    let moto = Moto::start().await.unwrap();
+    let config = moto.sdk_config().await;
+    let alarms = SdkAlarms::new(&config);
+    let cloudwatch = alarms.client();
+    for name in ["web-cpu", "web-5xx", "web-latency"] {
+        put_alarm(cloudwatch, name).await;
+    }
+
+    // Asked order, each once; unknown names are absent.
+    let asked = names(&["web-5xx", "no-such-alarm", "web-cpu", "web-5xx"]);
+    let states = alarms.alarm_states(&asked).await.unwrap();
+    assert_eq!(
+        states.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        ["web-5xx", "web-cpu"]
+    );
+    assert!(
+        states.iter().all(|a| a.state == AlarmStateValue::Ok),
+        "{states:?}"
+    );
+    assert!(states.iter().all(|a| a.reason.is_some()), "{states:?}");
+    let before = states[1].updated_at_ms.expect("moto sends StateUpdatedTimestamp");
+
+    set_alarm(
+        cloudwatch,
+        "web-cpu",
+        StateValue::Alarm,
+        "CPU above 90% for 1 minute",
+    )
+    .await;
+    set_alarm(cloudwatch, "web-latency", StateValue::InsufficientData, "no data").await;
+    let states = alarms
+        .alarm_states(&names(&["web-cpu", "web-5xx", "web-latency"]))
+        .await
+        .unwrap();
+    let by_name = |name: &str| states.iter().find(|a| a.name == name).expect(name);
+    let cpu = by_name("web-cpu");
+    assert_eq!(cpu.state, AlarmStateValue::Alarm);
+    assert_eq!(cpu.reason.as_deref(), Some("CPU above 90% for 1 minute"));
+    assert!(cpu.updated_at_ms.is_some_and(|t| t >= before), "{cpu:?}");
+    assert_eq!(by_name("web-5xx").state, AlarmStateValue::Ok);
+    assert_eq!(by_name("web-latency").state, AlarmStateValue::InsufficientData);
+
+    // Back to OK, as when the metric recovers.
+    set_alarm(cloudwatch, "web-cpu", StateValue::Ok, "recovered").await;
+    let cpu = alarms.alarm_states(&names(&["web-cpu"])).await.unwrap();
+    assert_eq!(cpu[0].state, AlarmStateValue::Ok);
+    assert_eq!(cpu[0].reason.as_deref(), Some("recovered"));
+
+    assert!(
+        alarms
+            .alarm_states(&names(&["nothing", "here"]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Errors reach the SDK with their codes through scripts/moto_cbor_bridge.py.
+    let err = cloudwatch
+        .set_alarm_state()
+        .alarm_name("no-such-alarm")
+        .state_value(StateValue::Alarm)
+        .state_reason("r")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_sdk_cloudwatch::error::ProvideErrorMetadata::code(&err),
+        Some("ResourceNotFound"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn alarms_of_no_names_make_no_call() {
+    let moto = Moto::start().await.unwrap();
+    let calls = DescribeAlarmsCalls::default();
+    let alarms = calls.alarms(&moto).await;
+    put_alarm(alarms.client(), "exists").await;
+    // DescribeAlarms without names would describe every alarm of the account.
+    assert!(alarms.alarm_states(&[]).await.unwrap().is_empty());
+    assert!(calls.inputs().is_empty());
+}
+
+#[tokio::test]
+async fn alarms_beyond_a_batch_are_described_in_batches_of_100() {
+    let moto = Moto::start().await.unwrap();
+    let calls = DescribeAlarmsCalls::default();
+    let alarms = calls.alarms(&moto).await;
+    let all: Vec<String> = (0..120).map(|i| format!("svc-{i:03}")).collect();
+    for name in &all {
+        put_alarm(alarms.client(), name).await;
+    }
+    for name in ["svc-007", "svc-110"] {
+        set_alarm(alarms.client(), name, StateValue::Alarm, "breached").await;
+    }
+
+    let mut asked = all.clone();
+    asked.insert(50, "unknown-1".to_owned());
+    asked.push("unknown-2".to_owned());
+    let states = alarms.alarm_states(&asked).await.unwrap();
+    assert_eq!(states.iter().map(|a| a.name.clone()).collect::<Vec<_>>(), all);
+    let in_alarm: Vec<&str> = states
+        .iter()
+        .filter(|a| a.state == AlarmStateValue::Alarm)
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(in_alarm, ["svc-007", "svc-110"]);
+
+    // moto accepts any number of names, CloudWatch at most 100: the batches are the client's doing.
+    let calls = calls.inputs();
+    let sizes: Vec<usize> = calls.iter().map(|c| c.alarm_names().len()).collect();
+    assert_eq!(sizes, [ALARM_BATCH, asked.len() - ALARM_BATCH]);
+    for call in calls.iter() {
+        assert_eq!(
+            call.alarm_types(),
+            [AlarmType::MetricAlarm, AlarmType::CompositeAlarm]
+        );
+        assert_eq!(call.max_records(), Some(100));
+    }
+}
+
+#[tokio::test]
+async fn alarms_unreachable_endpoint_is_other_with_the_cause() {
+    // As for ECS: moto's port after it is stopped, so a transport error without an AWS code.
+    let moto = Moto::start().await.unwrap();
+    let config = moto.sdk_config().await;
+    drop(moto);
+    let config = config
+        .into_builder()
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .build();
+    let err = SdkAlarms::new(&config)
+        .alarm_states(&names(&["a"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.operation, "DescribeAlarms");
+    let AlarmErrorKind::Other(message) = &err.kind else {
+        panic!("{err:?}")
+    };
+    assert!(
+        message.contains("dispatch failure") || message.contains("connect"),
+        "{message}"
+    );
+    assert!(
+        err.to_string().starts_with("CloudWatch DescribeAlarms failed: "),
+        "{err}"
+    );
+}
+
 // `sdk_config` reads the process environment, which a test must not change in-process (other tests
 // run concurrently). So these tests run this test binary again, with a controlled environment, to
 // execute one `#[ignore]`d child test.
@@ -834,6 +1059,7 @@ fn run_child(test: &str, env: &[(String, String)]) {
         "AWS_ENDPOINT_URL",
         "AWS_ENDPOINT_URL_ECS",
         "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_CLOUDWATCH",
         "AWS_REGION",
         "AWS_DEFAULT_REGION",
     ] {
@@ -866,6 +1092,7 @@ async fn config_honours_service_specific_endpoints() {
     let fx = EcsFixture::new(&moto).await;
     fx.create_cluster("via-env").await.unwrap();
     fx.create_queue("via-env").await.unwrap();
+    put_alarm(SdkAlarms::new(&moto.sdk_config().await).client(), "via-env").await;
     let mut env: Vec<(String, String)> = moto
         .env()
         .into_iter()
@@ -875,6 +1102,7 @@ async fn config_honours_service_specific_endpoints() {
     env.push(("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:9".into()));
     env.push(("AWS_ENDPOINT_URL_ECS".into(), moto.endpoint()));
     env.push(("AWS_ENDPOINT_URL_SQS".into(), moto.endpoint()));
+    env.push(("AWS_ENDPOINT_URL_CLOUDWATCH".into(), moto.endpoint()));
     run_child("child_uses_service_endpoints", &env);
 }
 
@@ -897,6 +1125,11 @@ async fn child_uses_service_endpoints() {
         .await
         .expect("SQS via AWS_ENDPOINT_URL_SQS");
     assert_eq!(source.depth().await.unwrap(), QueueDepth::default());
+    let alarms = SdkAlarms::new(&config)
+        .alarm_states(&names(&["via-env"]))
+        .await
+        .expect("CloudWatch via AWS_ENDPOINT_URL_CLOUDWATCH");
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
 }
 
 #[tokio::test]

@@ -7,14 +7,17 @@
 //! - [`Scenario`] and [`Driver`]: seeded worlds and churn (instances joining and leaving, draining,
 //!   agent disconnects, task starts, crashes and stops);
 //! - [`Simulator`]: the shared, clocked simulator that implements blox's AWS boundary
-//!   ([`blox_aws::EcsReader`], [`blox_aws::EcsControl`], [`blox_aws::EventSource`]).
+//!   ([`blox_aws::EcsReader`], [`blox_aws::EcsControl`], [`blox_aws::EventSource`]);
+//! - [`SimAlarms`]: CloudWatch alarms whose states are set by hand ([`blox_aws::AlarmReader`]).
 
+mod alarms;
 mod ecs;
 mod events;
 mod live;
 mod scenario;
 mod throttle;
 
+pub use alarms::SimAlarms;
 pub use ecs::{
     Ecs, Emitted, LIST_PAGE_MAX, Listed, NewInstance, Page, SimConfig, SimContainer, SimError, SimFault,
     SimHealthCheck, TaskDefinition, TaskFilter, UPDATE_STATE_BATCH,
