@@ -14,8 +14,8 @@ use blox_model::daemon::lifecycle::{
 };
 use blox_model::daemon::{
     CanaryPatch, CanaryPlan, Changes, CommandError, ConfigPatch, Counts, Deployment, DeploymentMethod,
-    DeploymentStatus, Doc,
-    Environment, Fleet, InstanceFailure, InstanceSelection, Plan, Revision, Snapshot, StartIntent,
+    DeploymentStatus, Doc, Environment, Fleet, InstanceFailure, InstanceSelection, Plan, Revision, Snapshot,
+    StartIntent,
 };
 use common::attribute;
 
@@ -977,7 +977,12 @@ fn check_runs(runs: Vec<Run>) {
 const SECOND: &[&str] = &["deploy rev=1", "complete", "update td=td:2", "deploy rev=2"];
 
 /// [`SECOND`] with a canary of 2 on revision 2.
-const CANARY: &[&str] = &["deploy rev=1", "complete", "update td=td:2 canary=2", "deploy rev=2"];
+const CANARY: &[&str] = &[
+    "deploy rev=1",
+    "complete",
+    "update td=td:2 canary=2",
+    "deploy rev=2",
+];
 
 #[test]
 fn canaries_and_alarms() {
@@ -1023,7 +1028,12 @@ fn canaries_and_alarms() {
         ),
         run(
             "autoPromote promotes by itself",
-            &["deploy rev=1", "complete", "update td=td:2 canary=2 autopromote", "deploy rev=2"],
+            &[
+                "deploy rev=1",
+                "complete",
+                "update td=td:2 canary=2 autopromote",
+                "deploy rev=2",
+            ],
             &["+0 e=5 h=0 pick=i1,i2", "+10 e=5 h=2 canary=i1,i2 canaryok"],
             &[
                 "dep d1 rev=1 completed",

@@ -822,7 +822,10 @@ fn canaries() {
         ),
         case(
             "the canary is under the method's floor over the whole fleet",
-            fleet("A:o B:o C:o D:o E:o").canary(2).recorded(&["A", "B"]).ttr(80),
+            fleet("A:o B:o C:o D:o E:o")
+                .canary(2)
+                .recorded(&["A", "B"])
+                .ttr(80),
             "stops=A.0:replaced; floor=4; healthy=5",
         ),
         case(
@@ -837,7 +840,11 @@ fn canaries() {
         ),
         case(
             "promoted: the rest is rolled out",
-            fleet("A:n B:n C:o D:o E:").canary(2).recorded(&["A", "B"]).promoted().ttr(0),
+            fleet("A:n B:n C:o D:o E:")
+                .canary(2)
+                .recorded(&["A", "B"])
+                .promoted()
+                .ttr(0),
             "canary=-; starts=E; stops=C.0:replaced D.0:replaced; held=0",
         ),
         case(

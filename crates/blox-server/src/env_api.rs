@@ -6,12 +6,16 @@
 use std::collections::HashMap;
 
 use axum::http::StatusCode;
-use blox_api::{AttributeBody, CanaryBody, DeploymentConfigurationBody, UncoveredInstance, InstanceFailureBody, TaskCounts, TransitionBody};
+use blox_api::{
+    AttributeBody, CanaryBody, DeploymentConfigurationBody, InstanceFailureBody, TaskCounts, TransitionBody,
+    UncoveredInstance,
+};
 use blox_aws::EcsErrorKind;
 use blox_model::daemon::lifecycle::{self, CreateEnvironment, Fresh, TaskDefinitionRef, UpdateEnvironment};
 use blox_model::daemon::{
-    self, Active, CanaryPatch, ConfigPatch, Counts, Deployment, DeploymentConfiguration, DeploymentMethod, Health,
-    InstanceFailure, InstanceGroup, InstanceSelection, IntentState, Plan, PlanInput, Revision, Snapshot,
+    self, Active, CanaryPatch, ConfigPatch, Counts, Deployment, DeploymentConfiguration, DeploymentMethod,
+    Health, InstanceFailure, InstanceGroup, InstanceSelection, IntentState, Plan, PlanInput, Revision,
+    Snapshot,
 };
 use blox_model::emit::rfc3339_millis;
 use blox_model::{Attribute, ClusterName, Query};

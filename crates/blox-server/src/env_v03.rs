@@ -375,7 +375,9 @@ pub fn environment_body(state: &AppState, stored: &Stored) -> ApiEnvironment {
             .name()
             .to_owned(),
         deployment_configuration: env_api::config_body(
-            &latest.map(|r| r.deployment_configuration.clone()).unwrap_or_default(),
+            &latest
+                .map(|r| r.deployment_configuration.clone())
+                .unwrap_or_default(),
         ),
         uncovered: live.plan.uncovered.len() as u64,
         uncovered_instances: live.uncovered(),

@@ -647,7 +647,9 @@ pub fn environment_body(state: &AppState, stored: &Stored) -> EnvironmentV1 {
             .name()
             .to_owned(),
         deployment_configuration: env_api::config_body(
-            &latest.map(|r| r.deployment_configuration.clone()).unwrap_or_default(),
+            &latest
+                .map(|r| r.deployment_configuration.clone())
+                .unwrap_or_default(),
         ),
         task_definition: latest.map(|r| r.task_definition.clone()).unwrap_or_default(),
         instance_group: InstanceGroup {

@@ -192,6 +192,8 @@ pub struct Services {
     pub events: Option<Arc<dyn EventSource>>,
     /// ECS's StartTask/StopTask; with it (and `ecs`), the daemon scheduler runs.
     pub control: Option<Arc<dyn EcsControl>>,
+    /// CloudWatch, for deployments' alarms; without it they are not watched.
+    pub alarms: Option<Arc<dyn blox_aws::AlarmReader>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -251,13 +253,16 @@ pub async fn serve(
     let background = TaskTracker::new();
     match (&services.ecs, services.control) {
         (Some(ecs), Some(control)) => {
-            let scheduler = Scheduler::new(
+            let mut scheduler = Scheduler::new(
                 services.store.clone(),
                 ecs.clone(),
                 control,
                 view,
                 options.scheduler,
             );
+            if let Some(alarms) = services.alarms {
+                scheduler = scheduler.with_alarms(alarms);
+            }
             let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
             background.spawn(async move {
                 // Plans need a loaded cluster view: start after the first reconcile pass.

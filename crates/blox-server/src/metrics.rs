@@ -98,6 +98,11 @@ pub const SCHEDULER_AUTO_ROLLBACKS: &str = "blox_scheduler_auto_rollbacks_total"
 pub const SCHEDULER_FAILED_ATTEMPTS: &str = "blox_scheduler_failed_attempts_total";
 /// Environment passes that failed and backed off.
 pub const SCHEDULER_ENVIRONMENT_ERRORS: &str = "blox_scheduler_environment_errors_total";
+/// Eligible instances without a healthy task of their environment's active revision for longer
+/// than its `coverageGraceSeconds`: the number to page on. Label `environment`.
+pub const ENVIRONMENT_UNCOVERED_INSTANCES: &str = "blox_environment_uncovered_instances";
+/// CloudWatch DescribeAlarms calls for deployments' alarms. Label `result`: ok | alarm | error.
+pub const SCHEDULER_ALARM_CHECKS: &str = "blox_scheduler_alarm_checks_total";
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn handle() -> PrometheusHandle {

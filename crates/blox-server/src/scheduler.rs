@@ -33,7 +33,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blox_aws::{DESCRIBE_BATCH, EcsControl, EcsError, EcsErrorKind, EcsReader, START_TASK_BATCH, StartTask};
+use blox_aws::{
+    AlarmReader, AlarmStateValue, DESCRIBE_BATCH, EcsControl, EcsError, EcsErrorKind, EcsReader,
+    START_TASK_BATCH, StartTask,
+};
 use blox_model::daemon::{
     self, Active, Changes, DeploymentStatus, Doc, InstanceFailure, IntentRef, IntentState, Plan, PlanInput,
     StartIntent, instance_record_id, lifecycle,
@@ -67,6 +70,8 @@ pub struct SchedulerOptions {
     pub settle: Duration,
     /// The longest an environment whose pass keeps failing waits before the next try.
     pub max_backoff: Duration,
+    /// How often a deployment's CloudWatch alarms are read while it is in progress.
+    pub alarm_interval: Duration,
     /// The time, in milliseconds since the Unix epoch (the wall clock unless a test sets one).
     pub clock: Clock,
 }
@@ -80,6 +85,7 @@ impl fmt::Debug for SchedulerOptions {
             .field("pass_budget", &self.pass_budget)
             .field("settle", &self.settle)
             .field("max_backoff", &self.max_backoff)
+            .field("alarm_interval", &self.alarm_interval)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +99,7 @@ impl Default for SchedulerOptions {
             pass_budget: Duration::from_secs(1),
             settle: Duration::from_millis(20),
             max_backoff: Duration::from_secs(60),
+            alarm_interval: Duration::from_secs(10),
             clock: clock::wall(),
         }
     }
@@ -226,6 +233,10 @@ struct Memory {
     progress: HashMap<String, lifecycle::Progress>,
     /// Environments whose pass failed: failures in a row and the next try.
     backoff: HashMap<String, (u32, u64)>,
+    /// Per deployment, when its alarms were last read and the first found in ALARM.
+    alarms: HashMap<String, (u64, Option<String>)>,
+    /// Environments whose uncovered gauge was set, to zero it when they go.
+    gauged: HashSet<String>,
 }
 
 /// The executor. [`Scheduler::run`] loops; [`Scheduler::pass`] is one pass (tests call it directly).
@@ -233,6 +244,9 @@ pub struct Scheduler {
     store: Arc<dyn Store>,
     reader: Arc<dyn EcsReader>,
     control: Arc<dyn EcsControl>,
+    /// CloudWatch, for deployments' alarms; without it a deployment's alarms are not watched (a
+    /// warning says so).
+    alarms: Option<Arc<dyn AlarmReader>>,
     view: Arc<View>,
     options: SchedulerOptions,
     /// One pacer per ECS API family, as ECS throttles them: StartTask, StopTask, reads.
@@ -254,6 +268,7 @@ impl Scheduler {
             store,
             reader,
             control,
+            alarms: None,
             view,
             starts: Pacer::new(options.calls_per_second),
             stops: Pacer::new(options.calls_per_second),
@@ -263,8 +278,60 @@ impl Scheduler {
         }
     }
 
+    /// Reads deployments' CloudWatch alarms with `alarms`.
+    pub fn with_alarms(mut self, alarms: Arc<dyn AlarmReader>) -> Scheduler {
+        self.alarms = Some(alarms);
+        self
+    }
+
     fn now(&self) -> u64 {
         (self.options.clock)()
+    }
+
+    /// The first of the active deployment's alarms in ALARM, read at most every `alarm_interval`
+    /// while the deployment is in progress. A failed read fails nothing (CloudWatch's trouble is not
+    /// the deployment's): it is logged, counted and tried again at the next interval.
+    async fn alarm_in_alarm(&self, stored: &Stored, report: &mut PassReport) -> Option<String> {
+        let active = stored.snapshot.active()?;
+        let revision = stored.snapshot.revision(active.revision)?;
+        let names = &revision.deployment_configuration.alarms;
+        if names.is_empty() || !active.status.in_progress() || stored.environment().frozen {
+            return None;
+        }
+        let now = self.now();
+        let interval = self.options.alarm_interval.as_millis() as u64;
+        if let Some((at, found)) = self.memory().alarms.get(&active.id)
+            && now < at.saturating_add(interval)
+        {
+            report.due(at.saturating_add(interval));
+            return found.clone();
+        }
+        report.due(now.saturating_add(interval));
+        let Some(reader) = &self.alarms else {
+            tracing::warn!(environment = %active.environment, deployment = %active.id, "the deployment has alarms but this server reads no CloudWatch alarms");
+            self.memory().alarms.insert(active.id.clone(), (now, None));
+            return None;
+        };
+        let found = match reader.alarm_states(names).await {
+            Ok(states) => {
+                let found = states
+                    .into_iter()
+                    .find(|s| s.state == AlarmStateValue::Alarm)
+                    .map(|s| s.name);
+                let result = if found.is_some() { "alarm" } else { "ok" };
+                ::metrics::counter!(m::SCHEDULER_ALARM_CHECKS, "result" => result).increment(1);
+                found
+            }
+            Err(err) => {
+                ::metrics::counter!(m::SCHEDULER_ALARM_CHECKS, "result" => "error").increment(1);
+                tracing::warn!(environment = %active.environment, deployment = %active.id, error = %err, "could not read the deployment's CloudWatch alarms");
+                None
+            }
+        };
+        self.memory()
+            .alarms
+            .insert(active.id.clone(), (now, found.clone()));
+        found
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -416,6 +483,17 @@ impl Scheduler {
             memory
                 .backoff
                 .retain(|name, _| state.environments.contains_key(name));
+            memory.alarms.retain(|id, _| state.deployments.contains_key(id));
+            let gone: Vec<String> = memory
+                .gauged
+                .iter()
+                .filter(|name| !state.environments.contains_key(*name))
+                .cloned()
+                .collect();
+            for name in gone {
+                ::metrics::gauge!(m::ENVIRONMENT_UNCOVERED_INSTANCES, "environment" => name.clone()).set(0.0);
+                memory.gauged.remove(&name);
+            }
         }
         for name in names {
             // Each environment as it stands now, not as it stood when the pass began: a stop,
@@ -508,6 +586,9 @@ impl Scheduler {
         if let Some(at) = plan.next_due_ms {
             report.due(at);
         }
+        ::metrics::gauge!(m::ENVIRONMENT_UNCOVERED_INSTANCES, "environment" => name.to_owned())
+            .set(plan.uncovered.len() as f64);
+        self.memory().gauged.insert(name.to_owned());
         if !plan.starts.is_empty()
             || !plan.stops.is_empty()
             || !plan.verify.is_empty()
@@ -583,6 +664,7 @@ impl Scheduler {
         // 4. The deployment's transition, before acting: a deployment whose failures reached the
         // threshold fails now, not after one more round of starts.
         let deployment_id = uuid::Uuid::new_v4().to_string();
+        let alarm = self.alarm_in_alarm(stored, report).await;
         let changes = {
             let mut memory = self.memory();
             let progress = match stored.snapshot.active() {
@@ -595,7 +677,9 @@ impl Scheduler {
             lifecycle::advance(
                 &stored.snapshot,
                 &plan,
-                lifecycle::Observed::default(),
+                lifecycle::Observed {
+                    alarm: alarm.as_deref(),
+                },
                 progress,
                 lifecycle::Fresh {
                     now_ms: now,

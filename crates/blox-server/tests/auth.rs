@@ -420,6 +420,14 @@ fn table() -> Vec<Row> {
             None,
             200,
         ),
+        // Stopped, and without a canary: an admin is refused by the lifecycle, not the token check.
+        row(
+            post.clone(),
+            "/v1/{cluster}/environments/{environmentName}/deployments/{deploymentId}/promote",
+            "/v1/prod/environments/web/deployments/{v1_deployment}/promote",
+            None,
+            409,
+        ),
         row(
             post.clone(),
             "/v1/{cluster}/environments/{environmentName}/deployments",

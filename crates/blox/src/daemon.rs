@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use blox_api::{
-    AttributeBody, CanaryBody, CreateEnvironment, DeploymentConfigurationBody, DeploymentV1, EnvironmentRevision,
-    EnvironmentV1, InstanceGroup, PageQuery, RevisionId, TaskCounts, UpdateEnvironment,
+    AttributeBody, CanaryBody, CreateEnvironment, DeploymentConfigurationBody, DeploymentV1,
+    EnvironmentRevision, EnvironmentV1, InstanceGroup, PageQuery, RevisionId, TaskCounts, UpdateEnvironment,
 };
 use blox_client::{Client, ClientError};
 use clap::{Args, Subcommand};

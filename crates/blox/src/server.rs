@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use blox_aws::{EcsControl, EcsReader, EventSource, SdkEcs, SqsOptions, SqsSource};
+use blox_aws::{AlarmReader, EcsControl, EcsReader, EventSource, SdkAlarms, SdkEcs, SqsOptions, SqsSource};
 use blox_model::ClusterName;
 use blox_server::auth::{Role, Tokens};
 use blox_server::ingest::Mirrored;
 use blox_server::{
     IngestOptions, Limits, ReconcileOptions, SchedulerOptions, ServerOptions, Services, TlsConfig, V03Errors,
 };
+use blox_sim::SimAlarms;
 use blox_store::{MemStore, RedbStore, Store, StoreOptions};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -373,40 +374,42 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
 
     // The account and region mirrored: the region from the AWS configuration, the account from
     // --account-id or else from the ARNs ECS answers the reconciler with; the simulator's own.
-    let (ecs, control, events, sim, mirrored): (Arc<dyn EcsReader>, Arc<dyn EcsControl>, _, _, _) =
-        match args.ecs.as_str() {
-            "aws" => {
-                let (ecs, control, events, region) = connect_aws(&args).await?;
-                (
-                    ecs,
-                    control,
-                    events,
-                    None,
-                    Mirrored::new(args.account_id.clone(), region),
-                )
+    let (ecs, control, events, alarms, sim, mirrored) = match args.ecs.as_str() {
+        "aws" => {
+            let (ecs, control, events, alarms, region) = connect_aws(&args).await?;
+            (
+                ecs,
+                control,
+                events,
+                alarms,
+                None,
+                Mirrored::new(args.account_id.clone(), region),
+            )
+        }
+        "sim" => {
+            if args.queue.is_some() {
+                bail!("--queue cannot be used with --ecs sim: the simulator delivers its own events");
             }
-            "sim" => {
-                if args.queue.is_some() {
-                    bail!("--queue cannot be used with --ecs sim: the simulator delivers its own events");
-                }
-                let (sim, restored) = args.sim.open()?;
-                let (instances, tasks) = sim.read(|ecs| ecs.totals());
-                tracing::info!(restored, instances, tasks, "ECS simulator started");
-                let (account, region) =
-                    sim.read(|ecs| (ecs.config().account.clone(), ecs.config().region.clone()));
-                if args.account_id.as_ref().is_some_and(|given| *given != account) {
-                    bail!("--account-id is not the simulated account ({account})");
-                }
-                (
-                    Arc::new(sim.clone()),
-                    Arc::new(sim.clone()),
-                    Some(Arc::new(sim.clone()) as Arc<dyn EventSource>),
-                    Some(sim),
-                    Mirrored::new(Some(account), Some(region)),
-                )
+            let (sim, restored) = args.sim.open()?;
+            let (instances, tasks) = sim.read(|ecs| ecs.totals());
+            tracing::info!(restored, instances, tasks, "ECS simulator started");
+            let (account, region) =
+                sim.read(|ecs| (ecs.config().account.clone(), ecs.config().region.clone()));
+            if args.account_id.as_ref().is_some_and(|given| *given != account) {
+                bail!("--account-id is not the simulated account ({account})");
             }
-            other => bail!("--ecs must be aws or sim, not {other:?}"),
-        };
+            (
+                Arc::new(sim.clone()) as Arc<dyn EcsReader>,
+                Arc::new(sim.clone()) as Arc<dyn EcsControl>,
+                Some(Arc::new(sim.clone()) as Arc<dyn EventSource>),
+                // The simulated account has no alarms of its own: every one named is absent.
+                Arc::new(SimAlarms::new(sim.clock().clone())) as Arc<dyn AlarmReader>,
+                Some(sim),
+                Mirrored::new(Some(account), Some(region)),
+            )
+        }
+        other => bail!("--ecs must be aws or sim, not {other:?}"),
+    };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -455,6 +458,7 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
         ecs: Some(ecs),
         events,
         control: Some(control),
+        alarms: Some(alarms),
     };
     blox_server::serve(listener, services, options, shutdown.clone()).await?;
     shutdown.cancel();
@@ -517,11 +521,12 @@ fn print_banner(banner: &Banner, sim: &blox_sim::Simulator, endpoint: &str) {
     );
 }
 
-/// ECS, its control calls, the event queue, and the configured region.
+/// ECS, its control calls, the event queue, CloudWatch's alarms, and the configured region.
 type AwsServices = (
     Arc<dyn EcsReader>,
     Arc<dyn EcsControl>,
     Option<Arc<dyn EventSource>>,
+    Arc<dyn AlarmReader>,
     Option<String>,
 );
 
@@ -550,7 +555,8 @@ async fn connect_aws(args: &ServerArgs) -> Result<AwsServices> {
         }
     };
     let region = aws.region().map(|region| region.to_string());
-    Ok((ecs.clone(), ecs, events, region))
+    let alarms = Arc::new(SdkAlarms::new(&aws));
+    Ok((ecs.clone(), ecs, events, alarms, region))
 }
 
 /// Every connection is a file descriptor: raise the soft limit towards the hard one so that

@@ -296,7 +296,14 @@ impl CanaryPatch {
         }
         let instances = self
             .instances
-            .map(|n| in_range("deploymentConfiguration.canary.instances", n, 0, MAX_CANARY_INSTANCES))
+            .map(|n| {
+                in_range(
+                    "deploymentConfiguration.canary.instances",
+                    n,
+                    0,
+                    MAX_CANARY_INSTANCES,
+                )
+            })
             .transpose()?;
         if instances == Some(0) {
             return Ok(None);
@@ -328,7 +335,9 @@ fn check_alarms(alarms: &[String]) -> Result<Vec<String>, FieldError> {
         if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
             return Err(FieldError::new(
                 "deploymentConfiguration.alarms",
-                format!("{name:?} is not a CloudWatch alarm name: 1 to 255 characters, no control characters"),
+                format!(
+                    "{name:?} is not a CloudWatch alarm name: 1 to 255 characters, no control characters"
+                ),
             ));
         }
         if !out.contains(name) {

@@ -17,8 +17,8 @@ mod view;
 
 pub use config::{
     Canary, CanaryPatch, ConfigPatch, DEFAULT_COVERAGE_GRACE_SECONDS, DEFAULT_MAX_OVER_PERCENT,
-    DEFAULT_MIN_HEALTHY_PERCENT, DEFAULT_MIN_HEALTHY_SECONDS, DEFAULT_PROGRESS_DEADLINE_SECONDS, DeploymentConfiguration,
-    DeploymentMethod, MAX_ALARMS, ceil_percent,
+    DEFAULT_MIN_HEALTHY_PERCENT, DEFAULT_MIN_HEALTHY_SECONDS, DEFAULT_PROGRESS_DEADLINE_SECONDS,
+    DeploymentConfiguration, DeploymentMethod, MAX_ALARMS, ceil_percent,
 };
 pub use docs::{
     Counts, Deployment, DeploymentStatus, Environment, EnvironmentStatus, InstanceFailure, InstanceGroup,
@@ -26,7 +26,8 @@ pub use docs::{
 };
 pub use lifecycle::{Changes, CommandError, Doc, Observed, Snapshot};
 pub use plan::{
-    Active, CanaryPlan, FailedTask, Fleet, IntentRef, IntentState, Plan, PlanInput, Stop, StopReason, Uncovered, plan,
+    Active, CanaryPlan, FailedTask, Fleet, IntentRef, IntentState, Plan, PlanInput, Stop, StopReason,
+    Uncovered, plan,
 };
 pub use time::parse_rfc3339_ms;
 pub use view::{
