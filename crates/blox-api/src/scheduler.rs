@@ -534,6 +534,83 @@ pub struct UncoveredInstance {
     pub since: String,
 }
 
+/// What a deployment of a revision would do now (`dryRun=true`), computed by the planner the executor
+/// uses over a copy of the cluster in which every start succeeds and is healthy at once and every
+/// stop is done at once: what the rollout does on a quiet fleet, never faster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentPlan {
+    /// Always true: nothing was written or started.
+    pub dry_run: bool,
+    pub environment_name: String,
+    pub environment_revision_id: RevisionId,
+    pub task_definition: String,
+    pub deployment_method: String,
+    /// Instances that should run the revision (ACTIVE, agent connected, in the group).
+    pub eligible: u64,
+    /// TerminateThenReplace: the fewest eligible instances with a healthy daemon.
+    pub floor: u64,
+    /// ReplaceThenTerminate: instances that may carry two tasks at once.
+    pub surge: u64,
+    /// The canary's instances, when the revision has a canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_instances: Option<Vec<String>>,
+    /// Per instance, in ARN order: `keep`, `start`, `replace`, `stop` or `wait` (nothing can be
+    /// started there: agent disconnected, draining, or the rollout stalls before it).
+    pub instances: Vec<PlannedInstance>,
+    /// The executor's passes in order: what each starts and stops.
+    pub batches: Vec<PlannedBatch>,
+    /// The rollout reaches completion; when not, `stalledReason` says why.
+    pub complete: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_reason: Option<String>,
+    pub start_task_calls: u64,
+    pub stop_task_calls: u64,
+    /// The executor's ECS call rate per API family.
+    pub calls_per_second: f64,
+    /// Per batch, the slower of its StartTask and StopTask calls at `callsPerSecond`, plus
+    /// `minHealthySeconds` for a batch that starts tasks; image pulls and health checks add to it.
+    pub estimated_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedInstance {
+    pub container_instance_arn: String,
+    pub action: String,
+    /// Why its tasks are stopped, for `stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedBatch {
+    /// Container instances a task of the revision is started on.
+    pub starts: Vec<String>,
+    pub stops: Vec<PlannedStop>,
+    /// The canary was promoted before this batch.
+    #[serde(default)]
+    pub after_promotion: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedStop {
+    pub task_arn: String,
+    pub container_instance_arn: String,
+    /// StopTask's reason.
+    pub reason: String,
+}
+
+/// The answer to `POST …/deployments`: the deployment started, or with `dryRun=true` its plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StartDeploymentAnswer {
+    Started(Box<DeploymentResponse>),
+    Plan(Box<DeploymentPlan>),
+}
+
 /// `{deploymentId, deployment}`: a started, stopped or described deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

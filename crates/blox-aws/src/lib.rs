@@ -230,8 +230,8 @@ pub trait AlarmReader: Send + Sync + 'static {
     async fn alarm_states(&self, names: &[String]) -> Result<Vec<AlarmState>, AlarmError>;
 }
 
-/// ECS limit: container instances per StartTask call.
-pub const START_TASK_BATCH: usize = 10;
+/// ECS limit: container instances per StartTask call (the planner's preview counts calls with it).
+pub use blox_model::daemon::START_TASK_BATCH;
 
 /// An item ECS could not act on, as its `failures` lists them (e.g. `RESOURCE:MEMORY`, `MISSING`).
 #[derive(Debug, Clone, PartialEq, Eq)]

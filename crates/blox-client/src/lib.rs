@@ -2,10 +2,10 @@
 
 use blox_api::{
     CreateEnvironment, CreateEnvironmentRequest, DeadLetters, DeleteEnvironmentResponse, Deployment,
-    DeploymentList, DeploymentResponse, Deployments, Environment, EnvironmentList, EnvironmentResponse,
-    Environments, ErrorBody, InstanceQuery, InstanceRecord, Instances, PageQuery, Ping, Readiness,
-    RevisionCreated, RevisionId, RevisionList, RevisionResponse, RollbackRequest, StreamQuery, TaskQuery,
-    TaskRecord, Tasks, UpdateEnvironment, UpdateEnvironmentRequest,
+    DeploymentList, DeploymentPlan, DeploymentResponse, Deployments, Environment, EnvironmentList,
+    EnvironmentResponse, Environments, ErrorBody, InstanceQuery, InstanceRecord, Instances, PageQuery, Ping,
+    Readiness, RevisionCreated, RevisionId, RevisionList, RevisionResponse, RollbackRequest, StreamQuery,
+    TaskQuery, TaskRecord, Tasks, UpdateEnvironment, UpdateEnvironmentRequest,
 };
 use bytes::{Buf as _, BytesMut};
 use futures::{Stream, StreamExt as _};
@@ -467,6 +467,40 @@ impl V1<'_> {
             query.push(("rollback", "true"));
         }
         c.read_json(c.http.post(url).query(&query)).await
+    }
+
+    /// `POST …/deployments?revisionId=&rollback=&dryRun=true`: what deploying a revision would do
+    /// now, without doing it.
+    pub async fn plan_deployment(
+        &self,
+        cluster: &str,
+        name: &str,
+        revision: RevisionId,
+        rollback: bool,
+    ) -> Result<DeploymentPlan, ClientError> {
+        let c = self.client;
+        let url = c.url(&format!("{}/deployments", Self::environment(cluster, name)));
+        let revision = revision.0.to_string();
+        let mut query = vec![("revisionId", revision.as_str()), ("dryRun", "true")];
+        if rollback {
+            query.push(("rollback", "true"));
+        }
+        c.read_json(c.http.post(url).query(&query)).await
+    }
+
+    /// `POST …/deployments/{id}/promote`: the canary's rollout goes on to the rest of the fleet.
+    pub async fn promote_deployment(
+        &self,
+        cluster: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<DeploymentResponse, ClientError> {
+        let path = format!(
+            "{}/deployments/{}/promote",
+            Self::environment(cluster, name),
+            encode(id)
+        );
+        self.post(&path).await
     }
 
     /// `GET …/deployments`, newest first.

@@ -47,6 +47,8 @@ pub struct AppState {
     pub gates: crate::limits::Gates,
     /// The API's tokens (`--auth-token-file`); without them every route is open.
     pub auth: Option<Arc<crate::auth::Tokens>>,
+    /// The executor's ECS call rate per API family, for deployment plans' estimates.
+    pub calls_per_second: f64,
 }
 
 impl AppState {
@@ -71,6 +73,7 @@ impl AppState {
             v03_errors: crate::error::V03Errors::Json,
             gates: crate::limits::Gates::default(),
             auth: None,
+            calls_per_second: crate::scheduler::SchedulerOptions::default().calls_per_second,
         })
     }
 }
@@ -162,6 +165,13 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         blox_api::RevisionList,
         blox_api::DeploymentV1,
         blox_api::DeploymentResponse,
+        blox_api::DeploymentPlan,
+        blox_api::PlannedInstance,
+        blox_api::PlannedBatch,
+        blox_api::PlannedStop,
+        blox_api::StartDeploymentAnswer,
+        blox_api::CanaryBody,
+        blox_api::UncoveredInstance,
         blox_api::DeploymentList,
         blox_api::RollbackRequest
     ))

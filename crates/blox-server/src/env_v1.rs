@@ -10,13 +10,14 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use blox_api::{
-    CreateEnvironment as CreateBody, DeploymentList, DeploymentResponse, DeploymentV1, EnvironmentList,
-    EnvironmentResponse, EnvironmentRevision, EnvironmentV1, ErrorBody, InstanceGroup, RevisionCreated,
-    RevisionId, RevisionList, RevisionResponse, RollbackRequest, UpdateEnvironment as UpdateBody,
+    CreateEnvironment as CreateBody, DeploymentList, DeploymentPlan, DeploymentResponse, DeploymentV1,
+    EnvironmentList, EnvironmentResponse, EnvironmentRevision, EnvironmentV1, ErrorBody, InstanceGroup,
+    PlannedBatch, PlannedInstance, PlannedStop, RevisionCreated, RevisionId, RevisionList, RevisionResponse,
+    RollbackRequest, StartDeploymentAnswer, UpdateEnvironment as UpdateBody,
 };
 use blox_model::ClusterName;
 use blox_model::daemon::lifecycle::{self, CreateEnvironment, DeployTarget, Resource};
-use blox_model::daemon::{self, Deployment, Health, Revision};
+use blox_model::daemon::{self, Deployment, Health, PreviewInput, Revision};
 use blox_model::emit::rfc3339_millis;
 use blox_store::{Cursor, Filter, Kind};
 
@@ -352,15 +353,16 @@ pub async fn describe_revision(
     params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
         ("environmentName" = String, Path, description = "The environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$"),
         ("revisionId" = String, Query, description = "The revision to deploy", pattern = r"^[1-9][0-9]{0,17}$"),
-        ("rollback" = Option<bool>, Query, description = "Required to deploy a revision older than the active one")),
-    responses((status = 200, body = DeploymentResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        ("rollback" = Option<bool>, Query, description = "Required to deploy a revision older than the active one"),
+        ("dryRun" = Option<bool>, Query, description = "Answer the deployment's plan (a DeploymentPlan) instead of starting it")),
+    responses((status = 200, body = StartDeploymentAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn start_deployment(
     State(state): State<Arc<AppState>>,
     Path((cluster, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-) -> Result<Json<DeploymentResponse>, ApiError> {
-    let params = Params::parse(query.as_deref(), &["revisionId", "rollback"])?;
+) -> Result<Json<StartDeploymentAnswer>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["revisionId", "rollback", "dryRun"])?;
     let number = match params.get("revisionId") {
         Some(value) => revision_number("revisionId", value)?,
         None => {
@@ -382,13 +384,107 @@ pub async fn start_deployment(
             ));
         }
     };
+    let dry_run = match params.get("dryRun") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "dryRun",
+                "InvalidDryRun",
+                format!("invalid dryRun {other:?}: expected true or false"),
+            ));
+        }
+    };
     require(&state, &cluster, &name).await?;
     let ids = Ids::new();
     let target = DeployTarget::Revision { number, rollback };
+    if dry_run {
+        return deployment_plan(&state, &name, target, &ids)
+            .map(|plan| Json(StartDeploymentAnswer::Plan(Box::new(plan))));
+    }
     deployment_command(&state, &name, &ids, |snapshot| {
         lifecycle::deploy(snapshot, target.clone(), ids.fresh())
     })
     .await
+    .map(|Json(started)| Json(StartDeploymentAnswer::Started(Box::new(started))))
+}
+
+/// A deployment's plan: the deploy command checked as if it were run (same errors), then the
+/// planner's preview over the view. Nothing is written.
+fn deployment_plan(
+    state: &AppState,
+    name: &str,
+    target: DeployTarget,
+    ids: &Ids,
+) -> Result<DeploymentPlan, ApiError> {
+    let view = state.view.read();
+    let stored = crate::environments::from_view(&view, name)
+        .ok_or_else(|| ApiError::missing(Resource::Environment, name))?;
+    let snapshot = &stored.snapshot;
+    lifecycle::deploy(snapshot, target.clone(), ids.fresh()).map_err(ApiError::from)?;
+    let DeployTarget::Revision { number, rollback } = target else {
+        unreachable!("the v1.0 API deploys revisions by number")
+    };
+    let revision = snapshot
+        .revision(number)
+        .ok_or_else(|| ApiError::missing(Resource::Revision, &number.to_string()))?;
+    let empty = blox_model::daemon::ClusterView::default();
+    let cluster = view.clusters.get(&stored.cluster).unwrap_or(&empty);
+    let deployment_ids = snapshot.deployment_ids();
+    let health_checked = snapshot.health_checked();
+    let preview = daemon::preview(&PreviewInput {
+        environment: stored.environment(),
+        revision,
+        deployment_ids: &deployment_ids,
+        health_checked: &health_checked,
+        cluster,
+        rollback,
+        now_ms: ids.now_ms,
+        calls_per_second: state.calls_per_second,
+    });
+    Ok(DeploymentPlan {
+        dry_run: true,
+        environment_name: name.to_owned(),
+        environment_revision_id: RevisionId(revision.number),
+        task_definition: revision.task_definition.clone(),
+        deployment_method: revision.deployment_method.name().to_owned(),
+        eligible: preview.eligible,
+        floor: preview.floor,
+        surge: preview.surge,
+        canary_instances: preview.canary.clone(),
+        instances: preview
+            .instances
+            .iter()
+            .map(|(arn, action, reason)| PlannedInstance {
+                container_instance_arn: arn.clone(),
+                action: action.name().to_owned(),
+                reason: reason.map(|r| r.to_string()),
+            })
+            .collect(),
+        batches: preview
+            .batches
+            .iter()
+            .map(|b| PlannedBatch {
+                starts: b.starts.clone(),
+                stops: b
+                    .stops
+                    .iter()
+                    .map(|(instance, task, reason)| PlannedStop {
+                        task_arn: task.clone(),
+                        container_instance_arn: instance.clone(),
+                        reason: reason.to_string(),
+                    })
+                    .collect(),
+                after_promotion: b.after_promotion,
+            })
+            .collect(),
+        complete: preview.complete,
+        stalled_reason: preview.stalled.clone(),
+        start_task_calls: preview.start_calls,
+        stop_task_calls: preview.stop_calls,
+        calls_per_second: state.calls_per_second,
+        estimated_seconds: (preview.estimated_seconds * 10.0).round() / 10.0,
+    })
 }
 
 /// Roll back: a deployment of the given revision, or by default of the revision of the last deployment

@@ -247,6 +247,7 @@ pub async fn serve(
         v03_errors: options.v03_errors,
         gates: Gates::new(options.limits.clone()),
         auth: options.auth.clone(),
+        calls_per_second: options.scheduler.calls_per_second,
     };
     let tls = options.tls.clone();
 

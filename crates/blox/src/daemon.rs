@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use blox_api::{
-    AttributeBody, CanaryBody, CreateEnvironment, DeploymentConfigurationBody, DeploymentV1,
+    AttributeBody, CanaryBody, CreateEnvironment, DeploymentConfigurationBody, DeploymentPlan, DeploymentV1,
     EnvironmentRevision, EnvironmentV1, InstanceGroup, PageQuery, RevisionId, TaskCounts, UpdateEnvironment,
 };
 use blox_client::{Client, ClientError};
@@ -30,6 +30,7 @@ pub mod exit {
     pub const STOPPED: u8 = 4;
     pub const SUPERSEDED: u8 = 5;
     pub const ROLLED_BACK: u8 = 6;
+    pub const AWAITING_PROMOTION: u8 = 7;
 }
 
 const WAIT_HELP: &str = "\
@@ -40,7 +41,8 @@ Exit codes with --wait:
   3  the deployment failed (an automatic rollback's id is printed)
   4  the deployment was stopped
   5  the deployment was superseded by a newer one
-  6  the deployment was rolled back";
+  6  the deployment was rolled back
+  7  the deployment's canary awaits promotion (`blox deploy promote ENV ID`)";
 
 const STATUS_HELP: &str = "\
 ACTIVE is the revision last fully deployed, TARGET the active deployment's; STATUS is the active
@@ -339,7 +341,38 @@ pub enum DeployCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
-    /// Stop a pending or running deployment: progress halts, tasks are left as they are.
+    /// Show what deploying a revision would do now, without doing it: per instance keep / start /
+    /// replace / stop, the batches in order, the floor and surge, the canary, an estimated duration.
+    Plan {
+        env: String,
+        /// The revision to plan (default: the latest).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        revision: Option<u64>,
+        /// Plan a revision older than the active one (a rollback).
+        #[arg(long)]
+        rollback: bool,
+        /// List every batch's instances, not only their counts.
+        #[arg(long)]
+        verbose: bool,
+        #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Promote a deployment's canary: the rollout goes on to the rest of the fleet.
+    #[command(after_help = WAIT_HELP)]
+    Promote {
+        env: String,
+        deployment_id: String,
+        /// Follow the deployment until it ends; the exit code says how it ended.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        locate: Locate,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Stop a deployment in progress: progress halts, tasks are left as they are.
     Stop {
         env: String,
         deployment_id: String,
@@ -611,7 +644,8 @@ impl Status {
     fn render(&self) -> String {
         let env = &self.environment;
         let active = self.active();
-        let in_progress = active.is_some_and(|d| matches!(d.status.as_str(), "pending" | "running"));
+        let in_progress =
+            active.is_some_and(|d| matches!(d.status.as_str(), "pending" | "running" | "awaiting-promotion"));
         let target = active.map(|d| d.environment_revision_id);
         // The revision last fully deployed: that of the newest deployment that ever completed (a
         // completed deployment that was rolled back since still has it in its history).
@@ -634,6 +668,7 @@ impl Status {
                 "DESIRED",
                 "HEALTHY",
                 "TOTAL",
+                "UNCOVERED",
             ],
             &[vec![
                 env.environment_name.clone(),
@@ -643,8 +678,24 @@ impl Status {
                 env.counts.desired.to_string(),
                 env.counts.healthy.to_string(),
                 env.counts.total.to_string(),
+                env.uncovered.to_string(),
             ]],
         );
+        if !env.uncovered_instances.is_empty() {
+            let grace = env
+                .deployment_configuration
+                .coverage_grace_seconds
+                .unwrap_or_default();
+            let since: Vec<String> = env
+                .uncovered_instances
+                .iter()
+                .map(|u| format!("{} (since {})", short_arn(&u.container_instance_arn), u.since))
+                .collect();
+            out.push_str(&format!(
+                "Uncovered (no healthy daemon of the target for over {grace} s): {}\n",
+                since.join(", ")
+            ));
+        }
 
         let target_revision =
             target.and_then(|t| self.revisions.iter().find(|r| r.environment_revision_id == t));
@@ -772,6 +823,8 @@ async fn status(client: &Client, cluster: &str, name: &str, watch: bool, json: b
 
 // ---- deploy --wait ---------------------------------------------------------------------------------
 
+/// Not pending or running: finished, or (awaiting promotion) waiting on a person, which following
+/// further would only hang on.
 fn ended(d: &DeploymentV1) -> bool {
     !matches!(d.status.as_str(), "pending" | "running")
 }
@@ -837,6 +890,95 @@ async fn follow(
     }
 }
 
+/// A deployment's plan, for a person: the numbers first, then the batches, then the instances.
+fn show_plan(plan: &DeploymentPlan, verbose: bool) {
+    let count = |action: &str| plan.instances.iter().filter(|i| i.action == action).count();
+    let mut fields = vec![
+        (
+            "Revision",
+            format!(
+                "{} ({}), {}",
+                plan.environment_revision_id.0,
+                short_arn(&plan.task_definition),
+                plan.deployment_method
+            ),
+        ),
+        (
+            "Instances",
+            format!(
+                "{} eligible: {} keep, {} start, {} replace, {} stop, {} wait",
+                plan.eligible,
+                count("keep"),
+                count("start"),
+                count("replace"),
+                count("stop"),
+                count("wait")
+            ),
+        ),
+        (
+            "Floor / surge",
+            format!("{} healthy at least / {} doubled at most", plan.floor, plan.surge),
+        ),
+    ];
+    if let Some(canary) = &plan.canary_instances {
+        fields.push((
+            "Canary",
+            canary.iter().map(|a| short_arn(a)).collect::<Vec<_>>().join(", "),
+        ));
+    }
+    fields.push((
+        "Batches",
+        format!(
+            "{} ({} StartTask and {} StopTask calls at {}/s each)",
+            plan.batches.len(),
+            plan.start_task_calls,
+            plan.stop_task_calls,
+            plan.calls_per_second
+        ),
+    ));
+    fields.push((
+        "Estimate",
+        format!(
+            "{:.1} s, plus image pulls and health checks",
+            plan.estimated_seconds
+        ),
+    ));
+    fields.push((
+        "Outcome",
+        match &plan.stalled_reason {
+            None => "completes".to_owned(),
+            Some(reason) => format!("stalls: {reason}"),
+        },
+    ));
+    print_fields(&fields);
+    println!();
+    for (i, batch) in plan.batches.iter().enumerate() {
+        if batch.after_promotion {
+            println!("  -- promotion of the canary --");
+        }
+        let mut line = format!(
+            "  {:>3}. start {:>4}  stop {:>4}",
+            i + 1,
+            batch.starts.len(),
+            batch.stops.len()
+        );
+        if verbose {
+            let starts: Vec<String> = batch.starts.iter().map(|a| short_arn(a)).collect();
+            let stops: Vec<String> = batch
+                .stops
+                .iter()
+                .map(|s| short_arn(&s.container_instance_arn))
+                .collect();
+            line.push_str(&format!(
+                "  start [{}]  stop [{}]",
+                starts.join(" "),
+                stops.join(" ")
+            ));
+        }
+        println!("{line}");
+    }
+}
+
 /// Starts (already done) and, with `wait`, follows a deployment; the outcome decides the exit code.
 async fn started(
     client: &Client,
@@ -889,6 +1031,15 @@ async fn started(
         "stopped" => exit::STOPPED,
         "superseded" => exit::SUPERSEDED,
         "rolled-back" => exit::ROLLED_BACK,
+        "awaiting-promotion" => {
+            if !json {
+                println!(
+                    "deployment {id}: {reason}; promote it with `blox deploy promote {env} {id}`, or stop or roll it back",
+                    id = done.deployment_id
+                );
+            }
+            exit::AWAITING_PROMOTION
+        }
         other => anyhow::bail!("deployment {} ended {other}: {reason}", done.deployment_id),
     };
     for f in &done.failures {
@@ -1136,6 +1287,54 @@ pub async fn deploy(command: DeployCommand) -> Result<()> {
             let revision = revision.map(RevisionId);
             let deployment = client.v1().rollback(&cluster, &env, revision).await?.deployment;
             started(&client, &cluster, &env, deployment, wait, endpoint.json).await
+        }
+        DeployCommand::Plan {
+            env,
+            revision,
+            rollback,
+            verbose,
+            locate,
+            endpoint,
+        } => {
+            let (client, cluster) = connect(&endpoint, &env, &locate).await?;
+            let revision = match revision {
+                Some(n) => RevisionId(n),
+                None => {
+                    client
+                        .v1()
+                        .describe_environment(&cluster, &env)
+                        .await?
+                        .environment
+                        .latest_environment_revision_id
+                }
+            };
+            let plan = client
+                .v1()
+                .plan_deployment(&cluster, &env, revision, rollback)
+                .await?;
+            if endpoint.json {
+                return print_json(&plan);
+            }
+            show_plan(&plan, verbose);
+            Ok(())
+        }
+        DeployCommand::Promote {
+            env,
+            deployment_id,
+            wait,
+            locate,
+            endpoint,
+        } => {
+            let (client, cluster) = connect(&endpoint, &env, &locate).await?;
+            let promoted = client
+                .v1()
+                .promote_deployment(&cluster, &env, &deployment_id)
+                .await?;
+            if !wait && !endpoint.json {
+                println!("deployment {deployment_id} promoted: rolling out to the rest of the fleet");
+                return Ok(());
+            }
+            started(&client, &cluster, &env, promoted.deployment, wait, endpoint.json).await
         }
         DeployCommand::Stop {
             env,

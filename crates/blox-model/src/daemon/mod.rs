@@ -12,8 +12,12 @@ mod config;
 mod docs;
 pub mod lifecycle;
 mod plan;
+mod preview;
 mod time;
 mod view;
+
+/// ECS limit: container instances per StartTask call.
+pub const START_TASK_BATCH: usize = 10;
 
 pub use config::{
     Canary, CanaryPatch, ConfigPatch, DEFAULT_COVERAGE_GRACE_SECONDS, DEFAULT_MAX_OVER_PERCENT,
@@ -29,6 +33,7 @@ pub use plan::{
     Active, CanaryPlan, FailedTask, Fleet, IntentRef, IntentState, Plan, PlanInput, Stop, StopReason,
     Uncovered, plan,
 };
+pub use preview::{Action, Preview, PreviewBatch, PreviewInput, preview};
 pub use time::parse_rfc3339_ms;
 pub use view::{
     ClusterView, GroupTasks, HealthStatus, InstanceStatus, InstanceSubject, InstanceView, TaskStatus,

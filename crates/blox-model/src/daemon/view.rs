@@ -723,6 +723,54 @@ impl ClusterView {
     pub fn task_count(&self) -> usize {
         self.homes.len()
     }
+
+    /// Changes a task of a scheduler group in place: a preview's what-if (ECS stopped it).
+    pub fn update_task(&mut self, arn: &str, change: impl FnOnce(&mut TaskView)) {
+        let Some((group, place)) = self.homes.get(arn).cloned() else {
+            return;
+        };
+        if let Some(task) = self
+            .groups
+            .get_mut(&group)
+            .and_then(|tasks| tasks.place_mut(&place).iter_mut().find(|t| &*t.arn == arn))
+        {
+            change(task);
+        }
+    }
+
+    /// Adds a task RUNNING and HEALTHY since `at_ms`: a preview's what-if (ECS started it).
+    pub fn add_started_task(
+        &mut self,
+        arn: &str,
+        instance: &str,
+        group: &str,
+        started_by: &str,
+        task_definition: &str,
+        at_ms: u64,
+    ) {
+        let at = crate::emit::rfc3339_millis(at_ms);
+        let task = Task {
+            cluster_arn: String::new(),
+            container_instance_arn: Some(instance.to_owned()),
+            containers: Vec::new(),
+            created_at: Some(at.clone()),
+            desired_status: "RUNNING".to_owned(),
+            last_status: "RUNNING".to_owned(),
+            overrides: Default::default(),
+            task_arn: arn.to_owned(),
+            task_definition_arn: task_definition.to_owned(),
+            started_at: Some(at.clone()),
+            started_by: Some(started_by.to_owned()),
+            stopped_at: None,
+            stopped_reason: None,
+            group: Some(group.to_owned()),
+            launch_type: Some("EC2".to_owned()),
+            version: 0,
+            updated_at: Some(at),
+            health_status: Some("HEALTHY".to_owned()),
+        };
+        self.upsert_task(&task, at_ms);
+    }
 }
 
 #[cfg(test)]
