@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use aws_sdk_cloudwatch::config::interceptors::BeforeSerializationInterceptorContextRef;
 use aws_sdk_cloudwatch::config::{ConfigBag, Intercept};
 use aws_sdk_cloudwatch::operation::describe_alarms::DescribeAlarmsInput;
-use aws_sdk_cloudwatch::types::{AlarmType, ComparisonOperator, StateValue, Statistic};
+use aws_sdk_cloudwatch::types::{AlarmType, StateValue};
 use aws_sdk_ecs::types as sdk;
 use blox_aws::{
     ALARM_BATCH, AlarmErrorKind, AlarmReader, AlarmStateValue, ClusterDescription, ConfigError,
@@ -827,34 +827,6 @@ async fn sqs_unknown_queue_name_fails_to_open() {
     );
 }
 
-/// Creates a metric alarm (moto starts it in OK; CloudWatch in INSUFFICIENT_DATA).
-async fn put_alarm(cloudwatch: &aws_sdk_cloudwatch::Client, name: &str) {
-    cloudwatch
-        .put_metric_alarm()
-        .alarm_name(name)
-        .namespace("AWS/ECS")
-        .metric_name("CPUUtilization")
-        .statistic(Statistic::Average)
-        .period(60)
-        .evaluation_periods(1)
-        .threshold(90.0)
-        .comparison_operator(ComparisonOperator::GreaterThanThreshold)
-        .send()
-        .await
-        .expect("put metric alarm");
-}
-
-async fn set_alarm(cloudwatch: &aws_sdk_cloudwatch::Client, name: &str, state: StateValue, reason: &str) {
-    cloudwatch
-        .set_alarm_state()
-        .alarm_name(name)
-        .state_value(state)
-        .state_reason(reason)
-        .send()
-        .await
-        .expect("set alarm state");
-}
-
 fn names(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -900,8 +872,9 @@ async fn alarms_report_states_reasons_and_changes() {
     let config = moto.sdk_config().await;
     let alarms = SdkAlarms::new(&config);
     let cloudwatch = alarms.client();
+    let fx = EcsFixture::new(&moto).await;
     for name in ["web-cpu", "web-5xx", "web-latency"] {
-        put_alarm(cloudwatch, name).await;
+        fx.put_alarm(name).await.unwrap();
     }
 
     // Asked order, each once; unknown names are absent.
@@ -918,14 +891,12 @@ async fn alarms_report_states_reasons_and_changes() {
     assert!(states.iter().all(|a| a.reason.is_some()), "{states:?}");
     let before = states[1].updated_at_ms.expect("moto sends StateUpdatedTimestamp");
 
-    set_alarm(
-        cloudwatch,
-        "web-cpu",
-        StateValue::Alarm,
-        "CPU above 90% for 1 minute",
-    )
-    .await;
-    set_alarm(cloudwatch, "web-latency", StateValue::InsufficientData, "no data").await;
+    fx.set_alarm_state("web-cpu", StateValue::Alarm, "CPU above 90% for 1 minute")
+        .await
+        .unwrap();
+    fx.set_alarm_state("web-latency", StateValue::InsufficientData, "no data")
+        .await
+        .unwrap();
     let states = alarms
         .alarm_states(&names(&["web-cpu", "web-5xx", "web-latency"]))
         .await
@@ -939,7 +910,9 @@ async fn alarms_report_states_reasons_and_changes() {
     assert_eq!(by_name("web-latency").state, AlarmStateValue::InsufficientData);
 
     // Back to OK, as when the metric recovers.
-    set_alarm(cloudwatch, "web-cpu", StateValue::Ok, "recovered").await;
+    fx.set_alarm_state("web-cpu", StateValue::Ok, "recovered")
+        .await
+        .unwrap();
     let cpu = alarms.alarm_states(&names(&["web-cpu"])).await.unwrap();
     assert_eq!(cpu[0].state, AlarmStateValue::Ok);
     assert_eq!(cpu[0].reason.as_deref(), Some("recovered"));
@@ -973,7 +946,8 @@ async fn alarms_of_no_names_make_no_call() {
     let moto = Moto::start().await.unwrap();
     let calls = DescribeAlarmsCalls::default();
     let alarms = calls.alarms(&moto).await;
-    put_alarm(alarms.client(), "exists").await;
+    let fx = EcsFixture::new(&moto).await;
+    fx.put_alarm("exists").await.unwrap();
     // DescribeAlarms without names would describe every alarm of the account.
     assert!(alarms.alarm_states(&[]).await.unwrap().is_empty());
     assert!(calls.inputs().is_empty());
@@ -984,12 +958,15 @@ async fn alarms_beyond_a_batch_are_described_in_batches_of_100() {
     let moto = Moto::start().await.unwrap();
     let calls = DescribeAlarmsCalls::default();
     let alarms = calls.alarms(&moto).await;
+    let fx = EcsFixture::new(&moto).await;
     let all: Vec<String> = (0..120).map(|i| format!("svc-{i:03}")).collect();
     for name in &all {
-        put_alarm(alarms.client(), name).await;
+        fx.put_alarm(name).await.unwrap();
     }
     for name in ["svc-007", "svc-110"] {
-        set_alarm(alarms.client(), name, StateValue::Alarm, "breached").await;
+        fx.set_alarm_state(name, StateValue::Alarm, "breached")
+            .await
+            .unwrap();
     }
 
     let mut asked = all.clone();
@@ -1092,7 +1069,7 @@ async fn config_honours_service_specific_endpoints() {
     let fx = EcsFixture::new(&moto).await;
     fx.create_cluster("via-env").await.unwrap();
     fx.create_queue("via-env").await.unwrap();
-    put_alarm(SdkAlarms::new(&moto.sdk_config().await).client(), "via-env").await;
+    fx.put_alarm("via-env").await.unwrap();
     let mut env: Vec<(String, String)> = moto
         .env()
         .into_iter()

@@ -290,12 +290,15 @@ impl Scheduler {
 
     /// The first of the active deployment's alarms in ALARM, read at most every `alarm_interval`
     /// while the deployment is in progress. A failed read fails nothing (CloudWatch's trouble is not
-    /// the deployment's): it is logged, counted and tried again at the next interval.
+    /// the deployment's): it is logged, counted and tried again at the next interval. A rollback is
+    /// not watched: it restores a revision that ran before, most often while the alarm that failed
+    /// the deployment it undoes is still in ALARM.
     async fn alarm_in_alarm(&self, stored: &Stored, report: &mut PassReport) -> Option<String> {
         let active = stored.snapshot.active()?;
         let revision = stored.snapshot.revision(active.revision)?;
         let names = &revision.deployment_configuration.alarms;
-        if names.is_empty() || !active.status.in_progress() || stored.environment().frozen {
+        if names.is_empty() || active.rollback || !active.status.in_progress() || stored.environment().frozen
+        {
             return None;
         }
         let now = self.now();

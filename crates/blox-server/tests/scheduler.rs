@@ -18,8 +18,8 @@ use blox_model::daemon::lifecycle::{
     self, CreateEnvironment, DeployTarget, Fresh, TaskDefinitionRef, UpdateEnvironment,
 };
 use blox_model::daemon::{
-    ConfigPatch, Deployment, DeploymentMethod, DeploymentStatus, Doc, Environment, InstanceFailure,
-    InstanceSelection, StartIntent,
+    CanaryPatch, ConfigPatch, Deployment, DeploymentMethod, DeploymentStatus, Doc, Environment,
+    InstanceFailure, InstanceSelection, StartIntent,
 };
 use blox_model::{ClusterName, Task};
 use blox_server::environments::{self, Depth};
@@ -1054,4 +1054,179 @@ async fn a_group_change_starts_and_stops_only_the_difference() {
     for instance in &world.instances[12..20] {
         assert_eq!(after[instance][0].started_by.as_deref(), Some(second.as_str()));
     }
+}
+
+impl World {
+    /// A new revision on `task_definition` with `configuration` over the latest's.
+    async fn update_with(&self, task_definition: &str, configuration: ConfigPatch) {
+        let update = UpdateEnvironment {
+            task_definition: Some(TaskDefinitionRef {
+                arn: task_definition.into(),
+                health_checks: false,
+            }),
+            configuration,
+            ..UpdateEnvironment::default()
+        };
+        self.command(|stored| {
+            lifecycle::update_environment(&stored.expect("env").snapshot, update.clone(), self.fresh(""))
+        })
+        .await;
+    }
+
+    /// Task ARN by instance, of the environment's live tasks.
+    fn task_arns(&self) -> BTreeMap<String, String> {
+        self.live()
+            .into_iter()
+            .map(|(instance, tasks)| (instance, tasks[0].task_arn.clone()))
+            .collect()
+    }
+}
+
+fn canary_of(instances: i64) -> ConfigPatch {
+    ConfigPatch {
+        canary: Some(CanaryPatch {
+            instances: Some(instances),
+            ..CanaryPatch::default()
+        }),
+        ..ConfigPatch::default()
+    }
+}
+
+/// A canary of 2 on 20 instances: the two are replaced, the deployment waits for promotion while
+/// the other 18 keep their tasks and an instance that joins meanwhile gets nothing; promoted, it
+/// completes on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_waits_for_promotion_then_completes() {
+    let world = world(20).await;
+    let scheduler = world.scheduler();
+    let first = world.deploy_first().await;
+    let pass_until = |what: &'static str, done: &'static (dyn Fn(&World) -> bool + Sync)| {
+        let (world, scheduler) = (&world, &scheduler);
+        async move {
+            wait_until(what, DEADLINE, || async {
+                scheduler.pass().await;
+                done(world)
+            })
+            .await;
+        }
+    };
+    pass_until("the first deployment completes", &|w| {
+        w.converged(&w.instances, &w.td1)
+    })
+    .await;
+    wait_until("the first deployment is completed", DEADLINE, || async {
+        scheduler.pass().await;
+        world
+            .deployment(&first)
+            .await
+            .is_some_and(|d| d.status == DeploymentStatus::Completed)
+    })
+    .await;
+    let before = world.task_arns();
+
+    world.update_with(&world.td2.clone(), canary_of(2)).await;
+    let second = world.deploy(2).await;
+    wait_until("the canary awaits promotion", DEADLINE, || async {
+        scheduler.pass().await;
+        world.assert_at_most_one_per_instance();
+        world
+            .deployment(&second)
+            .await
+            .is_some_and(|d| d.status == DeploymentStatus::AwaitingPromotion)
+    })
+    .await;
+    let deployment = world.deployment(&second).await.expect("deployment");
+    let canary = deployment.canary_instances.clone().expect("a recorded canary");
+    assert_eq!(canary.len(), 2);
+    let live = world.live();
+    for (instance, tasks) in &live {
+        let want = if canary.contains(instance) {
+            &world.td2
+        } else {
+            &world.td1
+        };
+        assert_eq!(&tasks[0].task_definition_arn, want, "{instance}");
+        if !canary.contains(instance) {
+            assert_eq!(tasks[0].task_arn, before[instance], "{instance} was left alone");
+        }
+    }
+
+    // An instance that joins while the canary waits gets nothing before the promotion.
+    let joined = world.sim.write(|ecs, now| {
+        ecs.register_container_instance(CLUSTER, NewInstance::ec2("m5.large", "us-east-1a"), now)
+            .expect("instance")
+            .container_instance_arn
+            .clone()
+    });
+    wait_until("the view has the new instance", DEADLINE, || async {
+        world.view.read().clusters[&world.cluster]
+            .instance(&joined)
+            .is_some()
+    })
+    .await;
+    scheduler.pass().await;
+    scheduler.pass().await;
+    assert!(
+        !world.live().contains_key(&joined),
+        "nothing starts before the promotion"
+    );
+    assert!(world.records::<StartIntent>(Kind::Intent).await.is_empty());
+    assert_eq!(
+        world.deployment(&second).await.expect("deployment").status,
+        DeploymentStatus::AwaitingPromotion
+    );
+
+    world
+        .command(|stored| lifecycle::promote(&stored.expect("env").snapshot, &second, world.sim.now_ms()))
+        .await;
+    let mut all = world.instances.clone();
+    all.push(joined);
+    wait_until("the promoted deployment completes", DEADLINE, || async {
+        scheduler.pass().await;
+        world.assert_at_most_one_per_instance();
+        world
+            .deployment(&second)
+            .await
+            .is_some_and(|d| d.status == DeploymentStatus::Completed)
+    })
+    .await;
+    assert!(world.converged(&all, &world.td2));
+}
+
+/// A canary whose task cannot be placed fails the deployment; the rollback restores the canary
+/// instances, and no other instance was ever touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_canary_fails_and_rolls_back_touching_only_the_canary() {
+    let world = world(20).await;
+    let _engine = world.engine(options());
+    let first = world.deploy_first().await;
+    world.wait_status(&first, DeploymentStatus::Completed).await;
+    let before = world.task_arns();
+
+    let mut patch = canary_of(2);
+    patch.failure_threshold = Some(2);
+    world.update_with(&world.big.clone(), patch).await;
+    let second = world.deploy(2).await;
+    world.wait_status(&second, DeploymentStatus::Failed).await;
+    let failed = world.deployment(&second).await.expect("deployment");
+    let canary = failed.canary_instances.clone().expect("a recorded canary");
+    let rollback = failed.rolled_back_by.clone().expect("an automatic rollback");
+    world.wait_status(&rollback, DeploymentStatus::Completed).await;
+    wait_until(
+        "every instance runs the first revision again",
+        DEADLINE,
+        || async { world.converged(&world.instances, &world.td1) },
+    )
+    .await;
+    let after = world.task_arns();
+    let touched: Vec<&String> = world
+        .instances
+        .iter()
+        .filter(|i| before[*i] != after[*i])
+        .collect();
+    assert!(
+        touched.iter().all(|i| canary.contains(i)),
+        "only canary instances changed: {touched:?}, canary {canary:?}"
+    );
+    assert!(touched.len() <= 2);
 }

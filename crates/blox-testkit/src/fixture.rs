@@ -19,6 +19,7 @@ const AMI: &str = "ami-12c6146b";
 pub struct EcsFixture {
     pub ecs: aws_sdk_ecs::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     endpoint: String,
     http: reqwest::Client,
 }
@@ -29,11 +30,49 @@ impl EcsFixture {
         EcsFixture {
             ecs: aws_sdk_ecs::Client::new(&config),
             sqs: aws_sdk_sqs::Client::new(&config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
             endpoint: moto.endpoint(),
             http: crate::http_client()
                 .build()
                 .expect("an HTTP client without options builds"),
         }
+    }
+
+    /// Creates a CloudWatch metric alarm (moto starts it in OK; CloudWatch in INSUFFICIENT_DATA).
+    pub async fn put_alarm(&self, name: &str) -> anyhow::Result<()> {
+        use aws_sdk_cloudwatch::types::{ComparisonOperator, Statistic};
+        self.cloudwatch
+            .put_metric_alarm()
+            .alarm_name(name)
+            .namespace("AWS/ECS")
+            .metric_name("CPUUtilization")
+            .statistic(Statistic::Average)
+            .period(60)
+            .evaluation_periods(1)
+            .threshold(90.0)
+            .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+            .send()
+            .await
+            .with_context(|| format!("PutMetricAlarm {name}"))?;
+        Ok(())
+    }
+
+    /// Sets an alarm's state (`SetAlarmState`), as CloudWatch would on a breach.
+    pub async fn set_alarm_state(
+        &self,
+        name: &str,
+        state: aws_sdk_cloudwatch::types::StateValue,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        self.cloudwatch
+            .set_alarm_state()
+            .alarm_name(name)
+            .state_value(state)
+            .state_reason(reason)
+            .send()
+            .await
+            .with_context(|| format!("SetAlarmState {name}"))?;
+        Ok(())
     }
 
     /// Creates a cluster; returns its ARN.

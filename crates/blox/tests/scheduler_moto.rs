@@ -505,3 +505,180 @@ async fn killed_mid_deployment_converges_without_duplicates() {
         ever.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
     );
 }
+
+/// A deployment's CloudWatch alarm set to ALARM mid-rollout (moto's SetAlarmState) fails it with the
+/// alarm's name, and the automatic rollback, which is not watched, restores the first revision.
+#[tokio::test]
+async fn an_alarm_in_alarm_fails_the_deployment_and_rolls_back() {
+    let h = Harness::new().await;
+    h.ecs.create_cluster("prod").await.unwrap();
+    h.ecs.register_task_definition("agent").await.unwrap();
+    h.ecs.register_task_definition("agent").await.unwrap();
+    let instances = h.ecs.register_instances("prod", 4).await.unwrap();
+    h.ecs.put_alarm("agent-errors").await.unwrap();
+    let blox = h.blox(&h.moto.env()).await;
+    let env = "/v1/prod/environments/agent";
+    blox.ok(
+        Method::POST,
+        "/v1/prod/environments",
+        Some(json!({
+            "environmentName": "agent",
+            "taskDefinition": "agent:1",
+            "deploymentConfiguration": {"minHealthyPercent": 50, "alarms": ["agent-errors"]},
+        })),
+    )
+    .await;
+    let first = blox.deploy("agent", 1).await;
+    blox.wait_completed("agent", &first, 4).await;
+
+    // Revision 2 bakes for two minutes: the deployment is still running when the alarm goes off.
+    blox.ok(
+        Method::PUT,
+        env,
+        Some(json!({"taskDefinition": "agent:2", "deploymentConfiguration": {"minHealthySeconds": 120}})),
+    )
+    .await;
+    let second = blox.deploy("agent", 2).await;
+    wait_until("the second deployment runs", DEADLINE, || async {
+        blox.deployment("agent", &second).await["status"] == "running"
+    })
+    .await;
+    h.ecs
+        .set_alarm_state(
+            "agent-errors",
+            aws_sdk_cloudwatch::types::StateValue::Alarm,
+            "errors above 5%",
+        )
+        .await
+        .unwrap();
+    wait_until("the alarm fails the deployment", DEADLINE, || async {
+        blox.deployment("agent", &second).await["status"] == "failed"
+    })
+    .await;
+    let failed = blox.deployment("agent", &second).await;
+    assert_eq!(
+        failed["statusReason"], "alarm agent-errors is in ALARM",
+        "{failed}"
+    );
+    let rollback = failed["rolledBackBy"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an automatic rollback: {failed}"))
+        .to_owned();
+    blox.wait_completed("agent", &rollback, 4).await;
+    wait_until("revision 1 runs everywhere again", DEADLINE, || async {
+        h.converged("prod", "agent", &instances, &rollback, "agent:1")
+            .await
+    })
+    .await;
+    assert!(
+        blox.counter("blox_scheduler_alarm_checks_total").await >= 2,
+        "the alarm was read"
+    );
+}
+
+/// On a quiet fleet, a deployment's plan (`dryRun=true`) is what the deployment then does: the same
+/// instances replaced and stopped, as many tasks started; and the dry run itself writes nothing.
+#[tokio::test]
+async fn a_plan_is_what_the_deployment_then_does() {
+    let h = Harness::new().await;
+    h.ecs.create_cluster("prod").await.unwrap();
+    h.ecs.register_task_definition("agent").await.unwrap();
+    h.ecs.register_task_definition("agent").await.unwrap();
+    let instances = h.ecs.register_instances("prod", 5).await.unwrap();
+    let blox = h.blox(&h.moto.env()).await;
+    let env = "/v1/prod/environments/agent";
+    blox.ok(
+        Method::POST,
+        "/v1/prod/environments",
+        Some(json!({
+            "environmentName": "agent",
+            "taskDefinition": "agent:1",
+            "deploymentConfiguration": {"minHealthyPercent": 60},
+        })),
+    )
+    .await;
+    let first = blox.deploy("agent", 1).await;
+    blox.wait_completed("agent", &first, 5).await;
+
+    // Revision 2 leaves the last instance out of the group (by its EC2 id) and runs agent:2.
+    let leaving = &instances[4];
+    let described = blox
+        .ok(Method::GET, &format!("/v1/instances/prod/{leaving}"), None)
+        .await;
+    let ec2 = described["entity"]["EC2InstanceID"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an EC2 instance id: {described}"))
+        .to_owned();
+    blox.ok(
+        Method::PUT,
+        env,
+        Some(json!({
+            "taskDefinition": "agent:2",
+            "instanceGroup": {"query": format!("ec2InstanceId != {ec2}")},
+        })),
+    )
+    .await;
+    let before = h.live("prod", "agent").await;
+    let started_before: usize = h.ever_started("prod", "agent").await.values().sum();
+    let plan = blox
+        .ok(
+            Method::POST,
+            &format!("{env}/deployments?revisionId=2&dryRun=true"),
+            None,
+        )
+        .await;
+    assert_eq!(plan["dryRun"], true, "{plan}");
+    assert_eq!(plan["complete"], true, "{plan}");
+    assert_eq!(
+        (plan["eligible"].as_u64(), plan["floor"].as_u64()),
+        (Some(4), Some(3))
+    );
+    let planned: BTreeMap<String, String> = plan["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["containerInstanceArn"].as_str().unwrap().to_owned(),
+                i["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let planned_starts: usize = plan["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["starts"].as_array().unwrap().len())
+        .sum();
+    // Nothing was written or started by the dry run.
+    let deployments = blox.ok(Method::GET, &format!("{env}/deployments"), None).await;
+    assert_eq!(
+        deployments["deploymentIds"].as_array().unwrap().len(),
+        1,
+        "{deployments}"
+    );
+    assert_eq!(
+        h.ever_started("prod", "agent").await.values().sum::<usize>(),
+        started_before
+    );
+
+    let second = blox.deploy("agent", 2).await;
+    blox.wait_completed("agent", &second, 4).await;
+    let after = h.live("prod", "agent").await;
+    let done: BTreeMap<String, String> = instances
+        .iter()
+        .map(|i| {
+            let action = match (before.get(i), after.get(i)) {
+                (Some(b), Some(a)) if b[0].task_arn == a[0].task_arn => "keep",
+                (Some(_), Some(_)) => "replace",
+                (None, Some(_)) => "start",
+                (Some(_), None) => "stop",
+                (None, None) => "wait",
+            };
+            (i.clone(), action.to_owned())
+        })
+        .collect();
+    assert_eq!(planned, done, "{plan}");
+    let started = h.ever_started("prod", "agent").await.values().sum::<usize>() - started_before;
+    assert_eq!(planned_starts, started, "{plan}");
+}
