@@ -199,8 +199,7 @@ pub struct InstanceQuery {
     pub next_token: Option<String>,
     /// blox's addition: only instances matching this cluster query (ECS's cluster query language,
     /// e.g. `attribute:ecs.instance-type =~ m5.* and task:group != batch`), answered from memory.
-    /// A page of a filtered listing may hold fewer than `maxResults` instances; its `nextToken`
-    /// serves only the same filter.
+    /// A filtered listing's `nextToken` serves only the same filter.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[param(min_length = 1, max_length = 4096)]
     pub filter: Option<String>,
