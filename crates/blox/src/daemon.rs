@@ -47,7 +47,7 @@ Exit codes with --wait:
 const STATUS_HELP: &str = "\
 ACTIVE is the revision last fully deployed, TARGET the active deployment's; STATUS is the active
 deployment's status, or Frozen or Deleting. Revision statuses: Created (never deployed); for the
-target, Pending, Deploying, Active, Failed or Stopped (its deployment's); for other revisions with
+target, Pending, Deploying, AwaitingPromotion, Active, Failed or Stopped (its deployment's); for other revisions with
 tasks, Undeploying or Reverting (being replaced) or Running (left by a deployment that did not
 complete).";
 
@@ -668,7 +668,6 @@ impl Status {
                 "DESIRED",
                 "HEALTHY",
                 "TOTAL",
-                "UNCOVERED",
             ],
             &[vec![
                 env.environment_name.clone(),
@@ -678,24 +677,26 @@ impl Status {
                 env.counts.desired.to_string(),
                 env.counts.healthy.to_string(),
                 env.counts.total.to_string(),
-                env.uncovered.to_string(),
             ]],
         );
-        if !env.uncovered_instances.is_empty() {
-            let grace = env
-                .deployment_configuration
-                .coverage_grace_seconds
-                .unwrap_or_default();
-            let since: Vec<String> = env
-                .uncovered_instances
-                .iter()
-                .map(|u| format!("{} (since {})", short_arn(&u.container_instance_arn), u.since))
-                .collect();
-            out.push_str(&format!(
-                "Uncovered (no healthy daemon of the target for over {grace} s): {}\n",
-                since.join(", ")
-            ));
+        // Coverage on a line of its own, below the table the deployment UX defines.
+        let grace = env
+            .deployment_configuration
+            .coverage_grace_seconds
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "Uncovered: {} (eligible instances without a healthy daemon of the target for over {grace} s)",
+            env.uncovered
+        ));
+        let since: Vec<String> = env
+            .uncovered_instances
+            .iter()
+            .map(|u| format!("{} since {}", short_arn(&u.container_instance_arn), u.since))
+            .collect();
+        if !since.is_empty() {
+            out.push_str(&format!(": {}", since.join(", ")));
         }
+        out.push('\n');
 
         let target_revision =
             target.and_then(|t| self.revisions.iter().find(|r| r.environment_revision_id == t));
@@ -720,6 +721,7 @@ impl Status {
                 match active.map(|d| d.status.as_str()) {
                     Some("pending") => "Pending",
                     Some("running") => "Deploying",
+                    Some("awaiting-promotion") => "AwaitingPromotion",
                     Some("completed") => "Active",
                     Some("failed") => "Failed",
                     Some("stopped") => "Stopped",

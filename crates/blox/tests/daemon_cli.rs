@@ -662,3 +662,116 @@ async fn flags_reach_the_api_and_the_client_speaks_v1() {
     let deleted = cli(&url, &["env", "delete", "tagged"]).await;
     assert!(deleted.contains("left running"), "{deleted}");
 }
+
+/// The cluster query, the plan and the canary from the CLI: `instances list --filter`, `deploy plan`,
+/// `deploy start --wait` stopping at the canary (exit 7), `env status`, `deploy promote --wait`.
+#[tokio::test]
+async fn a_canary_is_planned_started_and_promoted_from_the_cli() {
+    let blox = server().await;
+    let url = blox.base_url().to_owned();
+
+    let all = json(
+        &url,
+        &[
+            "instances",
+            "list",
+            "--cluster",
+            "demo-prod",
+            "--filter",
+            "attribute:ecs.instance-type exists",
+        ],
+    )
+    .await;
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(12), "{all}");
+    let none = json(
+        &url,
+        &[
+            "instances",
+            "list",
+            "--filter",
+            "attribute:gpu exists and agentConnected == true",
+        ],
+    )
+    .await;
+    assert_eq!(none["items"].as_array().map(Vec::len), Some(0), "{none}");
+    let bad = fails(&url, &["instances", "list", "--filter", "agentVersion >="], 1).await;
+    assert!(bad.contains("column"), "{bad}");
+
+    cli(
+        &url,
+        &[
+            "env",
+            "create",
+            "canaried",
+            "--cluster",
+            "demo-prod",
+            "--task-definition",
+            "log-router:1",
+            "--min-healthy-percent",
+            "50",
+        ],
+    )
+    .await;
+    cli(&url, &["deploy", "start", "canaried", "--wait"]).await;
+    cli(
+        &url,
+        &[
+            "env",
+            "update",
+            "canaried",
+            "--task-definition",
+            "log-router:2",
+            "--canary-instances",
+            "2",
+        ],
+    )
+    .await;
+
+    let plan = json(&url, &["deploy", "plan", "canaried"]).await;
+    assert_eq!(plan["dryRun"], true, "{plan}");
+    assert_eq!(plan["complete"], true, "{plan}");
+    assert_eq!(
+        plan["canaryInstances"].as_array().map(Vec::len),
+        Some(2),
+        "{plan}"
+    );
+    assert!(
+        plan["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["action"] == "replace"),
+        "{plan}"
+    );
+    let table = cli(&url, &["deploy", "plan", "canaried"]).await;
+    assert!(table.contains("-- promotion of the canary --"), "{table}");
+    assert_eq!(
+        deployment_count(&url, "canaried").await,
+        1,
+        "the plan deployed nothing"
+    );
+
+    let waited = run(&url, &["deploy", "start", "canaried", "--wait"]).await;
+    assert_eq!(waited.code, Some(7), "{}\n{}", waited.stdout, waited.stderr);
+    assert!(
+        waited.stdout.contains("blox deploy promote canaried"),
+        "{}",
+        waited.stdout
+    );
+    let id = nth_deployment(&url, "canaried", 2).await;
+    let status = cli(&url, &["env", "status", "canaried"]).await;
+    assert_eq!(
+        row(&status, "2").map(|r| r[1].clone()).as_deref(),
+        Some("AwaitingPromotion"),
+        "{status}"
+    );
+    assert!(status.contains("Uncovered: 0"), "{status}");
+
+    let promoted = cli(&url, &["deploy", "promote", "canaried", &id, "--wait"]).await;
+    assert!(promoted.contains("completed"), "{promoted}");
+    let described = json(&url, &["deploy", "describe", "canaried", &id]).await;
+    assert_eq!(described["deployment"]["status"], "completed", "{described}");
+    assert!(described["deployment"]["promotedAt"].is_string(), "{described}");
+    let again = fails(&url, &["deploy", "promote", "canaried", &id], 1).await;
+    assert!(again.contains("NotAwaitingPromotion"), "{again}");
+}
