@@ -33,9 +33,9 @@ use blox_model::daemon::lifecycle::{
     self, CreateEnvironment, DeployTarget, Fresh, Progress, TaskDefinitionRef, UpdateEnvironment,
 };
 use blox_model::daemon::{
-    self, Active, Changes, ClusterView, ConfigPatch, Deployment, DeploymentConfiguration, DeploymentMethod,
-    DeploymentStatus, Doc, InstanceFailure, InstanceGroup, InstanceSelection, IntentState, Plan, PlanInput,
-    Revision, Snapshot, StartIntent,
+    self, Active, CanaryPatch, Changes, ClusterView, ConfigPatch, Deployment, DeploymentConfiguration,
+    DeploymentMethod, DeploymentStatus, Doc, InstanceFailure, InstanceGroup, InstanceSelection, IntentState,
+    Plan, PlanInput, Revision, Snapshot, StartIntent,
 };
 use blox_model::{Attribute, ClusterName};
 use common::{TaskSpec, attribute, container_instance};
@@ -70,6 +70,9 @@ struct RevSpec {
     refuse: u8,
     /// Percent of the started tasks that stop before running.
     doom: u8,
+    /// A canary of this many instances (promoted by itself when `auto_promote`).
+    canary: Option<i64>,
+    auto_promote: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +146,7 @@ fn rev_spec() -> impl Strategy<Value = RevSpec> {
             prop::sample::select(vec![0u8, 0, 0, 5, 20]),
             prop::sample::select(vec![0u8, 0, 0, 5, 20, 100]),
         ),
+        (prop::option::weighted(0.25, 1..4i64), any::<bool>()),
     )
         .prop_map(
             |(
@@ -150,6 +154,7 @@ fn rev_spec() -> impl Strategy<Value = RevSpec> {
                 (checks, bake_s, prod_only, stop_on_drain),
                 (auto_rollback, deadline_s, threshold),
                 (same_td, refuse, doom),
+                (canary, auto_promote),
             )| RevSpec {
                 rtt,
                 min_healthy,
@@ -164,6 +169,8 @@ fn rev_spec() -> impl Strategy<Value = RevSpec> {
                 same_td,
                 refuse,
                 doom,
+                canary,
+                auto_promote,
             },
         )
 }
@@ -213,6 +220,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 first.same_td = false;
                 first.refuse = 0;
                 first.doom = 0;
+                first.canary = None;
                 Scenario {
                     seed,
                     instances,
@@ -455,6 +463,11 @@ impl Sim {
             progress_deadline_seconds: Some(spec.deadline_s as i64),
             auto_rollback: Some(spec.auto_rollback),
             stop_on_drain: Some(spec.stop_on_drain),
+            canary: Some(CanaryPatch {
+                instances: Some(spec.canary.unwrap_or(0)),
+                auto_promote: Some(spec.auto_promote),
+                ..CanaryPatch::default()
+            }),
             ..ConfigPatch::default()
         };
         self.now += 1;
@@ -1122,7 +1135,21 @@ impl Sim {
         let none = BTreeSet::new();
         let healthy = eligible.iter().filter(|i| healthy_on(i, false, &none)).count() as u64;
         let target_healthy = eligible.iter().filter(|i| healthy_on(i, true, &none)).count() as u64;
-        let floor = config.healthy_floor(eligible.len() as u64);
+        // In a canary phase, instances held back without a daemon (as the view knows the tasks) are not
+        // in the floor's base: nothing before the promotion can cover them.
+        let held_without_daemon = plan.canary.as_ref().map_or(0, |canary| {
+            eligible
+                .iter()
+                .filter(|i| !canary.instances.contains(&i.arn))
+                .filter(|i| {
+                    !self
+                        .on(&i.arn)
+                        .any(|t| self.owned(t) && t.live() && t.visible_at <= self.now)
+                        && !snap.intents.iter().any(|intent| intent.instance_arn == i.arn)
+                })
+                .count() as u64
+        });
+        let floor = config.healthy_floor(eligible.len() as u64 - held_without_daemon);
         assert_eq!(
             (
                 plan.fleet.eligible,
@@ -1189,9 +1216,24 @@ impl Sim {
             .iter()
             .map(|r| (r.deployment_id.as_str(), r.instance_arn.as_str()))
             .collect();
+        // (f) before its promotion, a canary deployment starts nothing outside its recorded canary.
+        let canary: Option<&Vec<String>> = d
+            .in_canary(revision)
+            .then(|| d.canary_instances.as_ref())
+            .flatten();
+        if d.in_canary(revision) && d.canary_instances.is_none() {
+            assert!(
+                plan.starts.is_empty() && plan.stops.is_empty(),
+                "step {step}: acting before the canary is recorded"
+            );
+        }
         for instance in &plan.starts {
             let inst = self.instance(instance).unwrap();
             assert!(Sim::eligible(inst, revision), "step {step}: start on {inst:?}");
+            assert!(
+                canary.is_none_or(|set| set.contains(instance)),
+                "step {step}: start on {instance} outside the canary {canary:?} before promotion"
+            );
             let unsettled: Vec<&StartIntent> = snap
                 .intents
                 .iter()
@@ -1327,8 +1369,15 @@ impl Sim {
         let Some(d) = self.active() else { return false };
         let (status, number) = (d.status, d.revision);
         let method = self.active_revision().unwrap().deployment_method;
+        let all = self
+            .active_revision()
+            .unwrap()
+            .deployment_configuration
+            .min_healthy_percent
+            == 100;
+        // A canary's floor leaves out held instances without a daemon: at 100% it is the whole rest.
         let stuck = method == DeploymentMethod::TerminateThenReplace
-            && plan.fleet.floor >= plan.fleet.eligible
+            && (plan.fleet.floor >= plan.fleet.eligible || all)
             && plan.fleet.outdated > 0
             && plan.starts.is_empty()
             && plan.stops.is_empty();
@@ -1369,6 +1418,12 @@ impl Sim {
         }
         if !status.acts() {
             self.deploy(number);
+            return true;
+        }
+        if status == DeploymentStatus::AwaitingPromotion {
+            let id = self.active().unwrap().id.clone();
+            let changes = lifecycle::promote(&self.snap, &id, self.now).expect("a canary to promote");
+            self.apply(&changes);
             return true;
         }
         false

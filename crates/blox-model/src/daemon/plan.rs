@@ -451,6 +451,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
     let in_canary = |arn: &str| canary.as_ref().is_none_or(|(set, _)| set.contains(arn));
     let grace_ms = config.coverage_grace_seconds.saturating_mul(1_000);
+    // Held instances with no daemon wait for the promotion: nothing this deployment does before it
+    // can cover them, so the floor is not held against them (otherwise a fleet that lost daemons
+    // outside the canary could never replace the canary under TerminateThenReplace).
+    let mut held_without_daemon = 0u64;
     // Nobody expected the revision anywhere before its deployment was made.
     let expected_from = active.deployment.created_at;
 
@@ -539,21 +543,50 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
             }
             Role::Eligible if !in_canary(arn) => {
-                // Held back by the canary: kept as it is (a duplicate still goes), nothing started.
+                // Held back by the canary: nothing is started or replaced here. Duplicates still go,
+                // and an older task beside a healthy task of the revision (a replacement an earlier
+                // deployment finished here) gives way, which lowers no coverage.
                 plan.fleet.eligible += 1;
                 plan.fleet.held += 1;
-                if here.len() > 1 {
+                // A start in flight here (an earlier deployment's) counts as a task, as below.
+                if here.len() + usize::from(is_blocked) > 1 {
                     surged += 1;
                 }
-                let live: Vec<&TaskView> = here.iter().copied().filter(|t| t.live()).collect();
-                if let Some(kept) = judge.best(&live) {
-                    if judge.healthy(kept) {
-                        plan.fleet.healthy += 1;
+                target.clear();
+                old.clear();
+                for &task in here.iter().filter(|t| t.live()) {
+                    if judge.is_target(task) {
+                        target.push(task);
+                    } else {
+                        old.push(task);
                     }
-                    if judge.is_target(kept) && judge.healthy(kept) {
-                        plan.counts.healthy += 1;
+                }
+                if target.is_empty() && old.is_empty() && !is_blocked {
+                    held_without_daemon += 1;
+                }
+                busy |= is_blocked;
+                let best_target = judge.best(&target);
+                let best_old = judge.best(&old);
+                let target_healthy = best_target.is_some_and(|t| judge.healthy(t));
+                if target_healthy || best_old.is_some_and(|t| judge.healthy(t)) {
+                    plan.fleet.healthy += 1;
+                }
+                if let Some(kept) = best_target {
+                    plan.stop_all_but(&target, kept, StopReason::Duplicate);
+                }
+                if let Some(kept) = best_old {
+                    plan.stop_all_but(&old, kept, StopReason::Duplicate);
+                }
+                if target_healthy {
+                    plan.counts.healthy += 1;
+                    if let Some(old_task) = best_old {
+                        plan.stop(
+                            old_task,
+                            StopReason::Replaced {
+                                revision: active.revision.number,
+                            },
+                        );
                     }
-                    plan.stop_all_but(&live, kept, StopReason::Duplicate);
                 }
             }
             Role::Eligible => {
@@ -691,7 +724,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .flat_map(GroupTasks::iter_unplaced)
         .filter(|t| t.live() && judge.owned(t) && judge.is_target(t))
         .count() as u64;
-    plan.fleet.floor = config.healthy_floor(plan.fleet.eligible);
+    plan.fleet.floor = config.healthy_floor(plan.fleet.eligible - held_without_daemon);
     plan.fleet.surge = config.surge(plan.fleet.eligible);
     plan.fleet.surged = surged;
 
