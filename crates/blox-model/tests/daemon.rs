@@ -1219,7 +1219,7 @@ impl Sim {
         // (f) before its promotion, a canary deployment starts nothing outside its recorded canary.
         let canary: Option<&Vec<String>> = d
             .in_canary(revision)
-            .then(|| d.canary_instances.as_ref())
+            .then_some(d.canary_instances.as_ref())
             .flatten();
         if d.in_canary(revision) && d.canary_instances.is_none() {
             assert!(
