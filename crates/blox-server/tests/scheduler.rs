@@ -1230,3 +1230,32 @@ async fn a_bad_canary_fails_and_rolls_back_touching_only_the_canary() {
     );
     assert!(touched.len() <= 2);
 }
+
+/// Instances that cannot get their daemon are uncovered once the grace has passed: the executor's
+/// gauge says how many, per environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_without_their_daemon_are_counted_uncovered() {
+    let world = world(3).await;
+    let metrics = blox_server::metrics::handle();
+    let _engine = world.engine(options());
+    world
+        .create(
+            &world.big.clone(),
+            DeploymentMethod::TerminateThenReplace,
+            ConfigPatch {
+                coverage_grace_seconds: Some(0),
+                failure_threshold: Some(1_000),
+                ..ConfigPatch::default()
+            },
+            fast,
+        )
+        .await;
+    world.deploy(1).await;
+    wait_until("three instances are uncovered", DEADLINE, || async {
+        metrics
+            .render()
+            .lines()
+            .any(|l| l == "blox_environment_uncovered_instances{environment=\"web\"} 3")
+    })
+    .await;
+}
