@@ -615,22 +615,7 @@ pub async fn stop_deployment(
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeploymentResponse>, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    require(&state, &cluster, &name).await?;
-    let now = crate::clock::now_unix_ms();
-    let stored = env_api::command(&state, &name, Depth::Documents, |snapshot| {
-        lifecycle::stop(snapshot, &id, now)
-    })
-    .await?
-    .ok_or_else(|| ApiError::missing(Resource::Environment, &name))?;
-    let deployment = stored
-        .snapshot
-        .deployment(&id)
-        .ok_or_else(|| ApiError::missing(Resource::Deployment, &id))?;
-    let live = env_api::live(&state, &stored);
-    Ok(Json(DeploymentResponse {
-        deployment_id: deployment.id.clone(),
-        deployment: deployment_body(&stored, &live, deployment),
-    }))
+    on_deployment(&state, &cluster, &name, &id, lifecycle::stop).await
 }
 
 /// Promote a deployment's canary: the rest of the fleet is rolled out. Allowed while the canary holds
@@ -647,18 +632,29 @@ pub async fn promote_deployment(
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeploymentResponse>, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    require(&state, &cluster, &name).await?;
+    on_deployment(&state, &cluster, &name, &id, lifecycle::promote).await
+}
+
+/// A command on one deployment (`stop`, `promote`), answered with the deployment as it is after.
+async fn on_deployment(
+    state: &AppState,
+    cluster: &str,
+    name: &str,
+    id: &str,
+    command: fn(&daemon::Snapshot, &str, u64) -> Result<lifecycle::Changes, daemon::CommandError>,
+) -> Result<Json<DeploymentResponse>, ApiError> {
+    require(state, cluster, name).await?;
     let now = crate::clock::now_unix_ms();
-    let stored = env_api::command(&state, &name, Depth::Documents, |snapshot| {
-        lifecycle::promote(snapshot, &id, now)
+    let stored = env_api::command(state, name, Depth::Documents, |snapshot| {
+        command(snapshot, id, now)
     })
     .await?
-    .ok_or_else(|| ApiError::missing(Resource::Environment, &name))?;
+    .ok_or_else(|| ApiError::missing(Resource::Environment, name))?;
     let deployment = stored
         .snapshot
-        .deployment(&id)
-        .ok_or_else(|| ApiError::missing(Resource::Deployment, &id))?;
-    let live = env_api::live(&state, &stored);
+        .deployment(id)
+        .ok_or_else(|| ApiError::missing(Resource::Deployment, id))?;
+    let live = env_api::live(state, &stored);
     Ok(Json(DeploymentResponse {
         deployment_id: deployment.id.clone(),
         deployment: deployment_body(&stored, &live, deployment),

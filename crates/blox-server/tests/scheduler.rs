@@ -998,19 +998,24 @@ async fn a_group_change_starts_and_stops_only_the_difference() {
             |_| {},
         )
         .await;
-    let first_group = group(ids_of(0..12));
-    world
-        .command(|stored| {
-            lifecycle::update_environment(
-                &stored.expect("env").snapshot,
-                UpdateEnvironment {
-                    instance_group: Some(first_group.clone()),
-                    ..UpdateEnvironment::default()
-                },
-                world.fresh(""),
-            )
-        })
-        .await;
+    let regroup = |selection: InstanceSelection| {
+        let world = &world;
+        async move {
+            world
+                .command(|stored| {
+                    lifecycle::update_environment(
+                        &stored.expect("env").snapshot,
+                        UpdateEnvironment {
+                            instance_group: Some(selection.clone()),
+                            ..UpdateEnvironment::default()
+                        },
+                        world.fresh(""),
+                    )
+                })
+                .await;
+        }
+    };
+    regroup(group(ids_of(0..12))).await;
     let first = world.deploy(2).await;
     world.wait_status(&first, DeploymentStatus::Completed).await;
     assert!(world.converged(&world.instances[0..12], &world.td1));
@@ -1020,19 +1025,7 @@ async fn a_group_change_starts_and_stops_only_the_difference() {
         .map(|(instance, tasks)| (instance, tasks[0].task_arn.clone()))
         .collect();
 
-    let second_group = group(ids_of(6..20));
-    world
-        .command(|stored| {
-            lifecycle::update_environment(
-                &stored.expect("env").snapshot,
-                UpdateEnvironment {
-                    instance_group: Some(second_group.clone()),
-                    ..UpdateEnvironment::default()
-                },
-                world.fresh(""),
-            )
-        })
-        .await;
+    regroup(group(ids_of(6..20))).await;
     let second = world.deploy(3).await;
     world.wait_status(&second, DeploymentStatus::Completed).await;
     wait_until(

@@ -1249,6 +1249,21 @@ pub async fn env(command: EnvCommand) -> Result<()> {
     }
 }
 
+/// Revision `n`, or the environment's latest.
+async fn revision_or_latest(client: &Client, cluster: &str, env: &str, n: Option<u64>) -> Result<RevisionId> {
+    Ok(match n {
+        Some(n) => RevisionId(n),
+        None => {
+            client
+                .v1()
+                .describe_environment(cluster, env)
+                .await?
+                .environment
+                .latest_environment_revision_id
+        }
+    })
+}
+
 pub async fn deploy(command: DeployCommand) -> Result<()> {
     match command {
         DeployCommand::Start {
@@ -1260,17 +1275,7 @@ pub async fn deploy(command: DeployCommand) -> Result<()> {
             endpoint,
         } => {
             let (client, cluster) = connect(&endpoint, &env, &locate).await?;
-            let revision = match revision {
-                Some(n) => RevisionId(n),
-                None => {
-                    client
-                        .v1()
-                        .describe_environment(&cluster, &env)
-                        .await?
-                        .environment
-                        .latest_environment_revision_id
-                }
-            };
+            let revision = revision_or_latest(&client, &cluster, &env, revision).await?;
             let deployment = client
                 .v1()
                 .start_deployment(&cluster, &env, revision, rollback)
@@ -1299,17 +1304,7 @@ pub async fn deploy(command: DeployCommand) -> Result<()> {
             endpoint,
         } => {
             let (client, cluster) = connect(&endpoint, &env, &locate).await?;
-            let revision = match revision {
-                Some(n) => RevisionId(n),
-                None => {
-                    client
-                        .v1()
-                        .describe_environment(&cluster, &env)
-                        .await?
-                        .environment
-                        .latest_environment_revision_id
-                }
-            };
+            let revision = revision_or_latest(&client, &cluster, &env, revision).await?;
             let plan = client
                 .v1()
                 .plan_deployment(&cluster, &env, revision, rollback)
