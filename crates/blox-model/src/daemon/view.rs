@@ -135,13 +135,13 @@ impl InstanceView {
     }
 }
 
-/// An instance of a [`ClusterView`] as the cluster query language sees it.
+/// An instance of a [`ClusterView`] as the cluster query language sees it. Its task groups are
+/// looked up only when a query asks for them: planning an attribute-only group must not pay a hash
+/// of every instance's ARN.
 #[derive(Debug, Clone, Copy)]
 pub struct InstanceSubject<'a> {
     instance: &'a InstanceView,
-    /// The groups of its live tasks, as symbols, with how many tasks each.
-    groups: &'a [(Sym, u32)],
-    names: &'a [Arc<str>],
+    view: &'a ClusterView,
 }
 
 impl Subject for InstanceSubject<'_> {
@@ -174,9 +174,14 @@ impl Subject for InstanceSubject<'_> {
     }
 
     fn task_groups(&self) -> impl Iterator<Item = &str> {
-        self.groups
+        let groups = self
+            .view
+            .group_counts
+            .get(&*self.instance.arn)
+            .map_or(&[][..], Vec::as_slice);
+        groups
             .iter()
-            .map(|(sym, _)| self.names[sym.0 as usize - 1].as_ref())
+            .map(|(sym, _)| self.view.names[sym.0 as usize - 1].as_ref())
     }
 }
 
@@ -570,14 +575,7 @@ impl ClusterView {
 
     /// The instance as the cluster query language sees it.
     pub fn subject<'a>(&'a self, instance: &'a InstanceView) -> InstanceSubject<'a> {
-        InstanceSubject {
-            instance,
-            groups: self
-                .group_counts
-                .get(&*instance.arn)
-                .map_or(&[][..], Vec::as_slice),
-            names: &self.names,
-        }
+        InstanceSubject { instance, view: self }
     }
 
     pub fn upsert_instance(&mut self, instance: &ContainerInstance) {
