@@ -3,7 +3,8 @@
 //! 1. **load**: C clusters, I container instances and T tasks, one event each, into a fresh redb store;
 //! 2. **apply**: a batch of E further events (state changes of random tasks and instances) through
 //!    `Ingestor::commit` in commits of `--batch` (the ingest default), as the SQS consumer commits a backlog;
-//! 3. **get** / **list**: the API served in-process over that store, measured with an HTTP client;
+//! 3. **get** / **list** / **instance filter**: the API served in-process over that store, measured
+//!    with an HTTP client;
 //! 4. **stream**: many `/v1/stream/tasks` clients, and the latency from committing a change to each
 //!    client reading its line;
 //! 5. **process**: `blox server` started on the store, timed until it answers a GET, and its resident
@@ -12,8 +13,8 @@
 //!    DescribeTasks throughput, a reconcile pass under ECS-like throttling against the pagination
 //!    floor, and ingestion keeping up with the simulator's churn;
 //! 7. **daemon scheduler** ([`scheduler`]): the scheduler against the simulator: a new instance's
-//!    event to its StartTask, a first deployment against the StartTask throttle's floor, and a full
-//!    pass's planning time.
+//!    event to its StartTask, a first deployment against the StartTask throttle's floor, a full
+//!    pass's planning time, and a deployment's dry-run plan (`daemon::preview`).
 //!
 //! Data is synthetic and seeded ([`workload`], and the simulator's seed), so that runs on the same
 //! sizes compare. Figures are printed as a table and written as JSON.
@@ -118,6 +119,8 @@ pub struct Params {
     pub get_concurrency: usize,
     pub list_requests: usize,
     pub list_concurrency: usize,
+    pub filter_requests: usize,
+    pub filter_concurrency: usize,
     pub stream_clients: usize,
     pub stream_updates: usize,
     pub stream_interval_ms: u64,
@@ -137,10 +140,10 @@ impl Params {
         let pick = |explicit: Option<u64>, full: u64, quick: u64| {
             explicit.unwrap_or(if args.quick { quick } else { full })
         };
-        let (get_requests, list_requests, stream_updates) = if args.quick {
-            (2_000, 50, 50)
+        let (get_requests, list_requests, filter_requests, stream_updates) = if args.quick {
+            (2_000, 50, 200, 50)
         } else {
-            (20_000, 200, 200)
+            (20_000, 200, 1_000, 200)
         };
         Ok(Params {
             tasks: pick(args.tasks, 100_000, 10_000).max(1),
@@ -153,6 +156,8 @@ impl Params {
             get_concurrency: 16,
             list_requests,
             list_concurrency: 4,
+            filter_requests,
+            filter_concurrency: 4,
             stream_clients: args
                 .stream_clients
                 .unwrap_or(if args.quick { 100 } else { 1_000 }),

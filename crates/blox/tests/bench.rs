@@ -25,6 +25,9 @@ const FIGURES: &[&str] = &[
     "GET /v1/tasks?cluster=X p50",
     "GET /v1/tasks?cluster=X p99",
     "Store::list of a cluster alone (c=1) p50",
+    "instances matched by the filter",
+    "GET /v1/instances?filter=Q p50",
+    "GET /v1/instances?filter=Q p99",
     "stream clients",
     "changes committed (one per commit)",
     "single-change commit p50",
@@ -89,6 +92,11 @@ const FIGURES: &[&str] = &[
     "view loaded from the redb store",
     "Scheduler::pass (view and store included) p50",
     "Scheduler::pass (view and store included) p99",
+    "daemon::preview (dry run) p50",
+    "daemon::preview (dry run) p99",
+    "instances replaced",
+    "batches planned",
+    "estimated rollout time (estimated_seconds)",
 ];
 
 /// Figures that may well be zero on a run this small (nothing throttled, no lag left, a flat or
@@ -189,8 +197,26 @@ fn quick_bench_reports_every_figure() {
         "all RUNNING / floor",
         "COMPLETED / floor",
         "Scheduler::pass (view and store included) p99",
+        "GET /v1/instances?filter=Q p99",
+        "daemon::preview (dry run) p99",
     ] {
         assert!(row(name)["goal_met"].is_boolean(), "{name}");
+    }
+    // 200 instances: a third in us-east-1a, three in five of those without batch tasks. Both
+    // deployment plans replace all 500 of `--quick`'s instances.
+    assert_eq!(value("instances matched by the filter"), 40.0);
+    for method in [
+        "TerminateThenReplace minHealthyPercent 90",
+        "ReplaceThenTerminate maxOverPercent 10",
+    ] {
+        let replaced = figures
+            .iter()
+            .find(|row| {
+                row["workload"] == format!("deployment plan {method} (500 instances)")
+                    && row["figure"] == "instances replaced"
+            })
+            .unwrap_or_else(|| panic!("no deployment plan {method}"));
+        assert_eq!(replaced["value"], 500.0, "{method}");
     }
     // Safety is no matter of the machine: never below the floor, never over the surge.
     for name in [

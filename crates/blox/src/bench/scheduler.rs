@@ -17,7 +17,10 @@
 //!    scheduler documents written to the store per instance (from the change log);
 //! 4. **planning**: `plan()` of E environments over I instances with their tasks (one daemon per
 //!    instance per environment, as after convergence), and `Scheduler::pass` (the in-memory view
-//!    included) over a redb store holding the same.
+//!    included) over a redb store holding the same;
+//! 5. **deployment plan**: `daemon::preview` (a `dryRun` deployment's plan) of a new revision over I
+//!    instances each running the environment's current one, TerminateThenReplace at
+//!    minHealthyPercent 90 and ReplaceThenTerminate at maxOverPercent 10.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -75,6 +78,9 @@ struct Sizes {
     plan_environments: usize,
     plan_runs: usize,
     pass_runs: usize,
+    /// Instances of the deployment plans, and how many times each plan is timed.
+    preview_instances: usize,
+    preview_runs: usize,
 }
 
 impl Sizes {
@@ -90,6 +96,8 @@ impl Sizes {
                 plan_environments: 20,
                 plan_runs: 10,
                 pass_runs: 5,
+                preview_instances: 500,
+                preview_runs: 10,
             }
         } else {
             Sizes {
@@ -102,6 +110,8 @@ impl Sizes {
                 plan_environments: 20,
                 plan_runs: 50,
                 pass_runs: 50,
+                preview_instances: 5_000,
+                preview_runs: 50,
             }
         }
     }
@@ -110,17 +120,19 @@ impl Sizes {
 pub(crate) async fn run(bench: &mut Bench, dir: &Path, quick: bool) -> Result<()> {
     let sizes = Sizes::of(quick);
     eprintln!(
-        "daemon scheduler: {} instances joining one every {} ms onto {}; first deployment and two rolling updates of {}; planning {} instances × {} environments",
+        "daemon scheduler: {} instances joining one every {} ms onto {}; first deployment and two rolling updates of {}; planning {} instances × {} environments; deployment plans of {} instances",
         sizes.joiners,
         JOIN_INTERVAL.as_millis(),
         sizes.base,
         sizes.deploy,
         sizes.plan_instances,
-        sizes.plan_environments
+        sizes.plan_environments,
+        sizes.preview_instances
     );
     new_instances(bench, dir, sizes).await?;
     deployments(bench, dir, sizes).await?;
-    planning(bench, dir, sizes).await
+    planning(bench, dir, sizes).await?;
+    deployment_plans(bench, sizes).await
 }
 
 /// StartTask calls as the simulator received them: when, and for which instances.
@@ -1067,5 +1079,140 @@ async fn planning(bench: &mut Bench, dir: &Path, sizes: Sizes) -> Result<()> {
         "ms",
         Some(Goal::AtMost(50.0)),
     );
+    Ok(())
+}
+
+/// The deployment plans' clock: a day after the converged tasks started, so that every one of them
+/// is long healthy whatever the machine's clock says.
+const PREVIEW_NOW_MS: u64 = 1_767_312_000_000; // 2026-01-02T00:00:00Z
+
+/// `daemon::preview` of revision 2 (another task definition) of an environment whose revision 1 runs,
+/// healthy, on every instance: what `POST …/deployments?revisionId=2&dryRun=true` computes.
+async fn deployment_plans(bench: &mut Bench, sizes: Sizes) -> Result<()> {
+    let n = sizes.preview_instances;
+    let world = converged(n, 1)?;
+    let (environment, current, deployment) = world
+        .environments
+        .first()
+        .cloned()
+        .context("a converged world of one environment has none")?;
+    let view = Arc::new(ClusterView::from_entities(&world.instances, &world.tasks, 0));
+    let environment = Arc::new(Environment {
+        latest_revision: 2,
+        ..environment
+    });
+    let methods = [
+        (
+            DeploymentMethod::TerminateThenReplace,
+            ConfigPatch {
+                min_healthy_percent: Some(90),
+                ..ConfigPatch::default()
+            },
+        ),
+        (
+            DeploymentMethod::ReplaceThenTerminate,
+            ConfigPatch {
+                max_over_percent: Some(10),
+                ..ConfigPatch::default()
+            },
+        ),
+    ];
+    for (method, patch) in methods {
+        let config = patch.apply(daemon::DeploymentConfiguration::default())?;
+        let setting = match method {
+            DeploymentMethod::TerminateThenReplace => {
+                format!("minHealthyPercent {}", config.min_healthy_percent)
+            }
+            DeploymentMethod::ReplaceThenTerminate => format!("maxOverPercent {}", config.max_over_percent),
+        };
+        let family = current
+            .task_definition
+            .rsplit_once(':')
+            .map_or(current.task_definition.as_str(), |(family, _)| family);
+        let revision = Revision {
+            number: 2,
+            token: format!("{}-2", current.token),
+            task_definition: format!("{family}:2"),
+            deployment_method: method,
+            deployment_configuration: config,
+            ..current.clone()
+        };
+        let (view, environment, id) = (view.clone(), environment.clone(), deployment.id.clone());
+        let runs = sizes.preview_runs;
+        let (took, preview) = tokio::task::spawn_blocking(move || {
+            let ids = [id.as_str()];
+            let input = daemon::PreviewInput {
+                environment: &environment,
+                revision: &revision,
+                deployment_ids: &ids,
+                health_checked: &[],
+                cluster: &view,
+                rollback: false,
+                now_ms: PREVIEW_NOW_MS,
+                // The estimate `blox server` gives by default.
+                calls_per_second: SchedulerOptions::default().calls_per_second,
+            };
+            // One untimed run, which is also the one checked.
+            let preview = daemon::preview(&input);
+            let mut took = histogram();
+            for _ in 0..runs {
+                let started = now();
+                std::hint::black_box(daemon::preview(std::hint::black_box(&input)));
+                took.record(micros(started.elapsed()))?;
+            }
+            anyhow::Ok((took, preview))
+        })
+        .await
+        .context("the deployment plan runs panicked")??;
+        ensure!(
+            preview.complete,
+            "the {} plan of {n} instances is not complete: {:?}",
+            method.name(),
+            preview.stalled
+        );
+        let replaced = preview
+            .instances
+            .iter()
+            .filter(|(_, action, _)| *action == daemon::Action::Replace)
+            .count();
+        ensure!(
+            replaced == n && preview.instances.len() == n,
+            "the {} plan replaces {replaced} of {} instances, {n} expected",
+            method.name(),
+            preview.instances.len()
+        );
+        let w = &format!("deployment plan {} {setting} ({n} instances)", method.name());
+        bench.report.add(
+            w,
+            "daemon::preview (dry run) p50",
+            percentile_ms(&took, 50.0),
+            "ms",
+            None,
+        );
+        bench.report.add(
+            w,
+            "daemon::preview (dry run) p99",
+            percentile_ms(&took, 99.0),
+            "ms",
+            Some(Goal::AtMost(50.0)),
+        );
+        bench
+            .report
+            .add(w, "instances replaced", replaced as f64, "instances", None);
+        bench.report.add(
+            w,
+            "batches planned",
+            preview.batches.len() as f64,
+            "batches",
+            None,
+        );
+        bench.report.add(
+            w,
+            "estimated rollout time (estimated_seconds)",
+            preview.estimated_seconds,
+            "s",
+            None,
+        );
+    }
     Ok(())
 }

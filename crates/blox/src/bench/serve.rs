@@ -119,6 +119,7 @@ pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: Prome
         max_connections: defaults.max_connections.max(bench.params.stream_clients + 64),
         ..defaults
     };
+    let view = state.view.clone();
     let hardened = Server::hardened(state.clone(), limits, shutdown.clone()).await?;
     let bare = Server::bare(state, shutdown.clone()).await?;
 
@@ -126,6 +127,7 @@ pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: Prome
         get_latency(bench, &hardened).await?;
         list_latency(bench, &hardened).await?;
         store_list(bench, store.as_ref()).await?;
+        instance_filter(bench, &hardened, &view, store.as_ref()).await?;
         stream_fan_out(bench, &hardened, store.clone()).await?;
         hardening_cost(bench, &bare, &hardened, store).await
     }
@@ -277,6 +279,93 @@ async fn list_latency(bench: &mut Bench, server: &Server) -> Result<()> {
         Some(Goal::AtMost(30.0)),
     );
     Ok(())
+}
+
+/// The filtered listing's query: an attribute (a third of the fleet is in zone a), the agent (every
+/// instance's 1.79.2 passes) and the task groups (two instances in five run batch tasks), so that it
+/// matches about a fifth of the fleet and each clause has work to do.
+const FILTER: &str =
+    "attribute:ecs.availability-zone == us-east-1a and agentVersion >= 1.14.0 and task:group != family:batch";
+
+/// `GET /v1/instances?filter=` over every cluster (no `cluster=`), answered from the server's view.
+async fn instance_filter(
+    bench: &mut Bench,
+    server: &Server,
+    view: &blox_server::View,
+    store: &dyn Store,
+) -> Result<()> {
+    // The view follows the change log on its own: the answers must cover everything committed.
+    let head = store.log_bounds().await?.head;
+    ensure!(
+        view.caught_up(head, Duration::from_secs(60)).await,
+        "the server's view did not reach change {head} within 60 s"
+    );
+    let expected = expected_filter_matches(bench);
+    let concurrency = bench.params.filter_concurrency;
+    let url =
+        reqwest::Url::parse_with_params(&format!("{}/v1/instances", server.base()), [("filter", FILTER)])?
+            .to_string();
+    let client = client(concurrency, server)?;
+    // One untimed request, checked: the figure must be of a real answer, not of an error.
+    let response = client.get(&url).send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    ensure!(
+        status == reqwest::StatusCode::OK,
+        "GET {url} answered {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(500)])
+    );
+    let matched = count(&body, b"{\"metadata\":");
+    ensure!(
+        matched == expected,
+        "the filter matched {matched} instances, {expected} expected"
+    );
+    let urls = vec![url; bench.params.filter_requests];
+    let (latencies, first) = load_urls(&client, Arc::new(urls), concurrency).await?;
+    ensure!(
+        count(&first, b"{\"metadata\":") == expected,
+        "a timed filtered listing changed its answer"
+    );
+    let w = &format!("instance filter (c={concurrency})");
+    bench.report.add(
+        w,
+        "instances matched by the filter",
+        matched as f64,
+        "instances",
+        None,
+    );
+    bench.report.add(
+        w,
+        "GET /v1/instances?filter=Q p50",
+        percentile_ms(&latencies, 50.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        "GET /v1/instances?filter=Q p99",
+        percentile_ms(&latencies, 99.0),
+        "ms",
+        Some(Goal::AtMost(20.0)),
+    );
+    Ok(())
+}
+
+/// How many instances [`FILTER`] matches, from the workload itself (not from the server): those in
+/// us-east-1a with no live task of `family:batch` (the version clause holds for all). A task is live
+/// unless its last event left it STOPPED, as the view counts groups.
+fn expected_filter_matches(bench: &Bench) -> usize {
+    let w = &bench.workload;
+    let mut batch = vec![false; bench.params.instances as usize];
+    for (task, &version) in bench.task_versions.iter().enumerate() {
+        let task = task as u64;
+        if w.task_status(task, version) != "STOPPED" && w.task_group(task) == "family:batch" {
+            batch[w.instance_of_task(task) as usize] = true;
+        }
+    }
+    (0..bench.params.instances)
+        .filter(|&i| w.availability_zone(i) == "us-east-1a" && !batch[i as usize])
+        .count()
 }
 
 /// The store's share of a cluster listing: `Store::list` of one cluster in pages of 1,000, as the API

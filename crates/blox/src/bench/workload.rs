@@ -131,6 +131,25 @@ impl Workload {
         )
     }
 
+    /// The group of a task: two tasks in five are run by hand (`family:batch`), the rest belong to
+    /// a service (`service:svc-N`, with its `startedBy`).
+    pub fn task_group(&self, task: u64) -> String {
+        if self.by_service(task) {
+            format!("service:svc-{}", task % SERVICES)
+        } else {
+            "family:batch".to_owned()
+        }
+    }
+
+    fn by_service(&self, task: u64) -> bool {
+        task % 5 >= 2
+    }
+
+    /// The `ecs.availability-zone` attribute of an instance: zones a, b and c in turn.
+    pub fn availability_zone(&self, instance: u64) -> String {
+        format!("{REGION}{}", ["a", "b", "c"][(instance % 3) as usize])
+    }
+
     /// The status a task has at `version`: its place in [`LIFECYCLE`], offset per task so that the
     /// first events already give a mix of statuses.
     pub fn task_status(&self, task: u64, version: u64) -> &'static str {
@@ -153,8 +172,7 @@ impl Workload {
             _ => "PENDING",
         };
         let service = task % SERVICES;
-        // Two tasks in five are run by hand (no startedBy, no group), the rest by a service.
-        let by_service = task % 5 >= 2;
+        let by_service = self.by_service(task);
         let created = timestamp(task * 7);
         let updated = timestamp(task * 7 + version * 13);
 
@@ -202,12 +220,11 @@ impl Workload {
         if by_service {
             let _ = write!(
                 d,
-                r#","startedBy":"ecs-svc/{}","group":"service:svc-{service}""#,
+                r#","startedBy":"ecs-svc/{}""#,
                 9_223_370_000_000_000_000_u64 + mix(service) % 1_000_000_000_000
             );
-        } else {
-            d.push_str(r#","group":"family:batch""#);
         }
+        let _ = write!(d, r#","group":"{}""#, self.task_group(task));
         if stopped {
             let _ = write!(
                 d,
@@ -240,7 +257,7 @@ impl Workload {
             d,
             concat!(
                 r#"{{"agentConnected":true,"agentUpdateStatus":"UPDATED","attributes":["#,
-                r#"{{"name":"ecs.capability.execution-role-awslogs"}},{{"name":"ecs.availability-zone","value":"{region}{az}"}},"#,
+                r#"{{"name":"ecs.capability.execution-role-awslogs"}},{{"name":"ecs.availability-zone","value":"{az}"}},"#,
                 r#"{{"name":"ecs.instance-type","value":"m5.xlarge"}},{{"name":"ecs.os-type","value":"linux"}},"#,
                 r#"{{"name":"ecs.ami-id","value":"ami-0{ami:016x}"}}],"#,
                 r#""clusterArn":"{cluster_arn}","containerInstanceArn":"{arn}","ec2InstanceId":"i-0{ec2:016x}","#,
@@ -256,8 +273,7 @@ impl Workload {
                 r#""dockerVersion":"DockerVersion: 20.10.25"}},"runningTasksCount":{running},"#,
                 r#""pendingTasksCount":{pending},"updatedAt":"{updated}","version":{version}}}"#,
             ),
-            region = REGION,
-            az = ["a", "b", "c"][(instance % 3) as usize],
+            az = self.availability_zone(instance),
             ami = mix(cluster),
             cluster_arn = self.cluster_arn(cluster),
             arn = arn,
