@@ -213,6 +213,9 @@ pub async fn list_instances(
     match params.get("filter") {
         Some(text) => {
             let query = crate::env_api::cluster_query("filter", text)?;
+            if query.reads_task_groups() {
+                crate::env_api::task_groups(&state).await?;
+            }
             filtered_instances(&state, &filter, &query, &params)
         }
         None => list(&state, Kind::Instance, filter, &params).await,

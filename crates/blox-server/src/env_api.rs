@@ -173,6 +173,26 @@ pub fn selection(
     })
 }
 
+/// How long a request waits for the view to learn every task's group (`task:group`), once after a
+/// start: about a second per 100,000 tasks.
+pub const TASK_GROUPS_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Waits until the view knows every task's group, or answers 503.
+pub async fn task_groups(state: &AppState) -> Result<(), ApiError> {
+    if state
+        .view
+        .task_groups_loaded(&state.store, TASK_GROUPS_WAIT)
+        .await
+    {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable(
+            "TaskGroupsLoading",
+            "the groups of every task are still being read (task:group needs them); try again shortly",
+        ))
+    }
+}
+
 /// A cluster query from a request; the error names the field and the column where the query goes
 /// wrong.
 pub fn cluster_query(field: &str, text: &str) -> Result<Query, ApiError> {
@@ -495,6 +515,15 @@ pub fn task_counts(counts: Counts) -> TaskCounts {
 pub fn live(state: &AppState, stored: &Stored) -> Live {
     let snapshot = &stored.snapshot;
     let env = stored.environment();
+    if snapshot
+        .active()
+        .and_then(|d| snapshot.revision(d.revision))
+        .is_some_and(Revision::reads_task_groups)
+    {
+        // Counts read before every task's group is known may be off for a moment; the executor
+        // waits for them before it plans.
+        state.view.task_groups(&state.store);
+    }
     let view = state.view.read();
     let ids = snapshot.deployment_ids();
     let mut failures: HashMap<String, Vec<InstanceFailure>> = HashMap::new();

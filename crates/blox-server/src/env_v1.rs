@@ -399,6 +399,13 @@ pub async fn start_deployment(
     let ids = Ids::new();
     let target = DeployTarget::Revision { number, rollback };
     if dry_run {
+        // The plan of a group or canary that reads task:group needs every task's group.
+        let reads_groups = crate::environments::from_view(&state.view.read(), &name)
+            .and_then(|stored| stored.snapshot.revision(number).map(Revision::reads_task_groups))
+            .unwrap_or(false);
+        if reads_groups {
+            env_api::task_groups(&state).await?;
+        }
         return deployment_plan(&state, &name, target, &ids)
             .map(|plan| Json(StartDeploymentAnswer::Plan(Box::new(plan))));
     }

@@ -6,12 +6,15 @@
 //! The executor is woken by changes that can alter a plan and that it did not write itself: the feed
 //! queues their sequence numbers ([`View::take_relevant`]), and the executor drops its own.
 //!
-//! It also keeps every container instance's stored body and every task's group (not only the
-//! scheduler's), so that a cluster query (`GET /v1/instances?filter=`, an instance group's `query`)
-//! is answered from memory: decoding 10,000 stored instances per request would cost ~100 ms.
+//! It also keeps every container instance's stored body, so that a cluster query (`GET
+//! /v1/instances?filter=`, an instance group's `query`) is answered from memory: decoding 10,000
+//! stored instances per request would cost ~100 ms. The groups of every task (not only the
+//! scheduler's), which `task:group` reads, are loaded only once something asks for them
+//! ([`View::task_groups`]): reading every task at start would fill the store's page cache and
+//! double the process's memory for a predicate few use. From then on they follow the change log.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -53,6 +56,23 @@ pub struct ViewState {
     pub instance_records: HashMap<ClusterName, HashMap<Arc<str>, (u64, bytes::Bytes)>>,
     /// The last change applied.
     pub applied: u64,
+    /// Whether every task's group is known (`task:group`).
+    pub task_groups: TaskGroups,
+    /// While the task groups are being loaded: the tasks whose changes the view applied meanwhile,
+    /// which the load must not overwrite with what it read (maybe older).
+    touched: Option<HashSet<String>>,
+    /// Loads of the whole view so far: a load of the task groups begun before a reload stops.
+    generation: u64,
+}
+
+/// Whether the view knows the group of every task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TaskGroups {
+    /// Only the scheduler's tasks and the changes seen since the start.
+    #[default]
+    Partial,
+    Loading,
+    Loaded,
 }
 
 /// What the view keeps of a task outside the scheduler's groups: where it runs and its group (for
@@ -149,6 +169,9 @@ impl ViewState {
                 Ok(self.environments.values().any(|e| e.cluster == cluster))
             }
             Kind::Task => {
+                if let Some(touched) = &mut self.touched {
+                    touched.insert(doc.key.id.clone());
+                }
                 if !self.wants_task(doc) {
                     let view = self.clusters.entry(cluster).or_default();
                     if change.deleted {
@@ -252,6 +275,8 @@ impl ViewState {
 pub struct View {
     state: RwLock<ViewState>,
     applied: watch::Sender<u64>,
+    /// Turns true once every task's group is loaded.
+    groups_loaded: watch::Sender<bool>,
     /// Sequence numbers of applied changes that can change a plan, not yet taken by the executor.
     relevant: Mutex<Vec<u64>>,
     wake: Notify,
@@ -271,6 +296,7 @@ impl View {
         Arc::new(View {
             state: RwLock::new(ViewState::default()),
             applied: watch::channel(0).0,
+            groups_loaded: watch::channel(false).0,
             relevant: Mutex::new(Vec::new()),
             wake: Notify::new(),
             clock,
@@ -287,6 +313,112 @@ impl View {
         view.load(store.as_ref()).await?;
         tokio::spawn(view.clone().follow(store, shutdown));
         Ok(view)
+    }
+
+    /// Whether every task's group is known; if not, starts loading them (once) from `store`. A
+    /// planner that reads `task:group` must not plan before: a group it does not know matches no
+    /// `==` and every `!=`.
+    pub fn task_groups(self: &Arc<View>, store: &Arc<dyn Store>) -> bool {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        match state.task_groups {
+            TaskGroups::Loaded => true,
+            TaskGroups::Loading => false,
+            TaskGroups::Partial => {
+                state.task_groups = TaskGroups::Loading;
+                state.touched = Some(HashSet::new());
+                tokio::spawn(self.clone().load_task_groups(store.clone()));
+                false
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) until every task's group is known, starting the load if needed.
+    pub async fn task_groups_loaded(self: &Arc<View>, store: &Arc<dyn Store>, timeout: Duration) -> bool {
+        let mut loaded = self.groups_loaded.subscribe();
+        if self.task_groups(store) {
+            return true;
+        }
+        let wait = loaded.wait_for(|&done| done);
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
+    }
+
+    /// Reads every task's group and instance, a page at a time, and counts them; what the change log
+    /// changed meanwhile wins. On a store error, the groups stay partial and the next ask tries again.
+    async fn load_task_groups(self: Arc<View>, store: Arc<dyn Store>) {
+        let generation = self.read().generation;
+        let all = Filter::default();
+        let mut after = None;
+        let started = tokio::time::Instant::now();
+        let mut read = 0usize;
+        loop {
+            let page = match store
+                .list(
+                    Kind::Task,
+                    &all,
+                    PageRequest {
+                        after: after.take(),
+                        limit: Some(1_000),
+                    },
+                )
+                .await
+            {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the view could not load the tasks' groups; task:group waits");
+                    let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+                    state.task_groups = TaskGroups::Partial;
+                    state.touched = None;
+                    return;
+                }
+            };
+            read += page.items.len();
+            {
+                let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+                if state.generation != generation {
+                    return;
+                }
+                let ViewState {
+                    clusters, touched, ..
+                } = &mut *state;
+                for record in &page.items {
+                    let doc = &record.doc;
+                    if touched.as_ref().is_some_and(|t| t.contains(&doc.key.id)) {
+                        continue;
+                    }
+                    match documents::parse_borrowed::<TaskPlacement<'_>>(doc) {
+                        Ok(placement) => clusters
+                            .entry(doc.key.cluster.clone())
+                            .or_default()
+                            .note_task_group(
+                                &doc.key.id,
+                                placement.instance.as_deref(),
+                                placement.group.as_deref(),
+                                &doc.status,
+                            ),
+                        Err(err) => tracing::warn!(error = %err, "the view skipped a task it cannot parse"),
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            if state.generation != generation {
+                return;
+            }
+            state.task_groups = TaskGroups::Loaded;
+            state.touched = None;
+            // Under the lock: a reload cannot slip in between.
+            self.groups_loaded.send_replace(true);
+        }
+        tracing::info!(
+            tasks = read,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "the view knows every task's group"
+        );
     }
 
     /// Shows tasks as ECS just answered for them (StartTask, StopTask, DescribeTasks), ahead of the
@@ -358,29 +490,35 @@ impl View {
             changes.push(as_change(record));
         }
         apply_unordered(&mut state, &changes, now);
-        // Every task, a page at a time (all of them at once would double the process's memory): the
-        // scheduler's in full, the others for their group.
-        let mut after = None;
-        loop {
-            let page = store
-                .list(
-                    Kind::Task,
-                    &all,
-                    PageRequest {
-                        after,
-                        limit: Some(1_000),
-                    },
-                )
-                .await?;
-            let tasks: Vec<Change> = page.items.into_iter().map(as_change).collect();
-            apply_unordered(&mut state, &tasks, now);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
+        // Only tasks some deployment started can be an environment's.
+        let deployments: Vec<(ClusterName, String)> = state
+            .deployments
+            .values()
+            .map(|e| (e.cluster.clone(), e.doc.id.clone()))
+            .collect();
+        let mut tasks = Vec::new();
+        for (cluster, id) in deployments {
+            let filter = Filter {
+                cluster: Some(cluster),
+                status: None,
+                started_by: Some(id),
+            };
+            tasks.extend(
+                list_all(store, Kind::Task, &filter)
+                    .await?
+                    .into_iter()
+                    .map(as_change),
+            );
         }
+        apply_unordered(&mut state, &tasks, now);
         state.applied = head;
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+        {
+            let mut current = self.state.write().unwrap_or_else(|p| p.into_inner());
+            // The task groups are partial again: the next ask loads them anew.
+            state.generation = current.generation + 1;
+            *current = state;
+        }
+        self.groups_loaded.send_replace(false);
         self.applied.send_replace(head);
         // What changed while loading comes next, from the change log after `head`.
         Ok(())

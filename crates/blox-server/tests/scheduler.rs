@@ -1252,3 +1252,62 @@ async fn instances_without_their_daemon_are_counted_uncovered() {
     })
     .await;
 }
+
+/// An instance group that reads `task:group` waits for the view to know every task's group (loaded
+/// on demand), then leaves out the instance running a batch job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_by_task_group_leaves_out_the_instance_of_a_batch_job() {
+    let world = world(4).await;
+    let batch_on = world.instances[0].clone();
+    world
+        .sim
+        .write(|ecs, now| {
+            ecs.start_task(
+                &StartTask {
+                    cluster: CLUSTER.into(),
+                    task_definition: world.td1.clone(),
+                    container_instances: vec![batch_on.clone()],
+                    started_by: Some("someone".into()),
+                    group: Some("service:batch".into()),
+                },
+                now,
+            )
+        })
+        .expect("a batch task");
+    wait_until("the store has the batch task", DEADLINE, || async {
+        world
+            .store
+            .list(Kind::Task, &blox_store::Filter::default(), Default::default())
+            .await
+            .is_ok_and(|page| !page.items.is_empty())
+    })
+    .await;
+    let _engine = world.engine(options());
+    world
+        .create(
+            &world.td1.clone(),
+            DeploymentMethod::TerminateThenReplace,
+            ConfigPatch::default(),
+            |_| {},
+        )
+        .await;
+    world
+        .command(|stored| {
+            lifecycle::update_environment(
+                &stored.expect("env").snapshot,
+                UpdateEnvironment {
+                    instance_group: Some(InstanceSelection {
+                        attributes: Vec::new(),
+                        query: Some("not(task:group == service:batch)".parse().expect("query")),
+                    }),
+                    ..UpdateEnvironment::default()
+                },
+                world.fresh(""),
+            )
+        })
+        .await;
+    let id = world.deploy(2).await;
+    world.wait_status(&id, DeploymentStatus::Completed).await;
+    assert!(world.converged(&world.instances[1..], &world.td1));
+    assert!(world.view.read().task_groups == blox_server::view::TaskGroups::Loaded);
+}

@@ -101,6 +101,18 @@ impl Query {
     }
 
     /// Whether `subject` satisfies the query.
+    /// Whether any predicate reads `task:group`: what the groups of every task on an instance must be
+    /// known for.
+    pub fn reads_task_groups(&self) -> bool {
+        match self {
+            Query::Or(left, right) | Query::And(left, right) => {
+                left.reads_task_groups() || right.reads_task_groups()
+            }
+            Query::Not(inner) => inner.reads_task_groups(),
+            Query::Predicate(p) => p.property == Property::TaskGroup,
+        }
+    }
+
     pub fn matches(&self, subject: &impl Subject) -> bool {
         match self {
             Query::Or(left, right) => left.matches(subject) || right.matches(subject),

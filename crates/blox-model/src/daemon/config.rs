@@ -127,6 +127,11 @@ pub struct Canary {
 }
 
 impl Canary {
+    /// Whether picking it reads the groups of the instances' tasks (`task:group`).
+    pub fn reads_task_groups(&self) -> bool {
+        self.query.as_ref().is_some_and(Query::reads_task_groups)
+    }
+
     /// How many of `eligible` instances the canary takes, when it is sized by a number (at least
     /// one for a percentage of a non-empty fleet); `None` for a query, which takes every eligible
     /// instance it matches.

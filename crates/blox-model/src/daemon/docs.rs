@@ -85,6 +85,19 @@ pub struct Revision {
     pub created_at: u64,
 }
 
+impl Revision {
+    /// Whether planning it reads the groups of every task (`task:group` in the group's or the
+    /// canary's query): then the view must know every task's group first.
+    pub fn reads_task_groups(&self) -> bool {
+        self.instance_group.reads_task_groups()
+            || self
+                .deployment_configuration
+                .canary
+                .as_ref()
+                .is_some_and(super::config::Canary::reads_task_groups)
+    }
+}
+
 /// The container instances a revision runs on: those of the cluster that carry every attribute listed
 /// and match the query, if there is one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +115,11 @@ pub struct InstanceGroup {
 }
 
 impl InstanceGroup {
+    /// Whether matching it reads the groups of the instances' tasks (`task:group`).
+    pub fn reads_task_groups(&self) -> bool {
+        self.query.as_ref().is_some_and(Query::reads_task_groups)
+    }
+
     /// Whether an instance belongs to the group.
     pub fn matches(&self, instance: &impl Subject) -> bool {
         self.attributes
