@@ -51,9 +51,10 @@ pub struct ViewState {
     /// By store id (`deployment/instance`).
     pub intents: BTreeMap<String, Entry<StartIntent>>,
     pub failures: BTreeMap<String, Entry<InstanceFailure>>,
-    /// Every container instance's stored body and the sequence number of its last change, by
-    /// cluster and ARN: what a filtered listing answers with.
-    pub instance_records: HashMap<ClusterName, HashMap<Arc<str>, (u64, bytes::Bytes)>>,
+    /// Every container instance's stored body (LZ4-compressed: a third of the size, and decompressed
+    /// faster than it is sent) and the sequence number of its last change, by cluster and ARN: what a
+    /// filtered listing answers with.
+    pub instance_records: HashMap<ClusterName, HashMap<Arc<str>, InstanceRecord>>,
     /// The last change applied.
     pub applied: u64,
     /// Whether every task's group is known (`task:group`).
@@ -64,6 +65,10 @@ pub struct ViewState {
     /// Loads of the whole view so far: a load of the task groups begun before a reload stops.
     generation: u64,
 }
+
+/// An instance's stored body, LZ4-compressed (size prepended), and the sequence number of its last
+/// change.
+pub type InstanceRecord = (u64, Box<[u8]>);
 
 /// Whether the view knows the group of every task.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -164,7 +169,13 @@ impl ViewState {
                     self.instance_records
                         .entry(cluster.clone())
                         .or_default()
-                        .insert(arn, (change.seq, bytes::Bytes::copy_from_slice(&doc.body)));
+                        .insert(
+                            arn,
+                            (
+                                change.seq,
+                                lz4_flex::compress_prepend_size(&doc.body).into_boxed_slice(),
+                            ),
+                        );
                 }
                 Ok(self.environments.values().any(|e| e.cluster == cluster))
             }
