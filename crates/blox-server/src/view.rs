@@ -51,10 +51,9 @@ pub struct ViewState {
     /// By store id (`deployment/instance`).
     pub intents: BTreeMap<String, Entry<StartIntent>>,
     pub failures: BTreeMap<String, Entry<InstanceFailure>>,
-    /// Every container instance's stored body (LZ4-compressed: a third of the size, and decompressed
-    /// faster than it is sent) and the sequence number of its last change, by cluster and ARN: what a
-    /// filtered listing answers with.
-    pub instance_records: HashMap<ClusterName, HashMap<Arc<str>, InstanceRecord>>,
+    /// Every container instance's stored body and the sequence number of its last change, by
+    /// cluster and ARN: what a filtered listing answers with.
+    pub instance_records: HashMap<ClusterName, HashMap<Arc<str>, (u64, bytes::Bytes)>>,
     /// The last change applied.
     pub applied: u64,
     /// Whether every task's group is known (`task:group`).
@@ -65,10 +64,6 @@ pub struct ViewState {
     /// Loads of the whole view so far: a load of the task groups begun before a reload stops.
     generation: u64,
 }
-
-/// An instance's stored body, LZ4-compressed (size prepended), and the sequence number of its last
-/// change.
-pub type InstanceRecord = (u64, Box<[u8]>);
 
 /// Whether the view knows the group of every task.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -169,13 +164,7 @@ impl ViewState {
                     self.instance_records
                         .entry(cluster.clone())
                         .or_default()
-                        .insert(
-                            arn,
-                            (
-                                change.seq,
-                                lz4_flex::compress_prepend_size(&doc.body).into_boxed_slice(),
-                            ),
-                        );
+                        .insert(arn, (change.seq, bytes::Bytes::copy_from_slice(&doc.body)));
                 }
                 Ok(self.environments.values().any(|e| e.cluster == cluster))
             }
