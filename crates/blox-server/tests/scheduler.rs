@@ -1066,6 +1066,16 @@ impl World {
         .await;
     }
 
+    /// Runs `scheduler`'s passes until deployment `id` is `status`, never two tasks on an instance.
+    async fn pass_until(&self, scheduler: &Scheduler, id: &str, status: DeploymentStatus) {
+        wait_until(&format!("deployment {id} is {status:?}"), DEADLINE, || async {
+            scheduler.pass().await;
+            self.assert_at_most_one_per_instance();
+            self.deployment(id).await.is_some_and(|d| d.status == status)
+        })
+        .await;
+    }
+
     /// Task ARN by instance, of the environment's live tasks.
     fn task_arns(&self) -> BTreeMap<String, String> {
         self.live()
@@ -1093,41 +1103,16 @@ async fn a_canary_waits_for_promotion_then_completes() {
     let world = world(20).await;
     let scheduler = world.scheduler();
     let first = world.deploy_first().await;
-    let pass_until = |what: &'static str, done: &'static (dyn Fn(&World) -> bool + Sync)| {
-        let (world, scheduler) = (&world, &scheduler);
-        async move {
-            wait_until(what, DEADLINE, || async {
-                scheduler.pass().await;
-                done(world)
-            })
-            .await;
-        }
-    };
-    pass_until("the first deployment completes", &|w| {
-        w.converged(&w.instances, &w.td1)
-    })
-    .await;
-    wait_until("the first deployment is completed", DEADLINE, || async {
-        scheduler.pass().await;
-        world
-            .deployment(&first)
-            .await
-            .is_some_and(|d| d.status == DeploymentStatus::Completed)
-    })
-    .await;
+    world
+        .pass_until(&scheduler, &first, DeploymentStatus::Completed)
+        .await;
     let before = world.task_arns();
 
     world.update_with(&world.td2.clone(), canary_of(2)).await;
     let second = world.deploy(2).await;
-    wait_until("the canary awaits promotion", DEADLINE, || async {
-        scheduler.pass().await;
-        world.assert_at_most_one_per_instance();
-        world
-            .deployment(&second)
-            .await
-            .is_some_and(|d| d.status == DeploymentStatus::AwaitingPromotion)
-    })
-    .await;
+    world
+        .pass_until(&scheduler, &second, DeploymentStatus::AwaitingPromotion)
+        .await;
     let deployment = world.deployment(&second).await.expect("deployment");
     let canary = deployment.canary_instances.clone().expect("a recorded canary");
     assert_eq!(canary.len(), 2);
@@ -1174,15 +1159,9 @@ async fn a_canary_waits_for_promotion_then_completes() {
         .await;
     let mut all = world.instances.clone();
     all.push(joined);
-    wait_until("the promoted deployment completes", DEADLINE, || async {
-        scheduler.pass().await;
-        world.assert_at_most_one_per_instance();
-        world
-            .deployment(&second)
-            .await
-            .is_some_and(|d| d.status == DeploymentStatus::Completed)
-    })
-    .await;
+    world
+        .pass_until(&scheduler, &second, DeploymentStatus::Completed)
+        .await;
     assert!(world.converged(&all, &world.td2));
 }
 
