@@ -2,7 +2,7 @@
 
 use super::value::{Compiled, compare_text, compare_version, parse_instant};
 use super::{Operator, Predicate, Property};
-use crate::entity::ContainerInstance;
+use crate::entity::{Attribute, ContainerInstance};
 
 /// What a query can ask of an instance. Values are borrowed so that evaluation allocates nothing.
 pub trait Subject {
@@ -45,6 +45,15 @@ impl<'a> InstanceFacts<'a> {
     }
 }
 
+/// The value of the attribute `name` among `attributes`: `None` without it, `Some(None)` when it has
+/// no value. What every [`Subject`] answers `attribute` with.
+pub fn attribute<'a>(attributes: &'a [Attribute], name: &str) -> Option<Option<&'a str>> {
+    attributes
+        .iter()
+        .find(|attribute| attribute.name == name)
+        .map(|attribute| attribute.value.as_deref())
+}
+
 /// The attribute ECS derives `ec2InstanceType` from.
 const INSTANCE_TYPE_ATTRIBUTE: &str = "ecs.instance-type";
 
@@ -70,11 +79,7 @@ impl Subject for InstanceFacts<'_> {
     }
 
     fn attribute(&self, name: &str) -> Option<Option<&str>> {
-        self.instance
-            .attributes
-            .iter()
-            .find(|attribute| attribute.name == name)
-            .map(|attribute| attribute.value.as_deref())
+        attribute(&self.instance.attributes, name)
     }
 
     fn task_groups(&self) -> impl Iterator<Item = &str> {

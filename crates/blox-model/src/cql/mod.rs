@@ -34,7 +34,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use eval::{InstanceFacts, Subject};
+pub use eval::{InstanceFacts, Subject, attribute};
 
 /// A parsed query: its syntax tree with each predicate's arguments precompiled.
 ///

@@ -440,7 +440,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let config = &active.revision.deployment_configuration;
     let method = active.revision.deployment_method;
     plan.acting = !env.frozen && active.deployment.status.acts();
-    let canary = canary_set(input, &active, &mut judge);
+    let canary = canary_set(input, &active, &judge);
     if let Some((set, recorded)) = &canary {
         plan.acting &= *recorded;
         plan.canary = Some(CanaryPlan {
@@ -542,53 +542,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     plan.stop_all_but(&here, kept, StopReason::Duplicate);
                 }
             }
-            Role::Eligible if !in_canary(arn) => {
-                // Held back by the canary: nothing is started or replaced here. Duplicates still go,
-                // and an older task beside a healthy task of the revision (a replacement an earlier
-                // deployment finished here) gives way, which lowers no coverage.
-                plan.fleet.eligible += 1;
-                plan.fleet.held += 1;
-                // A start in flight here (an earlier deployment's) counts as a task, as below.
-                if here.len() + usize::from(is_blocked) > 1 {
-                    surged += 1;
-                }
-                target.clear();
-                old.clear();
-                for &task in here.iter().filter(|t| t.live()) {
-                    if judge.is_target(task) {
-                        target.push(task);
-                    } else {
-                        old.push(task);
-                    }
-                }
-                if target.is_empty() && old.is_empty() && !is_blocked {
-                    held_without_daemon += 1;
-                }
-                busy |= is_blocked;
-                let best_target = judge.best(&target);
-                let best_old = judge.best(&old);
-                let target_healthy = best_target.is_some_and(|t| judge.healthy(t));
-                if target_healthy || best_old.is_some_and(|t| judge.healthy(t)) {
-                    plan.fleet.healthy += 1;
-                }
-                if let Some(kept) = best_target {
-                    plan.stop_all_but(&target, kept, StopReason::Duplicate);
-                }
-                if let Some(kept) = best_old {
-                    plan.stop_all_but(&old, kept, StopReason::Duplicate);
-                }
-                if target_healthy {
-                    plan.counts.healthy += 1;
-                    if let Some(old_task) = best_old {
-                        plan.stop(
-                            old_task,
-                            StopReason::Replaced {
-                                revision: active.revision.number,
-                            },
-                        );
-                    }
-                }
-            }
             Role::Eligible => {
                 plan.fleet.eligible += 1;
                 target.clear();
@@ -612,6 +565,36 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
                 if target_healthy || old_healthy {
                     plan.fleet.healthy += 1;
+                }
+                // Two tasks of the environment on the instance (live or still stopping), or one and
+                // a start in flight (maybe an earlier deployment's, e.g. before a rollback made the
+                // task here the target): the instance holds a surge slot until it is down to one,
+                // whichever case below it is in, even when none of its tasks is live any more.
+                let doubled = here.len() + usize::from(is_blocked) > 1;
+                if doubled {
+                    surged += 1;
+                }
+                if !in_canary(arn) {
+                    // Held back by the canary: nothing is started or replaced here. Duplicates went
+                    // above, and an older task beside a healthy task of the revision (a replacement
+                    // an earlier deployment finished here) gives way, which lowers no coverage.
+                    plan.fleet.held += 1;
+                    if target.is_empty() && old.is_empty() && !is_blocked {
+                        held_without_daemon += 1;
+                    }
+                    busy |= is_blocked;
+                    if target_healthy {
+                        plan.counts.healthy += 1;
+                        if let Some(old_task) = best_old {
+                            plan.stop(
+                                old_task,
+                                StopReason::Replaced {
+                                    revision: active.revision.number,
+                                },
+                            );
+                        }
+                    }
+                    continue;
                 }
                 let covered = best_target.is_some_and(|t| judge.healthy_from(t).is_some())
                     || (in_progress && old_healthy);
@@ -644,14 +627,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
                 let in_back_off = (!fresh.is_empty() && fresh.contains(arn))
                     || failure.is_some_and(|f| f.retry_at_ms > input.now_ms);
-                // Two tasks of the environment on the instance (live or still stopping), or one and
-                // a start in flight (maybe an earlier deployment's, e.g. before a rollback made the
-                // task here the target): the instance holds a surge slot until it is down to one,
-                // whichever case below it is in, even when none of its tasks is live any more.
-                let doubled = here.len() + usize::from(is_blocked) > 1;
-                if doubled {
-                    surged += 1;
-                }
                 match (best_target, best_old) {
                     (Some(_), old_task) => {
                         // Two tasks on the instance until the old one has stopped.
@@ -832,7 +807,7 @@ impl Plan {
 fn canary_set<'a>(
     input: &PlanInput<'a>,
     active: &Active<'a>,
-    judge: &mut Judge<'_>,
+    judge: &Judge<'_>,
 ) -> Option<(BTreeSet<&'a str>, bool)> {
     let canary = active.revision.deployment_configuration.canary.as_ref()?;
     if !active.deployment.in_canary(active.revision) {

@@ -166,11 +166,7 @@ impl Subject for InstanceSubject<'_> {
     }
 
     fn attribute(&self, name: &str) -> Option<Option<&str>> {
-        self.instance
-            .attributes
-            .iter()
-            .find(|attribute| attribute.name == name)
-            .map(|attribute| attribute.value.as_deref())
+        crate::cql::attribute(&self.instance.attributes, name)
     }
 
     fn task_groups(&self) -> impl Iterator<Item = &str> {
