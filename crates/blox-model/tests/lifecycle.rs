@@ -239,7 +239,10 @@ fn patch(words: &[&str]) -> ConfigPatch {
             auto_promote: flag("autopromote", "noautopromote"),
             ..CanaryPatch::default()
         }),
-        alarms: None,
+        alarms: words
+            .iter()
+            .find_map(|w| w.strip_prefix("alarms="))
+            .map(|names| names.split(',').map(str::to_owned).collect()),
         coverage_grace_seconds: None,
     }
 }
@@ -976,6 +979,14 @@ fn check_runs(runs: Vec<Run>) {
 /// Revision 2 (td:2) deployed as d2 after revision 1 (td:1) completed as d1.
 const SECOND: &[&str] = &["deploy rev=1", "complete", "update td=td:2", "deploy rev=2"];
 
+/// [`SECOND`] with revision 2 watching the alarm `cpu-high`.
+const ALARMED: &[&str] = &[
+    "deploy rev=1",
+    "complete",
+    "update td=td:2 alarms=cpu-high",
+    "deploy rev=2",
+];
+
 /// [`SECOND`] with a canary of 2 on revision 2.
 const CANARY: &[&str] = &[
     "deploy rev=1",
@@ -1068,7 +1079,7 @@ fn canaries_and_alarms() {
         ),
         run(
             "an alarm in ALARM fails the deployment and rolls back",
-            SECOND,
+            ALARMED,
             &["+0 e=5 h=0", "+10 e=5 h=2 alarm=cpu-high"],
             &[
                 "dep d1 rev=1 completed",
@@ -1079,7 +1090,7 @@ fn canaries_and_alarms() {
         ),
         run(
             "an alarm wins over completion in the same pass",
-            SECOND,
+            ALARMED,
             &["+0 e=5 h=5 done alarm=cpu-high"],
             &[
                 "dep d1 rev=1 completed",
@@ -1088,9 +1099,35 @@ fn canaries_and_alarms() {
                 "env latest=2 active=d3",
             ],
         ),
+        run(
+            "the rollback is not failed by the alarm still in ALARM",
+            ALARMED,
+            &["+0 e=5 h=2 alarm=cpu-high", "+10 e=5 h=5 done alarm=cpu-high"],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 failed by=d3 prev=1",
+                "dep d3 rev=1 completed rollback of=d2 prev=2",
+                "env latest=2 active=d3",
+            ],
+        ),
+        run(
+            "an alarm the revision does not name is not its business",
+            SECOND,
+            &["+0 e=5 h=2 alarm=cpu-high"],
+            &[
+                "dep d1 rev=1 completed",
+                "dep d2 rev=2 running prev=1",
+                "env latest=2 active=d2",
+            ],
+        ),
     ]);
     let mut world = World::new();
-    for op in CANARY {
+    for op in [
+        "deploy rev=1",
+        "complete",
+        "update td=td:2 canary=2 alarms=disk-full",
+        "deploy rev=2",
+    ] {
         world.must(op);
     }
     world.advance_observing(&plan("e=5 h=2 alarm=disk-full"), alarm("e=5 h=2 alarm=disk-full"));

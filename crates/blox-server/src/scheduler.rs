@@ -289,18 +289,16 @@ impl Scheduler {
     }
 
     /// The first of the active deployment's alarms in ALARM, read at most every `alarm_interval`
-    /// while the deployment is in progress. A failed read fails nothing (CloudWatch's trouble is not
-    /// the deployment's): it is logged, counted and tried again at the next interval. A rollback is
-    /// not watched: it restores a revision that ran before, most often while the alarm that failed
-    /// the deployment it undoes is still in ALARM.
+    /// while the deployment watches them (`Deployment::watches_alarms`) and may act (not frozen). A
+    /// failed read fails nothing (CloudWatch's trouble is not the deployment's): it is logged,
+    /// counted and tried again at the next interval.
     async fn alarm_in_alarm(&self, stored: &Stored, report: &mut PassReport) -> Option<String> {
         let active = stored.snapshot.active()?;
         let revision = stored.snapshot.revision(active.revision)?;
-        let names = &revision.deployment_configuration.alarms;
-        if names.is_empty() || active.rollback || !active.status.in_progress() || stored.environment().frozen
-        {
+        if !active.watches_alarms(revision) || stored.environment().frozen {
             return None;
         }
+        let names = &revision.deployment_configuration.alarms;
         let now = self.now();
         let interval = self.options.alarm_interval.as_millis() as u64;
         if let Some((at, found)) = self.memory().alarms.get(&active.id)

@@ -296,6 +296,14 @@ impl Deployment {
         }
     }
 
+    /// Whether its revision's CloudWatch alarms are watched: while it is in progress, unless it is a
+    /// rollback, which restores a revision that ran before, usually while the alarm that failed the
+    /// deployment it undoes is still in ALARM. (The bake time after its last start is inside that
+    /// window: it completes only once every task has been healthy for `minHealthySeconds`.)
+    pub fn watches_alarms(&self, revision: &Revision) -> bool {
+        !revision.deployment_configuration.alarms.is_empty() && !self.rollback && self.status.in_progress()
+    }
+
     /// Whether its canary still holds the rest of the fleet back: the revision has a canary, this is
     /// not a rollback (which restores a known revision everywhere at once), and it was not promoted.
     pub fn in_canary(&self, revision: &Revision) -> bool {

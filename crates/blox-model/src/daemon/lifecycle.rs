@@ -716,7 +716,7 @@ pub fn advance(
         }
     }
     let threshold = config.failure_threshold(plan.fleet.eligible);
-    let failure = if let Some(alarm) = observed.alarm {
+    let failure = if let Some(alarm) = observed.alarm.filter(|_| active.watches_alarms(revision)) {
         Some(format!("alarm {alarm} is in ALARM"))
     } else if plan.complete {
         deployment.transition(
