@@ -99,8 +99,8 @@ pub struct DeploymentConfiguration {
     /// Roll out to these instances first, then wait for promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
-    /// CloudWatch alarms watched while the deployment runs (and for `minHealthySeconds` after its
-    /// last start): one in ALARM fails the deployment.
+    /// CloudWatch alarms watched while a deployment of the revision is in progress (not a rollback's:
+    /// `Deployment::watches_alarms`): one in ALARM fails the deployment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alarms: Vec<String>,
     /// An instance that should run the active revision and has had no healthy task of it for longer

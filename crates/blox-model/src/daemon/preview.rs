@@ -113,11 +113,10 @@ pub fn preview(input: &PreviewInput<'_>) -> Preview {
     let bake_ms = config.min_healthy_seconds.saturating_mul(1_000);
     let mut now = input.now_ms;
     let mut out = Preview::default();
-    let mut first: Option<Plan> = None;
     let mut promoted = false;
     // A rollout takes at most a batch per instance and its replacement, and a few for the canary.
     let limit = 2 * cluster.instance_count() + 8;
-    for _ in 0..limit {
+    for passes in 0..limit {
         let plan = plan(&PlanInput {
             environment: &environment,
             active: Some(Active {
@@ -131,11 +130,11 @@ pub fn preview(input: &PreviewInput<'_>) -> Preview {
             failures: &[],
             now_ms: now,
         });
-        if first.is_none() {
+        if passes == 0 {
+            // The fleet as it stands before the deployment acts.
             out.eligible = plan.fleet.eligible;
             out.floor = plan.fleet.floor;
             out.surge = plan.fleet.surge;
-            first = Some(plan.clone());
         }
         if let Some(canary) = &plan.canary {
             if !canary.recorded {
