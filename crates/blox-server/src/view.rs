@@ -56,23 +56,12 @@ pub struct ViewState {
     pub instance_records: HashMap<ClusterName, HashMap<Arc<str>, (u64, bytes::Bytes)>>,
     /// The last change applied.
     pub applied: u64,
-    /// Whether every task's group is known (`task:group`).
-    pub task_groups: TaskGroups,
-    /// While the task groups are being loaded: the tasks whose changes the view applied meanwhile,
-    /// which the load must not overwrite with what it read (maybe older).
+    /// While every task's group is being loaded (`task:group`; `View::task_groups`): the tasks whose
+    /// changes the view applied meanwhile, which the load must not overwrite with what it read
+    /// (maybe older). `None` when no load runs.
     touched: Option<HashSet<String>>,
     /// Loads of the whole view so far: a load of the task groups begun before a reload stops.
     generation: u64,
-}
-
-/// Whether the view knows the group of every task.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum TaskGroups {
-    /// Only the scheduler's tasks and the changes seen since the start.
-    #[default]
-    Partial,
-    Loading,
-    Loaded,
 }
 
 /// What the view keeps of a task outside the scheduler's groups: where it runs and its group (for
@@ -275,7 +264,8 @@ impl ViewState {
 pub struct View {
     state: RwLock<ViewState>,
     applied: watch::Sender<u64>,
-    /// Turns true once every task's group is loaded.
+    /// Whether every task's group is known: turns true once they are loaded, false again when the
+    /// view reloads. Before, only the scheduler's tasks and the changes seen since the start are.
     groups_loaded: watch::Sender<bool>,
     /// Sequence numbers of applied changes that can change a plan, not yet taken by the executor.
     relevant: Mutex<Vec<u64>>,
@@ -319,17 +309,21 @@ impl View {
     /// planner that reads `task:group` must not plan before: a group it does not know matches no
     /// `==` and every `!=`.
     pub fn task_groups(self: &Arc<View>, store: &Arc<dyn Store>) -> bool {
+        // Under the lock, which every change of the flag or of `touched` takes too.
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        match state.task_groups {
-            TaskGroups::Loaded => true,
-            TaskGroups::Loading => false,
-            TaskGroups::Partial => {
-                state.task_groups = TaskGroups::Loading;
-                state.touched = Some(HashSet::new());
-                tokio::spawn(self.clone().load_task_groups(store.clone()));
-                false
-            }
+        if self.knows_task_groups() {
+            return true;
         }
+        if state.touched.is_none() {
+            state.touched = Some(HashSet::new());
+            tokio::spawn(self.clone().load_task_groups(store.clone()));
+        }
+        false
+    }
+
+    /// Whether every task's group is known.
+    pub fn knows_task_groups(&self) -> bool {
+        *self.groups_loaded.borrow()
     }
 
     /// Waits (at most `timeout`) until every task's group is known, starting the load if needed.
@@ -366,8 +360,9 @@ impl View {
                 Err(err) => {
                     tracing::warn!(error = %err, "the view could not load the tasks' groups; task:group waits");
                     let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-                    state.task_groups = TaskGroups::Partial;
-                    state.touched = None;
+                    if state.generation == generation {
+                        state.touched = None;
+                    }
                     return;
                 }
             };
@@ -409,7 +404,6 @@ impl View {
             if state.generation != generation {
                 return;
             }
-            state.task_groups = TaskGroups::Loaded;
             state.touched = None;
             // Under the lock: a reload cannot slip in between.
             self.groups_loaded.send_replace(true);
@@ -517,8 +511,8 @@ impl View {
             // The task groups are partial again: the next ask loads them anew.
             state.generation = current.generation + 1;
             *current = state;
+            self.groups_loaded.send_replace(false);
         }
-        self.groups_loaded.send_replace(false);
         self.applied.send_replace(head);
         // What changed while loading comes next, from the change log after `head`.
         Ok(())

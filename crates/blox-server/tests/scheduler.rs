@@ -1288,5 +1288,5 @@ async fn a_group_by_task_group_leaves_out_the_instance_of_a_batch_job() {
     let id = world.deploy(2).await;
     world.wait_status(&id, DeploymentStatus::Completed).await;
     assert!(world.converged(&world.instances[1..], &world.td1));
-    assert!(world.view.read().task_groups == blox_server::view::TaskGroups::Loaded);
+    assert!(world.view.knows_task_groups());
 }
