@@ -515,11 +515,7 @@ pub fn task_counts(counts: Counts) -> TaskCounts {
 pub fn live(state: &AppState, stored: &Stored) -> Live {
     let snapshot = &stored.snapshot;
     let env = stored.environment();
-    if snapshot
-        .active()
-        .and_then(|d| snapshot.revision(d.revision))
-        .is_some_and(Revision::reads_task_groups)
-    {
+    if snapshot.reads_task_groups() {
         // Counts read before every task's group is known may be off for a moment; the executor
         // waits for them before it plans.
         state.view.task_groups(&state.store);

@@ -583,12 +583,7 @@ impl Scheduler {
         let env = stored.environment();
         let name = env.name.as_str();
         let cluster = &stored.cluster;
-        let reads_groups = stored
-            .snapshot
-            .active()
-            .and_then(|d| stored.snapshot.revision(d.revision))
-            .is_some_and(daemon::Revision::reads_task_groups);
-        if reads_groups && !self.view.task_groups(&self.store) {
+        if stored.snapshot.reads_task_groups() && !self.view.task_groups(&self.store) {
             // A `task:group` it cannot answer yet would match no `==` and every `!=`: wait.
             tracing::debug!(cluster = %cluster, environment = name, "waiting for every task's group before planning");
             report.due(now + 200);

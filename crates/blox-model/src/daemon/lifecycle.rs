@@ -195,6 +195,13 @@ impl Snapshot {
             .collect()
     }
 
+    /// Whether planning the active deployment reads every task's group (`Revision::reads_task_groups`).
+    pub fn reads_task_groups(&self) -> bool {
+        self.active()
+            .and_then(|d| self.revision(d.revision))
+            .is_some_and(Revision::reads_task_groups)
+    }
+
     pub fn latest_revision(&self) -> Option<&Revision> {
         let env = self.environment.as_ref()?;
         self.revision(env.latest_revision)
