@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_cloudwatch::Client;
-use aws_sdk_cloudwatch::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::types::{AlarmType, StateValue};
 use aws_smithy_types::DateTime;
 
-use crate::ecs::THROTTLING_CODES;
+use crate::ecs::Classified;
 use crate::{ALARM_BATCH, AlarmError, AlarmErrorKind, AlarmReader, AlarmState, AlarmStateValue};
 
 /// [`ALARM_BATCH`] as the SDK takes it (MaxRecords is at most 100 too).
@@ -145,15 +145,13 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
-    let kind = match err.code() {
-        Some(code) if THROTTLING_CODES.contains(&code) => AlarmErrorKind::Throttled,
-        Some(code) if REJECTED_CODES.contains(&code) => AlarmErrorKind::Rejected {
-            code: code.to_owned(),
-            message: err.message().unwrap_or("no message").to_owned(),
-        },
-        Some(code) => AlarmErrorKind::Other(format!("{code}: {}", err.message().unwrap_or("no message"))),
-        // Transport errors and timeouts carry no code; keep the whole source chain.
-        None => AlarmErrorKind::Other(DisplayErrorContext(&err).to_string()),
+    let kind = match Classified::of(&err) {
+        Classified::Throttled => AlarmErrorKind::Throttled,
+        Classified::Coded { code, message } if REJECTED_CODES.contains(&code.as_str()) => {
+            AlarmErrorKind::Rejected { code, message }
+        }
+        Classified::Coded { code, message } => AlarmErrorKind::Other(format!("{code}: {message}")),
+        Classified::Uncoded(chain) => AlarmErrorKind::Other(chain),
     };
     tracing::debug!(operation, error = %kind, "CloudWatch call failed");
     AlarmError { operation, kind }

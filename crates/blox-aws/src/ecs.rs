@@ -24,7 +24,7 @@ const LIST_PAGE_SIZE: i32 = LIST_PAGE as i32;
 
 /// Error codes AWS uses for throttling (the set the SDK's own retry classifier treats as throttling,
 /// restricted to those ECS and CloudWatch can answer).
-pub(crate) const THROTTLING_CODES: &[&str] = &[
+const THROTTLING_CODES: &[&str] = &[
     "ThrottlingException",
     "Throttling",
     "ThrottledException",
@@ -393,21 +393,47 @@ impl EcsControl for SdkEcs {
 }
 
 /// Classifies an SDK error by its AWS error code (never by its text).
+/// What any AWS SDK error is before a service names its own kinds: throttled, refused with a code
+/// (and AWS's message), or without a code (transport errors and timeouts, with the whole source
+/// chain).
+pub(crate) enum Classified {
+    Throttled,
+    Coded { code: String, message: String },
+    Uncoded(String),
+}
+
+impl Classified {
+    pub(crate) fn of<E, R>(err: &SdkError<E, R>) -> Classified
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        match err.code() {
+            Some(code) if THROTTLING_CODES.contains(&code) => Classified::Throttled,
+            Some(code) => Classified::Coded {
+                code: code.to_owned(),
+                message: err.message().unwrap_or("no message").to_owned(),
+            },
+            None => Classified::Uncoded(DisplayErrorContext(err).to_string()),
+        }
+    }
+}
+
 fn sdk_error<E, R>(operation: &'static str, cluster: Option<&str>, err: SdkError<E, R>) -> EcsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
-    let kind = match err.code() {
-        Some(code) if THROTTLING_CODES.contains(&code) => EcsErrorKind::Throttled,
-        Some("ClusterNotFoundException") => EcsErrorKind::ClusterNotFound,
-        Some(code @ ("InvalidParameterException" | "ClientException")) => EcsErrorKind::Rejected {
-            code: code.to_owned(),
-            message: err.message().unwrap_or("no message").to_owned(),
-        },
-        Some(code) => EcsErrorKind::Other(format!("{code}: {}", err.message().unwrap_or("no message"))),
-        // Transport errors and timeouts carry no code; keep the whole source chain.
-        None => EcsErrorKind::Other(DisplayErrorContext(&err).to_string()),
+    let kind = match Classified::of(&err) {
+        Classified::Throttled => EcsErrorKind::Throttled,
+        Classified::Coded { code, .. } if code == "ClusterNotFoundException" => EcsErrorKind::ClusterNotFound,
+        Classified::Coded { code, message }
+            if matches!(code.as_str(), "InvalidParameterException" | "ClientException") =>
+        {
+            EcsErrorKind::Rejected { code, message }
+        }
+        Classified::Coded { code, message } => EcsErrorKind::Other(format!("{code}: {message}")),
+        Classified::Uncoded(chain) => EcsErrorKind::Other(chain),
     };
     tracing::debug!(operation, cluster, error = %kind, "ECS call failed");
     EcsError {
