@@ -459,12 +459,28 @@ impl V1<'_> {
         revision: RevisionId,
         rollback: bool,
     ) -> Result<DeploymentResponse, ClientError> {
+        self.post_deployment(cluster, name, revision, rollback, false)
+            .await
+    }
+
+    /// `POST …/deployments` with its query: the revision, and `rollback` and `dryRun` when set.
+    async fn post_deployment<T: DeserializeOwned>(
+        &self,
+        cluster: &str,
+        name: &str,
+        revision: RevisionId,
+        rollback: bool,
+        dry_run: bool,
+    ) -> Result<T, ClientError> {
         let c = self.client;
         let url = c.url(&format!("{}/deployments", Self::environment(cluster, name)));
         let revision = revision.0.to_string();
         let mut query = vec![("revisionId", revision.as_str())];
         if rollback {
             query.push(("rollback", "true"));
+        }
+        if dry_run {
+            query.push(("dryRun", "true"));
         }
         c.read_json(c.http.post(url).query(&query)).await
     }
@@ -478,14 +494,8 @@ impl V1<'_> {
         revision: RevisionId,
         rollback: bool,
     ) -> Result<DeploymentPlan, ClientError> {
-        let c = self.client;
-        let url = c.url(&format!("{}/deployments", Self::environment(cluster, name)));
-        let revision = revision.0.to_string();
-        let mut query = vec![("revisionId", revision.as_str()), ("dryRun", "true")];
-        if rollback {
-            query.push(("rollback", "true"));
-        }
-        c.read_json(c.http.post(url).query(&query)).await
+        self.post_deployment(cluster, name, revision, rollback, true)
+            .await
     }
 
     /// `POST …/deployments/{id}/promote`: the canary's rollout goes on to the rest of the fleet.

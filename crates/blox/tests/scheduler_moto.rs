@@ -77,6 +77,15 @@ impl Harness {
         }
     }
 
+    /// A cluster `cluster` of `n` instances (their ARNs) and the task definitions `agent:1` and
+    /// `agent:2`.
+    async fn two_revisions_on(&self, cluster: &str, n: usize) -> Vec<String> {
+        self.ecs.create_cluster(cluster).await.unwrap();
+        self.ecs.register_task_definition("agent").await.unwrap();
+        self.ecs.register_task_definition("agent").await.unwrap();
+        self.ecs.register_instances(cluster, n).await.unwrap()
+    }
+
     /// Every task of `cluster` moto holds, stopped ones included, as it describes them.
     async fn all_tasks(&self, cluster: &str) -> Vec<Task> {
         let mut arns = Vec::new();
@@ -236,10 +245,7 @@ fn deployment_id(answer: &Value) -> String {
 #[tokio::test]
 async fn an_environment_lives_and_dies_through_the_v1_api() {
     let h = Harness::new().await;
-    h.ecs.create_cluster("prod").await.unwrap();
-    h.ecs.register_task_definition("agent").await.unwrap();
-    h.ecs.register_task_definition("agent").await.unwrap();
-    let instances = h.ecs.register_instances("prod", 3).await.unwrap();
+    let instances = h.two_revisions_on("prod", 3).await;
     let blox = h.blox(&h.moto.env()).await;
     let env = "/v1/prod/environments/agent";
 
@@ -511,10 +517,7 @@ async fn killed_mid_deployment_converges_without_duplicates() {
 #[tokio::test]
 async fn an_alarm_in_alarm_fails_the_deployment_and_rolls_back() {
     let h = Harness::new().await;
-    h.ecs.create_cluster("prod").await.unwrap();
-    h.ecs.register_task_definition("agent").await.unwrap();
-    h.ecs.register_task_definition("agent").await.unwrap();
-    let instances = h.ecs.register_instances("prod", 4).await.unwrap();
+    let instances = h.two_revisions_on("prod", 4).await;
     h.ecs.put_alarm("agent-errors").await.unwrap();
     let blox = h.blox(&h.moto.env()).await;
     let env = "/v1/prod/environments/agent";
@@ -581,10 +584,7 @@ async fn an_alarm_in_alarm_fails_the_deployment_and_rolls_back() {
 #[tokio::test]
 async fn a_plan_is_what_the_deployment_then_does() {
     let h = Harness::new().await;
-    h.ecs.create_cluster("prod").await.unwrap();
-    h.ecs.register_task_definition("agent").await.unwrap();
-    h.ecs.register_task_definition("agent").await.unwrap();
-    let instances = h.ecs.register_instances("prod", 5).await.unwrap();
+    let instances = h.two_revisions_on("prod", 5).await;
     let blox = h.blox(&h.moto.env()).await;
     let env = "/v1/prod/environments/agent";
     blox.ok(
