@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what blox's tests need besides Rust: a Python venv with moto (the ECS/SQS/CloudWatch
-# emulator the wire-level tests run against) and schemathesis (the API's property test against
-# openapi/blox.json). CloudWatch needs moto >= 5.1.12 (its JSON protocol) and botocore >= 1.38 (the
-# CBOR codec): scripts/moto_cbor_bridge.py turns the Rust SDK's CBOR calls into JSON ones for moto.
+# Installs what blox's tests need besides Rust: etcd (Debian's etcd-server, for the tests of the
+# etcd store), a Python venv with moto (the ECS/SQS/CloudWatch emulator the wire-level tests run
+# against) and schemathesis (the API's property test against openapi/blox.json). CloudWatch needs
+# moto >= 5.1.12 (its JSON protocol) and botocore >= 1.38 (the CBOR codec):
+# scripts/moto_cbor_bridge.py turns the Rust SDK's CBOR calls into JSON ones for moto.
 # Idempotent: does nothing when it is already in place.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +15,16 @@ import moto, moto.server, boto3
 from botocore.serialize import RpcV2CBORSerializer
 assert tuple(int(p) for p in moto.__version__.split(".")[:3]) >= (5, 1, 12), moto.__version__
 '
+
+if ! command -v etcd >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+  else
+    echo "etcd is required (apt-get install etcd-server)" >&2
+    exit 1
+  fi
+fi
 
 if "$venv/bin/python" -c "$VENV_OK" 2>/dev/null \
   && [ "$("$venv/bin/st" --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1)" = "$SCHEMATHESIS" ]; then

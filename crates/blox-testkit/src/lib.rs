@@ -1,6 +1,7 @@
 //! Helpers for blox's integration tests (a dev-dependency only):
 //!
 //! - [`Moto`]: a private moto server (ECS, SQS, EC2 emulator) per test, killed on drop;
+//! - [`Etcd`]: a private single-member etcd server per test ([`EtcdOptions`]), killed on drop;
 //! - [`EcsFixture`]: creates clusters, instances, tasks and queues in it;
 //! - [`task_event`], [`instance_event`], [`EventFeed`]: ECS events as EventBridge delivers them, since
 //!   moto never emits any;
@@ -10,6 +11,7 @@
 //!   or after moto acts ([`StartTaskFault`]).
 
 pub mod entities;
+mod etcd;
 mod events;
 mod fixture;
 mod moto;
@@ -17,6 +19,7 @@ mod process;
 mod proxy;
 mod wait;
 
+pub use etcd::{Etcd, EtcdOptions};
 pub use events::{EventFeed, instance_event, task_event};
 pub use fixture::EcsFixture;
 pub use moto::{Moto, workspace_root};
