@@ -116,6 +116,25 @@ pub struct Readiness {
     /// Clusters whose last reconcile failed, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing_clusters: Vec<ClusterFailure>,
+    /// `leader` (runs ingestion, reconciliation and the scheduler) or `follower` (serves the API
+    /// from the shared store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// `GET /v1/leader`: which replica leads, as this one knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderStatus {
+    /// This replica's id (`--replica-id`).
+    #[serde(rename = "self")]
+    pub self_id: String,
+    /// The leader's replica id; null while no replica leads.
+    pub leader: Option<String>,
+    /// The leadership lease's time to live (`--leader-lease`).
+    pub lease_ttl_seconds: u64,
+    /// When the leader took the lead (RFC 3339); null while no replica leads.
+    pub since: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -10,7 +10,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blox_api::{
-    DeadLetter, DeadLetters, ErrorBody, Health, InstanceRecord, Instances, Readiness, TaskRecord, Tasks,
+    DeadLetter, DeadLetters, ErrorBody, Health, InstanceRecord, Instances, LeaderStatus, Readiness,
+    TaskRecord, Tasks,
 };
 use blox_model::{ClusterName, INSTANCE_STATUSES, ResourceArn, TASK_STATUSES};
 use blox_store::{Filter, Key, Kind, PageRequest, Store};
@@ -31,6 +32,8 @@ use crate::stream::{self, StreamOptions};
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Which replica leads (`GET /v1/leader`).
+    pub leadership: Arc<dyn blox_store::leader::Leadership>,
     pub readiness: Arc<ReadinessState>,
     pub metrics: PrometheusHandle,
     pub stream: StreamOptions,
@@ -60,6 +63,12 @@ impl AppState {
     ) -> Result<AppState, blox_store::StoreError> {
         let view = crate::view::View::spawn(store.clone(), crate::clock::wall(), shutdown.clone()).await?;
         Ok(AppState {
+            leadership: Arc::new(blox_store::leader::SoleLeadership::new(
+                store.clone(),
+                "local".to_owned(),
+                std::time::Duration::from_secs(10),
+                crate::clock::now_unix_ms(),
+            )),
             store,
             readiness: Arc::default(),
             metrics: crate::metrics::handle(),
@@ -98,6 +107,7 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         stream::stream_instances,
         list_dead_letters,
         delete_dead_letter,
+        leader,
         healthz,
         readyz,
         metrics,
@@ -136,6 +146,7 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         DeadLetter,
         Health,
         Readiness,
+        LeaderStatus,
         blox_api::StreamError,
         blox_api::Ping,
         blox_api::RevisionId,
@@ -519,6 +530,19 @@ pub async fn delete_dead_letter(
             format!("dead letter {id} not found"),
         ))
     }
+}
+
+/// Which replica leads, as this one knows it. Every replica answers; only the leader runs ingestion,
+/// reconciliation and the scheduler.
+#[utoipa::path(get, path = "/v1/leader", tag = "operations", responses((status = 200, body = LeaderStatus)))]
+pub async fn leader(State(state): State<Arc<AppState>>) -> Json<LeaderStatus> {
+    let leader = state.leadership.leader().borrow().clone();
+    Json(LeaderStatus {
+        self_id: state.leadership.replica_id().to_owned(),
+        leader: leader.as_ref().map(|leader| leader.id.clone()),
+        lease_ttl_seconds: state.leadership.lease_ttl().as_secs(),
+        since: leader.map(|leader| blox_model::emit::rfc3339_millis(leader.since_ms)),
+    })
 }
 
 /// The process is alive and serving.

@@ -11,6 +11,7 @@ use axum::middleware;
 use axum::routing::{delete, get, post};
 use blox_aws::{EcsControl, EcsReader, EventSource};
 use blox_store::Store;
+use blox_store::leader::{Leadership, SoleLeadership, Term};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -154,6 +155,7 @@ pub fn routes(state: AppState) -> Router {
         .merge(v1)
         .route("/v1/dead-letters", get(api::list_dead_letters))
         .route("/v1/dead-letters/{id}", delete(api::delete_dead_letter))
+        .route("/v1/leader", get(api::leader))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -186,6 +188,9 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 /// What the server is connected to.
 pub struct Services {
     pub store: Arc<dyn Store>,
+    /// How this replica learns whether it leads; without it, it leads alone from the start (a
+    /// store of one process).
+    pub leadership: Option<Arc<dyn Leadership>>,
     /// ECS for the reconciler; without it the server serves what events bring.
     pub ecs: Option<Arc<dyn EcsReader>>,
     /// The event queue; without it the server mirrors by reconciling only.
@@ -236,7 +241,16 @@ pub async fn serve(
     )
     .await
     .map_err(std::io::Error::other)?;
+    let leadership = services.leadership.clone().unwrap_or_else(|| {
+        Arc::new(SoleLeadership::new(
+            services.store.clone(),
+            "local".to_owned(),
+            Duration::from_secs(10),
+            clock::now_unix_ms(),
+        ))
+    });
     let state = AppState {
+        leadership: leadership.clone(),
         store: services.store.clone(),
         readiness: readiness.clone(),
         metrics: metrics::handle(),
@@ -252,46 +266,16 @@ pub async fn serve(
     let tls = options.tls.clone();
 
     let background = TaskTracker::new();
-    match (&services.ecs, services.control) {
-        (Some(ecs), Some(control)) => {
-            let mut scheduler = Scheduler::new(
-                services.store.clone(),
-                ecs.clone(),
-                control,
-                view,
-                options.scheduler,
-            );
-            if let Some(alarms) = services.alarms {
-                scheduler = scheduler.with_alarms(alarms);
-            }
-            let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
-            background.spawn(async move {
-                // Plans need a loaded cluster view: start after the first reconcile pass.
-                while !readiness.snapshot().ready {
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        () = shutdown.cancelled() => return,
-                    }
-                }
-                scheduler.run(shutdown).await;
-            });
-        }
-        (None, Some(_)) => {
-            tracing::warn!("ECS control without ECS reads: the daemon scheduler does not run");
-        }
-        _ => {}
-    }
-    match services.ecs {
-        Some(ecs) => {
-            let reconciler = Reconciler::new(services.store.clone(), ecs, options.reconcile, readiness);
-            background.spawn(reconciler.run(shutdown.clone()));
-        }
-        None => readiness.ready_without_reconcile(),
-    }
-    if let Some(source) = services.events {
-        let ingestor = Ingestor::new(services.store.clone(), source, options.ingest);
-        background.spawn(ingestor.run(shutdown.clone()));
-    }
+    let activities = Activities {
+        ecs: services.ecs,
+        control: services.control,
+        events: services.events,
+        alarms: services.alarms,
+        view,
+        readiness,
+        options: options.clone(),
+    };
+    background.spawn(lead(leadership, activities, shutdown.clone()));
     background.close();
 
     // Connections and background activities wind down together, each within the grace.
@@ -319,4 +303,132 @@ pub async fn serve(
     };
     let (served, ()) = tokio::join!(http, background);
     served
+}
+
+/// What only the leader runs.
+struct Activities {
+    ecs: Option<Arc<dyn EcsReader>>,
+    control: Option<Arc<dyn EcsControl>>,
+    events: Option<Arc<dyn EventSource>>,
+    alarms: Option<Arc<dyn blox_aws::AlarmReader>>,
+    view: Arc<View>,
+    readiness: Arc<ReadinessState>,
+    options: ServerOptions,
+}
+
+/// Campaigns for leadership until `shutdown`; while leading, runs ingestion, reconciliation and the
+/// scheduler's executor on the term's (fenced) store, and stops them the moment the term ends.
+async fn lead(leadership: Arc<dyn Leadership>, activities: Activities, shutdown: CancellationToken) {
+    let replica = leadership.replica_id().to_owned();
+    ::metrics::gauge!(metrics::LEADER).set(0.0);
+    let mut leader = leadership.leader();
+    loop {
+        let acquire = leadership.acquire();
+        tokio::pin!(acquire);
+        let term = loop {
+            // Another replica leads: this one follows (and is ready) until it may lead.
+            if leader
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(|leader| leader.id != replica)
+            {
+                activities.readiness.set_role(false);
+            }
+            tokio::select! {
+                term = &mut acquire => break term,
+                _ = leader.changed() => {}
+                () = shutdown.cancelled() => return,
+            }
+        };
+        let term = match term {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::warn!(replica = %replica, error = %err, "campaigning for leadership failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        tracing::info!(replica = %replica, "this replica leads: ingestion, reconciliation and the scheduler start");
+        ::metrics::gauge!(metrics::LEADER).set(1.0);
+        ::metrics::counter!(metrics::LEADERSHIP_CHANGES, "event" => "acquired").increment(1);
+        activities.readiness.set_role(true);
+        let stop = shutdown.child_token();
+        let running = activities.start(&term, stop.clone());
+        tokio::select! {
+            () = term.guard.lost() => {
+                tracing::warn!(replica = %replica, "this replica no longer leads: its activities stop");
+                ::metrics::counter!(metrics::LEADERSHIP_CHANGES, "event" => "lost").increment(1);
+            }
+            () = shutdown.cancelled() => {}
+        }
+        stop.cancel();
+        running.wait().await;
+        ::metrics::gauge!(metrics::LEADER).set(0.0);
+        activities.readiness.set_role(false);
+        if shutdown.is_cancelled() {
+            // What ingestion received is committed: the next leader starts at once.
+            leadership.resign(&term).await;
+            return;
+        }
+    }
+}
+
+impl Activities {
+    /// Starts the leader's activities for one term; they stop when `stop` is cancelled.
+    fn start(&self, term: &Term, stop: CancellationToken) -> TaskTracker {
+        let running = TaskTracker::new();
+        let options = &self.options;
+        // Passes of this term: the scheduler plans after the term's first reconcile pass.
+        let passes_before = self.readiness.snapshot().reconcile_passes;
+        match (&self.ecs, &self.control) {
+            (Some(ecs), Some(control)) => {
+                let mut scheduler = Scheduler::new(
+                    term.store.clone(),
+                    ecs.clone(),
+                    control.clone(),
+                    self.view.clone(),
+                    options.scheduler.clone(),
+                )
+                .with_guard(term.guard.clone());
+                if let Some(alarms) = &self.alarms {
+                    scheduler = scheduler.with_alarms(alarms.clone());
+                }
+                let (readiness, stop) = (self.readiness.clone(), stop.clone());
+                running.spawn(async move {
+                    // Plans need a loaded cluster view: start after the first reconcile pass.
+                    while readiness.snapshot().reconcile_passes == passes_before {
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            () = stop.cancelled() => return,
+                        }
+                    }
+                    scheduler.run(stop).await;
+                });
+            }
+            (None, Some(_)) => {
+                tracing::warn!("ECS control without ECS reads: the daemon scheduler does not run");
+            }
+            _ => {}
+        }
+        match &self.ecs {
+            Some(ecs) => {
+                let reconciler = Reconciler::new(
+                    term.store.clone(),
+                    ecs.clone(),
+                    options.reconcile.clone(),
+                    self.readiness.clone(),
+                );
+                running.spawn(reconciler.run(stop.clone()));
+            }
+            None => self.readiness.ready_without_reconcile(),
+        }
+        if let Some(source) = &self.events {
+            let ingestor = Ingestor::new(term.store.clone(), source.clone(), options.ingest.clone());
+            running.spawn(ingestor.run(stop));
+        }
+        running.close();
+        running
+    }
 }

@@ -28,6 +28,10 @@ pub const INGEST_BATCH_SPLITS: &str = "blox_ingest_batch_splits_total";
 pub const QUEUE_LAG_SECONDS: &str = "blox_queue_lag_seconds";
 /// Approximate messages in the queue. Label `state`: visible | in_flight.
 pub const QUEUE_MESSAGES: &str = "blox_queue_messages";
+/// 1 while this replica leads (runs ingestion, reconciliation and the scheduler), 0 while it follows.
+pub const LEADER: &str = "blox_leader";
+/// Leadership terms this replica began. Label `event`: acquired | lost.
+pub const LEADERSHIP_CHANGES: &str = "blox_leadership_changes_total";
 /// Reconcile runs per cluster. Label `result`: ok | error.
 pub const RECONCILE_RUNS: &str = "blox_reconcile_runs_total";
 /// Duration of full reconcile passes over every cluster.

@@ -77,6 +77,16 @@ impl ReadinessState {
     pub fn ready_without_reconcile(&self) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).ready = true;
     }
+
+    /// Records the replica's role. A follower serves from the shared store, which the leader keeps
+    /// reconciled: it is ready once the store is loaded.
+    pub fn set_role(&self, leader: bool) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.role = Some(if leader { "leader" } else { "follower" }.to_owned());
+        if !leader {
+            state.ready = true;
+        }
+    }
 }
 
 #[derive(Debug, Error)]

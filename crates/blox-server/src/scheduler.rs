@@ -42,6 +42,7 @@ use blox_model::daemon::{
     StartIntent, instance_record_id, lifecycle,
 };
 use blox_model::{ClusterName, Task};
+use blox_store::leader::LeaderGuard;
 use blox_store::{Expect, Key, Outcome, Store, StoreError, Write};
 use thiserror::Error;
 use tokio::time::Instant;
@@ -254,6 +255,8 @@ pub struct Scheduler {
     stops: Pacer,
     reads: Pacer,
     memory: Mutex<Memory>,
+    /// This replica's leadership term: no StartTask or StopTask once it no longer holds.
+    guard: LeaderGuard,
 }
 
 impl Scheduler {
@@ -275,6 +278,23 @@ impl Scheduler {
             reads: Pacer::new(options.calls_per_second),
             options,
             memory: Mutex::default(),
+            guard: LeaderGuard::sole(),
+        }
+    }
+
+    /// Acts only while `guard`'s leadership term holds.
+    pub fn with_guard(mut self, guard: LeaderGuard) -> Scheduler {
+        self.guard = guard;
+        self
+    }
+
+    /// Refuses an ECS action once the term has ended (by the replica's own clock: a leader paused
+    /// past its lease must not act on what it decided before).
+    fn still_leading(&self) -> Result<(), PassError> {
+        if self.guard.holds() {
+            Ok(())
+        } else {
+            Err(PassError::Store(StoreError::Fenced))
         }
     }
 
@@ -774,6 +794,7 @@ impl Scheduler {
         let mut stopped = 0;
         for stop in stops {
             self.stops.wait().await;
+            self.still_leading()?;
             let reason = stop.reason.to_string();
             let result = self
                 .control
@@ -1098,6 +1119,7 @@ impl Scheduler {
             group: Some(daemon::group(environment)),
         };
         self.starts.wait().await;
+        self.still_leading()?;
         // Never retried: StartTask has no idempotency token.
         let result = self.control.start_task(&request).await;
         self.starts.outcome("StartTask", result.as_ref().map(|_| ()));

@@ -8,6 +8,7 @@
 use std::ops::Bound;
 
 use crate::StoreError;
+use crate::leader::Fence;
 
 /// The tables of the store. Every backend has exactly these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +99,15 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn read<R>(&self, f: impl FnOnce(&dyn ReadTx) -> Result<R, StoreError>) -> Result<R, StoreError>;
 
     /// Runs `f` in one write transaction, committed (durably, for a persistent engine) iff `f` returns
-    /// `Ok`.
-    fn write<R>(&self, f: impl FnOnce(&mut dyn WriteTx) -> Result<R, StoreError>) -> Result<R, StoreError>;
+    /// `Ok`. An engine whose commit can lose a race (etcd's, optimistic) runs `f` again on fresh
+    /// state, so `f` must not keep effects of its own between calls. With a `fence`, the commit
+    /// happens only while the fence's leadership term holds ([`StoreError::Fenced`] otherwise); an
+    /// engine of one process has no other leader and ignores it.
+    fn write<R>(
+        &self,
+        fence: Option<&Fence>,
+        f: impl FnMut(&mut dyn WriteTx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError>;
 }
 
 /// Whether a range between these bounds is certainly empty. `BTreeMap::range` panics on such bounds, and

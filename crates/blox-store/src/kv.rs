@@ -15,6 +15,7 @@ use crate::codec::{
     has_nul, index_key, u64_key,
 };
 use crate::engine::{Direction, Engine, ReadTx, Table, WriteTx};
+use crate::leader::Fence;
 use crate::{
     Change, Cursor, DeadLetter, Document, Expect, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest,
     Record, StoreError, StoreOptions, Write,
@@ -134,6 +135,14 @@ pub(crate) struct KvStore<E> {
     inner: Arc<Inner<E>>,
 }
 
+impl<E> Clone for KvStore<E> {
+    fn clone(&self) -> Self {
+        KvStore {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
 struct Inner<E> {
     engine: E,
     options: StoreOptions,
@@ -167,6 +176,17 @@ impl<E: Engine> KvStore<E> {
         self.inner.options
     }
 
+    pub(crate) fn engine(&self) -> &E {
+        &self.inner.engine
+    }
+
+    /// Moves [`crate::Store::subscribe`]'s head to the head stored, when another process committed.
+    pub(crate) fn refresh_head(&self) -> Result<(), StoreError> {
+        let head = self.inner.engine.read(Meta::load)?.head;
+        self.inner.advance_head(head);
+        Ok(())
+    }
+
     /// Runs `f` on the blocking pool when the engine blocks, in place otherwise.
     async fn run<R: Send + 'static>(
         &self,
@@ -197,6 +217,15 @@ impl<E: Engine> KvStore<E> {
     }
 
     pub(crate) async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
+        self.apply_fenced(writes, None).await
+    }
+
+    /// [`KvStore::apply`], committed only while `fence`'s term holds (see [`Engine::write`]).
+    pub(crate) async fn apply_fenced(
+        &self,
+        writes: Vec<Write>,
+        fence: Option<Fence>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
@@ -204,16 +233,9 @@ impl<E: Engine> KvStore<E> {
         self.run(move |inner| {
             let (outcomes, before, after) = inner
                 .engine
-                .write(|tx| apply_batch(tx, &inner.options, &writes))?;
+                .write(fence.as_ref(), |tx| apply_batch(tx, &inner.options, &writes))?;
             if after > before {
-                // Concurrent batches may finish out of order: the head only moves forward.
-                inner.head.send_if_modified(|head| {
-                    let newer = after > *head;
-                    if newer {
-                        *head = after;
-                    }
-                    newer
-                });
+                inner.advance_head(after);
             }
             Ok(outcomes)
         })
@@ -320,9 +342,9 @@ impl<E: Engine> KvStore<E> {
             .await
     }
 
-    pub(crate) async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+    pub(crate) async fn remove_dead_letter(&self, id: u64, fence: Option<Fence>) -> Result<bool, StoreError> {
         self.run(move |inner| {
-            inner.engine.write(|tx| {
+            inner.engine.write(fence.as_ref(), |tx| {
                 let key = u64_key(id);
                 if tx.get(Table::DeadLetters, &key)?.is_none() {
                     return Ok(false);
@@ -340,6 +362,19 @@ impl<E: Engine> KvStore<E> {
 
     pub(crate) async fn count(&self, kind: Kind) -> Result<u64, StoreError> {
         self.read_in_place(|tx| Ok(Meta::load(tx)?.counts[count_slot(kind)]))
+    }
+}
+
+impl<E> Inner<E> {
+    /// Concurrent batches may finish out of order: the head only moves forward.
+    fn advance_head(&self, head: u64) {
+        self.head.send_if_modified(|current| {
+            let newer = head > *current;
+            if newer {
+                *current = head;
+            }
+            newer
+        });
     }
 }
 

@@ -31,11 +31,14 @@ pub mod conformance;
 
 mod codec;
 mod engine;
+mod etcd;
 mod kv;
+pub mod leader;
 mod mem;
 mod redb_engine;
 mod stores;
 
+pub use etcd::{EtcdConfig, EtcdLeadership, EtcdStore, EtcdTls, WallClock};
 pub use stores::{MemStore, RedbStore};
 
 /// What kind of entity a document is: an ECS entity (mirrored, written under the version rule) or a
@@ -432,6 +435,21 @@ pub enum StoreError {
     /// a new revision). The batch was refused whole.
     #[error("{key} is a revision and cannot be replaced: write a new revision instead")]
     ImmutableRevision { key: Key },
+    /// A batch that the backend cannot commit in one transaction (etcd's limits on operations and
+    /// request bytes) and that may not be split, having compare-and-swap writes. Nothing was applied.
+    #[error(
+        "the batch needs {operations} operations and {bytes} bytes in one transaction; the backend accepts {max_operations} and {max_bytes}"
+    )]
+    TooLarge {
+        operations: usize,
+        bytes: usize,
+        max_operations: usize,
+        max_bytes: usize,
+    },
+    /// The write was made through a leader's store ([`leader::Term::store`]) whose term has ended:
+    /// another replica may lead now. Nothing was applied.
+    #[error("this replica's leadership term has ended: the write was not made")]
+    Fenced,
 }
 
 impl StoreError {
@@ -444,8 +462,10 @@ impl StoreError {
             StoreError::InvalidValue { .. }
             | StoreError::Conflict { .. }
             | StoreError::WrongWrite { .. }
-            | StoreError::ImmutableRevision { .. } => true,
-            StoreError::Compacted { .. }
+            | StoreError::ImmutableRevision { .. }
+            | StoreError::TooLarge { .. } => true,
+            StoreError::Fenced
+            | StoreError::Compacted { .. }
             | StoreError::Future { .. }
             | StoreError::Backend { .. }
             | StoreError::Corrupt { .. } => false,

@@ -8,15 +8,31 @@ use std::sync::{PoisonError, RwLock};
 
 use crate::StoreError;
 use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range};
+use crate::leader::Fence;
 
-type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+pub(crate) type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
 #[derive(Default)]
-struct Tables([Map; Table::ALL.len()]);
+pub(crate) struct Tables([Map; Table::ALL.len()]);
 
 #[derive(Default)]
 pub(crate) struct MemEngine {
     tables: RwLock<Tables>,
+}
+
+impl Tables {
+    pub(crate) fn map(&self, table: Table) -> &Map {
+        &self.0[table.slot()]
+    }
+
+    /// Sets (`Some`) or removes (`None`) one entry.
+    pub(crate) fn set(&mut self, table: Table, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let map = &mut self.0[table.slot()];
+        match value {
+            Some(value) => map.insert(key, value),
+            None => map.remove(&key),
+        };
+    }
 }
 
 impl ReadTx for Tables {
@@ -125,7 +141,11 @@ impl Engine for MemEngine {
         f(&*tables)
     }
 
-    fn write<R>(&self, f: impl FnOnce(&mut dyn WriteTx) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    fn write<R>(
+        &self,
+        _fence: Option<&Fence>,
+        mut f: impl FnMut(&mut dyn WriteTx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let mut tables = self.tables.write().unwrap_or_else(PoisonError::into_inner);
         let mut tx = MemWrite {
             tables: &mut tables,

@@ -13,6 +13,7 @@ use redb::{
 
 use crate::StoreError;
 use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range};
+use crate::leader::Fence;
 
 type Guard<'a> = redb::AccessGuard<'a, &'static [u8]>;
 
@@ -222,7 +223,11 @@ impl Engine for RedbEngine {
         })
     }
 
-    fn write<R>(&self, f: impl FnOnce(&mut dyn WriteTx) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    fn write<R>(
+        &self,
+        _fence: Option<&Fence>,
+        mut f: impl FnMut(&mut dyn WriteTx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let txn = self.db.begin_write().map_err(failed("begin_write"))?;
         let result = {
             let mut tx = RedbWrite {

@@ -90,7 +90,7 @@ macro_rules! delegate_store {
             }
 
             async fn remove_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
-                self.0.remove_dead_letter(id).await
+                self.0.remove_dead_letter(id, None).await
             }
 
             async fn count(&self, kind: Kind) -> Result<u64, StoreError> {

@@ -13,7 +13,8 @@ use blox_server::{
     IngestOptions, Limits, ReconcileOptions, SchedulerOptions, ServerOptions, Services, TlsConfig, V03Errors,
 };
 use blox_sim::SimAlarms;
-use blox_store::{MemStore, RedbStore, Store, StoreOptions};
+use blox_store::leader::Leadership;
+use blox_store::{EtcdConfig, EtcdStore, EtcdTls, MemStore, RedbStore, Store, StoreOptions};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +25,9 @@ pub struct ServerArgs {
     /// Address of the REST API (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "BLOX_LISTEN", default_value = "127.0.0.1:2000")]
     listen: String,
-    /// Where state is kept: `redb:PATH` (durable, the default) or `memory` (lost on exit).
+    /// Where state is kept: `redb:PATH` (durable, the default), `memory` (lost on exit), or
+    /// `etcd:http://HOST:PORT[,http://HOST2:PORT...]` (shared by several replicas: see --replica-id
+    /// and the --etcd-* flags; https:// with --etcd-ca).
     #[arg(long, env = "BLOX_STORE", default_value = "redb:./blox-data/blox.redb")]
     store: String,
     /// The SQS queue of ECS events, by name or URL. Without it, blox mirrors by reconciling only.
@@ -77,7 +80,92 @@ pub struct ServerArgs {
     #[command(flatten)]
     security: SecurityArgs,
     #[command(flatten)]
+    replicas: ReplicaArgs,
+    #[command(flatten)]
     sim: SimArgs,
+}
+
+/// Several replicas on one etcd (README: "Running several replicas").
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReplicaArgs {
+    /// Every key blox writes in etcd starts with it: blox deployments sharing one etcd use different
+    /// prefixes.
+    #[arg(long, env = "BLOX_ETCD_PREFIX", default_value = "/blox/")]
+    etcd_prefix: String,
+    /// PEM file of the CA that signed etcd's certificate (for https:// endpoints).
+    #[arg(long, env = "BLOX_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM file of blox's client certificate, when etcd asks for one (with --etcd-key).
+    #[arg(long, env = "BLOX_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's key.
+    #[arg(long, env = "BLOX_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user, when etcd's auth is on (with --etcd-password).
+    #[arg(long, env = "BLOX_ETCD_USER", requires = "etcd_password")]
+    etcd_user: Option<String>,
+    /// The etcd user's password (prefer the environment variable to the flag: flags show in `ps`).
+    #[arg(
+        long,
+        env = "BLOX_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    etcd_password: Option<String>,
+    /// The leadership lease's time to live: a leader that stops renewing it (renewed every third of
+    /// it) is replaced after at most this long. Only with an etcd store.
+    #[arg(long, env = "BLOX_LEADER_LEASE", default_value = "10s", value_parser = parse_duration)]
+    leader_lease: Duration,
+    /// This replica's id in `GET /v1/leader` and the logs; default: the host name and the API port.
+    #[arg(long, env = "BLOX_REPLICA_ID")]
+    replica_id: Option<String>,
+}
+
+impl ReplicaArgs {
+    fn etcd_config(&self, endpoints: &str) -> Result<EtcdConfig> {
+        let endpoints: Vec<String> = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|endpoint| !endpoint.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if endpoints.is_empty() {
+            bail!("--store etcd: names no endpoint (etcd:http://HOST:PORT[,http://HOST2:PORT...])");
+        }
+        if let Some(bad) = endpoints
+            .iter()
+            .find(|endpoint| !(endpoint.starts_with("http://") || endpoint.starts_with("https://")))
+        {
+            bail!("--store etcd: endpoint {bad:?} must start with http:// or https://");
+        }
+        if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.len() < 2 {
+            bail!("--etcd-prefix must start with / and name something (e.g. /blox/)");
+        }
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+        };
+        let tls = if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
+            let identity_pem = match (&self.etcd_cert, &self.etcd_key) {
+                (Some(cert), Some(key)) => Some((read(cert, "--etcd-cert")?, read(key, "--etcd-key")?)),
+                _ => None,
+            };
+            Some(EtcdTls {
+                ca_pem: self
+                    .etcd_ca
+                    .as_ref()
+                    .map(|ca| read(ca, "--etcd-ca"))
+                    .transpose()?,
+                identity_pem,
+            })
+        } else {
+            None
+        };
+        let mut config = EtcdConfig::new(endpoints);
+        config.prefix = self.etcd_prefix.clone();
+        config.tls = tls;
+        config.user = self.etcd_user.clone().zip(self.etcd_password.clone());
+        Ok(config)
+    }
 }
 
 /// The server's own resource bounds (README: "Limits").
@@ -279,6 +367,11 @@ impl ServerArgs {
             v03_errors: V03Errors::Json,
             limits: LimitArgs::default(),
             security,
+            replicas: ReplicaArgs {
+                etcd_prefix: "/blox/".to_owned(),
+                leader_lease: Duration::from_secs(10),
+                ..ReplicaArgs::default()
+            },
             sim,
         }
     }
@@ -335,17 +428,45 @@ fn init_logging(format: &str) -> Result<()> {
     Ok(())
 }
 
-fn open_store(spec: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
+/// The store, and the leadership of its replicas when it is shared (etcd).
+async fn open_store(
+    spec: &str,
+    options: StoreOptions,
+    replicas: &ReplicaArgs,
+    replica_id: String,
+) -> Result<(Arc<dyn Store>, Option<Arc<dyn Leadership>>)> {
     if spec == "memory" {
-        return Ok(Arc::new(MemStore::new(options)));
+        return Ok((Arc::new(MemStore::new(options)), None));
+    }
+    if let Some(endpoints) = spec.strip_prefix("etcd:") {
+        let config = replicas.etcd_config(endpoints)?;
+        let store = EtcdStore::connect(&config, options)
+            .await
+            .with_context(|| format!("connecting to etcd at {endpoints}"))?;
+        let leadership = store.leadership(replica_id, replicas.leader_lease, blox_server::clock::now_unix_ms);
+        return Ok((Arc::new(store), Some(Arc::new(leadership))));
     }
     let Some(path) = spec.strip_prefix("redb:") else {
-        bail!("--store must be redb:PATH or memory, not {spec:?}");
+        bail!("--store must be redb:PATH, memory or etcd:http://HOST:PORT[,...], not {spec:?}");
     };
     let path = PathBuf::from(path);
     let store = RedbStore::open(&path, options)
         .with_context(|| format!("opening the store at {}", path.display()))?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), None))
+}
+
+/// `--replica-id`, or the host name and the API's port.
+fn replica_id(given: Option<&String>, address: std::net::SocketAddr) -> String {
+    if let Some(id) = given {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", address.port())
 }
 
 pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
@@ -369,7 +490,16 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
             "--tombstone-retention is shorter than --visibility-timeout plus --reconcile-interval: a late event may bring back a deleted entity until the next reconcile pass"
         );
     }
-    let store = open_store(&args.store, store_options)?;
+    if args.replicas.leader_lease < Duration::from_secs(2) {
+        bail!("--leader-lease must be at least 2s (it is renewed every third of it)");
+    }
+    // Bound before the store opens, so that the default replica id can name the port.
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let replica = replica_id(args.replicas.replica_id.as_ref(), address);
+    let (store, leadership) = open_store(&args.store, store_options, &args.replicas, replica.clone()).await?;
     raise_file_limit(args.limits.max_connections);
 
     // The account and region mirrored: the region from the AWS configuration, the account from
@@ -411,14 +541,10 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
         other => bail!("--ecs must be aws or sim, not {other:?}"),
     };
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let address = listener.local_addr()?;
     let scheme = if security.tls.is_some() { "https" } else { "http" };
     // Tests and scripts read this line to find the port.
     println!("{}{scheme}://{address}", blox_api::LISTENING_PREFIX);
-    tracing::info!(%address, scheme, store = %args.store, queue = ?args.queue, ecs = %args.ecs, "blox server started");
+    tracing::info!(%address, scheme, store = %args.store, queue = ?args.queue, ecs = %args.ecs, replica = %replica, "blox server started");
     if let (Some(banner), Some(sim)) = (&banner, &sim) {
         print_banner(banner, sim, &format!("{scheme}://{address}"));
     }
@@ -455,6 +581,7 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     };
     let services = Services {
         store,
+        leadership,
         ecs: Some(ecs),
         events,
         control: Some(control),
