@@ -1,13 +1,27 @@
 //! The behaviour every [`Store`] backend must have, as one public async function per case.
 //!
-//! Each case takes a factory that makes a fresh, empty store from [`StoreOptions`], together with a
-//! guard kept alive as long as the store (a temporary directory, or `()`). The
-//! [`conformance_tests!`](crate::conformance_tests) macro expands to one `#[tokio::test]` per case, so
-//! that a failure names its case:
+//! Each case takes an async factory that makes a fresh, empty store from [`StoreOptions`] (connecting
+//! to it if need be), together with a guard kept alive as long as the store (a temporary directory, a
+//! key prefix to clean up, or `()`). A case may call it several times; every call must give a store of
+//! its own, empty. The [`conformance_tests!`](crate::conformance_tests) macro expands to one
+//! `#[tokio::test]` per case, so that a failure names its case:
 //!
 //! ```ignore
-//! blox_store::conformance_tests!(|options| (blox_store::MemStore::new(options), ()));
+//! blox_store::conformance_tests!(async |options| (blox_store::MemStore::new(options), ()));
 //! ```
+//!
+//! **Positions: compare, never compute.** The suite asserts the contract, not one backend's
+//! numbering. Every sequence number (and dead-letter id) it uses is one the store gave it: an
+//! [`Outcome`], a [`Record::seq`], [`LogBounds`], a [`Change::seq`]. Positions are only compared:
+//! sequence numbers strictly increase across commits and, within a batch, in batch order; a backend
+//! may leave gaps between them (numbers derived from a distributed store's revisions), so no position
+//! is derived from another by arithmetic (no `seq + 1` for "the next change", no `head - 2`). The only
+//! literal positions are those the contract fixes: 0 is before every change (the head of an empty
+//! log, a reader starting from the beginning); `u64::MAX` and `head + 1` are merely ahead of the head.
+//! Retention is a count of changes: the log keeps exactly the N most recent ones.
+//!
+//! Each case works on one store handle: behaviour across replicas (two handles on one etcd prefix) is
+//! not part of this suite.
 
 use blox_model::ClusterName;
 
@@ -17,8 +31,8 @@ use crate::{
 };
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling `$make` (an expression of a type
-/// `Fn(StoreOptions) -> (impl Store, Guard)`) for its fresh store. The calling crate needs tokio with
-/// the `macros` and `rt` features.
+/// `AsyncFn(StoreOptions) -> (impl Store, Guard)`, typically an `async |options| ...` closure) for its
+/// fresh stores. The calling crate needs tokio with the `macros` and `rt` features.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
@@ -45,6 +59,7 @@ macro_rules! conformance_tests {
             changes_compacted_and_future,
             retention_trims_exactly,
             subscribe_sees_head,
+            subscribe_after_commit_is_at_least_its_seq,
             dead_letters_park_page_remove,
             dead_letter_retention,
             count_tracks_entities,
@@ -56,7 +71,9 @@ macro_rules! conformance_tests {
             empty_batch,
             cas_writes,
             cas_conflict_applies_nothing,
+            cas_last_write_conflict_applies_nothing,
             cas_writes_see_their_batch,
+            remove_then_put_absent_in_later_batches,
             wrong_write_refused,
             revisions_are_immutable,
             scheduler_documents_listed,
@@ -158,6 +175,111 @@ fn written(outcome: Outcome) -> u64 {
         Outcome::Written { seq } => seq,
         other => panic!("expected Written, got {other:?}"),
     }
+}
+
+fn deleted(outcome: Outcome) -> u64 {
+    match outcome {
+        Outcome::Deleted { seq } => seq,
+        other => panic!("expected Deleted, got {other:?}"),
+    }
+}
+
+/// The sequence numbers of the changes a batch logged (its `Written` and `Deleted` outcomes), in batch
+/// order, checked to be strictly increasing and after `head_before` (the head before the batch).
+fn logged(head_before: u64, outcomes: &[Outcome]) -> Vec<u64> {
+    let seqs: Vec<u64> = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            Outcome::Written { seq } | Outcome::Deleted { seq } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let mut previous = head_before;
+    for &seq in &seqs {
+        assert!(
+            seq > previous,
+            "seqs strictly increase, after the head before the batch ({head_before}): {outcomes:?}"
+        );
+        previous = seq;
+    }
+    seqs
+}
+
+/// Applies a batch and checks the changes it logged follow the head before it, in batch order, and
+/// that the head is then the last of them (unchanged when it logged none).
+async fn commit(store: &impl Store, writes: Vec<Write>) -> Vec<Outcome> {
+    let head_before = head(store).await;
+    let outcomes = apply(store, writes).await;
+    let seqs = logged(head_before, &outcomes);
+    assert_eq!(
+        head(store).await,
+        seqs.last().copied().unwrap_or(head_before),
+        "the head is the seq of the last change committed: {outcomes:?}"
+    );
+    outcomes
+}
+
+/// Applies one write that must insert or replace; returns its seq (after the previous head, and the
+/// new head).
+async fn write_one(store: &impl Store, write: Write) -> u64 {
+    let outcomes = commit(store, vec![write]).await;
+    written(outcomes[0])
+}
+
+/// Applies one write that must delete; returns the deletion's seq (after the previous head, and the
+/// new head).
+async fn delete_one(store: &impl Store, write: Write) -> u64 {
+    let outcomes = commit(store, vec![write]).await;
+    deleted(outcomes[0])
+}
+
+fn seqs(changes: &[Change]) -> Vec<u64> {
+    changes.iter().map(|c| c.seq).collect()
+}
+
+/// Checks that the change log retains exactly the changes `retained` (their seqs as the store gave
+/// them, oldest first) and that `trimmed`, the newest change no longer retained (`None`: none was
+/// trimmed), is gone: the head is the last retained change, `trimmed <= oldest_resumable <` the oldest
+/// retained (`oldest_resumable` is 0 while nothing was trimmed), reading from it returns exactly
+/// `retained`, and reading from the beginning is `Compacted` once something was trimmed.
+async fn assert_log(store: &impl Store, retained: &[u64], trimmed: Option<u64>, case: &str) -> LogBounds {
+    let bounds = store.log_bounds().await.expect("log_bounds");
+    assert_eq!(
+        bounds.head,
+        retained.last().copied().unwrap_or(0),
+        "{case}: the head is the last change ({bounds:?})"
+    );
+    if let Some(&oldest) = retained.first() {
+        assert!(
+            bounds.oldest_resumable < oldest,
+            "{case}: the oldest retained change ({oldest}) is after the oldest resumable position ({bounds:?})"
+        );
+    }
+    match trimmed {
+        None => assert_eq!(
+            bounds.oldest_resumable, 0,
+            "{case}: nothing trimmed, a reader resumes from the beginning ({bounds:?})"
+        ),
+        Some(trimmed) => {
+            assert!(
+                trimmed <= bounds.oldest_resumable,
+                "{case}: the trimmed change {trimmed} is not after the oldest resumable position ({bounds:?})"
+            );
+            match store.changes(0, 1).await {
+                Err(StoreError::Compacted {
+                    requested: 0,
+                    oldest_resumable,
+                }) => assert_eq!(oldest_resumable, bounds.oldest_resumable, "{case}"),
+                other => panic!("{case}: from the beginning, expected Compacted, got {other:?}"),
+            }
+        }
+    }
+    let read = store
+        .changes(bounds.oldest_resumable, usize::MAX)
+        .await
+        .unwrap_or_else(|e| panic!("{case}: changes from {bounds:?}: {e}"));
+    assert_eq!(seqs(&read), retained, "{case}: retained changes");
+    bounds
 }
 
 async fn list_all(store: &impl Store, kind: Kind, filter: &Filter) -> Vec<Record> {
@@ -306,28 +428,31 @@ fn filters() -> Vec<Filter> {
 // Upserts and the version rule
 // ---------------------------------------------------------------------------------------------------
 
-pub async fn upsert_inserts<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn upsert_inserts<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
+    assert_eq!(head(&store).await, 0, "an empty log's head is 0");
     let d = doc(Kind::Task, "c1", "t1", 3, "PENDING", Some("svc"), "{}");
-    assert_eq!(one(&store, up(&d)).await, Outcome::Written { seq: 1 });
-    assert_eq!(
-        get(&store, &d.key).await,
-        Some(Record {
-            seq: 1,
-            doc: d.clone()
-        })
-    );
+    let seq = write_one(&store, up(&d)).await;
+    assert_eq!(get(&store, &d.key).await, Some(Record { seq, doc: d.clone() }));
     assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
-    assert_eq!(head(&store).await, 1);
+    assert_eq!(
+        store.changes(0, 10).await.unwrap(),
+        [Change {
+            seq,
+            deleted: false,
+            doc: d
+        }]
+    );
 }
 
-pub async fn upsert_replaces_older<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn upsert_replaces_older<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let v1 = task("c1", "t1", 1, "PENDING");
     let v2 = doc(Kind::Task, "c1", "t1", 2, "RUNNING", Some("svc"), "v2");
-    assert_eq!(one(&store, up(&v1)).await, Outcome::Written { seq: 1 });
-    assert_eq!(one(&store, up(&v2)).await, Outcome::Written { seq: 2 });
-    assert_eq!(get(&store, &v1.key).await, Some(Record { seq: 2, doc: v2 }));
+    let first = write_one(&store, up(&v1)).await;
+    let second = write_one(&store, up(&v2)).await;
+    assert!(second > first);
+    assert_eq!(get(&store, &v1.key).await, Some(Record { seq: second, doc: v2 }));
     assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
 }
 
@@ -338,7 +463,7 @@ type VersionCase = (
     bool,
 );
 
-pub async fn version_rules<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn version_rules<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     let cases: [VersionCase; 12] = [
         (None, (0, "RUNNING", "a"), true),
         (None, (5, "RUNNING", "a"), true),
@@ -356,23 +481,24 @@ pub async fn version_rules<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
         (Some((7, "RUNNING", "a")), (u64::MAX, "STOPPED", "b"), true),
     ];
     for (stored, (version, status, body), applies) in cases {
-        let (store, _guard) = make(StoreOptions::default());
+        let (store, _guard) = make(StoreOptions::default()).await;
         let mut expected = None;
         if let Some((v, s, b)) = stored {
             let d = doc(Kind::Task, "c", "t", v, s, None, b);
-            assert_eq!(one(&store, up(&d)).await, Outcome::Written { seq: 1 });
-            expected = Some(Record { seq: 1, doc: d });
+            let seq = write_one(&store, up(&d)).await;
+            expected = Some(Record { seq, doc: d });
         }
         let head_before = head(&store).await;
         let incoming = doc(Kind::Task, "c", "t", version, status, None, body);
-        let outcome = one(&store, up(&incoming)).await;
         let case = format!("stored {stored:?}, incoming {version} {status} {body}");
+        let outcome = one(&store, up(&incoming)).await;
         if applies {
-            assert_eq!(outcome, Outcome::Written { seq: head_before + 1 }, "{case}");
-            expected = Some(Record {
-                seq: head_before + 1,
-                doc: incoming,
-            });
+            let Outcome::Written { seq } = outcome else {
+                panic!("{case}: expected Written, got {outcome:?}")
+            };
+            assert!(seq > head_before, "{case}: {seq} after {head_before}");
+            assert_eq!(head(&store).await, seq, "{case}");
+            expected = Some(Record { seq, doc: incoming });
         } else {
             assert_eq!(outcome, Outcome::Stale, "{case}");
             assert_eq!(
@@ -385,28 +511,48 @@ pub async fn version_rules<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
     }
 }
 
-pub async fn duplicates_within_a_batch<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn duplicates_within_a_batch<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let v1 = task("c", "t", 1, "PENDING");
     let v2 = task("c", "t", 2, "RUNNING");
-    let outcomes = apply(&store, vec![up(&v1), up(&v1), up(&v2), up(&v1), up(&v2)]).await;
+    let outcomes = commit(&store, vec![up(&v1), up(&v1), up(&v2), up(&v1), up(&v2)]).await;
+    let [
+        Outcome::Written { seq: first },
+        Outcome::Stale,
+        Outcome::Written { seq: second },
+        Outcome::Stale,
+        Outcome::Stale,
+    ] = outcomes[..]
+    else {
+        panic!("expected Written, Stale, Written, Stale, Stale: {outcomes:?}")
+    };
     assert_eq!(
-        outcomes,
+        get(&store, &v1.key).await,
+        Some(Record {
+            seq: second,
+            doc: v2.clone()
+        })
+    );
+    assert_eq!(
+        store.changes(0, 100).await.unwrap(),
         [
-            Outcome::Written { seq: 1 },
-            Outcome::Stale,
-            Outcome::Written { seq: 2 },
-            Outcome::Stale,
-            Outcome::Stale
+            Change {
+                seq: first,
+                deleted: false,
+                doc: v1
+            },
+            Change {
+                seq: second,
+                deleted: false,
+                doc: v2
+            }
         ]
     );
-    assert_eq!(get(&store, &v1.key).await, Some(Record { seq: 2, doc: v2 }));
-    assert_eq!(store.changes(0, 100).await.unwrap().len(), 2);
 }
 
-pub async fn sequence_strictly_increasing<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
-    let mut seqs = Vec::new();
+pub async fn sequence_strictly_increasing<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
+    let mut all = Vec::new();
     for batch in 0..5u64 {
         let mut writes = vec![Write::Park(letter("x"))];
         for i in 0..=batch {
@@ -419,32 +565,28 @@ pub async fn sequence_strictly_increasing<S: Store, G>(make: impl Fn(StoreOption
                 at_ms: 0,
             });
         }
-        for outcome in apply(&store, writes).await {
-            match outcome {
-                Outcome::Written { seq } | Outcome::Deleted { seq } => seqs.push(seq),
-                Outcome::Parked { .. } => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
+        let n = writes.len();
+        // Strictly increasing within the batch, in batch order, and after the batch before.
+        let outcomes = commit(&store, writes).await;
+        assert!(matches!(outcomes[0], Outcome::Parked { .. }), "{outcomes:?}");
+        let batch_seqs = logged(all.last().copied().unwrap_or(0), &outcomes);
+        assert_eq!(
+            batch_seqs.len(),
+            n - 1,
+            "every write but the park logged: {outcomes:?}"
+        );
+        all.extend(batch_seqs);
     }
-    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(
-        seqs, expected,
-        "one sequence, without gaps, across batches and write kinds"
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "one strictly increasing sequence across batches and write kinds: {all:?}"
     );
-    assert_eq!(head(&store).await, seqs.len() as u64);
-    let logged: Vec<u64> = store
-        .changes(0, 1000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.seq)
-        .collect();
-    assert_eq!(logged, expected);
+    assert_eq!(head(&store).await, *all.last().unwrap());
+    assert_eq!(seqs(&store.changes(0, 1000).await.unwrap()), all);
 }
 
-pub async fn get_distinguishes_kinds_and_missing<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn get_distinguishes_kinds_and_missing<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let t = task("c", "same", 1, "RUNNING");
     let i = doc(Kind::Instance, "c", "same", 1, "ACTIVE", None, "i");
     apply(&store, vec![up(&t), up(&i)]).await;
@@ -461,8 +603,8 @@ pub async fn get_distinguishes_kinds_and_missing<S: Store, G>(make: impl Fn(Stor
 // Listings
 // ---------------------------------------------------------------------------------------------------
 
-pub async fn list_filters<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn list_filters<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let records = load_fixture(&store).await;
     for kind in [Kind::Task, Kind::Instance] {
         for filter in filters() {
@@ -472,8 +614,8 @@ pub async fn list_filters<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
     }
 }
 
-pub async fn list_pagination<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn list_pagination<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let records = load_fixture(&store).await;
     let mut longest = 0;
     for kind in [Kind::Task, Kind::Instance] {
@@ -544,8 +686,8 @@ pub async fn list_pagination<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G))
     );
 }
 
-pub async fn list_foreign_cursors<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn list_foreign_cursors<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     load_fixture(&store).await;
     let mut cursors: Vec<Cursor> = [
         &b""[..],
@@ -650,8 +792,8 @@ pub async fn list_foreign_cursors<S: Store, G>(make: impl Fn(StoreOptions) -> (S
     }
 }
 
-pub async fn index_follows_changes<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn index_follows_changes<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let ids = |records: Vec<Record>| {
         records
             .into_iter()
@@ -728,11 +870,12 @@ pub async fn index_follows_changes<S: Store, G>(make: impl Fn(StoreOptions) -> (
 // Deletes and tombstones
 // ---------------------------------------------------------------------------------------------------
 
-pub async fn delete_when_unchanged<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn delete_when_unchanged<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let d = doc(Kind::Task, "c", "t", 4, "RUNNING", Some("svc"), "body");
     let key = d.key.clone();
-    assert_eq!(one(&store, up(&d)).await, Outcome::Written { seq: 1 });
+    let created = write_one(&store, up(&d)).await;
+    // Changed after position 0 (before every change): kept.
     assert_eq!(
         one(
             &store,
@@ -746,26 +889,25 @@ pub async fn delete_when_unchanged<S: Store, G>(make: impl Fn(StoreOptions) -> (
         Outcome::Kept
     );
     assert!(get(&store, &key).await.is_some());
-    assert_eq!(
-        one(
-            &store,
-            Write::Delete {
-                key: key.clone(),
-                unchanged_since: 1,
-                at_ms: 0,
-            }
-        )
-        .await,
-        Outcome::Deleted { seq: 2 }
-    );
+    assert_eq!(head(&store).await, created, "a kept delete logs nothing");
+    // Unchanged since its own last change: deleted.
+    let deletion = delete_one(
+        &store,
+        Write::Delete {
+            key: key.clone(),
+            unchanged_since: created,
+            at_ms: 0,
+        },
+    )
+    .await;
     assert_eq!(get(&store, &key).await, None);
     assert_eq!(store.count(Kind::Task).await.unwrap(), 0);
     assert_eq!(store.ids(Kind::Task, &cluster("c")).await.unwrap(), []);
-    let changes = store.changes(1, 10).await.unwrap();
+    let changes = store.changes(created, 10).await.unwrap();
     assert_eq!(
         changes,
         [crate::Change {
-            seq: 2,
+            seq: deletion,
             deleted: true,
             doc: d
         }],
@@ -789,22 +931,22 @@ pub async fn delete_when_unchanged<S: Store, G>(make: impl Fn(StoreOptions) -> (
             &store,
             Write::Delete {
                 key: task_key("c", "never"),
-                unchanged_since: 9,
+                unchanged_since: deletion,
                 at_ms: 0,
             }
         )
         .await,
         Outcome::Kept
     );
-    assert_eq!(head(&store).await, 2);
+    assert_eq!(head(&store).await, deletion);
 }
 
-pub async fn delete_kept_when_changed_after<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn delete_kept_when_changed_after<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     one(&store, up(&task("c", "t", 1, "PENDING"))).await;
     let position = head(&store).await;
     let newer = task("c", "t", 2, "RUNNING");
-    assert_eq!(one(&store, up(&newer)).await, Outcome::Written { seq: 2 });
+    let changed = write_one(&store, up(&newer)).await;
     let delete = Write::Delete {
         key: newer.key.clone(),
         unchanged_since: position,
@@ -814,25 +956,27 @@ pub async fn delete_kept_when_changed_after<S: Store, G>(make: impl Fn(StoreOpti
     assert_eq!(
         get(&store, &newer.key).await,
         Some(Record {
-            seq: 2,
+            seq: changed,
             doc: newer.clone()
         })
     );
+    assert_eq!(head(&store).await, changed, "a kept delete logs nothing");
     let delete = Write::Delete {
         key: newer.key.clone(),
-        unchanged_since: 2,
+        unchanged_since: changed,
         at_ms: 0,
     };
-    assert_eq!(one(&store, delete).await, Outcome::Deleted { seq: 3 });
+    delete_one(&store, delete).await;
+    assert_eq!(get(&store, &newer.key).await, None);
 }
 
 /// A Describe at the deletion's version brings the entity back (ECS lists it again); an older one
 /// does not; events at that version stay blocked.
-pub async fn observed_entity_returns_after_deletion<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn observed_entity_returns_after_deletion<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let key = task_key("c", "t");
     one(&store, up(&task("c", "t", 5, "RUNNING"))).await;
-    one(
+    let deletion = delete_one(
         &store,
         Write::Delete {
             key: key.clone(),
@@ -850,15 +994,13 @@ pub async fn observed_entity_returns_after_deletion<S: Store, G>(make: impl Fn(S
         Outcome::Stale
     );
     assert_eq!(get(&store, &key).await, None);
+    assert_eq!(head(&store).await, deletion, "stale writes log nothing");
     let again = task("c", "t", 5, "RUNNING");
-    assert_eq!(
-        one(&store, Write::observe(again.clone())).await,
-        Outcome::Written { seq: 3 }
-    );
+    let back = write_one(&store, Write::observe(again.clone())).await;
     assert_eq!(
         get(&store, &key).await,
         Some(Record {
-            seq: 3,
+            seq: back,
             doc: again.clone()
         })
     );
@@ -868,18 +1010,18 @@ pub async fn observed_entity_returns_after_deletion<S: Store, G>(make: impl Fn(S
         one(&store, Write::observe(task("c", "t", 4, "STOPPED"))).await,
         Outcome::Stale
     );
-    assert_eq!(
-        one(&store, Write::observe(task("c", "t", 6, "STOPPED"))).await,
-        Outcome::Written { seq: 4 }
-    );
+    assert_eq!(head(&store).await, back, "stale writes log nothing");
+    let newer = task("c", "t", 6, "STOPPED");
+    let seq = write_one(&store, Write::observe(newer.clone())).await;
+    assert_eq!(get(&store, &key).await, Some(Record { seq, doc: newer }));
     assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
 }
 
-pub async fn tombstone_blocks_stale_allows_newer<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn tombstone_blocks_stale_allows_newer<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let key = task_key("c", "t");
     one(&store, up(&task("c", "t", 5, "RUNNING"))).await;
-    one(
+    let deletion = delete_one(
         &store,
         Write::Delete {
             key: key.clone(),
@@ -898,9 +1040,10 @@ pub async fn tombstone_blocks_stale_allows_newer<S: Store, G>(make: impl Fn(Stor
         assert_eq!(get(&store, &key).await, None);
     }
     assert_eq!(store.count(Kind::Task).await.unwrap(), 0);
+    assert_eq!(head(&store).await, deletion, "stale writes log nothing");
     let newer = task("c", "t", 6, "STOPPED");
-    assert_eq!(one(&store, up(&newer)).await, Outcome::Written { seq: 3 });
-    assert_eq!(get(&store, &key).await, Some(Record { seq: 3, doc: newer }));
+    let seq = write_one(&store, up(&newer)).await;
+    assert_eq!(get(&store, &key).await, Some(Record { seq, doc: newer }));
     assert_eq!(store.count(Kind::Task).await.unwrap(), 1);
 
     // An unversioned entity's tombstone has version 0: an unversioned description is newer information.
@@ -915,46 +1058,32 @@ pub async fn tombstone_blocks_stale_allows_newer<S: Store, G>(make: impl Fn(Stor
         },
     )
     .await;
-    assert!(matches!(
-        one(&store, up(&unversioned)).await,
-        Outcome::Written { .. }
-    ));
+    write_one(&store, up(&unversioned)).await;
 }
 
-pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     let (store, _guard) = make(StoreOptions {
         change_log_retention: 3,
         ..StoreOptions::default()
-    });
+    })
+    .await;
     let a = task("c", "a", 5, "RUNNING");
-    assert_eq!(one(&store, up(&a)).await, Outcome::Written { seq: 1 });
+    let created = write_one(&store, up(&a)).await;
     let delete_a = Write::Delete {
         key: a.key.clone(),
         unchanged_since: u64::MAX,
         at_ms: 0,
     };
-    assert_eq!(one(&store, delete_a.clone()).await, Outcome::Deleted { seq: 2 });
-    one(&store, up(&task("c", "x", 1, "RUNNING"))).await;
-    one(&store, up(&task("c", "y", 1, "RUNNING"))).await;
-    // The log holds 2..=4: the deletion is retained, so is its tombstone.
-    assert_eq!(
-        store.log_bounds().await.unwrap(),
-        LogBounds {
-            oldest_resumable: 1,
-            head: 4
-        }
-    );
+    let deletion = delete_one(&store, delete_a.clone()).await;
+    let x = write_one(&store, up(&task("c", "x", 1, "RUNNING"))).await;
+    let y = write_one(&store, up(&task("c", "y", 1, "RUNNING"))).await;
+    // The log holds the deletion, x and y: the deletion is retained, so is its tombstone.
+    assert_log(&store, &[deletion, x, y], Some(created), "deletion retained").await;
     assert_eq!(one(&store, up(&a)).await, Outcome::Stale);
-    one(&store, up(&task("c", "z", 1, "RUNNING"))).await;
-    // The deletion (seq 2) is trimmed: the tombstone goes with it, and nothing blocks the old version.
-    assert_eq!(
-        store.log_bounds().await.unwrap(),
-        LogBounds {
-            oldest_resumable: 2,
-            head: 5
-        }
-    );
-    assert_eq!(one(&store, up(&a)).await, Outcome::Written { seq: 6 });
+    let z = write_one(&store, up(&task("c", "z", 1, "RUNNING"))).await;
+    // The deletion is trimmed: the tombstone goes with it, and nothing blocks the old version.
+    assert_log(&store, &[x, y, z], Some(deletion), "deletion trimmed").await;
+    write_one(&store, up(&a)).await;
 
     // A later deletion's tombstone survives the trimming of an earlier deletion of the same entity.
     let b1 = task("c", "b", 1, "RUNNING");
@@ -964,25 +1093,25 @@ pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl Fn(Stor
         unchanged_since: u64::MAX,
         at_ms: 0,
     };
-    let outcomes = apply(&store, vec![up(&b1), delete_b.clone(), up(&b2)]).await;
-    assert_eq!(
-        outcomes,
-        [
-            Outcome::Written { seq: 7 },
-            Outcome::Deleted { seq: 8 },
-            Outcome::Written { seq: 9 }
-        ]
-    );
-    assert_eq!(one(&store, delete_b).await, Outcome::Deleted { seq: 10 });
-    // The log holds 8..=10, then 9..=11: the first deletion of b is trimmed, the second is not.
-    one(&store, up(&task("c", "w", 1, "RUNNING"))).await;
-    assert_eq!(
-        store.log_bounds().await.unwrap(),
-        LogBounds {
-            oldest_resumable: 8,
-            head: 11
-        }
-    );
+    let outcomes = commit(&store, vec![up(&b1), delete_b.clone(), up(&b2)]).await;
+    let [
+        Outcome::Written { .. },
+        Outcome::Deleted { seq: first_deletion },
+        Outcome::Written { seq: rewritten },
+    ] = outcomes[..]
+    else {
+        panic!("expected Written, Deleted, Written: {outcomes:?}")
+    };
+    let second_deletion = delete_one(&store, delete_b).await;
+    // The first deletion of b is trimmed, the second is not.
+    let w = write_one(&store, up(&task("c", "w", 1, "RUNNING"))).await;
+    assert_log(
+        &store,
+        &[rewritten, second_deletion, w],
+        Some(first_deletion),
+        "first deletion of b trimmed",
+    )
+    .await;
     assert_eq!(one(&store, up(&b2)).await, Outcome::Stale);
     assert_eq!(get(&store, &b2.key).await, None);
 }
@@ -991,8 +1120,10 @@ pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl Fn(Stor
 /// per-resource version only grows): an `Observe` replaces it. One stored after (`unchanged_since`),
 /// is a newer event the description raced, and stays; an event (`Upsert`) never corrects; an
 /// unversioned description proves nothing about versions.
-pub async fn observe_corrects_a_version_ahead_of_ecs<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn observe_corrects_a_version_ahead_of_ecs<S: Store, G>(
+    make: impl AsyncFn(StoreOptions) -> (S, G),
+) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let observe = |doc: &Document, unchanged_since: u64| Write::Observe {
         doc: doc.clone(),
         unchanged_since,
@@ -1000,7 +1131,7 @@ pub async fn observe_corrects_a_version_ahead_of_ecs<S: Store, G>(make: impl Fn(
     let key = task_key("c", "t");
     // An event with a version near u64::MAX pins the entity against events and describes as usual...
     let bogus = task("c", "t", u64::MAX - 1, "RUNNING");
-    assert_eq!(one(&store, up(&bogus)).await, Outcome::Written { seq: 1 });
+    let pinned = write_one(&store, up(&bogus)).await;
     let described = task("c", "t", 5, "STOPPED");
     assert_eq!(one(&store, up(&described)).await, Outcome::Stale);
     assert_eq!(
@@ -1010,23 +1141,21 @@ pub async fn observe_corrects_a_version_ahead_of_ecs<S: Store, G>(make: impl Fn(
     // ...and a description racing it (the entity changed after `unchanged_since`) does not correct it.
     assert_eq!(one(&store, observe(&described, 0)).await, Outcome::Stale);
     assert_eq!(get(&store, &key).await.unwrap().doc, bogus);
+    assert_eq!(head(&store).await, pinned, "stale writes log nothing");
     // Stored at or before `unchanged_since`: ECS's answer replaces it.
-    assert_eq!(
-        one(&store, observe(&described, 1)).await,
-        Outcome::Written { seq: 2 }
-    );
+    let corrected = write_one(&store, observe(&described, pinned)).await;
     assert_eq!(
         get(&store, &key).await,
         Some(Record {
-            seq: 2,
+            seq: corrected,
             doc: described.clone()
         })
     );
     // From there, events at real versions apply again, and a description that raced one (asked for
     // before it was stored) does not take the entity back.
     let next = task("c", "t", 6, "STOPPED");
-    assert_eq!(one(&store, up(&next)).await, Outcome::Written { seq: 3 });
-    assert_eq!(one(&store, observe(&described, 2)).await, Outcome::Stale);
+    write_one(&store, up(&next)).await;
+    assert_eq!(one(&store, observe(&described, corrected)).await, Outcome::Stale);
     assert_eq!(get(&store, &key).await.unwrap().doc, next);
     // Equal versions are not "ahead" (an event and a describe of one version may differ in body).
     let same_version = task("c", "t", 6, "RUNNING");
@@ -1042,10 +1171,10 @@ pub async fn observe_corrects_a_version_ahead_of_ecs<S: Store, G>(make: impl Fn(
     assert_eq!(get(&store, &key).await.unwrap().doc, next);
 
     // A tombstone carrying a bogus version blocks the entity's return only until the deletion is
-    // older than `unchanged_since`.
+    // not after `unchanged_since`.
     let gone = task("c", "g", u64::MAX, "RUNNING");
-    let created = written(one(&store, up(&gone)).await);
-    let deleted = match one(
+    let created = write_one(&store, up(&gone)).await;
+    let deletion = delete_one(
         &store,
         Write::Delete {
             key: gone.key.clone(),
@@ -1053,19 +1182,13 @@ pub async fn observe_corrects_a_version_ahead_of_ecs<S: Store, G>(make: impl Fn(
             at_ms: 0,
         },
     )
-    .await
-    {
-        Outcome::Deleted { seq } => seq,
-        other => panic!("expected Deleted, got {other:?}"),
-    };
+    .await;
     let back = task("c", "g", 3, "RUNNING");
     assert_eq!(one(&store, up(&back)).await, Outcome::Stale);
-    assert_eq!(one(&store, observe(&back, deleted - 1)).await, Outcome::Stale);
+    // Asked before the deletion (the head then was `created`): the deletion is after it.
+    assert_eq!(one(&store, observe(&back, created)).await, Outcome::Stale);
     assert_eq!(get(&store, &gone.key).await, None);
-    assert!(matches!(
-        one(&store, observe(&back, deleted)).await,
-        Outcome::Written { .. }
-    ));
+    write_one(&store, observe(&back, deletion)).await;
     assert_eq!(get(&store, &gone.key).await.unwrap().doc, back);
     assert_eq!(store.count(Kind::Task).await.unwrap(), 2);
 }
@@ -1073,12 +1196,13 @@ pub async fn observe_corrects_a_version_ahead_of_ecs<S: Store, G>(make: impl Fn(
 /// A tombstone is kept at least `tombstone_retention` after its deletion's time (the store's clock is
 /// the latest deletion time it was given), even when a burst of changes trimmed the deletion from the
 /// change log; and as long as the deletion is in the log, whatever its age.
-pub async fn tombstone_kept_for_its_retention<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn tombstone_kept_for_its_retention<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     let (store, _guard) = make(StoreOptions {
         change_log_retention: 3,
         tombstone_retention: std::time::Duration::from_millis(1_000),
         ..StoreOptions::default()
-    });
+    })
+    .await;
     let delete_at = |key: &Key, at_ms: u64| Write::Delete {
         key: key.clone(),
         unchanged_since: u64::MAX,
@@ -1086,15 +1210,14 @@ pub async fn tombstone_kept_for_its_retention<S: Store, G>(make: impl Fn(StoreOp
     };
     let a = task("c", "a", 5, "RUNNING");
     one(&store, up(&a)).await;
-    assert_eq!(
-        one(&store, delete_at(&a.key, 10_000)).await,
-        Outcome::Deleted { seq: 2 }
-    );
+    let deletion = delete_one(&store, delete_at(&a.key, 10_000)).await;
     // A burst of changes trims the deletion from the log: the tombstone stays.
+    let mut burst = Vec::new();
     for n in 0..5 {
-        one(&store, up(&task("c", &format!("x{n}"), 1, "RUNNING"))).await;
+        burst.push(write_one(&store, up(&task("c", &format!("x{n}"), 1, "RUNNING"))).await);
     }
-    assert!(store.log_bounds().await.unwrap().oldest_resumable > 2);
+    assert!(deletion < burst[1]);
+    assert_log(&store, &burst[2..], Some(burst[1]), "after the burst").await;
     assert_eq!(one(&store, up(&a)).await, Outcome::Stale);
     // Another deletion 999 ms later: the tombstone is younger than its retention, and stays.
     let b = task("c", "b", 1, "RUNNING");
@@ -1104,14 +1227,15 @@ pub async fn tombstone_kept_for_its_retention<S: Store, G>(make: impl Fn(StoreOp
     // A deletion time 1000 ms after a's: a's tombstone has had its retention and goes. (A deletion
     // that finds nothing to delete still tells the time.)
     one(&store, delete_at(&task_key("c", "nothing"), 11_000)).await;
-    assert_eq!(one(&store, up(&a)).await, Outcome::Written { seq: 10 });
+    write_one(&store, up(&a)).await;
 
     // A deletion still in the log keeps its tombstone, however old.
     let (store, _guard) = make(StoreOptions {
         change_log_retention: 100,
         tombstone_retention: std::time::Duration::from_millis(1_000),
         ..StoreOptions::default()
-    });
+    })
+    .await;
     one(&store, up(&a)).await;
     one(&store, delete_at(&a.key, 1)).await;
     one(&store, delete_at(&task_key("c", "nothing"), 1_000_000)).await;
@@ -1121,24 +1245,26 @@ pub async fn tombstone_kept_for_its_retention<S: Store, G>(make: impl Fn(StoreOp
         change_log_retention: 2,
         tombstone_retention: std::time::Duration::from_secs(3_600),
         ..StoreOptions::default()
-    });
+    })
+    .await;
     one(&store, up(&a)).await;
     one(&store, delete_at(&a.key, 0)).await;
     one(&store, up(&task("c", "y", 1, "RUNNING"))).await;
     assert_eq!(one(&store, up(&a)).await, Outcome::Stale);
     one(&store, up(&task("c", "z", 1, "RUNNING"))).await;
-    assert!(matches!(one(&store, up(&a)).await, Outcome::Written { .. }));
+    write_one(&store, up(&a)).await;
 }
 
 /// Many tombstones past their retention go at once, oldest first; a tombstone removed by the entity's
 /// return takes its time entry along (the entity's next tombstone is timed on its own); and a time
 /// going back (a deletion given an earlier time) does not move the store's clock back.
-pub async fn tombstones_expire_oldest_first<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn tombstones_expire_oldest_first<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     let (store, _guard) = make(StoreOptions {
         change_log_retention: 1,
         tombstone_retention: std::time::Duration::from_millis(100),
         ..StoreOptions::default()
-    });
+    })
+    .await;
     let delete_at = |key: &Key, at_ms: u64| Write::Delete {
         key: key.clone(),
         unchanged_since: u64::MAX,
@@ -1184,17 +1310,17 @@ pub async fn tombstones_expire_oldest_first<S: Store, G>(make: impl Fn(StoreOpti
 // The change log
 // ---------------------------------------------------------------------------------------------------
 
-pub async fn changes_paginate<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn changes_paginate<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let docs = [
         task("c", "a", 1, "PENDING"),
         doc(Kind::Instance, "c", "i", 0, "ACTIVE", None, "i"),
         doc(Kind::Task, "c2", "b", 1, "RUNNING", Some("svc"), "b"),
         task("c", "a", 2, "RUNNING"),
     ];
-    apply(&store, docs[..2].iter().map(up).collect()).await;
-    apply(&store, docs[2..].iter().map(up).collect()).await;
-    one(
+    let mut outcomes = commit(&store, docs[..2].iter().map(up).collect()).await;
+    outcomes.extend(commit(&store, docs[2..].iter().map(up).collect()).await);
+    let deletion = delete_one(
         &store,
         Write::Delete {
             key: docs[2].key.clone(),
@@ -1205,15 +1331,15 @@ pub async fn changes_paginate<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)
     .await;
     let mut want: Vec<crate::Change> = docs
         .iter()
-        .enumerate()
-        .map(|(i, d)| crate::Change {
-            seq: i as u64 + 1,
+        .zip(outcomes)
+        .map(|(d, outcome)| crate::Change {
+            seq: written(outcome),
             deleted: false,
             doc: d.clone(),
         })
         .collect();
     want.push(crate::Change {
-        seq: 5,
+        seq: deletion,
         deleted: true,
         doc: docs[2].clone(),
     });
@@ -1231,16 +1357,26 @@ pub async fn changes_paginate<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)
         }
         assert_eq!(got, want, "limit {limit}");
     }
-    assert_eq!(store.changes(3, 1).await.unwrap(), want[3..4]);
-    assert_eq!(store.changes(5, 10).await.unwrap(), []);
+    // From any change's position: exactly the changes after it.
+    for (i, change) in want.iter().enumerate() {
+        assert_eq!(
+            store.changes(change.seq, 100).await.unwrap(),
+            want[i + 1..],
+            "after {}",
+            change.seq
+        );
+    }
+    assert_eq!(store.changes(want[2].seq, 1).await.unwrap(), want[3..4]);
+    assert_eq!(store.changes(deletion, 10).await.unwrap(), []);
     assert_eq!(store.changes(0, 0).await.unwrap(), []);
 }
 
-pub async fn changes_compacted_and_future<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn changes_compacted_and_future<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     let (store, _guard) = make(StoreOptions {
         change_log_retention: 3,
         ..StoreOptions::default()
-    });
+    })
+    .await;
     assert_eq!(
         store.log_bounds().await.unwrap(),
         LogBounds {
@@ -1257,53 +1393,64 @@ pub async fn changes_compacted_and_future<S: Store, G>(make: impl Fn(StoreOption
         })
     ));
 
+    let mut written = Vec::new();
     for v in 1..=5 {
-        one(&store, up(&task("c", "t", v, "RUNNING"))).await;
+        written.push(write_one(&store, up(&task("c", "t", v, "RUNNING"))).await);
     }
-    assert_eq!(
-        store.log_bounds().await.unwrap(),
-        LogBounds {
-            oldest_resumable: 2,
-            head: 5
-        }
-    );
+    let bounds = assert_log(
+        &store,
+        &written[2..],
+        Some(written[1]),
+        "five changes, three kept",
+    )
+    .await;
+    let head = bounds.head;
     // A limit of 0 reads nothing but still checks the position (the API validates resume points so).
     assert!(matches!(
-        store.changes(1, 0).await,
+        store.changes(written[0], 0).await,
         Err(StoreError::Compacted { .. })
     ));
     assert!(matches!(
-        store.changes(6, 0).await,
+        store.changes(head + 1, 0).await,
         Err(StoreError::Future { .. })
     ));
-    assert_eq!(store.changes(3, 0).await.unwrap(), []);
-    for after in [0, 1] {
+    assert_eq!(store.changes(written[2], 0).await.unwrap(), []);
+    assert_eq!(store.changes(bounds.oldest_resumable, 0).await.unwrap(), []);
+    // Positions before the oldest resumable one: the beginning, and a trimmed change's.
+    for after in [0, written[0]] {
         match store.changes(after, 10).await {
             Err(StoreError::Compacted {
                 requested,
-                oldest_resumable: 2,
-            }) => assert_eq!(requested, after),
+                oldest_resumable,
+            }) => {
+                assert_eq!(requested, after);
+                assert_eq!(oldest_resumable, bounds.oldest_resumable);
+            }
             other => panic!("after {after}: expected Compacted, got {other:?}"),
         }
     }
-    let seqs = |changes: Vec<crate::Change>| changes.iter().map(|c| c.seq).collect::<Vec<_>>();
-    assert_eq!(seqs(store.changes(2, 10).await.unwrap()), [3, 4, 5]);
-    assert_eq!(seqs(store.changes(4, 10).await.unwrap()), [5]);
-    assert_eq!(seqs(store.changes(5, 10).await.unwrap()), Vec::<u64>::new());
-    assert!(matches!(
-        store.changes(6, 10).await,
+    assert_eq!(
+        seqs(&store.changes(bounds.oldest_resumable, 10).await.unwrap()),
+        written[2..]
+    );
+    assert_eq!(seqs(&store.changes(written[2], 10).await.unwrap()), written[3..]);
+    assert_eq!(seqs(&store.changes(written[3], 10).await.unwrap()), written[4..]);
+    assert_eq!(seqs(&store.changes(head, 10).await.unwrap()), Vec::<u64>::new());
+    // Any position after the head is ahead of the log.
+    match store.changes(head + 1, 10).await {
         Err(StoreError::Future {
-            requested: 6,
-            head: 5
-        })
-    ));
+            requested,
+            head: reported,
+        }) => assert_eq!((requested, reported), (head + 1, head)),
+        other => panic!("expected Future, got {other:?}"),
+    }
     assert!(matches!(
         store.changes(u64::MAX, 10).await,
         Err(StoreError::Future { .. })
     ));
 }
 
-pub async fn retention_trims_exactly<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn retention_trims_exactly<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     for retention in [1u64, 2, 5] {
         for total in [0, 1, retention - 1, retention, retention + 1, 3 * retention + 1] {
             for batch in [1, 2, 7] {
@@ -1311,29 +1458,21 @@ pub async fn retention_trims_exactly<S: Store, G>(make: impl Fn(StoreOptions) ->
                 let (store, _guard) = make(StoreOptions {
                     change_log_retention: retention,
                     ..StoreOptions::default()
-                });
-                let mut written = 0u64;
-                while written < total {
-                    let n = batch.min(total - written);
+                })
+                .await;
+                let mut seqs = Vec::new();
+                while (seqs.len() as u64) < total {
+                    let n = batch.min(total - seqs.len() as u64);
                     let writes = (0..n)
-                        .map(|i| up(&task("c", &format!("t{}", written + i), 1, "RUNNING")))
+                        .map(|i| up(&task("c", &format!("t{}", seqs.len() as u64 + i), 1, "RUNNING")))
                         .collect();
-                    apply(&store, writes).await;
-                    written += n;
+                    let outcomes = commit(&store, writes).await;
+                    seqs.extend(outcomes.into_iter().map(written));
                 }
-                let bounds = store.log_bounds().await.unwrap();
-                assert_eq!(
-                    bounds,
-                    LogBounds {
-                        oldest_resumable: total.saturating_sub(retention),
-                        head: total
-                    },
-                    "{case}"
-                );
-                let retained = store.changes(bounds.oldest_resumable, usize::MAX).await.unwrap();
-                let seqs: Vec<u64> = retained.iter().map(|c| c.seq).collect();
-                let want: Vec<u64> = (total.saturating_sub(retention) + 1..=total).collect();
-                assert_eq!(seqs, want, "{case}");
+                // Exactly the `retention` most recent changes are kept.
+                let kept = seqs.len().saturating_sub(retention as usize);
+                let trimmed = kept.checked_sub(1).map(|newest| seqs[newest]);
+                assert_log(&store, &seqs[kept..], trimmed, &case).await;
                 // Entities are not trimmed with the log.
                 assert_eq!(store.count(Kind::Task).await.unwrap(), total, "{case}");
             }
@@ -1341,11 +1480,11 @@ pub async fn retention_trims_exactly<S: Store, G>(make: impl Fn(StoreOptions) ->
     }
 }
 
-pub async fn subscribe_sees_head<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn subscribe_sees_head<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let mut rx = store.subscribe();
     assert_eq!(*rx.borrow_and_update(), 0);
-    apply(
+    let outcomes = commit(
         &store,
         vec![
             up(&task("c", "a", 1, "RUNNING")),
@@ -1353,9 +1492,10 @@ pub async fn subscribe_sees_head<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
         ],
     )
     .await;
+    let last = written(outcomes[1]);
     // The head is published before `apply` returns.
     assert!(rx.has_changed().unwrap());
-    assert_eq!(*rx.borrow_and_update(), 2);
+    assert_eq!(*rx.borrow_and_update(), last);
     // Batches that change nothing in the log publish nothing.
     apply(
         &store,
@@ -1363,7 +1503,7 @@ pub async fn subscribe_sees_head<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
     )
     .await;
     assert!(!rx.has_changed().unwrap());
-    one(
+    let deletion = delete_one(
         &store,
         Write::Delete {
             key: task_key("c", "b"),
@@ -1373,21 +1513,83 @@ pub async fn subscribe_sees_head<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
     )
     .await;
     assert!(rx.has_changed().unwrap());
-    assert_eq!(*rx.borrow_and_update(), 3);
+    assert_eq!(*rx.borrow_and_update(), deletion);
     // A late subscriber starts at the current head; `changed` resolves once a commit follows.
     let mut late = store.subscribe();
-    assert_eq!(*late.borrow_and_update(), 3);
-    one(&store, up(&task("c", "a", 2, "RUNNING"))).await;
+    assert_eq!(*late.borrow_and_update(), deletion);
+    let seq = write_one(&store, up(&task("c", "a", 2, "RUNNING"))).await;
     late.changed().await.unwrap();
-    assert_eq!(*late.borrow(), 4);
+    assert_eq!(*late.borrow(), seq);
+}
+/// Once a commit has returned, a subscription (a new one, or one taken before) shows a head at least
+/// the commit's last seq, whatever its writes; a commit that logs nothing does not move it back.
+pub async fn subscribe_after_commit_is_at_least_its_seq<S: Store, G>(
+    make: impl AsyncFn(StoreOptions) -> (S, G),
+) {
+    let (store, _guard) = make(StoreOptions::default()).await;
+    let early = store.subscribe();
+    let check = |seq: u64, when: &str| {
+        let fresh = *store.subscribe().borrow();
+        assert!(
+            fresh >= seq,
+            "{when}: a new subscription shows {fresh}, before {seq}"
+        );
+        let seen = *early.borrow();
+        assert!(
+            seen >= seq,
+            "{when}: an earlier subscription shows {seen}, before {seq}"
+        );
+    };
+    let d = |status: &str| deployment("c", "d", "web", status);
+    let outcomes = commit(
+        &store,
+        vec![
+            up(&task("c", "t", 1, "RUNNING")),
+            Write::Park(letter("p")),
+            put(&d("PENDING"), Expect::Absent),
+        ],
+    )
+    .await;
+    let pending = written(outcomes[2]);
+    check(pending, "upsert and put");
+    let seq = delete_one(
+        &store,
+        Write::Delete {
+            key: task_key("c", "t"),
+            unchanged_since: u64::MAX,
+            at_ms: 0,
+        },
+    )
+    .await;
+    check(seq, "delete");
+    let running = write_one(&store, put(&d("RUNNING"), Expect::Seq(pending))).await;
+    check(running, "put");
+    let seq = write_one(&store, Write::observe(task("c", "t", 2, "RUNNING"))).await;
+    check(seq, "observe");
+    let removal = delete_one(
+        &store,
+        Write::Remove {
+            key: d("").key,
+            expect: running,
+        },
+    )
+    .await;
+    check(removal, "remove");
+    // A batch that logs nothing.
+    apply(
+        &store,
+        vec![up(&task("c", "t", 1, "RUNNING")), Write::Park(letter("q"))],
+    )
+    .await;
+    check(removal, "nothing logged");
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Dead letters
 // ---------------------------------------------------------------------------------------------------
 
-pub async fn dead_letters_park_page_remove<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn dead_letters_park_page_remove<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let mut given = letter("r0");
     given.id = 999;
     given.message_id = None;
@@ -1401,8 +1603,9 @@ pub async fn dead_letters_park_page_remove<S: Store, G>(make: impl Fn(StoreOptio
             other => panic!("expected Parked, got {other:?}"),
         })
         .collect();
+    // The store assigns ids, strictly increasing in batch order: the given ids (999, then 0s) are
+    // ignored.
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
-    assert!(ids[0] >= 1 && ids[0] != 999, "the store assigns ids");
 
     let all = store.dead_letters(PageRequest::default()).await.unwrap();
     assert_eq!(all.next, None);
@@ -1443,7 +1646,8 @@ pub async fn dead_letters_park_page_remove<S: Store, G>(make: impl Fn(StoreOptio
 
     assert!(store.remove_dead_letter(ids[2]).await.unwrap());
     assert!(!store.remove_dead_letter(ids[2]).await.unwrap());
-    assert!(!store.remove_dead_letter(12345).await.unwrap());
+    let never = (0..).find(|id| !ids.contains(id)).expect("an id never assigned");
+    assert!(!store.remove_dead_letter(never).await.unwrap());
     let listed: Vec<u64> = store
         .dead_letters(PageRequest::default())
         .await
@@ -1461,11 +1665,12 @@ pub async fn dead_letters_park_page_remove<S: Store, G>(make: impl Fn(StoreOptio
     assert_eq!(head(&store).await, 0);
 }
 
-pub async fn dead_letter_retention<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn dead_letter_retention<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     let (store, _guard) = make(StoreOptions {
         dead_letter_retention: 3,
         ..StoreOptions::default()
-    });
+    })
+    .await;
     let park = |n: usize, from: usize| {
         (from..from + n)
             .map(|i| Write::Park(letter(&format!("r{i}"))))
@@ -1503,8 +1708,8 @@ pub async fn dead_letter_retention<S: Store, G>(make: impl Fn(StoreOptions) -> (
 // Counts, clusters, ids
 // ---------------------------------------------------------------------------------------------------
 
-pub async fn count_tracks_entities<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn count_tracks_entities<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let counts = async |store: &S| {
         (
             store.count(Kind::Task).await.unwrap(),
@@ -1548,8 +1753,8 @@ pub async fn count_tracks_entities<S: Store, G>(make: impl Fn(StoreOptions) -> (
     assert_eq!(counts(&store).await, (11, 2));
 }
 
-pub async fn clusters_distinct_in_order<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn clusters_distinct_in_order<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     assert_eq!(store.clusters(Kind::Task).await.unwrap(), []);
     load_fixture(&store).await;
     one(
@@ -1580,8 +1785,8 @@ pub async fn clusters_distinct_in_order<S: Store, G>(make: impl Fn(StoreOptions)
     );
 }
 
-pub async fn ids_of_cluster<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn ids_of_cluster<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let records = load_fixture(&store).await;
     for kind in [Kind::Task, Kind::Instance] {
         for c in ["c1", "c10", "c2", "c3"] {
@@ -1606,7 +1811,7 @@ pub async fn ids_of_cluster<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) 
 // Invalid values and atomicity
 // ---------------------------------------------------------------------------------------------------
 
-pub async fn nul_rejected<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn nul_rejected<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     let invalid: [(&str, Write); 6] = [
         ("id", up(&task("c", "a\0b", 1, "RUNNING"))),
         ("status", up(&task("c", "t", 1, "RUN\0NING"))),
@@ -1628,6 +1833,7 @@ pub async fn nul_rejected<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
         ),
         (
             "id",
+            // Refused for its key, whatever it expects.
             Write::Remove {
                 key: Key::environment(cluster("c"), "e\0"),
                 expect: 1,
@@ -1635,7 +1841,7 @@ pub async fn nul_rejected<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
         ),
     ];
     for (field, write) in invalid {
-        let (store, _guard) = make(StoreOptions::default());
+        let (store, _guard) = make(StoreOptions::default()).await;
         let mut rx = store.subscribe();
         rx.borrow_and_update();
         let batch = vec![
@@ -1661,14 +1867,21 @@ pub async fn nul_rejected<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
             []
         );
         assert!(!rx.has_changed().unwrap());
-        // The next batch starts from where the failed one did.
+        // The next batch starts from where the failed one did: its change is the log's first.
+        let ok = task("c", "ok", 1, "RUNNING");
+        let seq = write_one(&store, up(&ok)).await;
         assert_eq!(
-            one(&store, up(&task("c", "ok", 1, "RUNNING"))).await,
-            Outcome::Written { seq: 1 }
+            store.changes(0, 10).await.unwrap(),
+            [Change {
+                seq,
+                deleted: false,
+                doc: ok
+            }],
+            "{write:?}"
         );
     }
     // Reads with such values find nothing rather than fail.
-    let (store, _guard) = make(StoreOptions::default());
+    let (store, _guard) = make(StoreOptions::default()).await;
     load_fixture(&store).await;
     assert_eq!(get(&store, &task_key("c1", "t1\0")).await, None);
     for f in [
@@ -1680,12 +1893,13 @@ pub async fn nul_rejected<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
     }
 }
 
-pub async fn batch_is_atomic<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn batch_is_atomic<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     let (store, _guard) = make(StoreOptions {
         change_log_retention: 2,
         dead_letter_retention: 1,
         ..StoreOptions::default()
-    });
+    })
+    .await;
     let a1 = doc(Kind::Task, "c", "a", 1, "PENDING", Some("x"), "a1");
     let b1 = task("c", "b", 1, "RUNNING");
     let d1 = task("c", "d", 1, "RUNNING");
@@ -1753,16 +1967,18 @@ pub async fn batch_is_atomic<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G))
     assert_eq!(one(&store, up(&d1)).await, Outcome::Stale);
 }
 
-pub async fn outcomes_in_batch_order<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn outcomes_in_batch_order<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let x1 = task("c", "x", 1, "RUNNING");
     let x2 = task("c", "x", 2, "STOPPED");
-    let outcomes = apply(
+    let x3 = task("c", "x", 3, "RUNNING");
+    let outcomes = commit(
         &store,
         vec![
             up(&x2),
             Write::Park(letter("p")),
             up(&x1),
+            // Before the batch (position 0): x changed after it, within the batch.
             Write::Delete {
                 key: x1.key.clone(),
                 unchanged_since: 0,
@@ -1770,14 +1986,14 @@ pub async fn outcomes_in_batch_order<S: Store, G>(make: impl Fn(StoreOptions) ->
             },
             Write::Delete {
                 key: x1.key.clone(),
-                unchanged_since: 1,
+                unchanged_since: u64::MAX,
                 at_ms: 0,
             },
             up(&x2),
-            up(&task("c", "x", 3, "RUNNING")),
+            up(&x3),
             Write::Delete {
                 key: task_key("c", "nothing"),
-                unchanged_since: 1,
+                unchanged_since: u64::MAX,
                 at_ms: 0,
             },
         ],
@@ -1786,28 +2002,53 @@ pub async fn outcomes_in_batch_order<S: Store, G>(make: impl Fn(StoreOptions) ->
     let [first, parked, stale, kept, deleted, tombstoned, written, missing] = outcomes[..] else {
         panic!("one outcome per write: {outcomes:?}")
     };
-    assert_eq!(first, Outcome::Written { seq: 1 });
+    let Outcome::Written { seq: first } = first else {
+        panic!("expected Written, got {first:?}")
+    };
     assert!(matches!(parked, Outcome::Parked { .. }));
     assert_eq!(stale, Outcome::Stale);
-    assert_eq!(kept, Outcome::Kept, "changed (seq 1) after 0");
-    assert_eq!(
-        deleted,
-        Outcome::Deleted { seq: 2 },
-        "a write sees earlier writes of its batch"
-    );
+    assert_eq!(kept, Outcome::Kept, "changed (in the batch) after 0");
+    let Outcome::Deleted { seq: deletion } = deleted else {
+        panic!("a write sees earlier writes of its batch: expected Deleted, got {deleted:?}")
+    };
     assert_eq!(tombstoned, Outcome::Stale);
-    assert_eq!(written, Outcome::Written { seq: 3 });
+    let Outcome::Written { seq: last } = written else {
+        panic!("expected Written, got {written:?}")
+    };
     assert_eq!(missing, Outcome::Kept);
+    // `commit` checked first < deletion < last; the log has them in that order.
+    assert_eq!(
+        store.changes(0, 10).await.unwrap(),
+        [
+            Change {
+                seq: first,
+                deleted: false,
+                doc: x2.clone()
+            },
+            Change {
+                seq: deletion,
+                deleted: true,
+                doc: x2
+            },
+            Change {
+                seq: last,
+                deleted: false,
+                doc: x3.clone()
+            },
+        ]
+    );
+    assert_eq!(get(&store, &x1.key).await, Some(Record { seq: last, doc: x3 }));
 }
 
-pub async fn empty_batch<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn empty_batch<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     assert_eq!(apply(&store, Vec::new()).await, []);
-    one(&store, up(&task("c", "a", 1, "RUNNING"))).await;
+    assert_eq!(head(&store).await, 0);
+    let seq = write_one(&store, up(&task("c", "a", 1, "RUNNING"))).await;
     let mut rx = store.subscribe();
     rx.borrow_and_update();
     assert_eq!(apply(&store, Vec::new()).await, []);
-    assert_eq!(head(&store).await, 1);
+    assert_eq!(head(&store).await, seq);
     assert!(!rx.has_changed().unwrap());
 }
 
@@ -1864,162 +2105,186 @@ async fn conflict(store: &impl Store, writes: Vec<Write>) -> (Key, Expect, Optio
     }
 }
 
-/// Where a [`cas_writes`] case starts.
+/// Where a [`cas_writes`] case starts. Every state ends with another document written after the
+/// key's changes (see [`At::Foreign`]).
 #[derive(Debug, Clone, Copy)]
 enum CasState {
     /// Never written.
     Empty,
-    /// Put absent (seq 1), then put again `n - 1` times: live at seq `n`.
-    Live(u64),
-    /// Put absent (seq 1), removed (seq 2).
+    /// Put absent, then put again `n - 1` times, each expecting the seq the previous put got.
+    Live(usize),
+    /// Put absent, then removed.
     Removed,
+}
+
+/// A sequence number a [`cas_writes`] case expects, as its store gave it.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    /// The seq of the key's last change: the live record's, or a removed document's removal.
+    Last,
+    /// The seq of the key's change before its last one.
+    Before,
+    /// The seq of another document's change, after the key's last: one the key never had.
+    Foreign,
 }
 
 /// One compare-and-swap write of a [`cas_writes`] case.
 #[derive(Debug, Clone, Copy)]
 enum Cas {
-    Put(Expect),
-    Remove(u64),
+    PutAbsent,
+    Put(At),
+    Remove(At),
 }
 
-/// What it must do: an outcome, or a conflict reporting the live record's seq.
+/// What it must do. A conflict reports the live record's seq (`None` without one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CasResult {
-    Applied(Outcome),
-    Conflict(Option<u64>),
+    Written,
+    Deleted,
+    Conflict,
 }
 
-pub async fn cas_writes<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    use CasResult::{Applied, Conflict};
+pub async fn cas_writes<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    use CasResult::{Conflict, Deleted, Written};
     use CasState::{Empty, Live, Removed};
-    let cases: [(CasState, Cas, CasResult); 14] = [
-        (
-            Empty,
-            Cas::Put(Expect::Absent),
-            Applied(Outcome::Written { seq: 1 }),
-        ),
-        (Live(1), Cas::Put(Expect::Absent), Conflict(Some(1))),
-        (
-            Live(1),
-            Cas::Put(Expect::Seq(1)),
-            Applied(Outcome::Written { seq: 2 }),
-        ),
-        (
-            Live(3),
-            Cas::Put(Expect::Seq(3)),
-            Applied(Outcome::Written { seq: 4 }),
-        ),
-        (Live(3), Cas::Put(Expect::Seq(2)), Conflict(Some(3))),
-        (Live(1), Cas::Put(Expect::Seq(2)), Conflict(Some(1))),
-        (Empty, Cas::Put(Expect::Seq(1)), Conflict(None)),
-        (Live(1), Cas::Remove(1), Applied(Outcome::Deleted { seq: 2 })),
-        (Live(2), Cas::Remove(2), Applied(Outcome::Deleted { seq: 3 })),
-        (Live(2), Cas::Remove(1), Conflict(Some(2))),
-        (Empty, Cas::Remove(1), Conflict(None)),
-        // A removed document is absent: no tombstone stands in the way of a new one.
-        (
-            Removed,
-            Cas::Put(Expect::Absent),
-            Applied(Outcome::Written { seq: 3 }),
-        ),
-        (Removed, Cas::Put(Expect::Seq(1)), Conflict(None)),
-        (Removed, Cas::Remove(1), Conflict(None)),
+    let cases: [(CasState, Cas, CasResult); 17] = [
+        (Empty, Cas::PutAbsent, Written),
+        (Live(1), Cas::PutAbsent, Conflict),
+        (Live(1), Cas::Put(At::Last), Written),
+        (Live(3), Cas::Put(At::Last), Written),
+        (Live(3), Cas::Put(At::Before), Conflict),
+        // A seq ahead of the live record's.
+        (Live(1), Cas::Put(At::Foreign), Conflict),
+        (Empty, Cas::Put(At::Foreign), Conflict),
+        (Live(1), Cas::Remove(At::Last), Deleted),
+        (Live(2), Cas::Remove(At::Last), Deleted),
+        (Live(2), Cas::Remove(At::Before), Conflict),
+        (Live(2), Cas::Remove(At::Foreign), Conflict),
+        (Empty, Cas::Remove(At::Foreign), Conflict),
+        // A removed document is absent: no tombstone stands in the way of a new one, and neither
+        // the seq it had nor its removal's is live.
+        (Removed, Cas::PutAbsent, Written),
+        (Removed, Cas::Put(At::Before), Conflict),
+        (Removed, Cas::Put(At::Last), Conflict),
+        (Removed, Cas::Remove(At::Before), Conflict),
+        (Removed, Cas::Remove(At::Last), Conflict),
     ];
     for (state, cas, want) in cases {
         let case = format!("{state:?} then {cas:?}");
-        let (store, _guard) = make(StoreOptions::default());
-        let d = |n: u64| deployment("c", "d-1", "web", &format!("STATUS{n}"));
+        let (store, _guard) = make(StoreOptions::default()).await;
+        let d = |n: usize| deployment("c", "d-1", "web", &format!("STATUS{n}"));
         let key = d(0).key;
+        // The seqs of the key's changes, oldest first, and its live record.
+        let mut history = Vec::new();
         let mut live = None;
         match state {
             Empty => {}
             Live(n) => {
-                for seq in 1..=n {
-                    let expect = if seq == 1 {
-                        Expect::Absent
-                    } else {
-                        Expect::Seq(seq - 1)
-                    };
-                    assert_eq!(
-                        one(&store, put(&d(seq), expect)).await,
-                        Outcome::Written { seq },
-                        "{case}"
-                    );
+                for i in 1..=n {
+                    let expect = history.last().map_or(Expect::Absent, |&seq| Expect::Seq(seq));
+                    history.push(write_one(&store, put(&d(i), expect)).await);
                 }
-                live = Some(Record { seq: n, doc: d(n) });
+                live = Some(Record {
+                    seq: *history.last().unwrap(),
+                    doc: d(n),
+                });
             }
             Removed => {
-                one(&store, put(&d(1), Expect::Absent)).await;
+                let seq = write_one(&store, put(&d(1), Expect::Absent)).await;
+                history.push(seq);
                 let remove = Write::Remove {
                     key: key.clone(),
-                    expect: 1,
+                    expect: seq,
                 };
-                assert_eq!(one(&store, remove).await, Outcome::Deleted { seq: 2 }, "{case}");
+                history.push(delete_one(&store, remove).await);
             }
         }
+        let foreign = write_one(
+            &store,
+            put(&deployment("c", "d-other", "web", "PENDING"), Expect::Absent),
+        )
+        .await;
+        let at = |at: At| match at {
+            At::Last => *history.last().expect("the key has changes"),
+            At::Before => history[history.len().checked_sub(2).expect("the key has two changes")],
+            At::Foreign => foreign,
+        };
         let head_before = head(&store).await;
         let count_before = store.count(Kind::Deployment).await.unwrap();
         let incoming = d(100);
-        let write = match cas {
-            Cas::Put(expect) => put(&incoming, expect),
-            Cas::Remove(expect) => Write::Remove {
-                key: key.clone(),
-                expect,
-            },
+        let (write, wanted) = match cas {
+            Cas::PutAbsent => (put(&incoming, Expect::Absent), Expect::Absent),
+            Cas::Put(expect) => (put(&incoming, Expect::Seq(at(expect))), Expect::Seq(at(expect))),
+            Cas::Remove(expect) => (
+                Write::Remove {
+                    key: key.clone(),
+                    expect: at(expect),
+                },
+                Expect::Seq(at(expect)),
+            ),
         };
-        let got = match store.apply(vec![write.clone()]).await {
-            Ok(outcomes) => Applied(outcomes[0]),
+        let outcome = match store.apply(vec![write.clone()]).await {
+            Ok(outcomes) => {
+                assert_eq!(outcomes.len(), 1, "{case}");
+                Some(outcomes[0])
+            }
             Err(StoreError::Conflict {
                 key: conflicting,
                 expected,
                 found,
             }) => {
+                assert_eq!(want, Conflict, "{case}: got a conflict, found {found:?}");
                 assert_eq!(conflicting, key, "{case}");
-                let wanted = match cas {
-                    Cas::Put(expect) => expect,
-                    Cas::Remove(expect) => Expect::Seq(expect),
-                };
                 assert_eq!(expected, wanted, "{case}");
-                Conflict(found)
+                assert_eq!(
+                    found,
+                    live.as_ref().map(|r| r.seq),
+                    "{case}: the conflict reports the live record's seq"
+                );
+                None
             }
             Err(other) => panic!("{case}: {other}"),
         };
-        assert_eq!(got, want, "{case}");
-        let (record, count, head_after) = match got {
-            Applied(Outcome::Written { seq }) => (
-                Some(Record { seq, doc: incoming }),
-                count_before + u64::from(live.is_none()),
-                seq,
-            ),
-            Applied(Outcome::Deleted { seq }) => (None, count_before - 1, seq),
-            _ => (live.clone(), count_before, head_before),
+        let (record, count, head_after) = match (want, outcome) {
+            (Written, Some(Outcome::Written { seq })) => {
+                assert!(seq > head_before, "{case}: {seq} after {head_before}");
+                (
+                    Some(Record { seq, doc: incoming }),
+                    count_before + u64::from(live.is_none()),
+                    seq,
+                )
+            }
+            (Deleted, Some(Outcome::Deleted { seq })) => {
+                assert!(seq > head_before, "{case}: {seq} after {head_before}");
+                // A removal is logged like any deletion: the document as it was.
+                let logged = store.changes(head_before, 10).await.unwrap();
+                let live = live.clone().expect("removed a live document");
+                assert_eq!(
+                    logged,
+                    [Change {
+                        seq,
+                        deleted: true,
+                        doc: live.doc
+                    }],
+                    "{case}"
+                );
+                (None, count_before - 1, seq)
+            }
+            (Conflict, None) => (live.clone(), count_before, head_before),
+            (want, got) => panic!("{case}: expected {want:?}, got {got:?}"),
         };
         assert_eq!(get(&store, &key).await, record, "{case}");
         assert_eq!(store.count(Kind::Deployment).await.unwrap(), count, "{case}");
         assert_eq!(head(&store).await, head_after, "{case}");
-        if let Applied(Outcome::Deleted { seq }) = got {
-            // A removal is logged like any deletion: the document as it was.
-            let logged = store.changes(seq - 1, 10).await.unwrap();
-            let live = live.expect("removed a live document");
-            assert_eq!(
-                logged,
-                [Change {
-                    seq,
-                    deleted: true,
-                    doc: live.doc
-                }],
-                "{case}"
-            );
-        }
     }
 }
 
-pub async fn cas_conflict_applies_nothing<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn cas_conflict_applies_nothing<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let e = environment("c", "web", "ACTIVE");
     let d1 = deployment("c", "d-1", "web", "PENDING");
     let t = task("c", "t", 1, "RUNNING");
-    apply(
+    let outcomes = commit(
         &store,
         vec![
             put(&e, Expect::Absent),
@@ -2029,6 +2294,7 @@ pub async fn cas_conflict_applies_nothing<S: Store, G>(make: impl Fn(StoreOption
         ],
     )
     .await;
+    let [e_seq, d1_seq, t_seq] = [0, 1, 2].map(|i| written(outcomes[i]));
     let snapshot = async |store: &S| {
         let mut lists = Vec::new();
         for kind in Kind::ALL {
@@ -2050,21 +2316,23 @@ pub async fn cas_conflict_applies_nothing<S: Store, G>(make: impl Fn(StoreOption
         )
     };
     let before = snapshot(&store).await;
-    assert_eq!(before.2.head, 3);
+    let head_before = before.2.head;
+    assert_eq!(head_before, t_seq);
     let mut rx = store.subscribe();
     rx.borrow_and_update();
     // Each batch would change every table before its conflicting write (last, first or in between).
     let d2 = deployment("c", "d-2", "web", "PENDING");
     let e2 = environment("c", "api", "ACTIVE");
-    let stale_put = put(&deployment("c", "d-1", "web", "RUNNING"), Expect::Seq(1));
+    // A seq d-1 never had.
+    let stale_put = put(&deployment("c", "d-1", "web", "RUNNING"), Expect::Seq(e_seq));
     let batches = [
         vec![
             put(&d2, Expect::Absent),
-            put(&deployment("c", "d-1", "web", "RUNNING"), Expect::Seq(2)),
+            put(&deployment("c", "d-1", "web", "RUNNING"), Expect::Seq(d1_seq)),
             up(&task("c", "t", 2, "STOPPED")),
             Write::Remove {
                 key: e.key.clone(),
-                expect: 1,
+                expect: e_seq,
             },
             Write::Park(letter("lost")),
             stale_put.clone(),
@@ -2078,23 +2346,40 @@ pub async fn cas_conflict_applies_nothing<S: Store, G>(make: impl Fn(StoreOption
             up(&task("c", "t2", 1, "RUNNING")),
             Write::Remove {
                 key: d1.key.clone(),
-                expect: 3,
+                expect: t_seq,
             },
             put(&e2, Expect::Absent),
         ],
         vec![put(&e2, Expect::Absent), put(&e2, Expect::Absent)],
     ];
+    /// What a conflict reports as found.
+    #[derive(Debug)]
+    enum Found {
+        /// A committed record's seq.
+        Committed(u64),
+        /// The seq a write earlier in the batch got: after the head before the batch.
+        InTheBatch,
+    }
     let wants = [
-        // d-1 was rewritten earlier in the batch (seq 5), and that is undone with the rest.
-        (d1.key.clone(), Expect::Seq(1), Some(5)),
-        (e.key.clone(), Expect::Absent, Some(1)),
-        (d1.key.clone(), Expect::Seq(3), Some(2)),
+        // d-1 was rewritten earlier in the batch, and that is undone with the rest.
+        (d1.key.clone(), Expect::Seq(e_seq), Found::InTheBatch),
+        (e.key.clone(), Expect::Absent, Found::Committed(e_seq)),
+        (d1.key.clone(), Expect::Seq(t_seq), Found::Committed(d1_seq)),
         // The second sees the first, which is undone with it.
-        (e2.key.clone(), Expect::Absent, Some(4)),
+        (e2.key.clone(), Expect::Absent, Found::InTheBatch),
     ];
-    for (batch, want) in batches.into_iter().zip(wants) {
+    for (batch, (key, expected, found)) in batches.into_iter().zip(wants) {
         let case = format!("{batch:?}");
-        assert_eq!(conflict(&store, batch).await, want, "{case}");
+        let got = conflict(&store, batch).await;
+        assert_eq!((&got.0, got.1), (&key, expected), "{case}");
+        match found {
+            Found::Committed(seq) => assert_eq!(got.2, Some(seq), "{case}"),
+            Found::InTheBatch => assert!(
+                got.2.is_some_and(|seq| seq > head_before),
+                "{case}: found {:?}, expected a seq of the batch (after {head_before})",
+                got.2
+            ),
+        }
         assert_eq!(
             snapshot(&store).await,
             before,
@@ -2102,80 +2387,313 @@ pub async fn cas_conflict_applies_nothing<S: Store, G>(make: impl Fn(StoreOption
         );
         assert!(!rx.has_changed().unwrap(), "{case}: no head is published");
     }
-    // No sequence number was consumed.
+    // Nothing of the failed batches is in the log: the next change directly follows the head.
+    let seq = write_one(&store, put(&d2, Expect::Absent)).await;
     assert_eq!(
-        one(&store, put(&d2, Expect::Absent)).await,
-        Outcome::Written { seq: 4 }
+        store.changes(head_before, 10).await.unwrap(),
+        [Change {
+            seq,
+            deleted: false,
+            doc: d2
+        }]
     );
     assert!(rx.has_changed().unwrap());
-    assert_eq!(conflict(&store, vec![stale_put]).await.2, Some(2));
+    assert_eq!(conflict(&store, vec![stale_put]).await.2, Some(d1_seq));
+    // d-1 is still at the seq it had.
+    write_one(
+        &store,
+        put(&deployment("c", "d-1", "web", "RUNNING"), Expect::Seq(d1_seq)),
+    )
+    .await;
+}
+/// A compare-and-swap batch over several keys whose last write conflicts applies nothing: no change
+/// is logged, the head stays, and the keys the batch wrote before the conflict keep their records.
+pub async fn cas_last_write_conflict_applies_nothing<S: Store, G>(
+    make: impl AsyncFn(StoreOptions) -> (S, G),
+) {
+    let (store, _guard) = make(StoreOptions::default()).await;
+    let a = deployment("c", "d-a", "web", "PENDING");
+    let b = deployment("c", "d-b", "web", "PENDING");
+    let e = environment("c", "web", "ACTIVE");
+    let outcomes = commit(
+        &store,
+        vec![
+            put(&a, Expect::Absent),
+            put(&b, Expect::Absent),
+            put(&e, Expect::Absent),
+        ],
+    )
+    .await;
+    let [a_seq, b_seq, e_seq] = [0, 1, 2].map(|i| written(outcomes[i]));
+    let head_before = head(&store).await;
+    let mut rx = store.subscribe();
+    rx.borrow_and_update();
+    let a2 = deployment("c", "d-a", "web", "RUNNING");
+    let c = deployment("c", "d-c", "web", "PENDING");
+    let e2 = environment("c", "web", "DELETING");
+    let batch = vec![
+        put(&a2, Expect::Seq(a_seq)),
+        Write::Remove {
+            key: b.key.clone(),
+            expect: b_seq,
+        },
+        put(&c, Expect::Absent),
+        // a's seq, not e's.
+        put(&e2, Expect::Seq(a_seq)),
+    ];
     assert_eq!(
-        one(
-            &store,
-            put(&deployment("c", "d-1", "web", "RUNNING"), Expect::Seq(2))
-        )
-        .await,
-        Outcome::Written { seq: 5 },
-        "d-1 is still at seq 2"
+        conflict(&store, batch.clone()).await,
+        (e.key.clone(), Expect::Seq(a_seq), Some(e_seq))
     );
+    assert_eq!(head(&store).await, head_before, "the head is unchanged");
+    assert_eq!(
+        store.changes(head_before, 10).await.unwrap(),
+        [],
+        "no change is logged"
+    );
+    assert!(!rx.has_changed().unwrap(), "no head is published");
+    assert_eq!(
+        get(&store, &a.key).await,
+        Some(Record {
+            seq: a_seq,
+            doc: a.clone()
+        }),
+        "the first key is unchanged"
+    );
+    assert_eq!(
+        get(&store, &b.key).await,
+        Some(Record {
+            seq: b_seq,
+            doc: b.clone()
+        })
+    );
+    assert_eq!(get(&store, &c.key).await, None);
+    assert_eq!(get(&store, &e.key).await, Some(Record { seq: e_seq, doc: e }));
+    assert_eq!(store.count(Kind::Deployment).await.unwrap(), 2);
+    // Without the conflicting write, the same writes apply: their expectations still hold.
+    let outcomes = commit(&store, batch[..3].to_vec()).await;
+    let [
+        Outcome::Written { seq: a2_seq },
+        Outcome::Deleted { seq: b_removal },
+        Outcome::Written { seq: c_seq },
+    ] = outcomes[..]
+    else {
+        panic!("expected Written, Deleted, Written: {outcomes:?}")
+    };
+    assert_eq!(
+        store.changes(head_before, 10).await.unwrap(),
+        [
+            Change {
+                seq: a2_seq,
+                deleted: false,
+                doc: a2
+            },
+            Change {
+                seq: b_removal,
+                deleted: true,
+                doc: b
+            },
+            Change {
+                seq: c_seq,
+                deleted: false,
+                doc: c
+            },
+        ]
+    );
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), c_seq);
 }
 
 /// A write sees the earlier writes of its batch, compare-and-swap included.
-pub async fn cas_writes_see_their_batch<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn cas_writes_see_their_batch<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let d = |status: &str| deployment("c", "d", "web", status);
-    let outcomes = apply(
+    let pending = write_one(&store, put(&d("PENDING"), Expect::Absent)).await;
+    // A removal earlier in the batch makes the key absent for a later put.
+    let outcomes = commit(
         &store,
         vec![
-            put(&d("PENDING"), Expect::Absent),
-            Write::Park(letter("p")),
-            put(&d("RUNNING"), Expect::Seq(1)),
             Write::Remove {
                 key: d("").key,
-                expect: 2,
+                expect: pending,
             },
+            Write::Park(letter("p")),
             put(&d("RESTARTED"), Expect::Absent),
             up(&task("c", "d", 1, "RUNNING")),
         ],
     )
     .await;
-    assert!(matches!(outcomes[1], Outcome::Parked { .. }));
-    assert_eq!(
-        [outcomes[0], outcomes[2], outcomes[3], outcomes[4], outcomes[5]],
-        [
-            Outcome::Written { seq: 1 },
-            Outcome::Written { seq: 2 },
-            Outcome::Deleted { seq: 3 },
-            Outcome::Written { seq: 4 },
-            Outcome::Written { seq: 5 },
-        ]
-    );
+    let [
+        Outcome::Deleted { seq: removal },
+        Outcome::Parked { .. },
+        Outcome::Written { seq: restarted },
+        Outcome::Written { seq: task_seq },
+    ] = outcomes[..]
+    else {
+        panic!("expected Deleted, Parked, Written, Written: {outcomes:?}")
+    };
     assert_eq!(
         get(&store, &d("").key).await,
         Some(Record {
-            seq: 4,
+            seq: restarted,
             doc: d("RESTARTED")
         })
     );
     // Same cluster and id, other kind: a separate entity.
-    assert_eq!(get(&store, &task_key("c", "d")).await.map(|r| r.seq), Some(5));
+    assert_eq!(
+        get(&store, &task_key("c", "d")).await.map(|r| r.seq),
+        Some(task_seq)
+    );
     assert_eq!(store.count(Kind::Deployment).await.unwrap(), 1);
+    assert_eq!(
+        seqs(&store.changes(pending, 10).await.unwrap()),
+        [removal, restarted, task_seq]
+    );
+    // A put earlier in the batch moves the key's seq: a later write expecting the seq read before
+    // the batch conflicts with the one the put got, and nothing applies. (A caller cannot know a seq
+    // its batch assigns, so no write of a batch expects one.)
+    let head_before = head(&store).await;
+    for later in [
+        put(&d("AGAIN"), Expect::Seq(restarted)),
+        Write::Remove {
+            key: d("").key,
+            expect: restarted,
+        },
+        put(&d("AGAIN"), Expect::Absent),
+    ] {
+        let case = format!("{later:?}");
+        let (key, _, found) = conflict(&store, vec![put(&d("RUNNING"), Expect::Seq(restarted)), later]).await;
+        assert_eq!(key, d("").key, "{case}");
+        assert!(
+            found.is_some_and(|seq| seq > head_before),
+            "{case}: found {found:?}, expected the seq of the put before it (after {head_before})"
+        );
+        assert_eq!(head(&store).await, head_before, "{case}");
+    }
+    assert_eq!(get(&store, &d("").key).await.map(|r| r.seq), Some(restarted));
+    // A put absent earlier in the batch makes the key present for a later one.
+    let other = deployment("c", "e", "web", "PENDING");
+    let (key, expected, found) = conflict(
+        &store,
+        vec![put(&other, Expect::Absent), put(&other, Expect::Absent)],
+    )
+    .await;
+    assert_eq!((key, expected), (other.key.clone(), Expect::Absent));
+    assert!(found.is_some_and(|seq| seq > head_before), "found {found:?}");
+    assert_eq!(head(&store).await, head_before);
+    assert_eq!(get(&store, &other.key).await, None);
+}
+/// A removed scheduler document is put again, expecting it absent, in a later batch; the log has the
+/// put, the removal and the new put, in order, each with the document as it was or became.
+pub async fn remove_then_put_absent_in_later_batches<S: Store, G>(
+    make: impl AsyncFn(StoreOptions) -> (S, G),
+) {
+    let (store, _guard) = make(StoreOptions::default()).await;
+    let pairs = [
+        (
+            deployment("c", "d", "web", "PENDING"),
+            deployment("c", "d", "web", "RESTARTED"),
+        ),
+        (
+            environment("c", "web", "ACTIVE"),
+            environment("c", "web", "DELETING"),
+        ),
+        (revision("c", "web", 1), revision("c", "web", 1)),
+    ];
+    for (first, second) in pairs {
+        let kind = first.key.kind;
+        let start = head(&store).await;
+        let put_seq = write_one(&store, put(&first, Expect::Absent)).await;
+        let removal = delete_one(
+            &store,
+            Write::Remove {
+                key: first.key.clone(),
+                expect: put_seq,
+            },
+        )
+        .await;
+        assert_eq!(get(&store, &first.key).await, None, "{kind}");
+        assert_eq!(store.count(kind).await.unwrap(), 0, "{kind}");
+        let again = write_one(&store, put(&second, Expect::Absent)).await;
+        assert_eq!(
+            get(&store, &second.key).await,
+            Some(Record {
+                seq: again,
+                doc: second.clone()
+            }),
+            "{kind}"
+        );
+        assert_eq!(store.count(kind).await.unwrap(), 1, "{kind}");
+        assert_eq!(
+            store.changes(start, 10).await.unwrap(),
+            [
+                Change {
+                    seq: put_seq,
+                    deleted: false,
+                    doc: first.clone()
+                },
+                Change {
+                    seq: removal,
+                    deleted: true,
+                    doc: first.clone()
+                },
+                Change {
+                    seq: again,
+                    deleted: false,
+                    doc: second.clone()
+                },
+            ],
+            "{kind}"
+        );
+        // And once more: removed expecting the new put's seq, put again.
+        let removal = delete_one(
+            &store,
+            Write::Remove {
+                key: second.key.clone(),
+                expect: again,
+            },
+        )
+        .await;
+        let last = write_one(&store, put(&first, Expect::Absent)).await;
+        assert_eq!(
+            store.changes(again, 10).await.unwrap(),
+            [
+                Change {
+                    seq: removal,
+                    deleted: true,
+                    doc: second
+                },
+                Change {
+                    seq: last,
+                    deleted: false,
+                    doc: first
+                },
+            ],
+            "{kind}"
+        );
+    }
 }
 
 /// A revision is written once (`Expect::Absent`) and removed, never replaced; a batch trying to
 /// replace one is refused whole.
-pub async fn revisions_are_immutable<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn revisions_are_immutable<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let r = revision("c", "web", 1);
-    apply(&store, vec![put(&r, Expect::Absent)]).await;
-    let seq = get(&store, &r.key).await.expect("written").seq;
+    let seq = write_one(&store, put(&r, Expect::Absent)).await;
+    assert_eq!(get(&store, &r.key).await.expect("written").seq, seq);
+    // A seq the revision never had.
+    let other = write_one(
+        &store,
+        put(&deployment("c", "d", "web", "PENDING"), Expect::Absent),
+    )
+    .await;
     let head_before = head(&store).await;
     let changed = Document {
         status: "CHANGED".into(),
         ..r.clone()
     };
     let e = environment("c", "web", "ACTIVE");
-    for expect in [Expect::Seq(seq), Expect::Seq(seq + 7)] {
+    for expect in [Expect::Seq(seq), Expect::Seq(other)] {
         match store
             .apply(vec![put(&e, Expect::Absent), put(&changed, expect)])
             .await
@@ -2190,18 +2708,18 @@ pub async fn revisions_are_immutable<S: Store, G>(make: impl Fn(StoreOptions) ->
         assert_eq!(get(&store, &r.key).await.map(|x| x.doc), Some(r.clone()));
     }
     // Removing one is how an environment's deletion ends.
-    apply(
+    delete_one(
         &store,
-        vec![Write::Remove {
+        Write::Remove {
             key: r.key.clone(),
             expect: seq,
-        }],
+        },
     )
     .await;
     assert_eq!(get(&store, &r.key).await, None);
 }
 
-pub async fn wrong_write_refused<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
+pub async fn wrong_write_refused<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
     let e = environment("c", "web", "ACTIVE");
     let r = revision("c", "web", 1);
     let d = deployment("c", "d", "web", "PENDING");
@@ -2209,57 +2727,62 @@ pub async fn wrong_write_refused<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
     let i = doc(Kind::Instance, "c", "i", 1, "ACTIVE", None, "i");
     let intent = doc(Kind::Intent, "c", "d/i", 0, "PENDING", Some("d"), "{}");
     let failure = doc(Kind::Failure, "c", "d/i", 0, "FAILED", Some("d"), "{}");
-    let refused: [(Write, &str, Kind); 11] = [
-        (up(&d), "Upsert", Kind::Deployment),
-        (up(&intent), "Upsert", Kind::Intent),
-        (Write::observe(failure.clone()), "Observe", Kind::Failure),
-        (up(&e), "Upsert", Kind::Environment),
-        (Write::observe(r.clone()), "Observe", Kind::Revision),
-        (
-            Write::Delete {
-                key: e.key.clone(),
-                unchanged_since: u64::MAX,
-                at_ms: 0,
-            },
-            "Delete",
-            Kind::Environment,
-        ),
-        (
-            Write::Delete {
-                key: d.key.clone(),
-                unchanged_since: u64::MAX,
-                at_ms: 0,
-            },
-            "Delete",
-            Kind::Deployment,
-        ),
-        (put(&t, Expect::Absent), "Put", Kind::Task),
-        (put(&i, Expect::Seq(1)), "Put", Kind::Instance),
-        (
-            Write::Remove {
-                key: t.key.clone(),
-                expect: 1,
-            },
-            "Remove",
-            Kind::Task,
-        ),
-        (
-            Write::Remove {
-                key: i.key.clone(),
-                expect: 1,
-            },
-            "Remove",
-            Kind::Instance,
-        ),
-    ];
-    for (write, name, kind) in refused {
-        let (store, _guard) = make(StoreOptions::default());
+    // The refused writes, given the seqs of the task and the instance (so that a Put or Remove of
+    // them would otherwise match).
+    let refused = |t_seq: u64, i_seq: u64| -> [(Write, &'static str, Kind); 11] {
+        [
+            (up(&d), "Upsert", Kind::Deployment),
+            (up(&intent), "Upsert", Kind::Intent),
+            (Write::observe(failure.clone()), "Observe", Kind::Failure),
+            (up(&e), "Upsert", Kind::Environment),
+            (Write::observe(r.clone()), "Observe", Kind::Revision),
+            (
+                Write::Delete {
+                    key: e.key.clone(),
+                    unchanged_since: u64::MAX,
+                    at_ms: 0,
+                },
+                "Delete",
+                Kind::Environment,
+            ),
+            (
+                Write::Delete {
+                    key: d.key.clone(),
+                    unchanged_since: u64::MAX,
+                    at_ms: 0,
+                },
+                "Delete",
+                Kind::Deployment,
+            ),
+            (put(&t, Expect::Absent), "Put", Kind::Task),
+            (put(&i, Expect::Seq(i_seq)), "Put", Kind::Instance),
+            (
+                Write::Remove {
+                    key: t.key.clone(),
+                    expect: t_seq,
+                },
+                "Remove",
+                Kind::Task,
+            ),
+            (
+                Write::Remove {
+                    key: i.key.clone(),
+                    expect: i_seq,
+                },
+                "Remove",
+                Kind::Instance,
+            ),
+        ]
+    };
+    for n in 0..refused(0, 0).len() {
+        let (store, _guard) = make(StoreOptions::default()).await;
         // Present, so that a Delete or Remove would have something to act on.
-        apply(
+        let outcomes = commit(
             &store,
             vec![up(&t), up(&i), put(&d, Expect::Absent), put(&e, Expect::Absent)],
         )
         .await;
+        let (write, name, kind) = refused(written(outcomes[0]), written(outcomes[1]))[n].clone();
         let head_before = head(&store).await;
         let batch = vec![
             put(&r, Expect::Absent),
@@ -2302,8 +2825,8 @@ pub async fn wrong_write_refused<S: Store, G>(make: impl Fn(StoreOptions) -> (S,
 
 /// Listings, indexes, ids, clusters and counts work for scheduler documents as for ECS entities, and
 /// kinds stay apart.
-pub async fn scheduler_documents_listed<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn scheduler_documents_listed<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     // Environment names that prefix one another (`web`, `web2`), likewise statuses (`RUN`, `RUNNING`).
     let docs = [
         environment("c1", "web", "ACTIVE"),
@@ -2448,57 +2971,61 @@ pub async fn scheduler_documents_listed<S: Store, G>(make: impl Fn(StoreOptions)
     check(&store, &records, "after a put and removes").await;
 }
 
-pub async fn scheduler_changes_in_order<S: Store, G>(make: impl Fn(StoreOptions) -> (S, G)) {
-    let (store, _guard) = make(StoreOptions::default());
+pub async fn scheduler_changes_in_order<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
     let mut rx = store.subscribe();
     rx.borrow_and_update();
     let e = environment("c", "web", "ACTIVE");
     let r = revision("c", "web", 1);
     let d = |status: &str| deployment("c", "d", "web", status);
     let t = task("c", "t", 1, "RUNNING");
-    apply(&store, vec![put(&e, Expect::Absent), put(&r, Expect::Absent)]).await;
+    let outcomes = commit(&store, vec![put(&e, Expect::Absent), put(&r, Expect::Absent)]).await;
+    let [e_seq, r_seq] = [0, 1].map(|i| written(outcomes[i]));
     assert!(rx.has_changed().unwrap());
-    assert_eq!(*rx.borrow_and_update(), 2);
-    apply(&store, vec![put(&d("PENDING"), Expect::Absent), up(&t)]).await;
-    one(&store, put(&d("RUNNING"), Expect::Seq(3))).await;
-    one(
+    assert_eq!(*rx.borrow_and_update(), r_seq);
+    let outcomes = commit(&store, vec![put(&d("PENDING"), Expect::Absent), up(&t)]).await;
+    let [pending, t_seq] = [0, 1].map(|i| written(outcomes[i]));
+    let running = write_one(&store, put(&d("RUNNING"), Expect::Seq(pending))).await;
+    let removal = delete_one(
         &store,
         Write::Remove {
             key: d("").key,
-            expect: 5,
+            expect: running,
         },
     )
     .await;
-    one(&store, put(&d("PENDING"), Expect::Absent)).await;
-    one(
+    let again = write_one(&store, put(&d("PENDING"), Expect::Absent)).await;
+    let e_removal = delete_one(
         &store,
         Write::Remove {
             key: e.key.clone(),
-            expect: 1,
+            expect: e_seq,
         },
     )
     .await;
-    assert_eq!(*rx.borrow_and_update(), 8);
+    assert_eq!(*rx.borrow_and_update(), e_removal);
     let change = |seq, deleted, doc: &Document| Change {
         seq,
         deleted,
         doc: doc.clone(),
     };
     let want = [
-        change(1, false, &e),
-        change(2, false, &r),
-        change(3, false, &d("PENDING")),
-        change(4, false, &t),
-        change(5, false, &d("RUNNING")),
-        change(6, true, &d("RUNNING")),
-        change(7, false, &d("PENDING")),
-        change(8, true, &e),
+        change(e_seq, false, &e),
+        change(r_seq, false, &r),
+        change(pending, false, &d("PENDING")),
+        change(t_seq, false, &t),
+        change(running, false, &d("RUNNING")),
+        change(removal, true, &d("RUNNING")),
+        change(again, false, &d("PENDING")),
+        change(e_removal, true, &e),
     ];
     assert_eq!(store.changes(0, 100).await.unwrap(), want);
-    for after in 0..8 {
+    // From the beginning and from every change's position, the (up to) two changes after it.
+    let positions = std::iter::once(0).chain(want.iter().map(|c| c.seq));
+    for (i, after) in positions.enumerate() {
         assert_eq!(
             store.changes(after, 2).await.unwrap(),
-            want[after as usize..(after as usize + 2).min(8)],
+            want[i..(i + 2).min(want.len())],
             "after {after}"
         );
     }

@@ -7,11 +7,11 @@ use blox_store::{
 };
 
 mod mem {
-    blox_store::conformance_tests!(|options| (blox_store::MemStore::new(options), ()));
+    blox_store::conformance_tests!(async |options| (blox_store::MemStore::new(options), ()));
 }
 
 mod redb {
-    blox_store::conformance_tests!(|options| {
+    blox_store::conformance_tests!(async |options| {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = blox_store::RedbStore::open(&dir.path().join("blox.redb"), options).expect("open");
         (store, dir)
