@@ -300,6 +300,7 @@ fn table() -> Vec<Row> {
         ),
         row(get.clone(), "/v1/dead-letters", "/v1/dead-letters", None, 200),
         row(get.clone(), "/v1/ping", "/v1/ping", None, 200),
+        row(get.clone(), "/v1/leader", "/v1/leader", None, 200),
         row(get.clone(), "/v1/environments", "/v1/environments", None, 200),
         row(
             get.clone(),

@@ -1,4 +1,4 @@
-//! The conformance suite against both backends, plus what only a durable backend can show.
+//! The conformance suite against every backend (memory, redb, etcd), plus what only a durable backend can show.
 
 use blox_store::conformance::{deployment, environment, letter, put, task};
 use blox_store::{
@@ -8,6 +8,20 @@ use blox_store::{
 
 mod mem {
     blox_store::conformance_tests!(async |options| (blox_store::MemStore::new(options), ()));
+}
+
+mod etcd {
+    // Each store gets an etcd of its own (started in about 0.1 s), killed when the case ends.
+    blox_store::conformance_tests!(async |options| {
+        let etcd = blox_testkit::Etcd::start()
+            .await
+            .expect("etcd starts (apt-get install etcd-server)");
+        let config = blox_store::EtcdConfig::new(vec![etcd.endpoint()]);
+        let store = blox_store::EtcdStore::connect(&config, options)
+            .await
+            .expect("connects to etcd");
+        (store, etcd)
+    });
 }
 
 mod redb {
