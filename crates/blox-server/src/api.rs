@@ -40,8 +40,6 @@ pub struct AppState {
     /// ECS's control calls, to check environments' clusters and task definitions with; without it,
     /// creating or updating an environment answers 503.
     pub control: Option<Arc<dyn blox_aws::EcsControl>>,
-    /// Serialises the API's environment creations (names are unique across clusters).
-    pub environment_writes: Arc<tokio::sync::Mutex<()>>,
     /// The in-memory view, for live counts.
     pub view: Arc<crate::view::View>,
     /// How errors are written on the v0.3 routes.
@@ -77,7 +75,6 @@ impl AppState {
                 ..StreamOptions::default()
             },
             control,
-            environment_writes: Arc::default(),
             view,
             v03_errors: crate::error::V03Errors::Json,
             gates: crate::limits::Gates::default(),
@@ -435,7 +432,7 @@ async fn get(state: &AppState, kind: Kind, cluster: &str, arn: &str) -> Result<R
         Kind::Task => (ResourceArn::task(arn), "task"),
         Kind::Instance => (ResourceArn::container_instance(arn), "container instance"),
         // Scheduler documents have no ARN; no route looks them up here.
-        Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => {
+        Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure | Kind::Name => {
             return Err(ApiError::not_found(
                 "UnknownRoute",
                 format!("no {kind} is looked up by ARN"),

@@ -106,7 +106,7 @@ pub fn parse_scheduler_doc(doc: &Document) -> Result<Option<Doc>, DocumentError>
         Kind::Deployment => Doc::Deployment(parse(doc)?),
         Kind::Intent => Doc::Intent(parse(doc)?),
         Kind::Failure => Doc::Failure(parse(doc)?),
-        Kind::Task | Kind::Instance => return Ok(None),
+        Kind::Task | Kind::Instance | Kind::Name => return Ok(None),
     }))
 }
 

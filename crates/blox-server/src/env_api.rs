@@ -397,9 +397,9 @@ impl Ids {
     }
 }
 
-/// Creates an environment; names are unique across clusters, so creations are serialised.
+/// Creates an environment; names are unique across clusters (the store reserves them: see
+/// `environments::cas`).
 pub async fn create(state: &AppState, request: CreateEnvironment, ids: &Ids) -> Result<Stored, ApiError> {
-    let _guard = state.environment_writes.lock().await;
     let name = request.name.clone();
     let mut request = Some(request);
     environments::cas(state.store.as_ref(), &name, Depth::Documents, |stored| {

@@ -9,7 +9,9 @@ use blox_model::daemon::{
     self, Changes, CommandError, Deployment, Doc, Environment, InstanceFailure, Revision, Snapshot,
     StartIntent,
 };
-use blox_store::{Expect, Filter, Key, Kind, Outcome, PageRequest, Record, Store, StoreError, Write};
+use blox_store::{
+    Document, Expect, Filter, Key, Kind, Outcome, PageRequest, Record, Store, StoreError, Write,
+};
 use thiserror::Error;
 
 use crate::documents::{self, DocumentError};
@@ -237,7 +239,10 @@ pub async fn cas<T>(
         }
         let writes = match &stored {
             Some(stored) => stored.writes(&changes),
-            None => fresh_writes(&changes),
+            None => {
+                let reservation = store.get(&Key::name(name)).await?.map(|record| record.seq);
+                fresh_writes(&changes, name, reservation)
+            }
         };
         match store.apply(writes).await {
             Ok(outcomes) => return Ok((value, outcomes)),
@@ -250,8 +255,11 @@ pub async fn cas<T>(
     Err(CasError::KeptChanging(name.to_owned()))
 }
 
-/// The batch that writes the documents of a new environment (nothing of it is stored yet).
-fn fresh_writes(changes: &Changes) -> Vec<Write> {
+/// The batch that writes the documents of a new environment (nothing of it is stored yet), with the
+/// reservation of its name: two creations of one name, in any clusters and on any replicas, race on
+/// that key, and the loser finds the winner's environment when it tries again. `reservation`: the
+/// seq of the name's reservation left by a deleted environment of the name, if any.
+fn fresh_writes(changes: &Changes, name: &str, reservation: Option<u64>) -> Vec<Write> {
     let cluster = changes.put.iter().find_map(|d| match d {
         Doc::Environment(e) => Some(e.cluster.clone()),
         _ => None,
@@ -259,12 +267,21 @@ fn fresh_writes(changes: &Changes) -> Vec<Write> {
     let Some(cluster) = cluster else {
         return Vec::new();
     };
-    changes
-        .put
-        .iter()
-        .map(|doc| Write::Put {
-            doc: documents::scheduler_doc(&cluster, doc),
-            expect: Expect::Absent,
-        })
-        .collect()
+    let reserve = Write::Put {
+        doc: Document {
+            key: Key::name(name),
+            version: 0,
+            status: "RESERVED".to_owned(),
+            started_by: None,
+            body: serde_json::json!({ "environment": name, "cluster": cluster.as_str() })
+                .to_string()
+                .into_bytes(),
+        },
+        expect: reservation.map_or(Expect::Absent, Expect::Seq),
+    };
+    let documents = changes.put.iter().map(|doc| Write::Put {
+        doc: documents::scheduler_doc(&cluster, doc),
+        expect: Expect::Absent,
+    });
+    std::iter::once(reserve).chain(documents).collect()
 }

@@ -256,7 +256,6 @@ pub async fn serve(
         metrics: metrics::handle(),
         stream,
         control: services.control.clone(),
-        environment_writes: Arc::default(),
         view: view.clone(),
         v03_errors: options.v03_errors,
         gates: Gates::new(options.limits.clone()),

@@ -431,9 +431,12 @@ impl Reconciler {
                     usable(cluster, validated, || documents::task(cluster.clone(), &t))
                 })
                 .collect(),
-            Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => {
-                Vec::new()
-            }
+            Kind::Environment
+            | Kind::Revision
+            | Kind::Deployment
+            | Kind::Intent
+            | Kind::Failure
+            | Kind::Name => Vec::new(),
         };
         Ok(docs)
     }
@@ -450,7 +453,9 @@ fn listings(kind: Kind) -> &'static [Listing] {
             Listing::Tasks(DesiredStatus::Stopped),
         ],
         // Scheduler documents are not ECS's: never reconciled (and never asked for).
-        Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => &[],
+        Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure | Kind::Name => {
+            &[]
+        }
     }
 }
 

@@ -189,6 +189,8 @@ impl ViewState {
                 }
                 Ok(true)
             }
+            // A name's reservation tells the view nothing its environment does not.
+            Kind::Name => Ok(false),
             Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => {
                 let Some(parsed) = documents::parse_scheduler_doc(doc)? else {
                     return Ok(false);

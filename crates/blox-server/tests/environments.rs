@@ -2069,3 +2069,72 @@ async fn live_counts_converge_and_failures_are_reported() {
     assert_eq!(v03["failedInstances"].as_array().unwrap().len(), 3, "{v03}");
     assert_eq!(v03["status"], "failed");
 }
+
+/// Two servers over one store (as replicas on etcd) create one name at once, in two clusters: the
+/// store's reservation of the name lets exactly one of them, every time, and the other answers 409.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_name_created_at_once_in_two_clusters_is_created_once() {
+    let account = account(1);
+    let first = app(&account, V03Errors::Json).await;
+    let second_state = AppState::new(
+        first.state.store.clone(),
+        Some(Arc::new(account.sim.clone()) as Arc<dyn EcsControl>),
+        first.shutdown.clone(),
+    )
+    .await
+    .expect("state");
+    let second = blox_server::router(second_state);
+    let prod_uri = format!("/v1/{CLUSTER}/environments");
+    for round in 0..20 {
+        let body = json!({"environmentName": format!("race-{round}"), "taskDefinition": "daemon"});
+        let (a, b) = tokio::join!(
+            send(
+                &first.router,
+                Method::POST,
+                &prod_uri,
+                Some(body.clone()),
+                HeaderMap::new()
+            ),
+            send(
+                &second,
+                Method::POST,
+                "/v1/dev/environments",
+                Some(body),
+                HeaderMap::new()
+            ),
+        );
+        let mut statuses = [a.status, b.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "round {round}: {} / {}",
+            a.body,
+            b.body
+        );
+    }
+    // A deleted environment's name is free again, in any cluster.
+    let winner = ok(&first, Method::GET, "/v1/environments/race-0", None).await;
+    let cluster = if winner["instanceGroup"]["cluster"] == "dev" {
+        CLUSTER
+    } else {
+        "dev"
+    };
+    let _ = send(
+        &first.router,
+        Method::DELETE,
+        "/v1/environments/race-0",
+        None,
+        HeaderMap::new(),
+    )
+    .await;
+    let again = send(
+        &second,
+        Method::POST,
+        &format!("/v1/{cluster}/environments"),
+        Some(json!({"environmentName": "race-0", "taskDefinition": "daemon"})),
+        HeaderMap::new(),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+}

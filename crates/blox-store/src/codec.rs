@@ -47,6 +47,7 @@ pub(crate) fn kind_byte(kind: Kind) -> u8 {
         Kind::Deployment => 5,
         Kind::Intent => 6,
         Kind::Failure => 7,
+        Kind::Name => 8,
     }
 }
 
@@ -59,6 +60,7 @@ fn kind_of(byte: u8, what: &'static str) -> Result<Kind, StoreError> {
         5 => Ok(Kind::Deployment),
         6 => Ok(Kind::Intent),
         7 => Ok(Kind::Failure),
+        8 => Ok(Kind::Name),
         _ => Err(StoreError::Corrupt { what }),
     }
 }
@@ -784,7 +786,7 @@ mod tests {
             b"\x01\x02svc\0prod\0t"
         );
         let bytes: Vec<u8> = Kind::ALL.iter().map(|&kind| kind_byte(kind)).collect();
-        assert_eq!(bytes, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(bytes, [1, 2, 3, 4, 5, 6, 7, 8]);
         for kind in Kind::ALL {
             let mut doc = doc();
             doc.key.kind = kind;

@@ -59,6 +59,7 @@ const META_KEYS: [&[u8]; COUNTERS + KINDS] = [
     b"count.deployment",
     b"count.intent",
     b"count.failure",
+    b"count.name",
 ];
 
 fn count_slot(kind: Kind) -> usize {
@@ -70,6 +71,7 @@ fn count_slot(kind: Kind) -> usize {
         Kind::Deployment => 4,
         Kind::Intent => 5,
         Kind::Failure => 6,
+        Kind::Name => 7,
     }
 }
 

@@ -58,10 +58,14 @@ pub enum Kind {
     Intent,
     /// Failed start attempts of a deployment on an instance. Id: as [`Kind::Intent`]'s.
     Failure,
+    /// The reservation of an environment name: names are unique across clusters, and replicas
+    /// creating one at once race on this key. Id: the name; cluster: [`Key::NAMES`] for every name.
+    /// Kept after its environment is deleted (a new environment of the name takes it over).
+    Name,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Task,
         Kind::Instance,
         Kind::Environment,
@@ -69,6 +73,7 @@ impl Kind {
         Kind::Deployment,
         Kind::Intent,
         Kind::Failure,
+        Kind::Name,
     ];
 
     /// Whether this kind mirrors ECS (written with `Upsert`, `Observe`, `Delete`) rather than being a
@@ -76,7 +81,12 @@ impl Kind {
     pub fn is_ecs(self) -> bool {
         match self {
             Kind::Task | Kind::Instance => true,
-            Kind::Environment | Kind::Revision | Kind::Deployment | Kind::Intent | Kind::Failure => false,
+            Kind::Environment
+            | Kind::Revision
+            | Kind::Deployment
+            | Kind::Intent
+            | Kind::Failure
+            | Kind::Name => false,
         }
     }
 
@@ -90,6 +100,7 @@ impl Kind {
             Kind::Deployment => "deployment",
             Kind::Intent => "intent",
             Kind::Failure => "failure",
+            Kind::Name => "name",
         }
     }
 }
@@ -157,6 +168,18 @@ impl Key {
             kind: Kind::Intent,
             cluster,
             id: blox_model::daemon::instance_record_id(deployment, instance_arn),
+        }
+    }
+
+    /// The cluster of every [`Kind::Name`] key: one key per name, whatever the environment's cluster.
+    pub const NAMES: &'static str = "blox-names";
+
+    /// The reservation of an environment name.
+    pub fn name(name: impl Into<String>) -> Key {
+        Key {
+            kind: Kind::Name,
+            cluster: ClusterName::new(Self::NAMES).expect("a valid cluster name"),
+            id: name.into(),
         }
     }
 
