@@ -12,7 +12,9 @@
 //! 6. **simulator** ([`sim`]): an account of the same sizes in `blox_sim`'s in-process ECS: its
 //!    DescribeTasks throughput, a reconcile pass under ECS-like throttling against the pagination
 //!    floor, and ingestion keeping up with the simulator's churn;
-//! 7. **daemon scheduler** ([`scheduler`]): the scheduler against the simulator: a new instance's
+//! 7. **etcd** ([`replicas`]): ingestion into the etcd store, GET latency on a follower and on the
+//!    leader of three `blox server` replicas, and failover after SIGKILL of the leader;
+//! 8. **daemon scheduler** ([`scheduler`]): the scheduler against the simulator: a new instance's
 //!    event to its StartTask, a first deployment against the StartTask throttle's floor, a full
 //!    pass's planning time, and a deployment's dry-run plan (`daemon::preview`).
 //!
@@ -21,6 +23,7 @@
 
 mod process;
 mod query;
+mod replicas;
 mod report;
 mod scheduler;
 mod serve;
@@ -93,6 +96,16 @@ pub struct BenchArgs {
     /// Only the daemon scheduler's scenarios.
     #[arg(long, conflicts_with_all = ["no_sim", "sim_only"])]
     scheduler_only: bool,
+    /// The etcd scenario against this etcd (`http://HOST:PORT`) instead of one the benchmark starts
+    /// (from `etcd` on the PATH, data on disk).
+    #[arg(long)]
+    etcd: Option<String>,
+    /// Skip the etcd scenario.
+    #[arg(long, conflicts_with = "etcd")]
+    no_etcd: bool,
+    /// Only the etcd scenario.
+    #[arg(long, conflicts_with_all = ["no_etcd", "sim_only", "scheduler_only"])]
+    etcd_only: bool,
     /// A small workload, for smoke tests. Sizes given explicitly still apply.
     #[arg(long)]
     quick: bool,
@@ -128,6 +141,7 @@ pub struct Params {
     /// Which scenarios run: the cluster-state ones (store, API, process), the simulator's.
     pub cluster_state: bool,
     pub simulator: bool,
+    pub etcd: bool,
     pub describe_threads: usize,
     pub describe_secs: f64,
     pub churn_rate: f64,
@@ -166,8 +180,9 @@ impl Params {
             // commit and its own wake-up of every stream.
             stream_interval_ms: 10,
             seed: args.seed,
-            cluster_state: !args.sim_only && !args.scheduler_only,
-            simulator: !args.no_sim,
+            cluster_state: !args.sim_only && !args.scheduler_only && !args.etcd_only,
+            simulator: !args.no_sim && !args.etcd_only,
+            etcd: !args.no_etcd && !args.sim_only && !args.scheduler_only,
             describe_threads: args.describe_threads.unwrap_or(2).max(1),
             describe_secs: args
                 .describe_duration
@@ -249,6 +264,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let metrics = blox_server::metrics::handle();
     if bench.params.cluster_state {
         bench.cluster_state(&dir, metrics).await?;
+    }
+    if bench.params.etcd {
+        replicas::run(&mut bench, &dir, args.etcd.clone(), args.quick).await?;
     }
     if bench.params.simulator {
         if !args.scheduler_only {
@@ -353,7 +371,7 @@ impl Bench {
         self.workload.task_event(task, *version)
     }
 
-    fn next_instance_event(&mut self, instance: u64) -> String {
+    pub(crate) fn next_instance_event(&mut self, instance: u64) -> String {
         let version = &mut self.instance_versions[instance as usize];
         *version += 1;
         self.workload.instance_event(instance, *version)
@@ -372,7 +390,7 @@ impl Bench {
 
     /// Commits one batch through the ingest path; every event of the benchmark is newer than what is
     /// stored, so anything but "all applied" means the benchmark measured something else.
-    async fn commit(&self, ingestor: &Ingestor, batch: Vec<Message>) -> Result<Duration> {
+    pub(crate) async fn commit(&self, ingestor: &Ingestor, batch: Vec<Message>) -> Result<Duration> {
         let n = batch.len();
         let started = now();
         let report = ingestor

@@ -17,11 +17,11 @@ use blox_api::LISTENING_PREFIX as READY_PREFIX;
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A running `blox server`. Killed if dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     /// Kept open while the server runs: it must be able to write to its stdout.
     _stdout: Lines<BufReader<ChildStdout>>,
-    address: String,
+    pub(crate) address: String,
     /// From spawning to the `blox listening on` line.
     listening: Duration,
     /// From spawning to the first successful GET of a task.
@@ -32,13 +32,20 @@ impl Server {
     /// Spawns the current executable as `blox server` over `store`, and waits until it answers a
     /// GET of `probe` (a path).
     async fn start(store: &Path, log_name: &str, probe: &str) -> Result<Server> {
+        let store_flag = format!("redb:{}", store.display());
+        Server::start_with(&store_flag, &[], &store.with_file_name(log_name), probe).await
+    }
+
+    /// Spawns the current executable as `blox server --store STORE EXTRA...`, logging to `log`, and
+    /// waits until it answers a GET of `probe` (a path).
+    pub(crate) async fn start_with(store: &str, extra: &[&str], log: &Path, probe: &str) -> Result<Server> {
         let exe = std::env::current_exe().context("finding the blox executable")?;
-        let log = std::fs::File::create(store.with_file_name(log_name))
-            .with_context(|| format!("creating {log_name}"))?;
+        let log_name = log.display().to_string();
+        let log = std::fs::File::create(log).with_context(|| format!("creating {log_name}"))?;
         let mut command = Command::new(&exe);
         command
-            .args(["server", "--listen", "127.0.0.1:0", "--store"])
-            .arg(format!("redb:{}", store.display()))
+            .args(["server", "--listen", "127.0.0.1:0", "--store", store])
+            .args(extra)
             // Nothing listens on port 9: the reconciler's calls fail and it retries later, while the
             // API serves the store. Credentials are dummies so that the SDK never looks further.
             .env("AWS_REGION", "us-east-1")
@@ -70,7 +77,7 @@ impl Server {
                     return Ok(url.trim().to_owned());
                 }
             }
-            bail!("the server exited before printing {READY_PREFIX:?} (see {log_name} next to the store)")
+            bail!("the server exited before printing {READY_PREFIX:?} (see {log_name})")
         })
         .await
         .context("the server printed no address within 60 s")??;
@@ -107,7 +114,7 @@ impl Server {
     }
 
     /// Stops the server with SIGTERM, so that it closes the store cleanly; SIGKILL if that fails.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let term = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -125,14 +132,14 @@ impl Server {
     }
 
     /// SIGKILL: the store file is left as a crash leaves it.
-    async fn crash(mut self) {
+    pub(crate) async fn crash(mut self) {
         if let Err(err) = self.child.kill().await {
             tracing::warn!(error = %err, "killing the benchmarked server failed");
         }
     }
 }
 
-fn client() -> Result<reqwest::Client> {
+pub(crate) fn client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()

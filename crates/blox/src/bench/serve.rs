@@ -155,7 +155,7 @@ fn client(concurrency: usize, server: &Server) -> Result<reqwest::Client> {
 
 /// Sends every URL with `concurrency` requests in flight, each worker taking the next URL when its
 /// response is fully read. Returns the latencies (µs) and the body of the first response.
-async fn load_urls(
+pub(crate) async fn load_urls(
     client: &reqwest::Client,
     urls: Arc<Vec<String>>,
     concurrency: usize,
