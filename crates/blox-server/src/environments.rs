@@ -44,7 +44,13 @@ impl Stored {
     /// The batch that writes `changes` against what was read.
     pub fn writes(&self, changes: &Changes) -> Vec<Write> {
         let mut writes = Vec::with_capacity(changes.put.len() + changes.remove.len());
-        for doc in &changes.remove {
+        // The environment's own document last: a store that must split a large removal (etcd) and
+        // stops at a conflict leaves the environment in place, to be deleted again.
+        let (environment, others): (Vec<&Doc>, Vec<&Doc>) = changes
+            .remove
+            .iter()
+            .partition(|doc| matches!(doc, Doc::Environment(_)));
+        for doc in others.into_iter().chain(environment) {
             let key = documents::scheduler_key(&self.cluster, doc);
             if let Some(&seq) = self.seqs.get(&key) {
                 writes.push(Write::Remove { key, expect: seq });

@@ -686,14 +686,18 @@ impl EtcdStore {
         EtcdLeadership::new(self.clone(), replica_id, lease_ttl, clock)
     }
 
-    /// Applies a batch in as few transactions as etcd's limits allow: a batch of ECS writes and
-    /// parked messages is split when it does not fit one (each part keeps the version rule on its
-    /// own, so parts commit in order and the batch is idempotent when re-applied); a batch with a
-    /// compare-and-swap write is one transaction or refused ([`StoreError::TooLarge`]).
+    /// Applies a batch in as few transactions as etcd's limits allow. A batch of ECS writes and
+    /// parked messages is split when it does not fit one: each part keeps the version rule on its
+    /// own, so parts commit in order and the batch is idempotent when re-applied. So is a batch of
+    /// removals only (each is checked on its own; a part that conflicts stops the rest, and the
+    /// parts before it stay applied). A batch that puts a scheduler document is one transaction or
+    /// refused ([`StoreError::TooLarge`]).
     async fn apply_within_limits(&self, writes: Vec<Write>) -> Result<Vec<crate::Outcome>, StoreError> {
-        let splittable = writes
+        let ecs = writes
             .iter()
             .all(|write| !matches!(write, Write::Put { .. } | Write::Remove { .. }));
+        let removals = writes.iter().all(|write| matches!(write, Write::Remove { .. }));
+        let splittable = ecs || removals;
         if !splittable {
             return self.kv.apply_fenced(writes, self.fence.clone()).await;
         }

@@ -74,6 +74,30 @@ async fn batches_split_to_etcds_limits_and_cas_batches_do_not() {
         "nothing of it applied"
     );
     assert_eq!(store.count(Kind::Deployment).await.unwrap(), 0);
+
+    // A batch of removals only (the scheduler's clean-up) is split like an ECS batch.
+    let mut removals = Vec::new();
+    for i in 0..20 {
+        let doc = deployment("c", &format!("d{i}"), "env", "IN_PROGRESS");
+        let key = doc.key.clone();
+        let outcome = store
+            .apply(vec![Write::Put {
+                doc,
+                expect: Expect::Absent,
+            }])
+            .await
+            .unwrap();
+        removals.push(Write::Remove {
+            key,
+            expect: written(&outcome[0]),
+        });
+    }
+    let outcomes = store.apply(removals).await.expect("removals are split to fit");
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Deleted { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(store.count(Kind::Deployment).await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
