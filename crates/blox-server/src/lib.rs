@@ -418,7 +418,8 @@ impl Activities {
                     ecs.clone(),
                     options.reconcile.clone(),
                     self.readiness.clone(),
-                );
+                )
+                .with_guard(term.guard.clone());
                 running.spawn(reconciler.run(stop.clone()));
             }
             None => self.readiness.ready_without_reconcile(),

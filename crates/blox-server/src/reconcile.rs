@@ -18,6 +18,7 @@ use std::time::Duration;
 use blox_api::{ClusterFailure, Readiness};
 use blox_aws::{DesiredStatus, EcsError, EcsErrorKind, EcsReader, ListPage, Listing};
 use blox_model::ClusterName;
+use blox_store::leader::LeaderGuard;
 use blox_store::{Document, Key, Kind, Outcome, Store, StoreError, Write};
 use futures::stream::BoxStream;
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
@@ -138,6 +139,7 @@ pub struct Reconciler {
     /// The change log's head when each cluster's entities of a kind were last looked at: what was
     /// stored before it has been stored for at least an interval when they are looked at again.
     looked_at: Mutex<HashMap<(ClusterName, Kind), u64>>,
+    guard: LeaderGuard,
 }
 
 impl Reconciler {
@@ -153,6 +155,22 @@ impl Reconciler {
             options,
             readiness,
             looked_at: Mutex::default(),
+            guard: LeaderGuard::sole(),
+        }
+    }
+
+    /// Calls ECS only while `guard`'s leadership term holds.
+    pub fn with_guard(mut self, guard: LeaderGuard) -> Reconciler {
+        self.guard = guard;
+        self
+    }
+
+    /// A replica whose term ended (by its own clock) asks ECS nothing more: another one leads.
+    fn still_leading(&self) -> Result<(), ClusterError> {
+        if self.guard.holds() {
+            Ok(())
+        } else {
+            Err(ClusterError::Store(StoreError::Fenced))
         }
     }
 
@@ -232,6 +250,7 @@ impl Reconciler {
     /// The clusters to reconcile: ECS's (or the allow-list), plus any the store still holds, so that
     /// the entities of a deleted or no-longer-allowed cluster are removed too.
     async fn clusters(&self) -> Result<BTreeSet<ClusterName>, ClusterError> {
+        self.still_leading()?;
         let mut clusters = BTreeSet::new();
         match &self.options.clusters {
             Some(allowed) => clusters.extend(allowed.iter().cloned()),
@@ -265,6 +284,7 @@ impl Reconciler {
     async fn reconcile_cluster(&self, cluster: &ClusterName) -> Result<Drift, ClusterError> {
         let mut total = Drift::default();
         for kind in [Kind::Instance, Kind::Task] {
+            self.still_leading()?;
             let (mut kind_upserted, mut kind_deleted) = (0, 0);
             // Read before looking at ECS: an entity changed after this (by an event) is never deleted
             // by this pass, even if the listing below missed it.
