@@ -339,7 +339,10 @@ impl EtcdEngine {
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
         if let Some((user, password)) = &config.user {
-            options = options.with_user(user.clone(), password.clone());
+            // etcd's simple tokens expire (5 minutes by default): sign in again when one has.
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &config.tls {
             let mut tls_options = TlsOptions::new();

@@ -229,3 +229,79 @@ async fn a_former_leader_writes_nothing() {
         .await
         .expect("a follower's own writes are not fenced");
 }
+
+/// TLS with a client certificate, then user/password auth: the store connects through both.
+#[tokio::test(flavor = "multi_thread")]
+async fn connects_over_tls_with_a_client_certificate_and_with_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // One self-signed certificate is etcd's, its CA and the client's (its own trust anchor).
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("a certificate");
+    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
+    let (cert_path, key_path) = (dir.path().join("etcd.pem"), dir.path().join("etcd.key"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let https = "https://127.0.0.1:0".to_owned();
+    let etcd = Etcd::start_with(EtcdOptions {
+        extra_args: vec![
+            "--listen-client-urls".into(),
+            https.clone(),
+            "--advertise-client-urls".into(),
+            https,
+            "--cert-file".into(),
+            path(&cert_path),
+            "--key-file".into(),
+            path(&key_path),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            path(&cert_path),
+        ],
+        ..EtcdOptions::default()
+    })
+    .await
+    .expect("etcd starts with TLS");
+    let endpoint = etcd.endpoint().replacen("http://", "https://", 1);
+    let mut config = EtcdConfig::new(vec![endpoint.clone()]);
+    config.tls = Some(blox_store::EtcdTls {
+        ca_pem: Some(cert.clone().into_bytes()),
+        identity_pem: Some((cert.clone().into_bytes(), key.clone().into_bytes())),
+    });
+    let store = EtcdStore::connect(&config, StoreOptions::default())
+        .await
+        .expect("connects over TLS with a client certificate");
+    store
+        .apply(vec![Write::Upsert(task("c", "t1", 1, "RUNNING"))])
+        .await
+        .expect("writes over TLS");
+    drop(store);
+
+    // Auth on: a root user with a password.
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(cert.clone()))
+        .identity(etcd_client::Identity::from_pem(cert.clone(), key.clone()));
+    let mut admin = etcd_client::Client::connect(
+        [endpoint.clone()],
+        Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+    )
+    .await
+    .unwrap();
+    admin.user_add("root", "s3cret-password", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    let denied = EtcdStore::connect(&config, StoreOptions::default()).await;
+    assert!(denied.is_err(), "without the password, auth refuses");
+    config.user = Some(("root".to_owned(), "s3cret-password".to_owned()));
+    let store = EtcdStore::connect(&config, StoreOptions::default())
+        .await
+        .expect("connects with the password");
+    assert_eq!(
+        store.count(Kind::Task).await.unwrap(),
+        1,
+        "the copy holds what was written"
+    );
+    store
+        .apply(vec![Write::Upsert(task("c", "t2", 1, "RUNNING"))])
+        .await
+        .expect("writes with the password");
+}
