@@ -3,7 +3,10 @@
 use anyhow::{Context, bail, ensure};
 use aws_sdk_ecs::types::{ContainerDefinition, ContainerInstanceStatus, HealthCheck, PortMapping};
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
-use blox_aws::QueueDepth;
+use std::collections::BTreeMap;
+
+use blox_aws::{DesiredStatus, EcsReader as _, QueueDepth, SdkEcs};
+use blox_model::Task;
 
 use crate::moto::{Moto, REGION};
 
@@ -20,6 +23,8 @@ pub struct EcsFixture {
     pub ecs: aws_sdk_ecs::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub cloudwatch: aws_sdk_cloudwatch::Client,
+    /// ECS as blox reads it (paged listings, described in batches).
+    pub reader: SdkEcs,
     endpoint: String,
     http: reqwest::Client,
 }
@@ -31,6 +36,7 @@ impl EcsFixture {
             ecs: aws_sdk_ecs::Client::new(&config),
             sqs: aws_sdk_sqs::Client::new(&config),
             cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
+            reader: SdkEcs::new(&config),
             endpoint: moto.endpoint(),
             http: crate::http_client()
                 .build()
@@ -390,6 +396,25 @@ impl EcsFixture {
         Ok(())
     }
 
+    /// Every task of `cluster` moto holds, stopped ones included, as DescribeTasks describes them.
+    pub async fn all_tasks(&self, cluster: &str) -> anyhow::Result<Vec<Task>> {
+        let mut arns = Vec::new();
+        for status in [DesiredStatus::Running, DesiredStatus::Stopped] {
+            arns.extend(
+                self.reader
+                    .list_tasks(cluster, status)
+                    .await
+                    .context("ListTasks")?,
+            );
+        }
+        arns.sort();
+        arns.dedup();
+        self.reader
+            .describe_tasks(cluster, &arns)
+            .await
+            .context("DescribeTasks")
+    }
+
     /// Creates a queue; returns its URL.
     pub async fn create_queue(&self, name: &str) -> anyhow::Result<String> {
         let out = self
@@ -452,6 +477,17 @@ impl EcsFixture {
             in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?,
         })
     }
+}
+
+/// Tasks by the container instance they are on (`""` for none).
+pub fn tasks_by_instance(tasks: impl IntoIterator<Item = Task>) -> BTreeMap<String, Vec<Task>> {
+    let mut out: BTreeMap<String, Vec<Task>> = BTreeMap::new();
+    for task in tasks {
+        out.entry(task.container_instance_arn.clone().unwrap_or_default())
+            .or_default()
+            .push(task);
+    }
+    out
 }
 
 /// The text of every `<tag>…</tag>` element, in order (enough XML for moto's EC2 answers).

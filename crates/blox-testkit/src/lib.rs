@@ -6,10 +6,12 @@
 //! - [`task_event`], [`instance_event`], [`EventFeed`]: ECS events as EventBridge delivers them, since
 //!   moto never emits any;
 //! - [`wait_until`]: the one way tests wait for something;
-//! - [`BloxProcess`]: runs the blox binary and finds the address it serves on;
+//! - [`BloxProcess`]: runs the blox binary and finds the address it serves on; [`Api`]: JSON requests
+//!   to it, `/metrics` samples and v1.0 deployments;
 //! - [`StartTaskFaultProxy`]: a proxy in front of moto that fails StartTask calls on demand, before
 //!   or after moto acts ([`StartTaskFault`]).
 
+mod api;
 pub mod entities;
 mod etcd;
 mod events;
@@ -19,9 +21,10 @@ mod process;
 mod proxy;
 mod wait;
 
+pub use api::{Api, deployment_id, metric_sum};
 pub use etcd::{Etcd, EtcdOptions};
 pub use events::{EventFeed, instance_event, task_event};
-pub use fixture::EcsFixture;
+pub use fixture::{EcsFixture, tasks_by_instance};
 pub use moto::{Moto, workspace_root};
 pub use process::{BloxProcess, Finished, run_to_end};
 pub use proxy::{StartTaskFault, StartTaskFaultProxy};

@@ -20,6 +20,7 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 pub struct BloxProcess {
     child: Child,
     base_url: String,
+    api: crate::Api,
 }
 
 impl BloxProcess {
@@ -50,7 +51,11 @@ impl BloxProcess {
         let ready = watch_stdout(stdout);
 
         match tokio::time::timeout(START_DEADLINE, ready).await {
-            Ok(Ok(base_url)) => Ok(BloxProcess { child, base_url }),
+            Ok(Ok(base_url)) => Ok(BloxProcess {
+                api: crate::Api::new(&base_url),
+                child,
+                base_url,
+            }),
             outcome => {
                 let _ = child.kill();
                 let status = child.wait().ok();
@@ -74,6 +79,11 @@ impl BloxProcess {
         format!("{}{path}", self.base_url)
     }
 
+    /// JSON requests to the server.
+    pub fn api(&self) -> &crate::Api {
+        &self.api
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -82,6 +92,40 @@ impl BloxProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the process (SIGKILL) through a shared reference, for a test whose other parts still
+    /// hold it, and waits until the kernel reports it dead (it is reaped on drop).
+    pub async fn crash(&self) {
+        send_signal(self.pid(), "KILL");
+        self.wait_state("blox is dead", |state| state == 'Z' || state == 'X')
+            .await;
+    }
+
+    /// Freezes the process (SIGSTOP) and waits until the kernel reports it stopped: from then on it
+    /// runs no code, its timers and connections notwithstanding, until [`BloxProcess::resume`].
+    pub async fn pause(&self) {
+        send_signal(self.pid(), "STOP");
+        // T: stopped by a signal.
+        self.wait_state("blox is stopped", |state| state == 'T').await;
+    }
+
+    /// Waits until the process's state (`/proc/PID/stat`, as `ps` shows it) passes `check`.
+    async fn wait_state(&self, what: &str, check: impl Fn(char) -> bool) {
+        let stat = format!("/proc/{}/stat", self.pid());
+        crate::wait_until(what, Duration::from_secs(5), || async {
+            // `PID (COMM) STATE ...`
+            std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ")?.1.chars().next())
+                .is_some_and(&check)
+        })
+        .await;
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        send_signal(self.pid(), "CONT");
     }
 
     /// Asks the process to stop (SIGTERM) and waits up to `deadline` for it to exit; returns its exit
@@ -128,6 +172,15 @@ impl Drop for BloxProcess {
     }
 }
 
+/// `kill -SIGNAL PID`; panics when it fails (the process is gone).
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("running kill -{signal}: {e}"));
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
+}
+
 /// Forwards stdout to the test's stderr, reporting the URL of the ready line once.
 fn watch_stdout(stdout: impl Read + Send + 'static) -> oneshot::Receiver<String> {
     let (tx, rx) = oneshot::channel();
@@ -168,9 +221,16 @@ mod tests {
         assert_eq!(blox.base_url(), "http://127.0.0.1:4321");
         assert_eq!(blox.url("/v1/tasks"), "http://127.0.0.1:4321/v1/tasks");
         assert!(blox.try_status().is_none());
+        assert_eq!(blox.api().base_url(), blox.base_url());
+        blox.pause().await;
+        blox.resume();
+        blox.wait_state("the process runs again", |state| state != 'T')
+            .await;
         let status = blox.terminate(Duration::from_secs(10)).await.unwrap();
         assert!(!status.success());
         blox.kill(); // harmless once exited
+        let crashed = BloxProcess::start("/bin/sh", ["-c", FAKE], &env).await.unwrap();
+        crashed.crash().await;
     }
 
     #[tokio::test]

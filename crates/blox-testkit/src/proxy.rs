@@ -1,8 +1,9 @@
 //! An HTTP proxy in front of moto that makes ECS StartTask calls fail on demand: for testing what a
 //! caller does when it cannot know whether a StartTask started anything. Every other request (and
-//! every StartTask without a fault queued) passes through unchanged.
+//! every StartTask without a fault queued) passes through unchanged. It counts the ECS requests it
+//! sees by operation: a process given its own proxy has its ECS calls counted apart.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +41,8 @@ struct Shared {
     upstream: String,
     http: reqwest::Client,
     start_task_requests: AtomicU64,
+    /// Requests by ECS operation (the `X-Amz-Target` after its last dot).
+    operations: Mutex<HashMap<String, u64>>,
     faults: Mutex<VecDeque<StartTaskFault>>,
 }
 
@@ -73,6 +76,7 @@ impl StartTaskFaultProxy {
             // No proxy from the environment: the upstream is on loopback.
             http: crate::http_client().no_proxy().build()?,
             start_task_requests: AtomicU64::new(0),
+            operations: Mutex::default(),
             faults: Mutex::new(VecDeque::new()),
         });
         let app = axum::Router::new()
@@ -99,6 +103,18 @@ impl StartTaskFaultProxy {
     /// StartTask requests received so far, failed ones included.
     pub fn start_task_requests(&self) -> u64 {
         self.shared.start_task_requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests of one ECS operation (`StartTask`, `StopTask`, `ListTasks`...) received so far.
+    pub fn requests(&self, operation: &str) -> u64 {
+        let operations = self.shared.operations.lock().unwrap_or_else(|p| p.into_inner());
+        operations.get(operation).copied().unwrap_or(0)
+    }
+
+    /// Requests received so far, by ECS operation.
+    pub fn operations(&self) -> std::collections::BTreeMap<String, u64> {
+        let operations = self.shared.operations.lock().unwrap_or_else(|p| p.into_inner());
+        operations.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Makes the next `n` StartTask requests fail with `fault` (after any faults already queued).
@@ -137,10 +153,12 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         Ok(body) => body,
         Err(err) => return plain(StatusCode::BAD_REQUEST, format!("reading the request: {err}")),
     };
-    let is_start_task = parts
-        .headers
-        .get("x-amz-target")
-        .is_some_and(|target| target == START_TASK_TARGET);
+    let target = parts.headers.get("x-amz-target").and_then(|t| t.to_str().ok());
+    if let Some(operation) = target.and_then(|t| t.rsplit('.').next()) {
+        let mut operations = shared.operations.lock().unwrap_or_else(|p| p.into_inner());
+        *operations.entry(operation.to_owned()).or_default() += 1;
+    }
+    let is_start_task = target == Some(START_TASK_TARGET);
     let fault = if is_start_task {
         shared.start_task_requests.fetch_add(1, Ordering::SeqCst);
         shared.faults().pop_front()
@@ -287,6 +305,10 @@ mod tests {
         let fine = start("fine").await.unwrap();
         assert_eq!(fine.tasks().len(), 1);
         assert_eq!(proxy.start_task_requests(), 3);
+        assert_eq!(proxy.requests("StartTask"), 3);
+        assert_eq!(proxy.requests("CreateCluster"), 1);
+        assert_eq!(proxy.requests("StopTask"), 0);
+        assert_eq!(proxy.operations().get("StartTask"), Some(&3));
 
         let env = proxy.env();
         assert!(env.contains(&("AWS_ENDPOINT_URL_ECS".to_owned(), proxy.url())));

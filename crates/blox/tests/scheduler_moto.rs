@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use blox_aws::{DesiredStatus, EcsReader as _, SdkEcs};
 use blox_model::Task;
 use blox_testkit::{
-    BloxProcess, EcsFixture, EventFeed, Moto, StartTaskFault, StartTaskFaultProxy, wait_until,
+    Api, BloxProcess, EcsFixture, EventFeed, Moto, StartTaskFault, StartTaskFaultProxy, deployment_id,
+    tasks_by_instance, wait_until,
 };
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const BLOX: &str = env!("CARGO_BIN_EXE_blox");
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -22,9 +22,7 @@ const VERIFICATIONS: &str = "blox_scheduler_verifications_total";
 struct Harness {
     moto: Moto,
     ecs: EcsFixture,
-    reader: SdkEcs,
     feed: EventFeed,
-    http: reqwest::Client,
     dir: tempfile::TempDir,
 }
 
@@ -36,13 +34,10 @@ impl Harness {
         let ecs = EcsFixture::new(&moto).await;
         let queue = ecs.create_queue(QUEUE).await.expect("queue");
         let feed = EventFeed::new(&moto, &queue).await;
-        let reader = SdkEcs::new(&moto.sdk_config().await);
         Harness {
             moto,
             ecs,
-            reader,
             feed,
-            http: blox_testkit::http_client().build().unwrap(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -71,10 +66,7 @@ impl Harness {
         ];
         args.extend_from_slice(extra);
         let process = BloxProcess::start(BLOX, args, env).await.expect("blox starts");
-        Blox {
-            process,
-            http: self.http.clone(),
-        }
+        Blox { process }
     }
 
     /// A cluster `cluster` of `n` instances (their ARNs) and the task definitions `agent:1` and
@@ -86,32 +78,18 @@ impl Harness {
         self.ecs.register_instances(cluster, n).await.unwrap()
     }
 
-    /// Every task of `cluster` moto holds, stopped ones included, as it describes them.
-    async fn all_tasks(&self, cluster: &str) -> Vec<Task> {
-        let mut arns = Vec::new();
-        for status in [DesiredStatus::Running, DesiredStatus::Stopped] {
-            arns.extend(self.reader.list_tasks(cluster, status).await.expect("ListTasks"));
-        }
-        arns.sort();
-        arns.dedup();
-        self.reader
-            .describe_tasks(cluster, &arns)
-            .await
-            .expect("DescribeTasks")
+    /// The environment's tasks (ECS group `blox:ENVIRONMENT`), stopped ones included.
+    async fn environment_tasks(&self, cluster: &str, environment: &str) -> Vec<Task> {
+        let group = blox_model::daemon::group(environment);
+        let mut tasks = self.ecs.all_tasks(cluster).await.expect("moto lists its tasks");
+        tasks.retain(|task| task.group.as_deref() == Some(group.as_str()));
+        tasks
     }
 
     /// The environment's tasks that are not STOPPED, by instance.
     async fn live(&self, cluster: &str, environment: &str) -> BTreeMap<String, Vec<Task>> {
-        let group = format!("blox:{environment}");
-        let mut out: BTreeMap<String, Vec<Task>> = BTreeMap::new();
-        for task in self.all_tasks(cluster).await {
-            if task.group.as_deref() == Some(group.as_str()) && task.last_status != "STOPPED" {
-                out.entry(task.container_instance_arn.clone().unwrap_or_default())
-                    .or_default()
-                    .push(task);
-            }
-        }
-        out
+        let tasks = self.environment_tasks(cluster, environment).await;
+        tasks_by_instance(tasks.into_iter().filter(|task| task.last_status != "STOPPED"))
     }
 
     /// Every instance runs exactly one task of the environment, started by `deployment`, of a task
@@ -138,83 +116,41 @@ impl Harness {
 
     /// Tasks of the environment ECS ever started, stopped ones included, by instance.
     async fn ever_started(&self, cluster: &str, environment: &str) -> BTreeMap<String, usize> {
-        let group = format!("blox:{environment}");
-        let mut out = BTreeMap::new();
-        for task in self.all_tasks(cluster).await {
-            if task.group.as_deref() == Some(group.as_str()) {
-                *out.entry(task.container_instance_arn.clone().unwrap_or_default())
-                    .or_default() += 1;
-            }
-        }
-        out
+        tasks_by_instance(self.environment_tasks(cluster, environment).await)
+            .into_iter()
+            .map(|(instance, tasks)| (instance, tasks.len()))
+            .collect()
     }
 }
 
+/// A blox server; its [`Api`] through `Deref`, with the deployments of the `prod` cluster.
 struct Blox {
     process: BloxProcess,
-    http: reqwest::Client,
+}
+
+impl std::ops::Deref for Blox {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        self.process.api()
+    }
 }
 
 impl Blox {
-    /// (status, body) of a request with an optional JSON body.
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.http.request(method, self.process.url(path));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("blox answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-        };
-        (status, body)
-    }
-
-    /// A request that must answer 200: its body.
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, answer) = self.call(method.clone(), path, body).await;
-        assert_eq!(status, 200, "{method} {path}: {answer}");
-        answer
-    }
-
     /// Starts a deployment of revision `revision`; returns its id.
     async fn deploy(&self, environment: &str, revision: u64) -> String {
-        let path = format!("/v1/prod/environments/{environment}/deployments?revisionId={revision}");
-        deployment_id(&self.ok(Method::POST, &path, None).await)
+        self.process.api().deploy("prod", environment, revision).await
     }
 
-    async fn deployment(&self, environment: &str, id: &str) -> Value {
-        let path = format!("/v1/prod/environments/{environment}/deployments/{id}");
-        self.ok(Method::GET, &path, None).await["deployment"].clone()
+    async fn deployment(&self, environment: &str, id: &str) -> serde_json::Value {
+        self.process.api().deployment("prod", environment, id).await
     }
 
     async fn wait_completed(&self, environment: &str, id: &str, instances: usize) {
-        let counts = json!({"desired": instances, "healthy": instances, "total": instances});
-        wait_until(&format!("deployment {id} completes"), DEADLINE, || async {
-            let d = self.deployment(environment, id).await;
-            d["status"] == "completed" && d["counts"] == counts
-        })
-        .await;
-    }
-
-    /// The sum of a counter over its labels, from `/metrics` (0 before its first increment).
-    async fn counter(&self, name: &str) -> u64 {
-        let text = self
-            .http
-            .get(self.process.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        text.lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        self.process
+            .api()
+            .wait_completed("prod", environment, id, instances, DEADLINE)
+            .await;
     }
 
     /// Scheduler passes so far, every trigger.
@@ -230,13 +166,6 @@ impl Blox {
         })
         .await;
     }
-}
-
-fn deployment_id(answer: &Value) -> String {
-    answer["deploymentId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no deploymentId in {answer}"))
-        .to_owned()
 }
 
 /// The whole life of an environment over the v1.0 API, each step checked in moto: create, deploy,
