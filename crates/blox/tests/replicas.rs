@@ -754,9 +754,6 @@ async fn two_replicas_creating_one_environment_at_once_create_it_once() {
 /// Environment names are unique across clusters: two replicas asked at the same moment to create one
 /// name, each in another cluster, create it once.
 #[tokio::test]
-#[ignore = "product bug: both creates succeed. The name is checked by a read (find), then written with \
-            Expect::Absent under a key of its cluster, and only one process's mutex serialises creates; \
-            the environment of the other cluster is then unreachable (404)"]
 async fn two_replicas_creating_one_name_in_two_clusters_at_once_create_it_once() {
     race_to_create(["prod", "dev"]).await;
 }
