@@ -25,6 +25,10 @@ use crate::error::ApiError;
 use crate::query::Params;
 use crate::render;
 
+/// How long a stream resuming at a position this replica's copy of a shared store has not reached
+/// waits for it before answering that the position is ahead of the change log.
+const SHARED_STORE_CATCH_UP: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
     /// A heartbeat is sent after this much silence, so that dead connections are noticed and (with
@@ -141,6 +145,13 @@ async fn open(
     };
     let start = match params.entity_version()? {
         Some(after) => {
+            // A client resuming on this replica what it read on another may be a few milliseconds
+            // ahead of this replica's copy of a shared store: wait for the copy, briefly.
+            if state.leadership.shared() {
+                let mut head = state.store.subscribe();
+                let _ =
+                    tokio::time::timeout(SHARED_STORE_CATCH_UP, head.wait_for(|head| *head >= after)).await;
+            }
             // Check the resume point now, while the answer can still be a 4xx: the store says
             // whether the log still holds every change after it.
             state

@@ -142,6 +142,11 @@ pub trait Leadership: Send + Sync + 'static {
 
     /// The current leader as this replica knows it, updated as it changes.
     fn leader(&self) -> watch::Receiver<Option<LeaderInfo>>;
+
+    /// Whether other replicas share the store (so that this replica's copy may trail theirs).
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 /// The leadership of a replica alone with its store (memory, redb): it leads from the start, and for
@@ -191,6 +196,10 @@ impl Leadership for SoleLeadership {
     }
 
     async fn resign(&self, _term: &Term) {}
+
+    fn shared(&self) -> bool {
+        false
+    }
 
     fn leader(&self) -> watch::Receiver<Option<LeaderInfo>> {
         self.leader.subscribe()
