@@ -165,15 +165,6 @@ impl Reconciler {
         self
     }
 
-    /// A replica whose term ended (by its own clock) asks ECS nothing more: another one leads.
-    fn still_leading(&self) -> Result<(), ClusterError> {
-        if self.guard.holds() {
-            Ok(())
-        } else {
-            Err(ClusterError::Store(StoreError::Fenced))
-        }
-    }
-
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let report = tokio::select! {
@@ -250,7 +241,7 @@ impl Reconciler {
     /// The clusters to reconcile: ECS's (or the allow-list), plus any the store still holds, so that
     /// the entities of a deleted or no-longer-allowed cluster are removed too.
     async fn clusters(&self) -> Result<BTreeSet<ClusterName>, ClusterError> {
-        self.still_leading()?;
+        self.guard.check()?;
         let mut clusters = BTreeSet::new();
         match &self.options.clusters {
             Some(allowed) => clusters.extend(allowed.iter().cloned()),
@@ -284,7 +275,7 @@ impl Reconciler {
     async fn reconcile_cluster(&self, cluster: &ClusterName) -> Result<Drift, ClusterError> {
         let mut total = Drift::default();
         for kind in [Kind::Instance, Kind::Task] {
-            self.still_leading()?;
+            self.guard.check()?;
             let (mut kind_upserted, mut kind_deleted) = (0, 0);
             // Read before looking at ECS: an entity changed after this (by an event) is never deleted
             // by this pass, even if the listing below missed it.

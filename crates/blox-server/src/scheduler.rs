@@ -288,16 +288,6 @@ impl Scheduler {
         self
     }
 
-    /// Refuses an ECS action once the term has ended (by the replica's own clock: a leader paused
-    /// past its lease must not act on what it decided before).
-    fn still_leading(&self) -> Result<(), PassError> {
-        if self.guard.holds() {
-            Ok(())
-        } else {
-            Err(PassError::Store(StoreError::Fenced))
-        }
-    }
-
     /// Reads deployments' CloudWatch alarms with `alarms`.
     pub fn with_alarms(mut self, alarms: Arc<dyn AlarmReader>) -> Scheduler {
         self.alarms = Some(alarms);
@@ -794,7 +784,7 @@ impl Scheduler {
         let mut stopped = 0;
         for stop in stops {
             self.stops.wait().await;
-            self.still_leading()?;
+            self.guard.check()?;
             let reason = stop.reason.to_string();
             let result = self
                 .control
@@ -1119,7 +1109,7 @@ impl Scheduler {
             group: Some(daemon::group(environment)),
         };
         self.starts.wait().await;
-        self.still_leading()?;
+        self.guard.check()?;
         // Never retried: StartTask has no idempotency token.
         let result = self.control.start_task(&request).await;
         self.starts.outcome("StartTask", result.as_ref().map(|_| ()));

@@ -74,6 +74,16 @@ impl LeaderGuard {
         }
     }
 
+    /// `Err(StoreError::Fenced)` once the term no longer holds: what a leader's activity asks before
+    /// each call to ECS (a leader paused past its lease must not act on what it decided before).
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.holds() {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced)
+        }
+    }
+
     /// Moves the deadline to `deadline` (a renewal), never backwards.
     pub fn extend(&self, deadline: Instant) {
         if let Some(term) = &self.term {
