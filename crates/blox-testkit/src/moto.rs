@@ -63,7 +63,7 @@ impl Moto {
         let stdin = child.stdin.take().context("moto stdin")?;
         let stdout = child.stdout.take().context("moto stdout")?;
         let stderr = child.stderr.take().context("moto stderr")?;
-        let stderr_tail = forward_stderr(stderr);
+        let (stderr_tail, stderr_reader) = forward_stderr(stderr);
         let port = read_port(stdout);
 
         let port = match tokio::time::timeout(START_DEADLINE, port).await {
@@ -71,6 +71,9 @@ impl Moto {
             outcome => {
                 let _ = child.kill();
                 let status = child.wait().ok();
+                // Moto has exited: its stderr is closed, and the reader has the whole of it once
+                // it ends (reading the tail before would race it).
+                let _ = stderr_reader.join();
                 let why = match outcome {
                     Err(_) => format!("no PORT line within {START_DEADLINE:?}"),
                     _ => format!("it exited ({status:?}) without printing PORT"),
@@ -191,12 +194,14 @@ fn read_port(stdout: impl Read + Send + 'static) -> oneshot::Receiver<Option<u16
 }
 
 /// Forwards moto's stderr to the test's (shown when a test fails) and keeps its last lines for
-/// start-up errors.
-fn forward_stderr(stderr: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+/// start-up errors; the thread ends when moto's stderr closes.
+fn forward_stderr(
+    stderr: impl Read + Send + 'static,
+) -> (Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
     const KEEP: usize = 40;
     let tail = Arc::new(Mutex::new(Vec::new()));
     let keep = Arc::clone(&tail);
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[moto] {line}");
             if let Ok(mut tail) = keep.lock() {
@@ -207,7 +212,7 @@ fn forward_stderr(stderr: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>>
             }
         }
     });
-    tail
+    (tail, reader)
 }
 
 #[cfg(test)]
