@@ -15,6 +15,7 @@ use thiserror::Error;
 
 mod cloudwatch;
 mod config;
+pub mod doctor;
 mod ecs;
 mod sqs;
 

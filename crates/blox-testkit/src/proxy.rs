@@ -44,6 +44,8 @@ struct Shared {
     /// Requests by ECS operation (the `X-Amz-Target` after its last dot).
     operations: Mutex<HashMap<String, u64>>,
     faults: Mutex<VecDeque<StartTaskFault>>,
+    /// ECS operations answered with AccessDeniedException, as IAM does for a role without them.
+    denied: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl StartTaskFaultProxy {
             start_task_requests: AtomicU64::new(0),
             operations: Mutex::default(),
             faults: Mutex::new(VecDeque::new()),
+            denied: Mutex::default(),
         });
         let app = axum::Router::new()
             .fallback(forward)
@@ -122,6 +125,13 @@ impl StartTaskFaultProxy {
         self.shared.faults().extend(std::iter::repeat_n(fault, n));
     }
 
+    /// Answers every later `operation` request (`StartTask`, `ListTasks`...) with
+    /// AccessDeniedException, as ECS does for a role that is not allowed it.
+    pub fn deny(&self, operation: &str) {
+        let mut denied = self.shared.denied.lock().unwrap_or_else(|p| p.into_inner());
+        denied.push(operation.to_owned());
+    }
+
     /// Faults queued and not yet used by a StartTask request.
     pub fn faults_left(&self) -> usize {
         self.shared.faults().len()
@@ -157,6 +167,14 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     if let Some(operation) = target.and_then(|t| t.rsplit('.').next()) {
         let mut operations = shared.operations.lock().unwrap_or_else(|p| p.into_inner());
         *operations.entry(operation.to_owned()).or_default() += 1;
+        let denied = shared.denied.lock().unwrap_or_else(|p| p.into_inner());
+        if denied.iter().any(|d| d == operation) {
+            return error_answer(
+                StatusCode::BAD_REQUEST,
+                "AccessDeniedException",
+                &format!("User is not authorized to perform: ecs:{operation}"),
+            );
+        }
     }
     let is_start_task = target == Some(START_TASK_TARGET);
     let fault = if is_start_task {
@@ -221,18 +239,20 @@ async fn upstream(shared: &Shared, parts: Parts, body: Bytes) -> Response {
 /// ECS's answer to an internal failure (AWS JSON 1.1): the SDK sees `ServerException`, a transient
 /// error its retry policy would retry.
 fn server_exception(message: &str) -> Response {
-    let body = serde_json::json!({"__type": "ServerException", "message": message}).to_string();
+    error_answer(StatusCode::INTERNAL_SERVER_ERROR, "ServerException", message)
+}
+
+/// An ECS error answer (AWS JSON 1.1).
+fn error_answer(status: StatusCode, code: &'static str, message: &str) -> Response {
+    let body = serde_json::json!({"__type": code, "message": message}).to_string();
     let mut response = Response::new(Body::from(body));
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/x-amz-json-1.1"),
     );
-    headers.insert(
-        "x-amzn-errortype",
-        header::HeaderValue::from_static("ServerException"),
-    );
+    headers.insert("x-amzn-errortype", header::HeaderValue::from_static(code));
     response
 }
 

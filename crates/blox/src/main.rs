@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod daemon;
+mod doctor;
 mod server;
 mod sim;
 mod table;
@@ -42,6 +43,10 @@ enum Command {
     /// Deployments of an environment's revisions: start, follow, roll back, stop.
     #[command(subcommand)]
     Deploy(daemon::DeployCommand),
+    /// Check, with `blox server`'s flags, what the server needs: AWS credentials and region, the
+    /// queue and the EventBridge rule that feeds it, its policy and dead-letter queue, every ECS call
+    /// blox makes, and the store. Exits non-zero on any problem.
+    Doctor(Box<server::ServerArgs>),
     /// Run the cluster-state scale benchmark and print its figures.
     Bench(bench::BenchArgs),
 }
@@ -91,6 +96,7 @@ fn main() -> std::process::ExitCode {
             Command::DeadLetters(command) => cli::dead_letters(command).await,
             Command::Env(command) => daemon::env(command).await,
             Command::Deploy(command) => daemon::deploy(command).await,
+            Command::Doctor(args) => doctor::run(*args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -24,15 +24,15 @@ use crate::sim::SimArgs;
 pub struct ServerArgs {
     /// Address of the REST API (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "BLOX_LISTEN", default_value = "127.0.0.1:2000")]
-    listen: String,
+    pub(crate) listen: String,
     /// Where state is kept: `redb:PATH` (durable, the default), `memory` (lost on exit), or
     /// `etcd:http://HOST:PORT[,http://HOST2:PORT...]` (shared by several replicas: see --replica-id
     /// and the --etcd-* flags; https:// with --etcd-ca).
     #[arg(long, env = "BLOX_STORE", default_value = "redb:./blox-data/blox.redb")]
-    store: String,
+    pub(crate) store: String,
     /// The SQS queue of ECS events, by name or URL. Without it, blox mirrors by reconciling only.
     #[arg(long, env = "BLOX_QUEUE")]
-    queue: Option<String>,
+    pub(crate) queue: Option<String>,
     /// How long a received message stays hidden from other receivers before SQS redelivers it (it
     /// must cover a batch's commit; after a crash, uncommitted messages come back after it).
     #[arg(long, env = "BLOX_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -42,15 +42,15 @@ pub struct ServerArgs {
     reconcile_interval: Duration,
     /// Mirror only these clusters (comma-separated names); default: every cluster of the account.
     #[arg(long, env = "BLOX_CLUSTERS", value_delimiter = ',', value_parser = parse_cluster)]
-    clusters: Option<Vec<ClusterName>>,
+    pub(crate) clusters: Option<Vec<ClusterName>>,
     /// How many changes the change log keeps for stream resumption.
     #[arg(long, env = "BLOX_CHANGE_LOG_RETENTION", default_value_t = StoreOptions::default().change_log_retention)]
-    change_log_retention: u64,
+    pub(crate) change_log_retention: u64,
     /// How long a deleted entity's tombstone is kept at least (it also stays while its deletion is in
     /// the change log), so that a late event cannot bring it back. Keep it longer than the visibility
     /// timeout plus the reconcile interval.
     #[arg(long, env = "BLOX_TOMBSTONE_RETENTION", default_value = "1h", value_parser = parse_duration)]
-    tombstone_retention: Duration,
+    pub(crate) tombstone_retention: Duration,
     /// The AWS account mirrored (12 digits): events of other accounts are parked. Default: the account
     /// of the cluster ARNs ECS lists (until the reconciler has listed one, events are not checked
     /// against an account).
@@ -70,7 +70,7 @@ pub struct ServerArgs {
     /// Which ECS: `aws` (the account of the AWS configuration) or `sim` (the built-in simulator,
     /// which also delivers its events; see the --sim-* flags).
     #[arg(long, env = "BLOX_ECS", default_value = "aws")]
-    ecs: String,
+    pub(crate) ecs: String,
     /// How errors are written on the Blox v0.3 routes: `json` (`{code, message, field}`, as on every
     /// route) or `text` (v0.3's plain-text messages, which v0.3's generated clients decode).
     #[arg(long = "v03-errors", env = "BLOX_V03_ERRORS", default_value = "json", value_parser = parse_v03_errors)]
@@ -80,7 +80,7 @@ pub struct ServerArgs {
     #[command(flatten)]
     security: SecurityArgs,
     #[command(flatten)]
-    replicas: ReplicaArgs,
+    pub(crate) replicas: ReplicaArgs,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -118,7 +118,7 @@ pub struct ReplicaArgs {
     leader_lease: Duration,
     /// This replica's id in `GET /v1/leader` and the logs; default: the host name and the API port.
     #[arg(long, env = "BLOX_REPLICA_ID")]
-    replica_id: Option<String>,
+    pub(crate) replica_id: Option<String>,
 }
 
 impl ReplicaArgs {
@@ -429,7 +429,7 @@ fn init_logging(format: &str) -> Result<()> {
 }
 
 /// The store, and the leadership of its replicas when it is shared (etcd).
-async fn open_store(
+pub(crate) async fn open_store(
     spec: &str,
     options: StoreOptions,
     replicas: &ReplicaArgs,
@@ -456,7 +456,7 @@ async fn open_store(
 }
 
 /// `--replica-id`, or the host name and the API's port.
-fn replica_id(given: Option<&String>, address: std::net::SocketAddr) -> String {
+pub(crate) fn replica_id(given: Option<&String>, address: std::net::SocketAddr) -> String {
     if let Some(id) = given {
         return id.clone();
     }
