@@ -825,7 +825,7 @@ impl EtcdLeadership {
         EtcdLeadership {
             store,
             id,
-            ttl: ttl.max(Duration::from_secs(2)),
+            ttl: ttl.max(Duration::from_secs(1)),
             clock,
             leader,
             _observer: observer,

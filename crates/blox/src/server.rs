@@ -490,8 +490,10 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
             "--tombstone-retention is shorter than --visibility-timeout plus --reconcile-interval: a late event may bring back a deleted entity until the next reconcile pass"
         );
     }
-    if args.replicas.leader_lease < Duration::from_secs(2) {
-        bail!("--leader-lease must be at least 2s (it is renewed every third of it)");
+    if args.replicas.leader_lease < Duration::from_secs(1) {
+        bail!(
+            "--leader-lease must be at least 1s (whole seconds: an etcd lease counts in seconds; it is renewed every third of it)"
+        );
     }
     // Bound before the store opens, so that the default replica id can name the port.
     let listener = tokio::net::TcpListener::bind(&args.listen)
