@@ -1108,6 +1108,80 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any copy, any writes set aside, any range in either direction: the overlay reads what
+        /// the copy with the writes applied would.
+        #[test]
+        fn the_overlay_reads_like_the_copy_with_its_writes_applied(
+            base in proptest::collection::btree_map(0u8..16, 0u8..4, 0..12),
+            writes in proptest::collection::vec((0u8..16, proptest::option::of(0u8..4)), 0..16),
+            start in proptest::option::of((0u8..17, proptest::bool::ANY)),
+            end in proptest::option::of((0u8..17, proptest::bool::ANY)),
+            reverse in proptest::bool::ANY,
+        ) {
+            let mut tables = Tables::default();
+            for (key, value) in &base {
+                tables.set(Table::Log, vec![*key], Some(vec![*value]));
+            }
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> =
+                base.iter().map(|(k, v)| (vec![*k], vec![*v])).collect();
+            let mut overlay = Overlay::new(&tables);
+            for (key, value) in &writes {
+                match value {
+                    Some(value) => {
+                        overlay.put(Table::Log, &[*key], &[*value]).unwrap();
+                        model.insert(vec![*key], vec![*value]);
+                    }
+                    None => {
+                        overlay.delete(Table::Log, &[*key]).unwrap();
+                        model.remove(&vec![*key]);
+                    }
+                }
+            }
+            for key in 0u8..16 {
+                proptest::prop_assert_eq!(overlay.get(Table::Log, &[key]).unwrap(), model.get(&vec![key]).cloned());
+            }
+            let (start_key, end_key) = (start.map(|(k, _)| vec![k]), end.map(|(k, _)| vec![k]));
+            fn bound(key: &Option<Vec<u8>>, bounds: Option<(u8, bool)>) -> Bound<&[u8]> {
+                match (key, bounds) {
+                    (Some(key), Some((_, true))) => Bound::Included(key.as_slice()),
+                    (Some(key), Some((_, false))) => Bound::Excluded(key.as_slice()),
+                    _ => Bound::Unbounded,
+                }
+            }
+            let (lower, upper) = (bound(&start_key, start), bound(&end_key, end));
+            let direction = if reverse { Direction::Reverse } else { Direction::Forward };
+            let mut seen = Vec::new();
+            overlay
+                .range(Table::Log, lower, upper, direction, &mut |k, v| {
+                    seen.push((k.to_vec(), v.to_vec()));
+                    Ok(true)
+                })
+                .unwrap();
+            let mut expected: Vec<(Vec<u8>, Vec<u8>)> = if is_empty_range(lower, upper) {
+                Vec::new()
+            } else {
+                model
+                    .range::<[u8], _>((lower, upper))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            if reverse {
+                expected.reverse();
+            }
+            proptest::prop_assert_eq!(seen, expected);
+            // What the commit sends is exactly the difference.
+            let mut applied = tables.map(Table::Log).clone();
+            for (_, key, value) in overlay.into_writes() {
+                match value {
+                    Some(value) => applied.insert(key, value),
+                    None => applied.remove(&key),
+                };
+            }
+            proptest::prop_assert_eq!(applied, model);
+        }
+    }
+
     #[test]
     fn the_overlay_reads_its_own_writes_over_the_copy() {
         check_overlay(&[("a", "1"), ("c", "3")], &[], &["a=1", "c=3"]);
