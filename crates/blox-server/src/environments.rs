@@ -238,6 +238,9 @@ pub async fn cas<T>(
     mut decide: impl FnMut(Option<&Stored>) -> Result<(Changes, T), CommandError>,
 ) -> Result<(T, Vec<Outcome>), CasError> {
     for _ in 0..CAS_ATTEMPTS {
+        // Read before the environment is looked for: a creation of the name by anyone after this
+        // read changes the reservation, and a fresh environment's batch expects it unchanged.
+        let reservation = store.get(&Key::name(name)).await?.map(|record| record.seq);
         let stored = load(store, name, depth).await?;
         let (changes, value) = decide(stored.as_ref())?;
         if changes.is_empty() {
@@ -245,10 +248,7 @@ pub async fn cas<T>(
         }
         let writes = match &stored {
             Some(stored) => stored.writes(&changes),
-            None => {
-                let reservation = store.get(&Key::name(name)).await?.map(|record| record.seq);
-                fresh_writes(&changes, name, reservation)
-            }
+            None => fresh_writes(&changes, name, reservation),
         };
         match store.apply(writes).await {
             Ok(outcomes) => return Ok((value, outcomes)),

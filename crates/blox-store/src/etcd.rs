@@ -52,6 +52,9 @@ const CONFLICT_PATIENCE: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Writes of one ECS batch committed together at most; larger batches are split before trying.
 const CHUNK_WRITES: usize = 32;
+/// The largest answer read from etcd: a watch resuming from behind gets up to a thousand revisions
+/// in one message, far beyond tonic's default limit of 4 MiB.
+const MAX_ANSWER_BYTES: usize = 256 << 20;
 
 /// How to reach etcd.
 #[derive(Debug, Clone)]
@@ -208,7 +211,10 @@ impl Shared {
 
     /// Reads the whole prefix at one revision.
     async fn load(&self) -> Result<(Cache, i64), StoreError> {
-        let mut client = self.client.clone();
+        let mut client = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_ANSWER_BYTES);
         let mut cache = Cache::default();
         let end = prefix_end(&self.keys.prefix);
         let mut start = self.keys.prefix.clone();
@@ -233,19 +239,31 @@ impl Shared {
         }
     }
 
-    /// Replaces the copy with a fresh load (at start, and when the watch fell behind compaction).
+    /// Replaces the copy with a fresh load (at start, and when the watch fell behind compaction). A
+    /// load older than what the copy holds (a commit of this replica's landed meanwhile) is taken
+    /// again: the copy never goes back.
     async fn reload(&self) -> Result<i64, StoreError> {
-        let (cache, revision) = self.load().await?;
-        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = cache;
-        // A reload may go back in revision only if etcd did: never.
-        self.applied.send_replace(revision);
-        Ok(revision)
+        loop {
+            let (cache, revision) = self.load().await?;
+            {
+                let mut current = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+                if cache.serial_rev < current.serial_rev {
+                    continue;
+                }
+                *current = cache;
+            }
+            self.advance(revision);
+            return Ok(revision);
+        }
     }
 
     /// Keeps the copy current: watches the prefix from the revision after the one applied, and
     /// reloads when that revision was compacted away.
     async fn follow(self: Arc<Self>) {
-        let mut client = self.client.clone();
+        let mut client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_ANSWER_BYTES);
         loop {
             let from = *self.applied.borrow() + 1;
             let options = WatchOptions::new()
@@ -513,10 +531,14 @@ impl Engine for EtcdEngine {
                 Ok(revision) => {
                     {
                         let mut cache = self.shared.cache.write().unwrap_or_else(PoisonError::into_inner);
-                        for (table, key, value) in writes {
-                            cache.tables.set(table, key, value);
+                        // Every write transaction puts the serial key: a copy at or past this
+                        // revision has this commit already, and maybe later ones over it.
+                        if cache.serial_rev < revision {
+                            for (table, key, value) in writes {
+                                cache.tables.set(table, key, value);
+                            }
+                            cache.serial_rev = revision;
                         }
-                        cache.serial_rev = cache.serial_rev.max(revision);
                     }
                     self.shared.advance(revision);
                     return Ok(result);
@@ -879,6 +901,16 @@ impl EtcdLeadership {
             guard.clone(),
             shared.clone(),
         ));
+        // The new leader plans from its copy: it must hold everything the former leader wrote
+        // (all of it before this revision) before the term is handed out.
+        let mut applied = shared.applied.subscribe();
+        if tokio::time::timeout(REQUEST_TIMEOUT, applied.wait_for(|applied| *applied >= revision))
+            .await
+            .is_err()
+        {
+            guard.lose();
+            return Err(timed_out("catch_up"));
+        }
         self.leader.send_replace(Some(info.clone()));
         let fence = Fence {
             token: revision,
@@ -987,7 +1019,9 @@ async fn keep_leading(
             }
             if Instant::now() >= next_compaction && guard.holds() {
                 if compact_below > compacted_to {
-                    compact_history(&shared, compact_below).await;
+                    // Apart from the renewals: a slow compaction must not let the lease lapse.
+                    let shared = shared.clone();
+                    tokio::spawn(async move { compact_history(&shared, compact_below).await });
                     compacted_to = compact_below;
                 }
                 compact_below = *shared.applied.borrow();
