@@ -180,15 +180,11 @@ async fn queue_checks(config: &SdkConfig, options: &Options, findings: &mut Vec<
         return;
     };
     let sqs = aws_sdk_sqs::Client::new(config);
-    let url = if queue.starts_with("http://") || queue.starts_with("https://") {
-        queue.clone()
-    } else {
-        match sqs.get_queue_url().queue_name(queue).send().await {
-            Ok(out) => out.queue_url().unwrap_or_default().to_owned(),
-            Err(err) => {
-                findings.push(queue_error(queue, &err));
-                return;
-            }
+    let url = match crate::sqs::queue_url(&sqs, queue).await {
+        Ok(url) => url.unwrap_or_default(),
+        Err(err) => {
+            findings.push(queue_error(queue, &err));
+            return;
         }
     };
     let attributes = match sqs

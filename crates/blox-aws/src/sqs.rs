@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
 
 use crate::{EventSource, Message, QueueDepth, SourceError};
@@ -67,23 +68,13 @@ impl SqsSource {
             });
         }
         let client = Client::new(config);
-        let queue_url = if queue.starts_with("http://") || queue.starts_with("https://") {
-            queue.to_owned()
-        } else {
-            let out = client
-                .get_queue_url()
-                .queue_name(queue)
-                .send()
-                .await
-                .map_err(|e| source_error("GetQueueUrl", e))?;
-            out.queue_url()
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| SourceError {
-                    operation: "GetQueueUrl",
-                    message: format!("no URL returned for queue {queue:?}"),
-                })?
-                .to_owned()
-        };
+        let queue_url = queue_url(&client, queue)
+            .await
+            .map_err(|e| source_error("GetQueueUrl", e))?
+            .ok_or_else(|| SourceError {
+                operation: "GetQueueUrl",
+                message: format!("no URL returned for queue {queue:?}"),
+            })?;
         tracing::info!(queue, queue_url = %queue_url, "opened SQS event source");
         Ok(SqsSource {
             client,
@@ -188,6 +179,19 @@ impl EventSource for SqsSource {
             in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?,
         })
     }
+}
+
+/// The URL of a queue given by name (GetQueueUrl) or by URL (taken as it is); `None` when SQS
+/// answered without one.
+pub(crate) async fn queue_url(
+    client: &Client,
+    queue: &str,
+) -> Result<Option<String>, SdkError<GetQueueUrlError>> {
+    if queue.starts_with("http://") || queue.starts_with("https://") {
+        return Ok(Some(queue.to_owned()));
+    }
+    let out = client.get_queue_url().queue_name(queue).send().await?;
+    Ok(out.queue_url().filter(|url| !url.is_empty()).map(str::to_owned))
 }
 
 fn source_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> SourceError
