@@ -61,12 +61,7 @@ impl AppState {
     ) -> Result<AppState, blox_store::StoreError> {
         let view = crate::view::View::spawn(store.clone(), crate::clock::wall(), shutdown.clone()).await?;
         Ok(AppState {
-            leadership: Arc::new(blox_store::leader::SoleLeadership::new(
-                store.clone(),
-                "local".to_owned(),
-                std::time::Duration::from_secs(10),
-                crate::clock::now_unix_ms(),
-            )),
+            leadership: crate::alone(store.clone()),
             store,
             readiness: Arc::default(),
             metrics: crate::metrics::handle(),

@@ -241,14 +241,10 @@ pub async fn serve(
     )
     .await
     .map_err(std::io::Error::other)?;
-    let leadership = services.leadership.clone().unwrap_or_else(|| {
-        Arc::new(SoleLeadership::new(
-            services.store.clone(),
-            "local".to_owned(),
-            Duration::from_secs(10),
-            clock::now_unix_ms(),
-        ))
-    });
+    let leadership = services
+        .leadership
+        .clone()
+        .unwrap_or_else(|| alone(services.store.clone()));
     let state = AppState {
         leadership: leadership.clone(),
         store: services.store.clone(),
@@ -302,6 +298,17 @@ pub async fn serve(
     };
     let (served, ()) = tokio::join!(http, background);
     served
+}
+
+/// The leadership of a server alone with its store, when it is given none: replica `local`, leading
+/// from now on.
+pub(crate) fn alone(store: Arc<dyn Store>) -> Arc<dyn Leadership> {
+    Arc::new(SoleLeadership::new(
+        store,
+        "local".to_owned(),
+        Duration::from_secs(10),
+        clock::now_unix_ms(),
+    ))
 }
 
 /// What only the leader runs.

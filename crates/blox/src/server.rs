@@ -13,7 +13,7 @@ use blox_server::{
     IngestOptions, Limits, ReconcileOptions, SchedulerOptions, ServerOptions, Services, TlsConfig, V03Errors,
 };
 use blox_sim::SimAlarms;
-use blox_store::leader::Leadership;
+use blox_store::leader::{Leadership, SoleLeadership};
 use blox_store::{EtcdConfig, EtcdStore, EtcdTls, MemStore, RedbStore, Store, StoreOptions};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -428,23 +428,37 @@ fn init_logging(format: &str) -> Result<()> {
     Ok(())
 }
 
-/// The store, and the leadership of its replicas when it is shared (etcd).
+/// The store, and the leadership of this replica on it: shared with other replicas on etcd, its own
+/// on memory and redb (it leads from the start, under its `--replica-id`).
 pub(crate) async fn open_store(
     spec: &str,
     options: StoreOptions,
     replicas: &ReplicaArgs,
     replica_id: String,
-) -> Result<(Arc<dyn Store>, Option<Arc<dyn Leadership>>)> {
+) -> Result<(Arc<dyn Store>, Arc<dyn Leadership>)> {
+    let alone = |store: Arc<dyn Store>| -> (Arc<dyn Store>, Arc<dyn Leadership>) {
+        let leadership = SoleLeadership::new(
+            store.clone(),
+            replica_id.clone(),
+            replicas.leader_lease,
+            blox_server::clock::now_unix_ms(),
+        );
+        (store, Arc::new(leadership))
+    };
     if spec == "memory" {
-        return Ok((Arc::new(MemStore::new(options)), None));
+        return Ok(alone(Arc::new(MemStore::new(options))));
     }
     if let Some(endpoints) = spec.strip_prefix("etcd:") {
         let config = replicas.etcd_config(endpoints)?;
         let store = EtcdStore::connect(&config, options)
             .await
             .with_context(|| format!("connecting to etcd at {endpoints}"))?;
-        let leadership = store.leadership(replica_id, replicas.leader_lease, blox_server::clock::now_unix_ms);
-        return Ok((Arc::new(store), Some(Arc::new(leadership))));
+        let leadership = store.leadership(
+            replica_id.clone(),
+            replicas.leader_lease,
+            blox_server::clock::now_unix_ms,
+        );
+        return Ok((Arc::new(store), Arc::new(leadership)));
     }
     let Some(path) = spec.strip_prefix("redb:") else {
         bail!("--store must be redb:PATH, memory or etcd:http://HOST:PORT[,...], not {spec:?}");
@@ -452,7 +466,7 @@ pub(crate) async fn open_store(
     let path = PathBuf::from(path);
     let store = RedbStore::open(&path, options)
         .with_context(|| format!("opening the store at {}", path.display()))?;
-    Ok((Arc::new(store), None))
+    Ok(alone(Arc::new(store)))
 }
 
 /// `--replica-id`, or the host name and the API's port.
@@ -583,7 +597,7 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     };
     let services = Services {
         store,
-        leadership,
+        leadership: Some(leadership),
         ecs: Some(ecs),
         events,
         control: Some(control),
