@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 
 use super::process::{Server, client};
 use super::report::Goal;
-use super::serve::load_urls;
+use super::serve::{task_gets, task_url};
 use super::{Bench, message, micros, now, percentile_ms};
 
 /// The lease of the benchmarked replicas: short, so that failover is measured in seconds.
@@ -167,16 +167,7 @@ async fn ingest(bench: &mut Bench, endpoint: &str, prefix: &str, instances: u64,
 /// Three `blox server` replicas on the loaded prefix: GET latency on a follower and on the leader,
 /// then failover after SIGKILL of the leader.
 async fn replicas(bench: &mut Bench, dir: &Path, endpoint: &str, prefix: &str, tasks: u64) -> Result<()> {
-    let task_url = |bench: &mut Bench, base: &str| {
-        let task = bench.rng.below(tasks);
-        let w = &bench.workload;
-        format!(
-            "{base}/v1/tasks/{}/{}",
-            w.cluster_name(w.cluster_of_task(task)),
-            w.task_arn(task)
-        )
-    };
-    let probe = task_url(bench, "");
+    let probe = task_url(bench, "", tasks);
     let store = format!("etcd:{endpoint}");
     let lease = format!("{}s", LEASE.as_secs());
     let mut servers = Vec::new();
@@ -201,14 +192,7 @@ async fn replicas(bench: &mut Bench, dir: &Path, endpoint: &str, prefix: &str, t
     let concurrency = bench.params.get_concurrency;
     for (name, index) in [("follower", follower), ("leader", leader)] {
         let base = servers[index].address.clone();
-        let warm_up: Vec<String> = (0..bench.params.get_requests / 10)
-            .map(|_| task_url(bench, &base))
-            .collect();
-        load_urls(&http, Arc::new(warm_up), concurrency).await?;
-        let urls: Vec<String> = (0..bench.params.get_requests)
-            .map(|_| task_url(bench, &base))
-            .collect();
-        let (latencies, _) = load_urls(&http, Arc::new(urls), concurrency).await?;
+        let (latencies, _) = task_gets(bench, &http, &base, tasks).await?;
         bench.report.add(
             w,
             &format!("GET /v1/tasks/{{cluster}}/{{arn}} p99 on the {name} (c={concurrency})"),

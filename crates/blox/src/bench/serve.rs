@@ -195,9 +195,9 @@ pub(crate) async fn load_urls(
     Ok((total, first_body))
 }
 
-/// A random task's `GET /v1/tasks/{cluster}/{arn}` on `base`.
-fn task_url(bench: &mut Bench, base: &str) -> String {
-    let task = bench.rng.below(bench.params.tasks);
+/// `GET /v1/tasks/{cluster}/{arn}` of a random task among the workload's first `tasks`, on `base`.
+pub(crate) fn task_url(bench: &mut Bench, base: &str, tasks: u64) -> String {
+    let task = bench.rng.below(tasks);
     let w = &bench.workload;
     format!(
         "{base}/v1/tasks/{}/{}",
@@ -206,21 +206,34 @@ fn task_url(bench: &mut Bench, base: &str) -> String {
     )
 }
 
+/// Latencies of `get_requests` GETs of random tasks among the first `tasks` on `base`, after a tenth
+/// as many to warm up, and how long they took.
+pub(crate) async fn task_gets(
+    bench: &mut Bench,
+    client: &reqwest::Client,
+    base: &str,
+    tasks: u64,
+) -> Result<(Histogram<u64>, std::time::Duration)> {
+    let concurrency = bench.params.get_concurrency;
+    // Opens the connections and touches the code paths before anything is recorded.
+    let warm_up: Vec<String> = (0..bench.params.get_requests / 10)
+        .map(|_| task_url(bench, base, tasks))
+        .collect();
+    load_urls(client, Arc::new(warm_up), concurrency).await?;
+    let urls: Vec<String> = (0..bench.params.get_requests)
+        .map(|_| task_url(bench, base, tasks))
+        .collect();
+    let started = now();
+    let (latencies, _) = load_urls(client, Arc::new(urls), concurrency).await?;
+    Ok((latencies, started.elapsed()))
+}
+
 async fn get_latency(bench: &mut Bench, server: &Server) -> Result<()> {
     let concurrency = bench.params.get_concurrency;
     let base = server.base();
     let client = client(concurrency, server)?;
-    // Opens the connections and touches the code paths before anything is recorded.
-    let warm_up: Vec<String> = (0..bench.params.get_requests / 10)
-        .map(|_| task_url(bench, &base))
-        .collect();
-    load_urls(&client, Arc::new(warm_up), concurrency).await?;
-    let urls: Vec<String> = (0..bench.params.get_requests)
-        .map(|_| task_url(bench, &base))
-        .collect();
-    let started = now();
-    let (latencies, _) = load_urls(&client, Arc::new(urls), concurrency).await?;
-    let elapsed = started.elapsed();
+    let tasks = bench.params.tasks;
+    let (latencies, elapsed) = task_gets(bench, &client, &base, tasks).await?;
     let w = &format!("get task (c={concurrency})");
     bench.report.add(
         w,
@@ -484,14 +497,18 @@ async fn hardening_cost(
     // A ratio of two p99s needs more of a tail than one p99: five times the GET workload each.
     let per_round = (OVERHEAD_SAMPLES * bench.params.get_requests / OVERHEAD_ROUNDS).max(1);
     for (server, client) in servers.iter().zip(&clients) {
-        let warm_up: Vec<String> = (0..per_round).map(|_| task_url(bench, &server.base())).collect();
+        let warm_up: Vec<String> = (0..per_round)
+            .map(|_| task_url(bench, &server.base(), bench.params.tasks))
+            .collect();
         load_urls(client, Arc::new(warm_up), concurrency).await?;
     }
     let mut gets = [histogram(), histogram()];
     for round in 0..OVERHEAD_ROUNDS {
         for i in [round % 2, 1 - round % 2] {
             let base = servers[i].base();
-            let urls: Vec<String> = (0..per_round).map(|_| task_url(bench, &base)).collect();
+            let urls: Vec<String> = (0..per_round)
+                .map(|_| task_url(bench, &base, bench.params.tasks))
+                .collect();
             let (latencies, _) = load_urls(&clients[i], Arc::new(urls), concurrency).await?;
             gets[i].add(&latencies)?;
         }
