@@ -170,6 +170,15 @@ async fn head(store: &impl Store) -> u64 {
     store.log_bounds().await.expect("log_bounds").head
 }
 
+/// A delete of whatever the key's last change, with no time (its tombstone goes with its change).
+fn delete_any(key: Key) -> Write {
+    Write::Delete {
+        key,
+        unchanged_since: u64::MAX,
+        at_ms: 0,
+    }
+}
+
 fn written(outcome: Outcome) -> u64 {
     match outcome {
         Outcome::Written { seq } => seq,
@@ -914,18 +923,7 @@ pub async fn delete_when_unchanged<S: Store, G>(make: impl AsyncFn(StoreOptions)
         "a deletion logs the entity as it was"
     );
     // Nothing left to delete.
-    assert_eq!(
-        one(
-            &store,
-            Write::Delete {
-                key: key.clone(),
-                unchanged_since: u64::MAX,
-                at_ms: 0,
-            }
-        )
-        .await,
-        Outcome::Kept
-    );
+    assert_eq!(one(&store, delete_any(key.clone())).await, Outcome::Kept);
     assert_eq!(
         one(
             &store,
@@ -976,15 +974,7 @@ pub async fn observed_entity_returns_after_deletion<S: Store, G>(make: impl Asyn
     let (store, _guard) = make(StoreOptions::default()).await;
     let key = task_key("c", "t");
     one(&store, up(&task("c", "t", 5, "RUNNING"))).await;
-    let deletion = delete_one(
-        &store,
-        Write::Delete {
-            key: key.clone(),
-            unchanged_since: u64::MAX,
-            at_ms: 0,
-        },
-    )
-    .await;
+    let deletion = delete_one(&store, delete_any(key.clone())).await;
     assert_eq!(
         one(&store, up(&task("c", "t", 5, "RUNNING"))).await,
         Outcome::Stale
@@ -1021,15 +1011,7 @@ pub async fn tombstone_blocks_stale_allows_newer<S: Store, G>(make: impl AsyncFn
     let (store, _guard) = make(StoreOptions::default()).await;
     let key = task_key("c", "t");
     one(&store, up(&task("c", "t", 5, "RUNNING"))).await;
-    let deletion = delete_one(
-        &store,
-        Write::Delete {
-            key: key.clone(),
-            unchanged_since: u64::MAX,
-            at_ms: 0,
-        },
-    )
-    .await;
+    let deletion = delete_one(&store, delete_any(key.clone())).await;
     for stale in [
         task("c", "t", 5, "RUNNING"),
         task("c", "t", 5, "STOPPED"),
@@ -1049,15 +1031,7 @@ pub async fn tombstone_blocks_stale_allows_newer<S: Store, G>(make: impl AsyncFn
     // An unversioned entity's tombstone has version 0: an unversioned description is newer information.
     let unversioned = task("c", "u", 0, "RUNNING");
     one(&store, up(&unversioned)).await;
-    one(
-        &store,
-        Write::Delete {
-            key: unversioned.key.clone(),
-            unchanged_since: u64::MAX,
-            at_ms: 0,
-        },
-    )
-    .await;
+    one(&store, delete_any(unversioned.key.clone())).await;
     write_one(&store, up(&unversioned)).await;
 }
 
@@ -1069,11 +1043,7 @@ pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl AsyncFn
     .await;
     let a = task("c", "a", 5, "RUNNING");
     let created = write_one(&store, up(&a)).await;
-    let delete_a = Write::Delete {
-        key: a.key.clone(),
-        unchanged_since: u64::MAX,
-        at_ms: 0,
-    };
+    let delete_a = delete_any(a.key.clone());
     let deletion = delete_one(&store, delete_a.clone()).await;
     let x = write_one(&store, up(&task("c", "x", 1, "RUNNING"))).await;
     let y = write_one(&store, up(&task("c", "y", 1, "RUNNING"))).await;
@@ -1088,11 +1058,7 @@ pub async fn tombstone_trimmed_with_its_deletion<S: Store, G>(make: impl AsyncFn
     // A later deletion's tombstone survives the trimming of an earlier deletion of the same entity.
     let b1 = task("c", "b", 1, "RUNNING");
     let b2 = task("c", "b", 2, "RUNNING");
-    let delete_b = Write::Delete {
-        key: b1.key.clone(),
-        unchanged_since: u64::MAX,
-        at_ms: 0,
-    };
+    let delete_b = delete_any(b1.key.clone());
     let outcomes = commit(&store, vec![up(&b1), delete_b.clone(), up(&b2)]).await;
     let [
         Outcome::Written { .. },
@@ -1320,15 +1286,7 @@ pub async fn changes_paginate<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (
     ];
     let mut outcomes = commit(&store, docs[..2].iter().map(up).collect()).await;
     outcomes.extend(commit(&store, docs[2..].iter().map(up).collect()).await);
-    let deletion = delete_one(
-        &store,
-        Write::Delete {
-            key: docs[2].key.clone(),
-            unchanged_since: u64::MAX,
-            at_ms: 0,
-        },
-    )
-    .await;
+    let deletion = delete_one(&store, delete_any(docs[2].key.clone())).await;
     let mut want: Vec<crate::Change> = docs
         .iter()
         .zip(outcomes)
@@ -1908,15 +1866,7 @@ pub async fn batch_is_atomic<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S
         vec![up(&a1), up(&b1), up(&d1), Write::Park(letter("kept"))],
     )
     .await;
-    one(
-        &store,
-        Write::Delete {
-            key: d1.key.clone(),
-            unchanged_since: u64::MAX,
-            at_ms: 0,
-        },
-    )
-    .await;
+    one(&store, delete_any(d1.key.clone())).await;
 
     let snapshot = async |store: &S| {
         let mut tasks = Vec::new();
@@ -1942,11 +1892,7 @@ pub async fn batch_is_atomic<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S
     let before = snapshot(&store).await;
     let batch = vec![
         up(&doc(Kind::Task, "c", "a", 2, "STOPPED", Some("y"), "a2")),
-        Write::Delete {
-            key: b1.key.clone(),
-            unchanged_since: u64::MAX,
-            at_ms: 0,
-        },
+        delete_any(b1.key.clone()),
         up(&task("c2", "new", 1, "RUNNING")),
         Write::Park(letter("lost")),
         Write::Park(letter("lost too")),
@@ -1984,11 +1930,7 @@ pub async fn outcomes_in_batch_order<S: Store, G>(make: impl AsyncFn(StoreOption
                 unchanged_since: 0,
                 at_ms: 0,
             },
-            Write::Delete {
-                key: x1.key.clone(),
-                unchanged_since: u64::MAX,
-                at_ms: 0,
-            },
+            delete_any(x1.key.clone()),
             up(&x2),
             up(&x3),
             Write::Delete {
@@ -2736,24 +2678,8 @@ pub async fn wrong_write_refused<S: Store, G>(make: impl AsyncFn(StoreOptions) -
             (Write::observe(failure.clone()), "Observe", Kind::Failure),
             (up(&e), "Upsert", Kind::Environment),
             (Write::observe(r.clone()), "Observe", Kind::Revision),
-            (
-                Write::Delete {
-                    key: e.key.clone(),
-                    unchanged_since: u64::MAX,
-                    at_ms: 0,
-                },
-                "Delete",
-                Kind::Environment,
-            ),
-            (
-                Write::Delete {
-                    key: d.key.clone(),
-                    unchanged_since: u64::MAX,
-                    at_ms: 0,
-                },
-                "Delete",
-                Kind::Deployment,
-            ),
+            (delete_any(e.key.clone()), "Delete", Kind::Environment),
+            (delete_any(d.key.clone()), "Delete", Kind::Deployment),
             (put(&t, Expect::Absent), "Put", Kind::Task),
             (put(&i, Expect::Seq(i_seq)), "Put", Kind::Instance),
             (
