@@ -299,6 +299,7 @@ pub struct DeadLetterPath {
 
 // ---- daemon scheduler --------------------------------------------------------------------------------
 
+pub mod dashboard;
 mod scheduler;
 
 pub use scheduler::*;

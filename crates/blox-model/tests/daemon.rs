@@ -1160,6 +1160,32 @@ impl Sim {
             (eligible.len() as u64, healthy, target_healthy, floor),
             "step {step}: (eligible, healthy, target healthy, floor)"
         );
+        // The grid's cells: one per instance of the view, as many healthy as counted, every eligible
+        // instance in an eligible state.
+        use daemon::Coverage;
+        assert_eq!(
+            plan.coverage.len(),
+            self.view.instance_count(),
+            "step {step}: one cell per instance"
+        );
+        let cells = |states: &[Coverage]| plan.coverage.iter().filter(|c| states.contains(c)).count() as u64;
+        assert_eq!(
+            cells(&[Coverage::Healthy]),
+            plan.counts.healthy,
+            "step {step}: healthy cells"
+        );
+        assert_eq!(
+            cells(&[
+                Coverage::Healthy,
+                Coverage::Starting,
+                Coverage::Old,
+                Coverage::Failed,
+                Coverage::Missing,
+                Coverage::Held
+            ]),
+            plan.fleet.eligible,
+            "step {step}: eligible cells"
+        );
         let bound = self.refused.get(&d.id).copied().unwrap_or(0)
             + self
                 .tasks

@@ -50,6 +50,8 @@ pub struct AppState {
     pub auth: Option<Arc<crate::auth::Tokens>>,
     /// The executor's ECS call rate per API family, for deployment plans' estimates.
     pub calls_per_second: f64,
+    /// The dashboard's environment pages, shared by the browsers that show them.
+    pub ui: Arc<crate::ui::Pages>,
 }
 
 impl AppState {
@@ -75,6 +77,7 @@ impl AppState {
             gates: crate::limits::Gates::default(),
             auth: None,
             calls_per_second: crate::scheduler::SchedulerOptions::default().calls_per_second,
+            ui: Arc::default(),
         })
     }
 }
@@ -126,7 +129,12 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         crate::env_v1::promote_deployment,
         crate::env_v1::rollback,
         crate::env_v1::freeze,
-        crate::env_v1::thaw
+        crate::env_v1::thaw,
+        crate::ui::session,
+        crate::ui::overview,
+        crate::ui::cluster_grid,
+        crate::ui::environment_page,
+        crate::ui::events
     ),
     components(schemas(
         Tasks,
@@ -173,6 +181,16 @@ const UNBOUNDED_LIST_PAGE: usize = 1_000;
         blox_api::PlannedBatch,
         blox_api::PlannedStop,
         blox_api::StartDeploymentAnswer,
+        blox_api::dashboard::Session,
+        blox_api::dashboard::Overview,
+        blox_api::dashboard::ClusterSummary,
+        blox_api::dashboard::IngestSummary,
+        blox_api::dashboard::EnvironmentSummary,
+        blox_api::dashboard::ClusterGrid,
+        blox_api::dashboard::GridInstance,
+        blox_api::dashboard::EnvironmentPage,
+        blox_api::dashboard::Rollout,
+        blox_api::dashboard::GridCell,
         blox_api::CanaryBody,
         blox_api::UncoveredInstance,
         blox_api::DeploymentList,
@@ -528,13 +546,18 @@ pub async fn delete_dead_letter(
 /// reconciliation and the scheduler.
 #[utoipa::path(get, path = "/v1/leader", tag = "operations", responses((status = 200, body = LeaderStatus)))]
 pub async fn leader(State(state): State<Arc<AppState>>) -> Json<LeaderStatus> {
+    Json(leader_status(&state))
+}
+
+/// Which replica leads, as this one knows it.
+pub fn leader_status(state: &AppState) -> LeaderStatus {
     let leader = state.leadership.leader().borrow().clone();
-    Json(LeaderStatus {
+    LeaderStatus {
         self_id: state.leadership.replica_id().to_owned(),
         leader: leader.as_ref().map(|leader| leader.id.clone()),
         lease_ttl_seconds: state.leadership.lease_ttl().as_secs(),
         since: leader.map(|leader| blox_model::emit::rfc3339_millis(leader.since_ms)),
-    })
+    }
 }
 
 /// The process is alive and serving.

@@ -61,6 +61,13 @@ impl Role {
 /// nothing about ECS.
 pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
 
+/// Whether a path answers without a token: [`OPEN_PATHS`], and the dashboard's page, assets and
+/// session probe (`/`, `/ui/…` but its data under `/ui/api/`), which hold no data: the page asks
+/// for a token and sends it with every call.
+pub fn is_open(path: &str) -> bool {
+    OPEN_PATHS.contains(&path) || crate::ui::is_shell(path)
+}
+
 /// The shortest token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// The longest token accepted (a header of that size is still far below any server limit).
@@ -324,8 +331,8 @@ fn bearer(value: &HeaderValue) -> Option<&[u8]> {
 }
 
 /// The role of a request's token, or why it has none.
-fn authenticate(tokens: &Tokens, request: &Request) -> Result<Role, Refusal> {
-    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+pub fn authenticate(tokens: &Tokens, headers: &axum::http::HeaderMap) -> Result<Role, Refusal> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
     match (values.next(), values.next()) {
         (None, _) => Err(Refusal::Missing),
         (Some(value), None) => {
@@ -344,10 +351,10 @@ pub fn check(tokens: Option<&Tokens>, request: &mut Request) -> Result<(), Refus
     let Some(tokens) = tokens else {
         return Ok(());
     };
-    if OPEN_PATHS.contains(&request.uri().path()) {
+    if is_open(request.uri().path()) {
         return Ok(());
     }
-    match authenticate(tokens, request) {
+    match authenticate(tokens, request.headers()) {
         Ok(role) if role.allows(request.method()) => {}
         Ok(_) => return Err(Refusal::Forbidden),
         Err(refusal) => return Err(refusal),

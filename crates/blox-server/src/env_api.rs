@@ -513,14 +513,23 @@ pub fn task_counts(counts: Counts) -> TaskCounts {
 
 /// Plans the environment against the view (the same planner the executor runs), for its counts.
 pub fn live(state: &AppState, stored: &Stored) -> Live {
-    let snapshot = &stored.snapshot;
-    let env = stored.environment();
-    if snapshot.reads_task_groups() {
+    want_task_groups(state, stored);
+    live_in(&state.view.read(), stored)
+}
+
+/// Starts loading every task's group when the environment's instance group reads them.
+pub fn want_task_groups(state: &AppState, stored: &Stored) {
+    if stored.snapshot.reads_task_groups() {
         // Counts read before every task's group is known may be off for a moment; the executor
         // waits for them before it plans.
         state.view.task_groups(&state.store);
     }
-    let view = state.view.read();
+}
+
+/// [`live`] within a read of the view (after [`want_task_groups`]).
+pub fn live_in(view: &crate::view::ViewState, stored: &Stored) -> Live {
+    let snapshot = &stored.snapshot;
+    let env = stored.environment();
     let ids = snapshot.deployment_ids();
     let mut failures: HashMap<String, Vec<InstanceFailure>> = HashMap::new();
     for entry in view.failures.values() {
@@ -653,4 +662,23 @@ pub fn v03_status(mut error: ApiError) -> ApiError {
         error.field = Some("name".to_owned());
     }
     error
+}
+
+/// An environment's health as the API writes it.
+pub fn health_name(health: Health) -> &'static str {
+    match health {
+        Health::Healthy => "Healthy",
+        Health::Unhealthy => "Unhealthy",
+    }
+}
+
+/// An environment's status as the API writes it: `Active`, `Frozen` or `Deleting`.
+pub fn status_name(env: &daemon::Environment) -> &'static str {
+    if env.status.is_deleting() {
+        "Deleting"
+    } else if env.frozen {
+        "Frozen"
+    } else {
+        "Active"
+    }
 }

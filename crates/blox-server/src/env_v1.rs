@@ -17,7 +17,7 @@ use blox_api::{
 };
 use blox_model::ClusterName;
 use blox_model::daemon::lifecycle::{self, CreateEnvironment, DeployTarget, Resource};
-use blox_model::daemon::{self, Deployment, Health, PreviewInput, Revision};
+use blox_model::daemon::{self, Deployment, PreviewInput, Revision};
 use blox_model::emit::rfc3339_millis;
 use blox_store::{Cursor, Filter, Kind};
 
@@ -716,8 +716,12 @@ async fn set_frozen(
 }
 
 pub fn environment_body(state: &AppState, stored: &Stored) -> EnvironmentV1 {
+    environment_body_with(stored, &env_api::live(state, stored))
+}
+
+/// [`environment_body`] from counts already planned.
+pub fn environment_body_with(stored: &Stored, live: &Live) -> EnvironmentV1 {
     let env = stored.environment();
-    let live = env_api::live(state, stored);
     let latest = stored.snapshot.latest_revision();
     let active = stored.snapshot.active();
     let (health, health_reason) = live.health.clone();
@@ -726,20 +730,9 @@ pub fn environment_body(state: &AppState, stored: &Stored) -> EnvironmentV1 {
         cluster: env.cluster.to_string(),
         cluster_arn: env.cluster_arn.clone(),
         environment_type: "Daemon".to_owned(),
-        environment_health: match health {
-            Health::Healthy => "Healthy",
-            Health::Unhealthy => "Unhealthy",
-        }
-        .to_owned(),
+        environment_health: env_api::health_name(health).to_owned(),
         health_reason,
-        environment_status: if env.status.is_deleting() {
-            "Deleting"
-        } else if env.frozen {
-            "Frozen"
-        } else {
-            "Active"
-        }
-        .to_owned(),
+        environment_status: env_api::status_name(env).to_owned(),
         deployment_method: latest
             .map(|r| r.deployment_method)
             .unwrap_or_default()
@@ -768,7 +761,7 @@ pub fn environment_body(state: &AppState, stored: &Stored) -> EnvironmentV1 {
     }
 }
 
-fn revision_body(stored: &Stored, live: &Live, revision: &Revision) -> EnvironmentRevision {
+pub fn revision_body(stored: &Stored, live: &Live, revision: &Revision) -> EnvironmentRevision {
     EnvironmentRevision {
         environment_revision_id: RevisionId(revision.number),
         environment_name: revision.environment.clone(),

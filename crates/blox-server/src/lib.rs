@@ -36,6 +36,7 @@ mod render;
 pub mod scheduler;
 pub mod stream;
 pub mod tls;
+pub mod ui;
 pub mod view;
 
 pub use api::{ApiDoc, AppState};
@@ -159,6 +160,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .merge(ui::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Shared, not copied: every request clones its route, and with it the state.
@@ -257,6 +259,7 @@ pub async fn serve(
         gates: Gates::new(options.limits.clone()),
         auth: options.auth.clone(),
         calls_per_second: options.scheduler.calls_per_second,
+        ui: Arc::default(),
     };
     let tls = options.tls.clone();
 

@@ -120,7 +120,7 @@ pub fn busy(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 fn is_stream(path: &str) -> bool {
-    path.starts_with("/v1/stream/")
+    path.starts_with("/v1/stream/") || path == crate::ui::EVENTS_PATH
 }
 
 /// Cheap operational endpoints that must answer even when the API is full (probes, scrapes).

@@ -68,7 +68,8 @@ pub const HTTP_WRITE_TIMEOUTS: &str = "blox_http_write_timeouts_total";
 pub const API_AUTH_FAILURES: &str = "blox_api_auth_failures_total";
 /// TLS handshakes that failed (`--tls-cert`). Label `reason`: error | timeout.
 pub const TLS_HANDSHAKE_FAILURES: &str = "blox_tls_handshake_failures_total";
-/// Open stream connections (under `--max-streams`). Label `kind`.
+/// Open stream connections (under `--max-streams`). Label `kind`: `task`, `instance`, or
+/// `dashboard` (the live pages' events).
 pub const STREAM_CLIENTS: &str = "blox_stream_clients";
 /// Entities in the store. Label `kind`.
 pub const ENTITIES: &str = "blox_entities";
@@ -161,4 +162,40 @@ pub fn count_answer(route: &str, status: u16, duration: Duration) {
 struct RouteHandles {
     duration: Histogram,
     by_status: Vec<(u16, Counter)>,
+}
+
+/// The sum of every series of `name` in a rendering of the metrics; `None` when it has none (never
+/// recorded). For the dashboard, which shows the same numbers as `/metrics`.
+pub fn sum(rendered: &str, name: &str) -> Option<f64> {
+    let mut total = None;
+    for line in rendered.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // `name{labels} value` or `name value`, not a longer name that starts with this one.
+        let value = match rest.as_bytes().first() {
+            Some(b'{') => rest.rsplit_once('}').map(|(_, v)| v),
+            Some(b' ') => Some(rest),
+            _ => None,
+        };
+        if let Some(v) = value.and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()) {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sum_adds_every_series_of_the_name_only() {
+        let rendered = "# TYPE blox_events_applied_total counter\n\
+                        blox_events_applied_total{kind=\"task\"} 3\n\
+                        blox_events_applied_total{kind=\"instance\"} 4\n\
+                        blox_events_applied_total_other 100\n\
+                        blox_queue_lag_seconds 1.5\n";
+        assert_eq!(super::sum(rendered, "blox_events_applied_total"), Some(7.0));
+        assert_eq!(super::sum(rendered, "blox_queue_lag_seconds"), Some(1.5));
+        assert_eq!(super::sum(rendered, "blox_queue_messages"), None);
+    }
 }

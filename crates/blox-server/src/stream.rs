@@ -163,16 +163,7 @@ async fn open(
         }
         None => state.store.log_bounds().await?.head,
     };
-    let Ok(permit) = state.gates.streams.clone().try_acquire_owned() else {
-        metrics::counter!(crate::metrics::API_REQUESTS_REJECTED, "reason" => "streams").increment(1);
-        return Err(crate::limits::busy(
-            "TooManyStreams",
-            format!(
-                "{} streams are open, the most this server takes; retry later",
-                state.gates.limits.max_streams
-            ),
-        ));
-    };
+    let permit = permit(&state)?;
     let (tx, rx) = mpsc::channel::<Bytes>(state.stream.buffer.max(1));
     let pump = Pump {
         kind,
@@ -194,12 +185,30 @@ async fn open(
     Ok(response)
 }
 
-/// Counts open streams, whatever way the pump ends.
-struct ClientGauge(&'static str, Arc<AtomicUsize>);
+/// One of the `--max-streams` open streams (of every kind), or the 503 that says none is free.
+pub(crate) fn permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.gates.streams.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!(crate::metrics::API_REQUESTS_REJECTED, "reason" => "streams").increment(1);
+        crate::limits::busy(
+            "TooManyStreams",
+            format!(
+                "{} streams are open, the most this server takes; retry later",
+                state.gates.limits.max_streams
+            ),
+        )
+    })
+}
+
+/// Counts open streams, whatever way they end.
+pub(crate) struct ClientGauge(&'static str, Arc<AtomicUsize>);
 
 impl ClientGauge {
     fn open(kind: Kind, open: Arc<AtomicUsize>) -> ClientGauge {
-        let label = kind.name();
+        ClientGauge::labelled(kind.name(), open)
+    }
+
+    /// A stream that is not of an entity kind (`dashboard`: the live pages' events).
+    pub(crate) fn labelled(label: &'static str, open: Arc<AtomicUsize>) -> ClientGauge {
         metrics::gauge!(crate::metrics::STREAM_CLIENTS, "kind" => label).increment(1.0);
         open.fetch_add(1, Ordering::SeqCst);
         ClientGauge(label, open)

@@ -23,7 +23,7 @@ use blox_model::daemon::{
 };
 use blox_model::{ClusterName, ContainerInstance, Task};
 use blox_store::{Change, Filter, Kind, PageRequest, Store, StoreError};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::documents;
@@ -56,6 +56,9 @@ pub struct ViewState {
     pub instance_records: HashMap<ClusterName, HashMap<Arc<str>, (u64, bytes::Bytes)>>,
     /// The last change applied.
     pub applied: u64,
+    /// Every task's status, by cluster, for the dashboard's counts: complete once every task's group
+    /// is known ([`View::knows_task_groups`]), which loads them all.
+    pub task_statuses: HashMap<ClusterName, TaskTally>,
     /// While every task's group is being loaded (`task:group`; `View::task_groups`): the tasks whose
     /// changes the view applied meanwhile, which the load must not overwrite with what it read
     /// (maybe older). `None` when no load runs.
@@ -63,6 +66,78 @@ pub struct ViewState {
     /// Loads of the whole view so far: a load of the task groups begun before a reload stops.
     generation: u64,
 }
+
+/// What a task status ECS does not document is counted as.
+pub const OTHER_STATUS: &str = "OTHER";
+
+/// Every task of a cluster, counted by status (ECS's [`blox_model::TASK_STATUSES`], then
+/// [`OTHER_STATUS`]). Keyed by a hash of the ARN, as the cluster view's task groups are, so that
+/// 100,000 tasks cost ~2 MB rather than their ARNs.
+#[derive(Debug, Default)]
+pub struct TaskTally {
+    of: HashMap<u64, u8>,
+    counts: [u64; blox_model::TASK_STATUSES.len() + 1],
+}
+
+impl TaskTally {
+    /// A task's status now; `None` once it is deleted from the store.
+    fn note(&mut self, arn: &str, status: Option<&str>) {
+        let key = blox_model::daemon::task_key(arn);
+        if let Some(old) = self.of.remove(&key) {
+            self.counts[usize::from(old)] -= 1;
+        }
+        if let Some(status) = status {
+            let at = blox_model::TASK_STATUSES
+                .iter()
+                .position(|s| *s == status)
+                .unwrap_or(blox_model::TASK_STATUSES.len());
+            self.of.insert(key, at as u8);
+            self.counts[at] += 1;
+        }
+    }
+
+    /// How many tasks have each status, every status listed.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let names = blox_model::TASK_STATUSES.iter().copied().chain([OTHER_STATUS]);
+        names.zip(self.counts.iter().copied())
+    }
+
+    pub fn total(&self) -> u64 {
+        self.of.len() as u64
+    }
+}
+
+/// What one step of the change-log reader applied: the kinds, clusters and environments it touched.
+/// What live pages (the dashboard's server-sent events) follow: one reader feeds every subscriber.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    /// The last change applied.
+    pub seq: u64,
+    /// When the view applied it, in milliseconds since the epoch.
+    pub at_ms: u64,
+    /// The view reloaded (it fell behind the change log): anything may have changed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reload: bool,
+    pub kinds: BTreeSet<&'static str>,
+    pub clusters: BTreeSet<String>,
+    pub environments: BTreeSet<String>,
+}
+
+impl Applied {
+    /// Folds a later step into this one.
+    pub fn merge(&mut self, later: &Applied) {
+        self.seq = self.seq.max(later.seq);
+        self.at_ms = self.at_ms.max(later.at_ms);
+        self.reload |= later.reload;
+        self.kinds.extend(later.kinds.iter().copied());
+        self.clusters.extend(later.clusters.iter().cloned());
+        self.environments.extend(later.environments.iter().cloned());
+    }
+}
+
+/// Steps of the feed buffered per subscriber; one that falls further behind is told to reload.
+const FEED_CAPACITY: usize = 1_024;
 
 /// What the view keeps of a task outside the scheduler's groups: where it runs and its group (for
 /// `task:group`), read without parsing the rest of the body.
@@ -114,6 +189,18 @@ impl ViewState {
         })
     }
 
+    /// The environment a document belongs to, if any (looked up before the change is applied, so
+    /// that a deletion still finds its deployment).
+    fn environment_of(&self, doc: &blox_store::Document) -> Option<String> {
+        let of_deployment = |id: &str| self.deployments.get(id).map(|e| e.doc.environment.clone());
+        match doc.key.kind {
+            Kind::Environment => Some(doc.key.id.clone()),
+            Kind::Revision | Kind::Deployment => doc.started_by.clone(),
+            Kind::Intent | Kind::Failure | Kind::Task => doc.started_by.as_deref().and_then(of_deployment),
+            Kind::Instance | Kind::Name => None,
+        }
+    }
+
     /// Whether a task change can matter: started by a known deployment, or already in view.
     fn wants_task(&self, doc: &blox_store::Document) -> bool {
         doc.started_by
@@ -161,6 +248,11 @@ impl ViewState {
                 if let Some(touched) = &mut self.touched {
                     touched.insert(doc.key.id.clone());
                 }
+                let status = (!change.deleted).then_some(doc.status.as_str());
+                self.task_statuses
+                    .entry(cluster.clone())
+                    .or_default()
+                    .note(&doc.key.id, status);
                 if !self.wants_task(doc) {
                     let view = self.clusters.entry(cluster).or_default();
                     if change.deleted {
@@ -273,6 +365,8 @@ pub struct View {
     relevant: Mutex<Vec<u64>>,
     wake: Notify,
     clock: crate::clock::Clock,
+    /// What each step applied, for live pages.
+    feed: broadcast::Sender<Arc<Applied>>,
 }
 
 impl std::fmt::Debug for View {
@@ -292,7 +386,19 @@ impl View {
             relevant: Mutex::new(Vec::new()),
             wake: Notify::new(),
             clock,
+            feed: broadcast::channel(FEED_CAPACITY).0,
         })
+    }
+
+    /// Follows what the view applies from now on. A subscriber that falls more than
+    /// [`FEED_CAPACITY`] steps behind gets `Lagged` and should read everything anew.
+    pub fn feed(&self) -> broadcast::Receiver<Arc<Applied>> {
+        self.feed.subscribe()
+    }
+
+    /// Subscribers of the feed right now.
+    pub fn feed_subscribers(&self) -> usize {
+        self.feed.receiver_count()
     }
 
     /// A view fed from `store` until `shutdown`, its first load done before this returns.
@@ -375,13 +481,20 @@ impl View {
                     return;
                 }
                 let ViewState {
-                    clusters, touched, ..
+                    clusters,
+                    touched,
+                    task_statuses,
+                    ..
                 } = &mut *state;
                 for record in &page.items {
                     let doc = &record.doc;
                     if touched.as_ref().is_some_and(|t| t.contains(&doc.key.id)) {
                         continue;
                     }
+                    task_statuses
+                        .entry(doc.key.cluster.clone())
+                        .or_default()
+                        .note(&doc.key.id, Some(&doc.status));
                     match documents::parse_borrowed::<TaskPlacement<'_>>(doc) {
                         Ok(placement) => clusters
                             .entry(doc.key.cluster.clone())
@@ -544,6 +657,12 @@ impl View {
                         tracing::warn!(error = %err, "the view could not reload");
                     }
                     self.signal(vec![u64::MAX]);
+                    let _ = self.feed.send(Arc::new(Applied {
+                        seq: self.applied(),
+                        at_ms: (self.clock)(),
+                        reload: true,
+                        ..Applied::default()
+                    }));
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
@@ -561,9 +680,25 @@ impl View {
     fn apply(&self, changes: &[Change]) {
         let now = (self.clock)();
         let mut relevant = Vec::new();
+        // Only worked out while somebody follows the feed.
+        let mut applied = (self.feed.receiver_count() > 0).then(|| Applied {
+            at_ms: now,
+            ..Applied::default()
+        });
         let last = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             for change in changes {
+                if let Some(applied) = &mut applied
+                    && change.seq > state.applied
+                {
+                    applied.kinds.insert(change.doc.key.kind.name());
+                    if change.doc.key.kind != Kind::Name {
+                        applied.clusters.insert(change.doc.key.cluster.to_string());
+                    }
+                    if let Some(environment) = state.environment_of(&change.doc) {
+                        applied.environments.insert(environment);
+                    }
+                }
                 match state.apply(change, now) {
                     Ok(true) => relevant.push(change.seq),
                     Ok(false) => {}
@@ -578,6 +713,13 @@ impl View {
         // change up to it queued.
         self.signal(relevant);
         self.applied.send_replace(last);
+        if let Some(mut applied) = applied
+            && !applied.kinds.is_empty()
+        {
+            applied.seq = last;
+            // No subscriber left is no error.
+            let _ = self.feed.send(Arc::new(applied));
+        }
     }
 
     fn signal(&self, relevant: Vec<u64>) {

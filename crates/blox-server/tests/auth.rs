@@ -101,7 +101,7 @@ async fn call(
         .get(header::WWW_AUTHENTICATE)
         .map(|v| v.to_str().unwrap().to_owned());
     // A stream's body never ends: its status is the answer.
-    let body = if uri.starts_with("/v1/stream/") && status == StatusCode::OK {
+    let body = if (uri.starts_with("/v1/stream/") || uri == "/ui/api/events") && status == StatusCode::OK {
         Value::Null
     } else {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -270,6 +270,29 @@ fn table() -> Vec<Row> {
         // Open to everyone.
         row(get.clone(), "/healthz", "/healthz", None, 200),
         row(get.clone(), "/readyz", "/readyz", None, 200),
+        // The dashboard's page, assets and session probe: no data in them.
+        row(get.clone(), "(dashboard)", "/", None, 307),
+        row(get.clone(), "(dashboard)", "/ui/", None, 200),
+        row(get.clone(), "(dashboard)", "/ui/environments/web", None, 200),
+        row(get.clone(), "(dashboard)", "/ui/assets/app.js", None, 200),
+        row(get.clone(), "/ui/api/session", "/ui/api/session", None, 200),
+        // The dashboard's data.
+        row(get.clone(), "/ui/api/overview", "/ui/api/overview", None, 200),
+        row(
+            get.clone(),
+            "/ui/api/clusters/{cluster}",
+            "/ui/api/clusters/prod",
+            None,
+            200,
+        ),
+        row(
+            get.clone(),
+            "/ui/api/environments/{name}",
+            "/ui/api/environments/web",
+            None,
+            200,
+        ),
+        row(get.clone(), "/ui/api/events", "/ui/api/events", None, 200),
         // Reads.
         row(get.clone(), "/metrics", "/metrics", None, 200),
         row(get.clone(), "/openapi.json", "/openapi.json", None, 200),
@@ -538,7 +561,8 @@ async fn every_route_needs_a_token_of_the_right_role() {
         );
 
         let path = secured.path(row.path);
-        let is_open = ["/healthz", "/readyz"].contains(&row.path);
+        let is_open =
+            ["/healthz", "/readyz", "/ui/api/session"].contains(&row.path) || row.template == "(dashboard)";
         let none = call(&secured.router, &row.method, &path, body, None).await;
         let with_read = call(&secured.router, &row.method, &path, body, Some(&read)).await;
         let with_admin = call(&secured.router, &row.method, &path, body, Some(&admin)).await;

@@ -2138,3 +2138,306 @@ async fn one_name_created_at_once_in_two_clusters_is_created_once() {
     .await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
 }
+
+// ---- the dashboard's JSON and events ---------------------------------------------------------------
+
+#[tokio::test]
+async fn dashboard_answers_what_the_api_answers() {
+    let account = account(3);
+    let app = app(&account, V03Errors::Json).await;
+    ok(
+        &app,
+        Method::POST,
+        "/v1/prod/environments",
+        Some(json!({"environmentName": "web", "taskDefinition": "daemon:1"})),
+    )
+    .await;
+    let started = ok(
+        &app,
+        Method::POST,
+        "/v1/prod/environments/web/deployments?revisionId=1",
+        None,
+    )
+    .await;
+    let deployment = str_of(&started, "/deploymentId").to_owned();
+    let head = app.state.store.log_bounds().await.expect("bounds").head;
+    assert!(app.state.view.caught_up(head, DEADLINE).await);
+
+    // The overview counts every task once they have all been read (the first ask starts it).
+    let running = ok(&app, Method::GET, "/v1/tasks?cluster=prod&status=RUNNING", None).await["items"]
+        .as_array()
+        .expect("items")
+        .len() as u64;
+    wait_until("the overview counts tasks", DEADLINE, || async {
+        !ok(&app, Method::GET, "/ui/api/overview", None).await["clusters"][0]["tasksByStatus"].is_null()
+    })
+    .await;
+    let overview = ok(&app, Method::GET, "/ui/api/overview", None).await;
+    let prod = overview["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .find(|c| c["cluster"] == "prod")
+        .unwrap_or_else(|| panic!("prod in {overview}"));
+    assert_eq!(prod["instances"], 3, "{prod}");
+    assert_eq!(prod["instancesByStatus"], json!({"ACTIVE": 3}), "{prod}");
+    assert_eq!(prod["tasksByStatus"]["RUNNING"], running, "{prod}");
+    assert_eq!(prod["environments"], json!(["web"]), "{prod}");
+    let web = &overview["environments"][0];
+    assert_eq!(web["environmentName"], "web", "{overview}");
+    assert_eq!(web["activeDeploymentId"], deployment.as_str());
+    // No executor runs here: the deployment stays pending, every instance waits for its daemon.
+    assert_eq!(web["activeDeploymentStatus"], "pending");
+    assert_eq!(web["counts"], json!({"desired": 3, "healthy": 0, "total": 0}));
+    assert_eq!(web["coverage"], json!({"missing": 3}));
+    assert_eq!(overview["deadLetters"], 0);
+    assert_eq!(overview["reconcile"]["ready"], true);
+
+    let grid = ok(&app, Method::GET, "/ui/api/clusters/prod", None).await;
+    assert_eq!(grid["environments"], json!(["web"]));
+    assert_eq!(grid["total"], 3);
+    let arns = |grid: &Value| -> Vec<String> {
+        grid["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .map(|i| i["containerInstanceArn"].as_str().expect("an ARN").to_owned())
+            .collect()
+    };
+    let listed = ok(&app, Method::GET, "/v1/instances?cluster=prod", None).await;
+    let mut expected: Vec<String> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| str_of(i, "/entity/containerInstanceARN").to_owned())
+        .collect();
+    expected.sort();
+    assert_eq!(
+        arns(&grid),
+        expected,
+        "the grid holds the cluster's instances in ARN order"
+    );
+    for instance in grid["instances"].as_array().expect("instances") {
+        assert_eq!(instance["coverage"], json!(["missing"]), "{instance}");
+        assert_eq!(instance["status"], "ACTIVE");
+    }
+    let matching = ok(
+        &app,
+        Method::GET,
+        "/ui/api/clusters/prod?filter=attribute%3Aecs.instance-type%20%3D%3D%20m5.large",
+        None,
+    )
+    .await;
+    assert_eq!(arns(&matching), expected);
+    let none = ok(
+        &app,
+        Method::GET,
+        "/ui/api/clusters/prod?filter=attribute%3Aecs.instance-type%20%3D%3D%20t3.micro",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (none["instances"].as_array().map(Vec::len), &none["total"]),
+        (Some(0), &json!(3))
+    );
+
+    let page = ok(&app, Method::GET, "/ui/api/environments/web", None).await;
+    // The page's environment, deployments and revisions are the v1.0 API's answers.
+    let described = ok(&app, Method::GET, "/v1/prod/environments/web", None).await;
+    assert_eq!(page["environment"], described["environment"]);
+    let deployments = ok(&app, Method::GET, "/v1/prod/environments/web/deployments", None).await;
+    assert_eq!(page["deployments"], deployments["deployments"]);
+    let revisions = ok(&app, Method::GET, "/v1/prod/environments/web/revisions", None).await;
+    assert_eq!(page["revisions"], revisions["revisions"]);
+    let rollout = &page["rollout"];
+    assert_eq!(rollout["deploymentId"], deployment.as_str());
+    assert_eq!(rollout["deploymentStatus"], "pending");
+    assert_eq!(rollout["deploymentMethod"], "TerminateThenReplace");
+    assert_eq!(
+        [
+            &rollout["eligible"],
+            &rollout["healthy"],
+            &rollout["outdated"],
+            &rollout["complete"]
+        ],
+        [&json!(3), &json!(0), &json!(0), &json!(false)],
+        "{rollout}"
+    );
+    assert_eq!(rollout["coverage"], json!({"missing": 3}));
+    let cells: Vec<&str> = rollout["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|c| c["coverage"].as_str().expect("coverage"))
+        .collect();
+    assert_eq!(cells, ["missing"; 3]);
+    let session = ok(&app, Method::GET, "/ui/api/session", None).await;
+    assert_eq!(
+        (&session["role"], &session["auth"]),
+        (&json!("admin"), &json!(false))
+    );
+}
+
+#[tokio::test]
+async fn dashboard_routes_answer_bad_input_with_the_field() {
+    let account = account(1);
+    let app = app(&account, V03Errors::Json).await;
+    // (path, status, code, field)
+    let cases = [
+        (
+            "/ui/api/clusters/prod?filter=attribute%3A",
+            400,
+            Some("InvalidQuery"),
+            Some("filter"),
+        ),
+        ("/ui/api/clusters/prod?limit=3", 400, None, Some("limit")),
+        ("/ui/api/clusters/nowhere", 404, Some("ClusterNotFound"), None),
+        (
+            "/ui/api/environments/nope",
+            404,
+            Some("EnvironmentNotFound"),
+            None,
+        ),
+        ("/ui/api/nothing/here", 404, Some("UnknownRoute"), None),
+        ("/ui/assets/nothing.js", 404, Some("UnknownAsset"), None),
+    ];
+    for (uri, status, code, field) in cases {
+        let answer = send(&app.router, Method::GET, uri, None, HeaderMap::new()).await;
+        assert_eq!(answer.status.as_u16(), status, "{uri}: {}", answer.body);
+        assert_eq!(answer.content_type, "application/json", "{uri}");
+        if let Some(code) = code {
+            assert_eq!(answer.body["code"], code, "{uri}: {}", answer.body);
+        }
+        assert_eq!(answer.body["field"].as_str(), field, "{uri}: {}", answer.body);
+        assert!(
+            answer.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{uri}: {}",
+            answer.body
+        );
+    }
+    // The page: `/` sends the browser to it; every address under /ui/ is the same page.
+    let root = get_response(&app.router, "/").await;
+    assert_eq!(root.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(root.headers()[header::LOCATION], "/ui/");
+    for uri in [
+        "/ui/",
+        "/ui/clusters/prod",
+        "/ui/environments/web",
+        "/ui/tasks/prod/x",
+    ] {
+        let page = send(&app.router, Method::GET, uri, None, HeaderMap::new()).await;
+        assert_eq!(page.status, StatusCode::OK, "{uri}");
+        assert!(
+            page.content_type.starts_with("text/html"),
+            "{uri}: {}",
+            page.content_type
+        );
+        assert!(
+            page.body
+                .as_str()
+                .is_some_and(|b| b.contains("/ui/assets/app.js")),
+            "{uri}"
+        );
+    }
+    let script = send(
+        &app.router,
+        Method::GET,
+        "/ui/assets/app.js",
+        None,
+        HeaderMap::new(),
+    )
+    .await;
+    assert!(
+        script.content_type.starts_with("text/javascript"),
+        "{}",
+        script.content_type
+    );
+}
+
+/// A GET's response as it is (its body not read: it may never end).
+async fn get_response(router: &Router, uri: &str) -> axum::response::Response {
+    router
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Reads a server-sent event stream until an event of `name` whose data `wanted` accepts.
+async fn next_event(
+    body: &mut (impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin),
+    buffer: &mut String,
+    name: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    use futures::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut event = "message";
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(rest) = line.strip_prefix("event:") {
+                    event = if rest.trim() == name { name } else { "other" };
+                } else if let Some(rest) = line.strip_prefix("data:") {
+                    data.push_str(rest.trim());
+                }
+            }
+            if event == name {
+                let value: Value = serde_json::from_str(&data).expect("JSON data");
+                if wanted(&value) {
+                    return value;
+                }
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {name} event in time; read {buffer:?}"))
+            .expect("the stream goes on")
+            .expect("a chunk");
+        buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+    }
+}
+
+#[tokio::test]
+async fn dashboard_events_name_what_changed() {
+    let account = account(2);
+    let app = app(&account, V03Errors::Json).await;
+    let response = get_response(&app.router, "/ui/api/events").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = response.into_body().into_data_stream();
+    let mut buffer = String::new();
+    let ready = next_event(&mut body, &mut buffer, "ready", |_| true).await;
+    assert!(ready["seq"].as_u64().is_some(), "{ready}");
+    assert_eq!(app.state.view.feed_subscribers(), 1);
+
+    ok(
+        &app,
+        Method::POST,
+        "/v1/prod/environments",
+        Some(json!({"environmentName": "web", "taskDefinition": "daemon:1"})),
+    )
+    .await;
+    let change = next_event(&mut body, &mut buffer, "change", |c| {
+        c["environments"] == json!(["web"])
+    })
+    .await;
+    assert!(
+        change["kinds"]
+            .as_array()
+            .is_some_and(|k| k.contains(&json!("environment"))),
+        "{change}"
+    );
+    assert_eq!(change["clusters"], json!(["prod"]));
+    assert!(
+        change["seq"].as_u64() > ready["seq"].as_u64(),
+        "{change} after {ready}"
+    );
+    drop(body);
+    wait_until("the subscriber is gone", DEADLINE, || async {
+        app.state.view.feed_subscribers() == 0
+    })
+    .await;
+}

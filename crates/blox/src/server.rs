@@ -558,6 +558,10 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     };
 
     let scheme = if security.tls.is_some() { "https" } else { "http" };
+    if banner.is_some() {
+        // `blox up` is for people: where to look comes first.
+        println!("blox dashboard: {scheme}://{address}/ui/");
+    }
     // Tests and scripts read this line to find the port.
     println!("{}{scheme}://{address}", blox_api::LISTENING_PREFIX);
     tracing::info!(%address, scheme, store = %args.store, queue = ?args.queue, ecs = %args.ecs, replica = %replica, "blox server started");
@@ -648,7 +652,8 @@ fn print_banner(banner: &Banner, sim: &blox_sim::Simulator, endpoint: &str) {
     };
     println!(
         "\nblox is up with a simulated ECS account: {} clusters ({}), {instances} container instances, {tasks} tasks, {churn}.\n\
-         \n  API          {endpoint}/v1/instances   {endpoint}/v1/tasks\n\
+         \n  dashboard    {endpoint}/ui/\n\
+         \x20 API          {endpoint}/v1/instances   {endpoint}/v1/tasks\n\
          \x20 API docs     {endpoint}/docs\n\
          \x20 metrics      {endpoint}/metrics\n\
          \x20 data         {} (kept across runs; delete it to start afresh)\n\

@@ -30,14 +30,14 @@ pub use docs::{
 };
 pub use lifecycle::{Changes, CommandError, Doc, Observed, Snapshot};
 pub use plan::{
-    Active, CanaryPlan, FailedTask, Fleet, IntentRef, IntentState, Plan, PlanInput, Stop, StopReason,
-    Uncovered, plan,
+    Active, CanaryPlan, Coverage, FailedTask, Fleet, IntentRef, IntentState, Plan, PlanInput, Stop,
+    StopReason, Uncovered, plan,
 };
 pub use preview::{Action, Preview, PreviewBatch, PreviewInput, preview};
 pub use time::parse_rfc3339_ms;
 pub use view::{
     ClusterView, GroupTasks, HealthStatus, InstanceStatus, InstanceSubject, InstanceView, TaskStatus,
-    TaskView,
+    TaskView, task_key,
 };
 
 use crate::entity::FieldError;

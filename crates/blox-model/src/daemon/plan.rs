@@ -99,6 +99,46 @@ pub struct Plan {
     /// task of an older revision is not counted while the deployment is in progress (the rollout
     /// will reach it), nor is one the canary holds back.
     pub uncovered: Vec<Uncovered>,
+    /// Each instance's daemon to the active deployment, in the order of `cluster.instances()` (what
+    /// the dashboard's grids colour); empty when nothing is deployed or the environment is deleting.
+    pub coverage: Vec<Coverage>,
+}
+
+/// What an instance's daemon is to the active deployment: one cell of a rollout grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Coverage {
+    /// Eligible, with a healthy task of the active revision.
+    Healthy,
+    /// Eligible, with a task of the active revision (or its start) not yet healthy.
+    Starting,
+    /// Eligible, still served (or left) by an older revision's task.
+    Old,
+    /// Eligible, ECS refusing the start here (a failed attempt, in back-off).
+    Failed,
+    /// Eligible, with no task of the environment.
+    Missing,
+    /// Eligible, held back by the canary until promotion.
+    Held,
+    /// Draining or agent-disconnected: its daemon is kept, none is started.
+    Kept,
+    /// Not the environment's (outside its instance group, or gone).
+    Excluded,
+}
+
+impl Coverage {
+    /// Its wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Coverage::Healthy => "healthy",
+            Coverage::Starting => "starting",
+            Coverage::Old => "old",
+            Coverage::Failed => "failed",
+            Coverage::Missing => "missing",
+            Coverage::Held => "held",
+            Coverage::Kept => "kept",
+            Coverage::Excluded => "excluded",
+        }
+    }
 }
 
 /// A deployment's canary as the planner sees it.
@@ -518,6 +558,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
         }
         match role {
+            Role::Evict(_) => plan.coverage.push(Coverage::Excluded),
+            Role::Keep => plan.coverage.push(Coverage::Kept),
+            Role::Eligible => {}
+        }
+        match role {
             Role::Evict(reason) => {
                 // A task already asked to stop on an instance that is gone or cut off may never be
                 // seen STOPPED (ECS orphans tasks of a deregistered instance): it does not hold up
@@ -579,6 +624,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     // above, and an older task beside a healthy task of the revision (a replacement
                     // an earlier deployment finished here) gives way, which lowers no coverage.
                     plan.fleet.held += 1;
+                    plan.coverage.push(if target_healthy {
+                        Coverage::Healthy
+                    } else {
+                        Coverage::Held
+                    });
                     if target.is_empty() && old.is_empty() && !is_blocked {
                         held_without_daemon += 1;
                     }
@@ -627,6 +677,17 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
                 let in_back_off = (!fresh.is_empty() && fresh.contains(arn))
                     || failure.is_some_and(|f| f.retry_at_ms > input.now_ms);
+                plan.coverage.push(if target_healthy {
+                    Coverage::Healthy
+                } else if best_target.is_some() || is_blocked {
+                    Coverage::Starting
+                } else if in_back_off || failure.is_some() {
+                    Coverage::Failed
+                } else if best_old.is_some() || here.iter().any(|t| t.occupying()) {
+                    Coverage::Old
+                } else {
+                    Coverage::Missing
+                });
                 match (best_target, best_old) {
                     (Some(_), old_task) => {
                         // Two tasks on the instance until the old one has stopped.

@@ -474,7 +474,7 @@ pub struct ClusterView {
 
 /// The key of a task in [`ClusterView::task_groups`]: SipHash with fixed keys, so that ARNs that
 /// differ in a few characters do not collide (FxHash gives no such promise).
-fn task_key(arn: &str) -> u64 {
+pub fn task_key(arn: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     arn.hash(&mut hasher);
     hasher.finish()
