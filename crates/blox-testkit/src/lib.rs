@@ -9,9 +9,11 @@
 //! - [`BloxProcess`]: runs the blox binary and finds the address it serves on; [`Api`]: JSON requests
 //!   to it, `/metrics` samples and v1.0 deployments;
 //! - [`StartTaskFaultProxy`]: a proxy in front of moto that fails StartTask calls on demand, before
-//!   or after moto acts ([`StartTaskFault`]).
+//!   or after moto acts ([`StartTaskFault`]);
+//! - [`Browser`]: a real headless Chromium through a private chromedriver, for the dashboard's tests.
 
 mod api;
+mod browser;
 pub mod entities;
 mod etcd;
 mod events;
@@ -22,6 +24,7 @@ mod proxy;
 mod wait;
 
 pub use api::{Api, deployment_id, metric_sum};
+pub use browser::Browser;
 pub use etcd::{Etcd, EtcdOptions};
 pub use events::{EventFeed, instance_event, task_event};
 pub use fixture::{EcsFixture, tasks_by_instance};
