@@ -21,6 +21,7 @@
 //! Data is synthetic and seeded ([`workload`], and the simulator's seed), so that runs on the same
 //! sizes compare. Figures are printed as a table and written as JSON.
 
+mod dashboard;
 mod process;
 mod query;
 mod replicas;
@@ -106,6 +107,12 @@ pub struct BenchArgs {
     /// Only the etcd scenario.
     #[arg(long, conflicts_with_all = ["no_etcd", "sim_only", "scheduler_only"])]
     etcd_only: bool,
+    /// Skip the dashboard scenario (browsers' event streams during a rollout).
+    #[arg(long)]
+    no_dashboard: bool,
+    /// Only the dashboard scenario.
+    #[arg(long, conflicts_with_all = ["no_dashboard", "sim_only", "scheduler_only", "etcd_only", "no_sim"])]
+    dashboard_only: bool,
     /// A small workload, for smoke tests. Sizes given explicitly still apply.
     #[arg(long)]
     quick: bool,
@@ -142,6 +149,7 @@ pub struct Params {
     pub cluster_state: bool,
     pub simulator: bool,
     pub etcd: bool,
+    pub dashboard: bool,
     pub describe_threads: usize,
     pub describe_secs: f64,
     pub churn_rate: f64,
@@ -180,9 +188,10 @@ impl Params {
             // commit and its own wake-up of every stream.
             stream_interval_ms: 10,
             seed: args.seed,
-            cluster_state: !args.sim_only && !args.scheduler_only && !args.etcd_only,
-            simulator: !args.no_sim && !args.etcd_only,
-            etcd: !args.no_etcd && !args.sim_only && !args.scheduler_only,
+            cluster_state: !args.sim_only && !args.scheduler_only && !args.etcd_only && !args.dashboard_only,
+            simulator: !args.no_sim && !args.etcd_only && !args.dashboard_only,
+            etcd: !args.no_etcd && !args.sim_only && !args.scheduler_only && !args.dashboard_only,
+            dashboard: !args.no_dashboard && !args.no_sim && !args.etcd_only && !args.scheduler_only,
             describe_threads: args.describe_threads.unwrap_or(2).max(1),
             describe_secs: args
                 .describe_duration
@@ -273,6 +282,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             sim::run(&mut bench, &dir).await?;
         }
         scheduler::run(&mut bench, &dir, args.quick).await?;
+    }
+    if bench.params.dashboard {
+        dashboard::run(&mut bench, &dir, args.quick).await?;
     }
 
     println!("blox bench — {}", machine.describe());

@@ -97,6 +97,13 @@ const FIGURES: &[&str] = &[
     "instances replaced",
     "batches planned",
     "estimated rollout time (estimated_seconds)",
+    // The dashboard's.
+    "rollout (deployment write → completed)",
+    "events received per browser",
+    "page refreshes per browser",
+    "event → page data p50",
+    "event → page data p99",
+    "server CPU during the rollout",
 ];
 
 /// Figures that may well be zero on a run this small (nothing throttled, no lag left, a flat or

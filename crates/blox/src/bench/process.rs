@@ -109,6 +109,10 @@ impl Server {
         })
     }
 
+    pub(crate) fn pid(&self) -> Result<u32> {
+        self.child.id().context("the server's pid")
+    }
+
     fn memory(&self) -> Result<Memory> {
         memory(self.child.id().context("the server's pid")?)
     }

@@ -351,7 +351,7 @@ fn fresh_store(dir: &Path, name: &str) -> Result<Arc<RedbStore>> {
     ))
 }
 
-async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut done: F) -> Result<()>
+pub(crate) async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut done: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
