@@ -29,8 +29,11 @@ pub struct Overview {
     pub ingest: IngestSummary,
     pub reconcile: Readiness,
     pub leader: LeaderStatus,
-    /// Events parked as dead letters (`GET /v1/dead-letters`).
+    /// Events parked as dead letters (`GET /v1/dead-letters`), counted up to 100,000.
     pub dead_letters: u64,
+    /// There are at least `deadLetters` (the count stopped there).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead_letters_at_least: bool,
     /// The change log's last sequence number.
     pub change_log_head: u64,
 }
@@ -65,7 +68,7 @@ pub struct IngestSummary {
     /// Age of the oldest message in the queue, as last sampled (`blox_queue_lag_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_lag_seconds: Option<f64>,
-    /// Messages waiting in the queue (`blox_queue_messages`).
+    /// Messages visible in the queue, waiting to be received (`blox_queue_messages{state="visible"}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_messages: Option<f64>,
 }
@@ -180,6 +183,10 @@ pub struct Rollout {
     pub coverage: BTreeMap<String, u64>,
     /// In ARN order.
     pub instances: Vec<GridCell>,
+    /// What the lifecycle lets a user do now: `deploy`, `stop`, `promote`, `rollback`, `freeze`,
+    /// `thaw` (a deploy of an older revision is a rollback: the deploy route refuses it without
+    /// `rollback=true`).
+    pub actions: Vec<String>,
 }
 
 /// An instance's daemon to the active deployment.
@@ -189,7 +196,7 @@ pub struct GridCell {
     pub container_instance_arn: String,
     /// `healthy` (a healthy task of the active revision), `starting`, `old` (an older revision's
     /// task), `failed` (ECS refuses starts here), `missing`, `held` (by the canary), `kept` (draining
-    /// or disconnected: kept, not started), `excluded` (not in the instance group), or `none` (nothing
-    /// deployed).
+    /// or disconnected: kept, not started), `excluded` (should have none: outside the instance group,
+    /// draining under stopOnDrain, or gone), or `none` (nothing deployed).
     pub coverage: String,
 }

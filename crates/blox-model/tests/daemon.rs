@@ -1186,6 +1186,15 @@ impl Sim {
             plan.fleet.eligible,
             "step {step}: eligible cells"
         );
+        assert_eq!(
+            cells(&[Coverage::Failed]),
+            plan.fleet.failing,
+            "step {step}: failed cells"
+        );
+        assert!(
+            cells(&[Coverage::Held]) <= plan.fleet.held,
+            "step {step}: held cells"
+        );
         let bound = self.refused.get(&d.id).copied().unwrap_or(0)
             + self
                 .tasks

@@ -363,7 +363,7 @@ pub fn check(tokens: Option<&Tokens>, request: &mut Request) -> Result<(), Refus
     Ok(())
 }
 
-/// Declares the bearer scheme in the OpenAPI document: every operation but those of [`OPEN_PATHS`]
+/// Declares the bearer scheme in the OpenAPI document: every operation but those of [`is_open`]
 /// takes a token when blox runs with a token file (and none otherwise), may answer 401, and a
 /// write 403.
 pub struct BearerDoc;
@@ -404,7 +404,7 @@ impl utoipa::Modify for BearerDoc {
             SecurityRequirement::default(),
         ];
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if OPEN_PATHS.contains(&path.as_str()) {
+            if is_open(path) {
                 continue;
             }
             let operations = [

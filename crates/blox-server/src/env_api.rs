@@ -528,6 +528,16 @@ pub fn want_task_groups(state: &AppState, stored: &Stored) {
 
 /// [`live`] within a read of the view (after [`want_task_groups`]).
 pub fn live_in(view: &crate::view::ViewState, stored: &Stored) -> Live {
+    live_with(view, stored, true)
+}
+
+/// [`live_in`] without the counts of the revisions that are not active (their plans): for answers
+/// that show only the active deployment's. `by_task_definition` then holds the active one's alone.
+pub fn active_in(view: &crate::view::ViewState, stored: &Stored) -> Live {
+    live_with(view, stored, false)
+}
+
+fn live_with(view: &crate::view::ViewState, stored: &Stored, every_revision: bool) -> Live {
     let snapshot = &stored.snapshot;
     let env = stored.environment();
     let ids = snapshot.deployment_ids();
@@ -579,6 +589,7 @@ pub fn live_in(view: &crate::view::ViewState, stored: &Stored) -> Live {
         }
         let counts = match active_deployment {
             Some(d) if d.task_definition == revision.task_definition => plan.counts,
+            _ if !every_revision => continue,
             _ => {
                 // A deployment that exists only to count the revision's tasks.
                 let probe = Deployment {

@@ -167,11 +167,23 @@ struct RouteHandles {
 /// The sum of every series of `name` in a rendering of the metrics; `None` when it has none (never
 /// recorded). For the dashboard, which shows the same numbers as `/metrics`.
 pub fn sum(rendered: &str, name: &str) -> Option<f64> {
+    sum_where(rendered, name, "")
+}
+
+/// [`sum`] of the series whose labels hold `label` (e.g. `state="visible"`).
+pub fn sum_where(rendered: &str, name: &str, label: &str) -> Option<f64> {
     let mut total = None;
     for line in rendered.lines() {
         let Some(rest) = line.strip_prefix(name) else {
             continue;
         };
+        if !label.is_empty()
+            && !rest
+                .split_once('}')
+                .is_some_and(|(labels, _)| labels.contains(label))
+        {
+            continue;
+        }
         // `name{labels} value` or `name value`, not a longer name that starts with this one.
         let value = match rest.as_bytes().first() {
             Some(b'{') => rest.rsplit_once('}').map(|(_, v)| v),
@@ -197,5 +209,9 @@ mod tests {
         assert_eq!(super::sum(rendered, "blox_events_applied_total"), Some(7.0));
         assert_eq!(super::sum(rendered, "blox_queue_lag_seconds"), Some(1.5));
         assert_eq!(super::sum(rendered, "blox_queue_messages"), None);
+        assert_eq!(
+            super::sum_where(rendered, "blox_events_applied_total", "kind=\"task\""),
+            Some(3.0)
+        );
     }
 }

@@ -2271,6 +2271,8 @@ async fn dashboard_answers_what_the_api_answers() {
         .map(|c| c["coverage"].as_str().expect("coverage"))
         .collect();
     assert_eq!(cells, ["missing"; 3]);
+    // What the lifecycle allows now: no completed deployment to roll back to, no canary to promote.
+    assert_eq!(rollout["actions"], json!(["deploy", "freeze", "stop"]));
     let session = ok(&app, Method::GET, "/ui/api/session", None).await;
     assert_eq!(
         (&session["role"], &session["auth"]),
@@ -2292,6 +2294,22 @@ async fn dashboard_routes_answer_bad_input_with_the_field() {
         ),
         ("/ui/api/clusters/prod?limit=3", 400, None, Some("limit")),
         ("/ui/api/clusters/nowhere", 404, Some("ClusterNotFound"), None),
+        (
+            "/ui/api/clusters/not%20a%20cluster",
+            400,
+            Some("InvalidCluster"),
+            Some("cluster"),
+        ),
+        (
+            "/ui/api/environments/not%20a%20name",
+            400,
+            Some("InvalidName"),
+            Some("name"),
+        ),
+        ("/ui/api/environments/web?x=1", 400, None, Some("x")),
+        ("/ui/api/overview?x=1", 400, None, Some("x")),
+        ("/ui/api/session?x=1", 400, None, Some("x")),
+        ("/ui/api/events?x=1", 400, None, Some("x")),
         (
             "/ui/api/environments/nope",
             404,

@@ -113,15 +113,16 @@ pub enum Coverage {
     Starting,
     /// Eligible, still served (or left) by an older revision's task.
     Old,
-    /// Eligible, ECS refusing the start here (a failed attempt, in back-off).
+    /// Eligible, ECS refusing starts here (counted in `Fleet::failing`).
     Failed,
-    /// Eligible, with no task of the environment.
+    /// Eligible, with no live task of the environment (maybe one still stopping).
     Missing,
     /// Eligible, held back by the canary until promotion.
     Held,
     /// Draining or agent-disconnected: its daemon is kept, none is started.
     Kept,
-    /// Not the environment's (outside its instance group, or gone).
+    /// Should have none of the environment's tasks: outside its instance group, draining under
+    /// `stopOnDrain`, or no longer ACTIVE or DRAINING.
     Excluded,
 }
 
@@ -479,6 +480,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     let config = &active.revision.deployment_configuration;
     let method = active.revision.deployment_method;
+    plan.coverage.reserve_exact(cluster.instance_count());
     plan.acting = !env.frozen && active.deployment.status.acts();
     let canary = canary_set(input, &active, &judge);
     if let Some((set, recorded)) = &canary {
@@ -677,17 +679,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
                 let in_back_off = (!fresh.is_empty() && fresh.contains(arn))
                     || failure.is_some_and(|f| f.retry_at_ms > input.now_ms);
-                plan.coverage.push(if target_healthy {
-                    Coverage::Healthy
-                } else if best_target.is_some() || is_blocked {
-                    Coverage::Starting
-                } else if in_back_off || failure.is_some() {
-                    Coverage::Failed
-                } else if best_old.is_some() || here.iter().any(|t| t.occupying()) {
-                    Coverage::Old
-                } else {
-                    Coverage::Missing
-                });
+                // Each arm names the instance's cell where it counts it: `Failed` exactly where
+                // `failing` is counted.
+                let coverage;
                 match (best_target, best_old) {
                     (Some(_), old_task) => {
                         // Two tasks on the instance until the old one has stopped.
@@ -710,42 +704,59 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                             }
                         }
                         busy |= target.len() > 1 || old.len() > 1;
+                        coverage = if target_healthy {
+                            Coverage::Healthy
+                        } else {
+                            Coverage::Starting
+                        };
                     }
                     (None, Some(old_task)) => {
                         busy = true;
                         plan.fleet.outdated += 1;
-                        if is_blocked {
+                        coverage = if is_blocked {
                             // A start beside it is in flight.
+                            Coverage::Starting
                         } else if method == DeploymentMethod::ReplaceThenTerminate && doubled {
                             // Another task of the environment is still stopping here (a replacement
                             // that crashed, a duplicate): a start now would be one where a task may
                             // still be, and would skip the back-off of a crash not yet STOPPED.
+                            Coverage::Old
                         } else if in_back_off {
                             plan.wait(arn, failure, &fresh);
                             plan.fleet.failing += 1;
+                            Coverage::Failed
                         } else {
                             outdated.push(Outdated {
                                 instance: arn,
                                 task: old_task,
                                 healthy: old_healthy,
                             });
-                        }
+                            Coverage::Old
+                        };
                     }
                     (None, None) => {
                         busy = true;
-                        if here.iter().any(|t| t.occupying()) || is_blocked {
-                            // A task still stopping, or a start in flight.
+                        coverage = if is_blocked {
+                            Coverage::Starting
+                        } else if here.iter().any(|t| t.occupying()) {
+                            // A task still stopping: no daemon serves the instance.
+                            Coverage::Missing
                         } else if in_back_off {
                             plan.wait(arn, failure, &fresh);
                             plan.fleet.failing += 1;
+                            Coverage::Failed
                         } else {
+                            new_starts.push(arn.to_owned());
                             if failure.is_some() {
                                 plan.fleet.failing += 1;
+                                Coverage::Failed
+                            } else {
+                                Coverage::Missing
                             }
-                            new_starts.push(arn.to_owned());
-                        }
+                        };
                     }
                 }
+                plan.coverage.push(coverage);
             }
         }
     }

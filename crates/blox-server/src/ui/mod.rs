@@ -30,7 +30,7 @@ use crate::auth::{Refusal, Role};
 use crate::env_api;
 use crate::environments::{self, Stored};
 use crate::error::ApiError;
-use crate::query::Params;
+use crate::query::{Params, parse_cluster};
 use crate::view::{Applied, TaskTally};
 
 /// The live pages' event stream.
@@ -138,28 +138,39 @@ async fn unknown_data(Path(rest): Path<String>) -> ApiError {
 /// What the caller's token may do, for the page to ask for one or hide its actions. Answers without
 /// a token (`role` null); a token that is not valid is refused as everywhere else.
 #[utoipa::path(get, path = "/ui/api/session", tag = "dashboard",
-    responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
-pub async fn session(State(state): State<Arc<AppState>>, method: Method, headers: HeaderMap) -> Response {
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn session(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
     let role = match &state.auth {
         // Without a token file every request may do everything.
         None => Some(Role::Admin),
         Some(tokens) => match crate::auth::authenticate(tokens, &headers) {
             Ok(role) => Some(role),
             Err(Refusal::Missing) => None,
-            Err(refusal) => return refusal.response(&method),
+            Err(refusal) => return Ok(refusal.response(&method)),
         },
     };
-    Json(Session {
+    Ok(Json(Session {
         role: role.map(|r| r.name().to_owned()),
         auth: state.auth.is_some(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     })
-    .into_response()
+    .into_response())
 }
 
 /// Clusters, environments, ingestion, reconciliation and dead letters at a glance.
-#[utoipa::path(get, path = "/ui/api/overview", tag = "dashboard", responses((status = 200, body = Overview)))]
-pub async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Overview>, ApiError> {
+#[utoipa::path(get, path = "/ui/api/overview", tag = "dashboard",
+    responses((status = 200, body = Overview), (status = 400, body = ErrorBody)))]
+pub async fn overview(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Overview>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
     caught_up(&state).await?;
     // Every task's status is counted once every task has been read (once per start; the first
     // overview waits a moment for it, then answers without the counts and the page asks again).
@@ -173,19 +184,13 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Overvie
         events_stale: metric(crate::metrics::EVENTS_STALE).unwrap_or(0.0) as u64,
         events_parked: metric(crate::metrics::EVENTS_PARKED).unwrap_or(0.0) as u64,
         queue_lag_seconds: metric(crate::metrics::QUEUE_LAG_SECONDS),
-        queue_messages: metric(crate::metrics::QUEUE_MESSAGES),
+        queue_messages: crate::metrics::sum_where(
+            &rendered,
+            crate::metrics::QUEUE_MESSAGES,
+            "state=\"visible\"",
+        ),
     };
-    let names: Vec<String> = state.view.read().environments.keys().cloned().collect();
-    let stored: Vec<Stored> = {
-        let view = state.view.read();
-        names
-            .iter()
-            .filter_map(|n| environments::from_view(&view, n))
-            .collect()
-    };
-    for s in &stored {
-        env_api::want_task_groups(&state, s);
-    }
+    let stored = stored_of(&state, |_, _| true);
     let view = state.view.read();
     let mut clusters: BTreeMap<String, ClusterSummary> = BTreeMap::new();
     for (name, cluster) in &view.clusters {
@@ -217,7 +222,7 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Overvie
     let mut environments = Vec::new();
     for s in &stored {
         let env = s.environment();
-        let live = env_api::live_in(&view, s);
+        let live = env_api::active_in(&view, s);
         clusters
             .entry(s.cluster.to_string())
             .or_insert_with(|| ClusterSummary {
@@ -258,12 +263,14 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Overvie
         ingest,
         reconcile,
         leader,
-        dead_letters,
+        dead_letters: dead_letters.min(DEAD_LETTERS_COUNTED) as u64,
+        dead_letters_at_least: dead_letters >= DEAD_LETTERS_COUNTED,
         change_log_head: head,
     }))
 }
 
-async fn count_dead_letters(state: &AppState) -> Result<u64, ApiError> {
+/// Dead letters, counted up to [`DEAD_LETTERS_COUNTED`].
+async fn count_dead_letters(state: &AppState) -> Result<usize, ApiError> {
     let mut count = 0usize;
     let mut after = None;
     loop {
@@ -277,7 +284,7 @@ async fn count_dead_letters(state: &AppState) -> Result<u64, ApiError> {
         count += page.items.len();
         match page.next {
             Some(next) if count < DEAD_LETTERS_COUNTED => after = Some(next),
-            _ => return Ok(count as u64),
+            _ => return Ok(count),
         }
     }
 }
@@ -285,7 +292,7 @@ async fn count_dead_letters(state: &AppState) -> Result<u64, ApiError> {
 /// Every container instance of a cluster and each environment's daemon on it; `filter` (a cluster
 /// query) keeps those it matches.
 #[utoipa::path(get, path = "/ui/api/clusters/{cluster}", tag = "dashboard",
-    params(("cluster" = String, Path, description = "the cluster's name"),
+    params(("cluster" = String, Path, description = "A cluster name or ARN", pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$"),
            ("filter" = Option<String>, Query, description = "a cluster query, e.g. `attribute:ecs.availability-zone == us-east-1a`")),
     responses((status = 200, body = ClusterGrid), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn cluster_grid(
@@ -298,13 +305,13 @@ pub async fn cluster_grid(
         Some(text) => Some(env_api::cluster_query("filter", text)?),
         None => None,
     };
-    let name = cluster_name(&cluster)?;
-    caught_up(&state).await?;
-    let stored = stored_of(&state, |s| s.cluster == name);
-    if filter.is_some() {
-        // `task:group` reads every task's group; without them it would match nothing.
-        state.view.task_groups(&state.store);
+    let name = parse_cluster("cluster", &cluster)?.name;
+    if filter.as_ref().is_some_and(blox_model::Query::reads_task_groups) {
+        // `task:group` matches only once every task's group is known.
+        env_api::task_groups(&state).await?;
     }
+    caught_up(&state).await?;
+    let stored = stored_of(&state, |_, c| *c == name);
     let view = state.view.read();
     let Some(cluster_view) = view
         .clusters
@@ -318,7 +325,7 @@ pub async fn cluster_grid(
     };
     let plans: Vec<Vec<Coverage>> = stored
         .iter()
-        .map(|s| env_api::live_in(&view, s).plan.coverage)
+        .map(|s| env_api::active_in(&view, s).plan.coverage)
         .collect();
     let instances = cluster_view
         .instances()
@@ -349,18 +356,22 @@ pub async fn cluster_grid(
 /// every instance's daemon), planned once. Answers are shared: browsers asking while the view has not
 /// moved (and within [`PAGE_REUSE`]) get the same bytes.
 #[utoipa::path(get, path = "/ui/api/environments/{name}", tag = "dashboard",
-    params(("name" = String, Path, description = "the environment's name")),
-    responses((status = 200, body = EnvironmentPage), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "the environment's name", pattern = r"^[A-Za-z0-9_-]{1,30}$")),
+    responses((status = 200, body = EnvironmentPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn environment_page(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    daemon::validate_environment_name(&name)
+        .map_err(|e| ApiError::bad_request("name", "InvalidName", e.reason))?;
     caught_up(&state).await?;
     let applied = state.view.applied();
     if let Some(body) = state.ui.page(&name, applied) {
         return Ok(json_bytes(body));
     }
-    let stored = stored_of(&state, |s| s.environment().name == name);
+    let stored = stored_of(&state, |n, _| n == name);
     let Some(stored) = stored.first() else {
         return Err(ApiError::not_found(
             "EnvironmentNotFound",
@@ -372,7 +383,7 @@ pub async fn environment_page(
         let live = env_api::live_in(&view, stored);
         let empty = daemon::ClusterView::default();
         let cluster = view.clusters.get(&stored.cluster).unwrap_or(&empty);
-        page_of(stored, &live, cluster)
+        page_of(stored, &live, cluster, crate::clock::now_unix_ms())
     };
     let body = bytes::Bytes::from(
         serde_json::to_vec(&page).map_err(|e| ApiError::internal("writing the page", &e))?,
@@ -381,7 +392,12 @@ pub async fn environment_page(
     Ok(json_bytes(body))
 }
 
-fn page_of(stored: &Stored, live: &env_api::Live, cluster: &daemon::ClusterView) -> EnvironmentPage {
+fn page_of(
+    stored: &Stored,
+    live: &env_api::Live,
+    cluster: &daemon::ClusterView,
+    now_ms: u64,
+) -> EnvironmentPage {
     let plan = &live.plan;
     let active = stored.snapshot.active();
     let revision = active.and_then(|d| stored.snapshot.revision(d.revision));
@@ -423,6 +439,7 @@ fn page_of(stored: &Stored, live: &env_api::Live, cluster: &daemon::ClusterView)
         complete: plan.complete,
         coverage: tally(plan.coverage.iter().copied()),
         instances,
+        actions: actions(&stored.snapshot, now_ms),
     };
     let mut revisions: Vec<&daemon::Revision> = stored.snapshot.revisions.iter().collect();
     revisions.sort_by_key(|r| std::cmp::Reverse(r.number));
@@ -439,6 +456,39 @@ fn page_of(stored: &Stored, live: &env_api::Live, cluster: &daemon::ClusterView)
             .collect(),
         rollout,
     }
+}
+
+/// What the lifecycle lets a user do to the environment now (each command tried on the snapshot,
+/// nothing written): the page offers these and no other.
+fn actions(snapshot: &daemon::Snapshot, now_ms: u64) -> Vec<String> {
+    use blox_model::daemon::lifecycle;
+    let Some(env) = snapshot.environment.as_ref() else {
+        return Vec::new();
+    };
+    let fresh = lifecycle::Fresh {
+        now_ms,
+        deployment_id: "00000000-0000-0000-0000-000000000000",
+        token: "",
+    };
+    let mut allowed = Vec::new();
+    // Freezing or thawing is refused exactly when the environment takes no command (deleting).
+    let thaw = env.frozen;
+    if lifecycle::freeze(snapshot, !thaw, now_ms).is_ok() {
+        allowed.push("deploy");
+        allowed.push(if thaw { "thaw" } else { "freeze" });
+    }
+    if let Some(active) = snapshot.active() {
+        if lifecycle::stop(snapshot, &active.id, now_ms).is_ok() {
+            allowed.push("stop");
+        }
+        if lifecycle::promote(snapshot, &active.id, now_ms).is_ok() {
+            allowed.push("promote");
+        }
+    }
+    if lifecycle::rollback(snapshot, None, fresh).is_ok() {
+        allowed.push("rollback");
+    }
+    allowed.into_iter().map(str::to_owned).collect()
 }
 
 fn json_bytes(body: bytes::Bytes) -> Response {
@@ -464,7 +514,8 @@ impl Pages {
 
     fn keep(&self, name: &str, applied: u64, body: bytes::Bytes) {
         let mut pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // Only existing environments get here: the map holds at most one answer of each.
+        // Answers too old to be reused go (a deleted environment's with them).
+        pages.retain(|_, (_, at, _)| at.elapsed() < PAGE_REUSE);
         pages.insert(name.to_owned(), (applied, tokio::time::Instant::now(), body));
     }
 }
@@ -481,8 +532,13 @@ impl std::fmt::Debug for Pages {
 #[utoipa::path(get, path = "/ui/api/events", tag = "dashboard",
     responses((status = 200, content_type = "text/event-stream", body = String,
                description = "events `ready` and `change`, whose data is JSON {seq, atMs, kinds, clusters, environments, reload?}"),
+              (status = 400, body = ErrorBody),
               (status = 503, body = ErrorBody, description = "as many streams are open as the server takes (--max-streams)")))]
-pub async fn events(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
     let permit = crate::stream::permit(&state)?;
     let feed = state.view.feed();
     let gauge = crate::stream::ClientGauge::labelled("dashboard", state.stream.open.clone());
@@ -567,19 +623,15 @@ fn lagged() -> Applied {
     }
 }
 
-fn cluster_name(text: &str) -> Result<ClusterName, ApiError> {
-    ClusterName::new(text)
-        .map_err(|e| ApiError::bad_request("cluster", "InvalidCluster", format!("invalid cluster name: {e}")))
-}
-
-/// The environments `wanted` picks, as the view holds them, their task groups asked for.
-fn stored_of(state: &AppState, wanted: impl Fn(&Stored) -> bool) -> Vec<Stored> {
+/// The environments `wanted` picks by name and cluster, as the view holds them, their task groups
+/// asked for.
+fn stored_of(state: &AppState, wanted: impl Fn(&str, &ClusterName) -> bool) -> Vec<Stored> {
     let stored: Vec<Stored> = {
         let view = state.view.read();
         view.environments
-            .keys()
-            .filter_map(|n| environments::from_view(&view, n))
-            .filter(|s| wanted(s))
+            .iter()
+            .filter(|(name, entry)| wanted(name, &entry.cluster))
+            .filter_map(|(name, _)| environments::from_view(&view, name))
             .collect()
     };
     for s in &stored {

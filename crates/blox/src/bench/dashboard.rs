@@ -256,10 +256,15 @@ impl Page {
                         continue;
                     };
                     reader_state.lock().unwrap_or_else(|p| p.into_inner()).events += 1;
-                    let names = change["environments"]
-                        .as_array()
-                        .is_some_and(|e| e.iter().any(|n| n == ENVIRONMENT));
-                    if (names || change["reload"] == true)
+                    // What the page redraws on: its environment, or an instance of its cluster.
+                    let has = |list: &str, wanted: &str| {
+                        change[list]
+                            .as_array()
+                            .is_some_and(|l| l.iter().any(|n| n == wanted))
+                    };
+                    let wanted = has("environments", ENVIRONMENT)
+                        || (has("clusters", CLUSTER) && has("kinds", "instance"));
+                    if (wanted || change["reload"] == true)
                         && tx.send(change["atMs"].as_u64().unwrap_or(0)).is_err()
                     {
                         return;

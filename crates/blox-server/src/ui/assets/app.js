@@ -7,7 +7,7 @@ const COVERAGE = ['healthy', 'starting', 'old', 'failed', 'missing', 'held', 'ke
 const COVERAGE_TEXT = {
   healthy: 'current revision, healthy', starting: 'starting', old: 'old revision', failed: 'failed starts',
   missing: 'missing', held: 'held by the canary', kept: 'kept (draining or disconnected)',
-  excluded: 'not in the instance group', none: 'no deployment',
+  excluded: 'not the environment\'s (outside its group, drained or gone)', none: 'no deployment',
 };
 const TOKEN_KEY = 'blox.token';
 
@@ -54,6 +54,7 @@ async function api(path, options = {}) {
   if (!response.ok) {
     const error = new Error((body && body.message) || `${response.status} ${response.statusText}`);
     error.status = response.status;
+    error.code = body && body.code;
     throw error;
   }
   return body;
@@ -85,7 +86,8 @@ function cells(list, coverageOf) {
   let html = '';
   for (let i = 0; i < list.length; i++) {
     const c = coverageOf(list[i]);
-    html += `<div class="cell c-${c}" data-i="${i}" data-arn="${esc(list[i].containerInstanceArn)}" data-coverage="${c}"></div>`;
+    const k = esc(c);
+    html += `<div class="cell c-${k}" data-i="${i}" data-arn="${esc(list[i].containerInstanceArn)}" data-coverage="${k}"></div>`;
   }
   return html;
 }
@@ -134,6 +136,14 @@ async function refresh() {
       app.dirty = false;
       const change = app.lastChange;
       const page = app.page;
+      const wait = page.every && page.drawnAt ? page.drawnAt + page.every - Date.now() : 0;
+      if (wait > 0) {
+        // Drawn again once its interval is up, with everything that changed meanwhile.
+        clearTimeout(page.later);
+        page.later = setTimeout(refresh, wait);
+        break;
+      }
+      page.drawnAt = Date.now();
       document.body.dataset.ready = '0';
       try {
         await page.render();
@@ -178,11 +188,16 @@ async function follow() {
       // keep it (and one of its six per host) until the server next writes.
       app.events = new AbortController();
       const response = await fetch('/ui/api/events', { headers, signal: app.events.signal });
-      if (response.status === 401) { forgetToken(); login('The token was refused.'); return; }
+      if (response.status === 401) {
+        // A sign-in starts following again; a form already shown is left to the user typing in it.
+        app.following = false;
+        forgetToken();
+        if (document.body.dataset.page !== 'login') login('The token was refused.');
+        return;
+      }
       if (!response.ok || !response.body) throw new Error(`events: ${response.status}`);
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = '';
-      let first = true;
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
@@ -199,9 +214,8 @@ async function follow() {
           if (event.type === 'ready') {
             live(true);
             pause = 500;
-            // Whatever happened while disconnected.
-            if (!first || app.reconnected) refresh();
-            first = false;
+            // Whatever changed before this subscription (at start: since the first draw's data).
+            if (app.page) refresh();
           } else if (event.type === 'change') {
             const change = JSON.parse(event.data);
             if (change.reload || (app.page && app.page.wants(change))) {
@@ -256,7 +270,19 @@ async function start() {
   app.session = await api('/ui/api/session');
   if (app.session.auth && !app.session.role) { forgetToken(); login(); return; }
   if (app.token) sessionStorage.setItem(TOKEN_KEY, app.token);
-  $('#who').textContent = app.session.auth ? `${app.session.role} token · blox ${app.session.version}` : `blox ${app.session.version}`;
+  $('#who').innerHTML = app.session.auth
+    ? `${esc(app.session.role)} token · <a href="/ui/" id="sign-out">sign out</a> · blox ${esc(app.session.version)}`
+    : `blox ${esc(app.session.version)}`;
+  const signOut = $('#sign-out');
+  if (signOut) {
+    signOut.addEventListener('click', (event) => {
+      event.preventDefault();
+      forgetToken();
+      if (app.events) app.events.abort();
+      $('#who').textContent = '';
+      login();
+    });
+  }
   if (!app.following) { app.following = true; follow(); }
   await show();
 }
@@ -266,21 +292,25 @@ async function start() {
 function overviewPage() {
   return {
     name: 'overview',
+    // Every change concerns it: redrawn at most once a second.
+    every: 1000,
     wants: () => true,
     async render() {
       const o = await api('/ui/api/overview');
+      const leader = !o.reconcile.role || o.reconcile.role === 'leader';
       // The server is still counting tasks (once after its start): ask again shortly.
       if (o.clusters.some((c) => !c.tasksByStatus)) {
         clearTimeout(app.recount);
         app.recount = setTimeout(() => { if (app.page && app.page.name === 'overview') refresh(); }, 1000);
       }
       const now = Date.now();
-      let rate = '—';
-      if (app.ingest && now - app.ingest[0] > 500) {
-        rate = `${num(Math.max(0, Math.round(((o.ingest.eventsApplied - app.ingest[1]) * 1000) / (now - app.ingest[0]))))}/s`;
+      // Changes committed per second, from the change log's head: the same on every replica (only the
+      // leader ingests, so its event counters are the only ones that move).
+      let rate = app.lastRate || '—';
+      if (app.ingest && now - app.ingest[0] >= 1000) {
+        rate = `${num(Math.max(0, Math.round(((o.changeLogHead - app.ingest[1]) * 1000) / (now - app.ingest[0]))))}/s`;
       }
-      if (!app.ingest || now - app.ingest[0] > 2000) app.ingest = [now, o.ingest.eventsApplied];
-      else if (rate === '—' && app.lastRate) rate = app.lastRate;
+      if (!app.ingest || now - app.ingest[0] >= 1000) app.ingest = [now, o.changeLogHead];
       app.lastRate = rate;
       const statuses = ['RUNNING', 'PENDING', 'STOPPED'];
       const r = o.reconcile;
@@ -288,10 +318,10 @@ function overviewPage() {
         <h1>Overview</h1>
         <div class="cards">
           <div class="card"><div class="label">clusters</div><div class="value" id="cluster-count">${num(o.clusters.length)}</div></div>
-          <div class="card"><div class="label">events applied</div><div class="value" id="events-applied">${num(o.ingest.eventsApplied)}</div><div class="label">rate <span id="ingest-rate">${rate}</span></div></div>
-          <div class="card"><div class="label">queue lag</div><div class="value" id="ingest-lag">${o.ingest.queueLagSeconds === undefined ? '—' : `${o.ingest.queueLagSeconds.toFixed(1)} s`}</div><div class="label">${o.ingest.queueMessages === undefined ? 'no queue sampled' : `${num(o.ingest.queueMessages)} waiting`}</div></div>
+          <div class="card"><div class="label">changes committed</div><div class="value" id="change-log-head">${num(o.changeLogHead)}</div><div class="label"><span id="ingest-rate">${rate}</span> · ${leader ? `${num(o.ingest.eventsApplied)} events applied here` : 'ingested by the leader'}</div></div>
+          <div class="card"><div class="label">queue lag</div><div class="value" id="ingest-lag">${!leader || o.ingest.queueLagSeconds === undefined ? '—' : `${o.ingest.queueLagSeconds.toFixed(1)} s`}</div><div class="label">${!leader ? 'sampled by the leader' : o.ingest.queueMessages === undefined ? 'no queue sampled' : `${num(o.ingest.queueMessages)} waiting`}</div></div>
           <div class="card"><div class="label">reconcile</div><div class="value" id="reconcile">${r.ready ? 'ready' : 'not ready'}</div><div class="label">${num(r.reconcilePasses)} passes · last ${ago(r.lastPassCompletedAt)}${r.failingClusters && r.failingClusters.length ? ` · <span class="failed">${r.failingClusters.length} failing</span>` : ''}</div></div>
-          <div class="card"><div class="label">dead letters</div><div class="value"><span id="dead-letters" class="${o.deadLetters ? 'failed' : ''}">${num(o.deadLetters)}</span></div><div class="label">${num(o.ingest.eventsParked)} parked since start</div></div>
+          <div class="card"><div class="label">dead letters</div><div class="value"><span id="dead-letters" class="${o.deadLetters ? 'failed' : ''}">${o.deadLettersAtLeast ? '≥ ' : ''}${num(o.deadLetters)}</span></div><div class="label">${num(o.ingest.eventsParked)} parked since start</div></div>
           <div class="card"><div class="label">leader</div><div class="value" style="font-size:14px" id="leader">${esc(o.leader.leader || 'none')}</div><div class="label">this replica: ${esc(o.leader.self)}${r.role ? ` (${esc(r.role)})` : ''}</div></div>
         </div>
         <h2>Clusters</h2>
@@ -422,19 +452,19 @@ function environmentPage(name) {
       }
       const eta = estimate(rollout);
       const floorAt = rollout.eligible ? (100 * rollout.floor) / rollout.eligible : 0;
+      const fleetAt = rollout.eligible ? (100 * rollout.healthy) / rollout.eligible : 0;
       const statusText = rollout.deploymentStatus || 'none';
       const admin = isAdmin();
-      const acting = ['pending', 'running', 'awaiting-promotion'].includes(rollout.deploymentStatus);
       $('#main').innerHTML = `
         <h1>Environment ${esc(name)} <span class="muted" style="font-size:14px">in <a href="/ui/clusters/${enc(rollout.cluster)}" data-nav>${esc(rollout.cluster)}</a></span></h1>
         <div class="cards">
           <div class="card"><div class="label">health</div><div class="value ${esc(env.environmentHealth)}" id="health">${esc(env.environmentHealth)}</div><div class="label">${esc(env.healthReason || '')}</div></div>
-          <div class="card"><div class="label">status</div><div class="value" id="environment-status">${esc(env.environmentStatus)}</div><div class="label">revision ${env.activeEnvironmentRevisionId ?? '—'} active · ${env.latestEnvironmentRevisionId} latest</div></div>
+          <div class="card"><div class="label">status</div><div class="value" id="environment-status">${esc(env.environmentStatus)}</div><div class="label">revision ${esc(env.activeEnvironmentRevisionId ?? '—')} active · ${esc(env.latestEnvironmentRevisionId)} latest</div></div>
           <div class="card"><div class="label">deployment</div><div class="value ${esc(statusText)}" id="deployment-status">${esc(statusText)}</div><div class="label mono">${esc(rollout.deploymentId || '')}</div></div>
           <div class="card"><div class="label">task definition</div><div class="value" style="font-size:14px" title="${esc(env.taskDefinition)}">${esc(shortArn(env.taskDefinition))}</div><div class="label">${esc(rollout.deploymentMethod)}</div></div>
           <div class="card"><div class="label">uncovered</div><div class="value" id="uncovered">${env.uncovered}</div><div class="label">past coverageGraceSeconds</div></div>
         </div>
-        ${admin ? actions(rollout, env, revisions, acting) : ''}
+        ${admin ? actions(rollout, env, revisions) : ''}
         <h2>Rollout</h2>
         <div id="rollout">
           <div class="cards">
@@ -446,11 +476,18 @@ function environmentPage(name) {
             <div class="card"><div class="label">surge</div><div class="value" id="surge">${rollout.surged} / ${rollout.surge}</div><div class="label">instances with two tasks</div></div>
             <div class="card"><div class="label">ETA</div><div class="value" id="eta">${eta}</div><div class="label">${rollout.startedAt ? `started ${ago(rollout.startedAt)}` : ''}</div></div>
           </div>
-          <div class="progress" id="progress" data-progress="${progress}" title="${progress}% of desired instances run a healthy task of the revision">
+          <div class="bar-label">revision ${esc(env.activeEnvironmentRevisionId ?? '—')}: ${progress}% of ${desired} desired instances run a healthy task of it</div>
+          <div class="progress" id="progress" data-progress="${progress}">
             <div class="fill" style="width:${progress}%"></div>
-            ${rollout.deploymentMethod === 'TerminateThenReplace' && rollout.eligible ? `<div class="floor" style="left:${floorAt}%"></div>` : ''}
           </div>
-          <div class="muted">${progress}% · ${rollout.outdated} outdated · ${rollout.failing} failing · ${rollout.held} held</div>
+          <div class="bar-label">fleet: ${rollout.healthy} of ${rollout.eligible} eligible instances have a healthy daemon (any revision); the rollout keeps at least the floor, ${rollout.floor}</div>
+          <div class="progress" id="fleet" data-healthy="${rollout.healthy}" data-floor="${rollout.floor}">
+            <div class="fill" style="width:${fleetAt}%"></div>
+            ${rollout.eligible ? `<div class="floor" style="left:${floorAt}%"></div>` : ''}
+          </div>
+          ${rollout.deploymentMethod === 'ReplaceThenTerminate' ? `<div class="bar-label">surge: ${rollout.surged} of ${rollout.surge} instances may carry two tasks at once</div>
+          <div class="progress surge" id="surge-bar" data-surged="${rollout.surged}" data-surge="${rollout.surge}"><div class="fill" style="width:${rollout.surge ? (100 * Math.min(rollout.surged, rollout.surge)) / rollout.surge : 0}%"></div></div>` : ''}
+          <div class="muted">${rollout.outdated} outdated · ${rollout.failing} failing · ${rollout.held} held</div>
           ${legend(rollout.coverage)}
           <div id="rollout-grid" class="grid ${size(rollout.instances.length)}">${cells(rollout.instances, (i) => i.coverage)}</div>
         </div>
@@ -458,7 +495,7 @@ function environmentPage(name) {
         <table id="deployments"><thead><tr><th>deployment</th><th class="num">revision</th><th>status</th><th class="num">desired</th><th class="num">healthy</th><th class="num">total</th><th>created</th><th>ended</th><th>transitions</th></tr></thead><tbody>
           ${deployments.map((d) => `<tr data-deployment="${esc(d.deploymentId)}">
             <td class="mono">${esc(d.deploymentId)}${d.rollback ? ' <span class="muted">(rollback)</span>' : ''}</td>
-            <td class="num">${d.environmentRevisionId}</td>
+            <td class="num">${esc(d.environmentRevisionId)}</td>
             <td data-field="status" class="${esc(d.status)}" title="${esc(d.statusReason)}">${esc(d.status)}</td>
             <td class="num">${d.counts.desired}</td><td class="num">${d.counts.healthy}</td><td class="num">${d.counts.total}</td>
             <td>${ago(d.createdAt)}</td><td>${d.endedAt ? ago(d.endedAt) : '—'}</td>
@@ -466,8 +503,8 @@ function environmentPage(name) {
         </tbody></table>
         <h2>Revisions</h2>
         <table id="revisions"><thead><tr><th class="num">revision</th><th>task definition</th><th>method</th><th>instance group</th><th class="num">healthy</th><th class="num">total</th><th>created</th></tr></thead><tbody>
-          ${revisions.map((r) => `<tr data-revision="${r.environmentRevisionId}">
-            <td class="num">${r.environmentRevisionId}</td><td title="${esc(r.taskDefinition)}">${esc(shortArn(r.taskDefinition))}</td><td>${esc(r.deploymentMethod)}</td>
+          ${revisions.map((r) => `<tr data-revision="${esc(r.environmentRevisionId)}">
+            <td class="num">${esc(r.environmentRevisionId)}</td><td title="${esc(r.taskDefinition)}">${esc(shortArn(r.taskDefinition))}</td><td>${esc(r.deploymentMethod)}</td>
             <td class="mono">${esc(r.instanceGroup.query || r.instanceGroup.attributes.map((a) => `${a.name}${a.value ? `=${a.value}` : ''}`).join(', ') || 'every instance')}</td>
             <td class="num">${r.counts.healthy}</td><td class="num">${r.counts.total}</td><td>${ago(r.createdAt)}</td></tr>`).join('')}
         </tbody></table>`;
@@ -500,16 +537,20 @@ function estimate(rollout) {
   return seconds < 90 ? `${Math.ceil(seconds)} s` : `${Math.ceil(seconds / 60)} min`;
 }
 
-function actions(rollout, env, revisions, acting) {
+// The buttons of what the lifecycle allows now (the server says which).
+function actions(rollout, env, revisions) {
+  const allowed = new Set(rollout.actions);
+  const button = (action, text, danger) => (allowed.has(action) ? `<button data-action="${action}"${danger ? ' class="danger"' : ''}>${text}</button>` : '');
   const latest = env.latestEnvironmentRevisionId;
   return `<div class="toolbar" id="actions">
-    <label>revision <select id="deploy-revision">${revisions.map((r) =>
-      `<option value="${r.environmentRevisionId}" ${r.environmentRevisionId === latest ? 'selected' : ''}>${r.environmentRevisionId} · ${esc(shortArn(r.taskDefinition))}</option>`).join('')}</select></label>
-    <button data-action="deploy">Deploy…</button>
-    ${acting ? '<button data-action="stop" class="danger">Stop…</button>' : ''}
-    ${rollout.deploymentStatus === 'awaiting-promotion' ? '<button data-action="promote">Promote…</button>' : ''}
-    <button data-action="rollback" class="danger">Roll back…</button>
-    ${env.environmentStatus === 'Frozen' ? '<button data-action="thaw">Thaw…</button>' : '<button data-action="freeze">Freeze…</button>'}
+    ${allowed.has('deploy') ? `<label>revision <select id="deploy-revision">${revisions.map((r) =>
+      `<option value="${esc(r.environmentRevisionId)}" ${r.environmentRevisionId === latest ? 'selected' : ''}>${esc(r.environmentRevisionId)} · ${esc(shortArn(r.taskDefinition))}</option>`).join('')}</select></label>` : ''}
+    ${button('deploy', 'Deploy…')}
+    ${button('stop', 'Stop…', true)}
+    ${button('promote', 'Promote…')}
+    ${button('rollback', 'Roll back…', true)}
+    ${button('freeze', 'Freeze…')}
+    ${button('thaw', 'Thaw…')}
   </div>`;
 }
 
@@ -519,13 +560,22 @@ function wireActions(rollout, env) {
   const act = {
     async deploy() {
       const revision = Number($('#deploy-revision').value);
-      const rollback = env.activeEnvironmentRevisionId && revision < env.activeEnvironmentRevisionId;
-      const query = `revisionId=${revision}${rollback ? '&rollback=true' : ''}`;
-      const plan = await api(`${base}/deployments?${query}&dryRun=true`, { method: 'POST' });
+      // The route decides what a rollback is: asked first as a deploy, then, if it says so, as one.
+      let query = `revisionId=${revision}`;
+      let title = `Deploy revision ${revision}`;
+      let plan;
+      try {
+        plan = await api(`${base}/deployments?${query}&dryRun=true`, { method: 'POST' });
+      } catch (error) {
+        if (error.code !== 'RollbackRequired') throw error;
+        query += '&rollback=true';
+        title = `Roll back to revision ${revision}`;
+        plan = await api(`${base}/deployments?${query}&dryRun=true`, { method: 'POST' });
+      }
       const starts = plan.batches.reduce((n, b) => n + b.starts.length, 0);
       const stops = plan.batches.reduce((n, b) => n + b.stops.length, 0);
-      return [`Deploy revision ${revision}`, `${esc(plan.taskDefinition)} by ${esc(plan.deploymentMethod)} over ${plan.eligible} eligible instances:
-        ${starts} starts and ${stops} stops in ${plan.batches.length} passes, about ${Math.ceil(plan.estimatedSeconds)} s on a quiet fleet
+      return [title, `${esc(shortArn(plan.taskDefinition))} by ${esc(plan.deploymentMethod)} over ${plan.eligible} eligible instances:
+        ${starts} starts and ${stops} stops in ${plan.batches.length} passes, about ${Math.ceil(plan.estimatedSeconds)} s on a quiet fleet (its dry run)
         ${plan.complete ? '' : `<div class="failed">It would stall: ${esc(plan.stalledReason)}</div>`}`,
       async () => { const r = await api(`${base}/deployments?${query}`, { method: 'POST' }); return `Deployment ${r.deploymentId} started`; }];
     },
@@ -637,8 +687,8 @@ function entityPage(kind, cluster, arn) {
     name: kind === 'tasks' ? 'task' : 'instance',
     wants: (c) => c.clusters.includes(cluster) && c.kinds.includes(kind === 'tasks' ? 'task' : 'instance'),
     async render() {
-      // The ARN as it is: the route takes the rest of the path.
-      const record = await api(`/v1/${kind}/${enc(cluster)}/${arn}`);
+      // Encoded: an ARN (or a crafted link) must not change the path it is asked at.
+      const record = await api(`/v1/${kind}/${enc(cluster)}/${enc(arn)}`);
       const e = record.entity || record;
       $('#main').innerHTML = `
         <h1>${kind === 'tasks' ? 'Task' : 'Container instance'} <span class="mono">${esc(shortArn(arn))}</span></h1>
