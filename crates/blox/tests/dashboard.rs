@@ -948,7 +948,7 @@ async fn screenshots_of_each_page() {
     };
     let up = Up::demo(&[], None).await;
     up.logs_environment(json!({"minHealthyPercent": 75})).await;
-    let (task, _) = up.task_and_instance(CLUSTER).await;
+    let (task, instance) = up.task_and_instance(CLUSTER).await;
     // A rollout under way: the environment and cluster pages show it part done.
     up.start_second_revision().await;
     let browser = browser().await;
@@ -963,6 +963,12 @@ async fn screenshots_of_each_page() {
         ("overview", "/ui/".to_owned(), None),
         ("tasks", "/ui/tasks".to_owned(), None),
         ("task", format!("/ui/tasks/{CLUSTER}/{}", encode(&task)), None),
+        ("instances", "/ui/instances".to_owned(), None),
+        (
+            "instance",
+            format!("/ui/instances/{CLUSTER}/{}", encode(&instance)),
+            None,
+        ),
     ];
     for (page, path, condition) in shots {
         open(&browser, &up.url(&path), page).await;
