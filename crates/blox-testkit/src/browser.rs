@@ -12,7 +12,7 @@
 //! `console.error` calls, uncaught exceptions and failed loads (a 404 or 401 answer to any request
 //! of the page counts too).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -110,7 +110,7 @@ impl Browser {
             .with_context(|| format!("starting {}: {INSTALL_HINT}", chromedriver.display()))?;
         let stdout = driver.stdout.take().context("chromedriver stdout")?;
         let stderr = driver.stderr.take().context("chromedriver stderr")?;
-        forward("chromedriver", stderr);
+        crate::process::forward("chromedriver", stderr);
         let port = match tokio::time::timeout(START_DEADLINE, watch_stdout(stdout)).await {
             Ok(Ok(port)) => port,
             outcome => {
@@ -475,28 +475,12 @@ fn kill_group(driver: &mut Child) {
 
 /// Forwards chromedriver's stdout to the test's stderr and reports the port of its ready line.
 fn watch_stdout(stdout: impl Read + Send + 'static) -> oneshot::Receiver<u16> {
-    let (tx, rx) = oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            eprintln!("[chromedriver] {line}");
-            if let Some(port) = line.trim().strip_prefix(READY_PREFIX)
-                && let Ok(port) = port.trim_end_matches('.').parse()
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(port);
-            }
-        }
-    });
-    rx
-}
-
-fn forward(name: &'static str, stream: impl Read + Send + 'static) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            eprintln!("[{name}] {line}");
-        }
-    });
+    crate::process::watch_lines("chromedriver", stdout, |line| {
+        line.strip_prefix(READY_PREFIX)?
+            .trim_end_matches('.')
+            .parse()
+            .ok()
+    })
 }
 
 #[cfg(test)]

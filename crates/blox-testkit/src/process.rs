@@ -183,22 +183,37 @@ fn send_signal(pid: u32, signal: &str) {
 
 /// Forwards stdout to the test's stderr, reporting the URL of the ready line once.
 fn watch_stdout(stdout: impl Read + Send + 'static) -> oneshot::Receiver<String> {
+    watch_lines("blox", stdout, |line| {
+        line.strip_prefix(READY_PREFIX)
+            .map(|url| url.trim().trim_end_matches('/').to_owned())
+    })
+}
+
+/// Forwards a child's output to the test's stderr, each line tagged with `name`, and sends the first
+/// thing `ready` finds in a (trimmed) line.
+pub(crate) fn watch_lines<T: Send + 'static>(
+    name: &'static str,
+    stream: impl Read + Send + 'static,
+    ready: impl Fn(&str) -> Option<T> + Send + 'static,
+) -> oneshot::Receiver<T> {
     let (tx, rx) = oneshot::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            eprintln!("[blox] {line}");
-            if let Some(url) = line.trim().strip_prefix(READY_PREFIX)
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            eprintln!("[{name}] {line}");
+            if tx.is_some()
+                && let Some(found) = ready(line.trim())
                 && let Some(tx) = tx.take()
             {
-                let _ = tx.send(url.trim().trim_end_matches('/').to_owned());
+                let _ = tx.send(found);
             }
         }
     });
     rx
 }
 
-fn forward(name: &'static str, stream: impl Read + Send + 'static) {
+/// Forwards a child's output to the test's stderr, each line tagged with `name`.
+pub(crate) fn forward(name: &'static str, stream: impl Read + Send + 'static) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             eprintln!("[{name}] {line}");
