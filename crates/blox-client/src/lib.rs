@@ -1,5 +1,7 @@
 //! A typed client of the blox REST API.
 
+pub mod table;
+
 use blox_api::{
     CreateEnvironment, CreateEnvironmentRequest, DeadLetters, DeleteEnvironmentResponse, Deployment,
     DeploymentList, DeploymentPlan, DeploymentResponse, Deployments, Environment, EnvironmentList,

@@ -8,7 +8,7 @@ use blox_client::{Client, ClientOptions};
 use clap::{Args, Subcommand};
 use futures::StreamExt as _;
 
-use crate::table::{render, short_arn};
+use blox_client::table::{render, short_arn};
 
 /// Where the CLI looks for blox unless told otherwise (`blox server`'s and `blox up`'s default).
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2000";

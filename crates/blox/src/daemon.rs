@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{Endpoint, print_json};
-use crate::table::{render, short_arn};
+use blox_client::table::{render, short_arn};
 
 /// How often `--wait` polls the deployment.
 const POLL: Duration = Duration::from_millis(500);

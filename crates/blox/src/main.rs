@@ -1,12 +1,10 @@
 //! The `blox` binary: `blox server` runs the service; the other subcommands are a CLI of its API.
 
-mod bench;
 mod cli;
 mod daemon;
 mod doctor;
 mod server;
 mod sim;
-mod table;
 
 use clap::{Parser, Subcommand};
 
@@ -48,7 +46,7 @@ enum Command {
     /// blox makes, and the store. Exits non-zero on any problem.
     Doctor(Box<server::ServerArgs>),
     /// Run the cluster-state scale benchmark and print its figures.
-    Bench(bench::BenchArgs),
+    Bench(blox_bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -97,7 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::Env(command) => daemon::env(command).await,
             Command::Deploy(command) => daemon::deploy(command).await,
             Command::Doctor(args) => doctor::run(*args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => blox_bench::run(args).await,
         }
     });
     // The server has wound down within its grace; a store call still running on a blocking thread

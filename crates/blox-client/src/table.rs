@@ -1,4 +1,4 @@
-//! Plain aligned tables for the CLI's default output.
+//! Plain aligned tables: the CLI's default output and `blox bench`'s report.
 
 use std::fmt::Write as _;
 

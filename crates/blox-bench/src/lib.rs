@@ -1,4 +1,6 @@
-//! `blox bench`: the cluster-state scale scenarios, run against the real code paths on this machine.
+//! `blox bench`: the scale scenarios, run against the real code paths on this machine (the `blox`
+//! binary's `bench` command calls [`run`]; the scenarios that need a `blox server` process spawn the
+//! running executable).
 //!
 //! 1. **load**: C clusters, I container instances and T tasks, one event each, into a fresh redb store;
 //! 2. **apply**: a batch of E further events (state changes of random tasks and instances) through
@@ -16,7 +18,8 @@
 //!    leader of three `blox server` replicas, and failover after SIGKILL of the leader;
 //! 8. **daemon scheduler** ([`scheduler`]): the scheduler against the simulator: a new instance's
 //!    event to its StartTask, a first deployment against the StartTask throttle's floor, a full
-//!    pass's planning time, and a deployment's dry-run plan (`daemon::preview`).
+//!    pass's planning time, and a deployment's dry-run plan (`daemon::preview`);
+//! 9. **dashboard** ([`dashboard`]): browsers' event streams on an environment page during a rollout.
 //!
 //! Data is synthetic and seeded ([`workload`], and the simulator's seed), so that runs on the same
 //! sizes compare. Figures are printed as a table and written as JSON.

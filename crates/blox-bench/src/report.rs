@@ -129,7 +129,7 @@ impl Report {
                 ]
             })
             .collect();
-        crate::table::render(&["WORKLOAD", "FIGURE", "VALUE", "UNIT", "GOAL"], &rows)
+        blox_client::table::render(&["WORKLOAD", "FIGURE", "VALUE", "UNIT", "GOAL"], &rows)
     }
 
     pub fn write_json(&self, path: &Path, machine: &Machine, parameters: &impl Serialize) -> Result<()> {
