@@ -367,10 +367,16 @@ pub async fn environment_page(
     daemon::validate_environment_name(&name)
         .map_err(|e| ApiError::bad_request("name", "InvalidName", e.reason))?;
     caught_up(&state).await?;
-    let applied = state.view.applied();
-    if let Some(body) = state.ui.page(&name, applied) {
+    let wanted = state.view.applied();
+    if let Some(body) = state.ui.page(&name, wanted) {
         return Ok(json_bytes(body));
     }
+    let _building = state.ui.building.lock().await;
+    // Built meanwhile from a view that had what this request waited for: that answer is this one's.
+    if let Some(body) = state.ui.page(&name, wanted) {
+        return Ok(json_bytes(body));
+    }
+    let applied = state.view.applied();
     let stored = stored_of(&state, |n, _| n == name);
     let Some(stored) = stored.first() else {
         return Err(ApiError::not_found(
@@ -501,19 +507,23 @@ const PAGE_REUSE: Duration = Duration::from_millis(250);
 
 /// The environment pages' last answers, shared by the browsers that show them.
 #[derive(Default)]
-pub struct Pages(
-    std::sync::Mutex<std::collections::HashMap<String, (u64, tokio::time::Instant, bytes::Bytes)>>,
-);
+pub struct Pages {
+    answers: std::sync::Mutex<std::collections::HashMap<String, (u64, tokio::time::Instant, bytes::Bytes)>>,
+    /// Held while an answer is built: browsers woken by the same change wait for the first one's
+    /// answer instead of each planning the fleet.
+    building: tokio::sync::Mutex<()>,
+}
 
 impl Pages {
+    /// An answer built from the view at `applied` or later, and recent enough.
     fn page(&self, name: &str, applied: u64) -> Option<bytes::Bytes> {
-        let pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let pages = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         let (at_applied, at, body) = pages.get(name)?;
-        (*at_applied == applied && at.elapsed() < PAGE_REUSE).then(|| body.clone())
+        (*at_applied >= applied && at.elapsed() < PAGE_REUSE).then(|| body.clone())
     }
 
     fn keep(&self, name: &str, applied: u64, body: bytes::Bytes) {
-        let mut pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pages = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         // Answers too old to be reused go (a deleted environment's with them).
         pages.retain(|_, (_, at, _)| at.elapsed() < PAGE_REUSE);
         pages.insert(name.to_owned(), (applied, tokio::time::Instant::now(), body));
