@@ -1658,3 +1658,30 @@ fn environment_health() {
     assert_eq!(health, Health::Unhealthy);
     assert!(reason.unwrap().starts_with("deployment d1 failed: "));
 }
+
+#[test]
+fn available_commands_are_those_the_lifecycle_accepts() {
+    // (history, the commands offered after it)
+    let cases: &[(&[&str], &[&str])] = &[
+        (&[], &["deploy", "freeze"]),
+        (&["deploy rev=1"], &["deploy", "freeze", "stop"]),
+        (&["deploy rev=1", "complete"], &["deploy", "freeze"]),
+        (SECOND, &["deploy", "freeze", "stop", "rollback"]),
+        (CANARY, &["deploy", "freeze", "stop", "promote", "rollback"]),
+        (&["deploy rev=1", "freeze"], &["deploy", "thaw", "stop"]),
+        (&["deploy rev=1", "stop d1"], &["deploy", "freeze"]),
+        (&["deploy rev=1", "delete terminate"], &[]),
+    ];
+    let mut errors = Vec::new();
+    for (history, want) in cases {
+        let mut world = World::new();
+        for op in *history {
+            world.must(op);
+        }
+        let got = lifecycle::available(&world.snap, world.now);
+        if got != *want {
+            errors.push(format!("{history:?}:\n   got  {got:?}\n   want {want:?}"));
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}

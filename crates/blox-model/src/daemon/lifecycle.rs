@@ -577,6 +577,33 @@ pub fn promote(snapshot: &Snapshot, deployment_id: &str, now_ms: u64) -> Result<
     })
 }
 
+/// The user commands the environment takes now, by name (`deploy`, `thaw` or `freeze`, `stop`,
+/// `promote`, `rollback`): each tried on the snapshot, nothing written. What a page offers.
+pub fn available(snapshot: &Snapshot, now_ms: u64) -> Vec<&'static str> {
+    let Ok(env) = snapshot.require_active_environment() else {
+        return Vec::new();
+    };
+    let mut commands = vec!["deploy", if env.frozen { "thaw" } else { "freeze" }];
+    if let Some(active) = snapshot.active() {
+        if stop(snapshot, &active.id, now_ms).is_ok() {
+            commands.push("stop");
+        }
+        if promote(snapshot, &active.id, now_ms).is_ok() {
+            commands.push("promote");
+        }
+    }
+    let fresh = Fresh {
+        now_ms,
+        // Never written: the rollback is only tried.
+        deployment_id: "",
+        token: "",
+    };
+    if rollback(snapshot, None, fresh).is_ok() {
+        commands.push("rollback");
+    }
+    commands
+}
+
 /// Freezes (`frozen: true`) or thaws an environment. Idempotent.
 pub fn freeze(snapshot: &Snapshot, frozen: bool, now_ms: u64) -> Result<Changes, CommandError> {
     let env = snapshot.require_active_environment()?;

@@ -560,12 +560,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
         }
         match role {
-            Role::Evict(_) => plan.coverage.push(Coverage::Excluded),
-            Role::Keep => plan.coverage.push(Coverage::Kept),
-            Role::Eligible => {}
-        }
-        match role {
             Role::Evict(reason) => {
+                plan.coverage.push(Coverage::Excluded);
                 // A task already asked to stop on an instance that is gone or cut off may never be
                 // seen STOPPED (ECS orphans tasks of a deregistered instance): it does not hold up
                 // completion.
@@ -579,6 +575,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 }
             }
             Role::Keep => {
+                plan.coverage.push(Coverage::Kept);
                 busy |= here.iter().filter(|t| t.live()).count() > 1;
                 // Two tasks here still use a surge slot (the instance may come back eligible with
                 // both).

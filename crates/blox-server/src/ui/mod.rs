@@ -192,6 +192,15 @@ pub async fn overview(
     };
     let stored = stored_of(&state, |_, _| true);
     let view = state.view.read();
+    // A cluster with no instance in view (an environment's, all its instances gone).
+    let empty = |name: &ClusterName| ClusterSummary {
+        cluster: name.to_string(),
+        instances: 0,
+        instances_by_status: BTreeMap::new(),
+        agents_disconnected: 0,
+        tasks_by_status: tasks_known.then(|| task_counts(None)),
+        environments: Vec::new(),
+    };
     let mut clusters: BTreeMap<String, ClusterSummary> = BTreeMap::new();
     for (name, cluster) in &view.clusters {
         let mut by_status = BTreeMap::new();
@@ -210,12 +219,11 @@ pub async fn overview(
         clusters.insert(
             name.to_string(),
             ClusterSummary {
-                cluster: name.to_string(),
                 instances: cluster.instance_count() as u64,
                 instances_by_status: by_status,
                 agents_disconnected: disconnected,
                 tasks_by_status: tasks_known.then(|| task_counts(tasks)),
-                environments: Vec::new(),
+                ..empty(name)
             },
         );
     }
@@ -225,14 +233,7 @@ pub async fn overview(
         let live = env_api::active_in(&view, s);
         clusters
             .entry(s.cluster.to_string())
-            .or_insert_with(|| ClusterSummary {
-                cluster: s.cluster.to_string(),
-                instances: 0,
-                instances_by_status: BTreeMap::new(),
-                agents_disconnected: 0,
-                tasks_by_status: tasks_known.then(|| task_counts(None)),
-                environments: Vec::new(),
-            })
+            .or_insert_with(|| empty(&s.cluster))
             .environments
             .push(env.name.clone());
         let active = s.snapshot.active();
@@ -445,7 +446,10 @@ fn page_of(
         complete: plan.complete,
         coverage: tally(plan.coverage.iter().copied()),
         instances,
-        actions: actions(&stored.snapshot, now_ms),
+        actions: daemon::lifecycle::available(&stored.snapshot, now_ms)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
     };
     let mut revisions: Vec<&daemon::Revision> = stored.snapshot.revisions.iter().collect();
     revisions.sort_by_key(|r| std::cmp::Reverse(r.number));
@@ -462,39 +466,6 @@ fn page_of(
             .collect(),
         rollout,
     }
-}
-
-/// What the lifecycle lets a user do to the environment now (each command tried on the snapshot,
-/// nothing written): the page offers these and no other.
-fn actions(snapshot: &daemon::Snapshot, now_ms: u64) -> Vec<String> {
-    use blox_model::daemon::lifecycle;
-    let Some(env) = snapshot.environment.as_ref() else {
-        return Vec::new();
-    };
-    let fresh = lifecycle::Fresh {
-        now_ms,
-        deployment_id: "00000000-0000-0000-0000-000000000000",
-        token: "",
-    };
-    let mut allowed = Vec::new();
-    // Freezing or thawing is refused exactly when the environment takes no command (deleting).
-    let thaw = env.frozen;
-    if lifecycle::freeze(snapshot, !thaw, now_ms).is_ok() {
-        allowed.push("deploy");
-        allowed.push(if thaw { "thaw" } else { "freeze" });
-    }
-    if let Some(active) = snapshot.active() {
-        if lifecycle::stop(snapshot, &active.id, now_ms).is_ok() {
-            allowed.push("stop");
-        }
-        if lifecycle::promote(snapshot, &active.id, now_ms).is_ok() {
-            allowed.push("promote");
-        }
-    }
-    if lifecycle::rollback(snapshot, None, fresh).is_ok() {
-        allowed.push("rollback");
-    }
-    allowed.into_iter().map(str::to_owned).collect()
 }
 
 fn json_bytes(body: bytes::Bytes) -> Response {
