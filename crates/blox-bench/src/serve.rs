@@ -140,10 +140,10 @@ pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: Prome
 }
 
 fn client(concurrency: usize, server: &Server) -> Result<reqwest::Client> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = server.token {
-        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
-    }
+    let headers = match server.token {
+        Some(token) => blox_client::bearer(token)?,
+        None => reqwest::header::HeaderMap::new(),
+    };
     reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .default_headers(headers)

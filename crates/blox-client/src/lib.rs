@@ -76,6 +76,21 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// The `Authorization: Bearer TOKEN` header of a client that sends `token` with every request.
+pub fn bearer(token: &str) -> Result<reqwest::header::HeaderMap, ClientError> {
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+            ClientError::Setup(
+                "the token holds a character an HTTP header cannot carry (visible ASCII only)".into(),
+            )
+        })?;
+    // Kept out of reqwest's debug output.
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(headers)
+}
+
 impl Client {
     /// A client without a token, trusting the system's roots for `https://`.
     pub fn new(endpoint: impl Into<String>) -> Client {
@@ -91,17 +106,7 @@ impl Client {
         install_crypto_provider();
         let mut builder = reqwest::Client::builder();
         if let Some(token) = &options.token {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-                .map_err(|_| {
-                    ClientError::Setup(
-                        "the token holds a character an HTTP header cannot carry (visible ASCII only)".into(),
-                    )
-                })?;
-            // Kept out of reqwest's debug output.
-            value.set_sensitive(true);
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-            builder = builder.default_headers(headers);
+            builder = builder.default_headers(bearer(token)?);
         }
         if let Some(pem) = &options.ca_certs_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)

@@ -22,23 +22,19 @@ pub struct Api {
 impl Api {
     /// A client of the server at `base_url` (`http://127.0.0.1:PORT`).
     pub fn new(base_url: &str) -> Api {
-        Api {
-            http: crate::http_client()
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-                .expect("an HTTP client with a timeout builds"),
-            base_url: base_url.trim_end_matches('/').to_owned(),
-        }
+        Api::with_headers(base_url, reqwest::header::HeaderMap::new())
     }
 
     /// A client that sends `Authorization: Bearer TOKEN` with every request (a server started with
     /// `--auth-token-file`).
     pub fn with_token(base_url: &str, token: &str) -> Api {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .expect("a token is visible ASCII");
-        value.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, value);
+        Api::with_headers(
+            base_url,
+            blox_client::bearer(token).expect("a token is visible ASCII"),
+        )
+    }
+
+    fn with_headers(base_url: &str, headers: reqwest::header::HeaderMap) -> Api {
         Api {
             http: crate::http_client()
                 .timeout(REQUEST_TIMEOUT)

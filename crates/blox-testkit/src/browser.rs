@@ -309,27 +309,28 @@ impl Browser {
     /// click intercepted"): neither clicked anything, so the element is looked up and clicked again,
     /// for up to 10 s.
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            let element = self
-                .client()
-                .find(Locator::Css(css))
-                .await
-                .with_context(|| format!("finding {css}"))?;
-            match element.click().await {
-                Ok(()) => return Ok(()),
-                Err(e) if replaced(&e) && start.elapsed() < RETRY_DEADLINE => {
-                    tokio::time::sleep(POLL).await;
-                }
-                Err(e) => return Err(e).with_context(|| format!("clicking {css}")),
-            }
-        }
+        self.on_element(css, "clicking", |element| async move { element.click().await })
+            .await
     }
 
     /// Clears the input `css` selects and types `text` into it (a [`fantoccini::key::Key`] as a
     /// char, such as [`Browser::ENTER`], presses that key). Like [`Browser::click`], starts again
     /// on an input that a re-render replaced meanwhile.
     pub async fn fill(&self, css: &str, text: &str) -> anyhow::Result<()> {
+        self.on_element(css, "typing into", |element| async move {
+            element.clear().await?;
+            element.send_keys(text).await
+        })
+        .await
+    }
+
+    /// Looks up the first element `css` selects and does `act` to it; again, on a fresh lookup,
+    /// while the page replaced or covered the element meanwhile (for up to 10 s).
+    async fn on_element<F, Fut>(&self, css: &str, doing: &str, act: F) -> anyhow::Result<()>
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), CmdError>>,
+    {
         let start = Instant::now();
         loop {
             let element = self
@@ -337,16 +338,12 @@ impl Browser {
                 .find(Locator::Css(css))
                 .await
                 .with_context(|| format!("finding {css}"))?;
-            let typed = match element.clear().await {
-                Ok(()) => element.send_keys(text).await,
-                Err(e) => Err(e),
-            };
-            match typed {
+            match act(element).await {
                 Ok(()) => return Ok(()),
                 Err(e) if replaced(&e) && start.elapsed() < RETRY_DEADLINE => {
                     tokio::time::sleep(POLL).await;
                 }
-                Err(e) => return Err(e).with_context(|| format!("typing into {css}")),
+                Err(e) => return Err(e).with_context(|| format!("{doing} {css}")),
             }
         }
     }
