@@ -336,6 +336,23 @@ impl<'a> Body<'a> {
         }
     }
 
+    /// Appends the JSON to `out`, decompressing straight into it.
+    pub(crate) fn append_to(self, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            Body::Plain(plain) => out.extend_from_slice(plain),
+            Body::Lz4 { len, block } => {
+                let start = out.len();
+                out.resize(start + len, 0);
+                let written = lz4_flex::block::decompress_into(block, &mut out[start..])
+                    .map_err(|_| StoreError::Corrupt { what: "entity body" })?;
+                if written != len {
+                    return Err(StoreError::Corrupt { what: "entity body" });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the JSON is exactly `plain`; decompresses only when the lengths agree.
     pub(crate) fn equals(self, plain: &[u8]) -> Result<bool, StoreError> {
         match self {

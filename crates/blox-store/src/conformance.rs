@@ -27,7 +27,7 @@ use blox_model::ClusterName;
 
 use crate::{
     Change, Cursor, DeadLetter, Document, Expect, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest,
-    Record, Store, StoreError, StoreOptions, Write,
+    Record, Splice, Store, StoreError, StoreOptions, Write,
 };
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling `$make` (an expression of a type
@@ -46,6 +46,7 @@ macro_rules! conformance_tests {
             list_filters,
             list_pagination,
             list_foreign_cursors,
+            list_spliced_matches_list,
             index_follows_changes,
             delete_when_unchanged,
             delete_kept_when_changed_after,
@@ -693,6 +694,73 @@ pub async fn list_pagination<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S
         "the fixture has listings of at least 7 ({longest}); {} records",
         records.len()
     );
+}
+
+/// `list_spliced` writes what `list` returns, page by page, bodies byte for byte (long ones are
+/// stored compressed), and pages the same way.
+pub async fn list_spliced_matches_list<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {
+    let (store, _guard) = make(StoreOptions::default()).await;
+    load_fixture(&store).await;
+    let long = |id: &str, n: usize| {
+        let mut doc = task("c1", id, 1, "RUNNING");
+        doc.body = format!(r#"{{"id":"{id}","pad":"{}"}}"#, "ab".repeat(n)).into_bytes();
+        doc
+    };
+    apply(
+        &store,
+        vec![up(&long("t-long", 2_000)), up(&long("t-longer", 30_000))],
+    )
+    .await;
+    let splice = Splice {
+        before: b"<",
+        middle: b"|",
+        after: b">",
+        separator: b",",
+        lead: false,
+    };
+    for kind in [Kind::Task, Kind::Instance] {
+        for filter in &filters() {
+            for limit in [None, Some(1), Some(2), Some(100)] {
+                let mut after = None;
+                for page_number in 0.. {
+                    let request = PageRequest {
+                        after: after.clone(),
+                        limit,
+                    };
+                    let listed = store.list(kind, filter, request.clone()).await.unwrap();
+                    let splice = Splice {
+                        lead: page_number > 0,
+                        ..splice
+                    };
+                    let mut expected = b"start".to_vec();
+                    for (i, record) in listed.items.iter().enumerate() {
+                        splice
+                            .write(&mut expected, i, record.seq, |out| {
+                                out.extend_from_slice(&record.doc.body);
+                                Ok(())
+                            })
+                            .unwrap();
+                    }
+                    let spliced = store
+                        .list_spliced(kind, filter, request, splice, b"start".to_vec())
+                        .await
+                        .unwrap();
+                    let what = format!("{kind:?} {filter:?} limit {limit:?} page {page_number}");
+                    assert_eq!(
+                        String::from_utf8_lossy(&spliced.out),
+                        String::from_utf8_lossy(&expected),
+                        "{what}"
+                    );
+                    assert_eq!(spliced.count, listed.items.len(), "{what}");
+                    assert_eq!(spliced.next, listed.next, "{what}");
+                    match listed.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub async fn list_foreign_cursors<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S, G)) {

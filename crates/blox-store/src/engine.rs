@@ -86,6 +86,12 @@ pub(crate) trait ReadTx {
 pub(crate) trait WriteTx: ReadTx {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
 
+    /// [`WriteTx::put`] of a key and value the caller has no further use for, which an engine that
+    /// keeps them in memory takes without a copy.
+    fn put_owned(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        self.put(table, &key, &value)
+    }
+
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError>;
 }
 

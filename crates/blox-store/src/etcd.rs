@@ -764,6 +764,17 @@ impl Store for EtcdStore {
         self.kv.list(kind, filter, page).await
     }
 
+    async fn list_spliced(
+        &self,
+        kind: crate::Kind,
+        filter: &crate::Filter,
+        page: crate::PageRequest,
+        splice: crate::Splice,
+        out: Vec<u8>,
+    ) -> Result<crate::Spliced, StoreError> {
+        self.kv.list_spliced(kind, filter, page, splice, out).await
+    }
+
     async fn ids(
         &self,
         kind: crate::Kind,

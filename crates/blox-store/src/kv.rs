@@ -18,7 +18,7 @@ use crate::engine::{Direction, Engine, ReadTx, Table, WriteTx};
 use crate::leader::Fence;
 use crate::{
     Change, Cursor, DeadLetter, Document, Expect, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest,
-    Record, StoreError, StoreOptions, Write,
+    Record, Splice, Spliced, StoreError, StoreOptions, Write,
 };
 
 /// The counters kept in the meta table. Loaded at the start of a write transaction, updated in
@@ -267,6 +267,38 @@ impl<E: Engine> KvStore<E> {
         let filter = filter.clone();
         self.run(move |inner| inner.engine.read(|tx| list(tx, kind, &filter, &page)))
             .await
+    }
+
+    pub(crate) async fn list_spliced(
+        &self,
+        kind: Kind,
+        filter: &Filter,
+        page: PageRequest,
+        splice: Splice,
+        out: Vec<u8>,
+    ) -> Result<Spliced, StoreError> {
+        let filter = filter.clone();
+        self.run(move |inner| {
+            inner.engine.read(|tx| {
+                let (mut out, mut written, mut last) = (out, 0, 0);
+                let page = list_with(tx, kind, &filter, &page, |_, entity| {
+                    last = out.len();
+                    splice.write(&mut out, written, entity.seq, |out| entity.body.append_to(out))?;
+                    written += 1;
+                    Ok(())
+                })?;
+                // The listing reads one entity past a full page to know that another follows.
+                if written > page.items.len() {
+                    out.truncate(last);
+                }
+                Ok(Spliced {
+                    out,
+                    count: page.items.len(),
+                    next: page.next,
+                })
+            })
+        })
+        .await
     }
 
     pub(crate) async fn ids(
@@ -598,7 +630,7 @@ fn write_entity(
     // Compressed once, for both the entity and its change.
     let compressed = codec::compress(&doc.body);
     let entity = EntityView::of(seq, doc, Body::of(&doc.body, compressed.as_deref()));
-    tx.put(Table::Entities, key, &entity.encode())?;
+    tx.put_owned(Table::Entities, key.to_vec(), entity.encode())?;
     let (old_status, old_started_by) = stored.map_or((None, None), |s| (Some(s.status), s.started_by));
     reindex(tx, key, Index::Status, old_status, Some(&doc.status))?;
     reindex(
@@ -608,10 +640,10 @@ fn write_entity(
         old_started_by,
         doc.started_by.as_deref(),
     )?;
-    tx.put(
+    tx.put_owned(
         Table::Log,
-        &u64_key(seq),
-        &codec::encode_change(key, false, &entity)?,
+        u64_key(seq).to_vec(),
+        codec::encode_change(key, false, &entity)?,
     )?;
     Ok(seq)
 }
@@ -872,6 +904,17 @@ fn list(
     filter: &Filter,
     page: &PageRequest,
 ) -> Result<Page<Record>, StoreError> {
+    list_with(tx, kind, filter, page, record)
+}
+
+/// A page of a listing, each entity (its key and stored fields, borrowed) mapped by `item`.
+fn list_with<T>(
+    tx: &dyn ReadTx,
+    kind: Kind,
+    filter: &Filter,
+    page: &PageRequest,
+    mut item: impl FnMut(&[u8], EntityView<'_>) -> Result<T, StoreError>,
+) -> Result<Page<T>, StoreError> {
     let empty = || {
         Ok(Page {
             items: Vec::new(),
@@ -898,7 +941,7 @@ fn list(
     };
     scan_page(tx, table, &prefix, page, |key, value| {
         if table == Table::Entities {
-            return record(key, EntityView::decode(value)?).map(Some);
+            return item(key, EntityView::decode(value)?).map(Some);
         }
         let entity_key = entity_key_of_index(key)?;
         let bytes = tx
@@ -908,7 +951,7 @@ fn list(
         if status.is_some_and(|status| status != entity.status) {
             return Ok(None);
         }
-        record(&entity_key, entity).map(Some)
+        item(&entity_key, entity).map(Some)
     })
 }
 

@@ -118,8 +118,12 @@ impl ReadTx for MemWrite<'_> {
 
 impl WriteTx for MemWrite<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let previous = self.tables.0[table.slot()].insert(key.to_vec(), value.to_vec());
-        self.undo.push((table, key.to_vec(), previous));
+        self.put_owned(table, key.to_vec(), value.to_vec())
+    }
+
+    fn put_owned(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        let previous = self.tables.0[table.slot()].insert(key.clone(), value);
+        self.undo.push((table, key, previous));
         Ok(())
     }
 

@@ -8,11 +8,12 @@ use blox_model::ClusterName;
 use tokio::sync::watch;
 
 use crate::kv::KvStore;
+use crate::log_engine::LogEngine;
 use crate::mem::MemEngine;
 use crate::redb_engine::RedbEngine;
 use crate::{
-    Change, DeadLetter, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest, Record, Store, StoreError,
-    StoreOptions, Write,
+    Change, DeadLetter, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest, Record, Splice, Spliced,
+    Store, StoreError, StoreOptions, Write,
 };
 
 /// The in-memory store, for tests: everything is lost when it is dropped.
@@ -33,6 +34,19 @@ impl RedbStore {
     /// file keeps its data, and sequence numbers continue from its head. Blocks on file I/O.
     pub fn open(path: &Path, options: StoreOptions) -> Result<RedbStore, StoreError> {
         Ok(RedbStore(KvStore::open(RedbEngine::open(path)?, options)?))
+    }
+}
+
+/// The embedded store held in memory and made durable by an append-only log with checkpoints, in one
+/// directory (see `log_engine.rs`). Every [`Store::apply`] is one log frame, fsynced before it returns;
+/// a crash loses nothing acknowledged and costs a replay of the log since the last checkpoint.
+pub struct LogStore(KvStore<LogEngine>);
+
+impl LogStore {
+    /// Opens the store in directory `dir`, creating it if need be: loads the last checkpoint and replays
+    /// the log after it. Blocks on file I/O.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<LogStore, StoreError> {
+        Ok(LogStore(KvStore::open(LogEngine::open(dir)?, options)?))
     }
 }
 
@@ -63,6 +77,17 @@ macro_rules! delegate_store {
                 page: PageRequest,
             ) -> Result<Page<Record>, StoreError> {
                 self.0.list(kind, filter, page).await
+            }
+
+            async fn list_spliced(
+                &self,
+                kind: Kind,
+                filter: &Filter,
+                page: PageRequest,
+                splice: Splice,
+                out: Vec<u8>,
+            ) -> Result<Spliced, StoreError> {
+                self.0.list_spliced(kind, filter, page, splice, out).await
             }
 
             async fn ids(&self, kind: Kind, cluster: &ClusterName) -> Result<Vec<(String, u64)>, StoreError> {
@@ -102,3 +127,4 @@ macro_rules! delegate_store {
 
 delegate_store!(MemStore, "MemStore");
 delegate_store!(RedbStore, "RedbStore");
+delegate_store!(LogStore, "LogStore");

@@ -32,6 +32,14 @@ mod redb {
     });
 }
 
+mod log {
+    blox_store::conformance_tests!(async |options| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = blox_store::LogStore::open(&dir.path().join("store"), options).expect("open");
+        (store, dir)
+    });
+}
+
 /// When the test's deletion happened, in ms since the epoch.
 const DELETED_AT: u64 = 1_000;
 
