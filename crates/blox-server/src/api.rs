@@ -329,25 +329,22 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
     let limit = params.max_results()?;
     let after = params.next_token()?;
     let page_size = limit.unwrap_or(UNBOUNDED_LIST_PAGE);
-    // The first page is read before answering so that a store failure is a proper 500.
+    // The first page is read before answering so that a store failure is a proper 500. Entities
+    // are written into the body straight from the store's bytes.
     let first = state
         .store
-        .list(
+        .list_spliced(
             kind,
             &filter,
             PageRequest {
                 after,
                 limit: Some(page_size),
             },
+            render::RECORD,
+            render::LIST_START.to_vec(),
         )
         .await?;
-    let mut out = render::LIST_START.to_vec();
-    for (i, record) in first.items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        render::record(&mut out, record.seq, false, &record.doc.body);
-    }
+    let mut out = first.out;
     if limit.is_some() || first.next.is_none() {
         let token = if limit.is_some() {
             first.next.as_ref().map(encode_token)
@@ -364,23 +361,25 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
         let filter = filter.clone();
         async move {
             let cursor = cursor?;
-            let mut out = Vec::new();
+            let splice = blox_store::Splice {
+                lead: true,
+                ..render::RECORD
+            };
             match store
-                .list(
+                .list_spliced(
                     kind,
                     &filter,
                     PageRequest {
                         after: Some(cursor),
                         limit: Some(page_size),
                     },
+                    splice,
+                    Vec::new(),
                 )
                 .await
             {
                 Ok(page) => {
-                    for record in &page.items {
-                        out.push(b',');
-                        render::record(&mut out, record.seq, false, &record.doc.body);
-                    }
+                    let mut out = page.out;
                     if page.next.is_none() {
                         render::list_end(&mut out, None);
                     }

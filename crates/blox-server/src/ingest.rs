@@ -158,6 +158,74 @@ impl ParkedAs {
 }
 
 /// A received message and what it becomes.
+/// Messages parsed at a time while the previous ones are committed (see `Ingestor::parse_and_apply`).
+const PARSE_CHUNK: usize = 1_000;
+
+/// What parsing a batch's messages needs: the account and region mirrored, the batch's receipt time
+/// (for parked messages), the clusters mirrored.
+struct Parsing {
+    scope: Scope,
+    received_at: String,
+    clusters: Option<Vec<ClusterName>>,
+}
+
+impl Parsing {
+    /// What a message becomes: an event's write, a parked message, or nothing (dropped).
+    fn entry(&self, message: Message) -> Entry {
+        let (scope, received_at) = (&self.scope, self.received_at.as_str());
+        let mut entry = Entry {
+            message,
+            write: None,
+            kind: None,
+            parked_as: None,
+            outcome: None,
+        };
+        let event = match EcsEvent::parse(&entry.message.body) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(message_id = entry.message.id, error = %err, "parking a message that is not a valid ECS event");
+                entry.park(ParkedAs::Invalid, err.to_string(), received_at);
+                return entry;
+            }
+        };
+        if let Some(origin) = event.origin()
+            && let Err(foreign) = scope.check(&origin)
+        {
+            tracing::warn!(message_id = entry.message.id, error = %foreign, "parking an event of another account or region");
+            entry.park(ParkedAs::Foreign, foreign.to_string(), received_at);
+            return entry;
+        }
+        match event {
+            EcsEvent::Task { cluster, task } if self.allowed(&cluster) => {
+                entry.write = Some(Write::Upsert(documents::task(cluster, &task)));
+                entry.kind = Some(Kind::Task);
+            }
+            EcsEvent::ContainerInstance { cluster, instance } if self.allowed(&cluster) => {
+                entry.write = Some(Write::Upsert(documents::instance(cluster, &instance)));
+                entry.kind = Some(Kind::Instance);
+            }
+            EcsEvent::Task { .. } | EcsEvent::ContainerInstance { .. } => {
+                metrics::counter!(m::EVENTS_DROPPED, "reason" => "cluster_not_allowed").increment(1);
+            }
+            EcsEvent::Other { detail_type } => {
+                tracing::debug!(
+                    detail_type,
+                    message_id = entry.message.id,
+                    "dropping an ECS event blox does not mirror"
+                );
+                metrics::counter!(m::EVENTS_DROPPED, "reason" => "other_detail_type").increment(1);
+            }
+        }
+        entry
+    }
+
+    fn allowed(&self, cluster: &ClusterName) -> bool {
+        self.clusters
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(cluster))
+    }
+}
+
 struct Entry {
     message: Message,
     /// `None`: dropped on purpose.
@@ -248,16 +316,13 @@ impl Ingestor {
     /// committed before the failure are deleted, and the others stay in the queue.
     pub async fn commit(&self, batch: Vec<Message>) -> Result<BatchReport, ()> {
         let oldest_sent = batch.iter().filter_map(|msg| msg.sent_at_ms).min();
-        let scope = self.options.mirrored.scope();
-        let received_at = clock::now_rfc3339();
-        let mut entries: Vec<Entry> = batch
-            .into_iter()
-            .map(|message| self.entry(message, &scope, &received_at))
-            .collect();
+        let parsing = Arc::new(Parsing {
+            scope: self.options.mirrored.scope(),
+            received_at: clock::now_rfc3339(),
+            clusters: self.options.clusters.clone(),
+        });
         let mut report = BatchReport::default();
-        let committed = self
-            .apply_isolating(&mut entries, &received_at, &mut report)
-            .await;
+        let (entries, committed) = self.parse_and_apply(batch, &parsing, &mut report).await;
         for entry in &entries {
             let label = entry.kind.map(Kind::name).unwrap_or("none");
             match (entry.outcome, &entry.write) {
@@ -317,52 +382,67 @@ impl Ingestor {
         committed.map(|()| report).map_err(|_| ())
     }
 
-    /// What a message becomes: an event's write, a parked message, or nothing (dropped).
-    fn entry(&self, message: Message, scope: &Scope, received_at: &str) -> Entry {
-        let mut entry = Entry {
-            message,
-            write: None,
-            kind: None,
-            parked_as: None,
-            outcome: None,
-        };
-        let event = match EcsEvent::parse(&entry.message.body) {
-            Ok(event) => event,
-            Err(err) => {
-                tracing::warn!(message_id = entry.message.id, error = %err, "parking a message that is not a valid ECS event");
-                entry.park(ParkedAs::Invalid, err.to_string(), received_at);
-                return entry;
-            }
-        };
-        if let Some(origin) = event.origin()
-            && let Err(foreign) = scope.check(&origin)
-        {
-            tracing::warn!(message_id = entry.message.id, error = %foreign, "parking an event of another account or region");
-            entry.park(ParkedAs::Foreign, foreign.to_string(), received_at);
-            return entry;
+    /// Parses the batch and commits it, a chunk at a time: while the store commits one chunk, the
+    /// next is parsed on a blocking thread, so that parsing (one core: ~8 µs an event) and committing
+    /// overlap instead of adding up. A small batch is parsed in place. On a failure the chunks after
+    /// it are left uncommitted (their messages stay in the queue); the entries returned are those
+    /// parsed.
+    async fn parse_and_apply(
+        &self,
+        batch: Vec<Message>,
+        parsing: &Arc<Parsing>,
+        report: &mut BatchReport,
+    ) -> (Vec<Entry>, Result<(), StoreError>) {
+        if batch.len() <= PARSE_CHUNK {
+            let mut entries: Vec<Entry> = batch.into_iter().map(|message| parsing.entry(message)).collect();
+            let committed = self
+                .apply_isolating(&mut entries, &parsing.received_at, report)
+                .await;
+            return (entries, committed);
         }
-        match event {
-            EcsEvent::Task { cluster, task } if self.allowed(&cluster) => {
-                entry.write = Some(Write::Upsert(documents::task(cluster, &task)));
-                entry.kind = Some(Kind::Task);
+        let spawn_parse = |chunk: Vec<Message>| {
+            let parsing = Arc::clone(parsing);
+            tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|message| parsing.entry(message))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let mut chunks = Vec::with_capacity(batch.len().div_ceil(PARSE_CHUNK));
+        let mut rest = batch.into_iter();
+        loop {
+            let chunk: Vec<Message> = rest.by_ref().take(PARSE_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
             }
-            EcsEvent::ContainerInstance { cluster, instance } if self.allowed(&cluster) => {
-                entry.write = Some(Write::Upsert(documents::instance(cluster, &instance)));
-                entry.kind = Some(Kind::Instance);
-            }
-            EcsEvent::Task { .. } | EcsEvent::ContainerInstance { .. } => {
-                metrics::counter!(m::EVENTS_DROPPED, "reason" => "cluster_not_allowed").increment(1);
-            }
-            EcsEvent::Other { detail_type } => {
-                tracing::debug!(
-                    detail_type,
-                    message_id = entry.message.id,
-                    "dropping an ECS event blox does not mirror"
-                );
-                metrics::counter!(m::EVENTS_DROPPED, "reason" => "other_detail_type").increment(1);
+            chunks.push(chunk);
+        }
+        let mut chunks = chunks.into_iter();
+        let mut all = Vec::new();
+        let mut next = chunks.next().map(spawn_parse);
+        while let Some(parsed) = next.take() {
+            let mut entries = match parsed.await {
+                Ok(entries) => entries,
+                Err(error) => {
+                    let error = StoreError::Backend {
+                        backend: "ingest",
+                        operation: "parse",
+                        message: error.to_string(),
+                    };
+                    return (all, Err(error));
+                }
+            };
+            next = chunks.next().map(spawn_parse);
+            let committed = self
+                .apply_isolating(&mut entries, &parsing.received_at, report)
+                .await;
+            all.append(&mut entries);
+            if committed.is_err() {
+                return (all, committed);
             }
         }
-        entry
+        (all, Ok(()))
     }
 
     /// Commits the entries' writes: all in one transaction when the store takes them; when it refuses
@@ -414,13 +494,6 @@ impl Ingestor {
             }
         }
         Ok(())
-    }
-
-    fn allowed(&self, cluster: &ClusterName) -> bool {
-        self.options
-            .clusters
-            .as_ref()
-            .is_none_or(|allowed| allowed.contains(cluster))
     }
 }
 

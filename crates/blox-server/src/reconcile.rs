@@ -411,7 +411,24 @@ impl Reconciler {
         }
     }
 
+    /// What ECS describes of `arns`; nothing, for a cluster ECS does not know (as its listing is
+    /// empty): the entities stored of a deleted cluster are then removed.
     async fn describe(
+        &self,
+        cluster: &ClusterName,
+        kind: Kind,
+        arns: &[String],
+    ) -> Result<Vec<Document>, EcsError> {
+        match self.describe_known(cluster, kind, arns).await {
+            Err(EcsError {
+                kind: EcsErrorKind::ClusterNotFound,
+                ..
+            }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    async fn describe_known(
         &self,
         cluster: &ClusterName,
         kind: Kind,

@@ -17,6 +17,15 @@ pub fn record(out: &mut Vec<u8>, seq: u64, deleted: bool, body: &[u8]) {
     out.push(b'}');
 }
 
+/// [`record`] (not deleted) as the store writes a listing's entities (`Store::list_spliced`).
+pub const RECORD: blox_store::Splice = blox_store::Splice {
+    before: b"{\"metadata\":{\"entityVersion\":\"",
+    middle: b"\"},\"entity\":",
+    after: b"}",
+    separator: b",",
+    lead: false,
+};
+
 /// The opening of a list body.
 pub const LIST_START: &[u8] = b"{\"items\":[";
 
@@ -57,6 +66,37 @@ mod tests {
             version: n,
             updated_at: None,
             health_status: None,
+        }
+    }
+
+    /// The store's splice of a listing writes what [`record`] does.
+    #[test]
+    fn store_splice_matches_record() {
+        for (index, lead) in [(0, false), (1, false), (0, true)] {
+            let mut spliced = Vec::new();
+            RECORD
+                .write(&mut spliced, index, 42, |out| {
+                    out.extend_from_slice(b"{\"a\":1}");
+                    Ok(())
+                })
+                .unwrap();
+            let mut expected = if index > 0 || lead {
+                b",".to_vec()
+            } else {
+                Vec::new()
+            };
+            let splice = blox_store::Splice { lead, ..RECORD };
+            if lead {
+                spliced.clear();
+                splice
+                    .write(&mut spliced, index, 42, |out| {
+                        out.extend_from_slice(b"{\"a\":1}");
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            record(&mut expected, 42, false, b"{\"a\":1}");
+            assert_eq!(spliced, expected);
         }
     }
 

@@ -77,13 +77,14 @@ async fn store_finding(args: &ServerArgs) -> Finding {
             let instances = store.count(Kind::Instance).await.unwrap_or(0);
             Outcome::Ok(format!("opens ({tasks} tasks, {instances} container instances)"))
         }
-        // redb locks its file: a server running on it is not a problem of the store's.
+        // redb locks its file, the log store its directory: a server running on it is not a problem
+        // of the store's.
         Err(err) if format!("{err:#}").contains("already open") => {
             Outcome::Ok("in use by a running blox server".to_owned())
         }
         Err(err) => Outcome::Problem {
             problem: format!("{err:#}"),
-            fix: "check --store (redb:PATH with a writable directory, memory, or etcd:http://HOST:PORT and the --etcd-* flags)"
+            fix: "check --store (log:DIR or redb:PATH with a writable directory, memory, or etcd:http://HOST:PORT and the --etcd-* flags)"
                 .to_owned(),
         },
     };

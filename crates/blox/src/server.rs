@@ -14,7 +14,7 @@ use blox_server::{
 };
 use blox_sim::SimAlarms;
 use blox_store::leader::{Leadership, SoleLeadership};
-use blox_store::{EtcdConfig, EtcdStore, EtcdTls, MemStore, RedbStore, Store, StoreOptions};
+use blox_store::{EtcdConfig, EtcdStore, EtcdTls, LogStore, MemStore, RedbStore, Store, StoreOptions};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
@@ -25,10 +25,11 @@ pub struct ServerArgs {
     /// Address of the REST API (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "BLOX_LISTEN", default_value = "127.0.0.1:2000")]
     pub(crate) listen: String,
-    /// Where state is kept: `redb:PATH` (durable, the default), `memory` (lost on exit), or
-    /// `etcd:http://HOST:PORT[,http://HOST2:PORT...]` (shared by several replicas: see --replica-id
-    /// and the --etcd-* flags; https:// with --etcd-ca).
-    #[arg(long, env = "BLOX_STORE", default_value = "redb:./blox-data/blox.redb")]
+    /// Where state is kept: `log:DIR` (durable, the default: in memory, made durable by an
+    /// append-only log with checkpoints in DIR), `redb:PATH` (durable, one redb file), `memory` (lost
+    /// on exit), or `etcd:http://HOST:PORT[,http://HOST2:PORT...]` (shared by several replicas: see
+    /// --replica-id and the --etcd-* flags; https:// with --etcd-ca).
+    #[arg(long, env = "BLOX_STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
     /// The SQS queue of ECS events, by name or URL. Without it, blox mirrors by reconciling only.
     #[arg(long, env = "BLOX_QUEUE")]
@@ -350,7 +351,7 @@ impl ServerArgs {
         sim.sim_state = Some(data_dir.join("simulator.json"));
         ServerArgs {
             listen,
-            store: format!("redb:{}", data_dir.join("blox.redb").display()),
+            store: store_in(data_dir),
             queue: None,
             visibility_timeout: Duration::from_secs(60),
             // Events carry nearly everything; reconciling often shows attribute changes (which ECS
@@ -428,6 +429,20 @@ fn init_logging(format: &str) -> Result<()> {
     Ok(())
 }
 
+const DEFAULT_STORE: &str = "log:./blox-data/store";
+
+/// The store in a data directory: the log store in `DATA/store`, or the redb file an earlier version
+/// left there while there is no log store (so that upgrading keeps the environments and deployments
+/// it holds; the mirror alone would be rebuilt by reconciling).
+fn store_in(data_dir: &std::path::Path) -> String {
+    let earlier = data_dir.join("blox.redb");
+    if earlier.exists() && !data_dir.join("store").exists() {
+        format!("redb:{}", earlier.display())
+    } else {
+        format!("log:{}", data_dir.join("store").display())
+    }
+}
+
 /// The store, and the leadership of this replica on it: shared with other replicas on etcd, its own
 /// on memory and redb (it leads from the start, under its `--replica-id`).
 pub(crate) async fn open_store(
@@ -445,6 +460,9 @@ pub(crate) async fn open_store(
         );
         (store, Arc::new(leadership))
     };
+    // The default names the data directory: an earlier version's redb file there is kept in use.
+    let default = (spec == DEFAULT_STORE).then(|| store_in(std::path::Path::new("./blox-data")));
+    let spec = default.as_deref().unwrap_or(spec);
     if spec == "memory" {
         return Ok(alone(Arc::new(MemStore::new(options))));
     }
@@ -460,8 +478,14 @@ pub(crate) async fn open_store(
         );
         return Ok((Arc::new(store), Arc::new(leadership)));
     }
+    if let Some(dir) = spec.strip_prefix("log:") {
+        let dir = PathBuf::from(dir);
+        let store = LogStore::open(&dir, options)
+            .with_context(|| format!("opening the store in {}", dir.display()))?;
+        return Ok(alone(Arc::new(store)));
+    }
     let Some(path) = spec.strip_prefix("redb:") else {
-        bail!("--store must be redb:PATH, memory or etcd:http://HOST:PORT[,...], not {spec:?}");
+        bail!("--store must be log:DIR, redb:PATH, memory or etcd:http://HOST:PORT[,...], not {spec:?}");
     };
     let path = PathBuf::from(path);
     let store = RedbStore::open(&path, options)
