@@ -51,7 +51,7 @@ COPY --chmod=0755 deploy/docker/blox-healthcheck /usr/local/bin/blox-healthcheck
 # blox refuses to serve on 0.0.0.0 without tokens: give BLOX_AUTH_TOKEN_FILE (a file mounted into
 # the container) or, behind something that already decides who gets in, BLOX_INSECURE_NO_AUTH=true.
 ENV BLOX_LISTEN=0.0.0.0:2000 \
-    BLOX_STORE=redb:/data/blox.redb \
+    BLOX_STORE=log:/data/store \
     BLOX_LOG_FORMAT=json
 VOLUME ["/data"]
 WORKDIR /data

@@ -1,4 +1,4 @@
-# Optional: blox itself, one Fargate task with its redb store on EFS (var.service).
+# Optional: blox itself, one Fargate task with its store on EFS (var.service).
 
 locals {
   service_count = var.service == null ? 0 : 1
@@ -198,7 +198,7 @@ resource "aws_ecs_task_definition" "blox" {
     portMappings = [{ containerPort = 2000, protocol = "tcp" }]
     environment = [
       { name = "BLOX_QUEUE", value = aws_sqs_queue.events.url },
-      { name = "BLOX_STORE", value = "redb:/data/blox.redb" },
+      { name = "BLOX_STORE", value = "log:/data/store" },
       { name = "BLOX_LISTEN", value = "0.0.0.0:2000" },
       { name = "BLOX_LOG_FORMAT", value = "json" },
       { name = "AWS_REGION", value = local.region },
@@ -225,7 +225,7 @@ resource "aws_ecs_service" "blox" {
   cluster         = var.service.cluster
   task_definition = aws_ecs_task_definition.blox[0].arn
   launch_type     = "FARGATE"
-  # One writer of the redb file at a time: the old task stops before the new one starts.
+  # One writer of the store at a time: the old task stops before the new one starts.
   desired_count                      = 1
   deployment_minimum_healthy_percent = 0
   deployment_maximum_percent         = 100

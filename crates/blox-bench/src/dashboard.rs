@@ -29,7 +29,7 @@ pub(crate) async fn run(bench: &mut Bench, dir: &Path, quick: bool) -> Result<()
     let (instances, browsers) = if quick { (500, 20) } else { (5_000, 100) };
     let w = format!("dashboard ({browsers} browsers on an environment page, {instances}-instance rollout)");
     eprintln!("{w}");
-    let store = format!("redb:{}", dir.join("dashboard.redb").display());
+    let store = format!("log:{}", dir.join("dashboard").display());
     let instances_flag = instances.to_string();
     let server = Server::start_with(
         &store,

@@ -10,6 +10,8 @@
 //!   to it, `/metrics` samples and v1.0 deployments;
 //! - [`StartTaskFaultProxy`]: a proxy in front of moto that fails StartTask calls on demand, before
 //!   or after moto acts ([`StartTaskFault`]);
+//! - [`SqsProxy`]: a proxy in front of moto's SQS that records what it delivers and what moto deletes,
+//!   and holds receives back on demand;
 //! - [`Browser`]: a real headless Chromium through a private chromedriver, for the dashboard's tests.
 
 mod api;
@@ -21,6 +23,7 @@ mod fixture;
 mod moto;
 mod process;
 mod proxy;
+mod sqs_proxy;
 mod wait;
 
 pub use api::{Api, deployment_id, metric_sum};
@@ -31,6 +34,7 @@ pub use fixture::{EcsFixture, tasks_by_instance};
 pub use moto::{Moto, workspace_root};
 pub use process::{BloxProcess, Finished, run_to_end};
 pub use proxy::{StartTaskFault, StartTaskFaultProxy};
+pub use sqs_proxy::{SqsMessage, SqsProxy};
 pub use wait::wait_until;
 
 /// A reqwest client builder for tests. The workspace builds reqwest with rustls and no crypto

@@ -13,7 +13,7 @@ use aws_config::SdkConfig;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::Response;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,7 +24,7 @@ use crate::moto::{Moto, sdk_config_at};
 /// this header).
 const START_TASK_TARGET: &str = "AmazonEC2ContainerServiceV20141113.StartTask";
 /// API calls are small JSON documents; the cap only stops a runaway test.
-const MAX_BODY: usize = 16 << 20;
+pub(crate) const MAX_BODY: usize = 16 << 20;
 
 /// How a StartTask call fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,30 +210,57 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 async fn upstream(shared: &Shared, parts: Parts, body: Bytes) -> Response {
+    match exchange(&shared.http, &shared.upstream, parts, body).await {
+        Ok(answer) => answer.into_response(),
+        Err(failed) => failed,
+    }
+}
+
+/// The upstream's answer to a forwarded request, read whole.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Answer {
+    pub(crate) fn into_response(self) -> Response {
+        let mut response = Response::new(Body::from(self.body));
+        *response.status_mut() = self.status;
+        for (name, value) in self.headers.iter().filter(|(name, _)| !hop_by_hop(name)) {
+            response.headers_mut().append(name, value.clone());
+        }
+        response
+    }
+}
+
+/// Forwards a request as it came to `upstream` (`http://HOST:PORT`) and reads the whole answer; a 502
+/// when the upstream cannot be reached.
+pub(crate) async fn exchange(
+    http: &reqwest::Client,
+    upstream: &str,
+    parts: Parts,
+    body: Bytes,
+) -> Result<Answer, Response> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = shared
-        .http
-        .request(parts.method, format!("{}{path}", shared.upstream))
-        .body(body);
+    let mut request = http.request(parts.method, format!("{upstream}{path}")).body(body);
     for (name, value) in parts.headers.iter().filter(|(name, _)| !hop_by_hop(name)) {
         request = request.header(name, value);
     }
     let answer = match request.send().await {
         Ok(answer) => answer,
-        Err(err) => return plain(StatusCode::BAD_GATEWAY, format!("upstream: {err}")),
+        Err(err) => return Err(plain(StatusCode::BAD_GATEWAY, format!("upstream: {err}"))),
     };
     let status = answer.status();
     let headers = answer.headers().clone();
-    let body = match answer.bytes().await {
-        Ok(body) => body,
-        Err(err) => return plain(StatusCode::BAD_GATEWAY, format!("upstream body: {err}")),
-    };
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    for (name, value) in headers.iter().filter(|(name, _)| !hop_by_hop(name)) {
-        response.headers_mut().append(name, value.clone());
+    match answer.bytes().await {
+        Ok(body) => Ok(Answer {
+            status,
+            headers,
+            body,
+        }),
+        Err(err) => Err(plain(StatusCode::BAD_GATEWAY, format!("upstream body: {err}"))),
     }
-    response
 }
 
 /// ECS's answer to an internal failure (AWS JSON 1.1): the SDK sees `ServerException`, a transient
@@ -256,7 +283,7 @@ fn error_answer(status: StatusCode, code: &'static str, message: &str) -> Respon
     response
 }
 
-fn plain(status: StatusCode, message: String) -> Response {
+pub(crate) fn plain(status: StatusCode, message: String) -> Response {
     let mut response = Response::new(Body::from(message));
     *response.status_mut() = status;
     response

@@ -18,6 +18,7 @@ const FIGURES: &[&str] = &[
     "bytes written to the store file per event",
     "parse + documents only (1 thread)",
     "Store::apply only (redb)",
+    "Store::apply only (log store)",
     "GET /v1/tasks/{cluster}/{arn} p50",
     "GET /v1/tasks/{cluster}/{arn} p99",
     "GET throughput",

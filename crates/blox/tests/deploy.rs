@@ -184,7 +184,7 @@ fn the_dockerfile_has_what_the_readme_describes() {
     assert_eq!(all("EXPOSE"), ["2000"]);
     let env = joined("ENV");
     assert!(env.contains("BLOX_LISTEN=0.0.0.0:2000"), "{env}");
-    assert!(env.contains("BLOX_STORE=redb:/data/blox.redb"), "{env}");
+    assert!(env.contains("BLOX_STORE=log:/data/store"), "{env}");
     assert_eq!(all("VOLUME"), [r#"["/data"]"#]);
     assert_eq!(all("ENTRYPOINT"), [r#"["blox", "server"]"#]);
 

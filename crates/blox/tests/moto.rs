@@ -33,7 +33,7 @@ impl Harness {
     }
 
     fn store(&self) -> String {
-        format!("redb:{}", self.dir.path().join("blox.redb").display())
+        format!("log:{}", self.dir.path().join("store").display())
     }
 
     async fn blox(&self, extra: &[&str]) -> BloxProcess {

@@ -50,7 +50,7 @@ impl Harness {
 
     /// [`Harness::blox`] with `extra` flags.
     async fn blox_with(&self, env: &[(String, String)], extra: &[&str]) -> Blox {
-        let store = format!("redb:{}", self.dir.path().join("blox.redb").display());
+        let store = format!("log:{}", self.dir.path().join("store").display());
         let mut args = vec![
             "server",
             "--listen",

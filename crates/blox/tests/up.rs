@@ -88,7 +88,7 @@ async fn up_serves_a_simulated_account_stops_on_ctrl_c_and_keeps_its_state() {
     let status = blox.interrupt(DEADLINE).await.unwrap();
     assert!(status.success(), "Ctrl-C exits cleanly: {status:?}");
     assert!(data.path().join("simulator.json").exists());
-    assert!(data.path().join("blox.redb").exists());
+    assert!(data.path().join("store").join("checkpoint").exists());
 
     // Again, on the same directory: the same account carries on.
     let blox = up(data.path()).await;
