@@ -390,12 +390,48 @@ impl Bench {
         self.split_apply(store.as_ref(), "Store::apply only (log store)")
             .await?;
         drop(ingestor);
+        self.crash_now(&path, &dir.join("cluster-state-crashed"))?;
         serve::run(self, store.clone(), metrics).await?;
         query::run(self)?;
         // The server process must be able to open the directory: every handle of this process must
         // be gone (the last one's drop writes the closing checkpoint).
         release(store).await?;
         process::run(self, &path).await
+    }
+
+    /// A crash at the end of the write storm, with the log grown since the last checkpoint as it
+    /// happens to be: the store's directory, still open, is copied as a SIGKILL would leave it (every
+    /// acknowledged commit is in it) and opened, as a restart would: checkpoint load and replay.
+    fn crash_now(&mut self, dir: &Path, copy: &Path) -> Result<()> {
+        // A checkpoint finishing meanwhile may delete a segment the copied checkpoint needs: then
+        // copy again.
+        let mut attempts = 0;
+        while let Err(error) = copy_store(dir, copy) {
+            attempts += 1;
+            ensure!(attempts < 3, "copying {}: {error}", dir.display());
+        }
+        let started = now();
+        let reopened = LogStore::open(copy, StoreOptions::default()).context("opening the crashed copy")?;
+        let took = started.elapsed();
+        let opened = reopened.opened();
+        drop(reopened);
+        std::fs::remove_dir_all(copy)?;
+        let w = "apply";
+        self.report.add(
+            w,
+            "log replayed after a crash at the storm's end",
+            opened.replayed_bytes as f64 / (1024.0 * 1024.0),
+            "MiB",
+            None,
+        );
+        self.report.add(
+            w,
+            "open after that crash (checkpoint + replay)",
+            took.as_secs_f64() * 1000.0,
+            "ms",
+            None,
+        );
+        Ok(())
     }
 
     /// The next event of a task: its version is bumped, so ingestion applies it.
@@ -579,6 +615,28 @@ impl Bench {
         );
         Ok(())
     }
+}
+
+/// Copies a log store's files (its checkpoint first) but the lock.
+fn copy_store(dir: &Path, copy: &Path) -> std::io::Result<()> {
+    if copy.exists() {
+        std::fs::remove_dir_all(copy)?;
+    }
+    std::fs::create_dir_all(copy)?;
+    match std::fs::copy(dir.join("checkpoint"), copy.join("checkpoint")) {
+        // None yet: the log is replayed from its start.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        other => {
+            other?;
+        }
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if name.to_string_lossy().starts_with("wal-") {
+            std::fs::copy(dir.join(&name), copy.join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Bytes this process has passed to write calls (`wchar` of `/proc/self/io`), when Linux says. Only

@@ -32,7 +32,7 @@ pub mod limits;
 pub mod metrics;
 mod query;
 pub mod reconcile;
-mod render;
+pub mod render;
 pub mod scheduler;
 pub mod stream;
 pub mod tls;

@@ -40,6 +40,7 @@ mod redb_engine;
 mod stores;
 
 pub use etcd::{EtcdConfig, EtcdLeadership, EtcdStore, EtcdTls, WallClock};
+pub use log_engine::Opened;
 pub use stores::{LogStore, MemStore, RedbStore};
 
 /// What kind of entity a document is: an ECS entity (mirrored, written under the version rule) or a

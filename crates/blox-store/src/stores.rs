@@ -8,7 +8,7 @@ use blox_model::ClusterName;
 use tokio::sync::watch;
 
 use crate::kv::KvStore;
-use crate::log_engine::LogEngine;
+use crate::log_engine::{LogEngine, Opened};
 use crate::mem::MemEngine;
 use crate::redb_engine::RedbEngine;
 use crate::{
@@ -46,7 +46,20 @@ impl LogStore {
     /// Opens the store in directory `dir`, creating it if need be: loads the last checkpoint and replays
     /// the log after it. Blocks on file I/O.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<LogStore, StoreError> {
-        Ok(LogStore(KvStore::open(LogEngine::open(dir)?, options)?))
+        let engine = LogEngine::open(dir)?;
+        let opened = engine.opened();
+        tracing::info!(
+            dir = %dir.display(),
+            checkpoint_bytes = opened.checkpoint_bytes,
+            replayed_bytes = opened.replayed_bytes,
+            "store opened"
+        );
+        Ok(LogStore(KvStore::open(engine, options)?))
+    }
+
+    /// What opening took: the checkpoint loaded and the log replayed after it.
+    pub fn opened(&self) -> Opened {
+        self.0.engine().opened()
     }
 }
 

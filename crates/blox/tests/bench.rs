@@ -19,6 +19,7 @@ const FIGURES: &[&str] = &[
     "parse + documents only (1 thread)",
     "Store::apply only (redb)",
     "Store::apply only (log store)",
+    "open after that crash (checkpoint + replay)",
     "GET /v1/tasks/{cluster}/{arn} p50",
     "GET /v1/tasks/{cluster}/{arn} p99",
     "GET throughput",
@@ -26,6 +27,8 @@ const FIGURES: &[&str] = &[
     "GET /v1/tasks?cluster=X p50",
     "GET /v1/tasks?cluster=X p99",
     "Store::list of a cluster alone (c=1) p50",
+    "Store::list_spliced of a cluster alone (c=1) p50",
+    "memcpy of the listing's body p50",
     "instances matched by the filter",
     "GET /v1/instances?filter=Q p50",
     "GET /v1/instances?filter=Q p99",
@@ -110,6 +113,7 @@ const FIGURES: &[&str] = &[
 /// Figures that may well be zero on a run this small (nothing throttled, no lag left, a flat or
 /// falling lag), so only their presence and finiteness are checked.
 const MAY_BE_ZERO: &[&str] = &[
+    "log replayed after a crash at the storm's end",
     "list calls throttled (retried)",
     "describe calls throttled (retried)",
     "time list calls were answered",
