@@ -57,18 +57,20 @@ pub(crate) struct Tuning {
     /// A new segment is started when the current one has reached this size.
     pub segment_bytes: u64,
     /// The WAL written since the last checkpoint that starts the next one: at least this, and at
-    /// least `checkpoint_ratio` times the last checkpoint's size, so that checkpoints add at most a
-    /// quarter to the bytes written while replay after a crash stays bounded.
+    /// least the last checkpoint's size divided by `checkpoint_divisor`. Replay after a crash runs at
+    /// ~100 MB of log a second here (B-tree inserts of long keys), a checkpoint loads at ~400 MB/s:
+    /// 48 MiB and a third of a 150 MB checkpoint keep a restart after a crash under a second at
+    /// 110,000 entities and 1M retained changes, for ~1 KB of checkpoint written per event.
     pub checkpoint_min_wal: u64,
-    pub checkpoint_ratio: u64,
+    pub checkpoint_divisor: u64,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             segment_bytes: 64 << 20,
-            checkpoint_min_wal: 256 << 20,
-            checkpoint_ratio: 4,
+            checkpoint_min_wal: 48 << 20,
+            checkpoint_divisor: 3,
         }
     }
 }
@@ -1288,7 +1290,7 @@ impl LogEngine {
         since
             >= tuning
                 .checkpoint_min_wal
-                .max(tuning.checkpoint_ratio * wal.checkpoint_bytes)
+                .max(wal.checkpoint_bytes / tuning.checkpoint_divisor)
     }
 
     /// Leaves the directory as a crash would: no closing checkpoint.
@@ -1409,7 +1411,7 @@ mod tests {
         Tuning {
             segment_bytes: 4 << 10,
             checkpoint_min_wal: 16 << 10,
-            checkpoint_ratio: 1,
+            checkpoint_divisor: 1,
         }
     }
 
