@@ -116,6 +116,32 @@ pub(crate) trait Engine: Send + Sync + 'static {
     ) -> Result<R, StoreError>;
 }
 
+/// Steps through `entries` in `direction` until `step` returns `false`: a range visit over an
+/// in-memory map.
+pub(crate) fn walk<I: DoubleEndedIterator>(
+    entries: I,
+    direction: Direction,
+    mut step: impl FnMut(I::Item) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    match direction {
+        Direction::Forward => {
+            for entry in entries {
+                if !step(entry)? {
+                    break;
+                }
+            }
+        }
+        Direction::Reverse => {
+            for entry in entries.rev() {
+                if !step(entry)? {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether a range between these bounds is certainly empty. `BTreeMap::range` panics on such bounds, and
 /// they do arise from untrusted cursors.
 pub(crate) fn is_empty_range(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 
 use crate::StoreError;
-use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range};
+use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range, walk};
 use crate::leader::Fence;
 
 const FRAME_MAGIC: u32 = 0x4258_5731; // "BXW1"
@@ -364,31 +364,14 @@ impl ReadTx for Reading<'_> {
                 return Ok(());
             }
             let range = tables.maps[table.slot()].range::<[u8], _>((start, end));
-            let mut step = |(key, value): (&Bytes, &Bytes)| visit(key, value);
-            match direction {
-                Direction::Forward => {
-                    for entry in range {
-                        if !step(entry)? {
-                            break;
-                        }
-                    }
-                }
-                Direction::Reverse => {
-                    for entry in range.rev() {
-                        if !step(entry)? {
-                            break;
-                        }
-                    }
-                }
-            }
-            return Ok(());
+            return walk(range, direction, |(key, value)| visit(key, value));
         }
         let (start, end) = (seq_bound(start)?, seq_bound(end)?);
         if seq_range_is_empty(start, end) {
             return Ok(());
         }
         let mut reader = BlockReader::new(segments);
-        let mut step = |(seq, loc): (u64, Loc)| -> Result<bool, StoreError> {
+        let step = |(seq, loc): (u64, Loc)| -> Result<bool, StoreError> {
             let key = seq.to_be_bytes();
             if loc.segment == PENDING {
                 visit(&key, &pending[loc.value_offset as usize])
@@ -397,23 +380,7 @@ impl ReadTx for Reading<'_> {
             }
         };
         let range = tables.log.range(start, end);
-        match direction {
-            Direction::Forward => {
-                for entry in range {
-                    if !step(entry)? {
-                        break;
-                    }
-                }
-            }
-            Direction::Reverse => {
-                for entry in range.rev() {
-                    if !step(entry)? {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        walk(range, direction, step)
     }
 }
 

@@ -7,7 +7,7 @@ use std::ops::Bound;
 use std::sync::{PoisonError, RwLock};
 
 use crate::StoreError;
-use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range};
+use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range, walk};
 use crate::leader::Fence;
 
 pub(crate) type Map = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -52,24 +52,7 @@ impl ReadTx for Tables {
             return Ok(());
         }
         let range = self.0[table.slot()].range::<[u8], _>((start, end));
-        let mut step = |(key, value): (&Vec<u8>, &Vec<u8>)| visit(key, value);
-        match direction {
-            Direction::Forward => {
-                for entry in range {
-                    if !step(entry)? {
-                        break;
-                    }
-                }
-            }
-            Direction::Reverse => {
-                for entry in range.rev() {
-                    if !step(entry)? {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        walk(range, direction, |(key, value)| visit(key, value))
     }
 }
 
