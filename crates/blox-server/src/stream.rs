@@ -238,19 +238,27 @@ impl Pump {
     /// whenever nothing was sent for `heartbeat`, also while changes that do not match go by.
     async fn run(self, state: Arc<AppState>, mut position: u64) {
         let _gauge = ClientGauge::open(self.kind, state.stream.open.clone());
-        let mut head = state.store.subscribe();
+        // The view's reader of the change log is every stream's: a stream at the head reads what the
+        // view read, from memory; one further behind reads the store until it catches up.
+        let mut head = state.view.applied_changes();
         let options = &state.stream;
         let shutdown = &options.shutdown;
         let mut last_sent = Instant::now();
         loop {
-            // Mark the head as seen before reading, so a commit landing after the read wakes the wait
-            // below.
+            // Mark the head as seen before reading, so a change the view reads after ours wakes the
+            // wait below.
             head.borrow_and_update();
-            let changes = tokio::select! {
-                changes = state.store.changes(position, options.batch.max(1)) => changes,
-                () = shutdown.cancelled() => return,
+            let batch = options.batch.max(1);
+            let changes = match state.view.changes_after(position, batch) {
+                Some(recent) => Ok(recent),
+                None => tokio::select! {
+                    changes = state.store.changes(position, batch) => {
+                        changes.map(|changes| changes.into_iter().map(Arc::new).collect())
+                    }
+                    () = shutdown.cancelled() => return,
+                },
             };
-            let changes = match changes {
+            let changes: Vec<Arc<blox_store::Change>> = match changes {
                 Ok(changes) => changes,
                 Err(err) => {
                     let _ = self.send(error_line(err), shutdown).await;

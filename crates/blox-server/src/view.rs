@@ -367,6 +367,20 @@ pub struct View {
     clock: crate::clock::Clock,
     /// What each step applied, for live pages.
     feed: broadcast::Sender<Arc<Applied>>,
+    /// The changes the view read last, for the streams (`View::changes_after`).
+    recent: RwLock<Recent>,
+}
+
+/// Changes the view read from the change log are kept for the streams, at most this many: a stream
+/// at the head reads them from here, so that the change log has one reader (the view's) for the
+/// scheduler, the dashboard and every stream. ~1.5 KB each; a stream further behind reads the store.
+const RECENT_CHANGES: usize = 2_048;
+
+/// Every change after `after`, up to the last the view read, in order.
+#[derive(Default)]
+struct Recent {
+    after: u64,
+    changes: std::collections::VecDeque<Arc<Change>>,
 }
 
 impl std::fmt::Debug for View {
@@ -387,7 +401,37 @@ impl View {
             wake: Notify::new(),
             clock,
             feed: broadcast::channel(FEED_CAPACITY).0,
+            recent: RwLock::new(Recent::default()),
         })
+    }
+
+    /// The changes after `after` (at most `limit`), when the view still holds every one of them:
+    /// `None` when `after` is older than what it keeps (then read the store). Empty when the view
+    /// has not read past `after` yet: wait for [`View::applied_changes`].
+    pub fn changes_after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Change>>> {
+        let recent = self.recent.read().unwrap_or_else(|p| p.into_inner());
+        if after < recent.after {
+            return None;
+        }
+        let start = recent.changes.partition_point(|change| change.seq <= after);
+        Some(recent.changes.range(start..).take(limit).cloned().collect())
+    }
+
+    /// Moves whenever the view has read and applied more of the change log.
+    pub fn applied_changes(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Keeps what was read for the streams, before the view applies it (so that a stream woken by
+    /// the view finds it).
+    fn remember(&self, changes: &[Arc<Change>]) {
+        let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
+        recent.changes.extend(changes.iter().cloned());
+        while recent.changes.len() > RECENT_CHANGES {
+            if let Some(oldest) = recent.changes.pop_front() {
+                recent.after = oldest.seq;
+            }
+        }
     }
 
     /// Follows what the view applies from now on. A subscriber that falls more than
@@ -621,6 +665,10 @@ impl View {
         }
         apply_unordered(&mut state, &tasks, now);
         state.applied = head;
+        *self.recent.write().unwrap_or_else(|p| p.into_inner()) = Recent {
+            after: head,
+            changes: Default::default(),
+        };
         {
             let mut current = self.state.write().unwrap_or_else(|p| p.into_inner());
             // The task groups are partial again: the next ask loads them anew.
@@ -649,6 +697,8 @@ impl View {
                 }
                 Ok(changes) => {
                     failures = 0;
+                    let changes: Vec<Arc<Change>> = changes.into_iter().map(Arc::new).collect();
+                    self.remember(&changes);
                     self.apply(&changes);
                 }
                 Err(StoreError::Compacted { .. }) => {
@@ -677,7 +727,7 @@ impl View {
         }
     }
 
-    fn apply(&self, changes: &[Change]) {
+    fn apply(&self, changes: &[Arc<Change>]) {
         let now = (self.clock)();
         let mut relevant = Vec::new();
         // Only worked out while somebody follows the feed.
@@ -748,5 +798,65 @@ fn apply_unordered(state: &mut ViewState, changes: &[Change], now_ms: u64) {
             tracing::warn!(error = %err, key = %change.doc.key, "the view skipped a document it cannot parse");
         }
         state.applied = applied.max(change.seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blox_store::{Document, Key, MemStore, StoreOptions, Write};
+
+    fn task(n: u64) -> Write {
+        Write::Upsert(Document {
+            key: Key::task(ClusterName::new("c").unwrap(), format!("t{}", n % 50)),
+            version: n,
+            status: "RUNNING".into(),
+            started_by: None,
+            body: format!(r#"{{"n":{n}}}"#).into_bytes(),
+        })
+    }
+
+    /// What the streams read from the view is what the store's change log holds after the same
+    /// position, as long as the view keeps it; older positions are the store's to answer.
+    #[tokio::test]
+    async fn recent_changes_are_the_change_logs() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new(StoreOptions::default()));
+        let shutdown = CancellationToken::new();
+        store.apply((1..=10).map(task).collect()).await.unwrap();
+        let view = View::spawn(store.clone(), crate::clock::wall(), shutdown.clone())
+            .await
+            .unwrap();
+        // Loaded at 10: what came before is the store's.
+        assert!(view.changes_after(9, 100).is_none());
+        assert_eq!(view.changes_after(10, 100).unwrap(), vec![]);
+        let total = RECENT_CHANGES as u64 + 500;
+        for batch in (11..=total).collect::<Vec<_>>().chunks(300) {
+            store
+                .apply(batch.iter().copied().map(task).collect())
+                .await
+                .unwrap();
+        }
+        assert!(view.caught_up(total, Duration::from_secs(10)).await);
+        let kept_from = total - RECENT_CHANGES as u64;
+        for (after, limit) in [
+            (kept_from, 5),
+            (kept_from + 1, 1_000),
+            (total - 3, 10),
+            (total, 10),
+        ] {
+            let recent: Vec<Change> = view
+                .changes_after(after, limit)
+                .unwrap()
+                .iter()
+                .map(|change| (**change).clone())
+                .collect();
+            assert_eq!(
+                recent,
+                store.changes(after, limit).await.unwrap(),
+                "after {after}"
+            );
+        }
+        assert!(view.changes_after(kept_from - 1, 10).is_none());
+        shutdown.cancel();
     }
 }
