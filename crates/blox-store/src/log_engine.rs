@@ -394,23 +394,6 @@ impl State {
     }
 }
 
-impl ReadTx for State {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.reading().get(table, key)
-    }
-
-    fn range(
-        &self,
-        table: Table,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        direction: Direction,
-        visit: &mut Visit<'_>,
-    ) -> Result<(), StoreError> {
-        self.reading().range(table, start, end, direction, visit)
-    }
-}
-
 /// One operation of a transaction, as the WAL records it.
 enum Op {
     Put(Table, Bytes, Bytes),
@@ -1304,7 +1287,7 @@ impl Engine for LogEngine {
     fn read<R>(&self, f: impl FnOnce(&dyn ReadTx) -> Result<R, StoreError>) -> Result<R, StoreError> {
         // A panicking writer has rolled back before the lock is released, so poisoned data is intact.
         let state = self.shared.state.read().unwrap_or_else(PoisonError::into_inner);
-        f(&*state)
+        f(&state.reading())
     }
 
     fn write<R>(
