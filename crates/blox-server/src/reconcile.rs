@@ -401,34 +401,12 @@ impl Reconciler {
         listing: Listing,
         token: Option<&str>,
     ) -> Result<ListPage, EcsError> {
-        match self.ecs.list_page(cluster.as_str(), listing, token).await {
-            // A cluster ECS does not know has nothing in it.
-            Err(EcsError {
-                kind: EcsErrorKind::ClusterNotFound,
-                ..
-            }) => Ok(ListPage::default()),
-            other => other,
-        }
+        nothing_if_unknown(self.ecs.list_page(cluster.as_str(), listing, token).await)
     }
 
-    /// What ECS describes of `arns`; nothing, for a cluster ECS does not know (as its listing is
-    /// empty): the entities stored of a deleted cluster are then removed.
+    /// What ECS describes of `arns` (nothing, for a cluster ECS does not know: the entities stored of
+    /// a deleted cluster are then removed).
     async fn describe(
-        &self,
-        cluster: &ClusterName,
-        kind: Kind,
-        arns: &[String],
-    ) -> Result<Vec<Document>, EcsError> {
-        match self.describe_known(cluster, kind, arns).await {
-            Err(EcsError {
-                kind: EcsErrorKind::ClusterNotFound,
-                ..
-            }) => Ok(Vec::new()),
-            other => other,
-        }
-    }
-
-    async fn describe_known(
         &self,
         cluster: &ClusterName,
         kind: Kind,
@@ -437,10 +415,7 @@ impl Reconciler {
         let name = cluster.as_str();
         let mirrored = &self.options.mirrored;
         let docs = match kind {
-            Kind::Instance => self
-                .ecs
-                .describe_container_instances(name, arns)
-                .await?
+            Kind::Instance => nothing_if_unknown(self.ecs.describe_container_instances(name, arns).await)?
                 .into_iter()
                 .filter_map(|mut i| {
                     let validated = i.validate();
@@ -448,10 +423,7 @@ impl Reconciler {
                     usable(cluster, validated, || documents::instance(cluster.clone(), &i))
                 })
                 .collect(),
-            Kind::Task => self
-                .ecs
-                .describe_tasks(name, arns)
-                .await?
+            Kind::Task => nothing_if_unknown(self.ecs.describe_tasks(name, arns).await)?
                 .into_iter()
                 .filter_map(|mut t| {
                     let validated = t.validate();
@@ -467,6 +439,17 @@ impl Reconciler {
             | Kind::Name => Vec::new(),
         };
         Ok(docs)
+    }
+}
+
+/// A cluster ECS does not know has nothing in it: its listings are empty and it describes nothing.
+fn nothing_if_unknown<T: Default>(answer: Result<T, EcsError>) -> Result<T, EcsError> {
+    match answer {
+        Err(EcsError {
+            kind: EcsErrorKind::ClusterNotFound,
+            ..
+        }) => Ok(T::default()),
+        other => other,
     }
 }
 
