@@ -2,22 +2,8 @@
 //! a stream never parses and re-serialises entities. `tests::splice_matches_serde` keeps the output
 //! identical to serialising `blox_api` types.
 
-use std::io::Write as _;
-
-/// Appends `{"metadata":{"entityVersion":"SEQ"[,"deleted":true]},"entity":BODY}`.
-pub fn record(out: &mut Vec<u8>, seq: u64, deleted: bool, body: &[u8]) {
-    out.extend_from_slice(b"{\"metadata\":{\"entityVersion\":\"");
-    let _ = write!(out, "{seq}");
-    out.extend_from_slice(if deleted {
-        b"\",\"deleted\":true},\"entity\":"
-    } else {
-        b"\"},\"entity\":"
-    });
-    out.extend_from_slice(body);
-    out.push(b'}');
-}
-
-/// [`record`] (not deleted) as the store writes a listing's entities (`Store::list_spliced`).
+/// `{"metadata":{"entityVersion":"SEQ"},"entity":BODY}`: one entity of a listing or a stream, as the
+/// store writes a listing's (`Store::list_spliced`) and [`record`] writes one.
 pub const RECORD: blox_store::Splice = blox_store::Splice {
     before: b"{\"metadata\":{\"entityVersion\":\"",
     middle: b"\"},\"entity\":",
@@ -25,6 +11,22 @@ pub const RECORD: blox_store::Splice = blox_store::Splice {
     separator: b",",
     lead: false,
 };
+
+/// [`RECORD`] of a deletion: `{"metadata":{"entityVersion":"SEQ","deleted":true},"entity":BODY}`.
+const DELETED_RECORD: blox_store::Splice = blox_store::Splice {
+    middle: b"\",\"deleted\":true},\"entity\":",
+    ..RECORD
+};
+
+/// Appends one entity's record.
+pub fn record(out: &mut Vec<u8>, seq: u64, deleted: bool, body: &[u8]) {
+    let splice = if deleted { DELETED_RECORD } else { RECORD };
+    // Writing into a Vec cannot fail.
+    let _ = splice.write(out, 0, seq, |out| {
+        out.extend_from_slice(body);
+        Ok(())
+    });
+}
 
 /// The opening of a list body.
 pub const LIST_START: &[u8] = b"{\"items\":[";
@@ -69,37 +71,6 @@ mod tests {
         }
     }
 
-    /// The store's splice of a listing writes what [`record`] does.
-    #[test]
-    fn store_splice_matches_record() {
-        for (index, lead) in [(0, false), (1, false), (0, true)] {
-            let mut spliced = Vec::new();
-            RECORD
-                .write(&mut spliced, index, 42, |out| {
-                    out.extend_from_slice(b"{\"a\":1}");
-                    Ok(())
-                })
-                .unwrap();
-            let mut expected = if index > 0 || lead {
-                b",".to_vec()
-            } else {
-                Vec::new()
-            };
-            let splice = blox_store::Splice { lead, ..RECORD };
-            if lead {
-                spliced.clear();
-                splice
-                    .write(&mut spliced, index, 42, |out| {
-                        out.extend_from_slice(b"{\"a\":1}");
-                        Ok(())
-                    })
-                    .unwrap();
-            }
-            record(&mut expected, 42, false, b"{\"a\":1}");
-            assert_eq!(spliced, expected);
-        }
-    }
-
     #[test]
     fn splice_matches_serde() {
         for (deleted, next) in [(false, None), (true, Some("AAEC_-")), (false, Some("x"))] {
@@ -132,8 +103,31 @@ mod tests {
             list_end(&mut out, next);
             assert_eq!(
                 String::from_utf8(out).unwrap(),
-                String::from_utf8(expected).unwrap()
+                String::from_utf8(expected.clone()).unwrap()
             );
+            // As the store splices a listing: the separators are the splice's, the first page's
+            // items and a later page's (`lead`) alike.
+            if !deleted {
+                let mut out = LIST_START.to_vec();
+                for (i, item) in items.iter().enumerate() {
+                    let splice = blox_store::Splice {
+                        lead: i > 0,
+                        ..RECORD
+                    };
+                    let body = serde_json::to_vec(&item.entity).unwrap();
+                    splice
+                        .write(&mut out, 0, (i as u64 + 1) * 10, |out| {
+                            out.extend_from_slice(&body);
+                            Ok(())
+                        })
+                        .unwrap();
+                }
+                list_end(&mut out, next);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+            }
         }
     }
 }
