@@ -60,19 +60,62 @@ impl Shared {
 /// [`StartTaskFaultProxy::env`]), queue faults with [`StartTaskFaultProxy::fail_next_start_tasks`].
 #[derive(Debug)]
 pub struct StartTaskFaultProxy {
-    addr: SocketAddr,
+    front: Front,
     shared: Arc<Shared>,
+}
+
+/// A proxy's listening side, what every proxy of the test kit shares: on 127.0.0.1 with an
+/// OS-assigned port, serving its router until dropped (open keep-alive connections finish on their
+/// own).
+#[derive(Debug)]
+pub(crate) struct Front {
+    addr: SocketAddr,
     moto_env: Vec<(String, String)>,
     server: JoinHandle<()>,
+}
+
+impl Front {
+    /// Serves `app` in front of `moto`; `name` is the proxy's, in errors.
+    pub(crate) async fn start(moto: &Moto, name: &'static str, app: axum::Router) -> anyhow::Result<Front> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .with_context(|| format!("binding the {name}"))?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                eprintln!("[{name}] stopped: {err}");
+            }
+        });
+        Ok(Front {
+            addr,
+            moto_env: moto.env(),
+            server,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// [`Moto::env`] with one service reached through the proxy (`variable`, its
+    /// `AWS_ENDPOINT_URL_*`), every other directly: for a child process (blox).
+    pub(crate) fn env(&self, variable: &str) -> Vec<(String, String)> {
+        let mut env = self.moto_env.clone();
+        env.push((variable.to_owned(), self.url()));
+        env
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 impl StartTaskFaultProxy {
     /// Starts a proxy forwarding to `moto`.
     pub async fn start(moto: &Moto) -> anyhow::Result<StartTaskFaultProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the StartTask fault proxy")?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             upstream: moto.endpoint(),
             // No proxy from the environment: the upstream is on loopback.
@@ -85,22 +128,13 @@ impl StartTaskFaultProxy {
         let app = axum::Router::new()
             .fallback(forward)
             .with_state(Arc::clone(&shared));
-        let server = tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, app).await {
-                eprintln!("[StartTaskFaultProxy] stopped: {err}");
-            }
-        });
-        Ok(StartTaskFaultProxy {
-            addr,
-            shared,
-            moto_env: moto.env(),
-            server,
-        })
+        let front = Front::start(moto, "StartTask fault proxy", app).await?;
+        Ok(StartTaskFaultProxy { front, shared })
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.front.url()
     }
 
     /// StartTask requests received so far, failed ones included.
@@ -140,20 +174,12 @@ impl StartTaskFaultProxy {
     /// [`Moto::env`] with ECS reached through the proxy (`AWS_ENDPOINT_URL_ECS`), every other
     /// service directly: for a child process (blox).
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = self.moto_env.clone();
-        env.push(("AWS_ENDPOINT_URL_ECS".to_owned(), self.url()));
-        env
+        self.front.env("AWS_ENDPOINT_URL_ECS")
     }
 
     /// [`Moto::sdk_config`] with every service reached through the proxy.
     pub async fn sdk_config(&self) -> SdkConfig {
         sdk_config_at(&self.url()).await
-    }
-}
-
-impl Drop for StartTaskFaultProxy {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 

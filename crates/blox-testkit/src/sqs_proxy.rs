@@ -3,21 +3,17 @@
 //! it acknowledged (deleted), whatever becomes of the process.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::moto::Moto;
-use crate::proxy::{MAX_BODY, exchange, plain};
+use crate::proxy::{Front, MAX_BODY, exchange, plain};
 
 /// A message as moto delivered it through the proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,19 +61,13 @@ impl Shared {
 /// still recorded.
 #[derive(Debug)]
 pub struct SqsProxy {
-    addr: SocketAddr,
+    front: Front,
     shared: Arc<Shared>,
-    moto_env: Vec<(String, String)>,
-    server: JoinHandle<()>,
 }
 
 impl SqsProxy {
     /// Starts a proxy forwarding to `moto`, letting receives through.
     pub async fn start(moto: &Moto) -> anyhow::Result<SqsProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the SQS proxy")?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             upstream: moto.endpoint(),
             // No proxy from the environment: the upstream is on loopback.
@@ -89,30 +79,19 @@ impl SqsProxy {
         let app = axum::Router::new()
             .fallback(forward)
             .with_state(Arc::clone(&shared));
-        let server = tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, app).await {
-                eprintln!("[SqsProxy] stopped: {err}");
-            }
-        });
-        Ok(SqsProxy {
-            addr,
-            shared,
-            moto_env: moto.env(),
-            server,
-        })
+        let front = Front::start(moto, "SQS proxy", app).await?;
+        Ok(SqsProxy { front, shared })
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.front.url()
     }
 
     /// [`Moto::env`] with SQS reached through the proxy (`AWS_ENDPOINT_URL_SQS`), every other service
     /// directly: for a child process (blox).
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = self.moto_env.clone();
-        env.push(("AWS_ENDPOINT_URL_SQS".to_owned(), self.url()));
-        env
+        self.front.env("AWS_ENDPOINT_URL_SQS")
     }
 
     /// Makes later ReceiveMessage requests wait at the proxy, before moto sees them, until
@@ -160,12 +139,6 @@ impl SqsProxy {
     /// also receives from moto directly).
     pub fn unknown_deletes(&self) -> usize {
         self.shared.record().unknown_deletes
-    }
-}
-
-impl Drop for SqsProxy {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 
