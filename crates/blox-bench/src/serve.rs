@@ -386,12 +386,7 @@ fn expected_filter_matches(bench: &Bench) -> usize {
 async fn store_list(bench: &mut Bench, store: &dyn Store) -> Result<()> {
     let mut latencies = histogram();
     for n in 0..bench.params.list_requests.min(50) {
-        let filter = Filter {
-            cluster: Some(ClusterName::new(
-                bench.workload.cluster_name(n as u64 % bench.params.clusters),
-            )?),
-            ..Filter::default()
-        };
+        let filter = cluster_filter(bench, n as u64)?;
         let started = now();
         let mut after = None;
         loop {
@@ -424,12 +419,7 @@ async fn store_list(bench: &mut Bench, store: &dyn Store) -> Result<()> {
     // machine's own floor for it: one copy of the body that results.
     let (mut spliced, mut copied) = (histogram(), histogram());
     for n in 0..bench.params.list_requests.min(50) {
-        let filter = Filter {
-            cluster: Some(ClusterName::new(
-                bench.workload.cluster_name(n as u64 % bench.params.clusters),
-            )?),
-            ..Filter::default()
-        };
+        let filter = cluster_filter(bench, n as u64)?;
         let started = now();
         let (mut out, mut after, mut lead) = (Vec::new(), None, false);
         loop {
@@ -476,6 +466,16 @@ async fn store_list(bench: &mut Bench, store: &dyn Store) -> Result<()> {
         None,
     );
     Ok(())
+}
+
+/// The `n`th listing's filter: one cluster, the clusters in turn.
+fn cluster_filter(bench: &Bench, n: u64) -> Result<Filter> {
+    Ok(Filter {
+        cluster: Some(ClusterName::new(
+            bench.workload.cluster_name(n % bench.params.clusters),
+        )?),
+        ..Filter::default()
+    })
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {

@@ -461,7 +461,13 @@ pub(crate) async fn open_store(
         (store, Arc::new(leadership))
     };
     // The default names the data directory: an earlier version's redb file there is kept in use.
-    let default = (spec == DEFAULT_STORE).then(|| store_in(std::path::Path::new("./blox-data")));
+    let default = (spec == DEFAULT_STORE).then(|| {
+        let data_dir = DEFAULT_STORE
+            .strip_prefix("log:")
+            .and_then(|dir| std::path::Path::new(dir).parent())
+            .unwrap_or(std::path::Path::new("."));
+        store_in(data_dir)
+    });
     let spec = default.as_deref().unwrap_or(spec);
     if spec == "memory" {
         return Ok(alone(Arc::new(MemStore::new(options))));
