@@ -12,7 +12,7 @@
 //!   segment, block and offset); a read decompresses the block (~20 µs; a range reads consecutive
 //!   values, mostly of one block). Every other table is held whole.
 //! - **Checkpoint**: when the WAL written since the last checkpoint passes a threshold (and when the
-//!   engine is dropped), a copy of the tables (values are shared `Bytes`, so the copy is of the trees
+//!   engine is dropped), a copy of the tables (keys and values are `Arc<[u8]>`, so the copy is of the trees
 //!   only, taken under the commit lock) is written by a background thread to `checkpoint.tmp`,
 //!   fsynced and renamed over `checkpoint`, with the WAL position it covers. Segments before both
 //!   that position and the oldest retained change are then deleted.
@@ -30,8 +30,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-
-use bytes::Bytes;
 
 use crate::StoreError;
 use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range, walk};
@@ -101,7 +99,22 @@ struct Loc {
 
 const PENDING: u32 = u32::MAX;
 
-type Map = BTreeMap<Bytes, Bytes>;
+/// A key or value held in memory: shared rather than copied by a transaction's undo and WAL records
+/// and by a checkpoint's snapshot, with its count in the same allocation (16 bytes in a tree node,
+/// where `Bytes` took 32, and a separate header of its own once shared).
+type Held = Arc<[u8]>;
+
+type Map = BTreeMap<Held, Held>;
+
+/// `bytes` in memory; every empty value (an index entry's) is one allocation.
+fn held(bytes: &[u8]) -> Held {
+    static EMPTY: std::sync::LazyLock<Held> = std::sync::LazyLock::new(|| Arc::from(&[][..]));
+    if bytes.is_empty() {
+        EMPTY.clone()
+    } else {
+        Arc::from(bytes)
+    }
+}
 
 /// Where each retained change is: seq `first + i` at `places[i]`. The change log's keys are
 /// consecutive (a commit appends the next seqs, trimming removes the oldest), so a deque holds them
@@ -324,7 +337,7 @@ fn decode_block(block: &[u8]) -> Result<Vec<u8>, StoreError> {
 struct Reading<'a> {
     tables: &'a Tables,
     segments: &'a BTreeMap<u32, File>,
-    pending: &'a [Bytes],
+    pending: &'a [Held],
 }
 
 impl ReadTx for Reading<'_> {
@@ -396,12 +409,12 @@ impl State {
 
 /// One operation of a transaction, as the WAL records it.
 enum Op {
-    Put(Table, Bytes, Bytes),
-    Delete(Table, Bytes),
+    Put(Table, Held, Held),
+    Delete(Table, Held),
 }
 
 enum Undo {
-    Map(Table, Bytes, Option<Bytes>),
+    Map(Table, Held, Option<Held>),
     Log(u64, Option<Loc>),
 }
 
@@ -412,7 +425,7 @@ struct LogWrite<'a> {
     undo: Vec<Undo>,
     ops: Vec<Op>,
     /// Values of the change-log entries put by this transaction, until the commit places them.
-    pending: Vec<Bytes>,
+    pending: Vec<Held>,
 }
 
 impl LogWrite<'_> {
@@ -448,8 +461,8 @@ impl WriteTx for LogWrite<'_> {
     }
 
     fn put_owned(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
-        let key = Bytes::from(key);
-        let value = Bytes::from(value);
+        let key = held(&key);
+        let value = held(&value);
         if table == Table::Log {
             let seq = seq_of(&key)?;
             let loc = Loc {
@@ -489,7 +502,7 @@ impl WriteTx for LogWrite<'_> {
             }
         };
         if removed {
-            self.ops.push(Op::Delete(table, Bytes::copy_from_slice(key)));
+            self.ops.push(Op::Delete(table, held(key)));
         }
         Ok(())
     }
@@ -562,11 +575,19 @@ fn table_of(tag: u8) -> Result<(Table, u8), StoreError> {
     Ok((table, tag & 3))
 }
 
-/// How many bytes `a` and `b` end with alike.
+/// How many bytes `a` and `b` end with alike. Compared a chunk at a time (one `memcmp` each: the
+/// shared tails are whole compressed bodies), then byte by byte within the first chunk that differs.
 fn common_suffix(a: &[u8], b: &[u8]) -> usize {
-    a.iter()
+    const CHUNK: usize = 32;
+    let max = a.len().min(b.len());
+    let mut n = 0;
+    while n + CHUNK <= max && a[a.len() - n - CHUNK..a.len() - n] == b[b.len() - n - CHUNK..b.len() - n] {
+        n += CHUNK;
+    }
+    n + a[..a.len() - n]
+        .iter()
         .rev()
-        .zip(b.iter().rev())
+        .zip(b[..b.len() - n].iter().rev())
         .take_while(|(x, y)| x == y)
         .count()
 }
@@ -756,7 +777,7 @@ fn replay_frame(tables: &mut Tables, payload: &[u8], segment: u32, base: u64) ->
                 )?;
             }
             Replayed::Put(table, key, value, _, _) => {
-                tables.maps[table.slot()].insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+                tables.maps[table.slot()].insert(held(key), held(value));
             }
             Replayed::Shared(table, key, prefix, ahead, shared) => {
                 let Some(Replayed::Put(Table::Log, _, tail, _, _)) = ops.get(i + ahead) else {
@@ -768,7 +789,7 @@ fn replay_frame(tables: &mut Tables, payload: &[u8], segment: u32, base: u64) ->
                 let mut value = Vec::with_capacity(prefix.len() + tail.len());
                 value.extend_from_slice(prefix);
                 value.extend_from_slice(tail);
-                tables.maps[table.slot()].insert(Bytes::copy_from_slice(key), Bytes::from(value));
+                tables.maps[table.slot()].insert(held(key), Arc::from(value));
             }
             Replayed::Delete(Table::Log, key) => {
                 tables.log.set(seq_of(key)?, None)?;
@@ -923,9 +944,9 @@ impl Cursor {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
-    fn bytes(&mut self) -> Result<Bytes, StoreError> {
+    fn bytes(&mut self) -> Result<Held, StoreError> {
         let len = self.u32()? as usize;
-        Ok(Bytes::copy_from_slice(self.take(len)?))
+        Ok(held(self.take(len)?))
     }
 }
 
@@ -1517,21 +1538,42 @@ mod tests {
         }
     }
 
+    /// The chunked suffix comparison agrees with a byte-by-byte one, around the chunk's size.
+    #[test]
+    fn common_suffix_counts_the_bytes_that_end_both_alike() {
+        fn check(a: &[u8], b: &[u8]) {
+            let bytewise = a
+                .iter()
+                .rev()
+                .zip(b.iter().rev())
+                .take_while(|(x, y)| x == y)
+                .count();
+            assert_eq!(common_suffix(a, b), bytewise, "{a:?} / {b:?}");
+            assert_eq!(common_suffix(b, a), bytewise, "{b:?} / {a:?}");
+        }
+        let tail: Vec<u8> = (0..200_u8).collect();
+        for shared in [0, 1, 31, 32, 33, 63, 64, 65, 100, 200] {
+            for (head_a, head_b) in [(&b"x"[..], &b"y"[..]), (b"", b"z"), (b"", b""), (b"abc", b"abc")] {
+                let a = [head_a, &tail[200 - shared..]].concat();
+                let b = [head_b, &tail[200 - shared..]].concat();
+                check(&a, &b);
+            }
+        }
+        check(b"", b"");
+        check(&tail, &tail[1..]);
+    }
+
     /// An entity's value and the change put after it, which end alike, are written as one copy of
     /// that end and read back whole.
     #[test]
     fn shared_tails_are_written_once() {
         let body: Vec<u8> = (0..2_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let with = |head: &[u8]| Bytes::from([head, &body].concat());
+        let with = |head: &[u8]| held(&[head, &body].concat());
         let ops = vec![
-            Op::Put(Table::Entities, Bytes::from_static(b"k"), with(b"entity")),
-            Op::Put(Table::Index, Bytes::from_static(b"i"), Bytes::new()),
-            Op::Put(
-                Table::Log,
-                Bytes::copy_from_slice(&7u64.to_be_bytes()),
-                with(b"change"),
-            ),
-            Op::Delete(Table::Index, Bytes::from_static(b"j")),
+            Op::Put(Table::Entities, held(b"k"), with(b"entity")),
+            Op::Put(Table::Index, held(b"i"), held(b"")),
+            Op::Put(Table::Log, held(&7u64.to_be_bytes()), with(b"change")),
+            Op::Delete(Table::Index, held(b"j")),
         ];
         let frame = encode_frame(&ops).unwrap();
         assert!(
@@ -1540,7 +1582,7 @@ mod tests {
             frame.bytes.len()
         );
         let mut tables = Tables::default();
-        tables.maps[Table::Index.slot()].insert(Bytes::from_static(b"j"), Bytes::new());
+        tables.maps[Table::Index.slot()].insert(held(b"j"), held(b""));
         replay_frame(&mut tables, &frame.bytes[FRAME_HEADER..], 3, FRAME_HEADER as u64).unwrap();
         assert_eq!(tables.maps[Table::Entities.slot()][&b"k"[..]], with(b"entity"));
         assert!(tables.maps[Table::Index.slot()].contains_key(&b"i"[..]));
