@@ -356,7 +356,8 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
     }
     // Everything was asked for: stream the rest page by page rather than holding it all in memory.
     let store = state.store.clone();
-    let rest = futures::stream::unfold(first.next, move |cursor| {
+    // Each page is about as long as the one before: room for it up front, not grown by doubling.
+    let rest = futures::stream::unfold((first.next, out.len()), move |(cursor, room)| {
         let store = store.clone();
         let filter = filter.clone();
         async move {
@@ -374,7 +375,7 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
                         limit: Some(page_size),
                     },
                     splice,
-                    Vec::new(),
+                    Vec::with_capacity(room + room / 8),
                 )
                 .await
             {
@@ -383,12 +384,13 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
                     if page.next.is_none() {
                         render::list_end(&mut out, None);
                     }
-                    Some((Ok(Bytes::from(out)), page.next))
+                    let room = out.len();
+                    Some((Ok(Bytes::from(out)), (page.next, room)))
                 }
                 Err(err) => {
                     // Too late for a status code: cut the body so the client sees it incomplete.
                     tracing::error!(error = %err, "listing failed mid-response");
-                    Some((Err(std::io::Error::other(err.to_string())), None))
+                    Some((Err(std::io::Error::other(err.to_string())), (None, 0)))
                 }
             }
         }
