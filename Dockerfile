@@ -11,11 +11,12 @@ ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 ARG BLOX_VERSION=0.1.0
-# protoc: etcd-client's build compiles etcd's protocol buffers. Debian's versions are not pinned:
-# the release (bookworm) is, and its updates are security fixes.
+# protoc: etcd-client's build compiles etcd's protocol buffers; make: jemalloc's (the binary's
+# allocator). Debian's versions are not pinned: the release (bookworm) is, and its updates are
+# security fixes.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends protobuf-compiler \
+    && apt-get install -y --no-install-recommends protobuf-compiler make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -8,6 +8,11 @@ mod sim;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc rather than glibc's malloc: ingest allocates each parsed event on one thread and frees it
+/// on the store's, where glibc's malloc took a third of the commit path's time (BENCHMARKS.md, issue 14).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "blox",
