@@ -315,6 +315,37 @@ mod tests {
         );
     }
 
+    /// The version is read with the entity; a detail is read again only to say what is wrong with
+    /// its version, which is reported ahead of the other fields' problems, as when it was read first.
+    #[test]
+    fn version_errors_come_first_and_an_explicit_zero_is_a_version() {
+        let version_of = |body: &str| match EcsEvent::parse(body).unwrap() {
+            EcsEvent::Task { task, .. } => task.version,
+            other => panic!("not a task: {other:?}"),
+        };
+        assert_eq!(version_of(&task_with(|v| v["detail"]["version"] = 0.into())), 0);
+        assert_eq!(version_of(&task_with(|v| v["detail"]["version"] = 7.into())), 7);
+        check_rejected(
+            &task_with(|v| v["detail"]["version"] = serde_json::Value::Null),
+            "detail.version is missing",
+        );
+        check_rejected(
+            &task_with(|v| {
+                let detail = v["detail"].as_object_mut().unwrap();
+                detail.remove("version");
+                detail.remove("taskArn");
+            }),
+            "detail.version is missing",
+        );
+        check_rejected(
+            &task_with(|v| {
+                v["detail"]["version"] = 1.5.into();
+                v["detail"]["lastStatus"] = 3.into();
+            }),
+            "non-negative integer",
+        );
+    }
+
     /// What the store would refuse (a NUL in a key or an indexed field) is refused here, naming the
     /// field, so that such a message is parked on its own instead of failing its batch's commit.
     #[test]
