@@ -87,7 +87,7 @@ pub(crate) trait WriteTx: ReadTx {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
 
     /// [`WriteTx::put`] of a key and value the caller has no further use for, which an engine that
-    /// keeps them in memory takes without a copy.
+    /// keeps them in memory as they are (the memory engine) takes without a copy.
     fn put_owned(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
         self.put(table, &key, &value)
     }

@@ -12,8 +12,8 @@
 //!   segment, block and offset); a read decompresses the block (~20 µs; a range reads consecutive
 //!   values, mostly of one block). Every other table is held whole.
 //! - **Checkpoint**: when the WAL written since the last checkpoint passes a threshold (and when the
-//!   engine is dropped), a copy of the tables (keys and values are `Arc<[u8]>`, so the copy is of the trees
-//!   only, taken under the commit lock) is written by a background thread to `checkpoint.tmp`,
+//!   engine is dropped), a copy of the tables (keys and values are `Arc<[u8]>`, so the copy is of the
+//!   trees only, taken under the commit lock) is written by a background thread to `checkpoint.tmp`,
 //!   fsynced and renamed over `checkpoint`, with the WAL position it covers. Segments before both
 //!   that position and the oldest retained change are then deleted.
 //! - **Recovery**: load `checkpoint`, replay the frames after its position, truncate a torn frame at
@@ -456,13 +456,10 @@ impl ReadTx for LogWrite<'_> {
 }
 
 impl WriteTx for LogWrite<'_> {
+    /// Owned or not (`put_owned` is the trait's default), the bytes are copied once, into their `Arc`.
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.put_owned(table, key.to_vec(), value.to_vec())
-    }
-
-    fn put_owned(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
-        let key = held(&key);
-        let value = held(&value);
+        let key = held(key);
+        let value = held(value);
         if table == Table::Log {
             let seq = seq_of(&key)?;
             let loc = Loc {
