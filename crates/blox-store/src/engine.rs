@@ -116,8 +116,7 @@ pub(crate) trait Engine: Send + Sync + 'static {
     ) -> Result<R, StoreError>;
 }
 
-/// Steps through `entries` in `direction` until `step` returns `false`: a range visit over an
-/// in-memory map.
+/// Steps through `entries` in `direction` until `step` returns `false`: every engine's range visit.
 pub(crate) fn walk<I: DoubleEndedIterator>(
     entries: I,
     direction: Direction,

@@ -12,10 +12,8 @@ use redb::{
 };
 
 use crate::StoreError;
-use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range};
+use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range, walk};
 use crate::leader::Fence;
-
-type Guard<'a> = redb::AccessGuard<'a, &'static [u8]>;
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -93,27 +91,10 @@ fn visit_range<T: ReadableTable<&'static [u8], &'static [u8]>>(
         return Ok(());
     }
     let range = table.range::<&[u8]>((start, end)).map_err(failed("range"))?;
-    let mut step = |entry: Result<(Guard<'_>, Guard<'_>), redb::StorageError>| {
+    walk(range, direction, |entry| {
         let (key, value) = entry.map_err(failed("range"))?;
         visit(key.value(), value.value())
-    };
-    match direction {
-        Direction::Forward => {
-            for entry in range {
-                if !step(entry)? {
-                    break;
-                }
-            }
-        }
-        Direction::Reverse => {
-            for entry in range.rev() {
-                if !step(entry)? {
-                    break;
-                }
-            }
-        }
-    }
-    Ok(())
+    })
 }
 
 /// A read transaction; tables are opened on first use, since most reads touch one or two.
