@@ -83,13 +83,17 @@ impl EcsEvent {
         };
         match envelope.detail_type.as_str() {
             TASK_STATE_CHANGE => {
-                let mut task: Task = parse_versioned(detail, detail_error)?;
+                let mut task = parse_versioned(detail, |task: &mut Task| &mut task.version, detail_error)?;
                 let cluster = task.validate()?;
                 check_envelope(&envelope, &task.cluster_arn)?;
                 Ok(EcsEvent::Task { cluster, task })
             }
             CONTAINER_INSTANCE_STATE_CHANGE => {
-                let mut instance: ContainerInstance = parse_versioned(detail, detail_error)?;
+                let mut instance = parse_versioned(
+                    detail,
+                    |instance: &mut ContainerInstance| &mut instance.version,
+                    detail_error,
+                )?;
                 let cluster = instance.validate()?;
                 check_envelope(&envelope, &instance.cluster_arn)?;
                 Ok(EcsEvent::ContainerInstance { cluster, instance })
@@ -137,47 +141,27 @@ fn check_envelope(envelope: &Envelope<'_>, cluster_arn: &str) -> Result<(), Even
     Ok(())
 }
 
-/// An entity with a `version` field (0 when absent), parsed from `detail` in one pass; the detail is
-/// read again only when the version may be missing or wrong (an entity read 0, or none), so that the
-/// version's own errors are still the ones reported, ahead of the other fields'.
-fn parse_versioned<T: serde::de::DeserializeOwned + Versioned>(
+/// An entity with a `version` field (0 when absent; `version` reaches it), parsed from `detail` in
+/// one pass; the detail is read again only when the version may be missing or wrong (an entity read
+/// 0, or none), so that the version's own errors are still the ones reported, ahead of the other
+/// fields'.
+fn parse_versioned<T: serde::de::DeserializeOwned>(
     detail: &str,
+    version: impl FnOnce(&mut T) -> &mut u64,
     detail_error: impl FnOnce(serde_json::Error) -> EventError,
 ) -> Result<T, EventError> {
     match serde_json::from_str::<T>(detail) {
-        Ok(entity) if entity.version() != 0 => Ok(entity),
         Ok(mut entity) => {
-            entity.set_version(detail_version(detail)?);
+            let read = version(&mut entity);
+            if *read == 0 {
+                *read = detail_version(detail)?;
+            }
             Ok(entity)
         }
         Err(error) => {
             detail_version(detail)?;
             Err(detail_error(error))
         }
-    }
-}
-
-/// The entities whose events carry ECS's per-resource `version`.
-trait Versioned {
-    fn version(&self) -> u64;
-    fn set_version(&mut self, version: u64);
-}
-
-impl Versioned for Task {
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn set_version(&mut self, version: u64) {
-        self.version = version;
-    }
-}
-
-impl Versioned for ContainerInstance {
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn set_version(&mut self, version: u64) {
-        self.version = version;
     }
 }
 
