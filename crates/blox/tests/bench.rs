@@ -26,6 +26,7 @@ const FIGURES: &[&str] = &[
     "tasks per cluster listed",
     "GET /v1/tasks?cluster=X p50",
     "GET /v1/tasks?cluster=X p99",
+    "GET /v1/tasks?cluster=X p99, body streamed by the client",
     "Store::list of a cluster alone (c=1) p50",
     "Store::list_spliced of a cluster alone (c=1) p50",
     "memcpy of the listing's body p50",
