@@ -6,6 +6,7 @@
 //! and leaves no trace of the closure's writes when it returns `Err` (or panics).
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::StoreError;
 use crate::leader::Fence;
@@ -58,6 +59,23 @@ impl Table {
     }
 }
 
+/// A value read by [`ReadTx::fetch`]: a copy, or the engine's own bytes, shared.
+pub(crate) enum Fetched {
+    Copied(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl std::ops::Deref for Fetched {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Fetched::Copied(bytes) => bytes,
+            Fetched::Shared(bytes) => bytes,
+        }
+    }
+}
+
 /// Iteration order of [`ReadTx::range`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Direction {
@@ -70,6 +88,11 @@ pub(crate) type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> 
 
 pub(crate) trait ReadTx {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// [`ReadTx::get`] without a copy where the engine holds the value in memory (the log engine).
+    fn fetch(&self, table: Table, key: &[u8]) -> Result<Option<Fetched>, StoreError> {
+        Ok(self.get(table, key)?.map(Fetched::Copied))
+    }
 
     /// Visits the entries between `start` and `end` in `direction` until `visit` returns `false`. An
     /// empty or inverted range visits nothing (it must not panic: bounds may come from a cursor).

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use crate::StoreError;
-use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range, walk};
+use crate::engine::{Direction, Engine, Fetched, ReadTx, Table, Visit, WriteTx, is_empty_range, walk};
 use crate::leader::Fence;
 
 const FRAME_MAGIC: u32 = 0x4258_5731; // "BXW1"
@@ -359,6 +359,16 @@ impl ReadTx for Reading<'_> {
         Ok(Some(BlockReader::new(segments).value(loc)?.to_vec()))
     }
 
+    fn fetch(&self, table: Table, key: &[u8]) -> Result<Option<Fetched>, StoreError> {
+        if table == Table::Log {
+            return Ok(self.get(table, key)?.map(Fetched::Copied));
+        }
+        Ok(self.tables.maps[table.slot()]
+            .get(key)
+            .cloned()
+            .map(Fetched::Shared))
+    }
+
     fn range(
         &self,
         table: Table,
@@ -443,6 +453,10 @@ impl ReadTx for LogWrite<'_> {
         self.reading().get(table, key)
     }
 
+    fn fetch(&self, table: Table, key: &[u8]) -> Result<Option<Fetched>, StoreError> {
+        self.reading().fetch(table, key)
+    }
+
     fn range(
         &self,
         table: Table,
@@ -481,25 +495,17 @@ impl WriteTx for LogWrite<'_> {
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
-        let removed = if table == Table::Log {
+        if table == Table::Log {
             let seq = seq_of(key)?;
             let previous = self.state.tables.log.set(seq, None)?;
-            let removed = previous.is_some();
-            if removed {
+            if previous.is_some() {
                 self.undo.push(Undo::Log(seq, previous));
+                self.ops.push(Op::Delete(table, held(key)));
             }
-            removed
-        } else {
-            match self.state.tables.maps[table.slot()].remove_entry(key) {
-                Some((key, previous)) => {
-                    self.undo.push(Undo::Map(table, key, Some(previous)));
-                    true
-                }
-                None => false,
-            }
-        };
-        if removed {
-            self.ops.push(Op::Delete(table, held(key)));
+        } else if let Some((key, previous)) = self.state.tables.maps[table.slot()].remove_entry(key) {
+            // The WAL record shares the removed key rather than a copy of it.
+            self.ops.push(Op::Delete(table, key.clone()));
+            self.undo.push(Undo::Map(table, key, Some(previous)));
         }
         Ok(())
     }
