@@ -27,7 +27,7 @@ use blox_model::ClusterName;
 
 use crate::{
     Change, Cursor, DeadLetter, Document, Expect, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest,
-    Record, Splice, Store, StoreError, StoreOptions, Write,
+    PreparedWrite, Record, Splice, Store, StoreError, StoreOptions, Write,
 };
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling `$make` (an expression of a type
@@ -47,6 +47,7 @@ macro_rules! conformance_tests {
             list_pagination,
             list_foreign_cursors,
             list_spliced_matches_list,
+            prepared_writes_store_what_writes_store,
             index_follows_changes,
             delete_when_unchanged,
             delete_kept_when_changed_after,
@@ -693,6 +694,57 @@ pub async fn list_pagination<S: Store, G>(make: impl AsyncFn(StoreOptions) -> (S
         longest >= 7,
         "the fixture has listings of at least 7 ({longest}); {} records",
         records.len()
+    );
+}
+
+/// Writes prepared by the caller ([`Store::apply_prepared`]: bodies compressed ahead) store what the
+/// same writes store through [`Store::apply`]: the same records and changes, and an unprepared write
+/// of the same document is identical to the prepared one's (stale, nothing written).
+pub async fn prepared_writes_store_what_writes_store<S: Store, G>(
+    make: impl AsyncFn(StoreOptions) -> (S, G),
+) {
+    let (store, _guard) = make(StoreOptions::default()).await;
+    let docs: Vec<Document> = [("short", 0), ("long", 2_000), ("longer", 30_000)]
+        .into_iter()
+        .map(|(id, pad)| {
+            let mut doc = task("c1", id, 1, "RUNNING");
+            doc.body = format!(r#"{{"id":"{id}","pad":"{}"}}"#, "ab".repeat(pad)).into_bytes();
+            doc
+        })
+        .collect();
+    let scheduler = doc(
+        Kind::Environment,
+        "c1",
+        "env",
+        0,
+        "active",
+        None,
+        &"{\"x\":1}".repeat(200),
+    );
+    let mut writes: Vec<PreparedWrite> = docs.iter().map(|doc| PreparedWrite::new(up(doc))).collect();
+    writes.push(PreparedWrite::new(put(&scheduler, Expect::Absent)));
+    let outcomes = store.apply_prepared(writes).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, Outcome::Written { .. })),
+        "{outcomes:?}"
+    );
+    for doc in docs.iter().chain([&scheduler]) {
+        let stored = store.get(&doc.key).await.unwrap().expect("stored");
+        assert_eq!(&stored.doc, doc);
+    }
+    let changes = store.changes(0, 10).await.unwrap();
+    let bodies: Vec<&[u8]> = changes.iter().map(|change| change.doc.body.as_slice()).collect();
+    let expected: Vec<&[u8]> = docs
+        .iter()
+        .chain([&scheduler])
+        .map(|doc| doc.body.as_slice())
+        .collect();
+    assert_eq!(bodies, expected);
+    assert_eq!(
+        apply(&store, docs.iter().map(up).collect()).await,
+        vec![Outcome::Stale; docs.len()]
     );
 }
 

@@ -18,7 +18,7 @@ use crate::engine::{Direction, Engine, ReadTx, Table, WriteTx};
 use crate::leader::Fence;
 use crate::{
     Change, Cursor, DeadLetter, Document, Expect, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest,
-    Record, Splice, Spliced, StoreError, StoreOptions, Write,
+    PreparedWrite, Record, Splice, Spliced, StoreError, StoreOptions, Write,
 };
 
 /// The counters kept in the meta table. Loaded at the start of a write transaction, updated in
@@ -222,6 +222,13 @@ impl<E: Engine> KvStore<E> {
         self.apply_fenced(writes, None).await
     }
 
+    pub(crate) async fn apply_prepared(
+        &self,
+        writes: Vec<PreparedWrite>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.apply_prepared_fenced(writes, None).await
+    }
+
     /// [`KvStore::apply`], committed only while `fence`'s term holds (see [`Engine::write`]).
     pub(crate) async fn apply_fenced(
         &self,
@@ -231,8 +238,32 @@ impl<E: Engine> KvStore<E> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        check_families(&writes)?;
+        // Prepared on the store's thread, before its write lock is taken.
+        self.commit(fence, move || {
+            writes.into_iter().map(PreparedWrite::new).collect()
+        })
+        .await
+    }
+
+    pub(crate) async fn apply_prepared_fenced(
+        &self,
+        writes: Vec<PreparedWrite>,
+        fence: Option<Fence>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.commit(fence, move || writes).await
+    }
+
+    async fn commit(
+        &self,
+        fence: Option<Fence>,
+        prepare: impl FnOnce() -> Vec<PreparedWrite> + Send + 'static,
+    ) -> Result<Vec<Outcome>, StoreError> {
         self.run(move |inner| {
+            let writes = prepare();
+            check_families(&writes)?;
             let (outcomes, before, after) = inner
                 .engine
                 .write(fence.as_ref(), |tx| apply_batch(tx, &inner.options, &writes))?;
@@ -457,8 +488,8 @@ fn read_changes(tx: &dyn ReadTx, after: u64, limit: usize, head: u64) -> Result<
 /// Refuses a batch with a write of the wrong family for its kind before any transaction starts: an
 /// `Upsert` of a deployment would bypass compare-and-swap, a `Put` of a task the version rule; and a
 /// `Put` replacing a revision, which is immutable.
-fn check_families(writes: &[Write]) -> Result<(), StoreError> {
-    for write in writes {
+fn check_families(writes: &[PreparedWrite]) -> Result<(), StoreError> {
+    for PreparedWrite { write, .. } in writes {
         let (kind, ecs_write) = match write {
             Write::Upsert(doc) | Write::Observe { doc, .. } => (doc.key.kind, true),
             Write::Delete { key, .. } => (key.kind, true),
@@ -485,21 +516,24 @@ fn check_families(writes: &[Write]) -> Result<(), StoreError> {
 fn apply_batch(
     tx: &mut dyn WriteTx,
     options: &StoreOptions,
-    writes: &[Write],
+    writes: &[PreparedWrite],
 ) -> Result<(Vec<Outcome>, u64, u64), StoreError> {
     let before = Meta::load(tx)?;
     let mut meta = before;
     let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
+    for PreparedWrite { write, compressed } in writes {
+        let compressed = compressed.as_deref();
         outcomes.push(match write {
-            Write::Upsert(doc) => upsert(tx, &mut meta, doc, None)?,
-            Write::Observe { doc, unchanged_since } => upsert(tx, &mut meta, doc, Some(*unchanged_since))?,
+            Write::Upsert(doc) => upsert(tx, &mut meta, doc, compressed, None)?,
+            Write::Observe { doc, unchanged_since } => {
+                upsert(tx, &mut meta, doc, compressed, Some(*unchanged_since))?
+            }
             Write::Delete {
                 key,
                 unchanged_since,
                 at_ms,
             } => delete(tx, &mut meta, key, *unchanged_since, *at_ms)?,
-            Write::Put { doc, expect } => put(tx, &mut meta, doc, *expect)?,
+            Write::Put { doc, expect } => put(tx, &mut meta, doc, compressed, *expect)?,
             Write::Remove { key, expect } => remove(tx, &mut meta, key, *expect)?,
             Write::Park(letter) => {
                 let id = meta.dead_letter_next;
@@ -530,15 +564,16 @@ fn apply_batch(
 }
 
 /// `observed`: the document is ECS's answer to a Describe, which proves the entity exists now, with
-/// the `unchanged_since` of [`Write::Observe`].
+/// the `unchanged_since` of [`Write::Observe`]. `compressed`: the body's as [`PreparedWrite`] has it.
 fn upsert(
     tx: &mut dyn WriteTx,
     meta: &mut Meta,
     doc: &Document,
+    compressed: Option<&[u8]>,
     observed: Option<u64>,
 ) -> Result<Outcome, StoreError> {
     let key = document_key(doc)?;
-    let stored_bytes = tx.get(Table::Entities, &key)?;
+    let stored_bytes = tx.fetch(Table::Entities, &key)?;
     let stored = stored_bytes.as_deref().map(EntityView::decode).transpose()?;
     // A version ahead of what ECS describes, stored before the caller asked ECS: bogus (see
     // `Write::Observe`).
@@ -577,14 +612,20 @@ fn upsert(
             meta.counts[count_slot(doc.key.kind)] += 1;
         }
     }
-    let seq = write_entity(tx, meta, &key, doc, stored)?;
+    let seq = write_entity(tx, meta, &key, doc, compressed, stored)?;
     Ok(Outcome::Written { seq })
 }
 
 /// A compare-and-swap write of a scheduler document (the family was checked by [`check_families`]).
-fn put(tx: &mut dyn WriteTx, meta: &mut Meta, doc: &Document, expect: Expect) -> Result<Outcome, StoreError> {
+fn put(
+    tx: &mut dyn WriteTx,
+    meta: &mut Meta,
+    doc: &Document,
+    compressed: Option<&[u8]>,
+    expect: Expect,
+) -> Result<Outcome, StoreError> {
     let key = document_key(doc)?;
-    let stored_bytes = tx.get(Table::Entities, &key)?;
+    let stored_bytes = tx.fetch(Table::Entities, &key)?;
     let stored = stored_bytes.as_deref().map(EntityView::decode).transpose()?;
     let found = stored.as_ref().map(|stored| stored.seq);
     let matched = match expect {
@@ -602,7 +643,7 @@ fn put(tx: &mut dyn WriteTx, meta: &mut Meta, doc: &Document, expect: Expect) ->
     if stored.is_none() {
         meta.counts[count_slot(doc.key.kind)] += 1;
     }
-    let seq = write_entity(tx, meta, &key, doc, stored)?;
+    let seq = write_entity(tx, meta, &key, doc, compressed, stored)?;
     Ok(Outcome::Written { seq })
 }
 
@@ -617,19 +658,19 @@ fn document_key(doc: &Document) -> Result<Vec<u8>, StoreError> {
 }
 
 /// Writes `doc` over `stored` (its current entity, if any) at the next seq: entity, indexes, change.
-/// The caller decided that the write applies and counted an insert.
+/// The caller decided that the write applies and counted an insert. `compressed`: the body's LZ4
+/// block from [`PreparedWrite`], for both the entity and its change.
 fn write_entity(
     tx: &mut dyn WriteTx,
     meta: &mut Meta,
     key: &[u8],
     doc: &Document,
+    compressed: Option<&[u8]>,
     stored: Option<EntityView<'_>>,
 ) -> Result<u64, StoreError> {
     let seq = meta.head + 1;
     meta.head = seq;
-    // Compressed once, for both the entity and its change.
-    let compressed = codec::compress(&doc.body);
-    let entity = EntityView::of(seq, doc, Body::of(&doc.body, compressed.as_deref()));
+    let entity = EntityView::of(seq, doc, Body::of(&doc.body, compressed));
     tx.put_owned(Table::Entities, key.to_vec(), entity.encode())?;
     let (old_status, old_started_by) = stored.map_or((None, None), |s| (Some(s.status), s.started_by));
     reindex(tx, key, Index::Status, old_status, Some(&doc.status))?;

@@ -308,6 +308,36 @@ impl Write {
     }
 }
 
+/// A [`Write`] whose document body is already compressed as the store keeps it, for
+/// [`Store::apply_prepared`]: the ingest compresses on its parsing thread, so that the work is not
+/// done by the store's single writer.
+#[derive(Debug, Clone)]
+pub struct PreparedWrite {
+    write: Write,
+    /// The body's LZ4 block when it is stored compressed ([`codec::compress`]).
+    compressed: Option<Vec<u8>>,
+}
+
+impl PreparedWrite {
+    pub fn new(write: Write) -> PreparedWrite {
+        let compressed = match &write {
+            Write::Upsert(doc) | Write::Observe { doc, .. } | Write::Put { doc, .. } => {
+                codec::compress(&doc.body)
+            }
+            Write::Delete { .. } | Write::Park(_) | Write::Remove { .. } => None,
+        };
+        PreparedWrite { write, compressed }
+    }
+
+    pub fn write(&self) -> &Write {
+        &self.write
+    }
+
+    pub fn into_write(self) -> Write {
+        self.write
+    }
+}
+
 /// What a compare-and-swap write expects of the live record of its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
@@ -546,6 +576,13 @@ pub trait Store: Send + Sync + 'static {
     /// (for redb: fsynced). On `Err` (including a compare-and-swap [`StoreError::Conflict`]), nothing
     /// of the batch is, and no sequence number is consumed.
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError>;
+
+    /// [`Store::apply`] of writes prepared by the caller. A backend that keeps bodies otherwise
+    /// ignores the preparation.
+    async fn apply_prepared(&self, writes: Vec<PreparedWrite>) -> Result<Vec<Outcome>, StoreError> {
+        self.apply(writes.into_iter().map(PreparedWrite::into_write).collect())
+            .await
+    }
 
     async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError>;
 

@@ -12,8 +12,8 @@ use crate::log_engine::{LogEngine, Opened};
 use crate::mem::MemEngine;
 use crate::redb_engine::RedbEngine;
 use crate::{
-    Change, DeadLetter, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest, Record, Splice, Spliced,
-    Store, StoreError, StoreOptions, Write,
+    Change, DeadLetter, Filter, Key, Kind, LogBounds, Outcome, Page, PageRequest, PreparedWrite, Record,
+    Splice, Spliced, Store, StoreError, StoreOptions, Write,
 };
 
 /// The in-memory store, for tests: everything is lost when it is dropped.
@@ -77,6 +77,10 @@ macro_rules! delegate_store {
         impl Store for $store {
             async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
                 self.0.apply(writes).await
+            }
+
+            async fn apply_prepared(&self, writes: Vec<PreparedWrite>) -> Result<Vec<Outcome>, StoreError> {
+                self.0.apply_prepared(writes).await
             }
 
             async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
