@@ -348,6 +348,30 @@ async fn a_refused_batch_is_split_so_that_the_good_messages_commit_and_the_bad_o
 
 const OTHER_TYPE: &str = r#"{"detail-type":"ECS Service Action","source":"aws.ecs","detail":{}}"#;
 
+/// A large batch is committed in parts while it is parsed (each part what the parser is ahead by):
+/// when the backend fails after the first part, exactly the messages of that part leave the queue,
+/// a prefix of the batch. (Should the parser have finished before the first commit, that one part
+/// is the whole batch.)
+#[tokio::test]
+async fn a_failure_after_the_first_part_of_a_large_batch_deletes_that_part_only() {
+    let store = Arc::new(FaultyStore::new(None, Some(1)));
+    let queue = Arc::new(FakeQueue::default());
+    let ingest = ingestor(store.clone(), queue.clone(), None);
+    let size = 5_000;
+    let bodies = (0..size).map(|n| task_event(&task("prod", &format!("t{n}"), "RUNNING", 1), 1));
+    let result = ingest.commit(messages(bodies)).await;
+    let deleted = queue.deleted.lock().unwrap().clone();
+    let committed = store.count(Kind::Task).await.unwrap() as usize;
+    assert!(committed > 0, "the first part commits");
+    assert_eq!(
+        result.is_ok(),
+        committed == size,
+        "{committed} of {size} committed"
+    );
+    let expected: Vec<String> = (0..committed).map(|n| format!("r{n}")).collect();
+    assert_eq!(deleted, expected, "the committed prefix, and only it, is deleted");
+}
+
 /// When the backend fails while a refused batch is being split, the parts committed before stay
 /// committed and their messages are deleted; the others stay in the queue (nothing is lost).
 #[tokio::test]
