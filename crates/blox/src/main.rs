@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 /// jemalloc rather than glibc's malloc: ingest allocates each parsed event on one thread and frees it
 /// on the store's, where glibc's malloc took a third of the commit path's time (BENCHMARKS.md, issue 14).
+/// Its options are built in from `.cargo/config.toml` (one arena).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
