@@ -19,6 +19,8 @@ const FIGURES: &[&str] = &[
     "parse + documents only (1 thread)",
     "Store::apply only (redb)",
     "Store::apply only (log store)",
+    "body compression only (PreparedWrite::new, 1 thread)",
+    "Store::apply_prepared only (log store)",
     "open after that crash (checkpoint + replay)",
     "GET /v1/tasks/{cluster}/{arn} p50",
     "GET /v1/tasks/{cluster}/{arn} p99",
