@@ -408,6 +408,7 @@ impl Ingestor {
             let committed = self.apply_isolating(&mut entries, parsing, report).await;
             return (entries, committed);
         }
+        let mut all: Vec<Entry> = Vec::with_capacity(batch.len());
         let (parsed_tx, mut parsed) = mpsc::unbounded_channel::<Vec<Entry>>();
         let parser = {
             let parsing = Arc::clone(parsing);
@@ -426,7 +427,6 @@ impl Ingestor {
                 }
             })
         };
-        let mut all: Vec<Entry> = Vec::new();
         while let Some(chunk) = parsed.recv().await {
             let from = all.len();
             all.extend(chunk);

@@ -43,6 +43,9 @@ const FRAME_HEADER: usize = 12;
 /// Raw (uncompressed) size at which a block is closed: small enough that reading one change
 /// decompresses little, large enough for LZ4 to find the keys' repetitions.
 const BLOCK_RAW: usize = 64 << 10;
+/// The largest frame buffer a write transaction keeps for the next (a commit of ~3,000 events):
+/// an occasional larger one gives its memory back.
+const SPARE_FRAME_MAX: usize = 4 << 20;
 /// A put's value shares its suffix with a change-log value put at most this many operations later
 /// (an entity is put, then its indexes, then its change)...
 const SHARE_LOOKAHEAD: usize = 8;
@@ -239,6 +242,16 @@ struct Wal {
 struct State {
     tables: Tables,
     wal: Wal,
+    /// The buffers of the last write transaction, emptied: the next one grows none of them again.
+    spare: Spare,
+}
+
+#[derive(Default)]
+struct Spare {
+    undo: Vec<Undo>,
+    ops: Vec<Op>,
+    pending: Vec<Held>,
+    frame: Vec<u8>,
 }
 
 struct Shared {
@@ -643,26 +656,27 @@ fn close_block(
     if raw.is_empty() {
         return Ok(());
     }
-    let comp = lz4_flex::block::compress(raw);
     let start = bytes.len();
-    bytes.extend_from_slice(
-        &u32::try_from(raw.len())
+    let raw_len = u32::try_from(raw.len()).map_err(|_| corrupt("WAL block"))?;
+    // Compressed straight into the frame, after room for the two lengths.
+    bytes.resize(start + 8 + lz4_flex::block::get_maximum_output_size(raw.len()), 0);
+    let comp_len =
+        lz4_flex::block::compress_into(raw, &mut bytes[start + 8..]).map_err(|_| corrupt("WAL block"))?;
+    bytes.truncate(start + 8 + comp_len);
+    bytes[start..start + 4].copy_from_slice(&raw_len.to_be_bytes());
+    bytes[start + 4..start + 8].copy_from_slice(
+        &u32::try_from(comp_len)
             .map_err(|_| corrupt("WAL block"))?
             .to_be_bytes(),
     );
-    bytes.extend_from_slice(
-        &u32::try_from(comp.len())
-            .map_err(|_| corrupt("WAL block"))?
-            .to_be_bytes(),
-    );
-    bytes.extend_from_slice(&comp);
     blocks.push((start, bytes.len() - start));
     raw.clear();
     Ok(())
 }
 
-fn encode_frame(ops: &[Op]) -> Result<Frame, StoreError> {
-    let mut bytes = Vec::new();
+/// Encodes `ops` as a frame, in `bytes` (emptied first; a buffer kept from an earlier frame).
+fn encode_frame(ops: &[Op], mut bytes: Vec<u8>) -> Result<Frame, StoreError> {
+    bytes.clear();
     bytes.extend_from_slice(&FRAME_MAGIC.to_be_bytes());
     bytes.extend_from_slice(&[0; 8]);
     let mut blocks = Vec::new();
@@ -1121,6 +1135,7 @@ impl LogEngine {
                     covered_segment: covered.segment,
                     broken: false,
                 },
+                spare: Spare::default(),
             }),
             checkpoint: Mutex::new(None),
             _lock: lock,
@@ -1138,8 +1153,15 @@ impl LogEngine {
 
     /// Appends a transaction's frame and places its change-log values; on failure the segment is
     /// cut back to where it was (or the engine refuses further writes, if even that fails).
-    fn append(&self, state: &mut State, ops: &[Op]) -> Result<(), StoreError> {
-        let frame = encode_frame(ops)?;
+    /// Writes `ops` as one frame (built in `buffer`) and syncs it.
+    fn append(&self, state: &mut State, ops: &[Op], buffer: &mut Vec<u8>) -> Result<(), StoreError> {
+        let frame = encode_frame(ops, std::mem::take(buffer))?;
+        let result = self.write_frame(state, ops, &frame);
+        *buffer = frame.bytes;
+        result
+    }
+
+    fn write_frame(&self, state: &mut State, ops: &[Op], frame: &Frame) -> Result<(), StoreError> {
         let wal = &mut state.wal;
         if wal.broken {
             return Err(StoreError::Backend {
@@ -1320,19 +1342,40 @@ impl Engine for LogEngine {
         mut f: impl FnMut(&mut dyn WriteTx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut state = self.shared.state.write().unwrap_or_else(PoisonError::into_inner);
+        let spare = std::mem::take(&mut state.spare);
         let mut tx = LogWrite {
             state: &mut state,
-            undo: Vec::new(),
-            ops: Vec::new(),
-            pending: Vec::new(),
+            undo: spare.undo,
+            ops: spare.ops,
+            pending: spare.pending,
         };
+        let mut frame = spare.frame;
         let result = f(&mut tx)?;
         if !tx.ops.is_empty() {
             let ops = std::mem::take(&mut tx.ops);
-            self.append(tx.state, &ops)?;
+            self.append(tx.state, &ops, &mut frame)?;
+            tx.ops = ops;
         }
         tx.undo.clear();
+        let (mut undo, mut ops, mut pending) = (
+            std::mem::take(&mut tx.undo),
+            std::mem::take(&mut tx.ops),
+            std::mem::take(&mut tx.pending),
+        );
         drop(tx);
+        ops.clear();
+        pending.clear();
+        undo.clear();
+        frame.clear();
+        // Kept for the next transaction unless an unusually large one grew them.
+        if frame.capacity() <= SPARE_FRAME_MAX {
+            state.spare = Spare {
+                undo,
+                ops,
+                pending,
+                frame,
+            };
+        }
         if state
             .wal
             .segments
@@ -1578,7 +1621,7 @@ mod tests {
             Op::Put(Table::Log, held(&7u64.to_be_bytes()), with(b"change")),
             Op::Delete(Table::Index, held(b"j")),
         ];
-        let frame = encode_frame(&ops).unwrap();
+        let frame = encode_frame(&ops, Vec::new()).unwrap();
         assert!(
             frame.bytes.len() < body.len() + 100,
             "{} bytes",
