@@ -254,6 +254,20 @@ struct Spare {
     frame: Vec<u8>,
 }
 
+impl Spare {
+    /// The buffers emptied for the next transaction, unless an unusually large one grew them.
+    fn emptied(mut self) -> Spare {
+        if self.frame.capacity() > SPARE_FRAME_MAX {
+            return Spare::default();
+        }
+        self.undo.clear();
+        self.ops.clear();
+        self.pending.clear();
+        self.frame.clear();
+        self
+    }
+}
+
 struct Shared {
     dir: PathBuf,
     tuning: Tuning,
@@ -1151,17 +1165,11 @@ impl LogEngine {
         Ok(LogEngine { shared })
     }
 
-    /// Appends a transaction's frame and places its change-log values; on failure the segment is
-    /// cut back to where it was (or the engine refuses further writes, if even that fails).
-    /// Writes `ops` as one frame (built in `buffer`) and syncs it.
-    fn append(&self, state: &mut State, ops: &[Op], buffer: &mut Vec<u8>) -> Result<(), StoreError> {
-        let frame = encode_frame(ops, std::mem::take(buffer))?;
-        let result = self.write_frame(state, ops, &frame);
-        *buffer = frame.bytes;
-        result
-    }
-
-    fn write_frame(&self, state: &mut State, ops: &[Op], frame: &Frame) -> Result<(), StoreError> {
+    /// Appends a transaction's frame, built in `buffer` (returned for the next), and places its
+    /// change-log values; on failure the segment is cut back to where it was (or the engine refuses
+    /// further writes, if even that fails).
+    fn append(&self, state: &mut State, ops: &[Op], buffer: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let frame = encode_frame(ops, buffer)?;
         let wal = &mut state.wal;
         if wal.broken {
             return Err(StoreError::Backend {
@@ -1211,7 +1219,7 @@ impl LogEngine {
                 };
             }
         }
-        Ok(())
+        Ok(frame.bytes)
     }
 
     /// Starts the next segment.
@@ -1342,40 +1350,34 @@ impl Engine for LogEngine {
         mut f: impl FnMut(&mut dyn WriteTx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut state = self.shared.state.write().unwrap_or_else(PoisonError::into_inner);
-        let spare = std::mem::take(&mut state.spare);
+        let Spare {
+            undo,
+            ops,
+            pending,
+            frame,
+        } = std::mem::take(&mut state.spare);
         let mut tx = LogWrite {
             state: &mut state,
-            undo: spare.undo,
-            ops: spare.ops,
-            pending: spare.pending,
+            undo,
+            ops,
+            pending,
         };
-        let mut frame = spare.frame;
         let result = f(&mut tx)?;
-        if !tx.ops.is_empty() {
-            let ops = std::mem::take(&mut tx.ops);
-            self.append(tx.state, &ops, &mut frame)?;
-            tx.ops = ops;
-        }
+        let frame = if tx.ops.is_empty() {
+            frame
+        } else {
+            self.append(tx.state, &tx.ops, frame)?
+        };
+        // Committed: nothing to undo, and the buffers serve the next transaction.
         tx.undo.clear();
-        let (mut undo, mut ops, mut pending) = (
-            std::mem::take(&mut tx.undo),
-            std::mem::take(&mut tx.ops),
-            std::mem::take(&mut tx.pending),
-        );
+        let spare = Spare {
+            undo: std::mem::take(&mut tx.undo),
+            ops: std::mem::take(&mut tx.ops),
+            pending: std::mem::take(&mut tx.pending),
+            frame,
+        };
         drop(tx);
-        ops.clear();
-        pending.clear();
-        undo.clear();
-        frame.clear();
-        // Kept for the next transaction unless an unusually large one grew them.
-        if frame.capacity() <= SPARE_FRAME_MAX {
-            state.spare = Spare {
-                undo,
-                ops,
-                pending,
-                frame,
-            };
-        }
+        state.spare = spare.emptied();
         if state
             .wal
             .segments
