@@ -177,7 +177,6 @@ impl Parsing {
         let mut entry = Entry {
             message,
             write: None,
-            dropped: false,
             kind: None,
             parked_as: None,
             outcome: None,
@@ -209,11 +208,9 @@ impl Parsing {
                 entry.kind = Some(Kind::Instance);
             }
             EcsEvent::Task { .. } | EcsEvent::ContainerInstance { .. } => {
-                entry.dropped = true;
                 metrics::counter!(m::EVENTS_DROPPED, "reason" => "cluster_not_allowed").increment(1);
             }
             EcsEvent::Other { detail_type } => {
-                entry.dropped = true;
                 tracing::debug!(
                     detail_type,
                     message_id = entry.message.id,
@@ -237,9 +234,7 @@ struct Entry {
     message: Message,
     /// The write still to commit: moved to the store when committed.
     write: Option<PreparedWrite>,
-    /// Parsing made no write of it, on purpose.
-    dropped: bool,
-    /// The entity kind of an event's write, for the metrics.
+    /// The entity kind of an event's write, for the metrics; `None` for a parked or dropped message.
     kind: Option<Kind>,
     parked_as: Option<ParkedAs>,
     /// Set once the write is committed.
@@ -247,6 +242,11 @@ struct Entry {
 }
 
 impl Entry {
+    /// Parsing made no write of it, on purpose: neither an event's write nor a parked message.
+    fn dropped(&self) -> bool {
+        self.kind.is_none() && self.parked_as.is_none()
+    }
+
     fn park(&mut self, as_: ParkedAs, reason: String, received_at: &str) {
         self.write = Some(PreparedWrite::new(Write::Park(DeadLetter {
             id: 0,
@@ -334,7 +334,7 @@ impl Ingestor {
         let (entries, committed) = self.parse_and_apply(batch, &parsing, &mut report).await;
         for entry in &entries {
             let label = entry.kind.map(Kind::name).unwrap_or("none");
-            match (entry.outcome, entry.dropped) {
+            match (entry.outcome, entry.dropped()) {
                 (_, true) => report.dropped += 1,
                 (None, false) => {}
                 (Some(Outcome::Written { .. }), _) => {
