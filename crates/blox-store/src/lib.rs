@@ -329,10 +329,6 @@ impl PreparedWrite {
         PreparedWrite { write, compressed }
     }
 
-    pub fn write(&self) -> &Write {
-        &self.write
-    }
-
     pub fn into_write(self) -> Write {
         self.write
     }
