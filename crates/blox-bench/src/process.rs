@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use super::report::Goal;
-use super::{Bench, file_mib, now};
+use super::{Bench, file_mib, now, percentile_ms, serve};
 
 use blox_api::LISTENING_PREFIX as READY_PREFIX;
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -220,6 +220,38 @@ pub(crate) async fn run(bench: &mut Bench, store: &Path) -> Result<()> {
         mib(loaded.hwm_kib),
         "MiB",
         Some(Goal::AtMost(250.0)),
+    );
+
+    // The `list cluster` listings again, served by `blox server` in its own process, as deployed
+    // (without API tokens), rather than in the client's: the client shares the two cores with it,
+    // no longer its runtime and allocator. Measured after the RSS figures, which stay as they were.
+    let concurrency = bench.params.list_concurrency;
+    let listing_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .context("building the HTTP client")?;
+    let listings = serve::cluster_listings(bench, &listing_client, address).await?;
+    bench.report.add(
+        w,
+        &format!("GET /v1/tasks?cluster=X p50 (c={concurrency})"),
+        percentile_ms(&listings.collected, 50.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        &format!("GET /v1/tasks?cluster=X p99 (c={concurrency})"),
+        percentile_ms(&listings.collected, 99.0),
+        "ms",
+        None,
+    );
+    bench.report.add(
+        w,
+        &format!("GET /v1/tasks?cluster=X p99 (c={concurrency}), body streamed by the client"),
+        percentile_ms(&listings.streamed, 99.0),
+        "ms",
+        None,
     );
 
     // After a crash, the log store loads its last checkpoint and replays the log written since (redb

@@ -296,52 +296,92 @@ async fn get_latency(bench: &mut Bench, server: &Server) -> Result<()> {
 
 async fn list_latency(bench: &mut Bench, server: &Server) -> Result<()> {
     let concurrency = bench.params.list_concurrency;
-    let clusters = bench.params.clusters;
-    let base = server.base();
-    let urls: Vec<String> = (0..bench.params.list_requests)
-        .map(|_| {
-            let cluster = bench.rng.below(clusters);
-            format!("{base}/v1/tasks?cluster={}", bench.workload.cluster_name(cluster))
-        })
-        .collect();
     let client = client(concurrency, server)?;
-    let urls = Arc::new(urls);
-    let (latencies, first) = load_urls(&client, urls.clone(), concurrency).await?;
-    // Counted, not parsed: every item carries exactly one metadata object.
-    let items = count(&first, b"{\"metadata\":");
+    let listings = cluster_listings(bench, &client, &server.base()).await?;
     let w = &format!("list cluster (c={concurrency})");
-    bench
-        .report
-        .add(w, "tasks per cluster listed", items as f64, "tasks", None);
+    bench.report.add(
+        w,
+        "tasks per cluster listed",
+        listings.items as f64,
+        "tasks",
+        None,
+    );
     bench.report.add(
         w,
         "GET /v1/tasks?cluster=X p50",
-        percentile_ms(&latencies, 50.0),
+        percentile_ms(&listings.collected, 50.0),
         "ms",
         None,
     );
     bench.report.add(
         w,
         "GET /v1/tasks?cluster=X p99",
-        percentile_ms(&latencies, 99.0),
+        percentile_ms(&listings.collected, 99.0),
         "ms",
         Some(Goal::AtMost(30.0)),
-    );
-    // The same requests again, the client dropping each chunk once read instead of collecting the
-    // 12.5 MB: how much of the figure above is the client's own copy.
-    let (streamed, first) = load_urls_reading(&client, urls, concurrency, Reading::Streamed).await?;
-    ensure!(
-        count(&first, b"{\"metadata\":") == items,
-        "a streamed listing answered another number of tasks"
     );
     bench.report.add(
         w,
         "GET /v1/tasks?cluster=X p99, body streamed by the client",
-        percentile_ms(&streamed, 99.0),
+        percentile_ms(&listings.streamed, 99.0),
         "ms",
         None,
     );
     Ok(())
+}
+
+/// The latencies of whole listings of one cluster's tasks.
+pub(crate) struct ClusterListings {
+    /// Each body read into one buffer, as most clients do.
+    pub(crate) collected: Histogram<u64>,
+    /// The same requests again, the client dropping each chunk once read instead of collecting the
+    /// 12.5 MB: how much of the figure above is the client's own copy.
+    pub(crate) streamed: Histogram<u64>,
+    /// The tasks in one answer.
+    pub(crate) items: usize,
+}
+
+/// `list_requests` listings `GET /v1/tasks?cluster=X` of random clusters on `base`,
+/// `list_concurrency` at a time, read both ways (see [`ClusterListings`]).
+pub(crate) async fn cluster_listings(
+    bench: &mut Bench,
+    client: &reqwest::Client,
+    base: &str,
+) -> Result<ClusterListings> {
+    let concurrency = bench.params.list_concurrency;
+    let clusters: Vec<u64> = (0..bench.params.list_requests)
+        .map(|_| bench.rng.below(bench.params.clusters))
+        .collect();
+    let urls: Vec<String> = clusters
+        .iter()
+        .map(|&cluster| format!("{base}/v1/tasks?cluster={}", bench.workload.cluster_name(cluster)))
+        .collect();
+    let urls = Arc::new(urls);
+    let (collected, first) = load_urls(client, urls.clone(), concurrency).await?;
+    // Counted, not parsed: every item carries exactly one metadata object. The first answer is
+    // checked against the workload (every task is stored), so that the figures are of real answers.
+    let items = count(&first, b"{\"metadata\":");
+    if let Some(&cluster) = clusters.first() {
+        let w = &bench.workload;
+        let expected = (0..bench.params.tasks)
+            .filter(|&task| w.cluster_of_task(task) == cluster)
+            .count();
+        ensure!(
+            items == expected,
+            "a listing of {} answered {items} tasks, not {expected}",
+            w.cluster_name(cluster)
+        );
+    }
+    let (streamed, first) = load_urls_reading(client, urls, concurrency, Reading::Streamed).await?;
+    ensure!(
+        count(&first, b"{\"metadata\":") == items,
+        "a streamed listing answered another number of tasks"
+    );
+    Ok(ClusterListings {
+        collected,
+        streamed,
+        items,
+    })
 }
 
 /// The filtered listing's query: an attribute (a third of the fleet is in zone a), the agent (every

@@ -56,6 +56,9 @@ const FIGURES: &[&str] = &[
     "list every cluster + instances + all tasks",
     "RSS after listing everything",
     "peak RSS (VmHWM)",
+    "GET /v1/tasks?cluster=X p50 (c=4)",
+    "GET /v1/tasks?cluster=X p99 (c=4)",
+    "GET /v1/tasks?cluster=X p99 (c=4), body streamed by the client",
     "spawn → first GET answered, after SIGKILL",
     "RSS after start, after SIGKILL",
     // The simulator scenarios.
