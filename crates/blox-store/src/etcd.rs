@@ -34,7 +34,7 @@ use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_r
 use crate::kv::KvStore;
 use crate::leader::{Fence, LeaderGuard, LeaderInfo, Leadership, Term};
 use crate::mem::{Map, Tables};
-use crate::{Store, StoreError, StoreOptions, Write};
+use crate::{PreparedWrite, Store, StoreError, StoreOptions, Write};
 
 const BACKEND: &str = "etcd";
 
@@ -717,20 +717,29 @@ impl EtcdStore {
     /// removals only (each is checked on its own; a part that conflicts stops the rest, and the
     /// parts before it stay applied). A batch that puts a scheduler document is one transaction or
     /// refused ([`StoreError::TooLarge`]).
-    async fn apply_within_limits(&self, writes: Vec<Write>) -> Result<Vec<crate::Outcome>, StoreError> {
+    async fn apply_within_limits(
+        &self,
+        writes: Vec<PreparedWrite>,
+    ) -> Result<Vec<crate::Outcome>, StoreError> {
         let ecs = writes
             .iter()
-            .all(|write| !matches!(write, Write::Put { .. } | Write::Remove { .. }));
-        let removals = writes.iter().all(|write| matches!(write, Write::Remove { .. }));
+            .all(|prepared| !matches!(prepared.write, Write::Put { .. } | Write::Remove { .. }));
+        let removals = writes
+            .iter()
+            .all(|prepared| matches!(prepared.write, Write::Remove { .. }));
         let splittable = ecs || removals;
         if !splittable {
-            return self.kv.apply_fenced(writes, self.fence.clone()).await;
+            return self.kv.apply_prepared_fenced(writes, self.fence.clone()).await;
         }
         let mut outcomes = Vec::with_capacity(writes.len());
-        let mut pending: Vec<Vec<Write>> = writes.chunks(CHUNK_WRITES).rev().map(<[Write]>::to_vec).collect();
+        let mut pending: Vec<Vec<PreparedWrite>> = writes
+            .chunks(CHUNK_WRITES)
+            .rev()
+            .map(<[PreparedWrite]>::to_vec)
+            .collect();
         while let Some(chunk) = pending.pop() {
             let halves = (chunk.len() > 1).then(|| chunk.clone());
-            match self.kv.apply_fenced(chunk, self.fence.clone()).await {
+            match self.kv.apply_prepared_fenced(chunk, self.fence.clone()).await {
                 Ok(done) => outcomes.extend(done),
                 Err(StoreError::TooLarge { .. }) if halves.is_some() => {
                     let mut chunk = halves.expect("checked");
@@ -748,6 +757,20 @@ impl EtcdStore {
 #[async_trait]
 impl Store for EtcdStore {
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<crate::Outcome>, StoreError> {
+        // Compressed on the blocking pool: a reconciler's batch holds thousands of bodies.
+        let prepared =
+            tokio::task::spawn_blocking(move || writes.into_iter().map(PreparedWrite::new).collect())
+                .await
+                .map_err(|error| StoreError::Backend {
+                    backend: "etcd",
+                    operation: "spawn_blocking",
+                    message: error.to_string(),
+                })?;
+        self.apply_within_limits(prepared).await
+    }
+
+    /// Takes the ingest's compression as it is (the trait's default would compress each body again).
+    async fn apply_prepared(&self, writes: Vec<PreparedWrite>) -> Result<Vec<crate::Outcome>, StoreError> {
         self.apply_within_limits(writes).await
     }
 

@@ -219,7 +219,12 @@ impl<E: Engine> KvStore<E> {
     }
 
     pub(crate) async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
-        self.apply_fenced(writes, None).await
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Prepared on the store's thread, before its write lock is taken.
+        self.commit(None, move || writes.into_iter().map(PreparedWrite::new).collect())
+            .await
     }
 
     pub(crate) async fn apply_prepared(
@@ -229,22 +234,7 @@ impl<E: Engine> KvStore<E> {
         self.apply_prepared_fenced(writes, None).await
     }
 
-    /// [`KvStore::apply`], committed only while `fence`'s term holds (see [`Engine::write`]).
-    pub(crate) async fn apply_fenced(
-        &self,
-        writes: Vec<Write>,
-        fence: Option<Fence>,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        if writes.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Prepared on the store's thread, before its write lock is taken.
-        self.commit(fence, move || {
-            writes.into_iter().map(PreparedWrite::new).collect()
-        })
-        .await
-    }
-
+    /// [`KvStore::apply_prepared`], committed only while `fence`'s term holds (see [`Engine::write`]).
     pub(crate) async fn apply_prepared_fenced(
         &self,
         writes: Vec<PreparedWrite>,
