@@ -674,8 +674,9 @@ fn close_block(
     let raw_len = u32::try_from(raw.len()).map_err(|_| corrupt("WAL block"))?;
     // Compressed straight into the frame, after room for the two lengths.
     bytes.resize(start + 8 + lz4_flex::block::get_maximum_output_size(raw.len()), 0);
+    // Cannot fail (the room is LZ4's worst case); a failure is an encoding error, not a corrupt log.
     let comp_len =
-        lz4_flex::block::compress_into(raw, &mut bytes[start + 8..]).map_err(|_| corrupt("WAL block"))?;
+        lz4_flex::block::compress_into(raw, &mut bytes[start + 8..]).map_err(failed("compress"))?;
     bytes.truncate(start + 8 + comp_len);
     bytes[start..start + 4].copy_from_slice(&raw_len.to_be_bytes());
     bytes[start + 4..start + 8].copy_from_slice(
