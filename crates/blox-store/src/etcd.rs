@@ -758,14 +758,7 @@ impl EtcdStore {
 impl Store for EtcdStore {
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<crate::Outcome>, StoreError> {
         // Compressed on the blocking pool: a reconciler's batch holds thousands of bodies.
-        let prepared =
-            tokio::task::spawn_blocking(move || writes.into_iter().map(PreparedWrite::new).collect())
-                .await
-                .map_err(|error| StoreError::Backend {
-                    backend: "etcd",
-                    operation: "spawn_blocking",
-                    message: error.to_string(),
-                })?;
+        let prepared = self.kv.prepare(writes).await?;
         self.apply_within_limits(prepared).await
     }
 

@@ -234,6 +234,13 @@ impl<E: Engine> KvStore<E> {
         self.apply_prepared_fenced(writes, None).await
     }
 
+    /// Compresses the writes' bodies as [`KvStore::apply`] does, on the blocking pool when the engine
+    /// blocks: for a caller that splits a batch before committing it (the etcd store).
+    pub(crate) async fn prepare(&self, writes: Vec<Write>) -> Result<Vec<PreparedWrite>, StoreError> {
+        self.run(move |_| Ok(writes.into_iter().map(PreparedWrite::new).collect()))
+            .await
+    }
+
     /// [`KvStore::apply_prepared`], committed only while `fence`'s term holds (see [`Engine::write`]).
     pub(crate) async fn apply_prepared_fenced(
         &self,
