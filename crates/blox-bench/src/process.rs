@@ -226,12 +226,7 @@ pub(crate) async fn run(bench: &mut Bench, store: &Path) -> Result<()> {
     // (without API tokens), rather than in the client's: the client shares the two cores with it,
     // no longer its runtime and allocator. Measured after the RSS figures, which stay as they were.
     let concurrency = bench.params.list_concurrency;
-    let listing_client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .tcp_nodelay(true)
-        .build()
-        .context("building the HTTP client")?;
-    let listings = serve::cluster_listings(bench, &listing_client, address).await?;
+    let listings = serve::cluster_listings(bench, &client, address).await?;
     bench.report.add(
         w,
         &format!("GET /v1/tasks?cluster=X p50 (c={concurrency})"),
