@@ -69,6 +69,7 @@ impl Server {
         let address = listener.local_addr()?;
         let router = blox_server::router(state);
         let task = tokio::spawn(async move {
+            let listener = blox_server::limits::without_nagle(listener);
             blox_server::limits::serve_http(listener, router, &limits, shutdown).await
         });
         Ok(Server {
@@ -84,7 +85,7 @@ impl Server {
         let address = listener.local_addr()?;
         let router: Router = blox_server::routes(state);
         let task = tokio::spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(blox_server::limits::without_nagle(listener), router)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
         });

@@ -278,6 +278,7 @@ pub async fn serve(
 
     // Connections and background activities wind down together, each within the grace.
     let grace = options.limits.shutdown_grace;
+    let listener = limits::without_nagle(listener);
     let http = async {
         let app = router(state);
         let served = match tls {

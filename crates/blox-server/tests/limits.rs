@@ -615,3 +615,19 @@ async fn connections_past_max_connections_wait_until_one_closes() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// Nagle's algorithm would hold an answer's last small write until the client's delayed ACK (up to
+/// 40 ms), so the server turns it off on every connection it accepts.
+#[tokio::test]
+async fn connections_are_accepted_with_nagle_off() {
+    use axum::serve::Listener as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut listener = blox_server::limits::without_nagle(listener);
+    let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (accepted, _) = listener.accept().await;
+    assert!(
+        accepted.nodelay().unwrap(),
+        "an accepted connection has Nagle's algorithm on"
+    );
+}
