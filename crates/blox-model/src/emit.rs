@@ -185,24 +185,40 @@ fn typed_resources(resources: &[Resource]) -> Value {
     Value::Array(typed)
 }
 
-/// The EventBridge envelope. Region and account come from the resource's ARN; the id is derived from
-/// the resource and version so that the same event built twice is the same event.
+/// The EventBridge envelope, its fields in EventBridge's order (`detail` last, after `detail-type`,
+/// which lets `EcsEvent::parse` read the detail in the same pass). Region and account come from the
+/// resource's ARN; the id is derived from the resource and version so that the same event built
+/// twice is the same event.
 fn envelope(detail_type: &str, arn: &str, version: u64, time: &str, detail: Value) -> String {
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        version: &'a str,
+        id: String,
+        #[serde(rename = "detail-type")]
+        detail_type: &'a str,
+        source: &'a str,
+        account: &'a str,
+        time: &'a str,
+        region: &'a str,
+        resources: [&'a str; 1],
+        detail: Value,
+    }
     let mut parts = arn.split(':');
     let region = parts.nth(3).unwrap_or("us-east-1");
     let account = parts.next().unwrap_or("123456789012");
-    json!({
-        "version": "0",
-        "id": event_id(detail_type, arn, version),
-        "detail-type": detail_type,
-        "source": "aws.ecs",
-        "account": account,
-        "time": time,
-        "region": region,
-        "resources": [arn],
-        "detail": detail,
-    })
-    .to_string()
+    let envelope = Envelope {
+        version: "0",
+        id: event_id(detail_type, arn, version),
+        detail_type,
+        source: "aws.ecs",
+        account,
+        time,
+        region,
+        resources: [arn],
+        detail,
+    };
+    serde_json::to_string(&envelope)
+        .unwrap_or_else(|_| unreachable!("an envelope of strings and a JSON value"))
 }
 
 fn event_id(detail_type: &str, arn: &str, version: u64) -> String {

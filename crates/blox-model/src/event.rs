@@ -2,7 +2,10 @@
 //! blox consumes. Unknown fields are ignored, as AWS asks of consumers; unknown detail types are
 //! reported as [`EcsEvent::Other`] so that the caller can count and drop them.
 
+use std::fmt;
+
 use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
@@ -74,34 +77,197 @@ struct VersionProbe {
 impl EcsEvent {
     /// Parses an SQS message body holding one EventBridge event.
     pub fn parse(body: &str) -> Result<EcsEvent, EventError> {
+        // Anything the one pass does not settle (an error, a version read as 0) is read again the
+        // two-pass way, whose answers and errors are the contract.
+        serde_json::from_str::<OnePass<'_>>(body)
+            .ok()
+            .and_then(OnePass::event)
+            .unwrap_or_else(|| Self::parse_two_pass(body))
+    }
+
+    /// The envelope first, its detail kept raw, then the detail: every event reads its detail twice
+    /// (once to delimit it), which [`OnePass`] avoids.
+    fn parse_two_pass(body: &str) -> Result<EcsEvent, EventError> {
         let envelope: Envelope<'_> =
             serde_json::from_str(body).map_err(|e| EventError::Envelope(e.to_string()))?;
-        let detail = envelope.detail.get();
+        let claimed = Claimed {
+            account: envelope.account.as_deref(),
+            region: envelope.region.as_deref(),
+        };
+        Self::from_raw_detail(&envelope.detail_type, envelope.detail.get(), claimed)
+    }
+
+    fn from_raw_detail(
+        detail_type: &str,
+        detail: &str,
+        claimed: Claimed<'_>,
+    ) -> Result<EcsEvent, EventError> {
         let detail_error = |e: serde_json::Error| EventError::Detail {
-            detail_type: envelope.detail_type.clone(),
+            detail_type: detail_type.to_owned(),
             reason: e.to_string(),
         };
-        match envelope.detail_type.as_str() {
+        match detail_type {
             TASK_STATE_CHANGE => {
-                let mut task = parse_versioned(detail, |task: &mut Task| &mut task.version, detail_error)?;
-                let cluster = task.validate()?;
-                check_envelope(&envelope, &task.cluster_arn)?;
-                Ok(EcsEvent::Task { cluster, task })
+                let task = parse_versioned(detail, |task: &mut Task| &mut task.version, detail_error)?;
+                Self::task(task, claimed)
             }
             CONTAINER_INSTANCE_STATE_CHANGE => {
-                let mut instance = parse_versioned(
+                let instance = parse_versioned(
                     detail,
                     |instance: &mut ContainerInstance| &mut instance.version,
                     detail_error,
                 )?;
-                let cluster = instance.validate()?;
-                check_envelope(&envelope, &instance.cluster_arn)?;
-                Ok(EcsEvent::ContainerInstance { cluster, instance })
+                Self::instance(instance, claimed)
             }
             other => Ok(EcsEvent::Other {
                 detail_type: other.to_owned(),
             }),
         }
+    }
+
+    fn task(mut task: Task, claimed: Claimed<'_>) -> Result<EcsEvent, EventError> {
+        let cluster = task.validate()?;
+        check_envelope(claimed, &task.cluster_arn)?;
+        Ok(EcsEvent::Task { cluster, task })
+    }
+
+    fn instance(mut instance: ContainerInstance, claimed: Claimed<'_>) -> Result<EcsEvent, EventError> {
+        let cluster = instance.validate()?;
+        check_envelope(claimed, &instance.cluster_arn)?;
+        Ok(EcsEvent::ContainerInstance { cluster, instance })
+    }
+}
+
+/// The envelope's own `account` and `region`, when it has them.
+#[derive(Clone, Copy)]
+struct Claimed<'a> {
+    account: Option<&'a str>,
+    region: Option<&'a str>,
+}
+
+/// An envelope read in one pass: when `detail-type` comes before `detail`, as EventBridge writes it,
+/// the detail is deserialized straight into its entity. Delimiting the detail first (as
+/// [`Envelope`] does) cost as much as parsing it.
+struct OnePass<'a> {
+    detail_type: String,
+    detail: OnePassDetail<'a>,
+    account: Option<String>,
+    region: Option<String>,
+}
+
+enum OnePassDetail<'a> {
+    Task(Task),
+    Instance(ContainerInstance),
+    /// Of a detail type blox does not mirror: skipped.
+    Other,
+    /// It came before `detail-type`: read once the type is known.
+    Raw(&'a RawValue),
+}
+
+impl OnePass<'_> {
+    /// The event, or `None` when only the raw detail can tell: a version read as 0 is explicit or
+    /// missing (an error).
+    fn event(self) -> Option<Result<EcsEvent, EventError>> {
+        let claimed = Claimed {
+            account: self.account.as_deref(),
+            region: self.region.as_deref(),
+        };
+        match self.detail {
+            OnePassDetail::Task(task) if task.version != 0 => Some(EcsEvent::task(task, claimed)),
+            OnePassDetail::Instance(instance) if instance.version != 0 => {
+                Some(EcsEvent::instance(instance, claimed))
+            }
+            OnePassDetail::Task(_) | OnePassDetail::Instance(_) => None,
+            OnePassDetail::Other => Some(Ok(EcsEvent::Other {
+                detail_type: self.detail_type,
+            })),
+            OnePassDetail::Raw(detail) => Some(EcsEvent::from_raw_detail(
+                &self.detail_type,
+                detail.get(),
+                claimed,
+            )),
+        }
+    }
+}
+
+/// The envelope's fields [`OnePass`] reads.
+enum EnvelopeField {
+    DetailType,
+    Detail,
+    Account,
+    Region,
+    Ignored,
+}
+
+impl<'de> Deserialize<'de> for EnvelopeField {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = EnvelopeField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an envelope field")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<EnvelopeField, E> {
+                Ok(match name {
+                    "detail-type" => EnvelopeField::DetailType,
+                    "detail" => EnvelopeField::Detail,
+                    "account" => EnvelopeField::Account,
+                    "region" => EnvelopeField::Region,
+                    _ => EnvelopeField::Ignored,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for OnePass<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OnePassVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for OnePassVisitor<'a> {
+            type Value = OnePass<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an EventBridge envelope")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<OnePass<'a>, M::Error> {
+                let (mut detail_type, mut detail) = (None::<String>, None);
+                let (mut account, mut region) = (None, None);
+                // A field twice is an error here, as in `Envelope`; the two-pass parse says which.
+                while let Some(field) = map.next_key::<EnvelopeField>()? {
+                    match field {
+                        EnvelopeField::DetailType if detail_type.is_none() => {
+                            detail_type = Some(map.next_value()?);
+                        }
+                        EnvelopeField::Detail if detail.is_none() => {
+                            detail = Some(match detail_type.as_deref() {
+                                Some(TASK_STATE_CHANGE) => OnePassDetail::Task(map.next_value()?),
+                                Some(CONTAINER_INSTANCE_STATE_CHANGE) => {
+                                    OnePassDetail::Instance(map.next_value()?)
+                                }
+                                Some(_) => {
+                                    map.next_value::<IgnoredAny>()?;
+                                    OnePassDetail::Other
+                                }
+                                None => OnePassDetail::Raw(map.next_value()?),
+                            });
+                        }
+                        EnvelopeField::Account if account.is_none() => account = Some(map.next_value()?),
+                        EnvelopeField::Region if region.is_none() => region = Some(map.next_value()?),
+                        EnvelopeField::Ignored => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        _ => return Err(de::Error::custom("a duplicate envelope field")),
+                    }
+                }
+                Ok(OnePass {
+                    detail_type: detail_type.ok_or_else(|| de::Error::missing_field("detail-type"))?,
+                    detail: detail.ok_or_else(|| de::Error::missing_field("detail"))?,
+                    account: account.flatten(),
+                    region: region.flatten(),
+                })
+            }
+        }
+        deserializer.deserialize_map(OnePassVisitor(std::marker::PhantomData))
     }
 }
 
@@ -120,20 +286,20 @@ impl EcsEvent {
 }
 
 /// The envelope's account and region, when given, must be those of the resource.
-fn check_envelope(envelope: &Envelope<'_>, cluster_arn: &str) -> Result<(), EventError> {
+fn check_envelope(claimed: Claimed<'_>, cluster_arn: &str) -> Result<(), EventError> {
     let Ok(origin) = Origin::of_arn(cluster_arn) else {
         return Ok(());
     };
     for (field, given, resource) in [
-        ("account", &envelope.account, origin.account),
-        ("region", &envelope.region, origin.region),
+        ("account", claimed.account, origin.account),
+        ("region", claimed.region, origin.region),
     ] {
         if let Some(given) = given
-            && *given != resource
+            && given != resource
         {
             return Err(EventError::EnvelopeMismatch {
                 field,
-                envelope: given.clone(),
+                envelope: given.to_owned(),
                 resource,
             });
         }
@@ -178,7 +344,7 @@ fn detail_version(detail: &str) -> Result<u64, EventError> {
 mod tests {
     use super::*;
 
-    const TASK: &str = r#"{
+    pub(super) const TASK: &str = r#"{
       "version": "0", "id": "9bcdac79-b31f-4d3d-9410-fbd727c29fab", "detail-type": "ECS Task State Change",
       "source": "aws.ecs", "account": "111122223333", "time": "2016-12-06T16:41:06Z", "region": "us-east-1",
       "resources": ["arn:aws:ecs:us-east-1:111122223333:task/b99d40b3-5176-4f71-9a52-9dbd6f1cebef"],
@@ -199,7 +365,7 @@ mod tests {
       }
     }"#;
 
-    const INSTANCE: &str = r#"{
+    pub(super) const INSTANCE: &str = r#"{
       "version": "0", "id": "8952ba83-7be2-4ab5-9c32-6687532d15a2", "detail-type": "ECS Container Instance State Change",
       "source": "aws.ecs", "account": "111122223333", "time": "2016-12-06T16:41:06Z", "region": "us-east-1",
       "resources": ["arn:aws:ecs:us-east-1:111122223333:container-instance/default/b54a2a04046f43319d743f6d7f6ca315"],
@@ -444,5 +610,149 @@ mod tests {
                 detail_type: "ECS Service Action".into()
             }
         );
+    }
+}
+
+/// The one-pass parse answers exactly what the two-pass one does (errors included), whichever of
+/// `detail-type` and `detail` comes first, for any value in place of any field.
+#[cfg(test)]
+mod one_pass {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// `envelope` as JSON with `detail-type` first and `detail` last (EventBridge's order, read in
+    /// one pass), or `detail` before `detail-type` (`Value`'s sorted keys: the detail is kept raw).
+    fn ordered(envelope: &Value, type_first: bool) -> String {
+        let Value::Object(fields) = envelope else {
+            return envelope.to_string();
+        };
+        if !type_first {
+            return envelope.to_string();
+        }
+        let rank = |key: &str| match key {
+            "detail-type" => 0,
+            "detail" => 2,
+            _ => 1,
+        };
+        let mut keys: Vec<&String> = fields.keys().collect();
+        keys.sort_by_key(|key| rank(key));
+        let members: Vec<String> = keys
+            .iter()
+            .map(|key| format!("{}:{}", Value::from(key.as_str()), fields[key.as_str()]))
+            .collect();
+        format!("{{{}}}", members.join(","))
+    }
+
+    fn check(body: &str) {
+        assert_eq!(
+            EcsEvent::parse(body),
+            EcsEvent::parse_two_pass(body),
+            "one pass and two passes differ on {body}"
+        );
+    }
+
+    fn check_both_orders(envelope: &Value) {
+        check(&ordered(envelope, true));
+        check(&ordered(envelope, false));
+    }
+
+    fn events() -> [Value; 2] {
+        [
+            serde_json::from_str(tests::TASK).unwrap(),
+            serde_json::from_str(tests::INSTANCE).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn known_cases_agree() {
+        for event in events() {
+            // EventBridge's order is settled in the one pass, without falling back.
+            let settled = serde_json::from_str::<OnePass<'_>>(&ordered(&event, true))
+                .ok()
+                .and_then(OnePass::event);
+            assert!(matches!(settled, Some(Ok(_))), "{event} took the two passes");
+            check_both_orders(&event);
+            for version in [json!(0), json!(7), json!(null), json!("4"), json!(-1), json!(1.5)] {
+                let mut edited = event.clone();
+                edited["detail"]["version"] = version;
+                check_both_orders(&edited);
+            }
+            let mut edited = event.clone();
+            edited["detail"].as_object_mut().unwrap().remove("version");
+            check_both_orders(&edited);
+            for (field, value) in [
+                ("detail", json!([])),
+                ("detail", json!({})),
+                ("detail-type", json!("ECS Service Action")),
+                ("detail-type", json!(3)),
+                ("account", json!(null)),
+                ("account", json!("444455556666")),
+                ("region", json!("eu-west-1")),
+                ("region", json!(["us-east-1"])),
+            ] {
+                let mut edited = event.clone();
+                edited[field] = value;
+                check_both_orders(&edited);
+            }
+        }
+        // What `Value` cannot hold: a field twice, trailing text, not an object.
+        for body in [
+            r#"{"detail-type":"ECS Task State Change","detail-type":"x","detail":{}}"#,
+            r#"{"detail-type":"ECS Service Action","detail":{},"detail":{}}"#,
+            r#"{"detail-type":"ECS Service Action","detail":{},"account":"1","account":"2"}"#,
+            r#"{"detail-type":"ECS Service Action","detail":{}} x"#,
+            r#"{"detail-type":"ECS Service Action"}"#,
+            r#"{"detail":{}}"#,
+            "[]",
+            "not json",
+        ] {
+            check(body);
+        }
+    }
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (0u64..3).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-zA-Z0-9:/ _-]{0,12}".prop_map(Value::from),
+            Just(Value::from("arn:aws:ecs:us-east-1:111122223333:cluster/other")),
+            Just(Value::from("RUNNING")),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..3)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any value in place of any field of either event's envelope or detail (or that field
+        /// removed): the same answer both ways, in both orders.
+        #[test]
+        fn any_field_any_value_agrees(
+            which in 0usize..2,
+            field in 0usize..64,
+            in_detail in any::<bool>(),
+            value in prop::option::of(any_json()),
+        ) {
+            let mut event = events()[which].clone();
+            let target = if in_detail { &mut event["detail"] } else { &mut event };
+            let fields = target.as_object_mut().unwrap();
+            let name = fields.keys().nth(field % fields.len()).unwrap().clone();
+            match value {
+                Some(value) => fields.insert(name, value),
+                None => fields.remove(&name),
+            };
+            check_both_orders(&event);
+        }
     }
 }
