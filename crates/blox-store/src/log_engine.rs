@@ -671,7 +671,8 @@ fn close_block(
         return Ok(());
     }
     let start = bytes.len();
-    let raw_len = u32::try_from(raw.len()).map_err(|_| corrupt("WAL block"))?;
+    // A block is at most 64 KiB plus one operation: a length past u32 is an encoding error.
+    let raw_len = u32::try_from(raw.len()).map_err(failed("encode WAL block"))?;
     // Compressed straight into the frame, after room for the two lengths.
     bytes.resize(start + 8 + lz4_flex::block::get_maximum_output_size(raw.len()), 0);
     // Cannot fail (the room is LZ4's worst case); a failure is an encoding error, not a corrupt log.
@@ -681,7 +682,7 @@ fn close_block(
     bytes[start..start + 4].copy_from_slice(&raw_len.to_be_bytes());
     bytes[start + 4..start + 8].copy_from_slice(
         &u32::try_from(comp_len)
-            .map_err(|_| corrupt("WAL block"))?
+            .map_err(failed("encode WAL block"))?
             .to_be_bytes(),
     );
     blocks.push((start, bytes.len() - start));
