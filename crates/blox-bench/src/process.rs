@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use super::report::Goal;
-use super::{Bench, file_mib, now, percentile_ms, serve};
+use super::{Bench, file_mib, now, serve};
 
 use blox_api::LISTENING_PREFIX as READY_PREFIX;
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -227,27 +227,7 @@ pub(crate) async fn run(bench: &mut Bench, store: &Path) -> Result<()> {
     // no longer its runtime and allocator. Measured after the RSS figures, which stay as they were.
     let concurrency = bench.params.list_concurrency;
     let listings = serve::cluster_listings(bench, &client, address).await?;
-    bench.report.add(
-        w,
-        &format!("GET /v1/tasks?cluster=X p50 (c={concurrency})"),
-        percentile_ms(&listings.collected, 50.0),
-        "ms",
-        None,
-    );
-    bench.report.add(
-        w,
-        &format!("GET /v1/tasks?cluster=X p99 (c={concurrency})"),
-        percentile_ms(&listings.collected, 99.0),
-        "ms",
-        None,
-    );
-    bench.report.add(
-        w,
-        &format!("GET /v1/tasks?cluster=X p99 (c={concurrency}), body streamed by the client"),
-        percentile_ms(&listings.streamed, 99.0),
-        "ms",
-        None,
-    );
+    listings.report(&mut bench.report, w, &format!(" (c={concurrency})"), None);
 
     // After a crash, the log store loads its last checkpoint and replays the log written since (redb
     // checked and repaired its whole file): the start-up figure above follows a clean stop (a

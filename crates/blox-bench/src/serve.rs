@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::report::Goal;
+use super::report::{Goal, Report};
 use blox_aws::NoEvents;
 
 use super::{Bench, histogram, micros, now, percentile_ms};
@@ -307,27 +307,7 @@ async fn list_latency(bench: &mut Bench, server: &Server) -> Result<()> {
         "tasks",
         None,
     );
-    bench.report.add(
-        w,
-        "GET /v1/tasks?cluster=X p50",
-        percentile_ms(&listings.collected, 50.0),
-        "ms",
-        None,
-    );
-    bench.report.add(
-        w,
-        "GET /v1/tasks?cluster=X p99",
-        percentile_ms(&listings.collected, 99.0),
-        "ms",
-        Some(Goal::AtMost(30.0)),
-    );
-    bench.report.add(
-        w,
-        "GET /v1/tasks?cluster=X p99, body streamed by the client",
-        percentile_ms(&listings.streamed, 99.0),
-        "ms",
-        None,
-    );
+    listings.report(&mut bench.report, w, "", Some(Goal::AtMost(30.0)));
     Ok(())
 }
 
@@ -336,10 +316,29 @@ pub(crate) struct ClusterListings {
     /// Each body read into one buffer, as most clients do.
     pub(crate) collected: Histogram<u64>,
     /// The same requests again, the client dropping each chunk once read instead of collecting the
-    /// 12.5 MB: how much of the figure above is the client's own copy.
+    /// 12.5 MB: what the listing costs without the client's own copy of the body.
     pub(crate) streamed: Histogram<u64>,
     /// The tasks in one answer.
     pub(crate) items: usize,
+}
+
+impl ClusterListings {
+    /// Adds the figures as `workload`'s, `qualifier` after each percentile's name (the in-process
+    /// scenario's names have none, so that they compare with earlier versions), the collected p99
+    /// held to `goal`.
+    pub(crate) fn report(&self, report: &mut Report, workload: &str, qualifier: &str, goal: Option<Goal>) {
+        let name = |percentile: &str| format!("GET /v1/tasks?cluster=X {percentile}{qualifier}");
+        let collected = |percentile| percentile_ms(&self.collected, percentile);
+        report.add(workload, &name("p50"), collected(50.0), "ms", None);
+        report.add(workload, &name("p99"), collected(99.0), "ms", goal);
+        report.add(
+            workload,
+            &format!("{}, body streamed by the client", name("p99")),
+            percentile_ms(&self.streamed, 99.0),
+            "ms",
+            None,
+        );
+    }
 }
 
 /// `list_requests` listings `GET /v1/tasks?cluster=X` of random clusters on `base`,
