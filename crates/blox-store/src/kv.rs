@@ -1035,8 +1035,11 @@ fn scan_page<T, F: FnMut(&[u8], &[u8]) -> Result<Option<T>, StoreError>>(
                 return Ok(false);
             }
             items.push(found);
-            last.clear();
-            last.extend_from_slice(key);
+            // Only a full page's last key becomes the cursor. Copying every item's key would read
+            // each key's bytes, a cache miss apiece on a large listing, for nothing.
+            if items.len() == limit {
+                last.extend_from_slice(key);
+            }
             Ok(true)
         },
     )?;
