@@ -227,7 +227,13 @@ pub(crate) async fn run(bench: &mut Bench, store: &Path) -> Result<()> {
     // no longer its runtime and allocator. Measured after the RSS figures, which stay as they were.
     let concurrency = bench.params.list_concurrency;
     let listings = serve::cluster_listings(bench, &client, address).await?;
-    listings.report(&mut bench.report, w, &format!(" (c={concurrency})"), None);
+    listings.report(
+        &mut bench.report,
+        w,
+        serve::LISTING,
+        &format!(" (c={concurrency})"),
+        None,
+    );
 
     // After a crash, the log store loads its last checkpoint and replays the log written since (redb
     // checked and repaired its whole file): the start-up figure above follows a clean stop (a

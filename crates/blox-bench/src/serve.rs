@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use axum::Router;
+use axum::body::Bytes;
 use blox_aws::Message;
 use blox_model::ClusterName;
 use blox_server::auth::Tokens;
@@ -96,6 +97,40 @@ impl Server {
         })
     }
 
+    /// Answers every request with `body`, a listing of `items` entities, in as many chunks as the
+    /// API's pages would make of it (sent as the API sends a listing: chunked, a chunk per page),
+    /// and does nothing else.
+    async fn prepared(body: Bytes, items: usize, shutdown: CancellationToken) -> Result<Server> {
+        let pages = items.div_ceil(blox_server::api::UNBOUNDED_LIST_PAGE).max(1);
+        let step = body.len().div_ceil(pages).max(1);
+        let chunks: Vec<Bytes> = (0..body.len())
+            .step_by(step)
+            .map(|start| body.slice(start..(start + step).min(body.len())))
+            .collect();
+        let router = Router::new().fallback(move || {
+            // Each chunk is a reference to the one body: nothing is copied per request.
+            let chunks = chunks.clone().into_iter().map(Ok::<_, std::io::Error>);
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    axum::body::Body::from_stream(futures::stream::iter(chunks)),
+                )
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            axum::serve(blox_server::limits::without_nagle(listener), router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        });
+        Ok(Server {
+            address,
+            token: None,
+            task,
+        })
+    }
+
     async fn stop(self, name: &str) {
         match tokio::time::timeout(Duration::from_secs(30), self.task).await {
             Ok(Ok(Ok(()))) => {}
@@ -141,7 +176,11 @@ pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: Prome
 }
 
 fn client(concurrency: usize, server: &Server) -> Result<reqwest::Client> {
-    let headers = match server.token {
+    client_for(concurrency, server.token)
+}
+
+fn client_for(concurrency: usize, token: Option<&str>) -> Result<reqwest::Client> {
+    let headers = match token {
         Some(token) => blox_client::bearer(token)?,
         None => reqwest::header::HeaderMap::new(),
     };
@@ -307,7 +346,57 @@ async fn list_latency(bench: &mut Bench, server: &Server) -> Result<()> {
         "tasks",
         None,
     );
-    listings.report(&mut bench.report, w, "", Some(Goal::AtMost(30.0)));
+    listings.report(&mut bench.report, w, LISTING, "", Some(Goal::AtMost(30.0)));
+    prepared_listings(bench, concurrency, w, &client, &server.base()).await
+}
+
+/// The subject of the cluster listings' figures.
+pub(crate) const LISTING: &str = "GET /v1/tasks?cluster=X";
+
+/// The machine's floor under the cluster listing figures: one real answer, kept in memory and
+/// served again for every request by a server that does nothing else, in the chunks the API's
+/// pages make, read by the same client at the same concurrency. What remains between the two is
+/// the server's own work (the store, rendering); this is the client's and the connection's.
+async fn prepared_listings(
+    bench: &mut Bench,
+    concurrency: usize,
+    w: &str,
+    client: &reqwest::Client,
+    base: &str,
+) -> Result<()> {
+    let cluster = bench.workload.cluster_name(0);
+    let response = client
+        .get(format!("{base}/v1/tasks?cluster={cluster}"))
+        .send()
+        .await?;
+    ensure!(
+        response.status().is_success(),
+        "listing {cluster} answered {}",
+        response.status()
+    );
+    let body = response.bytes().await?;
+    let items = count(&body, b"{\"metadata\":");
+    let shutdown = CancellationToken::new();
+    let server = Server::prepared(body, items, shutdown.clone()).await?;
+    let floor = client_for(concurrency, None)?;
+    let url = format!("{}/v1/tasks?cluster={cluster}", server.base());
+    let outcome = read_listings(
+        &floor,
+        Arc::new(vec![url.clone(); bench.params.list_requests]),
+        vec![url; concurrency],
+        concurrency,
+        items,
+    )
+    .await;
+    shutdown.cancel();
+    server.stop("prepared").await;
+    outcome?.report(
+        &mut bench.report,
+        w,
+        "GET of one prepared answer from memory",
+        "",
+        None,
+    );
     Ok(())
 }
 
@@ -323,11 +412,18 @@ pub(crate) struct ClusterListings {
 }
 
 impl ClusterListings {
-    /// Adds the figures as `workload`'s, `qualifier` after each percentile's name (the in-process
-    /// scenario's names have none, so that they compare with earlier versions), the collected p99
-    /// held to `goal`.
-    pub(crate) fn report(&self, report: &mut Report, workload: &str, qualifier: &str, goal: Option<Goal>) {
-        let name = |percentile: &str| format!("GET /v1/tasks?cluster=X {percentile}{qualifier}");
+    /// Adds the figures as `workload`'s, each named `subject`, its percentile, then `qualifier` (the
+    /// in-process scenario's names have none, so that they compare with earlier versions), the
+    /// collected p99 held to `goal`.
+    pub(crate) fn report(
+        &self,
+        report: &mut Report,
+        workload: &str,
+        subject: &str,
+        qualifier: &str,
+        goal: Option<Goal>,
+    ) {
+        let name = |percentile: &str| format!("{subject} {percentile}{qualifier}");
         let collected = |percentile| percentile_ms(&self.collected, percentile);
         report.add(workload, &name("p50"), collected(50.0), "ms", None);
         report.add(workload, &name("p99"), collected(99.0), "ms", goal);
@@ -367,26 +463,38 @@ pub(crate) async fn cluster_listings(
             format!("{base}/v1/tasks?cluster={cluster}")
         })
         .collect();
+    // The first answer is checked against the workload (every task is stored), so that the figures
+    // are of real answers.
+    let w = &bench.workload;
+    let expected = clusters.first().map_or(0, |&cluster| {
+        (0..bench.params.tasks)
+            .filter(|&task| w.cluster_of_task(task) == cluster)
+            .count()
+    });
+    read_listings(client, urls, warm_up, concurrency, expected).await
+}
+
+/// Times `urls`, `concurrency` at a time, read both ways (see [`ClusterListings`]), after the
+/// untimed `warm_up`; the first answer of each way must hold `expected` items.
+async fn read_listings(
+    client: &reqwest::Client,
+    urls: Arc<Vec<String>>,
+    warm_up: Vec<String>,
+    concurrency: usize,
+    expected: usize,
+) -> Result<ClusterListings> {
     load_urls(client, Arc::new(warm_up), concurrency).await?;
     let (collected, first) = load_urls(client, urls.clone(), concurrency).await?;
-    // Counted, not parsed: every item carries exactly one metadata object. The first answer is
-    // checked against the workload (every task is stored), so that the figures are of real answers.
+    // Counted, not parsed: every item carries exactly one metadata object.
     let items = count(&first, b"{\"metadata\":");
-    if let Some(&cluster) = clusters.first() {
-        let w = &bench.workload;
-        let expected = (0..bench.params.tasks)
-            .filter(|&task| w.cluster_of_task(task) == cluster)
-            .count();
-        ensure!(
-            items == expected,
-            "a listing of {} answered {items} tasks, not {expected}",
-            w.cluster_name(cluster)
-        );
-    }
+    ensure!(
+        items == expected,
+        "a listing answered {items} items, not {expected}"
+    );
     let (streamed, first) = load_urls_reading(client, urls, concurrency, Reading::Streamed).await?;
     ensure!(
         count(&first, b"{\"metadata\":") == items,
-        "a streamed listing answered another number of tasks"
+        "a streamed listing answered another number of items"
     );
     Ok(ClusterListings {
         collected,
@@ -497,7 +605,7 @@ async fn store_list(bench: &mut Bench, store: &dyn Store) -> Result<()> {
                     &filter,
                     PageRequest {
                         after,
-                        limit: Some(1_000),
+                        limit: Some(blox_server::api::UNBOUNDED_LIST_PAGE),
                     },
                 )
                 .await?;
@@ -530,7 +638,7 @@ async fn store_list(bench: &mut Bench, store: &dyn Store) -> Result<()> {
                     &filter,
                     PageRequest {
                         after,
-                        limit: Some(1_000),
+                        limit: Some(blox_server::api::UNBOUNDED_LIST_PAGE),
                     },
                     Splice {
                         lead,

@@ -82,8 +82,9 @@ impl AppState {
     }
 }
 
-/// Pages read from the store at a time when a listing asks for everything.
-const UNBOUNDED_LIST_PAGE: usize = 1_000;
+/// Entities read from the store at a time when a listing asks for everything: each page is one
+/// chunk of the answer.
+pub const UNBOUNDED_LIST_PAGE: usize = 1_000;
 
 #[derive(OpenApi)]
 #[openapi(
