@@ -350,7 +350,7 @@ pub(crate) struct Bench {
     pub(crate) report: Report,
 }
 
-fn message(n: u64, body: String) -> Message {
+pub(crate) fn message(n: u64, body: String) -> Message {
     Message {
         id: format!("m-{n}"),
         receipt: format!("r-{n}"),
@@ -391,12 +391,17 @@ impl Bench {
             .await?;
         drop(ingestor);
         self.crash_now(&path, &dir.join("cluster-state-crashed"))?;
-        serve::run(self, store.clone(), metrics).await?;
+        serve::run(self, store.clone(), metrics.clone()).await?;
         query::run(self)?;
         // The server process must be able to open the directory: every handle of this process must
         // be gone (the last one's drop writes the closing checkpoint).
         release(store).await?;
-        process::run(self, &path).await
+        process::run(self, &path).await?;
+        // Last, since the backlog it commits stays in the store: every figure before it is of the
+        // store earlier versions measured.
+        let store = Arc::new(LogStore::open(&path, StoreOptions::default()).context("reopening the store")?);
+        serve::backlog(self, store.clone(), metrics).await?;
+        release(store).await
     }
 
     /// A crash at the end of the write storm, with the log grown since the last checkpoint as it
@@ -448,7 +453,7 @@ impl Bench {
     }
 
     /// A state change of a random resource: nine in ten are tasks, as ECS sends far more task events.
-    fn random_event(&mut self) -> String {
+    pub(crate) fn random_event(&mut self) -> String {
         if self.rng.below(10) == 0 {
             let instance = self.rng.below(self.params.instances);
             self.next_instance_event(instance)

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use super::report::{Goal, Report};
 use blox_aws::NoEvents;
 
-use super::{Bench, histogram, micros, now, percentile_ms};
+use super::workload::Rng;
+use super::{Bench, histogram, message, micros, now, percentile_ms};
 
 /// How long the stream phase may take once the changes are sent, before it reports what it has.
 const STREAM_DEADLINE: Duration = Duration::from_secs(120);
@@ -141,13 +142,23 @@ impl Server {
     }
 }
 
-pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: PrometheusHandle) -> Result<()> {
-    let shutdown = CancellationToken::new();
+/// `blox server`'s state over `store`, ready to serve.
+async fn app_state(
+    store: Arc<dyn Store>,
+    metrics: PrometheusHandle,
+    shutdown: &CancellationToken,
+) -> Result<AppState> {
     let readiness = Arc::new(ReadinessState::default());
     readiness.ready_without_reconcile();
-    let mut state = AppState::new(store.clone(), None, shutdown.clone()).await?;
+    let mut state = AppState::new(store, None, shutdown.clone()).await?;
     state.readiness = readiness;
     state.metrics = metrics;
+    Ok(state)
+}
+
+pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: PrometheusHandle) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let state = app_state(store.clone(), metrics, &shutdown).await?;
     // The server's own limits, as `blox server` has them, wide enough for the stream clients.
     let defaults = Limits::default();
     let limits = Limits {
@@ -172,6 +183,22 @@ pub(crate) async fn run(bench: &mut Bench, store: Arc<dyn Store>, metrics: Prome
     shutdown.cancel();
     hardened.stop("hardened").await;
     bare.stop("bare").await;
+    outcome
+}
+
+/// The backlog scenario ([`get_during_ingest`]) through `blox server`'s router over `store`. Run
+/// last of all, since the backlog it commits stays in the store.
+pub(crate) async fn backlog(
+    bench: &mut Bench,
+    store: Arc<dyn Store>,
+    metrics: PrometheusHandle,
+) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let state = app_state(store.clone(), metrics, &shutdown).await?;
+    let server = Server::hardened(state, Limits::default(), shutdown.clone()).await?;
+    let outcome = get_during_ingest(bench, &server, store).await;
+    shutdown.cancel();
+    server.stop("hardened").await;
     outcome
 }
 
@@ -750,6 +777,85 @@ async fn stream_fan_out(bench: &mut Bench, server: &Server, store: Arc<dyn Store
 /// What the token check and the limits cost, against the bare routes in the same run: GETs in
 /// alternating rounds (each server first in every other round), and one fan-out whose clients are
 /// split between the two servers, connected alternately, so that both see every change at once.
+/// Transactions of a full batch each that the ingest commits while [`get_during_ingest`] reads.
+const BACKLOG_COMMITS: usize = 10;
+/// GETs sent per round while the backlog is committed: rounds go on until it is.
+const GETS_PER_ROUND: usize = 1_000;
+/// Message numbers of the backlog's events, apart from the load's and the apply's.
+const BACKLOG_MESSAGES: u64 = 1 << 40;
+
+/// GETs of random tasks, as in *get task*, while the ingest commits a backlog: [`BACKLOG_COMMITS`]
+/// transactions of a full batch, one after the other, as after an outage. What the backlog costs
+/// the API's readers: a transaction holds the log store's state lock from its first write to its
+/// fsync, and a reader waits for it.
+async fn get_during_ingest(bench: &mut Bench, server: &Server, store: Arc<dyn Store>) -> Result<()> {
+    // The backlog's events and the GETs' tasks come from an RNG of their own, so that every random
+    // choice after this scenario is the one earlier versions made.
+    let main_rng = std::mem::replace(&mut bench.rng, Rng::new(bench.params.seed ^ 0xbac1_0000));
+    let outcome = async {
+        let concurrency = bench.params.get_concurrency;
+        let base = server.base();
+        let client = client(concurrency, server)?;
+        let batch = bench.params.batch;
+        let backlog: Vec<Vec<Message>> = (0..BACKLOG_COMMITS)
+            .map(|b| {
+                (0..batch)
+                    .map(|i| message(BACKLOG_MESSAGES + (b * batch + i) as u64, bench.random_event()))
+                    .collect()
+            })
+            .collect();
+        let urls: Vec<String> = (0..GETS_PER_ROUND)
+            .map(|_| task_url(bench, &base, bench.params.tasks))
+            .collect();
+        let (urls, done) = (Arc::new(urls), Arc::new(AtomicBool::new(false)));
+        let readers = tokio::spawn({
+            let done = done.clone();
+            async move {
+                let mut latencies = histogram();
+                while !done.load(Ordering::Acquire) {
+                    let (round, _) = load_urls(&client, urls.clone(), concurrency).await?;
+                    latencies.add(&round)?;
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            }
+        });
+        let ingestor = Ingestor::new(store, Arc::new(NoEvents), IngestOptions::default());
+        let mut commits = histogram();
+        let committed = async {
+            for events in backlog {
+                commits.record(micros(bench.commit(&ingestor, events).await?))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        done.store(true, Ordering::Release);
+        let gets = readers.await.context("the GET workers panicked")??;
+        committed?;
+        Ok::<_, anyhow::Error>((gets, commits))
+    }
+    .await;
+    bench.rng = main_rng;
+    let (gets, commits) = outcome?;
+    let w = &format!("get during ingest (c={})", bench.params.get_concurrency);
+    bench.report.add(
+        w,
+        "ingest transaction p50 (a full batch each)",
+        percentile_ms(&commits, 50.0),
+        "ms",
+        None,
+    );
+    for (percentile, name) in [(50.0, "p50"), (99.0, "p99"), (100.0, "max")] {
+        bench.report.add(
+            w,
+            &format!("GET /v1/tasks/{{cluster}}/{{arn}} {name}, while the ingest commits"),
+            percentile_ms(&gets, percentile),
+            "ms",
+            None,
+        );
+    }
+    Ok(())
+}
+
 async fn hardening_cost(
     bench: &mut Bench,
     bare: &Server,
