@@ -83,9 +83,13 @@ impl Server {
 
     /// The routes alone through `axum::serve`: what blox served before it had limits and tokens.
     async fn bare(state: AppState, shutdown: CancellationToken) -> Result<Server> {
+        Self::plain(blox_server::routes(state), shutdown).await
+    }
+
+    /// `router` through `axum::serve` alone (no limits, no tokens), with Nagle off as `serve()` has it.
+    async fn plain(router: Router, shutdown: CancellationToken) -> Result<Server> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
-        let router: Router = blox_server::routes(state);
         let task = tokio::spawn(async move {
             axum::serve(blox_server::limits::without_nagle(listener), router)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -118,18 +122,7 @@ impl Server {
                 )
             }
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            axum::serve(blox_server::limits::without_nagle(listener), router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        });
-        Ok(Server {
-            address,
-            token: None,
-            task,
-        })
+        Self::plain(router, shutdown).await
     }
 
     async fn stop(self, name: &str) {
