@@ -767,9 +767,6 @@ async fn stream_fan_out(bench: &mut Bench, server: &Server, store: Arc<dyn Store
     Ok(())
 }
 
-/// What the token check and the limits cost, against the bare routes in the same run: GETs in
-/// alternating rounds (each server first in every other round), and one fan-out whose clients are
-/// split between the two servers, connected alternately, so that both see every change at once.
 /// Transactions of a full batch each that the ingest commits while [`get_during_ingest`] reads.
 const BACKLOG_COMMITS: usize = 10;
 /// GETs sent per round while the backlog is committed: rounds go on until it is.
@@ -782,8 +779,8 @@ const BACKLOG_MESSAGES: u64 = 1 << 40;
 /// the API's readers: a transaction holds the log store's state lock from its first write to its
 /// fsync, and a reader waits for it.
 async fn get_during_ingest(bench: &mut Bench, server: &Server, store: Arc<dyn Store>) -> Result<()> {
-    // The backlog's events and the GETs' tasks come from an RNG of their own, so that every random
-    // choice after this scenario is the one earlier versions made.
+    // The backlog's events and the GETs' tasks come from an RNG of their own: wherever the scenario
+    // runs, it changes no other scenario's random choices.
     let main_rng = std::mem::replace(&mut bench.rng, Rng::new(bench.params.seed ^ 0xbac1_0000));
     let outcome = async {
         let concurrency = bench.params.get_concurrency;
@@ -849,6 +846,9 @@ async fn get_during_ingest(bench: &mut Bench, server: &Server, store: Arc<dyn St
     Ok(())
 }
 
+/// What the token check and the limits cost, against the bare routes in the same run: GETs in
+/// alternating rounds (each server first in every other round), and one fan-out whose clients are
+/// split between the two servers, connected alternately, so that both see every change at once.
 async fn hardening_cost(
     bench: &mut Bench,
     bare: &Server,
