@@ -395,9 +395,9 @@ async fn prepared_listings(
         response.status()
     );
     let body = response.bytes().await?;
-    let items = count(&body, b"{\"metadata\":");
+    let answered = items(&body);
     let shutdown = CancellationToken::new();
-    let server = Server::prepared(body, items, shutdown.clone()).await?;
+    let server = Server::prepared(body, answered, shutdown.clone()).await?;
     let floor = client_for(concurrency, None)?;
     let url = format!("{}/v1/tasks?cluster={cluster}", server.base());
     let outcome = read_listings(
@@ -405,7 +405,7 @@ async fn prepared_listings(
         Arc::new(vec![url.clone(); bench.params.list_requests]),
         vec![url; concurrency],
         concurrency,
-        items,
+        answered,
     )
     .await;
     shutdown.cancel();
@@ -505,21 +505,21 @@ async fn read_listings(
 ) -> Result<ClusterListings> {
     load_urls(client, Arc::new(warm_up), concurrency).await?;
     let (collected, first) = load_urls(client, urls.clone(), concurrency).await?;
-    // Counted, not parsed: every item carries exactly one metadata object.
-    let items = count(&first, b"{\"metadata\":");
+    let answered = items(&first);
     ensure!(
-        items == expected,
-        "a listing answered {items} items, not {expected}"
+        answered == expected,
+        "a listing answered {answered} items, not {expected}"
     );
     let (streamed, first) = load_urls_reading(client, urls, concurrency, Reading::Streamed).await?;
+    let answered = items(&first);
     ensure!(
-        count(&first, b"{\"metadata\":") == items,
-        "a streamed listing answered another number of items"
+        answered == expected,
+        "a streamed listing answered {answered} items, not {expected}"
     );
     Ok(ClusterListings {
         collected,
         streamed,
-        items,
+        items: expected,
     })
 }
 
@@ -557,7 +557,7 @@ async fn instance_filter(
         "GET {url} answered {status}: {}",
         String::from_utf8_lossy(&body[..body.len().min(500)])
     );
-    let matched = count(&body, b"{\"metadata\":");
+    let matched = items(&body);
     ensure!(
         matched == expected,
         "the filter matched {matched} instances, {expected} expected"
@@ -565,7 +565,7 @@ async fn instance_filter(
     let urls = vec![url; bench.params.filter_requests];
     let (latencies, first) = load_urls(&client, Arc::new(urls), concurrency).await?;
     ensure!(
-        count(&first, b"{\"metadata\":") == expected,
+        items(&first) == expected,
         "a timed filtered listing changed its answer"
     );
     let w = &format!("instance filter (c={concurrency})");
@@ -707,8 +707,11 @@ fn cluster_filter(bench: &Bench, n: u64) -> Result<Filter> {
     })
 }
 
-fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+/// The items of a listing's body. Counted, not parsed: every item carries exactly one metadata
+/// object.
+fn items(body: &[u8]) -> usize {
+    const ITEM: &[u8] = b"{\"metadata\":";
+    body.windows(ITEM.len()).filter(|w| *w == ITEM).count()
 }
 
 /// The stream fan-out of the hardened server: its clients, the changes committed, and the latency
@@ -771,8 +774,6 @@ async fn stream_fan_out(bench: &mut Bench, server: &Server, store: Arc<dyn Store
 const BACKLOG_COMMITS: usize = 10;
 /// GETs sent per round while the backlog is committed: rounds go on until it is.
 const GETS_PER_ROUND: usize = 1_000;
-/// Message numbers of the backlog's events, apart from the load's and the apply's.
-const BACKLOG_MESSAGES: u64 = 1 << 40;
 
 /// GETs of random tasks, as in *get task*, while the ingest commits a backlog: [`BACKLOG_COMMITS`]
 /// transactions of a full batch, one after the other, as after an outage. What the backlog costs
@@ -790,7 +791,7 @@ async fn get_during_ingest(bench: &mut Bench, server: &Server, store: Arc<dyn St
         let backlog: Vec<Vec<Message>> = (0..BACKLOG_COMMITS)
             .map(|b| {
                 (0..batch)
-                    .map(|i| message(BACKLOG_MESSAGES + (b * batch + i) as u64, bench.random_event()))
+                    .map(|i| message((b * batch + i) as u64, bench.random_event()))
                     .collect()
             })
             .collect();
@@ -1134,6 +1135,7 @@ mod tests {
             Some(1234)
         );
         assert_eq!(entity_version(b"\n"), None);
-        assert_eq!(count(b"{\"metadata\":1,{\"metadata\":2", b"{\"metadata\":"), 2);
+        assert_eq!(items(b"[{\"metadata\":1},{\"metadata\":2}]"), 2);
+        assert_eq!(items(b"[]"), 0);
     }
 }
