@@ -623,17 +623,15 @@ mod one_pass {
     use super::*;
 
     /// `envelope` as JSON with `detail-type` first and `detail` last (EventBridge's order, read in
-    /// one pass), or `detail` before `detail-type` (`Value`'s sorted keys: the detail is kept raw).
+    /// one pass), or with `detail` first (the detail kept raw until its type is read). Ordered here,
+    /// not left to `Value`, whose key order depends on serde_json's features.
     fn ordered(envelope: &Value, type_first: bool) -> String {
         let Value::Object(fields) = envelope else {
             return envelope.to_string();
         };
-        if !type_first {
-            return envelope.to_string();
-        }
-        let rank = |key: &str| match key {
-            "detail-type" => 0,
-            "detail" => 2,
+        let rank = |key: &str| match (key, type_first) {
+            ("detail-type", true) | ("detail", false) => 0,
+            ("detail", true) | ("detail-type", false) => 2,
             _ => 1,
         };
         let mut keys: Vec<&String> = fields.keys().collect();
