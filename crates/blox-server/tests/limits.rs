@@ -2,7 +2,8 @@
 //! once (503 JSON with `Retry-After` for a full server and a timed-out request, 413 JSON for a big
 //! body), every rejection JSON (v0.3's text on purpose only), dead letters paged, filtered streams
 //! heard from while changes go by (with their position when asked), and `/readyz` saying nothing of
-//! AWS. (Connections, stalled streams and shutdown need real sockets: `crates/blox/tests/limits.rs`.)
+//! AWS. The connection limit and Nagle's algorithm are checked here on loopback sockets; stalled
+//! streams and shutdown run against the binary: `crates/blox/tests/limits.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
