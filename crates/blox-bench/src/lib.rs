@@ -597,7 +597,7 @@ impl Bench {
                 .collect::<Result<Vec<_>>>()?;
             let parsed = now();
             // What `Store::apply` does before its write lock, and the ingest on its parsing thread.
-            let writes: Vec<PreparedWrite> = writes.into_iter().map(PreparedWrite::new).collect();
+            let writes = PreparedWrite::all(writes);
             let prepared = now();
             store.apply_prepared(writes).await?;
             parsing += parsed - started;

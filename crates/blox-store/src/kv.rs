@@ -223,8 +223,7 @@ impl<E: Engine> KvStore<E> {
             return Ok(Vec::new());
         }
         // Prepared on the store's thread, before its write lock is taken.
-        self.commit(None, move || writes.into_iter().map(PreparedWrite::new).collect())
-            .await
+        self.commit(None, move || PreparedWrite::all(writes)).await
     }
 
     pub(crate) async fn apply_prepared(
@@ -237,8 +236,7 @@ impl<E: Engine> KvStore<E> {
     /// Compresses the writes' bodies as [`KvStore::apply`] does, on the blocking pool when the engine
     /// blocks: for a caller that splits a batch before committing it (the etcd store).
     pub(crate) async fn prepare(&self, writes: Vec<Write>) -> Result<Vec<PreparedWrite>, StoreError> {
-        self.run(move |_| Ok(writes.into_iter().map(PreparedWrite::new).collect()))
-            .await
+        self.run(move |_| Ok(PreparedWrite::all(writes))).await
     }
 
     /// [`KvStore::apply_prepared`], committed only while `fence`'s term holds (see [`Engine::write`]).

@@ -329,6 +329,11 @@ impl PreparedWrite {
         PreparedWrite { write, compressed }
     }
 
+    /// Every one of `writes`, prepared: what [`Store::apply`] does before it takes its write lock.
+    pub fn all(writes: Vec<Write>) -> Vec<PreparedWrite> {
+        writes.into_iter().map(PreparedWrite::new).collect()
+    }
+
     pub fn into_write(self) -> Write {
         self.write
     }
