@@ -127,6 +127,17 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     fn read<R>(&self, f: impl FnOnce(&dyn ReadTx) -> Result<R, StoreError>) -> Result<R, StoreError>;
 
+    /// [`Engine::read`] when it can start without waiting for a writer; `f` back otherwise, for the
+    /// caller to wait where waiting blocks nothing else (see `KvStore::read_in_place`). By default it
+    /// always reads: right for an engine whose reads never wait for writers (redb's) or whose writers
+    /// hold it for no I/O (memory's).
+    fn try_read<R, F>(&self, f: F) -> Result<Result<R, StoreError>, F>
+    where
+        F: FnOnce(&dyn ReadTx) -> Result<R, StoreError>,
+    {
+        Ok(self.read(f))
+    }
+
     /// Runs `f` in one write transaction, committed (durably, for a persistent engine) iff `f` returns
     /// `Ok`. An engine whose commit can lose a race (etcd's, optimistic) runs `f` again on fresh
     /// state, so `f` must not keep effects of its own between calls. With a `fence`, the commit

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -494,6 +494,18 @@ impl Engine for EtcdEngine {
     fn read<R>(&self, f: impl FnOnce(&dyn ReadTx) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let cache = self.shared.cache.read().unwrap_or_else(PoisonError::into_inner);
         f(&cache.tables)
+    }
+
+    /// The copy is held exclusively while a commit or a watch installs its changes.
+    fn try_read<R, F>(&self, f: F) -> Result<Result<R, StoreError>, F>
+    where
+        F: FnOnce(&dyn ReadTx) -> Result<R, StoreError>,
+    {
+        match self.shared.cache.try_read() {
+            Ok(cache) => Ok(f(&cache.tables)),
+            Err(TryLockError::Poisoned(poisoned)) => Ok(f(&poisoned.into_inner().tables)),
+            Err(TryLockError::WouldBlock) => Err(f),
+        }
     }
 
     fn write<R>(

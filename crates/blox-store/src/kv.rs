@@ -210,12 +210,17 @@ impl<E: Engine> KvStore<E> {
 
     /// Runs a read of a few entries in place, even on a blocking engine: handing it to the blocking
     /// pool costs more than the read (a B-tree descent that redb serves from its cache, or from the OS
-    /// page cache), and requests wait on it. At worst it holds this worker for a few disk reads.
-    fn read_in_place<R>(
+    /// page cache), and requests wait on it. But a read that would wait for a writer (a log store
+    /// transaction holds the engine until its fsync: ~90 ms for 10,000 events) waits on the blocking
+    /// pool, so that this worker goes on serving everything else.
+    async fn read_in_place<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&dyn ReadTx) -> Result<R, StoreError>,
+        f: impl FnOnce(&dyn ReadTx) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.inner.engine.read(f)
+        match self.inner.engine.try_read(f) {
+            Ok(result) => result,
+            Err(f) => self.run(move |inner| inner.engine.read(f)).await,
+        }
     }
 
     pub(crate) async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> {
@@ -277,11 +282,12 @@ impl<E: Engine> KvStore<E> {
             Err(StoreError::InvalidValue { .. }) => return Ok(None),
             Err(error) => return Err(error),
         };
-        self.read_in_place(|tx| {
+        self.read_in_place(move |tx| {
             tx.get(Table::Entities, &key)?
                 .map(|bytes| record(&key, EntityView::decode(&bytes)?))
                 .transpose()
         })
+        .await
     }
 
     pub(crate) async fn list(
@@ -364,13 +370,15 @@ impl<E: Engine> KvStore<E> {
     pub(crate) async fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         // Live streams ask from one or two changes behind the head, once per commit and per client:
         // those few entries are read in place; a backlog goes to the blocking pool.
-        let in_place = self.read_in_place(|tx| {
-            let head = check_position(tx, after)?;
-            if head - after > CHANGES_IN_PLACE {
-                return Ok(None);
-            }
-            read_changes(tx, after, limit, head).map(Some)
-        })?;
+        let in_place = self
+            .read_in_place(move |tx| {
+                let head = check_position(tx, after)?;
+                if head - after > CHANGES_IN_PLACE {
+                    return Ok(None);
+                }
+                read_changes(tx, after, limit, head).map(Some)
+            })
+            .await?;
         if let Some(changes) = in_place {
             return Ok(changes);
         }
@@ -391,6 +399,7 @@ impl<E: Engine> KvStore<E> {
                 head: meta.head,
             })
         })
+        .await
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -421,7 +430,8 @@ impl<E: Engine> KvStore<E> {
     }
 
     pub(crate) async fn count(&self, kind: Kind) -> Result<u64, StoreError> {
-        self.read_in_place(|tx| Ok(Meta::load(tx)?.counts[count_slot(kind)]))
+        self.read_in_place(move |tx| Ok(Meta::load(tx)?.counts[count_slot(kind)]))
+            .await
     }
 }
 
