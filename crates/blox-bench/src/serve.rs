@@ -774,6 +774,8 @@ async fn stream_fan_out(bench: &mut Bench, server: &Server, store: Arc<dyn Store
 const BACKLOG_COMMITS: usize = 10;
 /// GETs sent per round while the backlog is committed: rounds go on until it is.
 const GETS_PER_ROUND: usize = 1_000;
+/// How often the health check of *get during ingest* is due (its figures' names say it).
+const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(2);
 
 /// GETs of random tasks, as in *get task*, while the ingest commits a backlog: [`BACKLOG_COMMITS`]
 /// transactions of a full batch, one after the other, as after an outage. What the backlog costs
@@ -799,6 +801,29 @@ async fn get_during_ingest(bench: &mut Bench, server: &Server, store: Arc<dyn St
             .map(|_| task_url(bench, &base, bench.params.tasks))
             .collect();
         let (urls, done) = (Arc::new(urls), Arc::new(AtomicBool::new(false)));
+        // A route that reads nothing from the store, asked as a load balancer's health check would:
+        // it waits only for a worker of the server's runtime. Each check is timed from when it was
+        // due, so that a check held up by a blocked worker counts its whole delay.
+        let health = tokio::spawn({
+            let (client, url, done) = (client.clone(), format!("{base}/healthz"), done.clone());
+            async move {
+                let mut latencies = histogram();
+                let mut due = tokio::time::interval(HEALTH_CHECK_EVERY);
+                while !done.load(Ordering::Acquire) {
+                    let started = due.tick().await;
+                    let response = client.get(&url).send().await?;
+                    ensure!(
+                        response.status().is_success(),
+                        "GET /healthz: {}",
+                        response.status()
+                    );
+                    response.bytes().await?;
+                    latencies.record(micros(started.elapsed()))?;
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            }
+        });
+        let reading = now();
         let readers = tokio::spawn({
             let done = done.clone();
             async move {
@@ -821,12 +846,15 @@ async fn get_during_ingest(bench: &mut Bench, server: &Server, store: Arc<dyn St
         .await;
         done.store(true, Ordering::Release);
         let gets = readers.await.context("the GET workers panicked")??;
+        // The readers finish their last round after the backlog: counted over their own time.
+        let gets_per_second = gets.len() as f64 / reading.elapsed().as_secs_f64().max(1e-9);
+        let health = health.await.context("the health checker panicked")??;
         committed?;
-        Ok::<_, anyhow::Error>((gets, commits))
+        Ok::<_, anyhow::Error>((gets, gets_per_second, health, commits))
     }
     .await;
     bench.rng = main_rng;
-    let (gets, commits) = outcome?;
+    let (gets, gets_per_second, health, commits) = outcome?;
     let w = &format!("get during ingest (c={})", bench.params.get_concurrency);
     bench.report.add(
         w,
@@ -840,6 +868,22 @@ async fn get_during_ingest(bench: &mut Bench, server: &Server, store: Arc<dyn St
             w,
             &format!("GET /v1/tasks/{{cluster}}/{{arn}} {name}, while the ingest commits"),
             percentile_ms(&gets, percentile),
+            "ms",
+            None,
+        );
+    }
+    bench.report.add(
+        w,
+        "GET /v1/tasks/{cluster}/{arn} answered per second, while the ingest commits",
+        gets_per_second,
+        "requests/s",
+        None,
+    );
+    for (percentile, name) in [(99.0, "p99"), (100.0, "max")] {
+        bench.report.add(
+            w,
+            &format!("GET /healthz {name} (one every 2 ms), while the ingest commits"),
+            percentile_ms(&health, percentile),
             "ms",
             None,
         );
