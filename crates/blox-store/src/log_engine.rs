@@ -1346,7 +1346,8 @@ impl Engine for LogEngine {
         f(&state.reading())
     }
 
-    /// A write transaction holds the state until its fsync: a read that would wait for it is given back.
+    /// A write transaction holds the state until its fsync: a read that would wait for it, or for a
+    /// writer waiting for it (std's lock lets writers go first), is given back.
     fn try_read<R, F>(&self, f: F) -> Result<Result<R, StoreError>, F>
     where
         F: FnOnce(&dyn ReadTx) -> Result<R, StoreError>,
@@ -1739,6 +1740,10 @@ mod tests {
         let store = open(dir.path());
         storm(&store, 1..=1).await;
         let key = task("c", "t1", 0, "").key;
+        assert!(
+            store.engine().try_read(|_| Ok(())).is_ok(),
+            "with no writer, a read runs in place"
+        );
         let (held, holding) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let writer = {
@@ -1758,12 +1763,13 @@ mod tests {
         });
         // The read runs first: a yielded task waits for every task already scheduled.
         tokio::task::yield_now().await;
-        assert!(!read.is_finished(), "the read did not wait for the writer");
+        let finished_under_the_writer = read.is_finished();
         let _ = release.send(());
         assert!(
             writer.join().unwrap().unwrap(),
             "the read waiting for the writer held the runtime's only worker"
         );
+        assert!(!finished_under_the_writer, "the read did not wait for the writer");
         let record = read.await.unwrap().unwrap().expect("the task is stored");
         assert_eq!(record.doc.key, key);
     }
