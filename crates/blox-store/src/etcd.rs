@@ -301,12 +301,16 @@ impl Shared {
                 }
                 let before = *self.applied.borrow();
                 let mut top = before;
-                {
+                // This replica's own commits are in the copy already. When they are all a response
+                // holds (always, for a leader alone), the copy is not locked: this task runs on an
+                // async worker, and a write transaction holds the copy for reading while it decides.
+                let news =
+                    |event: &etcd_client::Event| event.kv().is_some_and(|kv| kv.mod_revision() > before);
+                if response.events().iter().any(news) {
                     let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
                         let revision = kv.mod_revision();
-                        // This replica's own commits are in the copy already.
                         if revision <= before {
                             continue;
                         }
