@@ -6,7 +6,7 @@
 //! and leaves no trace of the closure's writes when it returns `Err` (or panics).
 
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, TryLockError};
 
 use crate::StoreError;
 use crate::leader::Fence;
@@ -148,6 +148,17 @@ pub(crate) trait Engine: Send + Sync + 'static {
         fence: Option<&Fence>,
         f: impl FnMut(&mut dyn WriteTx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError>;
+}
+
+/// `lock` read-locked if no writer holds it or waits for it (std's lock lets writers go first): what
+/// an engine's [`Engine::try_read`] starts from. A panicking writer rolls back before it releases the
+/// lock, so a poisoned lock's data is intact.
+pub(crate) fn try_read_lock<T>(lock: &RwLock<T>) -> Option<RwLockReadGuard<'_, T>> {
+    match lock.try_read() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
 }
 
 /// Steps through `entries` in `direction` until `step` returns `false`: every engine's range visit.

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range};
+use crate::engine::{Direction, Engine, ReadTx, Table, Visit, WriteTx, is_empty_range, try_read_lock};
 use crate::kv::KvStore;
 use crate::leader::{Fence, LeaderGuard, LeaderInfo, Leadership, Term};
 use crate::mem::{Map, Tables};
@@ -500,15 +500,15 @@ impl Engine for EtcdEngine {
         f(&cache.tables)
     }
 
-    /// The copy is held exclusively while a commit or a watch installs its changes.
+    /// The copy is held exclusively while a commit's install, the watch (other replicas' changes)
+    /// or a reload updates it.
     fn try_read<R, F>(&self, f: F) -> Result<Result<R, StoreError>, F>
     where
         F: FnOnce(&dyn ReadTx) -> Result<R, StoreError>,
     {
-        match self.shared.cache.try_read() {
-            Ok(cache) => Ok(f(&cache.tables)),
-            Err(TryLockError::Poisoned(poisoned)) => Ok(f(&poisoned.into_inner().tables)),
-            Err(TryLockError::WouldBlock) => Err(f),
+        match try_read_lock(&self.shared.cache) {
+            Some(cache) => Ok(f(&cache.tables)),
+            None => Err(f),
         }
     }
 

@@ -28,11 +28,13 @@ use std::io::{BufWriter, Write as _};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use crate::StoreError;
-use crate::engine::{Direction, Engine, Fetched, ReadTx, Table, Visit, WriteTx, is_empty_range, walk};
+use crate::engine::{
+    Direction, Engine, Fetched, ReadTx, Table, Visit, WriteTx, is_empty_range, try_read_lock, walk,
+};
 use crate::leader::Fence;
 
 const FRAME_MAGIC: u32 = 0x4258_5731; // "BXW1"
@@ -1352,10 +1354,9 @@ impl Engine for LogEngine {
     where
         F: FnOnce(&dyn ReadTx) -> Result<R, StoreError>,
     {
-        match self.shared.state.try_read() {
-            Ok(state) => Ok(f(&state.reading())),
-            Err(TryLockError::Poisoned(poisoned)) => Ok(f(&poisoned.into_inner().reading())),
-            Err(TryLockError::WouldBlock) => Err(f),
+        match try_read_lock(&self.shared.state) {
+            Some(state) => Ok(f(&state.reading())),
+            None => Err(f),
         }
     }
 
