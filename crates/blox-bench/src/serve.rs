@@ -774,7 +774,7 @@ async fn stream_fan_out(bench: &mut Bench, server: &Server, store: Arc<dyn Store
 const BACKLOG_COMMITS: usize = 10;
 /// GETs sent per round while the backlog is committed: rounds go on until it is.
 const GETS_PER_ROUND: usize = 1_000;
-/// How often the health check of *get during ingest* is due (its figures' names say it).
+/// How often the health check of *get during ingest* is due (its figures' names say so).
 const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(2);
 
 /// GETs of random tasks, as in *get task*, while the ingest commits a backlog: [`BACKLOG_COMMITS`]
@@ -887,7 +887,10 @@ async fn get_during_ingest(bench: &mut Bench, server: &Server, store: Arc<dyn St
     for (percentile, name) in [(99.0, "p99"), (100.0, "max")] {
         bench.report.add(
             w,
-            &format!("GET /healthz {name} (one every 2 ms), while the ingest commits"),
+            &format!(
+                "GET /healthz {name} (one every {} ms), while the ingest commits",
+                HEALTH_CHECK_EVERY.as_millis()
+            ),
             percentile_ms(&health, percentile),
             "ms",
             None,
