@@ -701,7 +701,7 @@ impl EtcdStore {
             let kv = kv.clone();
             tokio::spawn(async move {
                 while applied.changed().await.is_ok() {
-                    if let Err(error) = kv.refresh_head() {
+                    if let Err(error) = kv.refresh_head().await {
                         tracing::warn!(%error, "reading the change log's head failed");
                     }
                 }

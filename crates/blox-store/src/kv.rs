@@ -183,8 +183,9 @@ impl<E: Engine> KvStore<E> {
     }
 
     /// Moves [`crate::Store::subscribe`]'s head to the head stored, when another process committed.
-    pub(crate) fn refresh_head(&self) -> Result<(), StoreError> {
-        let head = self.inner.engine.read(Meta::load)?.head;
+    /// Read in place like any read of a few entries: the watch that calls it runs on an async worker.
+    pub(crate) async fn refresh_head(&self) -> Result<(), StoreError> {
+        let head = self.read_in_place(Meta::load).await?.head;
         self.inner.advance_head(head);
         Ok(())
     }
