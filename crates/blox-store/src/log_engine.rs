@@ -1758,12 +1758,18 @@ mod tests {
             })
         };
         holding.recv().unwrap();
+        let (started, reading) = tokio::sync::oneshot::channel();
         let read = tokio::spawn({
             let (store, key) = (store.clone(), key.clone());
-            async move { store.get(&key).await }
+            async move {
+                let _ = started.send(());
+                // Nothing between the signal and the engine's lock awaits: by the time this task
+                // gives the thread back, the read has been handed off or has run (or blocks here).
+                store.get(&key).await
+            }
         });
-        // The read runs first: a yielded task waits for every task already scheduled.
-        tokio::task::yield_now().await;
+        // Resumes only once the read's task has given the thread back: one thread runs one task.
+        reading.await.unwrap();
         let finished_under_the_writer = read.is_finished();
         let _ = release.send(());
         assert!(
