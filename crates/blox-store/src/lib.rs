@@ -424,12 +424,11 @@ impl Splice {
         seq: u64,
         body: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        use std::io::Write as _;
         if index > 0 || self.lead {
             out.extend_from_slice(self.separator);
         }
         out.extend_from_slice(self.before);
-        let _ = write!(out, "{seq}");
+        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         out.extend_from_slice(self.middle);
         body(out)?;
         out.extend_from_slice(self.after);
