@@ -400,6 +400,8 @@ impl Bench {
         // Last, since the backlog it commits stays in the store: every figure before it is of the
         // store earlier versions measured.
         let store = Arc::new(LogStore::open(&path, StoreOptions::default()).context("reopening the store")?);
+        // The listings again, on the same entities laid out anew: what the storm's scatter costs.
+        serve::store_list(self, store.as_ref(), serve::Layout::Reopened).await?;
         serve::backlog(self, store.clone(), metrics).await?;
         release(store).await
     }

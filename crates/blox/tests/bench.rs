@@ -35,6 +35,8 @@ const FIGURES: &[&str] = &[
     "Store::list of a cluster alone (c=1) p50",
     "Store::list_spliced of a cluster alone (c=1) p50",
     "memcpy of the listing's body p50",
+    "Store::list of a cluster alone (c=1) p50, store reopened (values in key order)",
+    "Store::list_spliced of a cluster alone (c=1) p50, store reopened (values in key order)",
     "instances matched by the filter",
     "GET /v1/instances?filter=Q p50",
     "GET /v1/instances?filter=Q p99",
