@@ -357,7 +357,6 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
     }
     // Everything was asked for: stream the rest page by page rather than holding it all in memory.
     let store = state.store.clone();
-    // Each page is about as long as the one before: room for it up front, not grown by doubling.
     let rest = futures::stream::unfold((first.next, out.len()), move |(cursor, room)| {
         let store = store.clone();
         let filter = filter.clone();
@@ -376,7 +375,7 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
                         limit: Some(page_size),
                     },
                     splice,
-                    Vec::with_capacity(room + room / 8),
+                    page_buffer(room),
                 )
                 .await
             {
@@ -398,6 +397,12 @@ async fn list(state: &AppState, kind: Kind, filter: Filter, params: &Params) -> 
     });
     let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(out)) }).chain(rest);
     Ok(with_json_type(Response::new(Body::from_stream(body))))
+}
+
+/// The buffer for a listing's next page, the one before it `previous` bytes long: pages are about
+/// as long as each other, so room for one up front rather than grown by doubling.
+pub fn page_buffer(previous: usize) -> Vec<u8> {
+    Vec::with_capacity(previous + previous / 8)
 }
 
 /// Get one task by cluster (name or ARN) and task ARN (either format; slashes may be literal).
