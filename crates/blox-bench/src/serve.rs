@@ -747,6 +747,13 @@ async fn spliced_listing(store: &dyn Store, filter: &Filter, buffers: Buffers) -
             )
             .await?;
         lead = true;
+        let Some(next) = page.next else {
+            return Ok(match buffers {
+                Buffers::One => page.out,
+                Buffers::PerPage => Vec::new(),
+            });
+        };
+        after = Some(next);
         out = match buffers {
             Buffers::One => page.out,
             Buffers::PerPage => {
@@ -755,10 +762,6 @@ async fn spliced_listing(store: &dyn Store, filter: &Filter, buffers: Buffers) -
                 blox_server::api::page_buffer(room)
             }
         };
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(out),
-        }
     }
 }
 
