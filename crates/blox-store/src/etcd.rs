@@ -304,22 +304,21 @@ impl Shared {
                 // This replica's own commits are in the copy already. When they are all a response
                 // holds (always, for a leader alone), the copy is not locked: this task runs on an
                 // async worker, and a write transaction holds the copy for reading while it decides.
-                let news =
-                    |event: &etcd_client::Event| event.kv().is_some_and(|kv| kv.mod_revision() > before);
-                if response.events().iter().any(news) {
+                let news = || {
+                    response.events().iter().filter_map(|event| {
+                        let kv = event.kv().filter(|kv| kv.mod_revision() > before)?;
+                        Some((event.event_type(), kv))
+                    })
+                };
+                if news().next().is_some() {
                     let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-                    for event in response.events() {
-                        let Some(kv) = event.kv() else { continue };
-                        let revision = kv.mod_revision();
-                        if revision <= before {
-                            continue;
-                        }
-                        let value = match event.event_type() {
+                    for (event_type, kv) in news() {
+                        let value = match event_type {
                             EventType::Put => Some(kv.value()),
                             EventType::Delete => None,
                         };
-                        cache.absorb(&self.keys, kv.key(), value, revision);
-                        top = top.max(revision);
+                        cache.absorb(&self.keys, kv.key(), value, kv.mod_revision());
+                        top = top.max(kv.mod_revision());
                     }
                 }
                 self.advance(top);
