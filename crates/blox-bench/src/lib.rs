@@ -397,15 +397,20 @@ impl Bench {
         // be gone (the last one's drop writes the closing checkpoint).
         release(store).await?;
         process::run(self, &path).await?;
+        let reopen = || -> Result<Arc<LogStore>> {
+            Ok(Arc::new(
+                LogStore::open(&path, StoreOptions::default()).context("reopening the store")?,
+            ))
+        };
         // The store's listings again, on the same entities laid out anew (loaded in key order):
         // what the storm's scatter costs. On an open of their own, so that the backlog below
         // starts from a fresh open, as it did before these figures.
-        let store = Arc::new(LogStore::open(&path, StoreOptions::default()).context("reopening the store")?);
+        let store = reopen()?;
         serve::store_list(self, store.as_ref(), serve::Layout::Reopened).await?;
         release(store).await?;
         // Last, since the backlog it commits stays in the store: every figure before it is of the
         // store earlier versions measured.
-        let store = Arc::new(LogStore::open(&path, StoreOptions::default()).context("reopening the store")?);
+        let store = reopen()?;
         serve::backlog(self, store.clone(), metrics).await?;
         release(store).await
     }

@@ -635,8 +635,9 @@ impl Layout {
 /// one `memcpy` of the body.
 pub(crate) async fn store_list(bench: &mut Bench, store: &dyn Store, layout: Layout) -> Result<()> {
     let qualifier = layout.qualifier();
+    let listings = bench.params.list_requests.min(50);
     let mut latencies = histogram();
-    for n in 0..bench.params.list_requests.min(50) {
+    for n in 0..listings {
         let filter = cluster_filter(bench, n as u64)?;
         let started = now();
         let mut after = None;
@@ -658,19 +659,17 @@ pub(crate) async fn store_list(bench: &mut Bench, store: &dyn Store, layout: Lay
         }
         latencies.record(micros(started.elapsed()))?;
     }
-    bench.report.add(
-        "list cluster (c=4)",
+    add_list_p50(
+        bench,
         &format!("Store::list of a cluster alone (c=1) p50{qualifier}"),
-        percentile_ms(&latencies, 50.0),
-        "ms",
-        None,
+        &latencies,
     );
 
     // What the API calls now: the listing written into the body from the stored bytes (into one
     // buffer, as earlier versions measured it). Then the machine's own floor for it: one copy of
     // the body that results.
     let (mut spliced, mut copied) = (histogram(), histogram());
-    for n in 0..bench.params.list_requests.min(50) {
+    for n in 0..listings {
         let filter = cluster_filter(bench, n as u64)?;
         let started = now();
         let out = spliced_listing(store, &filter, Buffers::One).await?;
@@ -680,40 +679,40 @@ pub(crate) async fn store_list(bench: &mut Bench, store: &dyn Store, layout: Lay
         copied.record(micros(started.elapsed()))?;
         drop(copy);
     }
-    bench.report.add(
-        "list cluster (c=4)",
+    add_list_p50(
+        bench,
         &format!("Store::list_spliced of a cluster alone (c=1) p50{qualifier}"),
-        percentile_ms(&spliced, 50.0),
-        "ms",
-        None,
+        &spliced,
     );
     // The same listings with each page in a buffer of its own, as the API writes them: without the
     // faults and copies of growing one 12.5 MB buffer.
     let mut paged = histogram();
-    for n in 0..bench.params.list_requests.min(50) {
+    for n in 0..listings {
         let filter = cluster_filter(bench, n as u64)?;
         let started = now();
         spliced_listing(store, &filter, Buffers::PerPage).await?;
         paged.record(micros(started.elapsed()))?;
     }
-    bench.report.add(
-        "list cluster (c=4)",
+    add_list_p50(
+        bench,
         &format!("Store::list_spliced of a cluster alone (c=1) p50, a buffer per page{qualifier}"),
-        percentile_ms(&paged, 50.0),
-        "ms",
-        None,
+        &paged,
     );
-    if layout == Layout::Reopened {
-        return Ok(());
+    if layout == Layout::AfterStorm {
+        add_list_p50(bench, "memcpy of the listing's body p50", &copied);
     }
+    Ok(())
+}
+
+/// Adds the p50 of `latencies` as `figure` of the *list cluster* scenario.
+fn add_list_p50(bench: &mut Bench, figure: &str, latencies: &Histogram<u64>) {
     bench.report.add(
         "list cluster (c=4)",
-        "memcpy of the listing's body p50",
-        percentile_ms(&copied, 50.0),
+        figure,
+        percentile_ms(latencies, 50.0),
         "ms",
         None,
     );
-    Ok(())
 }
 
 /// Where [`spliced_listing`] writes the pages.
