@@ -370,17 +370,18 @@ impl<E: Engine> KvStore<E> {
 
     pub(crate) async fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         // Live streams ask from one or two changes behind the head, once per commit and per client:
-        // those few entries are read in place; a backlog goes to the blocking pool.
-        let in_place = self
-            .read_in_place(move |tx| {
-                let head = check_position(tx, after)?;
-                if head - after > CHANGES_IN_PLACE {
-                    return Ok(None);
-                }
-                read_changes(tx, after, limit, head).map(Some)
-            })
-            .await?;
-        if let Some(changes) = in_place {
+        // those few entries are read in place. A backlog, or a read that would wait for a writer, goes
+        // to the blocking pool at once, as one read: never in place first and then again there.
+        let few = move |tx: &dyn ReadTx| {
+            let head = check_position(tx, after)?;
+            if head - after > CHANGES_IN_PLACE {
+                return Ok(None);
+            }
+            read_changes(tx, after, limit, head).map(Some)
+        };
+        if let Ok(read) = self.inner.engine.try_read(few)
+            && let Some(changes) = read?
+        {
             return Ok(changes);
         }
         self.run(move |inner| {
@@ -450,7 +451,7 @@ impl<E> Inner<E> {
 }
 
 /// At most this many changes are read in place (see [`KvStore::changes`]).
-const CHANGES_IN_PLACE: u64 = 16;
+pub(crate) const CHANGES_IN_PLACE: u64 = 16;
 
 /// Checks that the change log can be read after `after`; returns its head.
 fn check_position(tx: &dyn ReadTx, after: u64) -> Result<u64, StoreError> {

@@ -1439,7 +1439,7 @@ impl Drop for LogEngine {
 mod tests {
     use super::*;
     use crate::conformance::{letter, task};
-    use crate::kv::KvStore;
+    use crate::kv::{CHANGES_IN_PLACE, KvStore};
     use crate::{Change, DeadLetter, Kind, LogBounds, PageRequest, Record, StoreOptions, Write};
 
     fn tiny() -> Tuning {
@@ -1733,18 +1733,58 @@ mod tests {
 
     /// A write transaction holds the engine until its fsync (~90 ms for 10,000 events). A read of a
     /// few entries that would wait for it waits on the blocking pool, not on the worker that asked:
-    /// here the runtime's only thread, which must go on to release the writer.
+    /// here the runtime's only thread, which must go on to release the writer. So do a stream's reads
+    /// of the change log, live (a few changes, read in place when no writer holds the engine) or a
+    /// backlog.
     #[tokio::test(flavor = "current_thread")]
     async fn a_read_that_would_wait_for_a_writer_leaves_its_worker_free() {
-        const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         storm(&store, 1..=1).await;
-        let key = task("c", "t1", 0, "").key;
         assert!(
             store.engine().try_read(|_| Ok(())).is_ok(),
             "with no writer, a read runs in place"
         );
+        let key = task("c", "t1", 0, "").key;
+        let record = check_hand_off(&store, {
+            let key = key.clone();
+            |store| async move { store.get(&key).await }
+        })
+        .await
+        .unwrap()
+        .expect("the task is stored");
+        assert_eq!(record.doc.key, key);
+        let LogBounds {
+            oldest_resumable,
+            head,
+        } = store.log_bounds().await.unwrap();
+        assert!(
+            head - oldest_resumable > CHANGES_IN_PLACE,
+            "a backlog is read too"
+        );
+        for after in [head - 1, oldest_resumable] {
+            let changes = check_hand_off(
+                &store,
+                move |store| async move { store.changes(after, 1_000).await },
+            )
+            .await
+            .unwrap();
+            let seqs: Vec<u64> = changes.iter().map(|change| change.seq).collect();
+            assert_eq!(seqs, (after + 1..=head).collect::<Vec<_>>(), "after {after}");
+        }
+    }
+
+    /// Runs `read` while a writer holds `store`'s engine, and checks that the read waited for the
+    /// writer without holding the runtime's only worker (which releases the writer). Its output.
+    async fn check_hand_off<T, Read>(
+        store: &KvStore<LogEngine>,
+        read: impl FnOnce(KvStore<LogEngine>) -> Read,
+    ) -> T
+    where
+        Read: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
         let (held, holding) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let writer = {
@@ -1759,14 +1799,12 @@ mod tests {
         };
         holding.recv().unwrap();
         let (started, reading) = tokio::sync::oneshot::channel();
-        let read = tokio::spawn({
-            let (store, key) = (store.clone(), key.clone());
-            async move {
-                let _ = started.send(());
-                // Nothing between the signal and the engine's lock awaits: by the time this task
-                // gives the thread back, the read has been handed off or has run (or blocks here).
-                store.get(&key).await
-            }
+        let read = read(store.clone());
+        let read = tokio::spawn(async move {
+            let _ = started.send(());
+            // Nothing between the signal and the engine's lock awaits: by the time this task gives
+            // the thread back, the read has been handed off or has run (or blocks here).
+            read.await
         });
         // Resumes only once the read's task has given the thread back: one thread runs one task.
         reading.await.unwrap();
@@ -1777,7 +1815,6 @@ mod tests {
             "the read waiting for the writer held the runtime's only worker"
         );
         assert!(!finished_under_the_writer, "the read did not wait for the writer");
-        let record = read.await.unwrap().unwrap().expect("the task is stored");
-        assert_eq!(record.doc.key, key);
+        read.await.unwrap()
     }
 }
