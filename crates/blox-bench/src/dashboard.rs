@@ -16,7 +16,7 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::process::{Server, client};
+use super::process::{Server, client, cpu_seconds};
 use super::report::Goal;
 use super::{Bench, histogram, now};
 
@@ -331,23 +331,4 @@ async fn draw(http: &reqwest::Client, base: &str) -> Result<String> {
     let body = response.bytes().await?;
     let page: Page = serde_json::from_slice(&body)?;
     Ok(page.rollout.deployment_status)
-}
-
-/// CPU time (user and system) a process has used so far, from `/proc/PID/stat` (in USER_HZ ticks,
-/// 100 per second on Linux).
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
-    // Fields after the command name (which may hold spaces) start at state, field 3.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("parsing /proc/PID/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |n: usize| -> Result<f64> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse::<f64>().ok())
-            .context("parsing /proc/PID/stat")
-    };
-    Ok((ticks(14)? + ticks(15)?) / 100.0)
 }

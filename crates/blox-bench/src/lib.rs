@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Events per commit [default: the ingest default, `IngestOptions::max_batch`].
     #[arg(long)]
     batch: Option<usize>,
+    /// Cluster listings in flight at once [default: 4, the goal's]: how the listing's latency
+    /// scales with concurrency on this machine's cores.
+    #[arg(long)]
+    list_concurrency: Option<usize>,
     /// Clients of the stream fan-out [default: 1000; --quick: 100].
     #[arg(long)]
     stream_clients: Option<usize>,
@@ -180,7 +184,7 @@ impl Params {
             get_requests,
             get_concurrency: 16,
             list_requests,
-            list_concurrency: 4,
+            list_concurrency: args.list_concurrency.unwrap_or(4).max(1),
             filter_requests,
             filter_concurrency: 4,
             stream_clients: args

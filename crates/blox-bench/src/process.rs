@@ -226,7 +226,7 @@ pub(crate) async fn run(bench: &mut Bench, store: &Path) -> Result<()> {
     // (without API tokens), rather than in the client's: the client shares the two cores with it,
     // no longer its runtime and allocator. Measured after the RSS figures, which stay as they were.
     let concurrency = bench.params.list_concurrency;
-    let listings = serve::cluster_listings(bench, &client, address).await?;
+    let listings = serve::cluster_listings(bench, &client, address, Some(server.pid()?)).await?;
     listings.report(
         &mut bench.report,
         w,
@@ -296,4 +296,23 @@ fn memory(pid: u32) -> Result<Memory> {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
     })
+}
+
+/// CPU time (user and system) a process has used so far, from `/proc/PID/stat` (in USER_HZ ticks,
+/// 100 per second on Linux).
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("parsing /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |n: usize| -> Result<f64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse::<f64>().ok())
+            .context("parsing /proc/PID/stat")
+    };
+    Ok((ticks(14)? + ticks(15)?) / 100.0)
 }

@@ -32,7 +32,7 @@ use super::report::{Goal, Report};
 use blox_aws::NoEvents;
 
 use super::workload::Rng;
-use super::{Bench, histogram, message, micros, now, percentile_ms};
+use super::{Bench, histogram, message, micros, now, percentile_ms, process};
 
 /// How long the stream phase may take once the changes are sent, before it reports what it has.
 const STREAM_DEADLINE: Duration = Duration::from_secs(120);
@@ -357,7 +357,7 @@ async fn get_latency(bench: &mut Bench, server: &Server) -> Result<()> {
 async fn list_latency(bench: &mut Bench, server: &Server) -> Result<()> {
     let concurrency = bench.params.list_concurrency;
     let client = client(concurrency, server)?;
-    let listings = cluster_listings(bench, &client, &server.base()).await?;
+    let listings = cluster_listings(bench, &client, &server.base(), None).await?;
     let w = &format!("list cluster (c={concurrency})");
     bench.report.add(
         w,
@@ -406,6 +406,7 @@ async fn prepared_listings(
         vec![url; concurrency],
         concurrency,
         answered,
+        None,
     )
     .await;
     shutdown.cancel();
@@ -429,6 +430,51 @@ pub(crate) struct ClusterListings {
     pub(crate) streamed: Histogram<u64>,
     /// The tasks in one answer.
     pub(crate) items: usize,
+    /// The CPU the collected listings cost.
+    pub(crate) cpu: ListingCpu,
+}
+
+/// The CPU time (user and system, all threads, the kernel's share of the socket work included) that
+/// the collected listings cost, with the wall time they took. At concurrency 4 on two cores shared by
+/// client and server, a listing's latency is bound by its CPU: once the cores are busy, the mean is
+/// about `concurrency × CPU per listing ÷ cores`, whatever the server does with the rest.
+pub(crate) struct ListingCpu {
+    /// This process: the client, and the server too when it runs in-process.
+    this_process: f64,
+    /// `blox server`'s process, when the server runs in its own.
+    server_process: Option<f64>,
+    wall: Duration,
+    listings: usize,
+}
+
+impl ListingCpu {
+    /// Measures `listings` while they run, this process's CPU and `server`'s (a pid) if given.
+    async fn measure<T>(
+        server: Option<u32>,
+        listings: impl std::future::Future<Output = Result<(Histogram<u64>, T)>>,
+    ) -> Result<(Histogram<u64>, T, ListingCpu)> {
+        let this = std::process::id();
+        let cpu = |pid: Option<u32>| pid.map(process::cpu_seconds).transpose();
+        let (this_before, server_before) = (process::cpu_seconds(this)?, cpu(server)?);
+        let started = now();
+        let (latencies, first) = listings.await?;
+        let wall = started.elapsed();
+        let server_process = cpu(server)?
+            .zip(server_before)
+            .map(|(after, before)| after - before);
+        let cpu = ListingCpu {
+            this_process: process::cpu_seconds(this)? - this_before,
+            server_process,
+            wall,
+            listings: latencies.len() as usize,
+        };
+        Ok((latencies, first, cpu))
+    }
+
+    /// Milliseconds of CPU per listing.
+    fn per_listing(&self, seconds: f64) -> f64 {
+        seconds * 1000.0 / self.listings.max(1) as f64
+    }
 }
 
 impl ClusterListings {
@@ -454,6 +500,30 @@ impl ClusterListings {
             "ms",
             None,
         );
+        let cpu = &self.cpu;
+        let all = cpu.this_process + cpu.server_process.unwrap_or(0.0);
+        let cpu_name = |what: &str| format!("{subject} CPU per listing, {what}{qualifier}");
+        if let Some(server) = cpu.server_process {
+            let parts = [("server process", server), ("client process", cpu.this_process)];
+            for (what, seconds) in parts {
+                report.add(workload, &cpu_name(what), cpu.per_listing(seconds), "ms", None);
+            }
+        }
+        report.add(
+            workload,
+            &cpu_name("client and server"),
+            cpu.per_listing(all),
+            "ms",
+            None,
+        );
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        report.add(
+            workload,
+            &format!("{subject} cores busy{qualifier}"),
+            100.0 * all / (cpu.wall.as_secs_f64() * cores).max(1e-9),
+            "%",
+            None,
+        );
     }
 }
 
@@ -464,6 +534,7 @@ pub(crate) async fn cluster_listings(
     bench: &mut Bench,
     client: &reqwest::Client,
     base: &str,
+    server: Option<u32>,
 ) -> Result<ClusterListings> {
     let concurrency = bench.params.list_concurrency;
     let clusters: Vec<u64> = (0..bench.params.list_requests)
@@ -491,20 +562,23 @@ pub(crate) async fn cluster_listings(
             .filter(|&task| w.cluster_of_task(task) == cluster)
             .count()
     });
-    read_listings(client, urls, warm_up, concurrency, expected).await
+    read_listings(client, urls, warm_up, concurrency, expected, server).await
 }
 
 /// Times `urls`, `concurrency` at a time, read both ways (see [`ClusterListings`]), after the
-/// untimed `warm_up`; the first answer of each way must hold `expected` items.
+/// untimed `warm_up`; the first answer of each way must hold `expected` items. The collected
+/// listings' CPU is this process's, and `server`'s (a pid) when the server runs apart.
 async fn read_listings(
     client: &reqwest::Client,
     urls: Arc<Vec<String>>,
     warm_up: Vec<String>,
     concurrency: usize,
     expected: usize,
+    server: Option<u32>,
 ) -> Result<ClusterListings> {
     load_urls(client, Arc::new(warm_up), concurrency).await?;
-    let (collected, first) = load_urls(client, urls.clone(), concurrency).await?;
+    let (collected, first, cpu) =
+        ListingCpu::measure(server, load_urls(client, urls.clone(), concurrency)).await?;
     let answered = items(&first);
     ensure!(
         answered == expected,
@@ -520,6 +594,7 @@ async fn read_listings(
         collected,
         streamed,
         items: expected,
+        cpu,
     })
 }
 
@@ -707,7 +782,7 @@ pub(crate) async fn store_list(bench: &mut Bench, store: &dyn Store, layout: Lay
 /// Adds the p50 of `latencies` as `figure` of the *list cluster* scenario.
 fn add_list_p50(bench: &mut Bench, figure: &str, latencies: &Histogram<u64>) {
     bench.report.add(
-        "list cluster (c=4)",
+        &format!("list cluster (c={})", bench.params.list_concurrency),
         figure,
         percentile_ms(latencies, 50.0),
         "ms",
