@@ -18,7 +18,8 @@ pub const LISTENING_PREFIX: &str = "blox listening on ";
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
     /// The store's sequence number of the entity's last change, as a decimal string (v0.3 served the
-    /// etcd revision here). Streams resume after it with `?entityVersion=`.
+    /// etcd revision here). Streams resume from it with `?entityVersion=`, which replays that change
+    /// again (inclusive, as v0.3's did).
     pub entity_version: String,
     /// Set on stream records of entities that were removed (ECS no longer lists them).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -151,7 +152,8 @@ pub struct StreamError {
 
 /// A line of a stream that asked for `heartbeat=position`, sent after a quiet spell instead of an
 /// empty line: every change up to `entityVersion` that matches the stream has been sent, so a
-/// client resumes from there (`?entityVersion=`) even when nothing matched for a long time.
+/// client resumes from there (`?entityVersion=`, which sends that change again if it matched) even
+/// when nothing matched for a long time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StreamHeartbeat {
     pub heartbeat: StreamPosition,
@@ -229,7 +231,9 @@ pub struct InstanceQuery {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
-    /// Replay every change after this entityVersion, then go live. Without it, only changes from now.
+    /// Replay every change from this entityVersion on (inclusive, as v0.3's streams: a client resuming
+    /// from the last record it read gets it again), then go live; 0 replays all the log retains.
+    /// Without it, only changes from now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entity_version: Option<u64>,
     /// Only this cluster (name or ARN).

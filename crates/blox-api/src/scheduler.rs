@@ -317,10 +317,6 @@ pub struct DeleteEnvironmentResponse {
     pub message: String,
 }
 
-/// `GET /v1/ping`'s answer: an empty object.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Ping {}
-
 // ---- v1.0 ------------------------------------------------------------------------------------------
 
 /// The instances of the cluster a revision runs on: those carrying every attribute listed and

@@ -5,7 +5,7 @@ pub mod table;
 use blox_api::{
     CreateEnvironment, CreateEnvironmentRequest, DeadLetters, DeleteEnvironmentResponse, Deployment,
     DeploymentList, DeploymentPlan, DeploymentResponse, Deployments, Environment, EnvironmentList,
-    EnvironmentResponse, Environments, ErrorBody, InstanceQuery, InstanceRecord, Instances, PageQuery, Ping,
+    EnvironmentResponse, Environments, ErrorBody, InstanceQuery, InstanceRecord, Instances, PageQuery,
     Readiness, RevisionCreated, RevisionId, RevisionList, RevisionResponse, RollbackRequest, StreamQuery,
     TaskQuery, TaskRecord, Tasks, UpdateEnvironment, UpdateEnvironmentRequest,
 };
@@ -162,7 +162,7 @@ impl Client {
         })
     }
 
-    /// Task changes, replayed after `entityVersion` and then live. Ends on an error line or when the
+    /// Task changes, replayed from `entityVersion` (inclusive) and then live. Ends on an error line or when the
     /// server closes the connection.
     pub async fn stream_tasks(
         &self,
@@ -178,9 +178,10 @@ impl Client {
         self.stream("/v1/stream/instances", query).await
     }
 
-    /// `GET /v1/ping`.
-    pub async fn ping(&self) -> Result<Ping, ClientError> {
-        self.get_json("/v1/ping", &()).await
+    /// `GET /v1/ping`: `Ok` when the server answers 200 (with an empty body, as v0.3's did).
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        check(self.send(self.http.get(self.url("/v1/ping"))).await?).await?;
+        Ok(())
     }
 
     /// `POST /v1/environments`.

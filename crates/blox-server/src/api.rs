@@ -149,7 +149,6 @@ pub const UNBOUNDED_LIST_PAGE: usize = 1_000;
         Readiness,
         LeaderStatus,
         blox_api::StreamError,
-        blox_api::Ping,
         blox_api::RevisionId,
         blox_api::AttributeBody,
         blox_api::DeploymentConfigurationBody,

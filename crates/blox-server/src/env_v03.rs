@@ -10,10 +10,12 @@ use crate::error::Path;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::IntoResponse;
 use blox_api::{
     CreateEnvironmentRequest, DeleteEnvironmentResponse, Deployment as ApiDeployment, DeploymentCounts,
     DeploymentFailure, Deployments, Environment as ApiEnvironment, Environments, ErrorBody,
-    InstanceGroupBody, Ping,
+    InstanceGroupBody,
 };
 use blox_model::daemon::lifecycle::{self, CreateEnvironment, DeployTarget, Resource};
 use blox_model::daemon::{self, Deployment, Health};
@@ -26,10 +28,11 @@ use crate::environments::{self, Depth, Stored};
 use crate::error::ApiError;
 use crate::query::{Params, parse_cluster};
 
-/// The server is alive (v0.3's ping).
-#[utoipa::path(get, path = "/v1/ping", tag = "daemon scheduler (v0.3)", responses((status = 200, body = Ping)))]
-pub async fn ping() -> Json<Ping> {
-    Json(Ping {})
+/// The server is alive (v0.3's ping: 200, an empty body with a JSON content type).
+#[utoipa::path(get, path = "/v1/ping", tag = "daemon scheduler (v0.3)",
+    responses((status = 200, description = "the server is alive; the body is empty, as v0.3's was")))]
+pub async fn ping() -> impl IntoResponse {
+    [(header::CONTENT_TYPE, "application/json")]
 }
 
 fn not_exist(name: &str) -> ApiError {
@@ -250,25 +253,30 @@ pub fn delete_body(name: &str, terminate_tasks: bool, running: u64) -> DeleteEnv
         ("deploymentToken" = String, Query, description = "The environment's current deploymentToken",
             pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     responses((status = 200, body = blox_api::Deployment), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 404, body = ErrorBody, description = "no such environment, or no deploymentToken of a UUID's form \
+            (v0.3 had no route without one)"), (status = 409, body = ErrorBody)))]
 pub async fn create_deployment(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<ApiDeployment>, ApiError> {
     let params = Params::parse(query.as_deref(), &["deploymentToken"])?;
+    // v0.3 routed this POST only with a token matching its UUID pattern: without one, there was no
+    // route, so a 404 (with what is wrong named, where v0.3 said nothing more).
+    let no_route = |code, message: String| ApiError {
+        field: Some("deploymentToken".into()),
+        ..ApiError::not_found(code, message)
+    };
     let token = match params.get("deploymentToken") {
         None => {
-            return Err(ApiError::bad_request(
-                "deploymentToken",
+            return Err(no_route(
                 "MissingDeploymentToken",
-                "deploymentToken is required: the environment's current deploymentToken",
+                "deploymentToken is required: the environment's current deploymentToken".into(),
             ));
         }
         Some(token) if uuid::Uuid::parse_str(token).is_ok() => token.to_owned(),
         Some(token) => {
-            return Err(ApiError::bad_request(
-                "deploymentToken",
+            return Err(no_route(
                 "InvalidDeploymentToken",
                 format!("invalid deploymentToken {token:?}: expected a UUID"),
             ));

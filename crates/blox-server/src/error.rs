@@ -132,20 +132,19 @@ impl ApiError {
     /// Maps a store error of a change-log read at `entityVersion`.
     pub fn from_log_read(err: StoreError) -> ApiError {
         match err {
+            // 400, as v0.3 answered a compacted revision ("Entity version is out of range"); the
+            // code tells it from a position ahead of the log.
             StoreError::Compacted {
                 requested,
                 oldest_resumable,
-            } => ApiError {
-                field: Some("entityVersion".into()),
-                ..ApiError::new(
-                    StatusCode::GONE,
-                    "EntityVersionCompacted",
-                    format!(
-                        "entityVersion {requested} is older than the retained change log; resume from \
-                         {oldest_resumable} or later, after listing the current state"
-                    ),
-                )
-            },
+            } => ApiError::bad_request(
+                "entityVersion",
+                "EntityVersionCompacted",
+                format!(
+                    "entityVersion {requested} is older than the retained change log; resume from \
+                     {oldest_resumable} or later, after listing the current state"
+                ),
+            ),
             StoreError::Future { requested, head } => ApiError::bad_request(
                 "entityVersion",
                 "EntityVersionOutOfRange",

@@ -75,24 +75,17 @@ impl Params {
         }
     }
 
+    /// `startedBy`, matched exactly, as v0.3 matched it: any value, even one ECS would never give a
+    /// task, is a filter (that matches nothing), not an error. Only an empty one is refused.
     pub fn started_by(&self) -> Result<Option<String>, ApiError> {
-        let Some(value) = self.get("startedBy") else {
-            return Ok(None);
-        };
-        // ECS allows up to 128 letters, digits, '-', '_' and '/' in startedBy (and services use
-        // "ecs-svc/..."); anything else can never match.
-        let valid = (1..=128).contains(&value.len())
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b'.' | b':'));
-        if valid {
-            Ok(Some(value.to_owned()))
-        } else {
-            Err(ApiError::bad_request(
+        match self.get("startedBy") {
+            None => Ok(None),
+            Some("") => Err(ApiError::bad_request(
                 "startedBy",
                 "InvalidStartedBy",
-                format!("invalid startedBy {value:?}: 1 to 128 letters, digits, '-', '_', '/', '.' or ':'"),
-            ))
+                "startedBy is empty: give the exact startedBy of the tasks, or leave it out",
+            )),
+            Some(value) => Ok(Some(value.to_owned())),
         }
     }
 
@@ -223,7 +216,8 @@ mod tests {
             Err(("cluster", "InvalidCluster")),
         );
         check("startedBy=", Err(("startedBy", "InvalidStartedBy")));
-        check("startedBy=a%20b", Err(("startedBy", "InvalidStartedBy")));
+        // Matches nothing ECS starts, but v0.3 answered it with an empty list, not an error.
+        check("startedBy=a%20b", Ok(()));
         check("maxResults=0", Err(("maxResults", "InvalidMaxResults")));
         check("maxResults=10001", Err(("maxResults", "InvalidMaxResults")));
         check("maxResults=ten", Err(("maxResults", "InvalidMaxResults")));

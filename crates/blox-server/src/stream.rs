@@ -1,6 +1,7 @@
-//! Change streams: newline-delimited JSON records, one per change, replayed from the change log after
-//! `entityVersion` and then live. Each client reads the log at its own pace through its own task, so a
-//! slow client only slows itself; it never holds up ingestion or other clients.
+//! Change streams: newline-delimited JSON records, one per change, replayed from the change log from
+//! `entityVersion` (inclusive, as v0.3's) and then live. Each client reads the log at its own pace
+//! through its own task, so a slow client only slows itself; it never holds up ingestion or other
+//! clients.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,11 +64,12 @@ impl Default for StreamOptions {
 /// Stream task changes (NDJSON `TaskRecord`s; deleted ones carry `metadata.deleted`).
 #[utoipa::path(get, path = "/v1/stream/tasks", tag = "cluster state", params(blox_api::StreamQuery),
     responses(
-        (status = 200, content_type = "application/x-ndjson", body = blox_api::TaskRecord,
+        (status = 200, content_type = "application/octet-stream", body = blox_api::TaskRecord,
          description = "one TaskRecord per line; a final StreamError line if the stream must end; after a quiet \
                         spell a heartbeat: an empty line, or a StreamHeartbeat line with heartbeat=position. \
-                        Served as application/octet-stream (v0.3's type) to a client that accepts it and not NDJSON"),
-        (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log"),
+                        Served as application/octet-stream, v0.3's type, unless the client accepts application/x-ndjson"),
+        (status = 400, body = ErrorBody, description = "entityVersion is not a non-negative integer (InvalidEntityVersion), \
+            older than the retained change log (EntityVersionCompacted) or ahead of it (EntityVersionOutOfRange)"),
         (status = 503, body = ErrorBody, description = "as many streams are open as the server takes (--max-streams); see Retry-After")))]
 pub async fn stream_tasks(
     State(state): State<Arc<AppState>>,
@@ -80,11 +82,12 @@ pub async fn stream_tasks(
 /// Stream container-instance changes (NDJSON `InstanceRecord`s).
 #[utoipa::path(get, path = "/v1/stream/instances", tag = "cluster state", params(blox_api::StreamQuery),
     responses(
-        (status = 200, content_type = "application/x-ndjson", body = blox_api::InstanceRecord,
+        (status = 200, content_type = "application/octet-stream", body = blox_api::InstanceRecord,
          description = "one InstanceRecord per line; a final StreamError line if the stream must end; after a \
                         quiet spell a heartbeat: an empty line, or a StreamHeartbeat line with heartbeat=position. \
-                        Served as application/octet-stream (v0.3's type) to a client that accepts it and not NDJSON"),
-        (status = 400, body = ErrorBody), (status = 410, body = ErrorBody, description = "entityVersion is older than the retained change log"),
+                        Served as application/octet-stream, v0.3's type, unless the client accepts application/x-ndjson"),
+        (status = 400, body = ErrorBody, description = "entityVersion is not a non-negative integer (InvalidEntityVersion), \
+            older than the retained change log (EntityVersionCompacted) or ahead of it (EntityVersionOutOfRange)"),
         (status = 503, body = ErrorBody, description = "as many streams are open as the server takes (--max-streams); see Retry-After")))]
 pub async fn stream_instances(
     State(state): State<Arc<AppState>>,
@@ -94,8 +97,8 @@ pub async fn stream_instances(
     open(state, Kind::Instance, query, &headers).await
 }
 
-/// The content type of a stream: NDJSON, unless the client accepts `application/octet-stream` and not
-/// NDJSON, as Blox v0.3's generated clients do (v0.3 served its streams as `application/octet-stream`).
+/// The content type of a stream: v0.3's `application/octet-stream`, unless the client names NDJSON
+/// (`application/x-ndjson`, what the lines are) among the types it accepts.
 fn content_type(headers: &HeaderMap) -> &'static str {
     let accepts = |media: &str| {
         headers.get_all(header::ACCEPT).iter().any(|value| {
@@ -108,10 +111,10 @@ fn content_type(headers: &HeaderMap) -> &'static str {
             })
         })
     };
-    if accepts("application/octet-stream") && !accepts("application/x-ndjson") {
-        "application/octet-stream"
-    } else {
+    if accepts("application/x-ndjson") {
         "application/x-ndjson"
+    } else {
+        "application/octet-stream"
     }
 }
 
@@ -144,7 +147,11 @@ async fn open(
         }
     };
     let start = match params.entity_version()? {
-        Some(after) => {
+        Some(from) => {
+            // As v0.3's streams (an etcd watch from that revision), the replay starts at the version
+            // asked for, inclusive: a client resuming from the last record it read gets that record
+            // again (at least once). So the log is read after the change before it.
+            let after = from.saturating_sub(1);
             // A client resuming on this replica what it read on another may be a few milliseconds
             // ahead of this replica's copy of a shared store: wait for the copy, briefly.
             if state.leadership.shared() {
@@ -158,7 +165,7 @@ async fn open(
                 .store
                 .changes(after, 0)
                 .await
-                .map_err(ApiError::from_log_read)?;
+                .map_err(|err| ApiError::from_log_read(inclusive(err, from)))?;
             after
         }
         None => state.store.log_bounds().await?.head,
@@ -183,6 +190,22 @@ async fn open(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
+}
+
+/// A resume point's error, judged on the change before `from` (the `entityVersion` asked for), in
+/// `entityVersion`'s own, inclusive, terms: `from`, and the oldest version a stream can start from.
+fn inclusive(err: StoreError, from: u64) -> StoreError {
+    match err {
+        StoreError::Compacted { oldest_resumable, .. } => StoreError::Compacted {
+            requested: from,
+            oldest_resumable: oldest_resumable + 1,
+        },
+        StoreError::Future { head, .. } => StoreError::Future {
+            requested: from,
+            head,
+        },
+        other => other,
+    }
 }
 
 /// One of the `--max-streams` open streams (of every kind), or the 503 that says none is free.

@@ -204,6 +204,10 @@ async fn filters() {
             &["b2", "a1"],
         ),
         ("/v1/tasks?startedBy=ecs-svc/123", "taskARN", &["b1"]),
+        // Values ECS never gives a task match nothing, as in v0.3 (exact match), NUL included.
+        ("/v1/tasks?startedBy=blox%20daemon", "taskARN", &[]),
+        ("/v1/tasks?startedBy=blox-daemon%00", "taskARN", &[]),
+        ("/v1/tasks?startedBy=%F0%9F%A6%80", "taskARN", &[]),
         ("/v1/tasks?cluster=nope", "taskARN", &[]),
         ("/v1/instances", "containerInstanceARN", &["i3", "i1", "i2"]),
         ("/v1/instances?status=draining", "containerInstanceARN", &["i2"]),
@@ -627,7 +631,7 @@ async fn stream_replays_then_goes_live_with_deletions() {
 }
 
 #[tokio::test]
-async fn stream_resumes_after_an_entity_version_and_filters_by_cluster() {
+async fn stream_resumes_from_an_entity_version_inclusive_and_filters_by_cluster() {
     let f = fixture().await;
     let (_, all) = call(&f.app, "/v1/tasks?cluster=prod").await;
     let first: u64 = all["items"][0]["metadata"]["entityVersion"]
@@ -642,16 +646,19 @@ async fn stream_resumes_after_an_entity_version_and_filters_by_cluster() {
     .await;
     assert_eq!(status, StatusCode::OK);
     let records = read_lines(&mut body, 2).await;
+    let version = |r: &Value| {
+        r["metadata"]["entityVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // As v0.3's: the record resumed from comes again (at least once), then what followed it.
+    assert_eq!(version(&records[0]), first);
+    assert_eq!(records[0]["entity"], all["items"][0]["entity"]);
+    assert!(version(&records[1]) > first);
     for r in &records {
         assert!(r["entity"]["clusterARN"].as_str().unwrap().ends_with("/prod"));
-        assert!(
-            r["metadata"]["entityVersion"]
-                .as_str()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-                > first
-        );
     }
     let (_, mut instances) = open_stream(
         &f.app,
@@ -687,21 +694,24 @@ async fn stream_without_entity_version_starts_at_now() {
     );
 }
 
+/// v0.3 answered 400 "Entity version is out of range" to a compacted revision; so does blox, with a
+/// code of its own.
 #[tokio::test]
-async fn stream_resume_point_older_than_the_log_is_410() {
+async fn stream_resume_point_older_than_the_log_is_400() {
     let f = fixture_with(StoreOptions {
         change_log_retention: 3,
         ..StoreOptions::default()
     })
     .await;
     let (status, body) = call(&f.app, "/v1/stream/tasks?entityVersion=0").await;
-    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["code"], "EntityVersionCompacted");
     assert_eq!(body["field"], "entityVersion");
     let bounds = f.store.log_bounds().await.unwrap();
     let (status, _) = open_stream(
         &f.app,
-        &format!("/v1/stream/tasks?entityVersion={}", bounds.oldest_resumable),
+        // The oldest change the log holds: the first a stream can start from (inclusive).
+        &format!("/v1/stream/tasks?entityVersion={}", bounds.oldest_resumable + 1),
     )
     .await;
     assert_eq!(status, StatusCode::OK);

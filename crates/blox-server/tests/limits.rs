@@ -464,7 +464,7 @@ async fn position_heartbeats_let_a_quiet_filter_resume_past_a_compacted_log() {
         &format!("/v1/stream/tasks?cluster=quiet&entityVersion={last_record}"),
     )
     .await;
-    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let resumed = app
         .router
         .clone()

@@ -121,7 +121,7 @@ pub enum InstancesCommand {
     Watch {
         #[arg(long)]
         cluster: Option<String>,
-        /// Replay every change after this entityVersion first.
+        /// Replay every change from this entityVersion on (inclusive) first.
         #[arg(long)]
         entity_version: Option<u64>,
         #[command(flatten)]

@@ -230,8 +230,8 @@ struct Log {
 }
 
 /// Reads `GET /v1/stream/tasks?entityVersion=FROM` into `log` until the stream ends: each record must
-/// carry the next sequence number; one already in the log must be the same change, a new one is
-/// appended.
+/// carry the next sequence number, from `FROM` itself (a resume is inclusive); one already in the
+/// log must be the same change, a new one is appended.
 async fn follow(client: &Client, from: u64, log: Arc<Mutex<Log>>) -> JoinHandle<()> {
     let query = StreamQuery {
         entity_version: Some(from),
@@ -243,7 +243,7 @@ async fn follow(client: &Client, from: u64, log: Arc<Mutex<Log>>) -> JoinHandle<
         .unwrap_or_else(|e| panic!("the task stream opens after {from}: {e}"));
     {
         let mut log = log.lock().unwrap();
-        log.position = from;
+        log.position = from.saturating_sub(1);
         log.ended = None;
     }
     tokio::spawn(async move {

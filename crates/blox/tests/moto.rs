@@ -417,7 +417,7 @@ async fn events_of_another_account_or_region_are_parked_with_their_reason() {
 }
 
 #[tokio::test]
-async fn streams_deliver_live_changes_and_resume_after_an_entity_version() {
+async fn streams_deliver_live_changes_and_resume_from_an_entity_version() {
     let h = Harness::new().await;
     let queue = h.ecs.create_queue("events").await.unwrap();
     let blox = h.blox(&["--queue", "events", "--reconcile-interval", "1h"]).await;
@@ -445,14 +445,20 @@ async fn streams_deliver_live_changes_and_resume_after_an_entity_version() {
         .unwrap()
         .unwrap();
     drop(live);
+    let mut live_arns = vec![first.entity.task_arn.clone(), second.entity.task_arn.clone()];
+    live_arns.sort();
+    let mut published = started[..2].to_vec();
+    published.sort();
+    assert_eq!(live_arns, published, "the live stream's two records");
 
-    // Resume after the first record: the second comes again, then the changes made while away.
+    // Resume from the second record (inclusive, as v0.3's streams): it comes again, then the changes
+    // made while away.
     feed.publish_tasks("prod", &started[2..]).await.unwrap();
-    let after: u64 = first.metadata.entity_version.parse().unwrap();
+    let from: u64 = second.metadata.entity_version.parse().unwrap();
     let mut resumed = Box::pin(
         client
             .stream_tasks(&StreamQuery {
-                entity_version: Some(after),
+                entity_version: Some(from),
                 cluster: Some("prod".into()),
                 heartbeat: None,
             })

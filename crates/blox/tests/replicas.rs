@@ -648,8 +648,9 @@ async fn a_stream_resumed_on_another_replica_has_no_gap_and_no_repeat() {
         first.open_still();
         let seen = first.seen();
         drop(first);
+        // A resume is inclusive: from the version after the last one seen, so that none repeats.
         let last = seen.last().expect("records").entity_version;
-        let second = Reader::open(second_replica, last).await;
+        let second = Reader::open(second_replica, last + 1).await;
         (seen, second, killed)
     };
     let ((), (first_seen, second, killed)) = tokio::join!(publish, switch);
