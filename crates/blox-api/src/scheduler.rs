@@ -388,7 +388,8 @@ pub struct EnvironmentV1 {
     pub environment_health: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_reason: Option<String>,
-    /// `Active`, `Frozen` or `Deleting`.
+    /// `Inactive` before the first deployment (as v1.0 created environments), then `Active`;
+    /// `Frozen` or `Deleting` over either.
     pub environment_status: String,
     /// The latest revision's method and configuration.
     pub deployment_method: String,

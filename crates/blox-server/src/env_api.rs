@@ -683,13 +683,17 @@ pub fn health_name(health: Health) -> &'static str {
     }
 }
 
-/// An environment's status as the API writes it: `Active`, `Frozen` or `Deleting`.
-pub fn status_name(env: &daemon::Environment) -> &'static str {
+/// An environment's status as the API writes it: `Deleting`, `Frozen`, `Inactive` before its first
+/// deployment (v1.0's status of a created environment, which has no active revision), else `Active`.
+pub fn status_name(stored: &Stored) -> &'static str {
+    let env = stored.environment();
     if env.status.is_deleting() {
         "Deleting"
     } else if env.frozen {
         "Frozen"
-    } else {
+    } else if stored.snapshot.active().is_some() {
         "Active"
+    } else {
+        "Inactive"
     }
 }

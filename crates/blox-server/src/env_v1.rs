@@ -732,7 +732,7 @@ pub fn environment_body_with(stored: &Stored, live: &Live) -> EnvironmentV1 {
         environment_type: "Daemon".to_owned(),
         environment_health: env_api::health_name(health).to_owned(),
         health_reason,
-        environment_status: env_api::status_name(env).to_owned(),
+        environment_status: env_api::status_name(stored).to_owned(),
         deployment_method: latest
             .map(|r| r.deployment_method)
             .unwrap_or_default()

@@ -654,7 +654,8 @@ impl Status {
             .iter()
             .find(|d| d.history.iter().any(|t| t.status == "completed"))
             .map(|d| d.environment_revision_id);
-        let status = if env.environment_status == "Active" {
+        // Before the first deployment the API says `Inactive`; the table says what the revision is.
+        let status = if matches!(env.environment_status.as_str(), "Active" | "Inactive") {
             active.map_or_else(|| "created".to_owned(), |d| d.status.clone())
         } else {
             env.environment_status.clone()

@@ -243,7 +243,7 @@ pub async fn overview(
             cluster: s.cluster.to_string(),
             environment_health: env_api::health_name(health).to_owned(),
             health_reason,
-            environment_status: env_api::status_name(env).to_owned(),
+            environment_status: env_api::status_name(s).to_owned(),
             task_definition: s
                 .snapshot
                 .latest_revision()
