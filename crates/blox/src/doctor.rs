@@ -60,7 +60,8 @@ fn line(finding: &Finding) -> String {
 
 /// Whether the store opens (and what it holds).
 async fn store_finding(args: &ServerArgs) -> Finding {
-    let check = format!("store {}", args.store);
+    let spec = args.store_spec();
+    let check = format!("store {spec}");
     let options = StoreOptions {
         change_log_retention: args.change_log_retention.max(1),
         tombstone_retention: args.tombstone_retention,
@@ -71,7 +72,7 @@ async fn store_finding(args: &ServerArgs) -> Finding {
         args.replicas.replica_id.as_ref(),
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
     );
-    let outcome = match open_store(&args.store, options, &args.replicas, id).await {
+    let outcome = match open_store(&spec, options, &args.replicas, id).await {
         Ok((store, _)) => {
             let tasks = store.count(Kind::Task).await.unwrap_or(0);
             let instances = store.count(Kind::Instance).await.unwrap_or(0);

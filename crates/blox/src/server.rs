@@ -22,8 +22,14 @@ use crate::sim::SimArgs;
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Address of the REST API (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, env = "BLOX_LISTEN", default_value = "127.0.0.1:2000")]
+    /// Address of the REST API (port 0 picks a free port; the chosen address is printed). Also
+    /// `--bind`, Blox v0.3's name for it.
+    #[arg(
+        long,
+        visible_alias = "bind",
+        env = "BLOX_LISTEN",
+        default_value = "127.0.0.1:2000"
+    )]
     pub(crate) listen: String,
     /// Where state is kept: `log:DIR` (durable, the default: in memory, made durable by an
     /// append-only log with checkpoints in DIR), `redb:PATH` (durable, one redb file), `memory` (lost
@@ -31,8 +37,12 @@ pub struct ServerArgs {
     /// --replica-id and the --etcd-* flags; https:// with --etcd-ca).
     #[arg(long, env = "BLOX_STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
-    /// The SQS queue of ECS events, by name or URL. Without it, blox mirrors by reconciling only.
-    #[arg(long, env = "BLOX_QUEUE")]
+    /// An etcd endpoint (repeatable), as Blox v0.3 took them: the same as `--store etcd:URL,...`.
+    #[arg(long = "etcd-endpoint", value_name = "URL", conflicts_with = "store")]
+    pub(crate) etcd_endpoints: Vec<String>,
+    /// The SQS queue of ECS events, by name, `sqs://NAME` (as Blox v0.3 took it) or URL. Without it,
+    /// blox mirrors by reconciling only.
+    #[arg(long, env = "BLOX_QUEUE", value_parser = parse_queue)]
     pub(crate) queue: Option<String>,
     /// How long a received message stays hidden from other receivers before SQS redelivers it (it
     /// must cover a batch's commit; after a crash, uncommitted messages come back after it).
@@ -340,6 +350,15 @@ fn parse_v03_errors(text: &str) -> Result<V03Errors, String> {
 }
 
 impl ServerArgs {
+    /// The store to open: `--store`'s, or `etcd:` and the `--etcd-endpoint`s when those are given.
+    pub(crate) fn store_spec(&self) -> String {
+        if self.etcd_endpoints.is_empty() {
+            self.store.clone()
+        } else {
+            format!("etcd:{}", self.etcd_endpoints.join(","))
+        }
+    }
+
     /// `blox up`: the simulator and the embedded store, both kept in `data_dir`.
     pub fn up(
         listen: String,
@@ -352,6 +371,7 @@ impl ServerArgs {
         ServerArgs {
             listen,
             store: store_in(data_dir),
+            etcd_endpoints: Vec::new(),
             queue: None,
             visibility_timeout: Duration::from_secs(60),
             // Events carry nearly everything; reconciling often shows attribute changes (which ECS
@@ -398,6 +418,24 @@ fn parse_positive(value: &str) -> Result<usize, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err("must be a whole number of at least 1".into()),
     }
+}
+
+/// A queue name or URL; Blox v0.3's `sqs://NAME` is the name. v0.3's `kinesis://STREAM` is refused:
+/// blox reads ECS events from SQS only.
+fn parse_queue(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.starts_with("kinesis://") {
+        return Err(
+            "Kinesis streams are not an event source of blox: give the SQS queue that the \
+                    EventBridge rule feeds (NAME, sqs://NAME or its URL)"
+                .into(),
+        );
+    }
+    let name = value.strip_prefix("sqs://").unwrap_or(value);
+    if name.is_empty() {
+        return Err("the SQS queue name is empty".into());
+    }
+    Ok(name.to_owned())
 }
 
 fn parse_account_id(value: &str) -> Result<String, String> {
@@ -545,7 +583,8 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr()?;
     let replica = replica_id(args.replicas.replica_id.as_ref(), address);
-    let (store, leadership) = open_store(&args.store, store_options, &args.replicas, replica.clone()).await?;
+    let store_spec = args.store_spec();
+    let (store, leadership) = open_store(&store_spec, store_options, &args.replicas, replica.clone()).await?;
     raise_file_limit(args.limits.max_connections);
 
     // The account and region mirrored: the region from the AWS configuration, the account from
@@ -594,7 +633,7 @@ pub async fn run(args: ServerArgs, banner: Option<Banner>) -> Result<()> {
     }
     // Tests and scripts read this line to find the port.
     println!("{}{scheme}://{address}", blox_api::LISTENING_PREFIX);
-    tracing::info!(%address, scheme, store = %args.store, queue = ?args.queue, ecs = %args.ecs, replica = %replica, "blox server started");
+    tracing::info!(%address, scheme, store = %store_spec, queue = ?args.queue, ecs = %args.ecs, replica = %replica, "blox server started");
     if let (Some(banner), Some(sim)) = (&banner, &sim) {
         print_banner(banner, sim, &format!("{scheme}://{address}"));
     }
@@ -775,4 +814,82 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let _ = interrupt.await;
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    /// What `blox server ARGS` takes: (listen, store, queue), or the error's text.
+    fn check(args: &[&str], want: Result<(&str, &str, Option<&str>), &str>) {
+        let parsed = Command::try_parse_from(std::iter::once("blox").chain(args.iter().copied()));
+        match (parsed, want) {
+            (Ok(Command { server }), Ok((listen, store, queue))) => assert_eq!(
+                (
+                    server.listen.as_str(),
+                    server.store_spec().as_str(),
+                    server.queue.as_deref()
+                ),
+                (listen, store, queue),
+                "{args:?}"
+            ),
+            (Err(err), Err(text)) => assert!(err.to_string().contains(text), "{args:?}: {err}"),
+            (Ok(_), Err(text)) => panic!("{args:?} was taken, not refused with {text:?}"),
+            (Err(err), Ok(_)) => panic!("{args:?} was refused: {err}"),
+        }
+    }
+
+    /// Blox v0.3's flags (`--bind`, `--queue sqs://NAME`, `--etcd-endpoint`) mean what they meant.
+    #[test]
+    fn v03_flags() {
+        let default = ("127.0.0.1:2000", DEFAULT_STORE, None);
+        check(&[], Ok(default));
+        check(
+            &["--bind", "0.0.0.0:3000"],
+            Ok(("0.0.0.0:3000", DEFAULT_STORE, None)),
+        );
+        check(
+            &["--listen", "127.0.0.1:0"],
+            Ok(("127.0.0.1:0", DEFAULT_STORE, None)),
+        );
+        check(
+            &["--queue", "sqs://blox_queue"],
+            Ok(("127.0.0.1:2000", DEFAULT_STORE, Some("blox_queue"))),
+        );
+        check(
+            &["--queue", "blox_queue"],
+            Ok(("127.0.0.1:2000", DEFAULT_STORE, Some("blox_queue"))),
+        );
+        let url = "https://sqs.us-east-1.amazonaws.com/123456789012/blox_queue";
+        check(
+            &["--queue", url],
+            Ok(("127.0.0.1:2000", DEFAULT_STORE, Some(url))),
+        );
+        check(
+            &["--queue", "kinesis://events"],
+            Err("Kinesis streams are not an event source"),
+        );
+        check(&["--queue", "sqs://"], Err("the SQS queue name is empty"));
+        check(
+            &[
+                "--etcd-endpoint",
+                "http://a:2379",
+                "--etcd-endpoint",
+                "http://b:2379",
+            ],
+            Ok(("127.0.0.1:2000", "etcd:http://a:2379,http://b:2379", None)),
+        );
+        check(
+            &["--etcd-endpoint", "http://a:2379", "--store", "memory"],
+            Err("cannot be used with"),
+        );
+    }
 }
