@@ -18,6 +18,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(
     name = "blox",
     version,
+    // `blox server --version` too: Blox v0.3's services took `--version`.
+    propagate_version = true,
     about = "ECS cluster state mirrored from ECS events, served with Blox's API"
 )]
 struct Args {

@@ -180,3 +180,21 @@ fn simulator_flags_are_checked() {
         "--scheduler-calls-per-second must be",
     );
 }
+
+/// `--version`, which Blox v0.3's services took, prints the version and exits, also after `server`.
+#[test]
+fn version_is_printed_by_the_binary_and_its_server() {
+    for args in [&["--version"][..], &["server", "--version"]] {
+        let out = Command::new(BLOX).args(args).output().expect("blox runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(env!("CARGO_PKG_VERSION")),
+            "{args:?} printed {stdout:?}"
+        );
+    }
+}
