@@ -83,7 +83,8 @@ pub struct EnvironmentSummary {
     pub environment_health: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_reason: Option<String>,
-    /// `Active`, `Frozen` or `Deleting`.
+    /// As the v1.0 API's: `Inactive` before the first deployment, then `Active`; `Frozen` or
+    /// `Deleting` over either.
     pub environment_status: String,
     pub task_definition: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

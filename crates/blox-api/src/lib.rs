@@ -151,8 +151,8 @@ pub struct StreamError {
 }
 
 /// A line of a stream that asked for `heartbeat=position`, sent after a quiet spell instead of an
-/// empty line: every change up to `entityVersion` that matches the stream has been sent, so a
-/// client resumes from there (`?entityVersion=`, which sends that change again if it matched) even
+/// empty line: every change before `entityVersion` that matches the stream has been sent, so a
+/// client resumes from there (`?entityVersion=`, inclusive) with nothing repeated or missed, even
 /// when nothing matched for a long time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StreamHeartbeat {
@@ -182,9 +182,10 @@ pub struct TaskQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[param(pattern = r"^(arn:aws(-[a-z0-9-]*)?:ecs:[a-z0-9-]+:[0-9]{12}:cluster/)?[A-Za-z0-9_-]{1,255}$")]
     pub cluster: Option<String>,
-    /// Exact `startedBy`.
+    /// Exact `startedBy`: any value (one that ECS never gives a task matches nothing), as in Blox
+    /// v0.3; an empty one is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[param(pattern = r"^[A-Za-z0-9_/.:-]{1,128}$")]
+    #[param(min_length = 1)]
     pub started_by: Option<String>,
     /// Page size, 1 to 10,000. Without it every match is returned, as in Blox v0.3.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -232,7 +233,8 @@ pub struct InstanceQuery {
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Replay every change from this entityVersion on (inclusive, as v0.3's streams: a client resuming
-    /// from the last record it read gets it again), then go live; 0 replays all the log retains.
+    /// from the last record it read gets it again), then go live; 0 replays the log from its start
+    /// (a 400 once the log no longer holds it).
     /// Without it, only changes from now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entity_version: Option<u64>,

@@ -389,7 +389,8 @@ pub struct EnvironmentV1 {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_reason: Option<String>,
     /// `Inactive` before the first deployment (as v1.0 created environments), then `Active`;
-    /// `Frozen` or `Deleting` over either.
+    /// `Frozen` or `Deleting` over either; `Deleted` in the answer to a delete that did not wait for
+    /// the tasks to stop.
     pub environment_status: String,
     /// The latest revision's method and configuration.
     pub deployment_method: String,

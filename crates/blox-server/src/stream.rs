@@ -61,7 +61,8 @@ impl Default for StreamOptions {
     }
 }
 
-/// Stream task changes (NDJSON `TaskRecord`s; deleted ones carry `metadata.deleted`).
+/// Stream task changes (`TaskRecord`s, one JSON record per line; deleted ones carry
+/// `metadata.deleted`).
 #[utoipa::path(get, path = "/v1/stream/tasks", tag = "cluster state", params(blox_api::StreamQuery),
     responses(
         (status = 200, content_type = "application/octet-stream", body = blox_api::TaskRecord,
@@ -79,7 +80,7 @@ pub async fn stream_tasks(
     open(state, Kind::Task, query, &headers).await
 }
 
-/// Stream container-instance changes (NDJSON `InstanceRecord`s).
+/// Stream container-instance changes (`InstanceRecord`s, one JSON record per line).
 #[utoipa::path(get, path = "/v1/stream/instances", tag = "cluster state", params(blox_api::StreamQuery),
     responses(
         (status = 200, content_type = "application/octet-stream", body = blox_api::InstanceRecord,
@@ -284,7 +285,10 @@ impl Pump {
             let changes: Vec<Arc<blox_store::Change>> = match changes {
                 Ok(changes) => changes,
                 Err(err) => {
-                    let _ = self.send(error_line(err), shutdown).await;
+                    // The client would resume from the change after the last it was sent.
+                    let _ = self
+                        .send(error_line(inclusive(err, position + 1)), shutdown)
+                        .await;
                     return;
                 }
             };
@@ -345,13 +349,15 @@ impl Pump {
         }
     }
 
+    /// A heartbeat when the stream has read the log up to `position`: with `heartbeat=position`, the
+    /// version to resume from (the next one: a resume is inclusive), so that nothing comes twice.
     fn heartbeat_line(&self, position: u64) -> Bytes {
         match self.heartbeat {
             Heartbeat::Empty => Bytes::from_static(b"\n"),
             Heartbeat::Position => {
                 let heartbeat = blox_api::StreamHeartbeat {
                     heartbeat: blox_api::StreamPosition {
-                        entity_version: position.to_string(),
+                        entity_version: (position + 1).to_string(),
                     },
                 };
                 let mut line = serde_json::to_vec(&heartbeat).unwrap_or_default();

@@ -478,6 +478,76 @@ async fn position_heartbeats_let_a_quiet_filter_resume_past_a_compacted_log() {
     assert_eq!(resumed.status(), StatusCode::OK);
 }
 
+/// The next line of a stream's `body` that `wanted` takes (its newline dropped), reading into
+/// `buffer` what comes after it.
+async fn next_line(
+    body: &mut (impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin),
+    buffer: &mut Vec<u8>,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).take(end).collect();
+                if wanted(&line) {
+                    return line;
+                }
+                continue;
+            }
+            let chunk = body.next().await.expect("the stream stays open").unwrap();
+            buffer.extend_from_slice(&chunk);
+        }
+    })
+    .await
+    .expect("the line in time")
+}
+
+/// A position heartbeat names the next version to read, and a resume is inclusive: resuming from it
+/// repeats nothing, even when the last change the stream read is one it sent.
+#[tokio::test]
+async fn resuming_from_a_position_heartbeat_repeats_nothing() {
+    let app = default_app().await;
+    app.store.apply(vec![task("quiet", "q1", 1)]).await.unwrap();
+    let q1 = app.store.log_bounds().await.unwrap().head;
+    let open = |from: u64| {
+        let router = app.router.clone();
+        async move {
+            let uri = format!("/v1/stream/tasks?cluster=quiet&heartbeat=position&entityVersion={from}");
+            let response = router
+                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.into_body().into_data_stream()
+        }
+    };
+    let heartbeat = |line: &[u8]| serde_json::from_slice::<blox_api::StreamHeartbeat>(line).ok();
+    let record = |line: &[u8]| serde_json::from_slice::<serde_json::Value>(line).unwrap();
+    let (mut body, mut buffer) = (open(q1).await, Vec::new());
+    // From q1's own version: q1 comes (inclusive), then, nothing else changing, a heartbeat.
+    let first = next_line(&mut body, &mut buffer, |line| !line.is_empty()).await;
+    assert_eq!(record(&first)["metadata"]["entityVersion"], q1.to_string());
+    let line = next_line(&mut body, &mut buffer, |line| heartbeat(line).is_some()).await;
+    let position = heartbeat(&line).unwrap().heartbeat.entity_version;
+    assert_eq!(
+        position,
+        (q1 + 1).to_string(),
+        "the version after the last one read"
+    );
+
+    let (mut body, mut buffer) = (open(position.parse().unwrap()).await, Vec::new());
+    app.store.apply(vec![task("quiet", "q2", 1)]).await.unwrap();
+    let next = next_line(&mut body, &mut buffer, |line| {
+        !line.is_empty() && heartbeat(line).is_none()
+    })
+    .await;
+    let next = record(&next);
+    assert!(
+        next["entity"]["taskARN"].as_str().unwrap().ends_with("/q2"),
+        "{next}"
+    );
+}
+
 /// ECS that refuses everything with AWS's text, which names the account and the role.
 struct DeniedEcs;
 

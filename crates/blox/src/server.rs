@@ -37,8 +37,9 @@ pub struct ServerArgs {
     /// --replica-id and the --etcd-* flags; https:// with --etcd-ca).
     #[arg(long, env = "BLOX_STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
-    /// An etcd endpoint (repeatable), as Blox v0.3 took them: the same as `--store etcd:URL,...`.
-    #[arg(long = "etcd-endpoint", value_name = "URL", conflicts_with = "store")]
+    /// An etcd endpoint (repeatable), as Blox v0.3 took them (`HOST:PORT` means `http://HOST:PORT`):
+    /// given, it stands for `--store etcd:URL,...`, in place of `--store`.
+    #[arg(long = "etcd-endpoint", value_name = "URL")]
     pub(crate) etcd_endpoints: Vec<String>,
     /// The SQS queue of ECS events, by name, `sqs://NAME` (as Blox v0.3 took it) or URL. Without it,
     /// blox mirrors by reconciling only.
@@ -350,13 +351,24 @@ fn parse_v03_errors(text: &str) -> Result<V03Errors, String> {
 }
 
 impl ServerArgs {
-    /// The store to open: `--store`'s, or `etcd:` and the `--etcd-endpoint`s when those are given.
+    /// The store to open: `--store`'s, or `etcd:` and the `--etcd-endpoint`s when those are given
+    /// (v0.3's were often `HOST:PORT`, without a scheme).
     pub(crate) fn store_spec(&self) -> String {
         if self.etcd_endpoints.is_empty() {
-            self.store.clone()
-        } else {
-            format!("etcd:{}", self.etcd_endpoints.join(","))
+            return self.store.clone();
         }
+        let urls: Vec<String> = self
+            .etcd_endpoints
+            .iter()
+            .map(|endpoint| {
+                if endpoint.contains("://") {
+                    endpoint.clone()
+                } else {
+                    format!("http://{endpoint}")
+                }
+            })
+            .collect();
+        format!("etcd:{}", urls.join(","))
     }
 
     /// `blox up`: the simulator and the embedded store, both kept in `data_dir`.
@@ -828,19 +840,14 @@ mod tests {
         server: ServerArgs,
     }
 
-    /// What `blox server ARGS` takes: (listen, store, queue), or the error's text.
-    fn check(args: &[&str], want: Result<(&str, &str, Option<&str>), &str>) {
+    /// What `blox server ARGS` takes for one flag, or the error's text. Only the flag given is
+    /// compared, so that `BLOX_*` variables in the environment change nothing.
+    fn check(args: &[&str], read: fn(&ServerArgs) -> Option<String>, want: Result<&str, &str>) {
         let parsed = Command::try_parse_from(std::iter::once("blox").chain(args.iter().copied()));
         match (parsed, want) {
-            (Ok(Command { server }), Ok((listen, store, queue))) => assert_eq!(
-                (
-                    server.listen.as_str(),
-                    server.store_spec().as_str(),
-                    server.queue.as_deref()
-                ),
-                (listen, store, queue),
-                "{args:?}"
-            ),
+            (Ok(Command { server }), Ok(want)) => {
+                assert_eq!(read(&server).as_deref(), Some(want), "{args:?}")
+            }
             (Err(err), Err(text)) => assert!(err.to_string().contains(text), "{args:?}: {err}"),
             (Ok(_), Err(text)) => panic!("{args:?} was taken, not refused with {text:?}"),
             (Err(err), Ok(_)) => panic!("{args:?} was refused: {err}"),
@@ -850,46 +857,31 @@ mod tests {
     /// Blox v0.3's flags (`--bind`, `--queue sqs://NAME`, `--etcd-endpoint`) mean what they meant.
     #[test]
     fn v03_flags() {
-        let default = ("127.0.0.1:2000", DEFAULT_STORE, None);
-        check(&[], Ok(default));
-        check(
-            &["--bind", "0.0.0.0:3000"],
-            Ok(("0.0.0.0:3000", DEFAULT_STORE, None)),
-        );
-        check(
-            &["--listen", "127.0.0.1:0"],
-            Ok(("127.0.0.1:0", DEFAULT_STORE, None)),
-        );
-        check(
-            &["--queue", "sqs://blox_queue"],
-            Ok(("127.0.0.1:2000", DEFAULT_STORE, Some("blox_queue"))),
-        );
-        check(
-            &["--queue", "blox_queue"],
-            Ok(("127.0.0.1:2000", DEFAULT_STORE, Some("blox_queue"))),
-        );
+        let listen = |a: &ServerArgs| Some(a.listen.clone());
+        let store = |a: &ServerArgs| Some(a.store_spec());
+        let queue = |a: &ServerArgs| a.queue.clone();
+        check(&["--bind", "0.0.0.0:3000"], listen, Ok("0.0.0.0:3000"));
+        check(&["--listen", "127.0.0.1:0"], listen, Ok("127.0.0.1:0"));
+        check(&["--queue", "sqs://blox_queue"], queue, Ok("blox_queue"));
+        check(&["--queue", "blox_queue"], queue, Ok("blox_queue"));
         let url = "https://sqs.us-east-1.amazonaws.com/123456789012/blox_queue";
-        check(
-            &["--queue", url],
-            Ok(("127.0.0.1:2000", DEFAULT_STORE, Some(url))),
-        );
+        check(&["--queue", url], queue, Ok(url));
         check(
             &["--queue", "kinesis://events"],
+            queue,
             Err("Kinesis streams are not an event source"),
         );
-        check(&["--queue", "sqs://"], Err("the SQS queue name is empty"));
+        check(&["--queue", "sqs://"], queue, Err("the SQS queue name is empty"));
+        check(&["--store", "memory"], store, Ok("memory"));
         check(
-            &[
-                "--etcd-endpoint",
-                "http://a:2379",
-                "--etcd-endpoint",
-                "http://b:2379",
-            ],
-            Ok(("127.0.0.1:2000", "etcd:http://a:2379,http://b:2379", None)),
+            &["--etcd-endpoint", "http://a:2379", "--etcd-endpoint", "b:2379"],
+            store,
+            Ok("etcd:http://a:2379,http://b:2379"),
         );
         check(
-            &["--etcd-endpoint", "http://a:2379", "--store", "memory"],
-            Err("cannot be used with"),
+            &["--store", "memory", "--etcd-endpoint", "https://a:2379"],
+            store,
+            Ok("etcd:https://a:2379"),
         );
     }
 }

@@ -240,7 +240,7 @@ async fn follow(client: &Client, from: u64, log: Arc<Mutex<Log>>) -> JoinHandle<
     let stream = client
         .stream_tasks(&query)
         .await
-        .unwrap_or_else(|e| panic!("the task stream opens after {from}: {e}"));
+        .unwrap_or_else(|e| panic!("the task stream opens from {from}: {e}"));
     {
         let mut log = log.lock().unwrap();
         log.position = from.saturating_sub(1);

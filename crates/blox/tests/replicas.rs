@@ -542,7 +542,7 @@ struct Reader {
 }
 
 impl Reader {
-    /// Opens the stream after `entity_version`; panics unless it opens.
+    /// Opens the stream from `entity_version` (inclusive); panics unless it opens.
     async fn open(replica: &Replica, entity_version: u64) -> Reader {
         let query = StreamQuery {
             entity_version: Some(entity_version),
@@ -551,7 +551,7 @@ impl Reader {
         let stream = Client::new(replica.api().base_url())
             .stream_tasks(&query)
             .await
-            .unwrap_or_else(|e| panic!("{}: the stream opens after {entity_version}: {e}", replica.id));
+            .unwrap_or_else(|e| panic!("{}: the stream opens from {entity_version}: {e}", replica.id));
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
         let (into, end) = (Arc::clone(&seen), Arc::clone(&ended));
