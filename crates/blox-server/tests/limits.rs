@@ -405,23 +405,7 @@ async fn read_until_heartbeat(app: &App, uri: &str, done: impl Fn(&[u8]) -> bool
             }
         })
     };
-    let mut buffer = Vec::new();
-    let line = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                let line = line[..line.len() - 1].to_vec();
-                if done(&line) {
-                    return line;
-                }
-                continue;
-            }
-            let chunk = body.next().await.expect("the stream stays open").unwrap();
-            buffer.extend_from_slice(&chunk);
-        }
-    })
-    .await
-    .expect("a heartbeat in time");
+    let line = next_line(&mut body, &mut Vec::new(), done).await;
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
     line
