@@ -114,7 +114,7 @@ impl Server {
     }
 
     fn memory(&self) -> Result<Memory> {
-        memory(self.child.id().context("the server's pid")?)
+        memory(self.pid()?)
     }
 
     /// Stops the server with SIGTERM, so that it closes the store cleanly; SIGKILL if that fails.

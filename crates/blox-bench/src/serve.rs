@@ -358,7 +358,7 @@ async fn list_latency(bench: &mut Bench, server: &Server) -> Result<()> {
     let concurrency = bench.params.list_concurrency;
     let client = client(concurrency, server)?;
     let listings = cluster_listings(bench, &client, &server.base(), None).await?;
-    let w = &format!("list cluster (c={concurrency})");
+    let w = &list_workload(bench);
     bench.report.add(
         w,
         "tasks per cluster listed",
@@ -779,10 +779,15 @@ pub(crate) async fn store_list(bench: &mut Bench, store: &dyn Store, layout: Lay
     Ok(())
 }
 
+/// The *list cluster* scenario's name, which carries its concurrency.
+fn list_workload(bench: &Bench) -> String {
+    format!("list cluster (c={})", bench.params.list_concurrency)
+}
+
 /// Adds the p50 of `latencies` as `figure` of the *list cluster* scenario.
 fn add_list_p50(bench: &mut Bench, figure: &str, latencies: &Histogram<u64>) {
     bench.report.add(
-        &format!("list cluster (c={})", bench.params.list_concurrency),
+        &list_workload(bench),
         figure,
         percentile_ms(latencies, 50.0),
         "ms",
