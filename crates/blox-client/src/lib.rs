@@ -162,8 +162,8 @@ impl Client {
         })
     }
 
-    /// Task changes, replayed from `entityVersion` (inclusive) and then live. Ends on an error line or when the
-    /// server closes the connection.
+    /// Task changes, replayed from `entityVersion` (inclusive) and then live. Ends on an error line
+    /// or when the server closes the connection.
     pub async fn stream_tasks(
         &self,
         query: &StreamQuery,

@@ -149,10 +149,7 @@ async fn open(
     };
     let start = match params.entity_version()? {
         Some(from) => {
-            // As v0.3's streams (an etcd watch from that revision), the replay starts at the version
-            // asked for, inclusive: a client resuming from the last record it read gets that record
-            // again (at least once). So the log is read after the change before it.
-            let after = from.saturating_sub(1);
+            let after = position_before(from);
             // A client resuming on this replica what it read on another may be a few milliseconds
             // ahead of this replica's copy of a shared store: wait for the copy, briefly.
             if state.leadership.shared() {
@@ -193,13 +190,28 @@ async fn open(
     Ok(response)
 }
 
-/// A resume point's error, judged on the change before `from` (the `entityVersion` asked for), in
-/// `entityVersion`'s own, inclusive, terms: `from`, and the oldest version a stream can start from.
+/// The change log's position a stream starting at version `from` reads after. As v0.3's streams
+/// (an etcd watch from that revision), `entityVersion` is inclusive, the first version to send: a
+/// client resuming from the last record it read gets that record again (at least once). The change
+/// log is read after a position, the change before it.
+fn position_before(from: u64) -> u64 {
+    from.saturating_sub(1)
+}
+
+/// The version a stream that has read the log up to `position` goes on from: what it says to
+/// resume from (heartbeats, errors), so that nothing comes twice.
+fn version_after(position: u64) -> u64 {
+    position + 1
+}
+
+/// A resume point's error, judged on the change log's position before `from` (the `entityVersion`
+/// asked for), in `entityVersion`'s own terms: `from`, and the oldest version a stream can start
+/// from.
 fn inclusive(err: StoreError, from: u64) -> StoreError {
     match err {
         StoreError::Compacted { oldest_resumable, .. } => StoreError::Compacted {
             requested: from,
-            oldest_resumable: oldest_resumable + 1,
+            oldest_resumable: version_after(oldest_resumable),
         },
         StoreError::Future { head, .. } => StoreError::Future {
             requested: from,
@@ -285,9 +297,8 @@ impl Pump {
             let changes: Vec<Arc<blox_store::Change>> = match changes {
                 Ok(changes) => changes,
                 Err(err) => {
-                    // The client would resume from the change after the last it was sent.
                     let _ = self
-                        .send(error_line(inclusive(err, position + 1)), shutdown)
+                        .send(error_line(inclusive(err, version_after(position))), shutdown)
                         .await;
                     return;
                 }
@@ -350,14 +361,14 @@ impl Pump {
     }
 
     /// A heartbeat when the stream has read the log up to `position`: with `heartbeat=position`, the
-    /// version to resume from (the next one: a resume is inclusive), so that nothing comes twice.
+    /// version to resume from (see [`version_after`]).
     fn heartbeat_line(&self, position: u64) -> Bytes {
         match self.heartbeat {
             Heartbeat::Empty => Bytes::from_static(b"\n"),
             Heartbeat::Position => {
                 let heartbeat = blox_api::StreamHeartbeat {
                     heartbeat: blox_api::StreamPosition {
-                        entity_version: (position + 1).to_string(),
+                        entity_version: version_after(position).to_string(),
                     },
                 };
                 let mut line = serde_json::to_vec(&heartbeat).unwrap_or_default();
